@@ -1,0 +1,132 @@
+"""Typed configuration of a whole Harmon model and the named sizes (spec §2, §3)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from harmon.diffloss import DiffLossConfig
+from harmon.mar import MARConfig, mar_base, mar_huge
+from harmon.vae import VAEConfig
+
+
+def qwen25_0_5b_config() -> dict[str, Any]:
+    """Qwen2.5-0.5B-Instruct architecture (its public config.json values that shape the weights)."""
+    return dict(
+        vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+        num_key_value_heads=2, max_position_embeddings=32768, rope_theta=1000000.0, rms_norm_eps=1e-6,
+        tie_word_embeddings=True, hidden_act="silu", attention_dropout=0.0, use_sliding_window=False,
+        bos_token_id=151643, eos_token_id=151645)
+
+
+def qwen25_1_5b_config() -> dict[str, Any]:
+    """Qwen2.5-1.5B-Instruct architecture."""
+    return {**qwen25_0_5b_config(), **dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
+                                           num_attention_heads=12)}
+
+
+@dataclass(frozen=True)
+class GenerationDefaults:
+    """Sampling settings a model ships with; ``generate`` uses them unless told otherwise."""
+
+    image_size: int = 512  # pixels, the official scripts' default; any multiple of the VAE stride works
+    num_iter: int = 64  # masked-autoregressive steps
+    guidance_scale: float = 3.0  # classifier-free guidance, paper default
+    cfg_schedule: str = "constant"  # "constant" | "linear"
+    temperature: float = 1.0  # scales the per-step diffusion noise
+    num_sampling_steps: str = "100"  # respacing of the 1000-step diffusion for sampling
+    understanding_image_size: int = 512  # pixels fed to the encoder for describe() (1024 + 64 image tokens)
+    max_new_tokens: int = 256
+
+    def __post_init__(self) -> None:
+        if self.cfg_schedule not in ("constant", "linear"):
+            raise ValueError(f"cfg_schedule must be 'constant' or 'linear', got {self.cfg_schedule!r}")
+        if self.num_iter < 1:
+            raise ValueError(f"num_iter must be >= 1, got {self.num_iter}")
+        if self.guidance_scale < 1.0:
+            raise ValueError(f"guidance_scale must be >= 1.0, got {self.guidance_scale}")
+
+
+@dataclass(frozen=True)
+class HarmonConfig:
+    """Everything needed to build a Harmon model: LLM (a Qwen2 config dict), MAR, VAE, projections."""
+
+    llm: dict[str, Any] = field(default_factory=qwen25_0_5b_config)  # passed to transformers.Qwen2Config
+    mar: MARConfig = field(default_factory=mar_base)
+    vae: VAEConfig = field(default_factory=VAEConfig)
+    generation: GenerationDefaults = field(default_factory=GenerationDefaults)
+    grad_scale: float = 0.1  # gradient multiplier into visual features for the image-to-text loss (spec §11.3)
+    image_token: str = "<image>"  # placeholder added to the tokenizer for understanding
+
+    def __post_init__(self) -> None:
+        for name, cls in (("mar", MARConfig), ("vae", VAEConfig), ("generation", GenerationDefaults)):
+            value = getattr(self, name)
+            if isinstance(value, dict):
+                object.__setattr__(self, name, cls.from_dict(value) if hasattr(cls, "from_dict") else cls(**value))
+        if "hidden_size" not in self.llm:
+            raise ValueError("HarmonConfig.llm must contain at least 'hidden_size'")
+        if self.vae.embed_dim != self.mar.token_dim:
+            raise ValueError(f"vae.embed_dim ({self.vae.embed_dim}) must equal mar.token_dim ({self.mar.token_dim})")
+        if self.generation.image_size % self.vae.stride:
+            raise ValueError(f"generation.image_size {self.generation.image_size} is not a multiple of the VAE "
+                             f"stride {self.vae.stride}")
+
+    @property
+    def llm_hidden_size(self) -> int:
+        return int(self.llm["hidden_size"])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"llm": dict(self.llm), "mar": self.mar.to_dict(), "vae": self.vae.to_dict(),
+                "generation": asdict(self.generation), "grad_scale": self.grad_scale,
+                "image_token": self.image_token}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "HarmonConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown HarmonConfig fields: {sorted(unknown)}")
+        d = dict(d)
+        if "generation" in d and isinstance(d["generation"], dict):
+            d["generation"] = GenerationDefaults(**d["generation"])
+        return cls(**d)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "HarmonConfig":
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    def replace(self, **changes: Any) -> "HarmonConfig":
+        return replace(self, **changes)
+
+
+def harmon_0_5b() -> HarmonConfig:
+    """Harmon-0.5B: Qwen2.5-0.5B + MAR-Base (spec §2)."""
+    return HarmonConfig(llm=qwen25_0_5b_config(), mar=mar_base())
+
+
+def harmon_1_5b() -> HarmonConfig:
+    """Harmon-1.5B: Qwen2.5-1.5B + MAR-Huge (spec §2)."""
+    return HarmonConfig(llm=qwen25_1_5b_config(), mar=mar_huge())
+
+
+def harmon_tiny(vocab_size: int = 512) -> HarmonConfig:
+    """A few-MB Harmon for tests and the shapes world: same code paths, tiny widths, 64 px images (4x4 tokens)."""
+    llm = dict(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, rope_theta=10000.0,
+               rms_norm_eps=1e-6, tie_word_embeddings=True, hidden_act="silu", attention_dropout=0.0,
+               use_sliding_window=False)
+    mar = MARConfig(encoder_dim=64, encoder_depth=2, encoder_heads=4, decoder_dim=64, decoder_depth=2,
+                    decoder_heads=4, buffer_size=8, grid_size=4, class_num=0,
+                    diffloss=DiffLossConfig(z_channels=64, width=64, depth=2))
+    vae = VAEConfig(ch=16, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=1, attn_resolutions=(4,), resolution=64,
+                    norm_groups=8)
+    gen = GenerationDefaults(image_size=64, num_iter=8, understanding_image_size=64, max_new_tokens=32)
+    return HarmonConfig(llm=llm, mar=mar, vae=vae, generation=gen)
+
+
+CONFIGS = {"0.5b": harmon_0_5b, "1.5b": harmon_1_5b, "tiny": harmon_tiny}

@@ -1,0 +1,100 @@
+"""Loading and preparing images: safe mode conversion, square padding, resizing, tensor <-> PIL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+GRAY = (127, 127, 127)  # padding colour of understanding inputs (spec §10)
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Open an image file fully, raising a ValueError that names the file if it cannot be read."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image file not found: {path}")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return ImageOps.exif_transpose(im)
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise ValueError(f"cannot read image {path}: {err}") from err
+
+
+def to_rgb(image: Image.Image, background: tuple[int, int, int] = GRAY) -> Image.Image:
+    """Convert any PIL mode to 8-bit RGB without surprises.
+
+    Transparency is composited onto ``background`` (instead of exposing whatever colour hides under alpha 0);
+    16-bit and 32-bit integer / float greyscale are rescaled to 0..255 rather than clipped.
+    """
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(image, dtype=np.float64)
+        if mode.startswith("I;16"):
+            arr = arr / 257.0
+        elif arr.size and (arr.max() > 255 or arr.min() < 0):
+            lo, hi = float(arr.min()), float(arr.max())
+            arr = (arr - lo) / max(hi - lo, 1e-12) * 255.0
+        elif mode == "F" and arr.size and arr.max() <= 1.0:
+            arr = arr * 255.0
+        grey = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), mode="L")
+        return grey.convert("RGB")
+    if mode == "P":
+        image = image.convert("RGBA") if "transparency" in image.info else image.convert("RGB")
+        if image.mode == "RGB":
+            return image
+        mode = "RGBA"
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (*background, 255))
+        return Image.alpha_composite(canvas, rgba).convert("RGB")
+    return image.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
+
+
+def expand_to_square(image: Image.Image, fill: tuple[int, int, int] = GRAY) -> Image.Image:
+    """Centre the image on a square canvas of ``fill`` (offset (long - short) // 2)."""
+    w, h = image.size
+    if w == h:
+        return image
+    side = max(w, h)
+    canvas = Image.new("RGB", (side, side), fill)
+    canvas.paste(image, ((side - w) // 2, (side - h) // 2))
+    return canvas
+
+
+def center_crop_square(image: Image.Image) -> Image.Image:
+    w, h = image.size
+    side = min(w, h)
+    left, top = (w - side) // 2, (h - side) // 2
+    return image.crop((left, top, left + side, top + side))
+
+
+def pil_to_tensor(image: Image.Image) -> torch.Tensor:
+    """RGB PIL image -> (3, H, W) float32 in [-1, 1]."""
+    arr = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy())  # (H, W, 3)
+    return arr.permute(2, 0, 1).float().div(255.0).mul(2.0).sub(1.0)
+
+
+def tensor_to_pil(pixels: torch.Tensor) -> list[Image.Image]:
+    """(B, 3, H, W) in about [-1, 1] -> PIL images, with clamp(127.5 x + 128, 0, 255) then truncation."""
+    arr = torch.clamp(127.5 * pixels.float() + 128.0, 0, 255).to(torch.uint8)  # truncation, as the official
+    arr = arr.permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(a, mode="RGB") for a in arr]
+
+
+def prepare_for_understanding(image: Image.Image | str | Path, size: int) -> torch.Tensor:
+    """Any image or path -> (1, 3, size, size) in [-1, 1]: RGB, padded to a gray square, resized (bicubic)."""
+    if isinstance(image, (str, Path)):
+        image = load_image(image)
+    if not isinstance(image, Image.Image):
+        raise TypeError(f"expected a PIL image or a path, got {type(image).__name__}")
+    if image.width < 1 or image.height < 1:
+        raise ValueError(f"image has no pixels ({image.width}x{image.height})")
+    image = expand_to_square(to_rgb(image))
+    image = image.resize((size, size), Image.Resampling.BICUBIC)
+    return pil_to_tensor(image).unsqueeze(0)

@@ -1,0 +1,284 @@
+"""The Harmon model: VAE -> MAR encoder -> proj_in -> Qwen2 LLM -> proj_out (+ residual) -> MAR decoder -> DiffLoss.
+
+Parameter names are the official ones (``llm.``, ``mar.``, ``proj_in.``, ``proj_out.``; the VAE under ``vae.`` with
+the kl16 names), so released checkpoints load without renaming. The model returns losses and one-step
+predictions; the sampling loops live in :mod:`harmon.sampling`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
+from harmon import rng
+from harmon.config import HarmonConfig
+from harmon.mar import MAR, mask_by_order
+from harmon.vae import AutoencoderKL
+
+IMAGE_PLACEHOLDER = -200  # id of an image-token slot in training sequences (the official convention)
+IGNORE_INDEX = -100  # label of tokens that are not supervised
+
+
+class _ScaleGrad(torch.autograd.Function):
+    """Identity forward; gradient multiplied by ``scale`` on the way back."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:  # noqa: D401
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad * ctx.scale, None
+
+
+def scale_grad(x: torch.Tensor, scale: float) -> torch.Tensor:
+    return _ScaleGrad.apply(x, scale)
+
+
+def truncated_normal_mask_ratio(min_ratio: float, std: float = 0.25, mean: float = 1.0,
+                                generator: torch.Generator | None = None) -> float:
+    """One mask ratio ~ N(mean, std) truncated to [min_ratio, 1] (spec §4.6), by inverse-CDF sampling.
+
+    Same distribution as scipy's ``truncnorm(a=(min-1)/std, b=0, loc=1, scale=std)``; drawn from ``generator``.
+    """
+    a = torch.tensor((min_ratio - mean) / std, dtype=torch.float64)
+    b = torch.tensor((1.0 - mean) / std, dtype=torch.float64)
+    lo, hi = torch.special.ndtr(a), torch.special.ndtr(b)
+    u = lo + (hi - lo) * rng.rand((), generator, dtype=torch.float64)
+    ratio = mean + std * float(torch.special.ndtri(u))
+    return min(max(ratio, min_ratio), 1.0)
+
+
+def build_llm(llm_config: dict) -> Qwen2ForCausalLM:
+    config = Qwen2Config(**llm_config)
+    config._attn_implementation = "sdpa"
+    return Qwen2ForCausalLM(config)
+
+
+class Harmon(nn.Module):
+    """The whole model. ``state_dict()`` minus ``vae.`` keys has exactly the official Harmon names."""
+
+    def __init__(self, config: HarmonConfig) -> None:
+        super().__init__()
+        self.config = config
+        hidden, d_enc = config.llm_hidden_size, config.mar.encoder_dim
+        self.llm = build_llm(config.llm)
+        self.mar = MAR(config.mar)
+        self.proj_in = nn.Sequential(nn.Linear(d_enc, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+        self.proj_out = nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, d_enc))
+        self.vae = AutoencoderKL(config.vae)
+        self.vae.requires_grad_(False)
+
+    # ------------------------------------------------------------------ housekeeping
+    def train(self, mode: bool = True) -> "Harmon":
+        super().train(mode)
+        self.vae.eval()  # the VAE is frozen: never in training mode
+        return self
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.mar.z_proj.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.mar.z_proj.weight.device
+
+    @property
+    def buffer_size(self) -> int:
+        return self.config.mar.buffer_size
+
+    def reset_rotary_buffers(self) -> None:
+        """Recompute the LLM's rotary frequencies in fp32 on the model's device.
+
+        They are non-persistent (never in checkpoints) and must not be rounded to bf16 by a dtype cast.
+        """
+        rotary = self.llm.model.rotary_emb
+        with torch.device(self.device):
+            self.llm.model.rotary_emb = type(rotary)(config=self.llm.config)
+
+    def set_gradient_checkpointing(self, enabled: bool) -> None:
+        """Checkpoint LLM layers, MAR blocks and DiffLoss res-blocks during training (outputs unchanged)."""
+        new_api = hasattr(self.llm, "activation_checkpointing_enable")  # transformers >= 5.x names
+        if enabled and new_api:
+            self.llm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        elif enabled:
+            self.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        elif new_api:
+            self.llm.activation_checkpointing_disable()
+        else:
+            self.llm.gradient_checkpointing_disable()
+        self.mar.grad_checkpointing = enabled
+        self.mar.diffloss.net.grad_checkpointing = enabled
+
+    def initialize_weights(self, generator: torch.Generator | None = None) -> None:
+        """From-scratch init of the MAR part and projections (the LLM keeps its own init)."""
+        self.mar.initialize_weights(generator)
+        for m in (*self.proj_in, *self.proj_out):
+            if isinstance(m, nn.Linear):
+                bound = math.sqrt(6.0 / (m.in_features + m.out_features))
+                with torch.no_grad():
+                    m.weight.copy_(rng.rand(m.weight.shape, generator, device=m.weight.device) * 2 * bound - bound)
+                    m.bias.zero_()
+
+    # ------------------------------------------------------------------ VAE <-> tokens
+    def grid_for(self, image_size: int | tuple[int, int]) -> tuple[int, int]:
+        h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
+        s = self.config.vae.stride
+        if h % s or w % s or h <= 0 or w <= 0:
+            raise ValueError(f"image size {h}x{w} is not a positive multiple of {s} (the VAE stride)")
+        return h // s, w // s
+
+    @torch.no_grad()
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixels in [-1, 1], (B, 3, H, W) -> latent tokens (B, h*w, C) in raster order (posterior mode x scale)."""
+        latents = self.vae.encode_latents(pixels.to(self.vae_dtype))  # (B, C, h, w)
+        return rearrange(latents, "b c h w -> b (h w) c")
+
+    def decode_tokens(self, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """Latent tokens (B, h*w, C) -> pixels (B, 3, H, W), approximately in [-1, 1]."""
+        latents = rearrange(tokens, "b (h w) c -> b c h w", h=grid[0], w=grid[1])
+        return self.vae.decode_latents(latents.to(self.vae_dtype))
+
+    @property
+    def vae_dtype(self) -> torch.dtype:
+        return self.vae.quant_conv.weight.dtype
+
+    # ------------------------------------------------------------------ the shared encoder
+    def embed_text(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.llm.get_input_embeddings()(input_ids)
+
+    def extract_visual_feature(self, tokens: torch.Tensor, mask: torch.Tensor | None,
+                               grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """MAR encoder + proj_in (spec §5.1).
+
+        Args:
+            tokens: (B, L, C); mask: (B, L) bool (True = unknown) or None (all visible); grid: (h, w).
+        Returns:
+            x_enc (B, 64+V, D_enc) buffers first, and z_enc (B, V+64, H_llm) with the buffers moved LAST.
+        """
+        if mask is None:
+            mask = torch.zeros(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+        x_enc = self.mar.forward_encoder(tokens, mask, grid)  # (B, 64+V, D)
+        z_enc = self.proj_in(x_enc)  # (B, 64+V, H)
+        nb = self.buffer_size
+        z_enc = torch.cat([z_enc[:, nb:], z_enc[:, :nb]], dim=1)  # (B, V+64, H)
+        return x_enc, z_enc
+
+    def forward_mae_encoder(self, tokens: torch.Tensor, mask: torch.Tensor, grid: tuple[int, int],
+                            text_mask: torch.Tensor, input_ids: torch.Tensor | None = None,
+                            cache=None) -> torch.Tensor:
+        """Encoder refined by the LLM after the text prompt (spec §5.2).
+
+        Args:
+            tokens: (B, L, C); mask: (B, L) bool; grid: (h, w).
+            text_mask: (B, T) attention mask of the (right-padded) prompt.
+            input_ids: (B, T) prompt ids; required without ``cache``.
+            cache: a transformers cache holding exactly the prompt's K/V; it is restored to that state on return.
+        Returns:
+            (B, 64+V, D_enc) = x_enc + proj_out(LLM output), buffers first (the decoder's input).
+        """
+        x_enc, z_enc = self.extract_visual_feature(tokens, mask, grid)
+        b, n_img = z_enc.shape[:2]
+        full_mask = torch.cat([text_mask.bool(), text_mask.new_ones(b, n_img, dtype=torch.bool)], dim=1)
+        positions = (full_mask.long().cumsum(dim=1) - 1).clamp(min=0)  # image tokens follow the real text
+        if cache is None:
+            if input_ids is None:
+                raise ValueError("forward_mae_encoder needs input_ids when no prompt cache is given")
+            inputs = torch.cat([self.embed_text(input_ids).to(z_enc.dtype), z_enc], dim=1)  # (B, T+V+64, H)
+            hidden = self.llm.model(inputs_embeds=inputs, attention_mask=full_mask,
+                                    position_ids=positions).last_hidden_state
+        else:
+            prompt_len = cache.get_seq_length()
+            if prompt_len != text_mask.shape[1]:
+                raise ValueError(f"cache holds {prompt_len} positions but the prompt mask has {text_mask.shape[1]}")
+            hidden = self.llm.model(inputs_embeds=z_enc, attention_mask=full_mask,
+                                    position_ids=positions[:, -n_img:], cache=cache,
+                                    use_cache=True).last_hidden_state
+            cache.crop(-n_img)  # keep only the prompt for the next step
+        z_llm = hidden[:, -n_img:]  # (B, V+64, H)
+        nb = self.buffer_size
+        z_llm = torch.cat([z_llm[:, -nb:], z_llm[:, :-nb]], dim=1)  # buffers first again
+        return x_enc + self.proj_out(z_llm)  # (B, 64+V, D_enc)
+
+    def prompt_cache(self, input_ids: torch.Tensor, text_mask: torch.Tensor):
+        """Run the prompt once and return its K/V cache (spec §9.2 step 4, with mask and positions)."""
+        positions = (text_mask.long().cumsum(dim=1) - 1).clamp(min=0)
+        out = self.llm.model(inputs_embeds=self.embed_text(input_ids), attention_mask=text_mask.bool(),
+                             position_ids=positions, use_cache=True)
+        return out.past_key_values if getattr(out, "cache", None) is None else out.cache
+
+    # ------------------------------------------------------------------ training losses
+    def sample_orders(self, batch: int, seq_len: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(B, L) random permutations, one per row, drawn from ``generator``."""
+        return torch.stack([rng.randperm(seq_len, generator, device=self.device) for _ in range(batch)])
+
+    def text_to_image_loss(self, pixels: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                           generator: torch.Generator | None = None) -> torch.Tensor:
+        """Masked-token diffusion loss conditioned on the prompt (spec §11.2).
+
+        Args:
+            pixels: (B, 3, H, W) in [-1, 1]; input_ids, attention_mask: (B, T) right-padded chat prompts.
+            generator: draws the orders, the batch's mask ratio, the timesteps and the noise.
+        """
+        grid = self.grid_for((pixels.shape[-2], pixels.shape[-1]))
+        tokens = self.encode_images(pixels)  # (B, L, C)
+        b, seq = tokens.shape[:2]
+        ratio = truncated_normal_mask_ratio(self.config.mar.mask_ratio_min, generator=generator)
+        n_masked = int(math.ceil(seq * ratio))
+        mask = mask_by_order(n_masked, self.sample_orders(b, seq, generator))  # (B, L) True = unknown
+        x_enc = self.forward_mae_encoder(tokens, mask, grid, attention_mask, input_ids=input_ids)
+        z = self.mar.forward_decoder(x_enc, mask, grid)  # (B, L, Dd)
+        return self.mar.forward_loss(z, tokens, mask, generator=generator)
+
+    def image_to_text_loss(self, pixels: torch.Tensor | None, input_ids: torch.Tensor, labels: torch.Tensor,
+                           attention_mask: torch.Tensor, image_token_id: int = IMAGE_PLACEHOLDER) -> torch.Tensor:
+        """Cross-entropy on answer tokens with image slots filled by the shared encoder (spec §11.3).
+
+        Args:
+            pixels: (B, 3, H, W) in [-1, 1], or None for a text-only batch.
+            input_ids: (B, N) with exactly L+64 ``image_token_id`` slots per row when pixels are given.
+            labels: (B, N) with IGNORE_INDEX on unsupervised positions; attention_mask: (B, N).
+        """
+        slots = input_ids == image_token_id
+        embeds = self.embed_text(input_ids.masked_fill(slots, 0))  # (B, N, H)
+        if pixels is not None:
+            grid = self.grid_for((pixels.shape[-2], pixels.shape[-1]))
+            _, z_enc = self.extract_visual_feature(self.encode_images(pixels), None, grid)  # (B, L+64, H)
+            z_enc = scale_grad(z_enc, self.config.grad_scale)
+            per_row = slots.sum(dim=1)
+            if not bool((per_row == z_enc.shape[1]).all()):
+                raise ValueError(f"each row needs {z_enc.shape[1]} image slots, got {per_row.tolist()}")
+            embeds = embeds.masked_scatter(slots.unsqueeze(-1), z_enc.to(embeds.dtype))
+            dummy = None
+        else:
+            # Keep every visual parameter in the graph so distributed gradient reduction stays consistent.
+            s = self.config.vae.stride * self.config.mar.grid_size
+            zeros = torch.zeros(1, self.config.mar.seq_len, self.config.mar.token_dim, device=self.device)
+            _, z_dummy = self.extract_visual_feature(zeros, None, self.grid_for(s))
+            dummy = z_dummy.mean() * 0.0
+        hidden = self.llm.model(inputs_embeds=embeds, attention_mask=attention_mask.bool()).last_hidden_state
+        shifted = labels[:, 1:]
+        keep = shifted != IGNORE_INDEX
+        logits = self.llm.lm_head(hidden[:, :-1][keep])  # (n_supervised, vocab)
+        loss = F.cross_entropy(logits.float(), shifted[keep])
+        return loss if dummy is None else loss + dummy
+
+    def forward(self, batch: dict, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """Losses for a dict {source_name: batch}; the loss is chosen by the name (text2image / image2text)."""
+        losses = {}
+        for name, sub in batch.items():
+            if "text2image" in name:
+                losses[f"loss_{name}"] = self.text_to_image_loss(sub["pixels"], sub["input_ids"],
+                                                                 sub["attention_mask"], generator=generator)
+            elif "image2text" in name:
+                losses[f"loss_{name}"] = self.image_to_text_loss(sub.get("pixels"), sub["input_ids"], sub["labels"],
+                                                                 sub["attention_mask"])
+            else:
+                raise ValueError(f"batch source {name!r} names neither text2image nor image2text")
+        return losses

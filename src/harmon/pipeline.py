@@ -1,0 +1,288 @@
+"""HarmonPipeline: what users call. Wires the model, the tokenizer, prompt templates and the sampling loops."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from harmon.checkpoint import TIED_KEYS, check_state_dict, read_weights, save_safetensors
+from harmon.config import HarmonConfig
+from harmon.diffloss import DiffLossConfig
+from harmon.images import load_image, prepare_for_understanding, tensor_to_pil
+from harmon.mar import MARConfig
+from harmon.model import Harmon
+from harmon.prompts import IM_END, generation_prompt, unconditional_prompt, understanding_prompt
+from harmon.sampling import SamplingSettings, decode_text, generate_tokens
+from harmon.tokenizer import load_tokenizer
+from harmon.vae import VAEConfig
+
+logger = logging.getLogger(__name__)
+
+FORMAT_NAME = "harmon"
+FORMAT_VERSION = 1
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+# Attention heads are not visible in weight shapes; these are the MAR sizes (width -> heads) of the releases.
+MAR_HEADS_BY_WIDTH = {768: 12, 1024: 16, 1280: 16}
+_LLM_BOOKKEEPING = ("architectures", "transformers_version", "torch_dtype", "dtype", "_name_or_path",
+                    "model_type", "use_cache")
+
+
+def default_device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def build_empty_model(config: HarmonConfig, device: torch.device | str = "cpu",
+                      dtype: torch.dtype = torch.float32) -> Harmon:
+    """Build the module tree without spending time on random init (weights are uninitialised memory).
+
+    Non-persistent buffers (the LLM's rotary frequencies) are recomputed; every parameter must then be loaded.
+    """
+    with torch.device("meta"):
+        model = Harmon(config)
+    model = model.to_empty(device=device).to(dtype)
+    model.reset_rotary_buffers()
+    model.llm.tie_weights()
+    return model
+
+
+def load_harmon_weights(model: Harmon, state_dict: dict[str, torch.Tensor], source: str,
+                        include_vae: bool) -> None:
+    """Strictly load Harmon weights (official names). ``llm.lm_head.weight`` may be present or absent.
+
+    Raises CheckpointError listing missing, unexpected and misshaped keys by name.
+    """
+    expected = {k: v.shape for k, v in model.state_dict().items() if include_vae or not k.startswith("vae.")}
+    tied = bool(model.llm.config.tie_word_embeddings)
+    check_state_dict(expected, state_dict, source, optional=TIED_KEYS if tied else ())
+    state_dict = dict(state_dict)
+    if tied and "llm.lm_head.weight" in state_dict:
+        head = state_dict.pop("llm.lm_head.weight")
+        embed = state_dict["llm.model.embed_tokens.weight"]
+        if head.data_ptr() != embed.data_ptr() and not torch.equal(head, embed):
+            logger.warning("%s: llm.lm_head.weight differs from the token embedding; the model ties them and "
+                           "keeps the embedding", source)
+    with torch.no_grad():
+        own = model.state_dict()
+        for name, value in state_dict.items():
+            own[name].copy_(value)
+    model.llm.tie_weights()
+
+
+def infer_mar_config(sd: dict[str, torch.Tensor]) -> MARConfig:
+    """Read the MAR sizes off an official checkpoint's shapes (MAR-Base, -Large, -Huge, the 1.5b-o file...)."""
+    try:
+        enc_dim, token_dim = sd["mar.z_proj.weight"].shape
+        dec_dim = sd["mar.decoder_embed.weight"].shape[0]
+        n_diff = sd["mar.diffusion_pos_embed_learned"].shape[1]
+        n_tab = sd["mar.encoder_pos_embed_learned"].shape[1]
+        width = sd["mar.diffloss.net.input_proj.weight"].shape[0]
+    except KeyError as err:
+        raise ValueError(f"not a Harmon checkpoint: key {err} is missing") from err
+    grid = int(round(n_diff**0.5))
+
+    def depth(prefix: str) -> int:
+        return len({k.split(".")[2] for k in sd if k.startswith(prefix)})
+
+    if enc_dim not in MAR_HEADS_BY_WIDTH or dec_dim not in MAR_HEADS_BY_WIDTH:
+        raise ValueError(f"unknown MAR width {enc_dim}/{dec_dim}; known: {sorted(MAR_HEADS_BY_WIDTH)}")
+    class_num = sd["mar.class_emb.weight"].shape[0] if "mar.class_emb.weight" in sd else 0
+    diff_depth = len({k.split(".")[4] for k in sd if k.startswith("mar.diffloss.net.res_blocks.")})
+    return MARConfig(
+        token_dim=token_dim, encoder_dim=enc_dim, encoder_depth=depth("mar.encoder_blocks."),
+        encoder_heads=MAR_HEADS_BY_WIDTH[enc_dim], decoder_dim=dec_dim, decoder_depth=depth("mar.decoder_blocks."),
+        decoder_heads=MAR_HEADS_BY_WIDTH[dec_dim], buffer_size=n_tab - n_diff, grid_size=grid, class_num=class_num,
+        diffloss=DiffLossConfig(target_channels=token_dim, z_channels=dec_dim, width=width, depth=diff_depth))
+
+
+def _resolve(device, dtype) -> tuple[torch.device, torch.dtype]:
+    device = torch.device(device) if device is not None else default_device()
+    return device, dtype if dtype is not None else default_dtype(device)
+
+
+class HarmonPipeline:
+    """Text-to-image generation and image understanding with one Harmon model.
+
+    Build with :meth:`from_official` (released files), :meth:`from_pretrained` (our format) or from parts.
+    """
+
+    def __init__(self, model: Harmon, tokenizer) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.config: HarmonConfig = model.config
+        self.image_token_id = tokenizer.convert_tokens_to_ids(self.config.image_token)
+        self.eos_token_id = tokenizer.convert_tokens_to_ids(IM_END)
+        if self.image_token_id is None or self.image_token_id == tokenizer.unk_token_id:
+            raise ValueError(f"tokenizer has no {self.config.image_token!r} token")
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_official(cls, checkpoint: str | Path, vae: str | Path, llm: str | Path,
+                      device: torch.device | str | None = None, dtype: torch.dtype | None = None,
+                      vae_config: VAEConfig | None = None) -> "HarmonPipeline":
+        """Load released Harmon weights.
+
+        Args:
+            checkpoint: harmon_0.5b.pth / harmon_1.5b.pth (flat state dict with llm., mar., proj_in., proj_out.).
+            vae: kl16.ckpt (its "model" entry is the VAE state dict).
+            llm: a local Qwen2.5-Instruct folder: config.json and tokenizer files (its weights are not needed).
+            vae_config: the VAE's shape; default KL-16 (embed_dim 16, ch_mult (1,1,2,2,4), scale 0.2325).
+        """
+        device, dtype = _resolve(device, dtype)
+        llm = Path(llm)
+        if not (llm / "config.json").is_file():
+            raise FileNotFoundError(f"no config.json in the LLM folder {llm}")
+        llm_cfg = {k: v for k, v in json.loads((llm / "config.json").read_text()).items()
+                   if k not in _LLM_BOOKKEEPING}
+        sd = read_weights(checkpoint)
+        config = HarmonConfig(llm=llm_cfg, mar=infer_mar_config(sd), vae=vae_config or VAEConfig())
+        model = build_empty_model(config, device, dtype)
+        load_harmon_weights(model, sd, str(checkpoint), include_vae=False)
+        vae_sd = read_weights(vae, entry="model") if Path(vae).suffix != ".safetensors" else read_weights(vae)
+        check_state_dict({k: v.shape for k, v in model.vae.state_dict().items()}, vae_sd, str(vae))
+        model.vae.load_state_dict(vae_sd, strict=True)
+        return cls(model, load_tokenizer(llm, config.image_token))
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: torch.device | str | None = None,
+                        dtype: torch.dtype | None = None) -> "HarmonPipeline":
+        """Load our own format: config.json + model.safetensors + tokenizer files."""
+        path = Path(path)
+        if not (path / CONFIG_NAME).is_file() or not (path / WEIGHTS_NAME).is_file():
+            raise FileNotFoundError(f"{path} is not a saved harmon model (needs {CONFIG_NAME} and {WEIGHTS_NAME})")
+        raw = json.loads((path / CONFIG_NAME).read_text())
+        if raw.pop("format", FORMAT_NAME) != FORMAT_NAME:
+            raise ValueError(f"{path / CONFIG_NAME} is not a harmon config")
+        raw.pop("format_version", None)
+        config = HarmonConfig.from_dict(raw)
+        device, dtype = _resolve(device, dtype)
+        model = build_empty_model(config, device, dtype)
+        load_harmon_weights(model, read_weights(path / WEIGHTS_NAME), str(path / WEIGHTS_NAME), include_vae=True)
+        return cls(model, load_tokenizer(path, config.image_token))
+
+    def save_pretrained(self, path: str | Path, dtype: torch.dtype | None = None) -> None:
+        """Write config.json, model.safetensors (tied head stored once) and the tokenizer files."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        sd = self.model.state_dict()
+        if self.model.llm.config.tie_word_embeddings:
+            sd.pop("llm.lm_head.weight", None)
+        if dtype is not None:
+            sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}
+        save_safetensors(sd, path / WEIGHTS_NAME, metadata={"format": FORMAT_NAME})
+        (path / CONFIG_NAME).write_text(json.dumps(
+            {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **self.config.to_dict()}, indent=2,
+            sort_keys=True) + "\n")
+        self.tokenizer.save_pretrained(str(path))
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "HarmonPipeline":
+        self.model.to(device=device, dtype=dtype)
+        self.model.reset_rotary_buffers()
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    # ------------------------------------------------------------------ text helpers
+    def _tokenize(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        enc = self.tokenizer(list(texts), add_special_tokens=False, padding=True, return_tensors="pt")
+        return enc.input_ids.to(self.device), enc.attention_mask.to(self.device).bool()
+
+    # ------------------------------------------------------------------ generation
+    @torch.no_grad()
+    def generate(self, prompt: str | Sequence[str], *, num_images_per_prompt: int = 1,
+                 image_size: int | None = None, num_iter: int | None = None, guidance_scale: float | None = None,
+                 cfg_schedule: str | None = None, temperature: float | None = None,
+                 num_sampling_steps: str | int | None = None, generator: torch.Generator | None = None,
+                 output_type: str = "pil") -> list[Image.Image] | torch.Tensor:
+        """Draw images for one prompt or several.
+
+        Settings left as None take the model's recorded defaults (``config.generation``).
+        Returns a list of PIL images (prompt-major: all images of prompt 0, then prompt 1...), or with
+        ``output_type="latent"`` the scaled VAE latents (N, C, h, w), or with ``"pt"`` pixels (N, 3, H, W).
+        """
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if not prompts:
+            raise ValueError("prompt list is empty")
+        for p in prompts:
+            if not isinstance(p, str):
+                raise TypeError(f"prompts must be strings, got {type(p).__name__}")
+        if num_images_per_prompt < 1:
+            raise ValueError(f"num_images_per_prompt must be >= 1, got {num_images_per_prompt}")
+        if output_type not in ("pil", "latent", "pt"):
+            raise ValueError(f"output_type must be 'pil', 'latent' or 'pt', got {output_type!r}")
+        d = self.config.generation
+        settings = SamplingSettings(
+            num_iter=d.num_iter if num_iter is None else num_iter,
+            guidance_scale=d.guidance_scale if guidance_scale is None else guidance_scale,
+            cfg_schedule=d.cfg_schedule if cfg_schedule is None else cfg_schedule,
+            temperature=d.temperature if temperature is None else temperature,
+            num_sampling_steps=str(num_sampling_steps if num_sampling_steps is not None else d.num_sampling_steps))
+        size = d.image_size if image_size is None else image_size
+        grid = self.model.grid_for(size)
+        cond = [generation_prompt(p) for p in prompts for _ in range(num_images_per_prompt)]
+        texts = cond + [unconditional_prompt()] * len(cond) if settings.guidance_scale != 1.0 else cond
+        input_ids, mask = self._tokenize(texts)
+        tokens = generate_tokens(self.model, input_ids, mask, grid, settings, generator=generator)  # (N, L, C)
+        if output_type == "latent":
+            return tokens.transpose(1, 2).reshape(tokens.shape[0], -1, *grid)
+        pixels = self.model.decode_tokens(tokens, grid)  # (N, 3, H, W)
+        return pixels if output_type == "pt" else tensor_to_pil(pixels)
+
+    # ------------------------------------------------------------------ understanding
+    def understanding_inputs(self, image: Image.Image | str | Path, question: str,
+                             image_size: int | None = None) -> torch.Tensor:
+        """Prompt embeddings with the image slots filled by the shared encoder: (1, N, H_llm)."""
+        if not isinstance(question, str) or not question.strip():
+            raise ValueError("question must be a non-empty string")
+        size = self.config.generation.understanding_image_size if image_size is None else image_size
+        grid = self.model.grid_for(size)
+        if isinstance(image, (str, Path)):
+            image = load_image(image)
+        pixels = prepare_for_understanding(image, size).to(self.device)
+        tokens = self.model.encode_images(pixels)  # (1, L, C)
+        _, z_enc = self.model.extract_visual_feature(tokens, None, grid)  # (1, L+64, H)
+        image_token = self.config.image_token
+        before, after = understanding_prompt(question.strip(), image_token).split(image_token)
+        ids_before = self.tokenizer(before, add_special_tokens=False).input_ids
+        ids_after = self.tokenizer(after, add_special_tokens=False).input_ids
+        embed = self.model.embed_text
+        dev = self.device
+        parts = [embed(torch.tensor([ids_before], device=dev)), z_enc.to(self.model.dtype),
+                 embed(torch.tensor([ids_after], device=dev))]
+        return torch.cat(parts, dim=1)
+
+    @torch.no_grad()
+    def describe(self, image_or_path: Image.Image | str | Path, question: str = "Describe the image in detail.", *,
+                 max_new_tokens: int | None = None, do_sample: bool = False, temperature: float = 1.0,
+                 top_p: float = 1.0, repetition_penalty: float = 1.0, generator: torch.Generator | None = None,
+                 image_size: int | None = None) -> str:
+        """Answer ``question`` about an image (spec §10). Greedy unless ``do_sample``."""
+        embeds = self.understanding_inputs(image_or_path, question, image_size)
+        ids = decode_text(self.model, embeds,
+                          max_new_tokens=self.config.generation.max_new_tokens if max_new_tokens is None
+                          else max_new_tokens, eos_token_id=self.eos_token_id, do_sample=do_sample,
+                          temperature=temperature, top_p=top_p, repetition_penalty=repetition_penalty,
+                          generator=generator)
+        if ids and ids[-1] == self.eos_token_id:
+            ids = ids[:-1]
+        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+    def __repr__(self) -> str:  # pragma: no cover - cosmetic
+        n = sum(p.numel() for p in self.model.parameters())
+        return f"HarmonPipeline({n / 1e6:.1f}M params, device={self.device}, dtype={self.model.dtype})"
+

@@ -1,0 +1,168 @@
+"""Sampling loops: masked-autoregressive image generation (spec §9) and text decoding for understanding (§10).
+
+The model provides one-step predictions; these functions own the loops and schedules. Every random choice
+(orders, diffusion noise, token sampling) is drawn from the one ``torch.Generator`` passed in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from harmon import rng
+from harmon.mar import mask_by_order, next_mask_len
+from harmon.model import Harmon
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """Settings of one generation call."""
+
+    num_iter: int = 64
+    guidance_scale: float = 3.0
+    cfg_schedule: str = "constant"
+    temperature: float = 1.0
+    num_sampling_steps: str | None = None  # respacing string for the diffusion head; None = model default
+
+    def __post_init__(self) -> None:
+        if self.num_iter < 1:
+            raise ValueError(f"num_iter must be >= 1, got {self.num_iter}")
+        if self.guidance_scale < 1.0:
+            raise ValueError(f"guidance_scale must be >= 1.0, got {self.guidance_scale}")
+        if self.cfg_schedule not in ("constant", "linear"):
+            raise ValueError(f"cfg_schedule must be 'constant' or 'linear', got {self.cfg_schedule!r}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+
+
+def mask_schedule(seq_len: int, num_iter: int) -> list[int]:
+    """Number of tokens revealed at each step, in integers, exactly as :func:`generate_tokens` does it.
+
+    The last step reveals the rest. When fewer tokens than steps remain, the loop stops early once every token is
+    known (the official code would run steps that predict nothing), so the list can be shorter than num_iter.
+    """
+    counts, masked = [], seq_len
+    for step in range(num_iter):
+        n_next = next_mask_len(step, num_iter, seq_len, masked)
+        if step == num_iter - 1 or n_next >= masked:
+            counts.append(masked)
+            break
+        counts.append(masked - n_next)
+        masked = n_next
+    return counts
+
+
+def step_guidance(settings: SamplingSettings, seq_len: int, n_next: int) -> float:
+    """Guidance scale of one step: constant, or linear in the fraction of revealed tokens (spec §9.2 step 8)."""
+    if settings.cfg_schedule == "linear":
+        return 1.0 + (settings.guidance_scale - 1.0) * (seq_len - n_next) / seq_len
+    return settings.guidance_scale
+
+
+@torch.no_grad()
+def generate_tokens(model: Harmon, input_ids: torch.Tensor, attention_mask: torch.Tensor, grid: tuple[int, int],
+                    settings: SamplingSettings, generator: torch.Generator | None = None,
+                    use_cache: bool = True) -> torch.Tensor:
+    """Sample latent tokens by masked autoregression (spec §9.2).
+
+    Args:
+        input_ids, attention_mask: (R, T) right-padded prompts. With guidance (scale != 1) the first R/2 rows are
+            the conditional prompts and the last R/2 the unconditional ones.
+        grid: (h, w) token grid, L = h*w.
+        use_cache: reuse the prompt's K/V across steps (default); False recomputes the prompt every step
+            (the uncached reference, identical up to float error).
+    Returns:
+        (R', L, C) tokens in the model dtype, R' = R/2 with guidance else R.
+    """
+    use_cfg = settings.guidance_scale != 1.0
+    rows = input_ids.shape[0]
+    if use_cfg and rows % 2:
+        raise ValueError("with guidance the batch must hold conditional and unconditional halves")
+    n_img = rows // 2 if use_cfg else rows
+    seq_len = grid[0] * grid[1]
+    device, dtype = model.device, model.dtype
+    token_dim = model.config.mar.token_dim
+
+    orders = model.sample_orders(n_img, seq_len, generator)  # (n, L)
+    if use_cfg:
+        orders = torch.cat([orders, orders])  # unconditional rows follow the conditional ones
+    tokens = torch.zeros(rows, seq_len, token_dim, device=device, dtype=dtype)
+    mask = torch.ones(rows, seq_len, dtype=torch.bool, device=device)
+    cache = model.prompt_cache(input_ids, attention_mask) if use_cache else None
+
+    masked = seq_len
+    for step in range(settings.num_iter):
+        x_enc = model.forward_mae_encoder(tokens, mask, grid, attention_mask,
+                                          input_ids=None if use_cache else input_ids, cache=cache)
+        z = model.mar.forward_decoder(x_enc, mask, grid)  # (R, L, Dd)
+        n_next = next_mask_len(step, settings.num_iter, seq_len, masked)
+        last = step == settings.num_iter - 1 or n_next >= masked
+        if last:
+            to_predict = mask
+            mask_next = torch.zeros_like(mask)
+        else:
+            mask_next = mask_by_order(n_next, orders)
+            to_predict = mask & ~mask_next
+        z_sel = z[to_predict]  # (R*k, Dd), row-major: conditional rows first
+        scale = step_guidance(settings, seq_len, n_next)
+        if use_cfg and scale == 1.0:
+            z_sel = z_sel[: z_sel.shape[0] // 2]
+        new = model.mar.diffloss.sample(z_sel, temperature=settings.temperature, cfg=scale if use_cfg else 1.0,
+                                        generator=generator, num_steps=settings.num_sampling_steps)
+        half = tokens[:n_img]
+        half[to_predict[:n_img]] = new.to(dtype)
+        if use_cfg:
+            tokens[n_img:] = half
+        mask = mask_next
+        masked = 0 if last else n_next
+        if last:
+            break
+    return tokens[:n_img]
+
+
+def _apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """Divide positive / multiply negative logits of already generated tokens (the common convention)."""
+    picked = logits.gather(-1, seen)
+    picked = torch.where(picked > 0, picked / penalty, picked * penalty)
+    return logits.scatter(-1, seen, picked)
+
+
+@torch.no_grad()
+def decode_text(model: Harmon, inputs_embeds: torch.Tensor, *, max_new_tokens: int, eos_token_id: int,
+                do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
+                repetition_penalty: float = 1.0, generator: torch.Generator | None = None) -> list[int]:
+    """Autoregressive decoding after a prefix of embeddings (one sequence), with a KV cache.
+
+    Greedy by default; with ``do_sample`` draws from softmax(logits / temperature), nucleus ``top_p``, using
+    ``generator``. Stops at ``eos_token_id`` (included in the result) or after ``max_new_tokens``.
+    """
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    llm = model.llm
+    out = llm(inputs_embeds=inputs_embeds, use_cache=True, logits_to_keep=1)
+    cache = out.past_key_values if getattr(out, "cache", None) is None else out.cache
+    logits = out.logits[:, -1].float()  # (1, V)
+    generated: list[int] = []
+    for _ in range(max_new_tokens):
+        if repetition_penalty != 1.0 and generated:
+            seen = torch.tensor([generated], device=logits.device)
+            logits = _apply_repetition_penalty(logits, seen, repetition_penalty)
+        if do_sample and temperature > 0:
+            probs = torch.softmax(logits / temperature, dim=-1)
+            if top_p < 1.0:
+                sorted_p, idx = probs.sort(dim=-1, descending=True)
+                drop = sorted_p.cumsum(-1) - sorted_p > top_p
+                sorted_p = sorted_p.masked_fill(drop, 0.0)
+                probs = torch.zeros_like(probs).scatter(-1, idx, sorted_p)
+            next_id = int(rng.multinomial(probs, generator))
+        else:
+            next_id = int(logits.argmax(dim=-1))
+        generated.append(next_id)
+        if next_id == eos_token_id:
+            break
+        ids = torch.tensor([[next_id]], device=inputs_embeds.device)
+        out = llm(input_ids=ids, cache=cache, use_cache=True)
+        cache = out.past_key_values if getattr(out, "cache", None) is None else out.cache
+        logits = out.logits[:, -1].float()
+    return generated

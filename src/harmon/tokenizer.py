@@ -1,0 +1,56 @@
+"""Tokenizers: loading a Qwen2.5 tokenizer folder, adding ``<image>``, and training a small one for tiny models."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from transformers import PreTrainedTokenizerFast
+
+from harmon.prompts import END_OF_TEXT, IM_END, IM_START
+
+SPECIAL_TOKENS = (END_OF_TEXT, IM_START, IM_END)
+
+
+def load_tokenizer(path: str | Path, image_token: str = "<image>") -> PreTrainedTokenizerFast:
+    """Load a local tokenizer folder (tokenizer.json + tokenizer_config.json) and make sure ``image_token`` exists.
+
+    Only local files are read. Raises FileNotFoundError naming the folder when it holds no tokenizer.
+    """
+    path = Path(path)
+    if not (path / "tokenizer.json").is_file():
+        raise FileNotFoundError(f"no tokenizer.json in {path} (a Qwen2.5 folder or a saved harmon model is needed)")
+    tok = PreTrainedTokenizerFast.from_pretrained(str(path), local_files_only=True)
+    return ensure_special_tokens(tok, image_token)
+
+
+def ensure_special_tokens(tok: PreTrainedTokenizerFast, image_token: str = "<image>") -> PreTrainedTokenizerFast:
+    """Add ``image_token`` as a special token and fill pad/eos with the ChatML tokens when missing."""
+    if image_token not in tok.get_vocab():
+        tok.add_special_tokens({"additional_special_tokens": [image_token]}, replace_extra_special_tokens=False)
+    if tok.eos_token is None and IM_END in tok.get_vocab():
+        tok.eos_token = IM_END
+    if tok.pad_token is None:
+        tok.pad_token = END_OF_TEXT if END_OF_TEXT in tok.get_vocab() else tok.eos_token
+    tok.padding_side = "right"
+    return tok
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 512, image_token: str = "<image>",
+                    min_frequency: int = 1) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE tokenizer (Qwen-style: no BOS, ChatML specials, ``<image>``) on ``texts``.
+
+    Byte-level means any string is encodable; whole words of a small world's vocabulary become single tokens.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    specials = [*SPECIAL_TOKENS, image_token]
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tk.train_from_iterator(texts, trainer=trainer)
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token=IM_END, pad_token=END_OF_TEXT,
+                                  additional_special_tokens=[IM_START, image_token])
+    return ensure_special_tokens(tok, image_token)

@@ -1,0 +1,127 @@
+"""The synthetic shapes world: scenes, GenEval-format prompts, POPE-style questions and exact scorers.
+
+Used to train a tiny Harmon from scratch and to score its generation (GenEval rules) and understanding
+(POPE, counting, colour, position, description) exactly.
+
+    >>> import torch
+    >>> from harmon.world import WorldConfig, sample_prompt, scene_for_prompt, render, detect_objects, judge_prompt
+    >>> g = torch.Generator().manual_seed(0)
+    >>> prompt = sample_prompt(g, "position")
+    >>> image = render(scene_for_prompt(prompt, g))
+    >>> judge_prompt(prompt, detect_objects(image))
+    True
+"""
+
+from harmon.world.prompts import (
+    PromptMeta,
+    caption_scene,
+    describe_scene,
+    format_prompt,
+    make_prompt,
+    parse_prompt,
+    sample_eval_prompts,
+    sample_prompt,
+    scene_for_prompt,
+    true_captions,
+)
+from harmon.world.questions import (
+    Question,
+    color_question,
+    counting_question,
+    describe_question,
+    existence_question,
+    negative_pairs,
+    position_question,
+    positive_pairs,
+    sample_eval_questions,
+    sample_questions,
+)
+from harmon.world.scene import (
+    DEFAULT_COLORS,
+    SUPPORTED_SHAPES,
+    PairStatistics,
+    Scene,
+    WorldConfig,
+    WorldObject,
+    check_scene,
+    pair_statistics,
+    place_content,
+    render,
+    render_array,
+    sample_scene,
+    shape_mask,
+)
+from harmon.world.scoring import (
+    POPE_SPLITS,
+    QUESTION_TYPES,
+    RELATIONS,
+    TAGS,
+    DetectedObject,
+    DetectorConfig,
+    answer_correct,
+    detect_objects,
+    explain_prompt,
+    format_tables,
+    judge_prompt,
+    parse_color,
+    parse_count,
+    parse_description,
+    pope_answer,
+    relation,
+    score_answers,
+    score_generation,
+)
+
+__all__ = [
+    "DEFAULT_COLORS",
+    "POPE_SPLITS",
+    "QUESTION_TYPES",
+    "RELATIONS",
+    "SUPPORTED_SHAPES",
+    "TAGS",
+    "DetectedObject",
+    "DetectorConfig",
+    "PairStatistics",
+    "PromptMeta",
+    "Question",
+    "Scene",
+    "WorldConfig",
+    "WorldObject",
+    "answer_correct",
+    "caption_scene",
+    "check_scene",
+    "color_question",
+    "counting_question",
+    "describe_question",
+    "describe_scene",
+    "detect_objects",
+    "existence_question",
+    "explain_prompt",
+    "format_prompt",
+    "format_tables",
+    "judge_prompt",
+    "make_prompt",
+    "negative_pairs",
+    "pair_statistics",
+    "parse_color",
+    "parse_count",
+    "parse_description",
+    "parse_prompt",
+    "place_content",
+    "pope_answer",
+    "position_question",
+    "positive_pairs",
+    "relation",
+    "render",
+    "render_array",
+    "sample_eval_prompts",
+    "sample_eval_questions",
+    "sample_prompt",
+    "sample_questions",
+    "sample_scene",
+    "scene_for_prompt",
+    "score_answers",
+    "score_generation",
+    "shape_mask",
+    "true_captions",
+]
