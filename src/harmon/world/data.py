@@ -1,0 +1,102 @@
+"""Training records from the shapes world: record ``i`` of a task is a pure function of (seed, i).
+
+Tasks:
+    text2image  a prompt (GenEval categories, or a true caption of a random scene) and an image drawing it exactly
+    caption     an image and its canonical description, asked with one of the caption instructions
+    qa          an image and a multi-turn conversation of questions about it (POPE existence, counting, colour,
+                position, description) with exact answers
+    text        text only: the world's sentences without an image, for pre-training the language model (stage 0)
+Held-out (colour, shape) pairs never appear.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from harmon.prompts import BRIEF_CAPTION_INSTRUCTIONS, DETAILED_CAPTION_INSTRUCTIONS, GENERATE_PREFIX
+from harmon.world.prompts import caption_scene, describe_scene, sample_prompt, scene_for_prompt
+from harmon.world.questions import sample_questions
+from harmon.world.scene import WorldConfig, _choice, render, sample_scene
+
+TASKS = ("text2image", "caption", "qa", "text")
+DESCRIBE_FRACTION = 0.3  # text2image captions that describe a whole random scene instead of one category prompt
+
+
+def _generator(seed: int, task: str, index: int) -> torch.Generator:
+    salt = TASKS.index(task) + 1
+    return torch.Generator().manual_seed((seed * 1_000_003 + index) * 8 + salt)
+
+
+def _instruction(generator: torch.Generator) -> str:
+    return _choice(generator, DETAILED_CAPTION_INSTRUCTIONS + BRIEF_CAPTION_INSTRUCTIONS)
+
+
+def shapes_record(task: str, index: int, seed: int = 0, config: WorldConfig | None = None,
+                  max_turns: int = 6) -> dict[str, Any]:
+    """Record ``index`` of ``task`` (see the module docstring), in the data layer's record format."""
+    config = config or WorldConfig()
+    g = _generator(seed, task, index)
+    if task == "text2image":
+        if float(torch.rand((), generator=g)) < DESCRIBE_FRACTION:
+            scene = sample_scene(g, config)
+            caption = describe_scene(scene) if float(torch.rand((), generator=g)) < 0.5 else caption_scene(scene, g, config)
+        else:
+            prompt = sample_prompt(g, config=config)
+            scene = scene_for_prompt(prompt, g, config)
+            caption = prompt["prompt"]
+        return {"kind": "text2image", "image": render(scene, config), "caption": caption}
+    if task == "caption":
+        scene = sample_scene(g, config)
+        return {"kind": "image2text", "image": render(scene, config),
+                "conversation": [{"role": "user", "content": "<image>\n" + _instruction(g)},
+                                 {"role": "assistant", "content": describe_scene(scene)}]}
+    if task == "qa":
+        scene = sample_scene(g, config)
+        questions = sample_questions(scene, g, config)
+        order = torch.randperm(len(questions), generator=g).tolist()[:max_turns]
+        turns: list[dict[str, str]] = []
+        for k, qi in enumerate(order):
+            q = questions[qi]
+            turns.append({"role": "user", "content": ("<image>\n" if k == 0 else "") + q["question"]})
+            turns.append({"role": "assistant", "content": q["answer"]})
+        return {"kind": "image2text", "image": render(scene, config), "conversation": turns}
+    if task == "text":
+        scene = sample_scene(g, config)
+        if float(torch.rand((), generator=g)) < 0.5:
+            prompt = sample_prompt(g, config=config)
+            drawn = scene_for_prompt(prompt, g, config)  # a scene the prompt describes exactly
+            turns = [{"role": "user", "content": "Describe a scene for: " + prompt["prompt"]},
+                     {"role": "assistant", "content": describe_scene(drawn)}]
+        else:
+            q = _choice(g, sample_questions(scene, g, config))
+            turns = [{"role": "user", "content": q["question"]}, {"role": "assistant", "content": q["answer"]}]
+        return {"kind": "image2text", "image": None, "conversation": turns}
+    raise ValueError(f"unknown shapes task {task!r}; known: {TASKS}")
+
+
+def corpus(n: int, seed: int = 0, config: WorldConfig | None = None) -> Iterator[str]:
+    """Every kind of text the model will read or write, for training its tokenizer."""
+    from harmon.prompts import UNCONDITIONAL_PROMPT, chat
+
+    yield chat(UNCONDITIONAL_PROMPT)
+    for instruction in DETAILED_CAPTION_INSTRUCTIONS + BRIEF_CAPTION_INSTRUCTIONS:
+        yield chat("<image>\n" + instruction)
+    for i in range(n):
+        for task in ("text2image", "qa"):
+            rec = shapes_record_text(task, i, seed, config)
+            yield rec
+
+
+def shapes_record_text(task: str, index: int, seed: int = 0, config: WorldConfig | None = None) -> str:
+    """The text of a record (no image rendering needed beyond what the record builds)."""
+    rec = shapes_record(task, index, seed, config)
+    if rec["kind"] == "text2image":
+        return chat_text([{"role": "user", "content": GENERATE_PREFIX + rec["caption"]}])
+    return chat_text(rec["conversation"])
+
+
+def chat_text(turns: list[dict[str, str]]) -> str:
+    return "".join(f"<|im_start|>{t['role']}\n{t['content']}<|im_end|>\n" for t in turns)
