@@ -88,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "understanding and generation.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("train", help="train with a recipe (see `harmon train --help`)", add_help=False)
 
     g = sub.add_parser("generate", help="text -> image")
     g.add_argument("prompt", nargs="+", help="one or more prompts")
@@ -123,6 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "train":  # the trainer has its own parser (torchrun -m harmon.train takes the same flags)
+        from harmon.train.cli import main as train_main
+
+        return train_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")

@@ -27,7 +27,7 @@ DESCRIBE_FRACTION = 0.3  # text2image captions that describe a whole random scen
 
 def _generator(seed: int, task: str, index: int) -> torch.Generator:
     salt = TASKS.index(task) + 1
-    return torch.Generator().manual_seed((seed * 1_000_003 + index) * 8 + salt)
+    return torch.Generator().manual_seed(((seed * 1_000_003 + index) * 8 + salt) % (2**63 - 1))
 
 
 def _instruction(generator: torch.Generator) -> str:

@@ -1,0 +1,5 @@
+import sys
+
+from harmon.train.cli import main
+
+sys.exit(main())

@@ -1,0 +1,215 @@
+"""Typed training configuration. Recipes (harmon.train.recipes) are functions that return a TrainConfig."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class ModelInit:
+    """Where the model to train comes from (exactly one of preset / pretrained / official)."""
+
+    preset: str | None = "tiny"  # a named size of harmon.config.CONFIGS, randomly initialised
+    pretrained: str | None = None  # a folder in our format (save_pretrained / a previous stage's export)
+    official_checkpoint: str | None = None  # harmon_*.pth (with official_vae and llm_folder)
+    official_vae: str | None = None  # kl16.ckpt
+    llm_folder: str | None = None  # Qwen2.5 folder: tokenizer (+ config for official); weights for `llm_weights`
+    llm_weights: bool = False  # with a preset: load the LLM weights from llm_folder (e.g. Qwen2.5-0.5B-Instruct)
+    vae_weights: str | None = None  # with a preset: a VAE state dict to load (kl16.ckpt or a trained tiny VAE)
+    tokenizer: str | None = None  # tokenizer folder for a preset (default: llm_folder)
+    overrides: dict[str, Any] = field(default_factory=dict)  # HarmonConfig fields to replace (e.g. generation)
+
+    def validate(self) -> None:
+        chosen = [n for n in ("pretrained", "official_checkpoint") if getattr(self, n)]
+        if len(chosen) > 1:
+            raise ValueError(f"model init: choose one of pretrained / official_checkpoint, got {chosen}")
+        if not chosen and not self.preset:
+            raise ValueError("model init: set a preset, a pretrained folder or an official checkpoint")
+        if self.official_checkpoint and not (self.official_vae and self.llm_folder):
+            raise ValueError("model init: official_checkpoint needs official_vae and llm_folder")
+        if self.llm_weights and not self.llm_folder:
+            raise ValueError("model init: llm_weights=True needs llm_folder")
+
+
+@dataclass
+class SourceConfig:
+    """One training data source. ``name`` must contain 'text2image' or 'image2text' (it picks the loss)."""
+
+    name: str
+    format: str  # official | jsonl | llava | webdataset | shapes
+    path: str = ""  # data_info.json / manifest / LLaVA json / shard glob; unused for shapes
+    image_folder: str | None = None
+    batch_size: int = 1  # samples of this source in every micro-batch (the fixed mixture ratio)
+    loss_weight: float = 1.0
+    options: dict[str, Any] = field(default_factory=dict)  # format-specific (cap_folder, kind, task, ...)
+
+    def validate(self) -> None:
+        if "text2image" not in self.name and "image2text" not in self.name:
+            raise ValueError(f"source name {self.name!r} must contain 'text2image' or 'image2text'")
+        if self.format not in ("official", "jsonl", "llava", "webdataset", "shapes"):
+            raise ValueError(f"source {self.name}: unknown format {self.format!r}")
+        if self.format != "shapes" and not self.path:
+            raise ValueError(f"source {self.name}: format {self.format} needs a path (--set data.N.path=...)")
+        if self.batch_size < 1:
+            raise ValueError(f"source {self.name}: batch_size must be >= 1, got {self.batch_size}")
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with warm-up + cosine decay and clipping, as the official example (spec §11.5)."""
+
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 0.02  # not applied to 1-D tensors, biases and the diffusion head
+    warmup_ratio: float = 0.01  # linear warm-up over this fraction of max_steps
+    warmup_start: float = 1e-5  # warm-up starts at lr * warmup_start
+    min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio
+    grad_clip: float = 1.0  # max global grad norm (0 = off)
+    ema_decay: float = 0.0  # 0 = no EMA; e.g. 0.999 keeps an EMA of the trainable weights (exported if set)
+
+    def validate(self) -> None:
+        if self.lr <= 0:
+            raise ValueError(f"optim.lr must be > 0, got {self.lr}")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ValueError(f"optim.warmup_ratio must lie in [0, 1), got {self.warmup_ratio}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"optim.ema_decay must lie in [0, 1), got {self.ema_decay}")
+
+
+@dataclass
+class TrainConfig:
+    """A whole training run."""
+
+    name: str = "run"
+    output_dir: str = "runs/run"
+    model: ModelInit = field(default_factory=ModelInit)
+    data: list[SourceConfig] = field(default_factory=list)
+    image_size: int = 256  # training resolution (pixels)
+    max_text_length: int = 128  # text2image prompt tokens; image2text adds this to the image tokens
+    train_modules: tuple[str, ...] = ("llm.", "mar.", "proj_in.", "proj_out.")  # name prefixes that train
+    max_steps: int = 1000  # optimizer steps
+    accum_steps: int = 1  # micro-batches per optimizer step (per process)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    precision: str = "fp32"  # fp32 | bf16 (autocast)
+    grad_checkpointing: bool = False
+    parallel: str = "auto"  # auto (ddp when launched with several processes) | none | ddp | fsdp
+    seed: int = 0
+    num_workers: int = 0
+    log_every: int = 10
+    save_every: int = 500  # checkpoint interval in steps (0 = only at the end)
+    keep_checkpoints: int = 2  # most recent checkpoints kept on disk
+    sample_every: int = 0  # PNG sample grid interval (0 = off)
+    sample_prompts: tuple[str, ...] = ("a red circle", "a blue square to the left of a green triangle")
+    sample_settings: dict[str, Any] = field(default_factory=dict)  # generate() overrides for the sample grids
+    eval_every: int = 0  # quick-eval interval (0 = off)
+    eval: str | None = None  # name of a quick eval in harmon.train.evals (e.g. "shapes")
+    tensorboard: bool = False
+    export: bool = True  # write the final model in the from_pretrained format to output_dir/final
+
+    def validate(self) -> None:
+        self.model.validate()
+        self.optim.validate()
+        if not self.data:
+            raise ValueError("no data sources configured")
+        names = [s.name for s in self.data]
+        if len(set(names)) != len(names):
+            raise ValueError(f"data source names must be unique, got {names}")
+        for s in self.data:
+            s.validate()
+        if self.image_size % 16:
+            raise ValueError(f"image_size {self.image_size} is not a multiple of 16")
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be fp32 or bf16, got {self.precision!r}")
+        if self.parallel not in ("auto", "none", "ddp", "fsdp"):
+            raise ValueError(f"parallel must be auto, none, ddp or fsdp, got {self.parallel!r}")
+        if self.max_steps < 1 or self.accum_steps < 1:
+            raise ValueError("max_steps and accum_steps must be >= 1")
+
+    # ------------------------------------------------------------------ (de)serialisation
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        d = dict(d)
+        d["model"] = ModelInit(**d.get("model", {}))
+        d["optim"] = OptimConfig(**{**d.get("optim", {}), "betas": tuple(d.get("optim", {}).get("betas", (0.9, 0.95)))})
+        d["data"] = [SourceConfig(**s) for s in d.get("data", [])]
+        for key in ("train_modules", "sample_prompts"):
+            if key in d:
+                d[key] = tuple(d[key])
+        return cls(**d)
+
+
+def _parse_value(text: str) -> Any:
+    """'3' -> 3, '1e-4' -> 1e-4, 'true' -> True, 'none' -> None, '[1,2]' -> [1, 2], otherwise the string."""
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("none", "null"):
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        pass
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def apply_overrides(config: TrainConfig, assignments: list[str]) -> TrainConfig:
+    """Apply ``key=value`` strings with dotted keys (``optim.lr=3e-4``, ``data.0.path=/x``, ``model.preset=0.5b``).
+
+    Unknown keys raise a ValueError naming them.
+    """
+    for item in assignments:
+        if "=" not in item:
+            raise ValueError(f"--set expects key=value, got {item!r}")
+        key, raw = item.split("=", 1)
+        value = _parse_value(raw)
+        parts = key.strip().split(".")
+        obj: Any = config
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            if isinstance(obj, list):
+                try:
+                    idx = int(part)
+                    target = obj[idx]
+                except (ValueError, IndexError):
+                    raise ValueError(f"--set {key}: {part!r} is not a valid index (have {len(obj)})") from None
+                if last:
+                    obj[idx] = value
+                else:
+                    obj = target
+            elif isinstance(obj, dict):
+                if last:
+                    obj[part] = value
+                else:
+                    obj = obj.setdefault(part, {})
+            elif dataclasses.is_dataclass(obj):
+                names = {f.name for f in dataclasses.fields(obj)}
+                if part not in names:
+                    raise ValueError(f"--set {key}: unknown field {part!r} (known: {', '.join(sorted(names))})")
+                if last:
+                    current = getattr(obj, part)
+                    if isinstance(current, tuple) and isinstance(value, list):
+                        value = tuple(value)
+                    elif isinstance(current, tuple) and isinstance(value, str):
+                        value = tuple(v for v in value.split(",") if v)
+                    elif isinstance(current, float) and isinstance(value, int):
+                        value = float(value)
+                    setattr(obj, part, value)
+                else:
+                    obj = getattr(obj, part)
+            else:
+                raise ValueError(f"--set {key}: cannot descend into {type(obj).__name__}")
+    return config

@@ -1,0 +1,191 @@
+"""Trainer: recipes at toy size, optimisation pieces, exact resume (also after SIGKILL), DDP/FSDP2 equivalence."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from harmon.pipeline import HarmonPipeline
+from harmon.train.config import OptimConfig, TrainConfig, apply_overrides
+from harmon.train.optim import build_optimizer, lr_factor, select_trainable
+from harmon.train.recipes import RECIPES, toy
+from harmon.train.shapes_recipes import RECIPES as SHAPES_RECIPES
+from harmon.train.trainer import Trainer
+
+from helpers import tiny_model, tiny_tokenizer
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+@pytest.fixture(scope="module")
+def tok_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tok")
+    tiny_tokenizer().save_pretrained(str(path))
+    return str(path)
+
+
+def losses(history):
+    return [h["loss"] for h in history]
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_every_recipe_runs_at_toy_size(name, tok_dir, tmp_path):
+    cfg = toy(RECIPES[name](), tok_dir, str(tmp_path / name))
+    history = Trainer(cfg, device="cpu").run(resume="none")
+    assert len(history) == 2 and all(math.isfinite(x) for x in losses(history))
+    assert (tmp_path / name / "config.json").is_file()  # the resolved config sits next to the checkpoints
+    saved = json.loads((tmp_path / name / "config.json").read_text())
+    assert saved["train_modules"] == list(cfg.train_modules)
+    pipe = HarmonPipeline.from_pretrained(tmp_path / name / "final", device="cpu")
+    assert pipe.generate("a red circle", num_iter=2, num_sampling_steps="2", image_size=64)[0].size == (64, 64)
+
+
+@pytest.mark.parametrize("name", sorted(SHAPES_RECIPES))
+def test_shapes_recipes_build_and_validate(name):
+    cfg = SHAPES_RECIPES[name]()
+    cfg.validate()
+    assert cfg.image_size == 64
+
+
+def test_stage1_freezes_the_llm(tok_dir, tmp_path):
+    cfg = toy(RECIPES["stage1"](), tok_dir, str(tmp_path / "s1"))
+    trainer = Trainer(cfg, device="cpu")
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.run(resume="none")
+    after = dict(trainer.model.named_parameters())
+    assert all(torch.equal(before[n], after[n]) for n in before if n.startswith("llm."))
+    assert all(torch.equal(before[n], after[n]) for n in before if n.startswith("vae."))
+    assert any(not torch.equal(before[n], after[n]) for n in before if n.startswith("mar.encoder_blocks"))
+
+
+def test_finetune_decoder_trains_only_the_decoder_side(tok_dir, tmp_path):
+    cfg = toy(RECIPES["finetune_decoder"](), tok_dir, str(tmp_path / "fd"))
+    trainer = Trainer(cfg, device="cpu")
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.run(resume="none")
+    for n, p in trainer.model.named_parameters():
+        changed = not torch.equal(before[n], p)
+        if n.startswith(("mar.encoder", "mar.z_proj", "mar.fake_latent", "llm.", "proj_")):
+            assert not changed, n
+    assert not torch.equal(before["mar.decoder_blocks.0.mlp.fc1.weight"],
+                           trainer.model.mar.decoder_blocks[0].mlp.fc1.weight)
+
+
+def test_overrides_parse_and_reject_unknown_fields():
+    cfg = apply_overrides(RECIPES["stage1"](), ["optim.lr=3e-4", "data.0.path=/d/*.tar", "max_steps=7",
+                                                "train_modules=mar.,proj_in.", "model.llm_weights=false"])
+    assert cfg.optim.lr == 3e-4 and cfg.data[0].path == "/d/*.tar" and cfg.max_steps == 7
+    assert cfg.train_modules == ("mar.", "proj_in.") and cfg.model.llm_weights is False
+    with pytest.raises(ValueError, match="unknown field 'lrr'"):
+        apply_overrides(RECIPES["stage1"](), ["optim.lrr=1"])
+    with pytest.raises(ValueError, match="index"):
+        apply_overrides(RECIPES["stage1"](), ["data.9.path=x"])
+    assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+
+
+def test_weight_decay_groups_follow_the_official_rule():
+    model = tiny_model()
+    select_trainable(model, ("llm.", "mar.", "proj_in.", "proj_out."))
+    opt = build_optimizer(model, OptimConfig(weight_decay=0.02))
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = {names[id(p)] for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    assert "mar.encoder_pos_embed_learned" in decayed and "mar.mask_token" in decayed
+    assert "proj_in.0.weight" in decayed
+    assert not any("diffloss" in n or n.endswith(".bias") for n in decayed)
+    assert "mar.encoder_norm.weight" not in decayed
+    assert not any(n.startswith("vae.") for g in opt.param_groups for n in (names[id(p)] for p in g["params"]))
+
+
+def test_lr_schedule_warmup_then_cosine():
+    cfg = OptimConfig(lr=1.0, warmup_ratio=0.1, warmup_start=1e-5)
+    assert lr_factor(0, 100, cfg) == pytest.approx(1e-5)
+    assert lr_factor(5, 100, cfg) == pytest.approx(1e-5 + (1 - 1e-5) * 0.5)
+    assert lr_factor(10, 100, cfg) == pytest.approx(1.0)
+    assert lr_factor(55, 100, cfg) == pytest.approx(0.5)
+    assert lr_factor(100, 100, cfg) == pytest.approx(0.0, abs=1e-12)
+
+
+def _toy_config(tok_dir, out, steps=4, **kw) -> TrainConfig:
+    cfg = toy(RECIPES["stage2"](), tok_dir, str(out), steps=steps)
+    for key, value in kw.items():
+        setattr(cfg, key, value)
+    return cfg
+
+
+def test_resume_continues_exactly(tok_dir, tmp_path):
+    full = Trainer(_toy_config(tok_dir, tmp_path / "full", optim=OptimConfig(lr=1e-3, ema_decay=0.9)),
+                   device="cpu").run(resume="none")
+    first = _toy_config(tok_dir, tmp_path / "cut", optim=OptimConfig(lr=1e-3, ema_decay=0.9))
+    Trainer(first, device="cpu").run(resume="none", stop_at=2)  # pause after the checkpoint of step 2 ...
+    rest = _toy_config(tok_dir, tmp_path / "cut", optim=OptimConfig(lr=1e-3, ema_decay=0.9))
+    resumed = Trainer(rest, device="cpu").run(resume="auto")  # ... and continue to step 4
+    assert [h["step"] for h in resumed] == [3, 4]
+    torch.testing.assert_close(torch.tensor(losses(resumed)), torch.tensor(losses(full)[2:]), rtol=0, atol=1e-6)
+
+
+def _launch(args, log, env=None):
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", **(env or {})}
+    return subprocess.Popen([sys.executable, *args], stdout=log, stderr=subprocess.STDOUT, env=env)
+
+
+def _metrics(path: Path) -> dict[int, float]:
+    out = {}
+    for line in path.read_text().splitlines():
+        rec = json.loads(line)
+        if "loss" in rec:
+            out[rec["step"]] = rec["loss"]
+    return out
+
+
+def test_sigkill_then_resume_matches_uninterrupted_run(tok_dir, tmp_path):
+    steps = 8
+    cfg = _toy_config(tok_dir, tmp_path / "ref", steps=steps, save_every=3, optim=OptimConfig(lr=1e-3))
+    ref = losses(Trainer(cfg, device="cpu").run(resume="none"))
+    cfg.output_dir = str(tmp_path / "killed")
+    cfg.save(tmp_path / "cfg.json")
+    args = ["-m", "harmon.train", "--config", str(tmp_path / "cfg.json"), "--device", "cpu"]
+    with open(tmp_path / "run1.log", "w") as log:
+        proc = _launch(args, log)
+        deadline = time.time() + 240
+        marker = tmp_path / "killed" / "checkpoints" / "step_0000003" / "COMPLETE"
+        while not marker.exists() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        assert marker.exists(), (tmp_path / "run1.log").read_text()[-3000:]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    killed_at = max(_metrics(tmp_path / "killed" / "metrics.jsonl"))
+    assert killed_at < steps  # it really died mid-run
+    with open(tmp_path / "run2.log", "w") as log:
+        assert _launch(args + ["--resume", "auto"], log).wait(timeout=300) == 0, (tmp_path / "run2.log").read_text()
+    got = _metrics(tmp_path / "killed" / "metrics.jsonl")  # steps after 3 appear (again) from the resumed run
+    for step in range(4, steps + 1):
+        assert got[step] == pytest.approx(ref[step - 1], abs=1e-6), step
+
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_two_processes_match_one(mode, tok_dir, tmp_path):
+    steps = 3
+    single = _toy_config(tok_dir, tmp_path / "single", steps=steps, accum_steps=2, parallel="none",
+                         optim=OptimConfig(lr=1e-3))
+    ref = losses(Trainer(single, device="cpu").run(resume="none"))
+    multi = _toy_config(tok_dir, tmp_path / mode, steps=steps, accum_steps=1, parallel=mode,
+                        optim=OptimConfig(lr=1e-3))
+    multi.save(tmp_path / "cfg.json")
+    args = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "harmon.train",
+            "--config", str(tmp_path / "cfg.json"), "--device", "cpu", "--resume", "none"]
+    with open(tmp_path / "dist.log", "w") as log:
+        rc = _launch(args, log).wait(timeout=400)
+    assert rc == 0, (tmp_path / "dist.log").read_text()[-4000:]
+    got = _metrics(tmp_path / mode / "metrics.jsonl")
+    assert sorted(got) == list(range(1, steps + 1))
+    for step in range(1, steps + 1):
+        assert got[step] == pytest.approx(ref[step - 1], rel=1e-4, abs=1e-5), (step, got, ref)
+    pipe = HarmonPipeline.from_pretrained(tmp_path / mode / "final", device="cpu")  # export works from shards
+    assert pipe.model.mar.encoder_blocks[0].attn.qkv.weight.shape[0] == 3 * pipe.config.mar.encoder_dim
