@@ -83,6 +83,27 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval_shapes(args: argparse.Namespace) -> int:
+    import json
+
+    from harmon.eval.shapes import evaluate_shapes
+    from harmon.world import format_tables
+
+    pipe = load_pipeline(args)
+    settings = {k: v for k, v in dict(num_iter=args.num_iter, guidance_scale=args.guidance_scale,
+                                      temperature=args.temperature, num_sampling_steps=args.diffusion_steps,
+                                      cfg_schedule=args.cfg_schedule).items() if v is not None}
+    result = evaluate_shapes(pipe, n_prompts=args.prompts, n_questions=args.questions, seed=args.seed, **settings)
+    tables = [result[k] for k in ("generation", "understanding") if k in result]
+    print(format_tables(tables))
+    for k in ("generation_seconds", "understanding_seconds"):
+        if k in result:
+            print(f"{k.replace('_', ' ')}: {result[k]:.1f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2, default=str) + "\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="harmon", description="Harmon: one shared encoder for image "
                                      "understanding and generation.")
@@ -114,6 +135,21 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     _add_model_args(d)
     d.set_defaults(func=cmd_describe)
+
+    e = sub.add_parser("eval", help="evaluation (shapes world)")
+    esub = e.add_subparsers(dest="suite", required=True)
+    es = esub.add_parser("shapes", help="fresh shapes-world prompts and questions, scored exactly")
+    es.add_argument("--prompts", type=int, default=504, help="generation prompts (balanced over 6 categories)")
+    es.add_argument("--questions", type=int, default=1512, help="questions (balanced over 7 kinds)")
+    es.add_argument("--seed", type=int, default=0)
+    es.add_argument("--num-iter", type=int)
+    es.add_argument("--guidance-scale", type=float)
+    es.add_argument("--cfg-schedule", choices=["constant", "linear"])
+    es.add_argument("--temperature", type=float)
+    es.add_argument("--diffusion-steps")
+    es.add_argument("--json", help="also write the full result here")
+    _add_model_args(es)
+    es.set_defaults(func=cmd_eval_shapes)
 
     c = sub.add_parser("convert", help="official files -> our format (config.json + model.safetensors)")
     c.add_argument("-o", "--output", required=True, help="output folder")

@@ -27,7 +27,7 @@ def shapes_stage1() -> TrainConfig:
     """Stage I: LLM frozen; MAR + projections learn text-to-image and captioning."""
     return TrainConfig(
         name="shapes_stage1", output_dir=f"{ROOT}/stage1", model=ModelInit(preset=None, pretrained=f"{ROOT}/lm/final"),
-        data=[SourceConfig("text2image", "shapes", batch_size=48, options={"task": "text2image"}),
+        data=[SourceConfig("text2image", "shapes", batch_size=32, options={"task": "text2image"}),
               SourceConfig("image2text_caption", "shapes", batch_size=16, options={"task": "caption"})],
         image_size=64, train_modules=("mar.", "proj_in.", "proj_out."), max_steps=4000,
         optim=OptimConfig(lr=1e-3, warmup_ratio=0.02), log_every=50, save_every=500, sample_every=1000,
@@ -39,8 +39,8 @@ def shapes_stage2() -> TrainConfig:
     return TrainConfig(
         name="shapes_stage2", output_dir=f"{ROOT}/stage2",
         model=ModelInit(preset=None, pretrained=f"{ROOT}/stage1/final"),
-        data=[SourceConfig("text2image", "shapes", batch_size=48, options={"task": "text2image"}),
-              SourceConfig("image2text_qa", "shapes", batch_size=16, options={"task": "qa"}),
+        data=[SourceConfig("text2image", "shapes", batch_size=32, options={"task": "text2image"}),
+              SourceConfig("image2text_qa", "shapes", batch_size=16, options={"task": "qa", "max_text_length": 256}),
               SourceConfig("image2text_caption", "shapes", batch_size=4, options={"task": "caption"})],
         image_size=64, train_modules=("llm.", "mar.", "proj_in.", "proj_out."), max_steps=6000,
         optim=OptimConfig(lr=5e-4, warmup_ratio=0.02), log_every=50, save_every=500, sample_every=1000,
@@ -52,8 +52,8 @@ def shapes_stage3() -> TrainConfig:
     return TrainConfig(
         name="shapes_stage3", output_dir=f"{ROOT}/stage3",
         model=ModelInit(preset=None, pretrained=f"{ROOT}/stage2/final"),
-        data=[SourceConfig("text2image", "shapes", batch_size=48, options={"task": "text2image"}),
-              SourceConfig("image2text_qa", "shapes", batch_size=16, options={"task": "qa"})],
+        data=[SourceConfig("text2image", "shapes", batch_size=32, options={"task": "text2image"}),
+              SourceConfig("image2text_qa", "shapes", batch_size=16, options={"task": "qa", "max_text_length": 256})],
         image_size=64, train_modules=("llm.", "mar.", "proj_in.", "proj_out."), max_steps=1000,
         optim=OptimConfig(lr=1e-4, warmup_ratio=0.0, ema_decay=0.995), log_every=50, save_every=500)
 

@@ -1,0 +1,1 @@
+"""Evaluation: the shapes world (exact scores); field formats live beside it."""

@@ -1,0 +1,142 @@
+"""Reproduce the shipped shapes-world model from nothing: ``python -m harmon.train.shapes_pipeline``.
+
+Stages (each skipped when its output exists, so an interrupted run continues where it stopped):
+    0a tokenizer  byte-level BPE on the world's text (ChatML specials, <image>)
+    0b vae        the KL VAE class, stride 16 / 16 channels, trained on rendered scenes
+    0c lm         the small Qwen2 LLM pre-trained on the world's text (recipe shapes_lm)
+    I             LLM frozen: text-to-image + captioning (shapes_stage1)
+    II            everything: text-to-image + QA + captioning (shapes_stage2)
+    III           short low-lr pass with EMA (shapes_stage3)
+    ship          copy stage III's export into the package (bf16 weights) with tuned sampling defaults
+Wall time and machine of every stage are recorded in ``<root>/pipeline.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger("harmon.shapes_pipeline")
+
+
+def _record(root: Path, stage: str, seconds: float, device: str) -> None:
+    path = root / "pipeline.json"
+    data = json.loads(path.read_text()) if path.is_file() else {"stages": {}}
+    data["stages"][stage] = {"seconds": round(seconds, 1), "device": device, "machine": platform.machine(),
+                             "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
+                             "gpu": torch.cuda.get_device_name(0) if device.startswith("cuda") else None,
+                             "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+    data["total_seconds"] = round(sum(s["seconds"] for s in data["stages"].values()), 1)
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def train_tokenizer_stage(root: Path, seed: int = 0) -> Path:
+    from harmon.tokenizer import train_tokenizer
+    from harmon.world.data import corpus
+
+    out = root / "tokenizer"
+    tok = train_tokenizer(corpus(3000, seed=seed), vocab_size=512)
+    tok.save_pretrained(str(out))
+    return out
+
+
+def run_recipe(name: str, root: Path, device: str, overrides: list[str]) -> None:
+    from harmon.train.config import apply_overrides
+    from harmon.train.recipes import get_recipe
+    from harmon.train.trainer import Trainer
+
+    cfg = get_recipe(name)
+    rel = Path(cfg.output_dir).relative_to("runs/shapes")
+    cfg.output_dir = str(root / rel)
+    if cfg.model.pretrained:
+        cfg.model.pretrained = str(root / Path(cfg.model.pretrained).relative_to("runs/shapes"))
+    for field in ("tokenizer", "vae_weights"):
+        value = getattr(cfg.model, field)
+        if value:
+            setattr(cfg.model, field, str(root / Path(value).relative_to("runs/shapes")))
+    cfg = apply_overrides(cfg, overrides)
+    Trainer(cfg, device=device).run(resume="auto")
+
+
+def ship(root: Path, target: Path) -> None:
+    """Copy the final export into the package with bf16 weights (norms and tables too: quality checked by eval)."""
+    from harmon.pipeline import HarmonPipeline
+
+    pipe = HarmonPipeline.from_pretrained(root / "stage3" / "final", device="cpu", dtype=torch.float32)
+    if target.exists():
+        shutil.rmtree(target)
+    pipe.save_pretrained(target, dtype=torch.bfloat16)
+    shutil.copy(root / "pipeline.json", target / "pipeline.json")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--root", default="runs/shapes", help="working folder of all stages")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    p.add_argument("--ship", action="store_true", help="copy the result into src/harmon/assets/shapes-tiny")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="STAGE:KEY=VALUE",
+                   help="override a field of one stage's recipe, e.g. stage2:max_steps=100")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    root = Path(args.root)
+    root.mkdir(parents=True, exist_ok=True)
+
+    def overrides(stage: str) -> list[str]:
+        return [o.split(":", 1)[1] for o in args.overrides if o.startswith(stage + ":")]
+
+    stages = [
+        ("tokenizer", root / "tokenizer" / "tokenizer.json", lambda: train_tokenizer_stage(root)),
+        ("vae", root / "stage0_vae" / "vae.safetensors", lambda: _vae(root, args.device, overrides("vae"))),
+        ("lm", root / "lm" / "final" / "model.safetensors",
+         lambda: run_recipe("shapes_lm", root, args.device, overrides("lm"))),
+        ("stage1", root / "stage1" / "final" / "model.safetensors",
+         lambda: run_recipe("shapes_stage1", root, args.device, overrides("stage1"))),
+        ("stage2", root / "stage2" / "final" / "model.safetensors",
+         lambda: run_recipe("shapes_stage2", root, args.device, overrides("stage2"))),
+        ("stage3", root / "stage3" / "final" / "model.safetensors",
+         lambda: run_recipe("shapes_stage3", root, args.device, overrides("stage3"))),
+    ]
+    for name, done_marker, fn in stages:
+        if done_marker.exists():
+            logger.info("stage %s: done already (%s)", name, done_marker)
+            continue
+        logger.info("stage %s: starting", name)
+        t = time.perf_counter()
+        fn()
+        _record(root, name, time.perf_counter() - t, args.device)
+    if args.ship:
+        from harmon.shipped import SHIPPED_DIR
+
+        ship(root, SHIPPED_DIR)
+        logger.info("shipped to %s", SHIPPED_DIR)
+    return 0
+
+
+def _vae(root: Path, device: str, overrides: list[str]) -> None:
+    from harmon.train.stage0 import train_shapes_vae
+
+    import inspect
+
+    params = inspect.signature(train_shapes_vae).parameters
+    kwargs = {}
+    for item in overrides:
+        key, value = item.split("=", 1)
+        if key not in params:
+            raise ValueError(f"vae: unknown setting {key!r}; known: {', '.join(params)}")
+        kwargs[key] = type(params[key].default)(value)
+    train_shapes_vae(root / "stage0_vae", device=device, **kwargs)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
