@@ -224,3 +224,15 @@ def test_cli_generate_and_describe(pipe, tmp_path, capsys):
     assert rc == 0
     rc = cli.main(["generate", "x", "--model", str(tmp_path / "m"), "--image-size", "20"])
     assert rc == 2 and "multiple of 16" in capsys.readouterr().err
+
+
+def test_bfloat16_on_cpu_runs_and_keeps_fp32_chain():
+    pipe = tiny_pipeline()
+    ref = pipe.generate("a red circle", generator=gen(0), output_type="latent", **FAST)
+    pipe.to(dtype=torch.bfloat16)
+    assert pipe.model.dtype == torch.bfloat16
+    assert pipe.model.llm.model.rotary_emb.inv_freq.dtype == torch.float32  # rotary tables are never rounded
+    lat = pipe.generate("a red circle", generator=gen(0), output_type="latent", **FAST)
+    assert lat.dtype == torch.bfloat16 and lat.shape == ref.shape
+    assert torch.isfinite(lat.float()).all()
+    assert isinstance(pipe.describe(Image.new("RGB", (64, 64)), "What?", max_new_tokens=3), str)

@@ -1,0 +1,218 @@
+"""Generation and understanding speed: latency, throughput, per-phase breakdown, FLOPs and fraction of peak.
+
+    python benchmarks/generate.py --config 0.5b --image-size 256 --num-iter 64 --diffusion-steps 100
+    python benchmarks/generate.py --config shapes            # the shipped shapes model (if installed)
+    python benchmarks/generate.py --compare A.jsonl B.jsonl   # ratios of matching results
+
+Random weights for the named architectures (tiny, 0.5b, 1.5b), nothing downloaded. Phases are timed with
+wrappers around the model's pieces (MAR encoder, LLM, MAR decoder, diffusion head, VAE decode; the rest is
+"other"). FLOPs are counted by torch's FlopCounterMode on the same call (matmul/conv/attention FLOPs from the op
+shapes), and the matmul peak of this machine is measured in the same run (a large square matmul in the same dtype),
+so "fraction of peak" compares like with like. One JSON line per result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+
+def measure_peak(dtype: torch.dtype, device: str, n: int = 2048, repeats: int = 5) -> float:
+    """Best achieved FLOP/s of an n x n x n matmul (the machine's practical matmul peak)."""
+    a = torch.randn(n, n, dtype=dtype, device=device)
+    b = torch.randn(n, n, dtype=dtype, device=device)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        a @ b
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best
+
+
+class PhaseTimer:
+    """Accumulate wall time of named callables while active (CPU: synchronous; CUDA: synchronised)."""
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self.seconds: dict[str, float] = defaultdict(float)
+        self._depth = 0
+
+    def wrap(self, name: str, fn):
+        def timed(*args, **kwargs):
+            if self._depth:  # nested phases count to the outer one
+                return fn(*args, **kwargs)
+            self._depth += 1
+            if self.device.startswith("cuda"):
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                if self.device.startswith("cuda"):
+                    torch.cuda.synchronize()
+                self.seconds[name] += time.perf_counter() - t
+                self._depth -= 1
+        return timed
+
+    @contextlib.contextmanager
+    def attach(self, model):
+        targets = [(model.mar, "forward_encoder", "mar_encoder"), (model.llm.model, "forward", "llm"),
+                   (model.mar, "forward_decoder", "mar_decoder"), (model.mar.diffloss, "sample", "diffusion_head"),
+                   (model.vae, "decode_latents", "vae_decode"), (model.vae, "encode_latents", "vae_encode")]
+        for obj, attr, name in targets:
+            setattr(obj, attr, self.wrap(name, getattr(obj, attr)))
+        try:
+            yield self
+        finally:
+            for obj, attr, _ in targets:
+                delattr(obj, attr)  # back to the class method
+
+
+def build_pipeline(config: str, device: str, dtype: torch.dtype):
+    from harmon.config import CONFIGS
+    from harmon.model import Harmon
+    from harmon.pipeline import HarmonPipeline
+
+    if config == "shapes-shipped":
+        from harmon.shipped import shipped_model_path
+
+        return HarmonPipeline.from_pretrained(shipped_model_path(), device=device, dtype=dtype)
+    from harmon.tokenizer import train_tokenizer
+
+    tok = train_tokenizer(["Generate an image: a red circle", "Describe the image."] * 4, vocab_size=300)
+    cfg = CONFIGS[config]() if config not in ("tiny", "shapes") else CONFIGS[config](vocab_size=320)
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = Harmon(cfg)
+    model.initialize_weights(torch.Generator().manual_seed(0))
+    with torch.no_grad():  # the zero-initialised output layers would make the head a no-op
+        for p in model.mar.diffloss.net.parameters():
+            if not p.abs().sum():
+                p.normal_(0, 0.02)
+    pipe = HarmonPipeline(model, tok)
+    return pipe.to(device=device, dtype=dtype)
+
+
+def bench_generate(pipe, batch: int, args, dtype, device: str, peak: float) -> dict:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    settings = dict(image_size=args.image_size, num_iter=args.num_iter, guidance_scale=args.guidance_scale,
+                    num_sampling_steps=args.diffusion_steps, output_type="pt")
+    prompts = ["a red circle to the left of a blue square"] * batch
+    pipe.generate(prompts, generator=torch.Generator().manual_seed(0), **{**settings, "num_iter": 2})  # warm-up
+    timer = PhaseTimer(device)
+    with timer.attach(pipe.model):
+        t = time.perf_counter()
+        pipe.generate(prompts, generator=torch.Generator().manual_seed(0), **settings)
+        total = time.perf_counter() - t
+    flops = None
+    if args.flops:
+        counter = FlopCounterMode(display=False)
+        with counter:
+            pipe.generate(prompts, generator=torch.Generator().manual_seed(0), **settings)
+        flops = counter.get_total_flops()
+    phases = dict(timer.seconds)
+    phases["other"] = max(0.0, total - sum(phases.values()))
+    res = {"bench": "generate", "config": args.config, "device": device, "dtype": str(dtype).replace("torch.", ""),
+           "image_size": args.image_size, "num_iter": args.num_iter, "diffusion_steps": args.diffusion_steps,
+           "guidance_scale": args.guidance_scale, "batch": batch, "seconds": total, "images_per_s": batch / total,
+           "seconds_per_image": total / batch, "phases_s": {k: round(v, 4) for k, v in phases.items()},
+           "threads": torch.get_num_threads(), "matmul_peak_flops": peak}
+    if flops is not None:
+        res["flops_per_image"] = flops / batch
+        res["achieved_flops"] = flops / total
+        res["fraction_of_peak"] = flops / total / peak
+    return res
+
+
+def bench_understanding(pipe, args, device: str) -> dict:
+    from PIL import Image
+
+    image = Image.new("RGB", (args.image_size, args.image_size), (200, 30, 30))
+    embeds = pipe.understanding_inputs(image, "Describe the image in detail.", image_size=args.image_size)
+    llm = pipe.model.llm
+    with torch.no_grad():
+        llm(inputs_embeds=embeds, use_cache=True)  # warm-up
+        t = time.perf_counter()
+        out = llm(inputs_embeds=embeds, use_cache=True, logits_to_keep=1)
+        prefill = time.perf_counter() - t
+        cache = out.past_key_values if getattr(out, "cache", None) is None else out.cache
+        ids = out.logits[:, -1].argmax(-1, keepdim=True)
+        n = args.decode_tokens
+        t = time.perf_counter()
+        for _ in range(n):
+            out = llm(input_ids=ids, cache=cache, use_cache=True)
+            cache = out.past_key_values if getattr(out, "cache", None) is None else out.cache
+            ids = out.logits[:, -1].argmax(-1, keepdim=True)
+        decode = time.perf_counter() - t
+    return {"bench": "understanding", "config": args.config, "device": device, "image_size": args.image_size,
+            "prompt_tokens": embeds.shape[1], "prefill_s": prefill, "decode_tokens_per_s": n / decode,
+            "threads": torch.get_num_threads()}
+
+
+def compare(a_path: str, b_path: str) -> None:
+    def load(p):
+        return [json.loads(line) for line in Path(p).read_text().splitlines() if line.startswith("{")]
+
+    def key(r):
+        return tuple(r.get(k) for k in ("bench", "config", "dtype", "image_size", "num_iter", "diffusion_steps",
+                                         "guidance_scale", "batch"))
+
+    b_by_key = {key(r): r for r in load(b_path)}
+    for r in load(a_path):
+        other = b_by_key.get(key(r))
+        if other is None:
+            continue
+        for metric in ("images_per_s", "decode_tokens_per_s", "samples_per_s"):
+            if metric in r and metric in other:
+                print(f"{key(r)} {metric}: {other[metric] / r[metric]:.2f}x (B/A)")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="tiny", help="tiny | shapes | 0.5b | 1.5b | shapes-shipped")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument("--image-size", type=int, default=256)
+    p.add_argument("--num-iter", type=int, default=64)
+    p.add_argument("--diffusion-steps", default="100")
+    p.add_argument("--guidance-scale", type=float, default=3.0)
+    p.add_argument("--batch", type=int, nargs="+", default=[1], help="batch sizes (throughput: the largest)")
+    p.add_argument("--no-flops", dest="flops", action="store_false", help="skip the FLOP-counting rerun")
+    p.add_argument("--understanding", action="store_true", help="also time prefill and decode")
+    p.add_argument("--decode-tokens", type=int, default=32)
+    p.add_argument("--out", help="append JSON lines here")
+    p.add_argument("--compare", nargs=2, metavar=("A", "B"))
+    args = p.parse_args()
+    if args.compare:
+        compare(*args.compare)
+        return 0
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    pipe = build_pipeline(args.config, args.device, dtype)
+    peak = measure_peak(dtype, args.device)
+    results = [bench_generate(pipe, b, args, dtype, args.device, peak) for b in args.batch]
+    if args.understanding:
+        results.append(bench_understanding(pipe, args, args.device))
+    for res in results:
+        line = json.dumps(res)
+        print(line, flush=True)
+        if args.out:
+            with open(args.out, "a") as f:
+                f.write(line + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
