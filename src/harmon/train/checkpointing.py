@@ -61,6 +61,18 @@ def _trainable_only(sd: dict[str, Any], model: torch.nn.Module) -> dict[str, Any
     return {k: v for k, v in sd.items() if k in trainable}
 
 
+_OPTS = StateDictOptions(ignore_frozen_params=True)
+
+
+def _state(model: torch.nn.Module, optimizer, ema_state: dict[str, torch.Tensor] | None) -> dict[str, Any]:
+    """What a checkpoint holds as tensors (sharded under FSDP2): trainable weights, optimizer, EMA."""
+    state = {"model": _trainable_only(get_model_state_dict(model, options=_OPTS), model),
+             "optim": get_optimizer_state_dict(model, optimizer, options=_OPTS)}
+    if ema_state is not None:
+        state["ema"] = ema_state
+    return state
+
+
 def save_checkpoint(root: str | Path, step: int, model: torch.nn.Module, optimizer, scheduler, extra: dict[str, Any],
                     ema_state: dict[str, torch.Tensor] | None = None, keep: int = 2) -> Path:
     """Save everything needed to continue at ``step``. Collective: every rank must call it."""
@@ -72,12 +84,7 @@ def save_checkpoint(root: str | Path, step: int, model: torch.nn.Module, optimiz
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
     _barrier()
-    opts = StateDictOptions(ignore_frozen_params=True)
-    state = {"model": _trainable_only(get_model_state_dict(model, options=opts), model),
-             "optim": get_optimizer_state_dict(model, optimizer, options=opts)}
-    if ema_state is not None:
-        state["ema"] = ema_state
-    dcp.save(state, checkpoint_id=str(tmp))
+    dcp.save(_state(model, optimizer, ema_state), checkpoint_id=str(tmp))
     if _rank() == 0:
         rng = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
@@ -100,15 +107,11 @@ def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer, schedul
     path = Path(path)
     if not (path / MARKER).is_file():
         raise FileNotFoundError(f"{path} is not a complete checkpoint (no {MARKER} marker)")
-    opts = StateDictOptions(ignore_frozen_params=True)
-    state = {"model": _trainable_only(get_model_state_dict(model, options=opts), model),
-             "optim": get_optimizer_state_dict(model, optimizer, options=opts)}
-    if ema_state is not None:
-        state["ema"] = ema_state
-    dcp.load(state, checkpoint_id=str(path))
+    state = _state(model, optimizer, ema_state)
+    dcp.load(state, checkpoint_id=str(path))  # in place, into the tensors of ``state``
     set_model_state_dict(model, state["model"], options=StateDictOptions(strict=False))
-    set_optimizer_state_dict(model, optimizer, state["optim"], options=opts)
-    trainer = torch.load(path / "trainer.pt", weights_only=False)
+    set_optimizer_state_dict(model, optimizer, state["optim"], options=_OPTS)
+    trainer = torch.load(path / "trainer.pt", weights_only=True)
     scheduler.load_state_dict(trainer["scheduler"])
     torch.set_rng_state(trainer["rng"]["torch"])
     if torch.cuda.is_available() and "cuda" in trainer["rng"]:
