@@ -104,6 +104,128 @@ def cmd_eval_shapes(args: argparse.Namespace) -> int:
     return 0
 
 
+def _settings(args: argparse.Namespace) -> dict:
+    return {"image_size": args.image_size, "num_iter": args.num_iter, "guidance_scale": args.guidance_scale,
+            "cfg_schedule": args.cfg_schedule, "temperature": args.temperature,
+            "num_sampling_steps": args.diffusion_steps}
+
+
+def _write_json(path: str | None, result: dict) -> None:
+    if path:
+        import json
+
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(result, indent=2, default=str) + "\n")
+
+
+def cmd_eval_geneval(args: argparse.Namespace) -> int:
+    from harmon.eval.common import rank_and_world
+    from harmon.eval.geneval import generate_geneval, read_prompts, score_shapes
+    from harmon.world import format_tables
+
+    rank, world = rank_and_world()
+    prompts = read_prompts(args.prompts, limit=args.limit)
+    pipe = load_pipeline(args)
+    model = args.model or args.checkpoint
+    model = str(Path(model).resolve()) if model else "shipped shapes-world model"
+    out = generate_geneval(pipe, prompts, args.outdir, n_samples=args.n, seed=args.seed, rank=rank,
+                           world_size=world, grid=not args.no_grid,
+                           extra_config={"model": str(model), "prompts_file": str(args.prompts)}, **_settings(args))
+    tag = f"[rank {rank}/{world}] " if world > 1 else ""
+    print(f"{tag}{args.outdir}: generated {len(out['generated'])} prompts x {args.n} images, "
+          f"{len(out['skipped'])} already complete")
+    if args.score == "shapes":
+        if world > 1:
+            print(f"{tag}scoring skipped under torchrun: rerun in one process with --score shapes once all ranks end")
+            return 0
+        result = score_shapes(args.outdir, n_samples=args.n)
+        print(format_tables(result))
+        print(f"results: {Path(args.outdir) / 'results.json'}")
+    return 0
+
+
+def cmd_eval_pope(args: argparse.Namespace) -> int:
+    from harmon.eval.common import check_images
+    from harmon.eval.pope import (
+        SHAPES_POPE,
+        answer_pope,
+        format_pope,
+        read_pope,
+        score_pope,
+        shipped_question_files,
+        write_pope_answers,
+    )
+
+    files = args.questions or shipped_question_files()
+    images = args.images or (SHAPES_POPE / "images" if not args.questions else None)
+    questions = [q for f in files for q in read_pope(f, images, limit=args.limit)]
+    check_images(questions)
+    pipe = load_pipeline(args)
+    answers = answer_pope(pipe, questions, max_new_tokens=args.max_new_tokens)
+    scores = score_pope(questions, answers)
+    print(format_pope(scores))
+    if args.answers_out:
+        print(f"answers: {write_pope_answers(args.answers_out, questions, answers)}")
+    _write_json(args.json, {"kind": "pope", "splits": scores})
+    return 0
+
+
+def cmd_eval_mme(args: argparse.Namespace) -> int:
+    from harmon.eval.common import check_images
+    from harmon.eval.mme import SHAPES_MME, answer_mme, format_mme, read_mme, score_mme, write_mme_answers
+
+    items = read_mme(args.data or SHAPES_MME / "questions.jsonl", args.images, limit=args.limit)
+    check_images(items)
+    pipe = load_pipeline(args)
+    answers = answer_mme(pipe, items, max_new_tokens=args.max_new_tokens)
+    scores = score_mme(items, answers)
+    print(format_mme(scores))
+    if args.answers_out:
+        print(f"answers: {write_mme_answers(args.answers_out, items, answers)}")
+    _write_json(args.json, scores)
+    return 0
+
+
+def cmd_eval_mc(args: argparse.Namespace) -> int:
+    from harmon.eval.common import check_images
+    from harmon.eval.multiple_choice import (
+        SHAPES_MC,
+        answer_mc,
+        expand,
+        format_mc,
+        read_mc,
+        score_mc,
+        write_mc_answers,
+    )
+
+    asked = expand(read_mc(args.data or SHAPES_MC, args.images, limit=args.limit), circular=args.circular)
+    check_images(asked)
+    pipe = load_pipeline(args)
+    answers = answer_mc(pipe, asked, max_new_tokens=args.max_new_tokens)
+    scores = score_mc(asked, answers)
+    print(format_mc(scores))
+    if args.answers_out:
+        print(f"answers: {write_mc_answers(args.answers_out, asked, answers, scores)}")
+    _write_json(args.json, {k: v for k, v in scores.items() if k not in ("preds", "correct")})
+    return 0
+
+
+def _add_generation_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--image-size", type=int, help="pixels, a multiple of 16 (default: the model's)")
+    p.add_argument("--num-iter", type=int, help="masked-autoregressive steps")
+    p.add_argument("--guidance-scale", type=float, help="classifier-free guidance (>= 1)")
+    p.add_argument("--cfg-schedule", choices=["constant", "linear"])
+    p.add_argument("--temperature", type=float)
+    p.add_argument("--diffusion-steps", help='diffusion sampling steps, e.g. "100" or "50,20"')
+
+
+def _add_answer_args(p: argparse.ArgumentParser, answers_help: str) -> None:
+    p.add_argument("--max-new-tokens", type=int, help="answer length limit (default: the model's)")
+    p.add_argument("--limit", type=int, help="only the first N items (a quick check)")
+    p.add_argument("--answers-out", help=answers_help)
+    p.add_argument("--json", help="also write the scores here")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="harmon", description="Harmon: one shared encoder for image "
                                      "understanding and generation.")
@@ -136,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(d)
     d.set_defaults(func=cmd_describe)
 
-    e = sub.add_parser("eval", help="evaluation (shapes world)")
+    e = sub.add_parser("eval", help="evaluation: the shapes world, and GenEval / POPE / MME / multiple-choice files")
     esub = e.add_subparsers(dest="suite", required=True)
     es = esub.add_parser("shapes", help="fresh shapes-world prompts and questions, scored exactly")
     es.add_argument("--prompts", type=int, default=504, help="generation prompts (balanced over 6 categories)")
@@ -150,6 +272,44 @@ def build_parser() -> argparse.ArgumentParser:
     es.add_argument("--json", help="also write the full result here")
     _add_model_args(es)
     es.set_defaults(func=cmd_eval_shapes)
+
+    eg = esub.add_parser("geneval", help="images for GenEval prompts in GenEval's folder layout (torchrun-ready)")
+    eg.add_argument("--prompts", default=str(Path(__file__).parent / "assets" / "eval" /
+                                             "shapes_geneval_metadata.jsonl"),
+                    help="evaluation_metadata.jsonl (default: the shipped shapes-world prompts)")
+    eg.add_argument("--outdir", required=True, help="output folder: <index:05d>/metadata.jsonl, samples/<k:05d>.png")
+    eg.add_argument("-n", type=int, default=4, help="images per prompt")
+    eg.add_argument("--seed", type=int, default=0, help="prompt i draws from a generator seeded by (seed, i)")
+    eg.add_argument("--limit", type=int, help="only the first N prompts")
+    eg.add_argument("--no-grid", action="store_true", help="skip grid.png")
+    eg.add_argument("--score", choices=["shapes"], help="score the images with the shapes world's exact scorer")
+    _add_generation_args(eg)
+    _add_model_args(eg)
+    eg.set_defaults(func=cmd_eval_geneval)
+
+    ep = esub.add_parser("pope", help="POPE yes/no object questions (POPE's JSON-lines files)")
+    ep.add_argument("--questions", nargs="+", help="POPE files, one split each (default: the shipped shapes splits)")
+    ep.add_argument("--images", help="folder of the images named in the files")
+    _add_answer_args(ep, "write the answers here (POPE's answer JSON lines)")
+    _add_model_args(ep)
+    ep.set_defaults(func=cmd_eval_pope)
+
+    em = esub.add_parser("mme", help="MME-style paired yes/no questions per sub-task")
+    em.add_argument("--data", help="JSONL / TSV file, or a folder of <subtask>.txt or MME's release folder "
+                    "(default: the shipped shapes-world file)")
+    em.add_argument("--images", help="image folder (default: beside the data)")
+    _add_answer_args(em, "write MME's eval_tool results folder (<subtask>.txt) here")
+    em.set_defaults(func=cmd_eval_mme)
+    _add_model_args(em)
+
+    ec = esub.add_parser("mc", help="multiple choice: MMBench / SEED / MMMU-style TSV or JSONL")
+    ec.add_argument("--data", help="TSV / JSONL file (default: the shipped shapes-world TSV)")
+    ec.add_argument("--images", help="image folder for path-valued image fields (default: beside the data)")
+    ec.add_argument("--circular", action="store_true", help="MMBench's CircularEval: right only if every rotation "
+                    "of the options is answered right")
+    _add_answer_args(ec, "write the answers here (JSON lines)")
+    _add_model_args(ec)
+    ec.set_defaults(func=cmd_eval_mc)
 
     c = sub.add_parser("convert", help="official files -> our format (config.json + model.safetensors)")
     c.add_argument("-o", "--output", required=True, help="output folder")

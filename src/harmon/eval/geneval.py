@@ -1,0 +1,310 @@
+"""``harmon eval geneval``: images for GenEval prompts, written in the layout GenEval's evaluator reads.
+
+Input: GenEval's ``evaluation_metadata.jsonl``, one JSON object per line with at least ``"prompt"`` (GenEval's
+objects also carry ``tag``, ``include`` and, for counting, ``exclude``; ``--score shapes`` needs ``tag``). Prompt
+``i`` is line ``i`` (0-based, blank lines skipped). The shapes world ships its own file,
+``harmon/assets/eval/shapes_geneval_metadata.jsonl`` (:func:`write_shapes_metadata`).
+
+Output (``--outdir DIR``)::
+
+    DIR/generation_config.json          model, prompt template and sampling settings (a resume must match them)
+    DIR/00000/metadata.jsonl            the prompt's JSON object on one line (json.load-able), exactly as read
+    DIR/00000/samples/00000.png         sample k of prompt 0, k < N (-n, default 4)
+    DIR/00000/grid.png                  the N samples side by side (skipped with --no-grid)
+    DIR/00001/...
+    DIR/results.json, DIR/results.jsonl written by --score shapes (see below)
+
+GenEval's evaluator takes every all-digit folder, ``json.load``s its ``metadata.jsonl`` and scores every file of
+``samples/`` whose name matches ``\\d+\\.png`` (``re.match``, anchored at the start only); so temp files are
+hidden names (``.00003.png.<pid>.tmp``) that it never picks up.
+
+Distributed: under torchrun each process reads RANK / WORLD_SIZE and generates the prompts with
+``index % WORLD_SIZE == RANK``; no process group is started. Resumable: a prompt whose N sample files all exist
+is skipped; images are written to a temp file and renamed, so an interrupted run never leaves a truncated PNG
+under a final name (stray temp files of an owned prompt are removed when it is redone). Seeds: prompt ``i`` draws
+from ``torch.Generator().manual_seed(derive_seed(seed, "geneval", i))``, so its images do not depend on the
+world size, on resumption or on ``--limit``. A prompt with some samples missing is generated again whole (its
+N images share one generator) and only the missing files are written.
+
+Scoring (``--score shapes``): every image is judged with the shapes world's exact scorer
+(:func:`harmon.world.detect_objects` + GenEval's rules in :func:`harmon.world.judge_prompt`); accuracy per tag,
+overall = mean of the tag accuracies (GenEval's summary). ``results.jsonl`` holds one row per image in the
+columns of GenEval's ``evaluate_images.py`` (filename, tag, prompt, correct, reason, metadata), so its
+``summary_scores.py`` reads it too; ``results.json`` holds the tables. Scoring needs every prompt complete, so a
+multi-process run skips it: rerun once in one process with ``--score shapes`` (nothing is regenerated).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from harmon.data.records import derive_seed
+from harmon.eval.common import (
+    ASSETS_DIR,
+    FormatError,
+    field,
+    is_temp,
+    read_jsonl,
+    save_image_atomic,
+    where,
+    write_jsonl_atomic,
+    write_text_atomic,
+)
+from harmon.images import load_image
+from harmon.pipeline import HarmonPipeline
+from harmon.prompts import CHAT_TEMPLATE, GENERATE_PREFIX, UNCONDITIONAL_PROMPT
+
+logger = logging.getLogger(__name__)
+
+SHAPES_METADATA = ASSETS_DIR / "shapes_geneval_metadata.jsonl"
+CONFIG_FILE = "generation_config.json"
+SETTINGS = ("image_size", "num_iter", "guidance_scale", "cfg_schedule", "temperature", "num_sampling_steps")
+# keys of generation_config.json that must agree for a resume to continue a run: another model or other settings
+# in the same folder would silently mix two runs' images
+RESUME_KEYS = ("model", "n_samples", "seed", "seeding", "settings", "prompt_template", "prompt_prefix",
+               "unconditional_prompt")
+SAMPLE_RE = re.compile(r"\d+\.png")  # GenEval's evaluator: re.match(r"\d+\.png", name)
+
+
+# ---- prompts ------------------------------------------------------------------------------------------------
+
+
+def read_prompts(path: str | Path, limit: int | None = None) -> list[dict[str, Any]]:
+    """GenEval metadata objects of ``path`` (the first ``limit``), each with a non-empty string ``prompt``."""
+    records = read_jsonl(path)
+    prompts = []
+    for r in records[:limit] if limit is not None else records:
+        text = field(r, "prompt", path)
+        if not isinstance(text, str):
+            raise FormatError(f"{where(path, r['_line'])}: 'prompt' must be a string, got {type(text).__name__}")
+        prompts.append({k: v for k, v in r.items() if k != "_line"})
+    if not prompts:
+        raise FormatError(f"{path}: no prompts")
+    return prompts
+
+
+def write_shapes_metadata(path: str | Path = SHAPES_METADATA, n: int = 120, seed: int = 0, config=None) -> Path:
+    """Write ``n`` shapes-world prompts in GenEval's format (balanced over the six tags, fixed ``seed``).
+
+    The shipped file is ``write_shapes_metadata()`` with the defaults.
+    """
+    from harmon.world import sample_eval_prompts
+
+    prompts = sample_eval_prompts(n, torch.Generator().manual_seed(seed), config)
+    return write_jsonl_atomic(path, prompts)
+
+
+# ---- generation ---------------------------------------------------------------------------------------------
+
+
+def resolve_settings(pipe: HarmonPipeline, **overrides: Any) -> dict[str, Any]:
+    """The full sampling settings a run uses: the model's defaults with ``overrides`` (None = default) applied."""
+    unknown = sorted(set(overrides) - set(SETTINGS))
+    if unknown:
+        raise TypeError(f"unknown generation settings {unknown}; known: {list(SETTINGS)}")
+    d = pipe.config.generation
+    out = {name: getattr(d, name) for name in SETTINGS}
+    out.update({k: v for k, v in overrides.items() if v is not None})
+    out["num_sampling_steps"] = str(out["num_sampling_steps"])
+    return out
+
+
+def generation_config(settings: dict[str, Any], n_samples: int, seed: int, **extra: Any) -> dict[str, Any]:
+    """What ``generation_config.json`` records: the prompt template, the sampling settings and the seeding."""
+    return {
+        "format": "geneval",
+        "prompt_template": CHAT_TEMPLATE,
+        "prompt_prefix": GENERATE_PREFIX,  # the user turn is prefix + prompt
+        "unconditional_prompt": UNCONDITIONAL_PROMPT,  # the guidance input
+        "n_samples": n_samples,
+        "seed": seed,
+        "seeding": 'torch.Generator().manual_seed(derive_seed(seed, "geneval", index)), one per prompt',
+        "settings": settings,
+        **extra,
+    }
+
+
+def prompt_folder(outdir: str | Path, index: int) -> Path:
+    return Path(outdir) / f"{index:05d}"
+
+
+def sample_path(outdir: str | Path, index: int, k: int) -> Path:
+    return prompt_folder(outdir, index) / "samples" / f"{k:05d}.png"
+
+
+def is_complete(outdir: str | Path, index: int, n_samples: int) -> bool:
+    """True when prompt ``index`` has its metadata and all ``n_samples`` sample files."""
+    folder = prompt_folder(outdir, index)
+    return (folder / "metadata.jsonl").is_file() and all(
+        sample_path(outdir, index, k).is_file() for k in range(n_samples))
+
+
+def make_grid(images: list[Image.Image]) -> Image.Image:
+    """The images on a near-square grid (ceil(sqrt(N)) columns), row by row."""
+    cols = math.ceil(math.sqrt(len(images)))
+    rows = math.ceil(len(images) / cols)
+    w, h = images[0].size
+    grid = Image.new("RGB", (cols * w, rows * h), (255, 255, 255))
+    for k, im in enumerate(images):
+        grid.paste(im, ((k % cols) * w, (k // cols) * h))
+    return grid
+
+
+def _check_config(outdir: Path, config: dict[str, Any]) -> None:
+    """Write generation_config.json, or check that a resumed run uses the recorded settings."""
+    path = outdir / CONFIG_FILE
+    text = json.dumps(config, indent=2) + "\n"
+    if path.is_file():
+        old = json.loads(path.read_text())
+        diff = [k for k in RESUME_KEYS if old.get(k) != config.get(k)]
+        if diff:
+            raise ValueError(f"{path} was written with other settings ({', '.join(diff)}: {old.get(diff[0])!r} "
+                             f"vs now {config.get(diff[0])!r}); use a fresh --outdir or the same settings")
+        if path.read_text() == text:
+            return  # untouched on resume
+    write_text_atomic(path, text)
+
+
+def _check_metadata(folder: Path, prompt: dict[str, Any]) -> None:
+    path = folder / "metadata.jsonl"
+    if path.is_file():
+        with path.open() as f:
+            old = json.load(f)
+        if old != prompt:
+            raise ValueError(f"{path} holds another prompt ({old.get('prompt')!r}, now {prompt.get('prompt')!r}); "
+                             "the prompts file changed since this folder was written: use a fresh --outdir")
+
+
+def generate_geneval(pipe: HarmonPipeline, prompts: list[dict[str, Any]], outdir: str | Path, n_samples: int = 4,
+                     seed: int = 0, rank: int = 0, world_size: int = 1, grid: bool = True,
+                     extra_config: dict[str, Any] | None = None, **settings: Any) -> dict[str, Any]:
+    """Generate this rank's share of ``prompts`` into ``outdir`` (layout in the module docstring).
+
+    Args:
+        prompts: GenEval metadata dicts; prompt i goes to folder ``{i:05d}``.
+        n_samples: images per prompt (GenEval's default is 4).
+        rank, world_size: this process generates the prompts with ``i % world_size == rank``.
+        extra_config: more entries for ``generation_config.json``: "model" (checked on resume), "prompts_file".
+        settings: sampling overrides (``image_size``, ``num_iter``, ``guidance_scale``, ``cfg_schedule``,
+            ``temperature``, ``num_sampling_steps``); None keeps the model's default.
+    Returns:
+        {"generated": [indices], "skipped": [indices already complete], "settings": resolved settings}.
+    """
+    if n_samples < 1:
+        raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"need 0 <= rank < world_size, got {rank}, {world_size}")
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    resolved = resolve_settings(pipe, **settings)
+    _check_config(outdir, generation_config(resolved, n_samples, seed, **(extra_config or {})))
+    generated, skipped = [], []
+    mine = [i for i in range(len(prompts)) if i % world_size == rank]
+    for done, i in enumerate(mine):
+        folder = prompt_folder(outdir, i)
+        _check_metadata(folder, prompts[i])
+        if is_complete(outdir, i, n_samples):
+            skipped.append(i)
+            continue
+        for stray in [*folder.glob(".*.tmp"), *(folder / "samples").glob(".*.tmp")]:
+            if is_temp(stray):
+                stray.unlink(missing_ok=True)
+        if not (folder / "metadata.jsonl").is_file():
+            write_text_atomic(folder / "metadata.jsonl", json.dumps(prompts[i]) + "\n")
+        generator = torch.Generator().manual_seed(derive_seed(seed, "geneval", i))
+        images = pipe.generate(prompts[i]["prompt"], num_images_per_prompt=n_samples, generator=generator,
+                               **resolved)
+        for k, image in enumerate(images):
+            if not sample_path(outdir, i, k).is_file():
+                save_image_atomic(image, sample_path(outdir, i, k))
+        if grid:
+            save_image_atomic(make_grid(images), folder / "grid.png")
+        generated.append(i)
+        if rank == 0:
+            logger.info("geneval: prompt %d (%d/%d on this rank) %r", i, done + 1, len(mine), prompts[i]["prompt"])
+    return {"generated": generated, "skipped": skipped, "settings": resolved}
+
+
+# ---- reading back and scoring -------------------------------------------------------------------------------
+
+
+def read_outputs(outdir: str | Path) -> list[tuple[Path, dict[str, Any], list[Path]]]:
+    """(folder, metadata, sample files) for every prompt folder, found with GenEval's evaluator's rules."""
+    outdir = Path(outdir)
+    if not outdir.is_dir():
+        raise FileNotFoundError(f"no such folder: {outdir}")
+    out = []
+    for name in sorted(os.listdir(outdir)):
+        folder = outdir / name
+        if not folder.is_dir() or not name.isdigit():
+            continue
+        with (folder / "metadata.jsonl").open() as f:
+            meta = json.load(f)
+        samples = folder / "samples"
+        files = sorted(p for p in samples.iterdir() if p.is_file() and SAMPLE_RE.match(p.name)) \
+            if samples.is_dir() else []
+        out.append((folder, meta, files))
+    return out
+
+
+class _LazyImages(Sequence):
+    """Images read from ``paths`` when indexed, so scoring thousands of samples holds one at a time."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        self.paths = paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [load_image(p).convert("RGB") for p in self.paths[i]]
+        return load_image(self.paths[i]).convert("RGB")
+
+
+def score_shapes(outdir: str | Path, n_samples: int | None = None, world=None) -> dict[str, Any]:
+    """Score every sample under ``outdir`` with the shapes world's exact scorer; writes results.json(l).
+
+    Args:
+        n_samples: when given, every prompt folder must hold at least this many samples.
+        world: a :class:`harmon.world.WorldConfig`; default the standard world at the images' size.
+    Returns:
+        :func:`harmon.world.score_generation`'s dict (one entry per image) plus ``n_prompts``, ``n_images``.
+    """
+    from harmon.world import WorldConfig, detect_objects, explain_prompt, score_generation
+
+    outdir = Path(outdir)
+    entries = read_outputs(outdir)
+    if not entries:
+        raise ValueError(f"{outdir}: no prompt folders (all-digit names) to score")
+    metas, paths = [], []
+    for folder, meta, files in entries:
+        if "tag" not in meta:
+            raise FormatError(f"{folder / 'metadata.jsonl'}: no 'tag'; scoring needs GenEval metadata")
+        if n_samples is not None and len(files) < n_samples:
+            raise ValueError(f"{folder}: {len(files)} of {n_samples} samples; finish the generation first")
+        metas += [meta] * len(files)
+        paths += files
+    images = _LazyImages(paths)  # one image in memory at a time
+    world = world or WorldConfig(image_size=images[0].width)
+    result = score_generation(metas, images, world)
+    rows = []
+    for meta, path, ok in zip(metas, paths, result["correct"]):
+        reason = "" if ok else "\n".join(explain_prompt(meta, detect_objects(load_image(path), world))[1])
+        rows.append({"filename": str(path.relative_to(outdir)), "tag": meta["tag"], "prompt": meta["prompt"],
+                     "correct": ok, "reason": reason, "metadata": json.dumps(meta)})
+    result.update(n_prompts=len(entries), n_images=len(paths), scorer="shapes")
+    write_jsonl_atomic(outdir / "results.jsonl", rows)
+    summary = {k: v for k, v in result.items() if k != "correct"}
+    write_text_atomic(outdir / "results.json", json.dumps({**summary, "images": rows}, indent=2) + "\n")
+    return result

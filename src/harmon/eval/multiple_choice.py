@@ -1,0 +1,331 @@
+"""``harmon eval mc``: multiple-choice questions in MMBench / SEED-Bench / MMMU-style files.
+
+Read (``--data FILE``): a TSV with a header (MMBench's and VLMEvalKit's ``.tsv``), JSON lines or a JSON list.
+Columns::
+
+    index     question id (an integer for MMBench; any string otherwise; default: the row number)
+    question  the question text
+    A, B, ... the options, one column per capital letter; empty cells are absent options (MMBench has 2-4)
+    answer    the gold letter
+    image     a path (absolute, under --images, or next to the file) or base64 image data (MMBench embeds its
+              images); a short all-digit value refers to the row with that index (VLMEvalKit stores each image once)
+    hint      optional context, put before the question
+    category  optional; accuracy is also reported per category
+
+SEED-Bench's layout is read as well: a JSON object whose "questions" list holds ``question_id`` (index),
+``data_id`` (image), ``choice_a``..``choice_d`` (A..D), ``answer`` and ``question_type_id`` (category).
+
+Prompt (LLaVA's MMBench prompt)::
+
+    <hint>\\n<question>\\nA. <option A>\\nB. <option B>...\\nAnswer with the option's letter from the given choices directly.
+
+Letter extraction (:func:`extract_letter`), the first rule that fires wins; only letters of present options count:
+  1. the whole answer is a letter, up to surrounding spaces, brackets, "*" and final "." / ":" ("B", "(b)", "C.");
+  2. it starts with a letter followed by ")", "." or ":" ("A. red", "(A) red", "B) two", "C: three");
+  3. a keyword then a capital letter: "answer", "option" or "choice", optionally "is" and ":" ("Answer: A",
+     "The answer is (C)", "option D");
+  4. exactly one distinct capital letter stands alone as a word ("I pick B"); an "A" followed by a lower-case
+     word is the article, not a letter ("A red circle");
+  5. the option texts: an answer equal to one option's text (case and outer punctuation ignored), else the one
+     option whose text appears in it as whole words ("There are two circles" -> the option "two").
+No rule firing, or several options in rule 5, is a wrong answer.
+
+Circular evaluation (``--circular``, MMBench's CircularEval): a question with n options is asked n times, the
+options rotated by 0..n-1 places (option at letter j moves to letter j-k); it counts as right only when every
+rotation is answered right. When the file already carries MMBench's rotated copies (rows with index >= 1,000,000
+are copies of row index % 1,000,000), those are used instead of rotating, and without ``--circular`` they are
+skipped.
+
+Answers (``--answers-out FILE``): JSON lines, one per asked question: index, rotation, category, prompt,
+prediction (the model's text), pred (the extracted letter or null), answer (gold letter as asked), correct.
+
+Shipped shapes-world file (:func:`write_shapes_mc`): ``harmon/assets/eval/shapes_mc.tsv``, MMBench's layout with
+base64 64 px images; categories color ("What color is the circle?", 4 colours), counting ("How many squares are
+there?", 4 consecutive numbers in digits) and object ("Which object is in the image?", 3 objects, so column D
+is empty), 20 each.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import re
+import string
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from harmon.eval.common import (
+    ASSETS_DIR,
+    FormatError,
+    field,
+    image_to_base64,
+    load_image_field,
+    pct,
+    read_records,
+    table,
+    where,
+    write_jsonl_atomic,
+    write_text_atomic,
+)
+from harmon.pipeline import HarmonPipeline
+
+logger = logging.getLogger(__name__)
+
+SHAPES_MC = ASSETS_DIR / "shapes_mc.tsv"
+INSTRUCTION = "Answer with the option's letter from the given choices directly."
+LETTERS = string.ascii_uppercase
+COPY_OFFSET = 1_000_000  # MMBench: row index + k * 1e6 is rotation k of row index
+SEED_ALIASES = {"choice_a": "A", "choice_b": "B", "choice_c": "C", "choice_d": "D"}
+
+Question = dict[str, Any]
+
+
+# ---- reading ------------------------------------------------------------------------------------------------
+
+
+def _options(r: dict[str, Any]) -> list[tuple[str, str]]:
+    """(letter, text) of the present options, in letter order."""
+    cells = {k: v for k, v in r.items() if len(k) == 1 and k in LETTERS}
+    cells.update({SEED_ALIASES[k]: v for k, v in r.items() if k in SEED_ALIASES})
+    return [(k, str(cells[k]).strip()) for k in sorted(cells)
+            if cells[k] is not None and str(cells[k]).strip() not in ("", "nan")]
+
+
+def read_mc(path: str | Path, images: str | Path | None = None, limit: int | None = None) -> list[Question]:
+    """Questions of an MMBench / SEED / MMMU-style file (the first ``limit`` base questions, with their copies)."""
+    path = Path(path)
+    records = read_records(path)
+    by_index = {str(r.get("index")): r for r in records if r.get("index") not in (None, "")}
+    out: list[Question] = []
+    for n, r in enumerate(records):
+        loc = where(path, r["_line"])
+        index = str(field(r, ("index", "question_id"), path, required=False, default=n))
+        options = _options(r)
+        if len(options) < 2:
+            raise FormatError(f"{loc}: needs at least two options (columns A, B, ...), got {len(options)}")
+        letters = [k for k, _ in options]
+        if letters != list(LETTERS[: len(letters)]):
+            raise FormatError(f"{loc}: options must be consecutive from A, got {letters}")
+        answer = str(field(r, "answer", path)).strip().upper()
+        if answer not in letters:
+            raise FormatError(f"{loc}: answer {answer!r} is not one of the options {letters}")
+        ref = str(field(r, ("image", "data_id", "image_path"), path))
+        if ref.isdigit() and len(ref) < 16 and ref in by_index and by_index[ref] is not r:
+            ref = str(field(by_index[ref], "image", path))  # VLMEvalKit stores each image once
+        out.append({"index": index, "question": str(field(r, "question", path)).strip(),
+                    "hint": str(field(r, "hint", path, required=False, default="")).strip(),
+                    "options": [t for _, t in options], "answer": answer,
+                    "category": str(field(r, ("category", "question_type_id"), path, required=False,
+                                          default="all")),
+                    "image": ref, "roots": [images, path.parent], "where": loc})
+    if not out:
+        raise FormatError(f"{path}: no questions")
+    if limit is not None:
+        keep = set(list(dict.fromkeys(group_of(q) for q in out if not is_copy(q)))[:limit])
+        out = [q for q in out if group_of(q) in keep]
+    return out
+
+
+def is_copy(q: Question) -> bool:
+    """True for MMBench's pre-rotated copies (integer index >= 1,000,000)."""
+    return q["index"].isdigit() and int(q["index"]) >= COPY_OFFSET
+
+
+def group_of(q: Question) -> str:
+    return str(int(q["index"]) % COPY_OFFSET) if q["index"].isdigit() else q["index"]
+
+
+# ---- asking -------------------------------------------------------------------------------------------------
+
+
+def rotate(q: Question, k: int) -> Question:
+    """``q`` with its options rotated by ``k``: the option at letter j moves to letter (j - k) mod n."""
+    n = len(q["options"])
+    k %= n
+    options = q["options"][k:] + q["options"][:k]
+    gold = (LETTERS.index(q["answer"]) - k) % n
+    return {**q, "options": options, "answer": LETTERS[gold], "rotation": k}
+
+
+def expand(questions: Sequence[Question], circular: bool) -> list[Question]:
+    """The questions actually asked, each with ``group`` (the base question) and ``rotation``.
+
+    Without ``circular``: every base question once (MMBench's copies skipped). With it: the file's copies when it
+    has any, otherwise every rotation of every question.
+    """
+    has_copies = any(is_copy(q) for q in questions)
+    asked = []
+    for q in questions:
+        base = {**q, "group": group_of(q), "rotation": 0}
+        if not circular:
+            if not is_copy(q):
+                asked.append(base)
+        elif has_copies:
+            asked.append({**base, "rotation": int(q["index"]) // COPY_OFFSET if q["index"].isdigit() else 0})
+        else:
+            asked += [{**rotate(q, k), "group": group_of(q)} for k in range(len(q["options"]))]
+    return asked
+
+
+def build_prompt(q: Question) -> str:
+    """Hint, question, "A. ..." lines and the instruction (LLaVA's MMBench prompt)."""
+    lines = [q["hint"]] if q.get("hint") else []
+    lines.append(q["question"])
+    lines += [f"{LETTERS[j]}. {text}" for j, text in enumerate(q["options"])]
+    lines.append(INSTRUCTION)
+    return "\n".join(lines)
+
+
+def answer_mc(pipe: HarmonPipeline, asked: Sequence[Question], max_new_tokens: int | None = None) -> list[str]:
+    """Greedy answers of ``pipe`` to the prompts of ``asked``."""
+    answers = []
+    for n, q in enumerate(asked):
+        image = load_image_field(q["image"], q["roots"], q["where"])
+        answers.append(pipe.describe(image, build_prompt(q), max_new_tokens=max_new_tokens))
+        if (n + 1) % 100 == 0:
+            logger.info("mc: %d/%d answered", n + 1, len(asked))
+    return answers
+
+
+# ---- letter extraction and scoring --------------------------------------------------------------------------
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.lower().split()).strip(" .,:;!?\"'()[]*")
+
+
+def extract_letter(answer: str, options: Sequence[str]) -> str | None:
+    """The option letter an answer picks, by the rules of the module docstring; None when none applies."""
+    letters = LETTERS[: len(options)]
+    text = answer.strip()
+    bare = text.strip(" \t\n*()[]").rstrip(".:").strip(" *()[]")
+    if len(bare) == 1 and bare.upper() in letters:  # rule 1
+        return bare.upper()
+    m = re.match(r"[\(\[]?([A-Z])(?:[\)\]]|[.:](?!\w))", text)  # rule 2
+    if m and m.group(1) in letters:
+        return m.group(1)
+    m = re.search(r"(?i:answer|option|choice)\s*(?:(?i:is)\s*)?[:：]?\s*[\(\[]?([A-Z])(?![A-Za-z])", text)  # rule 3
+    if m and m.group(1) in letters:
+        return m.group(1)
+    found = set()  # rule 4
+    for m in re.finditer(r"(?<![A-Za-z])([A-Z])(?![A-Za-z'])", text):
+        after = text[m.end():].lstrip(" ")
+        if m.group(1) == "A" and after[:1].islower():
+            continue  # the article
+        if m.group(1) in letters:
+            found.add(m.group(1))
+    if len(found) == 1:
+        return found.pop()
+    norm = _norm(text)  # rule 5
+    exact = [L for L, o in zip(letters, options) if _norm(o) and _norm(o) == norm]
+    if len(exact) == 1:
+        return exact[0]
+    inside = [L for L, o in zip(letters, options)
+              if _norm(o) and re.search(r"(?<!\w)" + re.escape(_norm(o)) + r"(?!\w)", norm)]
+    return inside[0] if len(inside) == 1 else None
+
+
+def score_mc(asked: Sequence[Question], answers: Sequence[str]) -> dict[str, Any]:
+    """Accuracy over base questions (a question with several rotations is right only when all are).
+
+    Returns {"accuracy", "count", "categories": {name: {"accuracy", "count"}}, "circular": bool,
+    "asked", "preds": [letter or None per asked question], "correct": [bool per asked question]}.
+    """
+    if len(asked) != len(answers):
+        raise ValueError(f"got {len(asked)} questions but {len(answers)} answers")
+    preds = [extract_letter(a, q["options"]) for q, a in zip(asked, answers)]
+    correct = [p == q["answer"] for q, p in zip(asked, preds)]
+    groups: dict[str, list] = {}
+    for q, ok in zip(asked, correct):
+        g = groups.setdefault(q["group"], [q["category"], True])
+        g[1] = g[1] and ok
+    cats: dict[str, list[bool]] = {}
+    for cat, ok in groups.values():
+        cats.setdefault(cat, []).append(ok)
+    hits = [ok for _, ok in groups.values()]
+    return {"kind": "multiple_choice", "accuracy": sum(hits) / len(hits), "count": len(hits),
+            "categories": {c: {"accuracy": sum(v) / len(v), "count": len(v)} for c, v in cats.items()},
+            "circular": any(q["rotation"] for q in asked), "asked": len(asked), "preds": preds, "correct": correct}
+
+
+def format_mc(scores: dict[str, Any]) -> str:
+    rows = [[c, pct(s["accuracy"]), str(s["count"])] for c, s in sorted(scores["categories"].items())]
+    rows.append(["overall", pct(scores["accuracy"]), str(scores["count"])])
+    title = "Multiple choice, circular (%)" if scores["circular"] else "Multiple choice (%)"
+    return title + "\n" + table(["category", "accuracy", "n"], rows)
+
+
+def write_mc_answers(path: str | Path, asked: Sequence[Question], answers: Sequence[str],
+                     scores: dict[str, Any]) -> Path:
+    rows = [{"index": q["index"], "rotation": q["rotation"], "category": q["category"], "prompt": build_prompt(q),
+             "prediction": a, "pred": p, "answer": q["answer"], "correct": ok}
+            for q, a, p, ok in zip(asked, answers, scores["preds"], scores["correct"])]
+    return write_jsonl_atomic(path, rows)
+
+
+# ---- the shipped shapes-world file --------------------------------------------------------------------------
+
+
+def _shuffled(items: list, g: torch.Generator) -> list:
+    return [items[i] for i in torch.randperm(len(items), generator=g).tolist()]
+
+
+def _shapes_question(category: str, g: torch.Generator, config) -> tuple[Any, str, list[str], int] | None:
+    """(scene, question, options, gold position) or None when the scene does not fit the category."""
+    from harmon.world import color_question, counting_question, positive_pairs, sample_scene
+    from harmon.world.scene import noun_phrase
+
+    scene = sample_scene(g, config)
+    if category == "color":
+        q = color_question(scene, g, config)
+        if q is None:
+            return None
+        gold = q["answer"]
+        others = _shuffled([c.capitalize() for c in config.color_names if c.capitalize() != gold], g)[:3]
+        return scene, q["question"], [gold, *others], 0
+    if category == "counting":
+        q = counting_question(scene, g, config)
+        n = int(q["answer"])
+        lo = max(0, min(n - 1, config.max_objects - 3))  # four consecutive numbers holding n
+        return scene, q["question"], [str(k) for k in range(lo, lo + 4)], n - lo  # digits, as trained
+    if category == "object":
+        present = set(scene.pairs)
+        gold = positive_pairs(scene, g, 1)[0]
+        absent = _shuffled([p for p in config.pairs() if p not in present], g)[:2]
+        phrase = [noun_phrase(s, c).split(" ", 1)[1] for c, s in (gold, *absent)]  # "red circle"
+        return scene, "Which object is in the image?", phrase, 0
+    raise ValueError(f"no shapes-world questions for category {category!r}")
+
+
+def write_shapes_mc(path: str | Path = SHAPES_MC, n_per_category: int = 20, seed: int = 0, config=None) -> Path:
+    """Write the shapes world's multiple-choice TSV (MMBench layout, base64 images; see the module docstring)."""
+    from harmon.world import WorldConfig, render
+
+    config = config or WorldConfig()
+    g = torch.Generator().manual_seed(seed)
+    header = ["index", "question", "hint", "A", "B", "C", "D", "answer", "category", "image"]
+    buf = io.StringIO()
+    writer = csv.writer(buf, delimiter="\t", lineterminator="\n")
+    writer.writerow(header)
+    index = 0
+    for category in ("color", "counting", "object"):
+        for _ in range(n_per_category):
+            for _ in range(100):
+                got = _shapes_question(category, g, config)
+                if got is not None:
+                    break
+            else:
+                raise RuntimeError(f"no scene in 100 draws admits a {category} question")
+            scene, question, options, gold = got
+            if category != "counting":  # counting options stay in increasing order, as numbers are usually listed
+                order = torch.randperm(len(options), generator=g).tolist()
+                options, gold = [options[i] for i in order], order.index(gold)
+            cells = options + [""] * (4 - len(options))
+            writer.writerow([index, question, "", *cells, LETTERS[gold], category,
+                             image_to_base64(render(scene, config))])
+            index += 1
+    return write_text_atomic(path, buf.getvalue())
