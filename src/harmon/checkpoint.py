@@ -85,6 +85,9 @@ def atomic_write(path: str | Path, write_fn) -> None:
     os.close(fd)
     try:
         write_fn(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; the final file gets ordinary permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -355,6 +355,8 @@ class Trainer:
             for name, value in self.ema.shadow.items():
                 full = value.full_tensor() if hasattr(value, "full_tensor") else value
                 sd[name] = full.to("cpu", sd[name].dtype)
+        if self.model.llm.config.tie_word_embeddings:
+            sd.pop("llm.lm_head.weight", None)  # one tensor under two names; the embedding (EMA'd) is the one
         return sd
 
     def export(self, path: Path) -> None:
