@@ -140,6 +140,7 @@ def harmon_shapes(vocab_size: int = 512) -> HarmonConfig:
                use_sliding_window=False)
     mar = MARConfig(encoder_dim=128, encoder_depth=2, encoder_heads=4, decoder_dim=128, decoder_depth=2,
                     decoder_heads=4, buffer_size=4, grid_size=4, class_num=0, attn_dropout=0.0, proj_dropout=0.0,
+                    mask_ratio_min=0.5,  # 16-token grids: train on more visible tokens than MAR-256 does
                     diffloss=DiffLossConfig(z_channels=128, width=192, depth=3))
     from harmon.train.stage0 import shapes_vae_config
 

@@ -77,7 +77,7 @@ def center_crop_square(image: Image.Image) -> Image.Image:
 def pil_to_tensor(image: Image.Image) -> torch.Tensor:
     """RGB PIL image -> (3, H, W) float32 in [-1, 1]."""
     arr = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy())  # (H, W, 3)
-    return arr.permute(2, 0, 1).float().div(255.0).mul(2.0).sub(1.0)
+    return arr.permute(2, 0, 1).float().div(255.0).mul(2.0).sub(1.0).contiguous()  # (3, H, W), NCHW strides
 
 
 def tensor_to_pil(pixels: torch.Tensor) -> list[Image.Image]:

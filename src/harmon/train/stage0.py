@@ -22,9 +22,14 @@ logger = logging.getLogger(__name__)
 
 
 def shapes_vae_config(image_size: int = 64) -> VAEConfig:
-    """Stride 16 and 16 latent channels like KL-16, at a few hundred thousand parameters."""
-    return VAEConfig(ch=16, ch_mult=(1, 2, 2, 4, 4), num_res_blocks=1, attn_resolutions=(), resolution=image_size,
-                     norm_groups=8, z_channels=16, embed_dim=16, scale_factor=1.0)
+    """Stride 16 and 16 latent channels like KL-16, at ~0.7 M parameters.
+
+    Narrow at full resolution (8 channels at 64 and 32 px), where GroupNorm, swish and 3x3 convs dominate the CPU
+    cost, and wide at the low levels (32 / 64 channels at 8 / 4 px), where width is nearly free. This is ~3x
+    cheaper per step than ch=16, ch_mult=(1, 2, 2, 4, 4).
+    """
+    return VAEConfig(ch=8, ch_mult=(1, 1, 2, 4, 8), num_res_blocks=1, attn_resolutions=(), resolution=image_size,
+                     norm_groups=4, z_channels=16, embed_dim=16, scale_factor=1.0)
 
 
 def render_batch(indices: range | list[int], seed: int, world_config, allow_held_out: bool = False) -> torch.Tensor:
@@ -35,15 +40,32 @@ def render_batch(indices: range | list[int], seed: int, world_config, allow_held
     for i in indices:
         g = torch.Generator().manual_seed(seed * 1_000_003 + int(i))
         arrays.append(render_array(sample_scene(g, world_config, allow_held_out=allow_held_out), world_config))
-    x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float()
+    x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().contiguous()  # NCHW: fast GroupNorm
     return x / 127.5 - 1.0
 
 
-def train_shapes_vae(out_dir: str | Path, steps: int = 3000, batch_size: int = 32, lr: float = 2e-3,
-                     seed: int = 0, image_size: int = 64, kl_weight: float = 1e-6, log_every: int = 100,
-                     device: str = "cpu") -> Path:
+def object_weighted_loss(rec: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor,
+                         kl_weight: float, object_weight: float, background: tuple[int, int, int]) -> dict:
+    """``vae_loss`` with the reconstruction term re-weighted: pixels of objects count ``1 + object_weight`` times
+    a background pixel (normalised by the mean weight, so the scale matches ``vae_loss``). Objects cover a small
+    share of a scene; without the weight the plain white background dominates the loss."""
+    terms = vae_loss(rec, x, mean, logvar, kl_weight=kl_weight)
+    if object_weight <= 0:
+        return terms
+    bg = torch.tensor(background, dtype=x.dtype, device=x.device).view(1, 3, 1, 1) / 127.5 - 1.0
+    weight = 1.0 + object_weight * ((x - bg).abs().sum(1, keepdim=True) > 0.01).to(x.dtype)  # (B, 1, H, W)
+    diff = rec - x
+    rec_term = ((diff.abs() + diff.pow(2)) * weight).mean() / weight.mean()
+    return {"loss": rec_term + kl_weight * terms["kl"], "rec": rec_term, "kl": terms["kl"]}
+
+
+def train_shapes_vae(out_dir: str | Path, steps: int = 3600, batch_size: int = 8, lr: float = 3e-3,
+                     seed: int = 0, image_size: int = 64, kl_weight: float = 1e-6, log_every: int = 200,
+                     device: str = "cpu", object_weight: float = 4.0, warmup_frac: float = 0.05) -> Path:
     """Train the small VAE on rendered scenes and save ``vae.safetensors`` + ``vae_config.json``.
 
+    Defaults: batch 8 (on CPU more small steps beat fewer large ones at equal wall time), one-cycle LR peaking at
+    ``lr`` after ``warmup_frac`` of the steps, object pixels weighted ``1 + object_weight`` in the L1 + MSE loss.
     Reports the mean absolute reconstruction error and the per-scene exact-recovery rate of the object detector.
     """
     from harmon.world.scene import WorldConfig
@@ -55,23 +77,24 @@ def train_shapes_vae(out_dir: str | Path, steps: int = 3000, batch_size: int = 3
     torch.manual_seed(seed)
     vae = AutoencoderKL(cfg).to(device)
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=warmup_frac)
     gen = torch.Generator().manual_seed(seed + 1)
     log = []
     t0 = time.perf_counter()
     for step in range(steps):
         x = render_batch(range(step * batch_size, (step + 1) * batch_size), seed, world).to(device)
         rec, mean, logvar = vae(x, generator=gen)
-        terms = vae_loss(rec, x, mean, logvar, kl_weight=kl_weight)
+        terms = object_weighted_loss(rec, x, mean, logvar, kl_weight, object_weight, world.background)
         opt.zero_grad(set_to_none=True)
         terms["loss"].backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         opt.step()
         sched.step()
         if (step + 1) % log_every == 0 or step + 1 == steps:
-            entry = {"step": step + 1, **{k: float(v) for k, v in terms.items()}, "s": time.perf_counter() - t0}
+            entry = {"step": step + 1, **{k: float(v.detach()) for k, v in terms.items()}, "s": time.perf_counter() - t0}
             log.append(entry)
             logger.info("vae %s", entry)
+    train_seconds = time.perf_counter() - t0
     vae.eval()
     # Latent scale: 1 / std over held-back scenes, so diffusion sees unit-variance tokens (KL-16 records 0.2325).
     with torch.no_grad():
@@ -83,7 +106,9 @@ def train_shapes_vae(out_dir: str | Path, steps: int = 3000, batch_size: int = 3
     quality = reconstruction_quality(x, rec, world)
     save_safetensors(vae.state_dict(), out / "vae.safetensors")
     (out / "vae_config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
-    (out / "vae_log.json").write_text(json.dumps({"log": log, "quality": quality}, indent=2) + "\n")
+    summary = {"log": log, "quality": quality, "train_seconds": train_seconds, "steps": steps,
+               "batch_size": batch_size, "lr": lr, "object_weight": object_weight, "scale_factor": cfg.scale_factor}
+    (out / "vae_log.json").write_text(json.dumps(summary, indent=2) + "\n")
     logger.info("vae done: scale %.4f, %s", scale, quality)
     return out
 
