@@ -17,7 +17,7 @@ from harmon.diffusion import (
     space_timesteps,
 )
 
-KEYS_JSON = Path("/work/shared/reference/official-state-dict-keys.json")
+KEYS_JSON = Path(__file__).resolve().parent / "data" / "official-state-dict-keys.json"
 TINY = dict(target_channels=4, z_channels=8, width=32, depth=2)
 
 

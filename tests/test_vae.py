@@ -18,7 +18,7 @@ from harmon.vae import (
     vae_loss,
 )
 
-KEYS_JSON = Path("/work/shared/reference/official-state-dict-keys.json")
+KEYS_JSON = Path(__file__).resolve().parent / "data" / "official-state-dict-keys.json"
 OFFICIAL_PARAM_COUNT = 66_456_019
 
 # Same depth as the official model (stride 16, attention at the lowest level), much narrower.
