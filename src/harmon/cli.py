@@ -226,6 +226,33 @@ def _add_answer_args(p: argparse.ArgumentParser, answers_help: str) -> None:
     p.add_argument("--json", help="also write the scores here")
 
 
+def cmd_gradcam(args: argparse.Namespace) -> int:
+    from harmon.analyze.gradcam import gradcam_plus_plus, overlay
+    from harmon.images import load_image
+
+    pipe = load_pipeline(args)
+    image = load_image(args.image)
+    cam = gradcam_plus_plus(pipe, image, args.concept, question=args.question)
+    overlay(image, cam).save(args.output)
+    print(args.output)
+    return 0
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    import json
+
+    from harmon.analyze.probe import format_probe_table, run_probes
+
+    pipe = load_pipeline(args)
+    result = run_probes(pipe, n_train=args.train, n_test=args.test, seeds=tuple(range(args.seeds)))
+    print(format_probe_table(result))
+    print(f"seeds {result['seeds']}, {result['n_train']} train / {result['n_test']} test scenes, "
+          f"{result['seconds']:.0f} s")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="harmon", description="Harmon: one shared encoder for image "
                                      "understanding and generation.")
@@ -310,6 +337,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_answer_args(ec, "write the answers here (JSON lines)")
     _add_model_args(ec)
     ec.set_defaults(func=cmd_eval_mc)
+
+    a = sub.add_parser("analyze", help="GradCAM++ and linear probes of the shared encoder")
+    asub = a.add_subparsers(dest="analysis", required=True)
+    gc = asub.add_parser("gradcam", help="which image tokens drive the answer about a concept (overlay PNG)")
+    gc.add_argument("image")
+    gc.add_argument("concept", help='e.g. "circle" or "red square"')
+    gc.add_argument("--question", help='default: "Is there a <concept> in the image?"')
+    gc.add_argument("-o", "--output", default="gradcam.png")
+    _add_model_args(gc)
+    gc.set_defaults(func=cmd_gradcam)
+    pr = asub.add_parser("probe", help="linear probes: encoder features vs VAE latents vs pixels (shapes world)")
+    pr.add_argument("--train", type=int, default=1000)
+    pr.add_argument("--test", type=int, default=500)
+    pr.add_argument("--seeds", type=int, default=3)
+    pr.add_argument("--json")
+    _add_model_args(pr)
+    pr.set_defaults(func=cmd_probe)
 
     c = sub.add_parser("convert", help="official files -> our format (config.json + model.safetensors)")
     c.add_argument("-o", "--output", required=True, help="output folder")

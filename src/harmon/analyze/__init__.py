@@ -1,0 +1,1 @@
+"""Analyses of a trained model: GradCAM++ on the shared encoder, linear probes of its features."""

@@ -1,0 +1,98 @@
+"""GradCAM++ on the shared MAR encoder: which image tokens drive the model's "Yes" to "Is there a <concept>?".
+
+The activations are the MAR encoder's output rows of the image tokens (all tokens visible, as in
+understanding), A (L, D); the score is the log-odds of the answer "Yes" over "No" at the first answer position.
+GradCAM++ (Chattopadhay et al., 2018) weights each channel by sum_pos alpha * relu(dS/dA), with
+alpha = g^2 / (2 g^2 + sum_pos(A) g^3) for g = dS/dA (the exp-score form, using the first three derivatives of
+exp(S), which reduce to powers of g); the map is relu(sum_c w_c A_c) over positions, reshaped to the token grid,
+upsampled bilinearly to the image and overlaid as a heat map.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from harmon.images import load_image, prepare_for_understanding
+from harmon.pipeline import HarmonPipeline
+
+
+def _answer_ids(pipe: HarmonPipeline, word: str) -> int:
+    ids = pipe.tokenizer(word, add_special_tokens=False).input_ids
+    return ids[0]
+
+
+def gradcam_plus_plus(pipe: HarmonPipeline, image: Image.Image | str | Path, concept: str,
+                      question: str | None = None, image_size: int | None = None) -> np.ndarray:
+    """Heat map (H, W) in [0, 1] over the image pixels for ``concept`` (e.g. "circle")."""
+    model = pipe.model
+    size = image_size or pipe.config.generation.understanding_image_size
+    grid = model.grid_for(size)
+    if isinstance(image, (str, Path)):
+        image = load_image(image)
+    question = question or f"Is there a {concept} in the image?"
+    pixels = prepare_for_understanding(image, size).to(pipe.device)
+    tokens = model.encode_images(pixels)  # (1, L, C)
+    nb = model.buffer_size
+    with torch.enable_grad():
+        mask = torch.zeros(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+        x_enc = model.mar.forward_encoder(tokens, mask, grid)  # (1, 64+L, D)
+        x_enc.retain_grad()
+        z_enc = model.proj_in(x_enc)
+        z_enc = torch.cat([z_enc[:, nb:], z_enc[:, :nb]], dim=1)  # buffers last, as the LLM sees them
+        embeds = _prompt_embeds(pipe, question, z_enc)
+        logits = model.llm(inputs_embeds=embeds).logits[0, -1].float()  # next-token logits of the answer
+        score = logits[_answer_ids(pipe, "Yes")] - logits[_answer_ids(pipe, "No")]
+        score.backward()
+    acts = x_enc.detach()[0, nb:].float()  # (L, D) image-token activations
+    grads = x_enc.grad[0, nb:].float()  # (L, D)
+    g2, g3 = grads.pow(2), grads.pow(3)
+    denom = 2 * g2 + acts.sum(dim=0, keepdim=True) * g3
+    alpha = g2 / torch.where(denom != 0, denom, torch.ones_like(denom))
+    weights = (alpha * F.relu(grads)).sum(dim=0)  # (D,)
+    cam = F.relu((acts * weights).sum(dim=1))  # (L,)
+    cam = cam.reshape(1, 1, *grid)
+    cam = F.interpolate(cam, size=(size, size), mode="bilinear", align_corners=False)[0, 0]
+    cam = cam / cam.max() if cam.max() > 0 else cam
+    # Back to the caller's image frame: undo the square padding and resizing.
+    w, h = image.size
+    side = max(w, h)
+    cam = F.interpolate(cam[None, None], size=(side, side), mode="bilinear", align_corners=False)[0, 0]
+    left, top = (side - w) // 2, (side - h) // 2
+    return cam[top:top + h, left:left + w].cpu().numpy()
+
+
+def _prompt_embeds(pipe: HarmonPipeline, question: str, z_enc: torch.Tensor) -> torch.Tensor:
+    from harmon.prompts import understanding_prompt
+
+    image_token = pipe.config.image_token
+    before, after = understanding_prompt(question, image_token).split(image_token)
+    embed = pipe.model.embed_text
+    dev = pipe.device
+    ids_b = torch.tensor([pipe.tokenizer(before, add_special_tokens=False).input_ids], device=dev)
+    ids_a = torch.tensor([pipe.tokenizer(after, add_special_tokens=False).input_ids], device=dev)
+    return torch.cat([embed(ids_b), z_enc.to(pipe.model.dtype), embed(ids_a)], dim=1)
+
+
+def overlay(image: Image.Image, cam: np.ndarray, alpha: float = 0.5) -> Image.Image:
+    """Blend a jet-like colour map of ``cam`` (H, W in [0, 1]) over the image."""
+    image = image.convert("RGB")
+    c = np.clip(cam, 0, 1)
+    heat = np.stack([np.clip(1.5 - np.abs(4 * c - 3), 0, 1), np.clip(1.5 - np.abs(4 * c - 2), 0, 1),
+                     np.clip(1.5 - np.abs(4 * c - 1), 0, 1)], axis=-1)  # blue -> cyan -> yellow -> red
+    base = np.asarray(image, dtype=np.float32) / 255.0
+    out = (1 - alpha) * base + alpha * heat
+    return Image.fromarray((np.clip(out, 0, 1) * 255).astype(np.uint8), "RGB")
+
+
+def heat_inside(cam: np.ndarray, boxes: list[tuple[int, int, int, int]]) -> float:
+    """Share of the total heat that falls inside the union of ``boxes`` (x0, y0, x1, y1)."""
+    inside = np.zeros_like(cam, dtype=bool)
+    for x0, y0, x1, y1 in boxes:
+        inside[y0:y1, x0:x1] = True
+    total = float(cam.sum())
+    return float(cam[inside].sum()) / total if total > 0 else 0.0

@@ -1,0 +1,37 @@
+import numpy as np
+import torch
+from PIL import Image
+
+from harmon.analyze.gradcam import gradcam_plus_plus, heat_inside, overlay
+from harmon.analyze.probe import FEATURES, TASKS, fit_linear_probe, format_probe_table, run_probes
+
+from helpers import tiny_pipeline
+
+
+def test_gradcam_map_shape_range_and_overlay():
+    pipe = tiny_pipeline()
+    image = Image.new("RGB", (80, 64), (255, 255, 255))
+    cam = gradcam_plus_plus(pipe, image, "circle")
+    assert cam.shape == (64, 80) and cam.min() >= 0 and cam.max() <= 1 + 1e-6
+    assert overlay(image, cam).size == (80, 64)
+
+
+def test_heat_inside_counts_box_share():
+    cam = np.zeros((10, 10))
+    cam[2:4, 2:4] = 1.0
+    cam[8, 8] = 4.0
+    assert heat_inside(cam, [(2, 2, 4, 4)]) == 0.5
+
+
+def test_linear_probe_separates_separable_data():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 5, generator=g)
+    y = (x[:, 0] > 0).long()
+    assert fit_linear_probe(x[:150], y[:150], x[150:], y[150:]) > 0.95
+
+
+def test_probe_runner_reports_every_task_and_feature():
+    result = run_probes(tiny_pipeline(), n_train=24, n_test=12, seeds=(0,))
+    assert set(result["accuracy"]) == set(TASKS)
+    assert all(set(v) == set(FEATURES) for v in result["accuracy"].values())
+    assert "encoder_mean" in format_probe_table(result)
