@@ -37,6 +37,7 @@ class GenerationDefaults:
     cfg_schedule: str = "constant"  # "constant" | "linear"
     temperature: float = 1.0  # scales the per-step diffusion noise
     num_sampling_steps: str = "100"  # respacing of the 1000-step diffusion for sampling
+    x0_clip: float | None = None  # clamp of the predicted clean token while sampling (None = official: none)
     understanding_image_size: int = 512  # pixels fed to the encoder for describe() (1024 + 64 image tokens)
     max_new_tokens: int = 256
 

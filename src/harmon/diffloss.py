@@ -278,6 +278,7 @@ class DiffLoss(nn.Module):
         generator: torch.Generator | None = None,
         num_steps: str | None = None,
         fast: bool = True,
+        x0_clip: float | None = None,
     ) -> torch.Tensor:
         """Sample one token per condition row.
 
@@ -292,6 +293,8 @@ class DiffLoss(nn.Module):
             num_steps: respacing string overriding config.num_sampling_steps for this call.
             fast: embed the conditions once per call and the timestep once per step (all rows share it) instead
                 of per row and step; the same numbers up to float rounding (False = the straightforward path).
+            x0_clip: clamp the predicted clean token to [-x0_clip, x0_clip] at every step (None: no clipping, as
+                the official sampler).
         Returns:
             (K, C) float32 tokens with cfg ≠ 1, else (N, C).
         """
@@ -324,4 +327,4 @@ class DiffLoss(nn.Module):
                 both = torch.cat([x, x], dim=0)  # (2K, C): the conditional chain under both conditions
                 return net.guide(run(both, torch.cat([t, t], dim=0)), cfg)[:k]  # (K, 2C)
 
-        return diffusion.p_sample_loop(model_fn, noise, temperature=temperature, generator=generator)
+        return diffusion.p_sample_loop(model_fn, noise, temperature=temperature, generator=generator, x0_clip=x0_clip)

@@ -316,7 +316,7 @@ class GaussianDiffusion:
         return mean, self._gather("posterior_variance", t, nd), self._gather("posterior_log_variance_clipped", t, nd)
 
     def p_mean_variance(
-        self, model_output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
+        self, model_output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, x0_clip: float | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Mean and log-variance of p(x_{t−1} | x_t) from the network output (ε̂, v).
 
@@ -327,6 +327,8 @@ class GaussianDiffusion:
         Args:
             model_output: (N, 2C, ...) = [ε̂, v] along dim 1, any float dtype (computed on in float32).
             x_t: (N, C, ...) float32; t: (N,) chain indices.
+            x0_clip: None (the official behaviour) or a bound c: x̂_0 is clamped to [-c, c] before the mean,
+                which keeps a respaced chain stable when ε̂ is imprecise at large t (where 1/sqrt(ᾱ_t) ~ 2e4).
         Returns:
             (mean, log_variance, pred_x0), each (N, C, ...) float32.
         """
@@ -345,6 +347,8 @@ class GaussianDiffusion:
             self._gather("sqrt_recip_alphas_cumprod", t, nd) * x_t
             - self._gather("sqrt_recipm1_alphas_cumprod", t, nd) * eps
         )
+        if x0_clip is not None:
+            pred_x0 = pred_x0.clamp(-x0_clip, x0_clip)
         mean, _, _ = self.q_posterior_mean_variance(pred_x0, x_t, t)
         return mean, log_variance, pred_x0
 
@@ -388,6 +392,7 @@ class GaussianDiffusion:
         noise: torch.Tensor,
         temperature: float = 1.0,
         generator: torch.Generator | None = None,
+        x0_clip: float | None = None,
     ) -> torch.Tensor:
         """Ancestral sampling ([DDPM] Algorithm 2) from x_{K−1} = ``noise`` down to x_0.
 
@@ -409,7 +414,7 @@ class GaussianDiffusion:
         for j in reversed(range(self.num_timesteps)):
             t = torch.full((n,), j, dtype=torch.long, device=device)  # chain index, (N,)
             model_output = model_fn(x, timestep_map[t])  # (N, 2C, ...)
-            mean, log_var, _ = self.p_mean_variance(model_output, x, t)
+            mean, log_var, _ = self.p_mean_variance(model_output, x, t, x0_clip=x0_clip)
             if j > 0:
                 step_noise = rng.randn(x.shape, generator, device=device)
                 x = mean + torch.exp(0.5 * log_var) * step_noise * temperature

@@ -207,7 +207,8 @@ class HarmonPipeline:
     def generate(self, prompt: str | Sequence[str], *, num_images_per_prompt: int = 1,
                  image_size: int | None = None, num_iter: int | None = None, guidance_scale: float | None = None,
                  cfg_schedule: str | None = None, temperature: float | None = None,
-                 num_sampling_steps: str | int | None = None, generator: torch.Generator | None = None,
+                 num_sampling_steps: str | int | None = None, x0_clip: float | None = None,
+                 generator: torch.Generator | None = None,
                  output_type: str = "pil") -> list[Image.Image] | torch.Tensor:
         """Draw images for one prompt or several.
 
@@ -231,7 +232,8 @@ class HarmonPipeline:
             guidance_scale=d.guidance_scale if guidance_scale is None else guidance_scale,
             cfg_schedule=d.cfg_schedule if cfg_schedule is None else cfg_schedule,
             temperature=d.temperature if temperature is None else temperature,
-            num_sampling_steps=str(num_sampling_steps if num_sampling_steps is not None else d.num_sampling_steps))
+            num_sampling_steps=str(num_sampling_steps if num_sampling_steps is not None else d.num_sampling_steps),
+            x0_clip=d.x0_clip if x0_clip is None else x0_clip)
         size = d.image_size if image_size is None else image_size
         grid = self.model.grid_for(size)
         cond = [generation_prompt(p) for p in prompts for _ in range(num_images_per_prompt)]

@@ -24,6 +24,7 @@ class SamplingSettings:
     cfg_schedule: str = "constant"
     temperature: float = 1.0
     num_sampling_steps: str | None = None  # respacing string for the diffusion head; None = model default
+    x0_clip: float | None = None  # clamp the diffusion head's predicted clean token (None = official: no clamp)
 
     def __post_init__(self) -> None:
         if self.num_iter < 1:
@@ -109,7 +110,8 @@ def generate_tokens(model: Harmon, input_ids: torch.Tensor, attention_mask: torc
         if use_cfg and scale == 1.0:
             z_sel = z_sel[: z_sel.shape[0] // 2]
         new = model.mar.diffloss.sample(z_sel, temperature=settings.temperature, cfg=scale if use_cfg else 1.0,
-                                        generator=generator, num_steps=settings.num_sampling_steps)
+                                        generator=generator, num_steps=settings.num_sampling_steps,
+                                        x0_clip=settings.x0_clip)
         half = tokens[:n_img]
         half[to_predict[:n_img]] = new.to(dtype)
         if use_cfg:
