@@ -1,11 +1,10 @@
 import numpy as np
 import torch
+from helpers import tiny_pipeline
 from PIL import Image
 
 from harmon.analyze.gradcam import gradcam_plus_plus, heat_inside, overlay
 from harmon.analyze.probe import FEATURES, TASKS, fit_linear_probe, format_probe_table, run_probes
-
-from helpers import tiny_pipeline
 
 
 def test_gradcam_map_shape_range_and_overlay():

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import tiny_model, tiny_tokenizer
 
 from harmon.pipeline import HarmonPipeline
 from harmon.train.config import OptimConfig, TrainConfig, apply_overrides
@@ -18,8 +19,6 @@ from harmon.train.optim import build_optimizer, lr_factor, select_trainable
 from harmon.train.recipes import RECIPES, toy
 from harmon.train.shapes_recipes import RECIPES as SHAPES_RECIPES
 from harmon.train.trainer import Trainer
-
-from helpers import tiny_model, tiny_tokenizer
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 

@@ -43,9 +43,9 @@ from harmon.world import (
     scene_for_prompt,
     score_answers,
     score_generation,
+    scoring,
     shape_mask,
 )
-from harmon.world import scoring
 from harmon.world.scene import boxes_separated, sample_content
 
 CONFIG = WorldConfig()

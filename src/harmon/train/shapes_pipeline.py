@@ -66,11 +66,16 @@ def run_recipe(name: str, root: Path, device: str, overrides: list[str]) -> None
     Trainer(cfg, device=device).run(resume="auto")
 
 
-def ship(root: Path, target: Path) -> None:
-    """Copy the final export into the package with bf16 weights (norms and tables too: quality checked by eval)."""
+def ship(root: Path, target: Path, defaults: dict | None = None) -> None:
+    """Copy the final export into the package with bf16 weights and the tuned sampling ``defaults``."""
+    from dataclasses import replace
+
     from harmon.pipeline import HarmonPipeline
 
     pipe = HarmonPipeline.from_pretrained(root / "stage3" / "final", device="cpu", dtype=torch.float32)
+    if defaults:
+        config = pipe.model.config.replace(generation=replace(pipe.model.config.generation, **defaults))
+        pipe.model.config = pipe.config = config
     if target.exists():
         shutil.rmtree(target)
     pipe.save_pretrained(target, dtype=torch.bfloat16)
@@ -83,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
     p.add_argument("--ship", action="store_true", help="copy the result into src/harmon/assets/shapes-tiny")
+    p.add_argument("--default", dest="defaults", action="append", default=[], metavar="KEY=VALUE",
+                   help="sampling default recorded in the shipped config, e.g. x0_clip=3.0 num_sampling_steps=100")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="STAGE:KEY=VALUE",
                    help="override a field of one stage's recipe, e.g. stage2:max_steps=100")
     args = p.parse_args(argv)
@@ -117,16 +124,20 @@ def main(argv: list[str] | None = None) -> int:
         _record(root, name, time.perf_counter() - t, args.device)
     if args.ship:
         from harmon.shipped import SHIPPED_DIR
+        from harmon.train.config import _parse_value
 
-        ship(root, SHIPPED_DIR)
+        defaults = {k: _parse_value(v) for k, v in (d.split("=", 1) for d in args.defaults)}
+        if "num_sampling_steps" in defaults:
+            defaults["num_sampling_steps"] = str(defaults["num_sampling_steps"])
+        ship(root, SHIPPED_DIR, defaults)
         logger.info("shipped to %s", SHIPPED_DIR)
     return 0
 
 
 def _vae(root: Path, device: str, overrides: list[str]) -> None:
-    from harmon.train.stage0 import train_shapes_vae
-
     import inspect
+
+    from harmon.train.stage0 import train_shapes_vae
 
     params = inspect.signature(train_shapes_vae).parameters
     kwargs = {}
