@@ -59,7 +59,7 @@ def object_weighted_loss(rec: torch.Tensor, x: torch.Tensor, mean: torch.Tensor,
     return {"loss": rec_term + kl_weight * terms["kl"], "rec": rec_term, "kl": terms["kl"]}
 
 
-def train_shapes_vae(out_dir: str | Path, steps: int = 3600, batch_size: int = 8, lr: float = 3e-3,
+def train_shapes_vae(out_dir: str | Path, steps: int = 8000, batch_size: int = 8, lr: float = 3e-3,
                      seed: int = 0, image_size: int = 64, kl_weight: float = 1e-6, log_every: int = 200,
                      device: str = "cpu", object_weight: float = 4.0, warmup_frac: float = 0.05) -> Path:
     """Train the small VAE on rendered scenes and save ``vae.safetensors`` + ``vae_config.json``.
