@@ -18,10 +18,11 @@ import binascii
 import csv
 import io
 import json
+import logging
 import os
 import re
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -311,3 +312,25 @@ def rank_and_world() -> tuple[int, int]:
 def clean_answer(text: str) -> str:
     """A model answer on one line (tabs and newlines become spaces), for line-based result files."""
     return " ".join(text.split())
+
+
+def answer_all(pipe: Any, items: Sequence[Record], prompt: Callable[[Record], str], label: str,
+               max_new_tokens: int | None = None) -> list[str]:
+    """Greedy answers of ``pipe`` to every item: its image with the question ``prompt(item)``; progress every 100."""
+    log = logging.getLogger(f"harmon.eval.{label}")
+    answers = []
+    for n, item in enumerate(items):
+        image = load_image_field(item["image"], item["roots"], item["where"])
+        answers.append(pipe.describe(image, prompt(item), max_new_tokens=max_new_tokens))
+        if (n + 1) % 100 == 0:
+            log.info("%s: %d/%d answered", label, n + 1, len(items))
+    return answers
+
+
+def draw_until(draw: Callable[[], Any], what: str, tries: int = 100) -> Any:
+    """The first non-None result of ``draw()`` within ``tries`` calls (a scene that admits the question)."""
+    for _ in range(tries):
+        got = draw()
+        if got is not None:
+            return got
+    raise RuntimeError(f"no scene in {tries} draws admits a {what} question")

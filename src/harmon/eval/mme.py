@@ -50,10 +50,11 @@ import torch
 from harmon.eval.common import (
     ASSETS_DIR,
     FormatError,
+    answer_all,
     binary_metrics,
     clean_answer,
+    draw_until,
     field,
-    load_image_field,
     read_records,
     save_image_atomic,
     table,
@@ -187,13 +188,7 @@ def read_mme(data: str | Path, images: str | Path | None = None, limit: int | No
 
 def answer_mme(pipe: HarmonPipeline, items: Sequence[Item], max_new_tokens: int | None = None) -> list[str]:
     """Greedy answers of ``pipe`` to every question."""
-    answers = []
-    for n, it in enumerate(items):
-        image = load_image_field(it["image"], it["roots"], it["where"])
-        answers.append(pipe.describe(image, it["question"], max_new_tokens=max_new_tokens))
-        if (n + 1) % 100 == 0:
-            logger.info("mme: %d/%d answered", n + 1, len(items))
-    return answers
+    return answer_all(pipe, items, lambda it: it["question"], "mme", max_new_tokens)
 
 
 def score_mme(items: Sequence[Item], answers: Sequence[str]) -> dict[str, Any]:
@@ -300,13 +295,7 @@ def write_shapes_mme(outdir: str | Path = SHAPES_MME, n_per_subtask: int = 15, s
     rows = []
     for subtask in ("existence", "count", "position", "color"):
         for i in range(n_per_subtask):
-            for _ in range(100):
-                got = _pair_for(subtask, g, config)
-                if got is not None:
-                    break
-            else:
-                raise RuntimeError(f"no scene in 100 draws admits a {subtask} question")
-            scene, (yes, no) = got
+            scene, (yes, no) = draw_until(lambda: _pair_for(subtask, g, config), subtask)
             name = f"{subtask}_{i:03d}.png"
             save_image_atomic(render(scene, config), outdir / "images" / name)
             rows += [{"subtask": subtask, "image": f"images/{name}", "question": q, "answer": a}

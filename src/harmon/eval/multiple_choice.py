@@ -61,9 +61,10 @@ import torch
 from harmon.eval.common import (
     ASSETS_DIR,
     FormatError,
+    answer_all,
+    draw_until,
     field,
     image_to_base64,
-    load_image_field,
     pct,
     read_records,
     table,
@@ -182,13 +183,7 @@ def build_prompt(q: Question) -> str:
 
 def answer_mc(pipe: HarmonPipeline, asked: Sequence[Question], max_new_tokens: int | None = None) -> list[str]:
     """Greedy answers of ``pipe`` to the prompts of ``asked``."""
-    answers = []
-    for n, q in enumerate(asked):
-        image = load_image_field(q["image"], q["roots"], q["where"])
-        answers.append(pipe.describe(image, build_prompt(q), max_new_tokens=max_new_tokens))
-        if (n + 1) % 100 == 0:
-            logger.info("mc: %d/%d answered", n + 1, len(asked))
-    return answers
+    return answer_all(pipe, asked, build_prompt, "mc", max_new_tokens)
 
 
 # ---- letter extraction and scoring --------------------------------------------------------------------------
@@ -314,13 +309,7 @@ def write_shapes_mc(path: str | Path = SHAPES_MC, n_per_category: int = 20, seed
     index = 0
     for category in ("color", "counting", "object"):
         for _ in range(n_per_category):
-            for _ in range(100):
-                got = _shapes_question(category, g, config)
-                if got is not None:
-                    break
-            else:
-                raise RuntimeError(f"no scene in 100 draws admits a {category} question")
-            scene, question, options, gold = got
+            scene, question, options, gold = draw_until(lambda: _shapes_question(category, g, config), category)
             if category != "counting":  # counting options stay in increasing order, as numbers are usually listed
                 order = torch.randperm(len(options), generator=g).tolist()
                 options, gold = [options[i] for i in order], order.index(gold)

@@ -40,9 +40,9 @@ import torch
 from harmon.eval.common import (
     ASSETS_DIR,
     FormatError,
+    answer_all,
     binary_metrics,
     field,
-    load_image_field,
     pct,
     read_records,
     save_image_atomic,
@@ -86,13 +86,7 @@ def read_pope(path: str | Path, images: str | Path | None = None, limit: int | N
 def answer_pope(pipe: HarmonPipeline, questions: Sequence[dict[str, Any]],
                 max_new_tokens: int | None = None) -> list[str]:
     """Greedy answers of ``pipe`` to ``questions``."""
-    answers = []
-    for n, q in enumerate(questions):
-        image = load_image_field(q["image"], q["roots"], q["where"])
-        answers.append(pipe.describe(image, q["text"], max_new_tokens=max_new_tokens))
-        if (n + 1) % 100 == 0:
-            logger.info("pope: %d/%d answered", n + 1, len(questions))
-    return answers
+    return answer_all(pipe, questions, lambda q: q["text"], "pope", max_new_tokens)
 
 
 def score_pope(questions: Sequence[dict[str, Any]], answers: Sequence[str]) -> dict[str, dict[str, float]]:
