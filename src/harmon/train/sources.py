@@ -93,17 +93,10 @@ def build_dataset(src: SourceConfig, cfg: TrainConfig) -> Any:
         # A mixed LLaVA file is read as two sources: with_image=True (default) and with_image=False (text-only).
         ds = LlavaConversations(src.path, image_folder=src.image_folder, with_image=bool(o.get("with_image", True)))
     elif src.format == "webdataset":
-        ds = WebDatasetShards(src.path, seed=cfg.seed) if "seed" in _params(WebDatasetShards) \
-            else WebDatasetShards(src.path)
+        ds = WebDatasetShards(src.path, seed=cfg.seed)
     else:  # validated earlier
         raise ValueError(f"unknown format {src.format!r}")
     return CaptionView(ds, cfg.seed, brief=o.get("instructions") == "brief") if as_caption else ds
-
-
-def _params(cls) -> set[str]:
-    import inspect
-
-    return set(inspect.signature(cls).parameters)
 
 
 def build_processor(src: SourceConfig, cfg: TrainConfig, tokenizer, model_config: HarmonConfig):
