@@ -34,3 +34,26 @@ def test_probe_runner_reports_every_task_and_feature():
     assert set(result["accuracy"]) == set(TASKS)
     assert all(set(v) == set(FEATURES) for v in result["accuracy"].values())
     assert "encoder_mean" in format_probe_table(result)
+
+
+def test_synergy_study_runs_both_arms_and_resumes(tmp_path):
+    import json
+
+    from harmon.analyze.synergy import format_synergy_table, run_synergy, synergy_config
+
+    base = tmp_path / "base"
+    tiny_pipeline().save_pretrained(base)
+    assert [s.name for s in synergy_config("joint", base, tmp_path / "x", 0, 5).data] == ["text2image",
+                                                                                        "image2text_qa"]
+    assert [s.name for s in synergy_config("t2i_only", base, tmp_path / "x", 0, 5).data] == ["text2image"]
+    kw = dict(seeds=(0, 1), steps=2, n_prompts=6, t2i_batch=2, und_batch=1, num_iter=2, num_sampling_steps="2")
+    study = run_synergy(base, tmp_path / "syn", **kw)
+    assert set(study["runs"]) == {"t2i_only/seed0", "joint/seed0", "t2i_only/seed1", "joint/seed1"}
+    assert study["summary"]["joint"]["n"] == 2 and 0 <= study["summary"]["joint"]["overall"][0] <= 1
+    assert "t2i_only" in format_synergy_table(study) and "±" in format_synergy_table(study)
+    # a finished study is read back, not retrained: a marker in the file survives a second call
+    saved = json.loads((tmp_path / "syn" / "synergy.json").read_text())
+    saved["runs"]["joint/seed0"]["marker"] = 1
+    (tmp_path / "syn" / "synergy.json").write_text(json.dumps(saved))
+    again = run_synergy(base, tmp_path / "syn", **kw)
+    assert again["runs"]["joint/seed0"]["marker"] == 1

@@ -77,7 +77,7 @@ def test_config_validation():
         WorldConfig(min_size_frac=0.3, max_size_frac=0.2)
     with pytest.raises(ValueError, match="color_weights"):
         WorldConfig(color_weights=(1.0,))
-    assert WorldConfig(image_size=128).min_size_px == 26 and WorldConfig(image_size=128).gap_px == 4
+    assert WorldConfig(image_size=128).min_size_px == 24 and WorldConfig(image_size=128).gap_px == 4
 
 
 def test_determinism():
@@ -151,6 +151,41 @@ def test_render_palette_only_and_no_overlap(size):
             for b in scene.objects:
                 assert a is b or boxes_separated(a.bbox, b.bbox, config.gap_px)
     assert isinstance(render(scene, config), Image.Image)
+
+
+def test_grid_layout_one_object_per_cell():
+    config = WorldConfig()  # default: grid layout, 4x4 cells of 16 px at 64 px
+    assert config.layout == "grid" and config.cell_px == 16
+    g = gen(7)
+    offsets = set()
+    for _ in range(200):
+        scene = sample_scene(g, config)
+        cells = []
+        for o in scene.objects:
+            x0, y0, x1, y1 = o.bbox
+            cx, cy = x0 // 16, y0 // 16
+            assert (x1 - 1) // 16 == cx and (y1 - 1) // 16 == cy  # the box stays inside one cell
+            assert x0 - 16 * cx >= 1 and 16 * (cx + 1) - x1 >= 1  # and leaves the gap on both sides
+            cells.append((cx, cy))
+            offsets.add((x0 - 16 * cx, o.width))
+        assert len(set(cells)) == len(cells)
+    assert len(offsets) >= 5  # sizes and offsets inside a cell vary
+
+
+@pytest.mark.parametrize("size", [64, 128])
+def test_free_layout_still_supported(size):
+    config = WorldConfig(image_size=size, layout="free", min_size_frac=0.2, max_size_frac=0.34)
+    g = gen(size)
+    unaligned = 0
+    for _ in range(30):
+        scene = sample_scene(g, config)
+        check_scene(scene, config)
+        unaligned += any(((o.bbox[0] * 4) // size) != (((o.bbox[2] - 1) * 4) // size) for o in scene.objects)
+    assert unaligned > 0  # objects straddle the 4x4 grid lines, unlike the grid layout
+    with pytest.raises(ValueError, match="layout"):
+        WorldConfig(layout="scattered")
+    with pytest.raises(ValueError, match="fit"):
+        WorldConfig(min_size_frac=0.3, max_size_frac=0.34)
 
 
 def test_shape_masks_fill_their_box():

@@ -253,6 +253,21 @@ def cmd_probe(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_synergy(args: argparse.Namespace) -> int:
+    from harmon.analyze.synergy import format_synergy_table, run_synergy
+
+    settings = {k: v for k, v in (("num_iter", args.num_iter), ("guidance_scale", args.guidance_scale),
+                                  ("num_sampling_steps", args.diffusion_steps), ("x0_clip", args.x0_clip))
+                if v is not None}
+    study = run_synergy(args.base, args.outdir, seeds=tuple(range(args.seeds)), steps=args.steps,
+                        n_prompts=args.prompts, eval_seed=args.eval_seed, device=args.device or "cpu",
+                        t2i_batch=args.t2i_batch, und_batch=args.und_batch, lr=args.lr, **settings)
+    print(format_synergy_table(study))
+    print(f"{study['steps']} steps per run from {study['base']}; {study['n_prompts']} prompts, eval seed "
+          f"{study['eval_seed']}; results in {Path(args.outdir) / 'synergy.json'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="harmon", description="Harmon: one shared encoder for image "
                                      "understanding and generation.")
@@ -340,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(ec)
     ec.set_defaults(func=cmd_eval_mc)
 
-    a = sub.add_parser("analyze", help="GradCAM++ and linear probes of the shared encoder")
+    a = sub.add_parser("analyze", help="GradCAM++, linear probes and the synergy study")
     asub = a.add_subparsers(dest="analysis", required=True)
     gc = asub.add_parser("gradcam", help="which image tokens drive the answer about a concept (overlay PNG)")
     gc.add_argument("image")
@@ -356,6 +371,23 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--json")
     _add_model_args(pr)
     pr.set_defaults(func=cmd_probe)
+
+    sy = asub.add_parser("synergy", help="same steps, text-to-image only vs + understanding data, several seeds")
+    sy.add_argument("--base", required=True, help="model folder every run starts from (e.g. a stage-I export)")
+    sy.add_argument("--outdir", required=True, help="runs and synergy.json go here (an interrupted study resumes)")
+    sy.add_argument("--seeds", type=int, default=3)
+    sy.add_argument("--steps", type=int, default=500, help="optimizer steps per run")
+    sy.add_argument("--prompts", type=int, default=120, help="fresh GenEval-style prompts per scored model")
+    sy.add_argument("--eval-seed", type=int, default=0)
+    sy.add_argument("--t2i-batch", type=int, default=32)
+    sy.add_argument("--und-batch", type=int, default=8, help="question-answering conversations per step (joint arm)")
+    sy.add_argument("--lr", type=float, default=3e-4)
+    sy.add_argument("--num-iter", type=int)
+    sy.add_argument("--guidance-scale", type=float)
+    sy.add_argument("--diffusion-steps")
+    sy.add_argument("--x0-clip", type=float)
+    sy.add_argument("--device")
+    sy.set_defaults(func=cmd_synergy)
 
     c = sub.add_parser("convert", help="official files -> our format (config.json + model.safetensors)")
     c.add_argument("-o", "--output", required=True, help="output folder")

@@ -90,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ship", action="store_true", help="copy the result into src/harmon/assets/shapes-tiny")
     p.add_argument("--default", dest="defaults", action="append", default=[], metavar="KEY=VALUE",
                    help="sampling default recorded in the shipped config, e.g. x0_clip=3.0 num_sampling_steps=100")
+    p.add_argument("--until", default=None, choices=["tokenizer", "vae", "lm", "stage1", "stage2", "stage3"],
+                   help="stop after this stage (a later call with the same --root continues)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="STAGE:KEY=VALUE",
                    help="override a field of one stage's recipe, e.g. stage2:max_steps=100")
     args = p.parse_args(argv)
@@ -117,11 +119,16 @@ def main(argv: list[str] | None = None) -> int:
     for name, done_marker, fn in stages:
         if done_marker.exists():
             logger.info("stage %s: done already (%s)", name, done_marker)
+            if name == args.until:
+                return 0
             continue
         logger.info("stage %s: starting", name)
         t = time.perf_counter()
         fn()
         _record(root, name, time.perf_counter() - t, args.device)
+        if name == args.until:
+            logger.info("stopping after stage %s (--until)", name)
+            return 0
     if args.ship:
         from harmon.shipped import SHIPPED_DIR
         from harmon.train.config import _parse_value

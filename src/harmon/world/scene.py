@@ -71,8 +71,13 @@ class WorldConfig:
     colors: tuple[tuple[str, RGB], ...] = DEFAULT_COLORS  # (name, flat RGB); names must be single words
     shapes: tuple[str, ...] = SUPPORTED_SHAPES  # all three stay unambiguous at 64 px
     background: RGB = (255, 255, 255)  # plain white: far from every palette colour
-    min_size_frac: float = 0.20  # smallest object side: 13 px at 64, large enough to classify its shape
-    max_size_frac: float = 0.34  # largest object side: 22 px at 64, so four objects still fit with gaps
+    # "grid": every object sits inside its own cell of a grid_cells x grid_cells grid (at 64 px and 4 cells, one
+    # cell per 16-pixel latent token of a stride-16 VAE), at a random size and a random offset within the cell.
+    # "free": objects anywhere, boxes only kept apart by min_gap_frac.
+    layout: str = "grid"
+    grid_cells: int = 4
+    min_size_frac: float = 12 / 64  # smallest object side: 12 px at 64, large enough to classify its shape
+    max_size_frac: float = 14 / 64  # largest object side: 14 px at 64 (a 16 px cell less the 2 px gap)
     max_objects: int = 4  # a scene holds 1..max_objects objects
     min_gap_frac: float = 2 / 64  # bounding boxes are separated by >= 2 px at 64 px (no overlap, no touching)
     margin_frac: float = 1 / 64  # keep objects >= 1 px (at 64) off the border so they are whole
@@ -116,6 +121,16 @@ class WorldConfig:
             )
         if self.min_size_px < 8:
             raise ValueError(f"objects of {self.min_size_px} px are too small to classify; raise min_size_frac")
+        if self.layout not in ("grid", "free"):
+            raise ValueError(f"layout must be 'grid' or 'free', got {self.layout!r}")
+        if self.layout == "grid":
+            if self.grid_cells < 1 or self.image_size % self.grid_cells:
+                raise ValueError(f"image_size {self.image_size} must be a multiple of grid_cells {self.grid_cells}")
+            if self.min_size_px > self.cell_px - self.gap_px:
+                raise ValueError(f"objects of {self.min_size_px} px do not fit a {self.cell_px} px cell with a "
+                                 f"{self.gap_px} px gap; lower min_size_frac or grid_cells")
+            if self.max_objects > self.grid_cells**2:
+                raise ValueError(f"max_objects {self.max_objects} exceeds the {self.grid_cells**2} grid cells")
         if not 1 <= self.max_objects <= 8:
             raise ValueError(f"max_objects must be in [1, 8], got {self.max_objects}")
         if self.min_gap_frac <= 0 or self.margin_frac < 0:
@@ -156,6 +171,11 @@ class WorldConfig:
     @property
     def max_size_px(self) -> int:
         return max(self.min_size_px, round(self.max_size_frac * self.image_size))
+
+    @property
+    def cell_px(self) -> int:
+        """Side of a grid cell in pixels (grid layout)."""
+        return self.image_size // self.grid_cells
 
     @property
     def gap_px(self) -> int:
@@ -370,8 +390,26 @@ def place_objects(
     max_tries_per_object: int = 50,
 ) -> list[WorldObject] | None:
     """One attempt at placing ``content`` [(colour, shape), ...] at random sizes and positions, separated by
-    ``gap_px``. Returns None when some object found no free spot in ``max_tries_per_object`` tries."""
+    ``gap_px``. Returns None when some object found no free spot in ``max_tries_per_object`` tries.
+
+    With the grid layout every object takes a distinct random cell, a random size that leaves the gap, and a
+    random offset inside the cell (boxes in different cells are then always ``gap_px`` apart); it never fails.
+    """
     n, gap, margin = config.image_size, config.gap_px, config.margin_px
+    if config.layout == "grid":
+        if len(content) > config.grid_cells**2:
+            return None
+        cell, lead = config.cell_px, gap // 2
+        largest = min(config.max_size_px, cell - gap)
+        cells = torch.randperm(config.grid_cells**2, generator=generator)[: len(content)].tolist()
+        placed = []
+        for (color, shape), c in zip(content, cells):
+            size = _randint(generator, config.min_size_px, largest)
+            cx, cy = (c % config.grid_cells) * cell, (c // config.grid_cells) * cell
+            x0 = cx + _randint(generator, lead, cell - (gap - lead) - size)
+            y0 = cy + _randint(generator, lead, cell - (gap - lead) - size)
+            placed.append(WorldObject(shape=shape, color=color, bbox=(x0, y0, x0 + size, y0 + size)))
+        return placed
     placed: list[WorldObject] = []
     for color, shape in content:
         size = _randint(generator, config.min_size_px, config.max_size_px)
