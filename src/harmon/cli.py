@@ -51,7 +51,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     images = pipe.generate(args.prompt, num_images_per_prompt=args.num_images, image_size=args.image_size,
                            num_iter=args.num_iter, guidance_scale=args.guidance_scale, cfg_schedule=args.cfg_schedule,
                            temperature=args.temperature, num_sampling_steps=args.diffusion_steps,
-                           x0_clip=args.x0_clip, generator=generator)
+                           x0_clip=args.x0_clip, diffusion_steps_final=args.diffusion_steps_final,
+                           preset=args.preset, generator=generator)
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     if len(images) == 1:
@@ -92,7 +93,9 @@ def cmd_eval_shapes(args: argparse.Namespace) -> int:
     pipe = load_pipeline(args)
     settings = {k: v for k, v in dict(num_iter=args.num_iter, guidance_scale=args.guidance_scale,
                                       temperature=args.temperature, num_sampling_steps=args.diffusion_steps,
-                                      cfg_schedule=args.cfg_schedule, x0_clip=args.x0_clip).items() if v is not None}
+                                      cfg_schedule=args.cfg_schedule, x0_clip=args.x0_clip,
+                                      diffusion_steps_final=args.diffusion_steps_final,
+                                      preset=args.preset).items() if v is not None}
     result = evaluate_shapes(pipe, n_prompts=args.prompts, n_questions=args.questions, seed=args.seed, **settings)
     tables = [result[k] for k in ("generation", "understanding") if k in result]
     print(format_tables(tables))
@@ -286,6 +289,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--temperature", type=float)
     g.add_argument("--diffusion-steps", help='diffusion sampling steps, e.g. "100" or "50,20"')
     g.add_argument("--x0-clip", type=float, help="clamp the predicted clean latent token (default: the model's)")
+    g.add_argument("--diffusion-steps-final", type=int, help="annealed diffusion steps: the last MAR step uses "
+                    "this many, the first --diffusion-steps, linear in between")
+    g.add_argument("--preset", choices=["full", "fast", "faster"], help="speed preset applied to the model's "
+                    "defaults (explicit settings win); quality/speed table in benchmarks/README.md")
     g.add_argument("--seed", type=int, default=0)
     _add_model_args(g)
     g.set_defaults(func=cmd_generate)
@@ -313,6 +320,10 @@ def build_parser() -> argparse.ArgumentParser:
     es.add_argument("--temperature", type=float)
     es.add_argument("--diffusion-steps")
     es.add_argument("--x0-clip", type=float)
+    es.add_argument("--diffusion-steps-final", type=int, help="annealed diffusion steps: the last MAR step uses "
+                    "this many, the first --diffusion-steps, linear in between")
+    es.add_argument("--preset", choices=["full", "fast", "faster"], help="speed preset applied to the model's "
+                    "defaults (explicit settings win); quality/speed table in benchmarks/README.md")
     es.add_argument("--json", help="also write the full result here")
     _add_model_args(es)
     es.set_defaults(func=cmd_eval_shapes)

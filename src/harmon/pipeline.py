@@ -208,11 +208,13 @@ class HarmonPipeline:
                  image_size: int | None = None, num_iter: int | None = None, guidance_scale: float | None = None,
                  cfg_schedule: str | None = None, temperature: float | None = None,
                  num_sampling_steps: str | int | None = None, x0_clip: float | None = None,
+                 diffusion_steps_final: int | None = None, preset: str | None = None,
                  generator: torch.Generator | None = None,
                  output_type: str = "pil") -> list[Image.Image] | torch.Tensor:
         """Draw images for one prompt or several.
 
-        Settings left as None take the model's recorded defaults (``config.generation``).
+        Settings left as None take the model's recorded defaults (``config.generation``), adjusted by ``preset``
+        ("full", "fast", "faster": see :data:`harmon.sampling.PRESETS`) when one is named; explicit settings win.
         Returns a list of PIL images (prompt-major: all images of prompt 0, then prompt 1...), or with
         ``output_type="latent"`` the scaled VAE latents (N, C, h, w), or with ``"pt"`` pixels (N, 3, H, W).
         """
@@ -227,13 +229,25 @@ class HarmonPipeline:
         if output_type not in ("pil", "latent", "pt"):
             raise ValueError(f"output_type must be 'pil', 'latent' or 'pt', got {output_type!r}")
         d = self.config.generation
+        if preset is not None:
+            from dataclasses import replace
+
+            from harmon.sampling import preset_settings
+
+            # the preset scales the settings in force (explicit ones, else the defaults); explicit ones still win
+            picked = preset_settings(preset, d.num_iter if num_iter is None else num_iter,
+                                     d.num_sampling_steps if num_sampling_steps is None else str(num_sampling_steps),
+                                     scale_iter=num_iter is None, scale_steps=num_sampling_steps is None)
+            d = replace(d, **{k: v for k, v in picked.items() if k != "diffusion_steps_final"})
+            if diffusion_steps_final is None:
+                diffusion_steps_final = picked.get("diffusion_steps_final")  # type: ignore[assignment]
         settings = SamplingSettings(
             num_iter=d.num_iter if num_iter is None else num_iter,
             guidance_scale=d.guidance_scale if guidance_scale is None else guidance_scale,
             cfg_schedule=d.cfg_schedule if cfg_schedule is None else cfg_schedule,
             temperature=d.temperature if temperature is None else temperature,
             num_sampling_steps=str(num_sampling_steps if num_sampling_steps is not None else d.num_sampling_steps),
-            x0_clip=d.x0_clip if x0_clip is None else x0_clip)
+            x0_clip=d.x0_clip if x0_clip is None else x0_clip, diffusion_steps_final=diffusion_steps_final)
         size = d.image_size if image_size is None else image_size
         grid = self.model.grid_for(size)
         cond = [generation_prompt(p) for p in prompts for _ in range(num_images_per_prompt)]

@@ -25,8 +25,17 @@ class SamplingSettings:
     temperature: float = 1.0
     num_sampling_steps: str | None = None  # respacing string for the diffusion head; None = model default
     x0_clip: float | None = None  # clamp the diffusion head's predicted clean token (None = official: no clamp)
+    # Annealed diffusion steps: the first MAR step samples with num_sampling_steps, the last with this many, linear
+    # in between (few tokens are known early, so early tokens get the most careful sampling). None = constant.
+    diffusion_steps_final: int | None = None
 
     def __post_init__(self) -> None:
+        if self.diffusion_steps_final is not None:
+            if self.diffusion_steps_final < 1:
+                raise ValueError(f"diffusion_steps_final must be >= 1, got {self.diffusion_steps_final}")
+            if not str(self.num_sampling_steps or "").isdigit():
+                raise ValueError("annealed diffusion steps need num_sampling_steps as one number (e.g. '100'), "
+                                 f"got {self.num_sampling_steps!r}")
         if self.num_iter < 1:
             raise ValueError(f"num_iter must be >= 1, got {self.num_iter}")
         if self.guidance_scale < 1.0:
@@ -52,6 +61,48 @@ def mask_schedule(seq_len: int, num_iter: int) -> list[int]:
         counts.append(masked - n_next)
         masked = n_next
     return counts
+
+
+def diffusion_steps(settings: SamplingSettings, step: int, total: int) -> str | None:
+    """Respacing string of MAR step ``step`` (0-based) out of ``total`` steps that run."""
+    if settings.diffusion_steps_final is None:
+        return settings.num_sampling_steps
+    start, end = int(settings.num_sampling_steps), settings.diffusion_steps_final  # type: ignore[arg-type]
+    frac = step / (total - 1) if total > 1 else 0.0
+    return str(max(1, round(start + (end - start) * frac)))
+
+
+# Named speed presets of ``generate``: factors applied to a model's recorded defaults (so one name means the same
+# trade-off for the shapes model and the 0.5B one). Their quality and speed are measured in benchmarks/README.md.
+PRESETS: dict[str, dict[str, float]] = {
+    "full": {},
+    "fast": {"num_iter": 0.5, "diffusion_steps_final": 0.25},
+    "faster": {"num_iter": 0.25, "num_sampling_steps": 0.5, "diffusion_steps_final": 0.1},
+}
+
+
+def preset_settings(name: str, num_iter: int, num_sampling_steps: str, scale_iter: bool = True,
+                    scale_steps: bool = True) -> dict[str, int | str | None]:
+    """Settings of preset ``name`` from base settings ``num_iter`` and ``num_sampling_steps``.
+
+    ``scale_iter`` / ``scale_steps`` False keep that base value as it is (a setting the user gave explicitly);
+    the annealing target is then computed from the kept step count.
+    """
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
+    factors = PRESETS[name]
+    out: dict[str, int | str | None] = {}
+    if "num_iter" in factors and scale_iter:
+        out["num_iter"] = max(1, round(num_iter * factors["num_iter"]))
+    steps = num_sampling_steps
+    if ("num_sampling_steps" in factors or "diffusion_steps_final" in factors) and not str(steps).isdigit():
+        raise ValueError(f"preset {name!r} needs num_sampling_steps as one number, got {steps!r}")
+    if "num_sampling_steps" in factors and scale_steps:
+        steps = str(max(1, round(int(steps) * factors["num_sampling_steps"])))
+        out["num_sampling_steps"] = steps
+    if "diffusion_steps_final" in factors:
+        out["diffusion_steps_final"] = max(1, round(int(steps) * factors["diffusion_steps_final"]))
+    return out
 
 
 def step_guidance(settings: SamplingSettings, seq_len: int, n_next: int) -> float:
@@ -93,6 +144,7 @@ def generate_tokens(model: Harmon, input_ids: torch.Tensor, attention_mask: torc
     cache = model.prompt_cache(input_ids, attention_mask) if use_cache else None
 
     masked = seq_len
+    total = len(mask_schedule(seq_len, settings.num_iter))
     for step in range(settings.num_iter):
         x_enc = model.forward_mae_encoder(tokens, mask, grid, attention_mask,
                                           input_ids=None if use_cache else input_ids, cache=cache)
@@ -110,7 +162,7 @@ def generate_tokens(model: Harmon, input_ids: torch.Tensor, attention_mask: torc
         if use_cfg and scale == 1.0:
             z_sel = z_sel[: z_sel.shape[0] // 2]
         new = model.mar.diffloss.sample(z_sel, temperature=settings.temperature, cfg=scale if use_cfg else 1.0,
-                                        generator=generator, num_steps=settings.num_sampling_steps,
+                                        generator=generator, num_steps=diffusion_steps(settings, step, total),
                                         x0_clip=settings.x0_clip)
         half = tokens[:n_img]
         half[to_predict[:n_img]] = new.to(dtype)
