@@ -57,3 +57,26 @@ def test_synergy_study_runs_both_arms_and_resumes(tmp_path):
     (tmp_path / "syn" / "synergy.json").write_text(json.dumps(saved))
     again = run_synergy(base, tmp_path / "syn", **kw)
     assert again["runs"]["joint/seed0"]["marker"] == 1
+
+
+def test_report_writes_tables_verdicts_and_plots(tmp_path):
+    from harmon.analyze.report import compare, main
+
+    assert compare((0.8, 0.01), (0.6, 0.02)) == "higher" and compare((0.6, 0.1), (0.65, 0.1)) == "tied"
+    acc = {t: {f: ([0.9, 0.01] if f.startswith("encoder") else [0.5, 0.02]) for f in FEATURES} for t in TASKS}
+    probe = {"accuracy": acc, "seeds": [0, 1, 2], "n_train": 10, "n_test": 5, "seconds": 3.0}
+    runs = {f"{arm}/seed{s}": {"overall": base + 0.01 * s, "accuracy": {"counting": base, "colors": base}}
+            for arm, base in (("t2i_only", 0.5), ("joint", 0.7)) for s in range(3)}
+    study = {"base": "b", "steps": 10, "t2i_batch": 4, "und_batch": 2, "lr": 1e-3, "n_prompts": 12,
+             "eval_seed": 0, "settings": {}, "runs": runs}
+    import json
+
+    (tmp_path / "p.json").write_text(json.dumps(probe))
+    (tmp_path / "s.json").write_text(json.dumps(study))
+    out = tmp_path / "docs" / "RESULTS.md"
+    main(["--probe", str(tmp_path / "p.json"), "--synergy", str(tmp_path / "s.json"), "--out", str(out)])
+    text = out.read_text()
+    assert "beat VAE latents (beyond the error bars) on 4 of 4" in text and "claim holds" in text
+    assert "0.710 ± 0.010" in text  # joint arm mean ± std over its three seeds
+    assert (tmp_path / "docs" / "results" / "probe.png").stat().st_size > 1000
+    assert (tmp_path / "docs" / "results" / "synergy.png").stat().st_size > 1000
