@@ -235,7 +235,7 @@ def cmd_gradcam(args: argparse.Namespace) -> int:
 
     pipe = load_pipeline(args)
     image = load_image(args.image)
-    cam = gradcam_plus_plus(pipe, image, args.concept, question=args.question)
+    cam = gradcam_plus_plus(pipe, image, args.concept, question=args.question, upsample=args.upsample)
     overlay(image, cam).save(args.output)
     print(args.output)
     return 0
@@ -373,6 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
     gc.add_argument("concept", help='e.g. "circle" or "red square"')
     gc.add_argument("--question", help='default: "Is there a <concept> in the image?"')
     gc.add_argument("-o", "--output", default="gradcam.png")
+    gc.add_argument("--upsample", choices=["nearest", "bilinear"], default="nearest",
+                    help="token map to pixels: nearest shows exactly which tokens; bilinear is smoother")
     _add_model_args(gc)
     gc.set_defaults(func=cmd_gradcam)
     pr = asub.add_parser("probe", help="linear probes: encoder features vs VAE latents vs pixels (shapes world)")

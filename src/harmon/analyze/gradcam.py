@@ -5,7 +5,7 @@ understanding), A (L, D); the score is the log-odds of the answer "Yes" over "No
 GradCAM++ (Chattopadhay et al., 2018) weights each channel by sum_pos alpha * relu(dS/dA), with
 alpha = g^2 / (2 g^2 + sum_pos(A) g^3) for g = dS/dA (the exp-score form, using the first three derivatives of
 exp(S), which reduce to powers of g); the map is relu(sum_c w_c A_c) over positions, reshaped to the token grid,
-upsampled bilinearly to the image and overlaid as a heat map.
+upsampled to the image (nearest by default: one value per token) and overlaid as a heat map.
 """
 
 from __future__ import annotations
@@ -27,8 +27,16 @@ def _answer_ids(pipe: HarmonPipeline, word: str) -> int:
 
 
 def gradcam_plus_plus(pipe: HarmonPipeline, image: Image.Image | str | Path, concept: str,
-                      question: str | None = None, image_size: int | None = None) -> np.ndarray:
-    """Heat map (H, W) in [0, 1] over the image pixels for ``concept`` (e.g. "circle")."""
+                      question: str | None = None, image_size: int | None = None,
+                      upsample: str = "nearest") -> np.ndarray:
+    """Heat map (H, W) in [0, 1] over the image pixels for ``concept`` (e.g. "circle").
+
+    ``upsample``: "nearest" (default) paints each token's value over its own 16x16 pixels, so the map shows
+    exactly which tokens drive the answer; "bilinear" gives the smooth look of the paper's figures (at coarse
+    grids it spreads a token's heat over its neighbours).
+    """
+    if upsample not in ("nearest", "bilinear"):
+        raise ValueError(f"upsample must be 'nearest' or 'bilinear', got {upsample!r}")
     model = pipe.model
     size = image_size or pipe.config.generation.understanding_image_size
     grid = model.grid_for(size)
@@ -56,12 +64,13 @@ def gradcam_plus_plus(pipe: HarmonPipeline, image: Image.Image | str | Path, con
     weights = (alpha * F.relu(grads)).sum(dim=0)  # (D,)
     cam = F.relu((acts * weights).sum(dim=1))  # (L,)
     cam = cam.reshape(1, 1, *grid)
-    cam = F.interpolate(cam, size=(size, size), mode="bilinear", align_corners=False)[0, 0]
+    kw = {"align_corners": False} if upsample == "bilinear" else {}
+    cam = F.interpolate(cam, size=(size, size), mode=upsample, **kw)[0, 0]
     cam = cam / cam.max() if cam.max() > 0 else cam
     # Back to the caller's image frame: undo the square padding and resizing.
     w, h = image.size
     side = max(w, h)
-    cam = F.interpolate(cam[None, None], size=(side, side), mode="bilinear", align_corners=False)[0, 0]
+    cam = F.interpolate(cam[None, None], size=(side, side), mode=upsample, **kw)[0, 0]
     left, top = (side - w) // 2, (side - h) // 2
     return cam[top:top + h, left:left + w].cpu().numpy()
 
