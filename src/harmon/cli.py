@@ -248,6 +248,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
     pipe = load_pipeline(args)
     result = run_probes(pipe, n_train=args.train, n_test=args.test, seeds=tuple(range(args.seeds)))
+    result["model"] = args.model or "shipped shapes model"
+    result["command"] = "harmon " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["analyze"] else "harmon analyze probe"
     print(format_probe_table(result))
     print(f"seeds {result['seeds']}, {result['n_train']} train / {result['n_test']} test scenes, "
           f"{result['seconds']:.0f} s")
