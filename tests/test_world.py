@@ -77,7 +77,7 @@ def test_config_validation():
         WorldConfig(min_size_frac=0.3, max_size_frac=0.2)
     with pytest.raises(ValueError, match="color_weights"):
         WorldConfig(color_weights=(1.0,))
-    assert WorldConfig(image_size=128).min_size_px == 24 and WorldConfig(image_size=128).gap_px == 4
+    assert WorldConfig(image_size=128).min_size_px == 44 and WorldConfig(image_size=128).gap_px == 4
 
 
 def test_determinism():
@@ -154,8 +154,8 @@ def test_render_palette_only_and_no_overlap(size):
 
 
 def test_grid_layout_one_object_per_cell():
-    config = WorldConfig()  # default: grid layout, 4x4 cells of 16 px at 64 px
-    assert config.layout == "grid" and config.cell_px == 16
+    config = WorldConfig()  # default: grid layout, 2x2 cells of 32 px at 64 px
+    assert config.layout == "grid" and config.cell_px == 32
     g = gen(7)
     offsets = set()
     for _ in range(200):
@@ -163,18 +163,18 @@ def test_grid_layout_one_object_per_cell():
         cells = []
         for o in scene.objects:
             x0, y0, x1, y1 = o.bbox
-            cx, cy = x0 // 16, y0 // 16
-            assert (x1 - 1) // 16 == cx and (y1 - 1) // 16 == cy  # the box stays inside one cell
-            assert x0 - 16 * cx >= 1 and 16 * (cx + 1) - x1 >= 1  # and leaves the gap on both sides
+            cx, cy = x0 // 32, y0 // 32
+            assert (x1 - 1) // 32 == cx and (y1 - 1) // 32 == cy  # the box stays inside one cell
+            assert x0 - 32 * cx >= 1 and 32 * (cx + 1) - x1 >= 1  # and leaves the gap on both sides
             cells.append((cx, cy))
-            offsets.add((x0 - 16 * cx, o.width))
+            offsets.add((x0 - 32 * cx, o.width))
         assert len(set(cells)) == len(cells)
     assert len(offsets) >= 5  # sizes and offsets inside a cell vary
 
 
 @pytest.mark.parametrize("size", [64, 128])
 def test_free_layout_still_supported(size):
-    config = WorldConfig(image_size=size, layout="free", min_size_frac=0.2, max_size_frac=0.34)
+    config = WorldConfig(image_size=size, layout="free", min_size_frac=0.2, max_size_frac=0.34, grid_cells=4)
     g = gen(size)
     unaligned = 0
     for _ in range(30):
@@ -185,7 +185,7 @@ def test_free_layout_still_supported(size):
     with pytest.raises(ValueError, match="layout"):
         WorldConfig(layout="scattered")
     with pytest.raises(ValueError, match="fit"):
-        WorldConfig(min_size_frac=0.3, max_size_frac=0.34)
+        WorldConfig(min_size_frac=0.48, max_size_frac=0.49)
 
 
 def test_shape_masks_fill_their_box():

@@ -71,13 +71,15 @@ class WorldConfig:
     colors: tuple[tuple[str, RGB], ...] = DEFAULT_COLORS  # (name, flat RGB); names must be single words
     shapes: tuple[str, ...] = SUPPORTED_SHAPES  # all three stay unambiguous at 64 px
     background: RGB = (255, 255, 255)  # plain white: far from every palette colour
-    # "grid": every object sits inside its own cell of a grid_cells x grid_cells grid (at 64 px and 4 cells, one
-    # cell per 16-pixel latent token of a stride-16 VAE), at a random size and a random offset within the cell.
+    # "grid": every object sits inside its own cell of a grid_cells x grid_cells grid, at a random size and a
+    # random offset within the cell. At 64 px the 2 x 2 cells are 32 px: each object covers the same 2 x 2 block
+    # of 16-pixel latent tokens of a stride-16 VAE, one quadrant per token (measured: a small VAE redraws shapes
+    # that span several tokens far more exactly than 12-14 px shapes squeezed into one token).
     # "free": objects anywhere, boxes only kept apart by min_gap_frac.
     layout: str = "grid"
-    grid_cells: int = 4
-    min_size_frac: float = 12 / 64  # smallest object side: 12 px at 64, large enough to classify its shape
-    max_size_frac: float = 14 / 64  # largest object side: 14 px at 64 (a 16 px cell less the 2 px gap)
+    grid_cells: int = 2
+    min_size_frac: float = 22 / 64  # smallest object side: 22 px at 64
+    max_size_frac: float = 28 / 64  # largest object side: 28 px at 64 (a 32 px cell leaves +-1-5 px of jitter)
     max_objects: int = 4  # a scene holds 1..max_objects objects
     min_gap_frac: float = 2 / 64  # bounding boxes are separated by >= 2 px at 64 px (no overlap, no touching)
     margin_frac: float = 1 / 64  # keep objects >= 1 px (at 64) off the border so they are whole
