@@ -80,3 +80,12 @@ def test_report_writes_tables_verdicts_and_plots(tmp_path):
     assert "0.710 ± 0.010" in text  # joint arm mean ± std over its three seeds
     assert (tmp_path / "docs" / "results" / "probe.png").stat().st_size > 1000
     assert (tmp_path / "docs" / "results" / "synergy.png").stat().st_size > 1000
+
+
+def test_context_curve_reports_loss_per_visible_count():
+    from harmon.analyze.context import context_curve
+
+    pipe = tiny_pipeline()
+    c = context_curve(pipe, n_images=4, repeats=1, image_size=64)
+    assert c["visible"] == [0, 4, 8, 12, 15] and len(c["loss"]) == 5
+    assert all(x > 0 for x in c["loss"]) and c["shuffled_text_loss"] > 0

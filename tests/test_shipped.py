@@ -33,3 +33,45 @@ def test_cli_defaults_to_the_shipped_model(tmp_path, capsys):
     assert cli.main(["generate", "a red circle to the left of a blue square", "-o", str(out)]) == 0
     assert cli.main(["describe", str(out), "How many circles are there?"]) == 0
     assert capsys.readouterr().out.strip()
+
+
+def test_shipped_model_draws_what_it_is_asked():
+    """Quality, not just plumbing: most seeds of easy prompts are judged right by the exact scorer."""
+    from harmon.world import WorldConfig, detect_objects, judge_prompt, parse_prompt
+
+    pipe = HarmonPipeline.from_pretrained(shipped_model_path(), device="cpu")
+    world = WorldConfig(image_size=pipe.config.generation.image_size)
+    prompts = ["a red circle", "a blue square", "two triangles", "a green circle to the left of a yellow square"]
+    images = pipe.generate(prompts, num_images_per_prompt=4, generator=torch.Generator().manual_seed(0))
+    right = [judge_prompt(parse_prompt(p, world), detect_objects(im, world))
+             for p, im in zip([p for p in prompts for _ in range(4)], images)]
+    assert sum(right) >= 10, f"only {sum(right)} of 16 images judged right"
+
+
+def test_shipped_model_answers_questions_about_a_rendered_scene():
+    from harmon.world import WorldConfig, WorldObject, render
+    from harmon.world.scene import Scene
+
+    pipe = HarmonPipeline.from_pretrained(shipped_model_path(), device="cpu")
+    world = WorldConfig(image_size=64)
+    scene = Scene(objects=(WorldObject("circle", "red", (3, 3, 29, 29)), WorldObject("square", "blue", (36, 4, 60, 28)),
+                           WorldObject("circle", "green", (4, 36, 28, 60))), image_size=64)
+    image = render(scene, world)
+    assert pipe.describe(image, "How many circles are there?").lower().startswith(("two", "2"))
+    assert pipe.describe(image, "Is there a blue square in the image?").lower().startswith("yes")
+    assert pipe.describe(image, "Is there a yellow triangle in the image?").lower().startswith("no")
+
+
+def test_gradcam_heat_falls_on_the_circles():
+    """Issue acceptance: GradCAM++ for "circle" puts most of its heat inside the circles' boxes."""
+    from harmon.analyze.gradcam import gradcam_plus_plus, heat_inside
+    from harmon.world import WorldConfig, WorldObject, render
+    from harmon.world.scene import Scene
+
+    pipe = HarmonPipeline.from_pretrained(shipped_model_path(), device="cpu")
+    world = WorldConfig(image_size=64)
+    circles = [WorldObject("circle", "red", (3, 3, 29, 29)), WorldObject("circle", "blue", (35, 35, 61, 61))]
+    others = [WorldObject("square", "green", (36, 4, 60, 28)), WorldObject("triangle", "orange", (4, 36, 28, 60))]
+    image = render(Scene(objects=tuple(circles + others), image_size=64), world)
+    cam = gradcam_plus_plus(pipe, image, "circle")
+    assert heat_inside(cam, [o.bbox for o in circles]) > 0.5

@@ -273,6 +273,17 @@ def cmd_synergy(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_context(args: argparse.Namespace) -> int:
+    from harmon.analyze.context import context_curve
+
+    c = context_curve(load_pipeline(args), n_images=args.images, repeats=args.repeats)
+    print("| visible tokens | " + " | ".join(str(v) for v in c["visible"]) + " |")
+    print("|---" * (len(c["visible"]) + 1) + "|")
+    print("| loss | " + " | ".join(f"{x:.4f}" for x in c["loss"]) + " |")
+    print(f"loss with every prompt swapped for another image's (0 visible): {c['shuffled_text_loss']:.4f}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="harmon", description="Harmon: one shared encoder for image "
                                      "understanding and generation.")
@@ -387,6 +398,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(pr)
     pr.set_defaults(func=cmd_probe)
 
+    cx = asub.add_parser("context", help="teacher-forced loss vs visible tokens: does the generator use context?")
+    cx.add_argument("--images", type=int, default=64)
+    cx.add_argument("--repeats", type=int, default=3)
+    _add_model_args(cx)
+    cx.set_defaults(func=cmd_context)
     sy = asub.add_parser("synergy", help="same steps, text-to-image only vs + understanding data, several seeds")
     sy.add_argument("--base", required=True, help="model folder every run starts from (e.g. a stage-I export)")
     sy.add_argument("--outdir", required=True, help="runs and synergy.json go here (an interrupted study resumes)")

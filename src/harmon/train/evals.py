@@ -16,6 +16,11 @@ def shapes_quick(pipe, cfg) -> dict[str, Any]:
     out.update({f"geneval/{k}": v for k, v in g["accuracy"].items()})
     out.update({f"pope_f1/{k}": v["f1"] for k, v in u["pope"].items()})
     out.update({f"qa/{k}": v for k, v in u["accuracy"].items()})
+    from harmon.analyze.context import context_curve
+
+    c = context_curve(pipe, n_images=32, repeats=1, image_size=cfg.image_size)
+    out.update({f"context_loss/visible_{v}": x for v, x in zip(c["visible"], c["loss"])})
+    out["context_loss/shuffled_text"] = c["shuffled_text_loss"]
     return out
 
 
