@@ -66,13 +66,13 @@ def run_recipe(name: str, root: Path, device: str, overrides: list[str]) -> None
     Trainer(cfg, device=device).run(resume="auto")
 
 
-def ship(root: Path, target: Path, defaults: dict | None = None) -> None:
-    """Copy the final export into the package with bf16 weights and the tuned sampling ``defaults``."""
+def ship(root: Path, target: Path, defaults: dict | None = None, stage: str = "stage3") -> None:
+    """Copy ``stage``'s final export into the package with bf16 weights and the tuned sampling ``defaults``."""
     from dataclasses import replace
 
     from harmon.pipeline import HarmonPipeline
 
-    pipe = HarmonPipeline.from_pretrained(root / "stage3" / "final", device="cpu", dtype=torch.float32)
+    pipe = HarmonPipeline.from_pretrained(root / stage / "final", device="cpu", dtype=torch.float32)
     if defaults:
         config = pipe.model.config.replace(generation=replace(pipe.model.config.generation, **defaults))
         pipe.model.config = pipe.config = config
@@ -91,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--default", dest="defaults", action="append", default=[], metavar="KEY=VALUE",
                    help="sampling default recorded in the shipped config, e.g. x0_clip=3.0 num_sampling_steps=100")
     p.add_argument("--until", default=None, choices=["tokenizer", "vae", "lm", "stage1", "stage2", "stage3"],
-                   help="stop after this stage (a later call with the same --root continues)")
+                   help="stop after this stage (a later call with the same --root continues); with --ship, ship "
+                        "this stage's model (stage1-3)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="STAGE:KEY=VALUE",
                    help="override a field of one stage's recipe, e.g. stage2:max_steps=100")
     args = p.parse_args(argv)
@@ -120,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         if done_marker.exists():
             logger.info("stage %s: done already (%s)", name, done_marker)
             if name == args.until:
-                return 0
+                break
             continue
         logger.info("stage %s: starting", name)
         t = time.perf_counter()
@@ -128,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         _record(root, name, time.perf_counter() - t, args.device)
         if name == args.until:
             logger.info("stopping after stage %s (--until)", name)
-            return 0
+            break
     if args.ship:
         from harmon.shipped import SHIPPED_DIR
         from harmon.train.config import _parse_value
@@ -136,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
         defaults = {k: _parse_value(v) for k, v in (d.split("=", 1) for d in args.defaults)}
         if "num_sampling_steps" in defaults:
             defaults["num_sampling_steps"] = str(defaults["num_sampling_steps"])
-        ship(root, SHIPPED_DIR, defaults)
+        last = args.until if args.until in ("stage1", "stage2", "stage3") else "stage3"
+        ship(root, SHIPPED_DIR, defaults, stage=last)
         logger.info("shipped to %s", SHIPPED_DIR)
     return 0
 
