@@ -266,7 +266,9 @@ def cmd_synergy(args: argparse.Namespace) -> int:
                 if v is not None}
     study = run_synergy(args.base, args.outdir, seeds=tuple(range(args.seeds)), steps=args.steps,
                         n_prompts=args.prompts, eval_seed=args.eval_seed, device=args.device or "cpu",
-                        t2i_batch=args.t2i_batch, und_batch=args.und_batch, lr=args.lr, **settings)
+                        t2i_batch=args.t2i_batch, und_batch=args.und_batch, lr=args.lr,
+                        command="harmon " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["analyze"] else None,
+                        **settings)
     print(format_synergy_table(study))
     print(f"{study['steps']} steps per run from {study['base']}; {study['n_prompts']} prompts, eval seed "
           f"{study['eval_seed']}; results in {Path(args.outdir) / 'synergy.json'}")

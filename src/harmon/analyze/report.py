@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import platform
 from pathlib import Path
 from typing import Any
 
 from harmon.analyze.probe import FEATURES, TASKS, format_probe_table
 from harmon.analyze.synergy import ARMS, format_synergy_table, summarize
+
+logger = logging.getLogger(__name__)
 
 
 def _machine() -> str:
@@ -154,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     probe = json.loads(Path(args.probe).read_text()) if args.probe else None
     study = json.loads(Path(args.synergy).read_text()) if args.synergy else None
     extra = Path(args.extra).read_text() if args.extra else ""
-    print(write_report(probe, study, Path(args.out), extra))
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logger.info("wrote %s", write_report(probe, study, Path(args.out), extra))
     return 0
 
 

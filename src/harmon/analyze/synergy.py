@@ -49,8 +49,11 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 def run_synergy(base: str | Path, out_dir: str | Path, seeds: tuple[int, ...] = (0, 1, 2), steps: int = 500,
                 n_prompts: int = 120, eval_seed: int = 0, device: str = "cpu", t2i_batch: int = 32,
-                und_batch: int = 8, lr: float = 3e-4, **settings: Any) -> dict[str, Any]:
-    """Train and score every (arm, seed); returns (and writes to ``out_dir/synergy.json``) the whole study."""
+                und_batch: int = 8, lr: float = 3e-4, command: str | None = None, **settings: Any) -> dict[str, Any]:
+    """Train and score every (arm, seed); returns (and writes to ``out_dir/synergy.json``) the whole study.
+
+    ``command``: the command line that ran the study, recorded for the report (None leaves any recorded one).
+    """
     from harmon.eval.shapes import generation_scores
     from harmon.pipeline import HarmonPipeline
     from harmon.train.trainer import Trainer
@@ -61,6 +64,8 @@ def run_synergy(base: str | Path, out_dir: str | Path, seeds: tuple[int, ...] = 
     study: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
     study.update({"base": str(base), "steps": steps, "t2i_batch": t2i_batch, "und_batch": und_batch, "lr": lr,
                   "n_prompts": n_prompts, "eval_seed": eval_seed, "settings": settings})
+    if command is not None:
+        study["command"] = command
     runs = study.setdefault("runs", {})
     for seed in seeds:
         for arm in ARMS:
