@@ -369,3 +369,54 @@ def test_fast_sampler_matches_straightforward_path(cfg):
     # compare relatively (fp32 rounding of a 1-row vs N-row matmul, amplified through 20 steps).
     torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-4)
     assert fast.shape == ((4, 16) if cfg != 1.0 else (8, 16))
+
+
+# ---------------------------------------------------------------------------------------------------- v-prediction
+def test_v_prediction_exact_v_gives_zero_mse_and_true_posterior(generator):
+    """With the exact v = sqrt(ᾱ)ε − sqrt(1−ᾱ)x0 the mse is 0 and p(x_{t−1}|x_t) is the true posterior."""
+    d = GaussianDiffusion.cosine(1000, prediction="v")
+    x0 = torch.randn(4, 4, generator=generator)
+    noise = torch.randn(4, 4, generator=generator)
+    t = torch.tensor([1, 50, 400, 998])
+    abar = torch.cumprod(1 - torch.tensor(_hand_betas(), dtype=torch.float64), 0)[t].float()[:, None]
+    v_true = abar.sqrt() * noise - (1 - abar).sqrt() * x0
+    terms = d.training_losses(lambda x_t, ts: torch.cat([v_true, -torch.ones_like(noise)], dim=1), x0, t, noise)
+    torch.testing.assert_close(terms["mse"], torch.zeros(4), atol=1e-10, rtol=0)
+    torch.testing.assert_close(terms["vb"], torch.zeros(4), atol=2e-3, rtol=0)
+    # v̂ -> ε̂ recovers the noise, and x̂0 the clean token, at every t (up to float32 rounding of x_t)
+    x_t = d.q_sample(x0, t, noise)
+    torch.testing.assert_close(d.epsilon_from_output(v_true, x_t, t), noise, atol=1e-4, rtol=0)
+    _, _, pred_x0 = d.p_mean_variance(torch.cat([v_true, torch.zeros_like(v_true)], 1), x_t, t)
+    torch.testing.assert_close(pred_x0, x0, atol=2e-3, rtol=0)
+
+
+def test_v_prediction_same_sampler_as_epsilon_for_matching_nets(generator):
+    """An ε-net and the v-net that outputs the same ε̂ (v = (ε̂ − sqrt(1−ᾱ)x_t)/sqrt(ᾱ)) sample the same tokens."""
+    eps_d = GaussianDiffusion.cosine(1000, "10")
+    v_d = GaussianDiffusion.cosine(1000, "10", prediction="v")
+    w = torch.randn(4, 4, generator=generator) * 0.3
+
+    def eps_fn(x, ts):
+        return torch.cat([torch.tanh(x @ w), torch.zeros_like(x)], dim=1)
+
+    lookup = {int(o): j for j, o in enumerate(v_d.timestep_map)}
+
+    def v_fn(x, ts):
+        j = torch.tensor([lookup[int(o)] for o in ts])
+        a = v_d._gather("sqrt_alphas_cumprod", j, 2)
+        b = v_d._gather("sqrt_one_minus_alphas_cumprod", j, 2)
+        return torch.cat([(torch.tanh(x @ w) - b * x) / a, torch.zeros_like(x)], dim=1)
+
+    noise = torch.randn(5, 4, generator=generator)
+    a = eps_d.p_sample_loop(eps_fn, noise, generator=torch.Generator().manual_seed(3))
+    b = v_d.p_sample_loop(v_fn, noise, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(a, b, atol=1e-3, rtol=1e-3)
+
+
+def test_prediction_validation():
+    with pytest.raises(ValueError, match="prediction"):
+        DiffLossConfig(**TINY, prediction="x0")
+    with pytest.raises(ValueError, match="prediction"):
+        GaussianDiffusion.cosine(10, prediction="eps")
+    assert DiffLossConfig().prediction == "epsilon"  # the official head
+    assert DiffLoss(DiffLossConfig(**TINY, prediction="v")).train_diffusion.prediction == "v"

@@ -8,7 +8,7 @@ from helpers import tiny_model
 from harmon.checkpoint import CheckpointError
 from harmon.config import harmon_0_5b, harmon_1_5b
 from harmon.mar import mar_base, mar_huge, mask_by_order
-from harmon.model import IGNORE_INDEX, IMAGE_PLACEHOLDER, Harmon, truncated_normal_mask_ratio
+from harmon.model import IGNORE_INDEX, IMAGE_PLACEHOLDER, Harmon, truncated_normal_mask_ratio, uniform_mask_ratio
 from harmon.pipeline import infer_mar_config, load_harmon_weights
 
 # Every parameter name and shape of the official checkpoints (a copy of shared/reference's manifest).
@@ -75,6 +75,37 @@ def test_truncated_normal_ratio_range_and_mean():
     r = torch.tensor([truncated_normal_mask_ratio(0.7, generator=g) for _ in range(4000)])
     assert r.min() >= 0.7 and r.max() <= 1.0
     assert abs(r.mean().item() - 0.867) < 0.01  # E[X] of N(1, .25) truncated to [0.7, 1]
+
+
+def test_uniform_ratio_range_and_mean():
+    g = torch.Generator().manual_seed(0)
+    r = torch.tensor([uniform_mask_ratio(0.25, generator=g) for _ in range(4000)])
+    assert r.min() >= 0.25 and r.max() <= 1.0
+    assert abs(r.mean().item() - 0.625) < 0.01
+    assert abs((r < 0.5).float().mean().item() - 1 / 3) < 0.03  # flat, unlike the truncated normal
+
+
+def test_uniform_mask_trains_every_visible_count(monkeypatch):
+    """With mask_ratio_dist="uniform" the loss sees few-masked batches too; at least one token is always masked."""
+    import harmon.model as hm
+
+    import dataclasses
+
+    base_mar = tiny_model().config.mar
+    model = tiny_model(mar=dataclasses.replace(base_mar, mask_ratio_dist="uniform", mask_ratio_min=0.0)).train()
+    seen = []
+    real = hm.mask_by_order
+    monkeypatch.setattr(hm, "mask_by_order", lambda n, orders: seen.append(n) or real(n, orders))
+    pixels, ids, mask = _t2i_batch()
+    g = torch.Generator().manual_seed(0)
+    for _ in range(40):
+        with torch.no_grad():
+            model.text_to_image_loss(pixels, ids, mask, generator=g)
+    seq = model.config.mar.seq_len
+    assert min(seen) >= 1 and max(seen) <= seq
+    assert sum(n <= seq // 2 for n in seen) >= 10  # the truncated normal at 1.0 almost never masks half or less
+    with pytest.raises(ValueError, match="mask_ratio_dist"):
+        dataclasses.replace(base_mar, mask_ratio_dist="beta")
 
 
 def test_buffers_go_last_for_the_llm_and_first_for_the_decoder():

@@ -53,6 +53,25 @@ def test_shapes_recipes_build_and_validate(name):
     assert cfg.image_size == 64
 
 
+def test_shapes_stage3_switches_to_v_prediction_on_a_frozen_understanding_path(tok_dir, tmp_path):
+    """Stage III of the shipped model: v-prediction + uniform masks, only the generation side trains."""
+    overrides = SHAPES_RECIPES["shapes_stage3"]().model.overrides
+    cfg = toy(SHAPES_RECIPES["shapes_stage3"](), tok_dir, str(tmp_path / "s3"))
+    cfg.model.overrides = overrides  # toy() swaps the init for a tiny preset; keep the stage's changes
+    trainer = Trainer(cfg, device="cpu")
+    assert trainer.model.config.mar.diffloss.prediction == "v"
+    assert trainer.model.config.mar.mask_ratio_dist == "uniform"
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.run(resume="none")
+    for n, p in trainer.model.named_parameters():
+        if n.startswith(("mar.encoder", "mar.z_proj", "mar.fake_latent", "llm.", "proj_in.", "vae.")):
+            assert torch.equal(before[n], p), n  # everything understanding uses is untouched
+    for n in ("mar.decoder_blocks.0.mlp.fc1.weight", "mar.diffloss.net.input_proj.weight", "proj_out.0.weight"):
+        assert not torch.equal(before[n], dict(trainer.model.named_parameters())[n]), n
+    saved = json.loads((tmp_path / "s3" / "final" / "config.json").read_text())
+    assert saved["mar"]["diffloss"]["prediction"] == "v" and saved["generation"]["x0_clip"] is None
+
+
 def test_stage1_freezes_the_llm(tok_dir, tmp_path):
     cfg = toy(RECIPES["stage1"](), tok_dir, str(tmp_path / "s1"))
     trainer = Trainer(cfg, device="cpu")

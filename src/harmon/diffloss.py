@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from harmon import rng
-from harmon.diffusion import GaussianDiffusion, space_timesteps
+from harmon.diffusion import PREDICTIONS, GaussianDiffusion, space_timesteps
 
 __all__ = ["DiffLossConfig", "timestep_embedding", "SimpleMLPAdaLN", "DiffLoss"]
 
@@ -32,6 +32,7 @@ class DiffLossConfig:
     num_train_steps: int = 1000  # length of the cosine training chain
     num_sampling_steps: str = "100"  # IDDPM respacing of the sampling chain ("100", "30,20,10", ...)
     grad_checkpointing: bool = False  # recompute res-blocks in backward to save activation memory
+    prediction: str = "epsilon"  # "epsilon" (official) or "v" (see harmon.diffusion.PREDICTIONS)
 
     def __post_init__(self) -> None:
         for name in ("target_channels", "z_channels", "width", "depth", "num_train_steps"):
@@ -44,6 +45,8 @@ class DiffLossConfig:
                 f"got {self.num_sampling_steps!r}"
             )
         space_timesteps(self.num_train_steps, self.num_sampling_steps)  # raises ValueError naming the value
+        if self.prediction not in PREDICTIONS:
+            raise ValueError(f"DiffLossConfig.prediction must be one of {PREDICTIONS}, got {self.prediction!r}")
         if not isinstance(self.grad_checkpointing, bool):
             raise ValueError(f"DiffLossConfig.grad_checkpointing must be a bool, got {self.grad_checkpointing!r}")
 
@@ -227,7 +230,7 @@ class DiffLoss(nn.Module):
             depth=config.depth,
             grad_checkpointing=config.grad_checkpointing,
         )
-        self.train_diffusion = GaussianDiffusion.cosine(config.num_train_steps)
+        self.train_diffusion = GaussianDiffusion.cosine(config.num_train_steps, prediction=config.prediction)
         # Respaced sampling chains, one per respacing string; schedule tables are not module state.
         self._sampling_diffusions: dict[str, GaussianDiffusion] = {}
         self.sampling_diffusion(config.num_sampling_steps)
@@ -240,7 +243,7 @@ class DiffLoss(nn.Module):
         key = self.config.num_sampling_steps if num_steps is None else num_steps
         diffusion = self._sampling_diffusions.get(key)
         if diffusion is None:
-            diffusion = GaussianDiffusion.cosine(self.config.num_train_steps, key)
+            diffusion = GaussianDiffusion.cosine(self.config.num_train_steps, key, prediction=self.config.prediction)
             self._sampling_diffusions[key] = diffusion
         return diffusion
 

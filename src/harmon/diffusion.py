@@ -36,6 +36,12 @@ _CPU = torch.device("cpu")
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
+# What the first C output channels of the network predict: the noise ε (the official MAR/Harmon head), or
+# v = sqrt(ᾱ) ε − sqrt(1 − ᾱ) x_0 (Salimans & Ho 2022, arXiv 2202.00512 §4). With ε-prediction, x̂_0 carries the
+# ε error times sqrt(1/ᾱ_t − 1) (up to ~2e4 at the end of the cosine chain), which a small head cannot make
+# precise enough for the respaced sampler; with v-prediction the x̂_0 error stays of the order of the v error.
+PREDICTIONS = ("epsilon", "v")
+
 
 # --------------------------------------------------------------------------------------------------------------
 # Schedule math (pure functions)
@@ -215,7 +221,11 @@ class GaussianDiffusion:
         "log_betas",
     )
 
-    def __init__(self, betas: torch.Tensor, timestep_map: torch.Tensor | None = None) -> None:
+    def __init__(self, betas: torch.Tensor, timestep_map: torch.Tensor | None = None,
+                 prediction: str = "epsilon") -> None:
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
+        self.prediction = prediction
         if betas.dim() != 1 or betas.dtype != torch.float64:
             raise ValueError(f"betas must be a 1-D float64 tensor, got shape {tuple(betas.shape)} dtype {betas.dtype}")
         betas = betas.detach().to(_CPU)
@@ -257,7 +267,8 @@ class GaussianDiffusion:
         self._device_cache: dict[tuple[torch.device, str], torch.Tensor] = {}
 
     @classmethod
-    def cosine(cls, num_train_steps: int = 1000, sections: str | Sequence[int] | None = None) -> GaussianDiffusion:
+    def cosine(cls, num_train_steps: int = 1000, sections: str | Sequence[int] | None = None,
+               prediction: str = "epsilon") -> GaussianDiffusion:
         """The cosine-schedule chain of ``num_train_steps`` respaced to ``sections`` (all steps when None).
 
         Like the original, the full chain also goes through ``respaced_betas`` (β'_t = 1 − ᾱ_t/ᾱ_{t−1}), which
@@ -265,7 +276,7 @@ class GaussianDiffusion:
         """
         betas = cosine_betas(num_train_steps)
         kept = space_timesteps(num_train_steps, [num_train_steps] if sections is None else sections)
-        return cls(*respaced_betas(betas, kept))
+        return cls(*respaced_betas(betas, kept), prediction=prediction)
 
     # ------------------------------------------------------------------------------------------------------
     def _table(self, name: str, device: torch.device) -> torch.Tensor:
@@ -287,6 +298,14 @@ class GaussianDiffusion:
     def original_timesteps(self, t: torch.Tensor) -> torch.Tensor:
         """Map chain indices (N,) to the original timesteps the network was trained on (N,) int64."""
         return self._table("timestep_map", t.device)[t]
+
+    def epsilon_from_output(self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The network's first C channels as ε̂: unchanged for ε-prediction; ε̂ = sqrt(ᾱ_t) v̂ + sqrt(1 − ᾱ_t) x_t for v."""
+        if self.prediction == "epsilon":
+            return out
+        nd = x_t.dim()
+        return (self._gather("sqrt_alphas_cumprod", t, nd) * out
+                + self._gather("sqrt_one_minus_alphas_cumprod", t, nd) * x_t)
 
     # ------------------------------------------------------------------------------------------------------
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -339,6 +358,7 @@ class GaussianDiffusion:
             )
         eps, v = model_output.float().split(channels, dim=1)
         nd = x_t.dim()
+        eps = self.epsilon_from_output(eps, x_t, t)
         min_log = self._gather("posterior_log_variance_clipped", t, nd)
         max_log = self._gather("log_betas", t, nd)
         frac = (v + 1) / 2
@@ -372,16 +392,21 @@ class GaussianDiffusion:
         noise = noise.float()
         x_t = self.q_sample(x0, t, noise)  # (N, C, ...)
         model_output = model_output_fn(x_t, self.original_timesteps(t)).float()  # (N, 2C, ...)
-        eps, v = model_output.split(x0.shape[1], dim=1)
+        pred, v = model_output.split(x0.shape[1], dim=1)
+        if self.prediction == "epsilon":
+            target = noise
+        else:  # v = sqrt(ᾱ_t) ε − sqrt(1 − ᾱ_t) x_0
+            target = (self._gather("sqrt_alphas_cumprod", t, x0.dim()) * noise
+                      - self._gather("sqrt_one_minus_alphas_cumprod", t, x0.dim()) * x0)
 
-        frozen = torch.cat([eps.detach(), v], dim=1)
+        frozen = torch.cat([pred.detach(), v], dim=1)  # p_mean_variance converts v̂ to ε̂ itself
         true_mean, _, true_log_var = self.q_posterior_mean_variance(x0, x_t, t)
         mean, log_var, _ = self.p_mean_variance(frozen, x_t, t)
         kl = _mean_flat(normal_kl(true_mean, true_log_var, mean, log_var)) / math.log(2.0)
         nll = -_mean_flat(discretized_gaussian_log_likelihood(x0, mean, 0.5 * log_var)) / math.log(2.0)
         vb = torch.where(t == 0, nll, kl)
 
-        mse = _mean_flat((noise - eps) ** 2)
+        mse = _mean_flat((target - pred) ** 2)
         return {"loss": mse + vb, "mse": mse, "vb": vb}
 
     # ------------------------------------------------------------------------------------------------------

@@ -39,6 +39,10 @@ class MARConfig:
     attn_dropout: float = 0.1  # training only
     proj_dropout: float = 0.1  # training only
     mask_ratio_min: float = 0.7  # truncated-normal mask ratio lower bound for text-to-image training
+    # How the training mask ratio is drawn: "truncnorm" (official: N(1, 0.25) truncated to [min, 1], mostly
+    # near-fully masked) or "uniform" (U[min, 1]: every number of visible tokens is trained about equally often,
+    # which a 16-token grid needs so that the generator learns to use the tokens it has already drawn).
+    mask_ratio_dist: str = "truncnorm"
     diffusion_batch_mul: int = 4  # each token row is replicated 4x for the diffusion loss
     class_num: int = 1000  # unused class embedding kept only so official checkpoints load strictly (0 = none)
     grad_checkpointing: bool = False  # checkpoint ViT blocks during training (set by the trainer)
@@ -57,6 +61,8 @@ class MARConfig:
             raise ValueError("buffer_size and class_num must be >= 0")
         if not 0.0 <= self.mask_ratio_min <= 1.0:
             raise ValueError(f"mask_ratio_min must lie in [0, 1], got {self.mask_ratio_min}")
+        if self.mask_ratio_dist not in ("truncnorm", "uniform"):
+            raise ValueError(f"mask_ratio_dist must be 'truncnorm' or 'uniform', got {self.mask_ratio_dist!r}")
         if isinstance(self.diffloss, dict):
             object.__setattr__(self, "diffloss", DiffLossConfig.from_dict(self.diffloss))
         if self.diffloss.z_channels != self.decoder_dim:

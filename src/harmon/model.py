@@ -55,6 +55,11 @@ def truncated_normal_mask_ratio(min_ratio: float, std: float = 0.25, mean: float
     return min(max(ratio, min_ratio), 1.0)
 
 
+def uniform_mask_ratio(min_ratio: float, generator: torch.Generator | None = None) -> float:
+    """One mask ratio ~ U[min_ratio, 1], drawn from ``generator``."""
+    return min_ratio + (1.0 - min_ratio) * float(rng.rand((), generator, dtype=torch.float64))
+
+
 def build_llm(llm_config: dict) -> Qwen2ForCausalLM:
     config = Qwen2Config(**llm_config)
     config._attn_implementation = "sdpa"
@@ -229,8 +234,12 @@ class Harmon(nn.Module):
         grid = self.grid_for((pixels.shape[-2], pixels.shape[-1]))
         tokens = self.encode_images(pixels)  # (B, L, C)
         b, seq = tokens.shape[:2]
-        ratio = truncated_normal_mask_ratio(self.config.mar.mask_ratio_min, generator=generator)
-        n_masked = int(math.ceil(seq * ratio))
+        mar = self.config.mar
+        if mar.mask_ratio_dist == "uniform":
+            ratio = uniform_mask_ratio(mar.mask_ratio_min, generator=generator)
+        else:
+            ratio = truncated_normal_mask_ratio(mar.mask_ratio_min, generator=generator)
+        n_masked = max(1, int(math.ceil(seq * ratio)))  # at least one token carries the loss
         mask = mask_by_order(n_masked, self.sample_orders(b, seq, generator))  # (B, L) True = unknown
         x_enc = self.forward_mae_encoder(tokens, mask, grid, attention_mask, input_ids=input_ids)
         z = self.mar.forward_decoder(x_enc, mask, grid)  # (B, L, Dd)
