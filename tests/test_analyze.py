@@ -29,6 +29,25 @@ def test_linear_probe_separates_separable_data():
     assert fit_linear_probe(x[:150], y[:150], x[150:], y[150:]) > 0.95
 
 
+def test_position_probe_label_is_read_from_the_image():
+    """Mirroring a scene left-right flips every position label: the label depends on what is drawn, not on the
+    order in which objects were placed (that older label was unlearnable: every feature sat at chance)."""
+    from harmon.analyze.probe import _labels, _scenes
+    from harmon.world import Scene, WorldConfig, WorldObject
+
+    world = WorldConfig()
+    scenes = _scenes(300, 7, world, two_objects=True)
+    mirrored = [Scene(tuple(WorldObject(o.shape, o.color, (64 - o.bbox[2], o.bbox[1], 64 - o.bbox[0], o.bbox[3]))
+                            for o in sc.objects), sc.image_size) for sc in scenes]
+    y, y_m = _labels(scenes, "position", world), _labels(mirrored, "position", world)
+    kept = y >= 0
+    assert kept.sum() > 50 and 0.3 < (y[kept] == 0).mean() < 0.7
+    assert ((y_m == 1 - y) | ~kept).all() and ((y_m < 0) == ~kept).all()
+    # the same picture with its objects stored in the other order keeps its label
+    swapped = [Scene(tuple(reversed(sc.objects)), sc.image_size) for sc in scenes]
+    assert (_labels(swapped, "position", world) == y).all()
+
+
 def test_probe_runner_reports_every_task_and_feature():
     result = run_probes(tiny_pipeline(), n_train=24, n_test=12, seeds=(0,))
     assert set(result["accuracy"]) == set(TASKS)

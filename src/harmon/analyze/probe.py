@@ -6,7 +6,11 @@ Features of the same scenes:
     vae            VAE latents (scaled), flattened                                      (L*16)
     pixels         the rendered image, flattened and scaled to [-1, 1]                  (H*W*3)
 Tasks (scene level, from the exact annotations): count (1-4), shape and colour of the largest object, and
-whether the first-placed object lies left or right of the second (two-object scenes, horizontal relation only).
+whether one object lies left or right of the other in two-object scenes of two different shapes (the referent is
+the object whose shape comes first in the world's shape list, e.g. the circle of a circle-and-square scene;
+scenes without a horizontal relation or with two objects of one shape are left out). The referent is named by
+something visible: a label defined by placement order, as before, cannot be read from any image, and every
+feature, pixels included, sat at chance on it.
 A probe is multinomial logistic regression (standardised features, L2, full-batch L-BFGS); each seed draws its
 own scenes; reported: test accuracy mean and std over seeds.
 """
@@ -45,7 +49,8 @@ def _labels(scenes, task: str, world) -> np.ndarray:
         elif task == "color":
             out.append(world.color_names.index(largest.color))
         elif task == "position":
-            rel = relation(s.objects[0], s.objects[1])
+            a, b = sorted(s.objects, key=lambda o: world.shapes.index(o.shape))
+            rel = relation(a, b) if a.shape != b.shape else set()
             out.append(0 if "left of" in rel else 1 if "right of" in rel else -1)
     return np.asarray(out)
 
