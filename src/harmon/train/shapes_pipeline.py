@@ -6,7 +6,7 @@ Stages (each skipped when its output exists, so an interrupted run continues whe
     0c lm         the small Qwen2 LLM pre-trained on the world's text (recipe shapes_lm)
     I             LLM frozen: text-to-image + captioning (shapes_stage1)
     II            everything: text-to-image + QA + captioning (shapes_stage2)
-    III           short low-lr pass with EMA (shapes_stage3)
+    III           generation side only (MAR decoder, diffusion head, proj_out): text-to-image (shapes_stage3)
     ship          copy stage III's export into the package (bf16 weights) with tuned sampling defaults
 Wall time and machine of every stage are recorded in ``<root>/pipeline.json``.
 """

@@ -54,14 +54,14 @@ def shapes_stage2() -> TrainConfig:
         sample_settings=dict(SAMPLE_SETTINGS), eval="shapes", eval_every=2000)
 
 
-# Stage III switches the diffusion head to v-prediction and the mask ratio to U[0, 1]. Measured on this world
-# (session 3): with the official ε-prediction, the small head's x̂0 error at high noise is amplified by
+# Why v-prediction and U[0, 1] mask ratios (set from stage I by V_UNIFORM; stage III repeats them so it also
+# converts a model trained with the official settings). Measured on this world (session 3): with the official ε-prediction, the small head's x̂0 error at high noise is amplified by
 # sqrt(1/ᾱ_t − 1) (up to ~2e4 on the cosine chain), the respaced sampler diverges without x0 clipping and, even
 # clipped, an oracle-conditioned head recovers only ~9 % of scenes; the trained model drew colour-mixed parts of
 # shapes. v-prediction keeps x̂0 errors of the order of the v error and weights the loss towards the high-noise
 # steps that decide colour and shape; the uniform ratio trains every number of visible tokens (the truncated
 # normal at 1.0 almost never shows more than 4 of 16). 600 steps of it turned scattered colour blobs into whole,
-# single-coloured shapes. A later full run should use both from stage I.
+# single-coloured shapes; trained from stage I, GenEval-rule overall went from 0.056 to 0.28.
 STAGE3_MAR = {"diffloss": {"prediction": "v"}, "mask_ratio_dist": "uniform", "mask_ratio_min": 0.0}
 # Only the generation side trains: MAR decoder, diffusion head and proj_out. The MAR encoder, proj_in and the LLM
 # (the whole understanding path) stay frozen, so every understanding answer of stage II is kept exactly.
