@@ -1,3 +1,4 @@
+import dataclasses
 import json
 from pathlib import Path
 
@@ -88,8 +89,6 @@ def test_uniform_ratio_range_and_mean():
 def test_uniform_mask_trains_every_visible_count(monkeypatch):
     """With mask_ratio_dist="uniform" the loss sees few-masked batches too; at least one token is always masked."""
     import harmon.model as hm
-
-    import dataclasses
 
     base_mar = tiny_model().config.mar
     model = tiny_model(mar=dataclasses.replace(base_mar, mask_ratio_dist="uniform", mask_ratio_min=0.0)).train()

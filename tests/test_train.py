@@ -63,11 +63,12 @@ def test_shapes_stage3_switches_to_v_prediction_on_a_frozen_understanding_path(t
     assert trainer.model.config.mar.mask_ratio_dist == "uniform"
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     trainer.run(resume="none")
-    for n, p in trainer.model.named_parameters():
+    after = dict(trainer.model.named_parameters())
+    for n, p in after.items():
         if n.startswith(("mar.encoder", "mar.z_proj", "mar.fake_latent", "llm.", "proj_in.", "vae.")):
             assert torch.equal(before[n], p), n  # everything understanding uses is untouched
     for n in ("mar.decoder_blocks.0.mlp.fc1.weight", "mar.diffloss.net.input_proj.weight", "proj_out.0.weight"):
-        assert not torch.equal(before[n], dict(trainer.model.named_parameters())[n]), n
+        assert not torch.equal(before[n], after[n]), n
     saved = json.loads((tmp_path / "s3" / "final" / "config.json").read_text())
     assert saved["mar"]["diffloss"]["prediction"] == "v" and saved["generation"]["x0_clip"] is None
 

@@ -1,21 +1,35 @@
 """Recipes of the shipped shapes-world model: stage 0 (language model on the world's text), I, II and III.
 
-Run in order by ``scripts/train_shapes.sh`` (stage 0 also trains the VAE and the tokenizer, see
+Run in order by ``python -m harmon.train.shapes_pipeline`` (stage 0 also trains the VAE and the tokenizer, see
 harmon.train.stage0). Every stage reads the previous stage's export.
 """
 
 from __future__ import annotations
 
+import copy
+
 from harmon.train.config import ModelInit, OptimConfig, SourceConfig, TrainConfig
+from harmon.train.recipes import MAR_DECODER
 
 ROOT = "runs/shapes"
 SHAPES_PRESET = "shapes"
 STAGE3_STEPS = 1800  # ~9 min at ~0.3 s per step on 2 CPU cores: the whole pipeline stays within 2 h
 # Sampling for the grids and quick evals during training: one token per MAR step (16 tokens).
 SAMPLE_SETTINGS = {"num_iter": 16, "num_sampling_steps": "100", "guidance_scale": 1.5}
-# From stage I on, the diffusion head predicts v and the mask ratio is U[0, 1] (see STAGE3_MAR below for why).
+# From stage I on, the diffusion head predicts v and the mask ratio is U[0, 1]; stage III sets them again, so it also
+# converts a model trained with the official settings. Measured on this world (session 3): with the official
+# ε-prediction, the small head's x̂0 error at high noise is amplified by sqrt(1/ᾱ_t − 1) (up to ~2e4 on the cosine
+# chain), the respaced sampler diverges without x0 clipping and, even clipped, an oracle-conditioned head recovers
+# only ~9 % of scenes; the trained model drew colour-mixed parts of shapes. v-prediction keeps x̂0 errors of the
+# order of the v error and weights the loss towards the high-noise steps that decide colour and shape; the uniform
+# ratio trains every number of visible tokens (the truncated normal at 1.0 almost never shows more than 4 of 16).
+# 600 steps of it turned scattered colour blobs into whole, single-coloured shapes; trained from stage I,
+# GenEval-rule overall went from 0.056 to 0.28. Recipes take a deep copy: `--set` edits overrides in place.
 V_UNIFORM = {"mar": {"diffloss": {"prediction": "v"}, "mask_ratio_dist": "uniform", "mask_ratio_min": 0.0},
              "generation": {"x0_clip": None}}
+# Stage III trains only the generation side: the MAR decoder side and proj_out. The MAR encoder, proj_in and the
+# LLM (the whole understanding path) stay frozen, so every understanding answer of stage II is kept exactly.
+GENERATION_SIDE = (*MAR_DECODER, "proj_out.")
 
 
 def shapes_lm() -> TrainConfig:
@@ -33,7 +47,7 @@ def shapes_stage1() -> TrainConfig:
     """Stage I: LLM frozen; MAR + projections learn text-to-image and captioning."""
     return TrainConfig(
         name="shapes_stage1", output_dir=f"{ROOT}/stage1",
-        model=ModelInit(preset=None, pretrained=f"{ROOT}/lm/final", overrides=V_UNIFORM),
+        model=ModelInit(preset=None, pretrained=f"{ROOT}/lm/final", overrides=copy.deepcopy(V_UNIFORM)),
         data=[SourceConfig("text2image", "shapes", batch_size=32, options={"task": "text2image"}),
               SourceConfig("image2text_caption", "shapes", batch_size=8, options={"task": "caption"})],
         image_size=64, train_modules=("mar.", "proj_in.", "proj_out."), max_steps=2000,
@@ -54,26 +68,11 @@ def shapes_stage2() -> TrainConfig:
         sample_settings=dict(SAMPLE_SETTINGS), eval="shapes", eval_every=2000)
 
 
-# Why v-prediction and U[0, 1] mask ratios (set from stage I by V_UNIFORM; stage III repeats them so it also
-# converts a model trained with the official settings). Measured on this world (session 3): with the official ε-prediction, the small head's x̂0 error at high noise is amplified by
-# sqrt(1/ᾱ_t − 1) (up to ~2e4 on the cosine chain), the respaced sampler diverges without x0 clipping and, even
-# clipped, an oracle-conditioned head recovers only ~9 % of scenes; the trained model drew colour-mixed parts of
-# shapes. v-prediction keeps x̂0 errors of the order of the v error and weights the loss towards the high-noise
-# steps that decide colour and shape; the uniform ratio trains every number of visible tokens (the truncated
-# normal at 1.0 almost never shows more than 4 of 16). 600 steps of it turned scattered colour blobs into whole,
-# single-coloured shapes; trained from stage I, GenEval-rule overall went from 0.056 to 0.28.
-STAGE3_MAR = {"diffloss": {"prediction": "v"}, "mask_ratio_dist": "uniform", "mask_ratio_min": 0.0}
-# Only the generation side trains: MAR decoder, diffusion head and proj_out. The MAR encoder, proj_in and the LLM
-# (the whole understanding path) stay frozen, so every understanding answer of stage II is kept exactly.
-GENERATION_SIDE = ("mar.mask_token", "mar.decoder", "mar.diffusion_pos_embed_learned", "mar.diffloss.", "proj_out.")
-
-
 def shapes_stage3() -> TrainConfig:
     """Stage III: a short generation pass (v-prediction, uniform masks) on a frozen understanding path."""
     return TrainConfig(
         name="shapes_stage3", output_dir=f"{ROOT}/stage3",
-        model=ModelInit(preset=None, pretrained=f"{ROOT}/stage2/final",
-                        overrides={"mar": STAGE3_MAR, "generation": {"x0_clip": None}}),
+        model=ModelInit(preset=None, pretrained=f"{ROOT}/stage2/final", overrides=copy.deepcopy(V_UNIFORM)),
         data=[SourceConfig("text2image", "shapes", batch_size=32, options={"task": "text2image"})],
         image_size=64, train_modules=GENERATION_SIDE, max_steps=STAGE3_STEPS,
         optim=OptimConfig(lr=5e-4, warmup_ratio=0.02), log_every=50, save_every=500,
