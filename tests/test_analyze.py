@@ -108,3 +108,19 @@ def test_context_curve_reports_loss_per_visible_count():
     c = context_curve(pipe, n_images=4, repeats=1, image_size=64)
     assert c["visible"] == [0, 4, 8, 12, 15] and len(c["loss"]) == 5
     assert all(x > 0 for x in c["loss"]) and c["shuffled_text_loss"] > 0
+
+
+def test_integrated_gradients_sum_to_the_score_change_and_map_the_image():
+    """Completeness (Sundararajan et al.): token attributions add up to score(image) - score(white image)."""
+    from harmon.analyze.gradcam import integrated_gradients, token_attributions
+
+    pipe = tiny_pipeline()
+    image = Image.new("RGB", (64, 64), (255, 255, 255))
+    image.paste((200, 10, 10), (8, 8, 30, 30))
+    attribution, delta = token_attributions(pipe, image, "circle", steps=64)
+    assert attribution.shape == (16,)
+    assert abs(float(attribution.sum()) - delta) <= 0.02 * abs(delta) + 1e-4, (float(attribution.sum()), delta)
+    zero, zero_delta = token_attributions(pipe, Image.new("RGB", (64, 64), (255, 255, 255)), "circle", steps=2)
+    assert float(zero.abs().max()) == 0.0 and zero_delta == 0.0  # the baseline itself gets no attribution
+    cam = integrated_gradients(pipe, image.resize((80, 64)), "circle", steps=4)
+    assert cam.shape == (64, 80) and cam.min() >= 0 and cam.max() <= 1 + 1e-6

@@ -22,7 +22,7 @@ def test_render_batch_range_and_shape():
 
 
 def test_train_shapes_vae_writes_outputs(tmp_path):
-    out = train_shapes_vae(tmp_path / "vae", steps=3, batch_size=2, log_every=1)
+    out = train_shapes_vae(tmp_path / "vae", steps=3, batch_size=2, log_every=1, eval_scenes=4)
     cfg = VAEConfig.from_dict(json.loads((out / "vae_config.json").read_text()))
     assert cfg.stride == 16 and cfg.embed_dim == 16 and cfg.z_channels == 16
     assert cfg.scale_factor > 0
@@ -33,3 +33,65 @@ def test_train_shapes_vae_writes_outputs(tmp_path):
     vae.load_state_dict(read_weights(out / "vae.safetensors"), strict=True)
     z = vae.encode_latents(torch.zeros(1, 3, 64, 64))
     assert z.shape == (1, 16, 4, 4)
+
+
+def test_latent_noise_is_validated_and_recorded(tmp_path):
+    import pytest
+
+    with pytest.raises(ValueError, match="latent_noise"):
+        train_shapes_vae(tmp_path / "bad", steps=1, latent_noise=-0.1)
+    out = train_shapes_vae(tmp_path / "vae", steps=2, batch_size=2, log_every=1, latent_noise=0.25,
+                          eval_scenes=4)
+    log = json.loads((out / "vae_log.json").read_text())
+    assert log["latent_noise"] == 0.25
+    assert set(log["quality"]["under_latent_noise"]) == {"0.1", "0.2", "0.3", "0.5"}
+
+
+def test_latent_noise_changes_training(tmp_path):
+    """Same seed, same data: only the decoded latents differ, so the trained weights must differ."""
+    def weights(name: str, noise: float) -> dict:
+        out = train_shapes_vae(tmp_path / name, steps=2, batch_size=2, latent_noise=noise, eval_scenes=2)
+        return read_weights(out / "vae.safetensors")
+
+    a, b, c = weights("a", 0.0), weights("b", 0.5), weights("c", 0.0)
+    assert all(torch.equal(a[k], c[k]) for k in a)  # deterministic
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+
+
+def test_noise_robustness_adds_sigma_in_unit_variance_latents():
+    from harmon.train.stage0 import noise_robustness
+
+    vae = AutoencoderKL(shapes_vae_config(64)).eval()
+    x = render_batch(range(4), seed=0, world_config=WorldConfig(image_size=64))
+    with torch.no_grad():
+        mean, _ = vae.encode(x)
+    seen = []
+    decode = vae.decode
+
+    def spy(z):
+        seen.append(z.clone())
+        return decode(z)
+
+    vae.decode = spy
+    scale = 2.0
+    out = noise_robustness(vae, x, WorldConfig(image_size=64), scale, sigmas=(0.5,),
+                           generator=torch.Generator().manual_seed(0))
+    assert set(out) == {"0.5"} and 0.0 <= out["0.5"] <= 1.0
+    noise = (seen[0] - mean) * scale  # back in unit-variance latents
+    assert abs(float(noise.std()) - 0.5) < 0.05 and abs(float(noise.mean())) < 0.05
+
+
+def test_pipeline_vae_stage_takes_recipe_defaults_and_overrides(tmp_path, monkeypatch):
+    import harmon.train.stage0 as stage0
+    from harmon.train import shapes_pipeline
+    from harmon.train.shapes_recipes import SHAPES_VAE
+
+    import functools
+
+    calls = []
+    monkeypatch.setattr(stage0, "train_shapes_vae",
+                        functools.wraps(stage0.train_shapes_vae)(lambda out, **kw: calls.append(kw)))
+    shapes_pipeline._vae(tmp_path, "cpu", [])
+    shapes_pipeline._vae(tmp_path, "cpu", ["latent_noise=0.0", "steps=5"])
+    assert calls[0]["latent_noise"] == SHAPES_VAE["latent_noise"] > 0
+    assert calls[1]["latent_noise"] == 0.0 and calls[1]["steps"] == 5

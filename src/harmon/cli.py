@@ -230,12 +230,13 @@ def _add_answer_args(p: argparse.ArgumentParser, answers_help: str) -> None:
 
 
 def cmd_gradcam(args: argparse.Namespace) -> int:
-    from harmon.analyze.gradcam import gradcam_plus_plus, overlay
+    from harmon.analyze.gradcam import gradcam_plus_plus, integrated_gradients, overlay
     from harmon.images import load_image
 
     pipe = load_pipeline(args)
     image = load_image(args.image)
-    cam = gradcam_plus_plus(pipe, image, args.concept, question=args.question, upsample=args.upsample)
+    method = gradcam_plus_plus if args.method == "gradcam++" else integrated_gradients
+    cam = method(pipe, image, args.concept, question=args.question, upsample=args.upsample)
     overlay(image, cam).save(args.output)
     print(args.output)
     return 0
@@ -390,6 +391,10 @@ def build_parser() -> argparse.ArgumentParser:
     gc.add_argument("-o", "--output", default="gradcam.png")
     gc.add_argument("--upsample", choices=["nearest", "bilinear"], default="nearest",
                     help="token map to pixels: nearest shows exactly which tokens; bilinear is smoother")
+    gc.add_argument("--method", choices=["gradcam++", "integrated-gradients"], default="gradcam++",
+                    help="gradcam++: the paper's map over the MAR encoder's output rows; integrated-gradients: "
+                         "attribution to the encoder's input tokens from a plain white image (localises where "
+                         "GradCAM++ does not on the shapes model, see harmon.analyze.gradcam)")
     _add_model_args(gc)
     gc.set_defaults(func=cmd_gradcam)
     pr = asub.add_parser("probe", help="linear probes: encoder features vs VAE latents vs pixels (shapes world)")

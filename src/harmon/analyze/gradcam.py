@@ -6,6 +6,15 @@ GradCAM++ (Chattopadhay et al., 2018) weights each channel by sum_pos alpha * re
 alpha = g^2 / (2 g^2 + sum_pos(A) g^3) for g = dS/dA (the exp-score form, using the first three derivatives of
 exp(S), which reduce to powers of g); the map is relu(sum_c w_c A_c) over positions, reshaped to the token grid,
 upsampled to the image (nearest by default: one value per token) and overlaid as a heat map.
+
+:func:`integrated_gradients` answers the same question at the encoder's INPUT, the VAE latent tokens: it integrates
+the score's gradient along the straight path from a plain-background image's tokens to the image's own (Sundararajan
+et al., 2017) and keeps each token's positive share. Measured on the third shipped shapes model (30 random scenes,
+34 (scene, shape) cases, the asked shape's boxes covering 25 % of the image on average): GradCAM++ at the encoder
+output put 26 % of its heat inside those boxes (chance), at the last block's output 25 %, at the input embedding
+19-24 %; integrated gradients put 49 % there (over half in 56 % of the cases). The encoder's two attention blocks
+spread every object's evidence over all rows, so channel-weighted maps of its activations are not local; the
+evidence itself is.
 """
 
 from __future__ import annotations
@@ -35,27 +44,19 @@ def gradcam_plus_plus(pipe: HarmonPipeline, image: Image.Image | str | Path, con
     exactly which tokens drive the answer; "bilinear" gives the smooth look of the paper's figures (at coarse
     grids it spreads a token's heat over its neighbours).
     """
-    if upsample not in ("nearest", "bilinear"):
-        raise ValueError(f"upsample must be 'nearest' or 'bilinear', got {upsample!r}")
+    _check_upsample(upsample)
     model = pipe.model
     size = image_size or pipe.config.generation.understanding_image_size
     grid = model.grid_for(size)
     if isinstance(image, (str, Path)):
         image = load_image(image)
     question = question or f"Is there a {concept} in the image?"
-    pixels = prepare_for_understanding(image, size).to(pipe.device)
-    tokens = model.encode_images(pixels)  # (1, L, C)
+    tokens = model.encode_images(prepare_for_understanding(image, size).to(pipe.device))  # (1, L, C)
     nb = model.buffer_size
     with torch.enable_grad():
-        mask = torch.zeros(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
-        x_enc = model.mar.forward_encoder(tokens, mask, grid)  # (1, 64+L, D)
+        x_enc = model.mar.forward_encoder(tokens, _all_visible(tokens), grid)  # (1, 64+L, D)
         x_enc.retain_grad()
-        z_enc = model.proj_in(x_enc)
-        z_enc = torch.cat([z_enc[:, nb:], z_enc[:, :nb]], dim=1)  # buffers last, as the LLM sees them
-        embeds = _prompt_embeds(pipe, question, z_enc)
-        logits = model.llm(inputs_embeds=embeds).logits[0, -1].float()  # next-token logits of the answer
-        score = logits[_answer_ids(pipe, "Yes")] - logits[_answer_ids(pipe, "No")]
-        score.backward()
+        _yes_no_score(pipe, question, x_enc).backward()
     acts = x_enc.detach()[0, nb:].float()  # (L, D) image-token activations
     grads = x_enc.grad[0, nb:].float()  # (L, D)
     g2, g3 = grads.pow(2), grads.pow(3)
@@ -63,6 +64,78 @@ def gradcam_plus_plus(pipe: HarmonPipeline, image: Image.Image | str | Path, con
     alpha = g2 / torch.where(denom != 0, denom, torch.ones_like(denom))
     weights = (alpha * F.relu(grads)).sum(dim=0)  # (D,)
     cam = F.relu((acts * weights).sum(dim=1))  # (L,)
+    return _to_image_frame(cam, grid, size, image, upsample)
+
+
+def integrated_gradients(pipe: HarmonPipeline, image: Image.Image | str | Path, concept: str,
+                         question: str | None = None, image_size: int | None = None, upsample: str = "nearest",
+                         steps: int = 16, baseline_color: tuple[int, int, int] = (255, 255, 255)) -> np.ndarray:
+    """Heat map (H, W) in [0, 1]: each image token's positive integrated-gradients attribution (see
+    :func:`token_attributions`), upsampled to the caller's image."""
+    _check_upsample(upsample)
+    if isinstance(image, (str, Path)):
+        image = load_image(image)
+    size = image_size or pipe.config.generation.understanding_image_size
+    attribution, _ = token_attributions(pipe, image, concept, question, size, steps, baseline_color)
+    return _to_image_frame(F.relu(attribution), pipe.model.grid_for(size), size, image, upsample)
+
+
+def token_attributions(pipe: HarmonPipeline, image: Image.Image, concept: str, question: str | None = None,
+                       image_size: int | None = None, steps: int = 16,
+                       baseline_color: tuple[int, int, int] = (255, 255, 255)) -> tuple[torch.Tensor, float]:
+    """Integrated gradients of the "Yes"/"No" log-odds with respect to the latent tokens, summed over channels.
+
+    The path runs straight from the tokens of a plain ``baseline_color`` image (the shapes world's white background
+    by default) to the image's own, with ``steps`` midpoint Riemann steps.
+    Returns:
+        (L,) attribution per token, and score(image) - score(baseline), which the attributions sum to as steps grow.
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    model = pipe.model
+    size = image_size or pipe.config.generation.understanding_image_size
+    grid = model.grid_for(size)
+    question = question or f"Is there a {concept} in the image?"
+    tokens = model.encode_images(prepare_for_understanding(image, size).to(pipe.device)).float()  # (1, L, C)
+    plain = Image.new("RGB", image.size, tuple(int(v) for v in baseline_color))
+    base = model.encode_images(prepare_for_understanding(plain, size).to(pipe.device)).float()
+
+    def score(x: torch.Tensor) -> torch.Tensor:
+        return _yes_no_score(pipe, question, model.mar.forward_encoder(x, _all_visible(x), grid))
+
+    total = torch.zeros_like(tokens)
+    for k in range(steps):
+        x = (base + (tokens - base) * (k + 0.5) / steps).requires_grad_(True)
+        with torch.enable_grad():
+            score(x).backward()
+        total += x.grad
+    with torch.no_grad():
+        delta = float(score(tokens) - score(base))
+    return ((tokens - base) * total / steps).sum(dim=-1)[0], delta
+
+
+def _check_upsample(upsample: str) -> None:
+    if upsample not in ("nearest", "bilinear"):
+        raise ValueError(f"upsample must be 'nearest' or 'bilinear', got {upsample!r}")
+
+
+def _all_visible(tokens: torch.Tensor) -> torch.Tensor:
+    return torch.zeros(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+
+
+def _yes_no_score(pipe: HarmonPipeline, question: str, x_enc: torch.Tensor) -> torch.Tensor:
+    """Log-odds of "Yes" over "No" at the first answer position, from the MAR encoder output (buffers first)."""
+    model = pipe.model
+    nb = model.buffer_size
+    z_enc = model.proj_in(x_enc)
+    z_enc = torch.cat([z_enc[:, nb:], z_enc[:, :nb]], dim=1)  # buffers last, as the LLM sees them
+    logits = model.llm(inputs_embeds=_prompt_embeds(pipe, question, z_enc)).logits[0, -1].float()
+    return logits[_answer_ids(pipe, "Yes")] - logits[_answer_ids(pipe, "No")]
+
+
+def _to_image_frame(cam: torch.Tensor, grid: tuple[int, int], size: int, image: Image.Image,
+                    upsample: str) -> np.ndarray:
+    """Per-token values (L,) -> a map over the caller's image, normalised to a maximum of 1."""
     cam = cam.reshape(1, 1, *grid)
     kw = {"align_corners": False} if upsample == "bilinear" else {}
     cam = F.interpolate(cam, size=(size, size), mode=upsample, **kw)[0, 0]

@@ -146,10 +146,11 @@ def main(argv: list[str] | None = None) -> int:
 def _vae(root: Path, device: str, overrides: list[str]) -> None:
     import inspect
 
+    from harmon.train.shapes_recipes import SHAPES_VAE
     from harmon.train.stage0 import train_shapes_vae
 
     params = inspect.signature(train_shapes_vae).parameters
-    kwargs = {}
+    kwargs = dict(SHAPES_VAE)
     for item in overrides:
         key, value = item.split("=", 1)
         if key not in params:

@@ -27,6 +27,12 @@ SAMPLE_SETTINGS = {"num_iter": 16, "num_sampling_steps": "100", "guidance_scale"
 # GenEval-rule overall went from 0.056 to 0.28. Recipes take a deep copy: `--set` edits overrides in place.
 V_UNIFORM = {"mar": {"diffloss": {"prediction": "v"}, "mask_ratio_dist": "uniform", "mask_ratio_min": 0.0},
              "generation": {"x0_clip": None}}
+# Stage 0 VAE settings (keyword arguments of harmon.train.stage0.train_shapes_vae; `--set vae:KEY=VALUE` wins).
+# Latent noise: measured (session 4) on the third run's VAE, trained without it, the six colours lay along ONE latent
+# direction in hue order (purple, blue, green, yellow, orange, red, 0.3-0.8 apart in unit-variance latents), and the
+# generator swapped exactly those neighbours (blue -> purple, green -> blue, orange -> red). Decoding through noise
+# of 0.25 of the latents' spread makes the encoder keep colours and shapes further apart than a sampling error.
+SHAPES_VAE = {"latent_noise": 0.25}
 # Stage III trains only the generation side: the MAR decoder side and proj_out. The MAR encoder, proj_in and the
 # LLM (the whole understanding path) stay frozen, so every understanding answer of stage II is kept exactly.
 GENERATION_SIDE = (*MAR_DECODER, "proj_out.")

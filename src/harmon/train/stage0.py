@@ -61,13 +61,21 @@ def object_weighted_loss(rec: torch.Tensor, x: torch.Tensor, mean: torch.Tensor,
 
 def train_shapes_vae(out_dir: str | Path, steps: int = 8000, batch_size: int = 8, lr: float = 3e-3,
                      seed: int = 0, image_size: int = 64, kl_weight: float = 1e-6, log_every: int = 200,
-                     device: str = "cpu", object_weight: float = 4.0, warmup_frac: float = 0.05) -> Path:
+                     device: str = "cpu", object_weight: float = 4.0, warmup_frac: float = 0.05,
+                     latent_noise: float = 0.0, eval_scenes: int = 256) -> Path:
     """Train the small VAE on rendered scenes and save ``vae.safetensors`` + ``vae_config.json``.
 
     Defaults: batch 8 (on CPU more small steps beat fewer large ones at equal wall time), one-cycle LR peaking at
     ``lr`` after ``warmup_frac`` of the steps, object pixels weighted ``1 + object_weight`` in the L1 + MSE loss.
-    Reports the mean absolute reconstruction error and the per-scene exact-recovery rate of the object detector.
+    ``latent_noise`` > 0 decodes ``z + latent_noise * std(mean) * N(0, 1)`` (std over the batch, not
+    back-propagated): the decoder must draw the scene from latents perturbed by that fraction of their spread, so the
+    encoder keeps what matters (colour, shape) further apart than that. In unit-variance (scaled) latents this is
+    noise of std ``latent_noise``, the scale of a diffusion head's sampling error (see :func:`noise_robustness`).
+    Reports the mean absolute reconstruction error, the per-scene exact-recovery rate of the object detector, and
+    that rate under latent noise, on ``eval_scenes`` scenes that training never drew.
     """
+    if latent_noise < 0:
+        raise ValueError(f"latent_noise must be >= 0, got {latent_noise}")
     from harmon.world.scene import WorldConfig
 
     out = Path(out_dir)
@@ -83,7 +91,12 @@ def train_shapes_vae(out_dir: str | Path, steps: int = 8000, batch_size: int = 8
     t0 = time.perf_counter()
     for step in range(steps):
         x = render_batch(range(step * batch_size, (step + 1) * batch_size), seed, world).to(device)
-        rec, mean, logvar = vae(x, generator=gen)
+        mean, logvar = vae.encode(x)
+        z = vae.sample_posterior(mean, logvar, gen)
+        if latent_noise > 0:
+            noise = torch.randn(z.shape, generator=gen).to(device)
+            z = z + latent_noise * mean.detach().std() * noise
+        rec = vae.decode(z)
         terms = object_weighted_loss(rec, x, mean, logvar, kl_weight, object_weight, world.background)
         opt.zero_grad(set_to_none=True)
         terms["loss"].backward()
@@ -98,16 +111,18 @@ def train_shapes_vae(out_dir: str | Path, steps: int = 8000, batch_size: int = 8
     vae.eval()
     # Latent scale: 1 / std over held-back scenes, so diffusion sees unit-variance tokens (KL-16 records 0.2325).
     with torch.no_grad():
-        x = render_batch(range(10_000_000, 10_000_256), seed, world).to(device)
+        x = render_batch(range(10_000_000, 10_000_000 + eval_scenes), seed, world).to(device)
         mean, _ = vae.encode(x)
         scale = float(1.0 / mean.float().std())
         rec = vae.decode(mean)
     cfg = replace(cfg, scale_factor=round(scale, 5))
     quality = reconstruction_quality(x, rec, world)
+    quality["under_latent_noise"] = noise_robustness(vae, x, world, scale, generator=torch.Generator().manual_seed(seed))
     save_safetensors(vae.state_dict(), out / "vae.safetensors")
     (out / "vae_config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
     summary = {"log": log, "quality": quality, "train_seconds": train_seconds, "steps": steps,
-               "batch_size": batch_size, "lr": lr, "object_weight": object_weight, "scale_factor": cfg.scale_factor}
+               "batch_size": batch_size, "lr": lr, "object_weight": object_weight, "latent_noise": latent_noise,
+               "scale_factor": cfg.scale_factor}
     (out / "vae_log.json").write_text(json.dumps(summary, indent=2) + "\n")
     logger.info("vae done: scale %.4f, %s", scale, quality)
     return out
@@ -125,3 +140,21 @@ def reconstruction_quality(x: torch.Tensor, rec: torch.Tensor, world) -> dict[st
         got = sorted((o.shape, o.color) for o in detect_objects(b, world))
         ok += want == got
     return {"mae_0_255": mae, "exact_objects": ok / len(x)}
+
+
+@torch.no_grad()
+def noise_robustness(vae: AutoencoderKL, x: torch.Tensor, world, scale: float, sigmas=(0.1, 0.2, 0.3, 0.5),
+                     generator: torch.Generator | None = None) -> dict[str, float]:
+    """Share of scenes the detector still recovers exactly when Gaussian noise of std ``sigma`` is added to the
+    unit-variance latents (``mean * scale``) before decoding: how precisely a generator must draw tokens.
+
+    Measured on the third shipped model's VAE (trained without latent noise): 0.99 / 0.96 / 0.79 at 0.1 / 0.2 /
+    0.3 (300 scenes); its colours lie along one latent direction, in hue order, so neighbouring colours swap first.
+    """
+    mean, _ = vae.encode(x)
+    out = {}
+    for sigma in sigmas:
+        noise = torch.randn(mean.shape, generator=generator).to(mean.device)
+        noisy = vae.decode(mean + (sigma / scale) * noise)
+        out[str(sigma)] = reconstruction_quality(x, noisy, world)["exact_objects"]
+    return out
