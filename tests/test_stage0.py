@@ -91,7 +91,8 @@ def test_pipeline_vae_stage_takes_recipe_defaults_and_overrides(tmp_path, monkey
     calls = []
     monkeypatch.setattr(stage0, "train_shapes_vae",
                         functools.wraps(stage0.train_shapes_vae)(lambda out, **kw: calls.append(kw)))
+    monkeypatch.setitem(SHAPES_VAE, "latent_noise", 0.125)
     shapes_pipeline._vae(tmp_path, "cpu", [])
-    shapes_pipeline._vae(tmp_path, "cpu", ["latent_noise=0.0", "steps=5"])
-    assert calls[0]["latent_noise"] == SHAPES_VAE["latent_noise"] > 0
-    assert calls[1]["latent_noise"] == 0.0 and calls[1]["steps"] == 5
+    shapes_pipeline._vae(tmp_path, "cpu", ["latent_noise=0.25", "steps=5"])
+    assert calls[0]["latent_noise"] == 0.125  # the recipe's settings reach the VAE stage
+    assert calls[1]["latent_noise"] == 0.25 and calls[1]["steps"] == 5  # and --set vae:KEY=VALUE wins
