@@ -61,8 +61,8 @@ def test_shipped_model_answers_fresh_questions():
 
 
 @pytest.mark.xfail(strict=True, reason="issue #6 open: GradCAM++ of the shipped model does not concentrate on the "
-                   "circles (0.22 of the heat inside their boxes, which cover 0.33 of the image: no better than a flat map); "
-                   "integrated gradients do (next test)")
+                   "circles (0.22 of the heat inside their boxes, which cover 0.33 of the image: no better than a "
+                   "flat map); integrated gradients do (next test)")
 def test_gradcam_heat_falls_on_the_circles():
     """Issue acceptance: GradCAM++ for "circle" puts most of its heat inside the circles' boxes."""
     from harmon.analyze.gradcam import gradcam_plus_plus, heat_inside

@@ -11,10 +11,10 @@ upsampled to the image (nearest by default: one value per token) and overlaid as
 the score's gradient along the straight path from a plain-background image's tokens to the image's own (Sundararajan
 et al., 2017) and keeps each token's positive share. Measured on the third shipped shapes model (30 random scenes,
 34 (scene, shape) cases, the asked shape's boxes covering 25 % of the image on average): GradCAM++ at the encoder
-output put 26 % of its heat inside those boxes (no better than a flat map), at the last block's output 25 %, at the input embedding
-19-24 %; integrated gradients put 49 % there (over half in 56 % of the cases). The encoder's two attention blocks
-spread every object's evidence over all rows, so channel-weighted maps of its activations are not local; the
-evidence itself is.
+output put 26 % of its heat inside those boxes (no better than a flat map), at the last block's output 25 %, at the
+input embedding 19-24 %; integrated gradients put 49 % there (over half in 56 % of the cases). The encoder's two
+attention blocks spread every object's evidence over all rows, so channel-weighted maps of its activations are not
+local; the evidence itself is.
 """
 
 from __future__ import annotations
