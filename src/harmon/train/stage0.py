@@ -117,7 +117,8 @@ def train_shapes_vae(out_dir: str | Path, steps: int = 8000, batch_size: int = 8
         rec = vae.decode(mean)
     cfg = replace(cfg, scale_factor=round(scale, 5))
     quality = reconstruction_quality(x, rec, world)
-    quality["under_latent_noise"] = noise_robustness(vae, x, world, scale, generator=torch.Generator().manual_seed(seed))
+    quality["under_latent_noise"] = noise_robustness(vae, x, world, scale,
+                                                     generator=torch.Generator().manual_seed(seed))
     save_safetensors(vae.state_dict(), out / "vae.safetensors")
     (out / "vae_config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
     summary = {"log": log, "quality": quality, "train_seconds": train_seconds, "steps": steps,
