@@ -24,6 +24,8 @@ def test_presets_scale_the_model_defaults():
     assert preset_settings("fast", 64, "100") == {"num_iter": 32, "diffusion_steps_final": 25}
     assert preset_settings("faster", 16, "100") == {"num_iter": 4, "num_sampling_steps": "50",
                                                     "diffusion_steps_final": 5}
+    assert preset_settings("lean", 16, "100") == {"num_sampling_steps": "8"}  # every MAR step, 8 % of the steps
+    assert preset_settings("lean", 64, "100", scale_steps=False) == {}  # an explicit step count wins
     with pytest.raises(ValueError, match="unknown preset"):
         preset_settings("ludicrous", 64, "100")
 
@@ -57,3 +59,13 @@ def test_generate_with_a_preset_uses_fewer_steps(monkeypatch):
     assert seen[0].num_iter == max(1, round(d.num_iter / 2)) and seen[0].diffusion_steps_final == 2
     assert seen[1].num_iter == 3  # explicit settings win over the preset
     assert len(mask_schedule(16, seen[1].num_iter)) <= 3
+
+
+def test_cli_offers_every_preset(capsys):
+    from harmon import cli
+    from harmon.sampling import PRESETS
+
+    for sub in (["generate", "--help"], ["eval", "shapes", "--help"]):
+        with pytest.raises(SystemExit):
+            cli.main(sub)
+        assert "{" + ",".join(PRESETS) + "}" in capsys.readouterr().out.replace(" ", "").replace("\n", "")

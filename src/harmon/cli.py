@@ -12,6 +12,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub: everythin
 
 import torch  # noqa: E402
 
+from harmon.sampling import PRESETS  # noqa: E402
+
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
           "fp16": torch.float16, "float16": torch.float16}
 
@@ -307,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--x0-clip", type=float, help="clamp the predicted clean latent token (default: the model's)")
     g.add_argument("--diffusion-steps-final", type=int, help="annealed diffusion steps: the last MAR step uses "
                     "this many, the first --diffusion-steps, linear in between")
-    g.add_argument("--preset", choices=["full", "fast", "faster"], help="speed preset applied to the model's "
+    g.add_argument("--preset", choices=list(PRESETS), help="speed preset applied to the model's "
                     "defaults (explicit settings win); quality/speed table in benchmarks/README.md")
     g.add_argument("--seed", type=int, default=0)
     _add_model_args(g)
@@ -338,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     es.add_argument("--x0-clip", type=float)
     es.add_argument("--diffusion-steps-final", type=int, help="annealed diffusion steps: the last MAR step uses "
                     "this many, the first --diffusion-steps, linear in between")
-    es.add_argument("--preset", choices=["full", "fast", "faster"], help="speed preset applied to the model's "
+    es.add_argument("--preset", choices=list(PRESETS), help="speed preset applied to the model's "
                     "defaults (explicit settings win); quality/speed table in benchmarks/README.md")
     es.add_argument("--json", help="also write the full result here")
     _add_model_args(es)

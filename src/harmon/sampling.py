@@ -78,6 +78,9 @@ PRESETS: dict[str, dict[str, float]] = {
     "full": {},
     "fast": {"num_iter": 0.5, "diffusion_steps_final": 0.25},
     "faster": {"num_iter": 0.25, "num_sampling_steps": 0.5, "diffusion_steps_final": 0.1},
+    # Every MAR step, 8 % of the diffusion steps (8 of 100): on the shapes model the MAR steps decide composition
+    # and the respaced v-prediction head needs few steps (benchmarks/README.md has the measured table).
+    "lean": {"num_sampling_steps": 0.08},
 }
 
 
