@@ -26,6 +26,7 @@ def test_presets_scale_the_model_defaults():
                                                     "diffusion_steps_final": 5}
     assert preset_settings("lean", 16, "100") == {"num_sampling_steps": "8"}  # every MAR step, 8 % of the steps
     assert preset_settings("lean", 64, "100", scale_steps=False) == {}  # an explicit step count wins
+    assert preset_settings("leaner", 16, "100") == {"num_iter": 12, "num_sampling_steps": "8"}
     with pytest.raises(ValueError, match="unknown preset"):
         preset_settings("ludicrous", 64, "100")
 

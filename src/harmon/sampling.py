@@ -81,6 +81,8 @@ PRESETS: dict[str, dict[str, float]] = {
     # Every MAR step, 8 % of the diffusion steps (8 of 100): on the shapes model the MAR steps decide composition
     # and the respaced v-prediction head needs few steps (benchmarks/README.md has the measured table).
     "lean": {"num_sampling_steps": 0.08},
+    # and three quarters of the MAR steps (12 of 16)
+    "leaner": {"num_iter": 0.75, "num_sampling_steps": 0.08},
 }
 
 
