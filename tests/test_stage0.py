@@ -96,3 +96,64 @@ def test_pipeline_vae_stage_takes_recipe_defaults_and_overrides(tmp_path, monkey
     shapes_pipeline._vae(tmp_path, "cpu", ["latent_noise=0.25", "steps=5"])
     assert calls[0]["latent_noise"] == 0.125  # the recipe's settings reach the VAE stage
     assert calls[1]["latent_noise"] == 0.25 and calls[1]["steps"] == 5  # and --set vae:KEY=VALUE wins
+
+
+def test_finetune_vae_decoder_trains_only_the_decoder():
+    """The encoder side (and so every latent) must stay bit-identical; the decoder must change; results recorded."""
+    import pytest
+
+    from harmon.train.stage0 import finetune_vae_decoder
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(shapes_vae_config(64))
+    vae.config = vae.config.__class__.from_dict({**vae.config.to_dict(), "scale_factor": 0.5})
+    before = {k: v.clone() for k, v in vae.state_dict().items()}
+    x = render_batch(range(2), seed=0, world_config=WorldConfig(image_size=64))
+    with torch.no_grad():
+        z0 = vae.encode_latents(x)
+    summary = finetune_vae_decoder(vae, steps=2, batch_size=2, log_every=1, eval_scenes=2)
+    after = vae.state_dict()
+    decoder_side = [k for k in after if k.startswith(("decoder.", "post_quant_conv."))]
+    assert decoder_side and any(not torch.equal(before[k], after[k]) for k in decoder_side)
+    assert all(torch.equal(before[k], after[k]) for k in after if k not in decoder_side)
+    with torch.no_grad():
+        assert torch.equal(vae.encode_latents(x), z0)
+    assert not any(p.requires_grad for p in vae.parameters())
+    assert [e["step"] for e in summary["log"]] == [1, 2]
+    for when in ("before", "after"):
+        assert {"exact_objects", "mae_0_255", "under_latent_noise"} <= set(summary[when])
+    with pytest.raises(ValueError, match="max_noise"):
+        finetune_vae_decoder(vae, steps=1, max_noise=-1.0)
+
+
+def test_pipeline_decoder_stage_exports_the_model_with_the_new_decoder(tmp_path, monkeypatch):
+    """The decoder stage reads stage III's export, applies the recipe (overridable) and writes a loadable model."""
+    import functools
+
+    import harmon.train.stage0 as stage0
+    from harmon.config import harmon_tiny
+    from harmon.model import Harmon
+    from harmon.pipeline import HarmonPipeline
+    from harmon.tokenizer import train_tokenizer
+    from harmon.train import shapes_pipeline
+
+    tok = train_tokenizer(["Generate an image: a red circle"] * 4, vocab_size=300)
+    model = Harmon(harmon_tiny(vocab_size=320))
+    HarmonPipeline(model, tok).save_pretrained(tmp_path / "stage3" / "final")
+    calls = []
+
+    def fake(vae, **kw):
+        calls.append(kw)
+        with torch.no_grad():
+            vae.decoder.conv_out.bias.add_(1.0)
+        return {"log": []}
+
+    monkeypatch.setattr(stage0, "finetune_vae_decoder", functools.wraps(stage0.finetune_vae_decoder)(fake))
+    shapes_pipeline._decoder(tmp_path, "cpu", ["steps=7"])
+    assert calls[0]["steps"] == 7 and calls[0]["max_noise"] == 0.4
+    new = HarmonPipeline.from_pretrained(tmp_path / "decoder" / "final", device="cpu", dtype=torch.float32)
+    delta = new.model.vae.decoder.conv_out.bias - model.vae.decoder.conv_out.bias
+    assert torch.allclose(delta, torch.ones_like(delta))
+    assert json.loads((tmp_path / "decoder" / "decoder_log.json").read_text())["source"] == "stage3"
+    with __import__("pytest").raises(ValueError, match="unknown setting"):
+        shapes_pipeline._decoder(tmp_path, "cpu", ["nope=1"])

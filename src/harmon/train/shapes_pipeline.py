@@ -7,7 +7,8 @@ Stages (each skipped when its output exists, so an interrupted run continues whe
     I             LLM frozen: text-to-image + captioning (shapes_stage1)
     II            everything: text-to-image + QA + captioning (shapes_stage2)
     III           generation side only (MAR decoder, diffusion head, proj_out): text-to-image (shapes_stage3)
-    ship          copy stage III's export into the package (bf16 weights) with tuned sampling defaults
+    decoder       the VAE decoder of stage III's model learns to draw clean scenes from noisy latents (encoder frozen)
+    ship          copy the last stage's export into the package (bf16 weights) with tuned sampling defaults
 Wall time and machine of every stage are recorded in ``<root>/pipeline.json``.
 """
 
@@ -90,9 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ship", action="store_true", help="copy the result into src/harmon/assets/shapes-tiny")
     p.add_argument("--default", dest="defaults", action="append", default=[], metavar="KEY=VALUE",
                    help="sampling default recorded in the shipped config, e.g. x0_clip=3.0 num_sampling_steps=100")
-    p.add_argument("--until", default=None, choices=["tokenizer", "vae", "lm", "stage1", "stage2", "stage3"],
+    p.add_argument("--until", default=None, choices=["tokenizer", "vae", "lm", "stage1", "stage2", "stage3", "decoder"],
                    help="stop after this stage (a later call with the same --root continues); with --ship, ship "
-                        "this stage's model (stage1-3)")
+                        "this stage's model (stage1-3, decoder)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="STAGE:KEY=VALUE",
                    help="override a field of one stage's recipe, e.g. stage2:max_steps=100")
     args = p.parse_args(argv)
@@ -116,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
          lambda: run_recipe("shapes_stage2", root, args.device, overrides("stage2"))),
         ("stage3", root / "stage3" / "final" / "model.safetensors",
          lambda: run_recipe("shapes_stage3", root, args.device, overrides("stage3"))),
+        ("decoder", root / "decoder" / "decoder_log.json",  # written last
+         lambda: _decoder(root, args.device, overrides("decoder"))),
     ]
     for name, done_marker, fn in stages:
         if done_marker.exists():
@@ -137,26 +140,45 @@ def main(argv: list[str] | None = None) -> int:
         defaults = {k: _parse_value(v) for k, v in (d.split("=", 1) for d in args.defaults)}
         if "num_sampling_steps" in defaults:
             defaults["num_sampling_steps"] = str(defaults["num_sampling_steps"])
-        last = args.until if args.until in ("stage1", "stage2", "stage3") else "stage3"
+        last = args.until if args.until in ("stage1", "stage2", "stage3", "decoder") else "decoder"
         ship(root, SHIPPED_DIR, defaults, stage=last)
         logger.info("shipped to %s", SHIPPED_DIR)
     return 0
 
 
-def _vae(root: Path, device: str, overrides: list[str]) -> None:
+def _settings(stage: str, fn, recipe: dict, overrides: list[str]) -> dict:
+    """``recipe`` updated by ``KEY=VALUE`` overrides, each typed like ``fn``'s keyword default."""
     import inspect
 
-    from harmon.train.shapes_recipes import SHAPES_VAE
-    from harmon.train.stage0 import train_shapes_vae
-
-    params = inspect.signature(train_shapes_vae).parameters
-    kwargs = dict(SHAPES_VAE)
+    params = inspect.signature(fn).parameters
+    kwargs = dict(recipe)
     for item in overrides:
         key, value = item.split("=", 1)
         if key not in params:
-            raise ValueError(f"vae: unknown setting {key!r}; known: {', '.join(params)}")
+            raise ValueError(f"{stage}: unknown setting {key!r}; known: {', '.join(params)}")
         kwargs[key] = type(params[key].default)(value)
-    train_shapes_vae(root / "stage0_vae", device=device, **kwargs)
+    return kwargs
+
+
+def _vae(root: Path, device: str, overrides: list[str]) -> None:
+    from harmon.train.shapes_recipes import SHAPES_VAE
+    from harmon.train.stage0 import train_shapes_vae
+
+    train_shapes_vae(root / "stage0_vae", device=device, **_settings("vae", train_shapes_vae, SHAPES_VAE, overrides))
+
+
+def _decoder(root: Path, device: str, overrides: list[str], source: str = "stage3") -> None:
+    """Fine-tune the VAE decoder of ``source``'s export (recipe SHAPES_DECODER) and export the whole model again."""
+    from harmon.pipeline import HarmonPipeline
+    from harmon.train.shapes_recipes import SHAPES_DECODER
+    from harmon.train.stage0 import finetune_vae_decoder
+
+    kwargs = _settings("decoder", finetune_vae_decoder, SHAPES_DECODER, overrides)
+    pipe = HarmonPipeline.from_pretrained(root / source / "final", device=device, dtype=torch.float32)
+    summary = finetune_vae_decoder(pipe.model.vae, device=device, **kwargs)
+    out = root / "decoder"
+    pipe.save_pretrained(out / "final")
+    (out / "decoder_log.json").write_text(json.dumps({"source": source, **summary}, indent=2) + "\n")
 
 
 if __name__ == "__main__":  # pragma: no cover
