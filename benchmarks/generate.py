@@ -6,9 +6,11 @@
 
 Random weights for the named architectures (tiny, 0.5b, 1.5b), nothing downloaded. Phases are timed with
 wrappers around the model's pieces (MAR encoder, LLM, MAR decoder, diffusion head, VAE decode; the rest is
-"other"). FLOPs are counted by torch's FlopCounterMode on the same call (matmul/conv/attention FLOPs from the op
-shapes), and the matmul peak of this machine is measured in the same run (a large square matmul in the same dtype),
-so "fraction of peak" compares like with like. One JSON line per result.
+"other"). FLOPs are counted by torch's FlopCounterMode on a rerun of the same call (matmul/conv/attention FLOPs from
+the op shapes), per phase; the matmul peak (a large square matmul in the same dtype) and the memory read bandwidth
+of this machine are measured in the same run, so "fraction of peak" compares like with like. The roofline fraction
+counts the diffusion MLP at its bandwidth bound (it re-reads all its weights on every evaluation; see
+bench_generate). One JSON line per result.
 """
 
 from __future__ import annotations
@@ -41,12 +43,35 @@ def measure_peak(dtype: torch.dtype, device: str, n: int = 2048, repeats: int = 
     return 2 * n**3 / best
 
 
-class PhaseTimer:
-    """Accumulate wall time of named callables while active (CPU: synchronous; CUDA: synchronised)."""
+def measure_bandwidth(device: str, megabytes: int = 512, repeats: int = 5) -> float:
+    """Best achieved read bandwidth (bytes/s) summing a tensor far larger than the caches."""
+    x = torch.ones(megabytes * 2**20 // 4, dtype=torch.float32, device=device)
+    x.sum()
+    best = float("inf")
+    for _ in range(repeats):
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        x.sum()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t)
+    return x.numel() * x.element_size() / best
 
-    def __init__(self, device: str) -> None:
+
+class PhaseTimer:
+    """Accumulate wall time of named callables while active (CPU: synchronous; CUDA: synchronised).
+
+    With ``counter`` (an active FlopCounterMode) it also attributes FLOPs to the phases (the counter's total before
+    and after each call) instead of timing them.
+    """
+
+    def __init__(self, device: str, counter=None) -> None:
         self.device = device
+        self.counter = counter
         self.seconds: dict[str, float] = defaultdict(float)
+        self.flops: dict[str, int] = defaultdict(int)
+        self.calls: dict[str, int] = defaultdict(int)
         self._depth = 0
 
     def wrap(self, name: str, fn):
@@ -54,15 +79,19 @@ class PhaseTimer:
             if self._depth:  # nested phases count to the outer one
                 return fn(*args, **kwargs)
             self._depth += 1
+            self.calls[name] += 1
             if self.device.startswith("cuda"):
                 torch.cuda.synchronize()
             t = time.perf_counter()
+            f0 = self.counter.get_total_flops() if self.counter is not None else 0
             try:
                 return fn(*args, **kwargs)
             finally:
                 if self.device.startswith("cuda"):
                     torch.cuda.synchronize()
                 self.seconds[name] += time.perf_counter() - t
+                if self.counter is not None:
+                    self.flops[name] += self.counter.get_total_flops() - f0
                 self._depth -= 1
         return timed
 
@@ -73,10 +102,18 @@ class PhaseTimer:
                    (model.vae, "decode_latents", "vae_decode"), (model.vae, "encode_latents", "vae_encode")]
         for obj, attr, name in targets:
             setattr(obj, attr, self.wrap(name, getattr(obj, attr)))
+        net = model.mar.diffloss.net
+        net_call = net.forward_embedded
+
+        def counted(*args, **kwargs):  # every evaluation of the diffusion MLP (nested inside the head phase)
+            self.calls["diffusion_mlp_eval"] += 1
+            return net_call(*args, **kwargs)
+
+        net.forward_embedded = counted
         try:
             yield self
         finally:
-            for obj, attr, _ in targets:
+            for obj, attr, _ in targets + [(net, "forward_embedded", None)]:
                 delattr(obj, attr)  # back to the class method
 
 
@@ -105,11 +142,18 @@ def build_pipeline(config: str, device: str, dtype: torch.dtype):
     return pipe.to(device=device, dtype=dtype)
 
 
-def bench_generate(pipe, batch: int, args, dtype, device: str, peak: float) -> dict:
+def bench_generate(pipe, batch: int, args, dtype, device: str, peak: float, bandwidth: float | None = None) -> dict:
+    """Time one generation of ``batch`` images by phase; with ``args.flops``, rerun it under a FLOP counter.
+
+    Roofline: each phase's ideal time is its FLOPs at the matmul peak, except the diffusion head, whose MLP at small
+    batch re-reads all its weights on every evaluation: its ideal time is the larger of its FLOPs at the peak and
+    (evaluations x weight bytes) at the measured read ``bandwidth``. ``fraction_of_roofline`` = sum of ideal times /
+    measured time, so 1.0 means every phase ran at its bound.
+    """
     from torch.utils.flop_counter import FlopCounterMode
 
-    settings = dict(image_size=args.image_size, num_iter=args.num_iter, guidance_scale=args.guidance_scale,
-                    num_sampling_steps=args.diffusion_steps, output_type="pt")
+    settings = {"image_size": args.image_size, "num_iter": args.num_iter, "guidance_scale": args.guidance_scale,
+                "num_sampling_steps": args.diffusion_steps, "output_type": "pt"}
     prompts = ["a red circle to the left of a blue square"] * batch
     pipe.generate(prompts, generator=torch.Generator().manual_seed(0), **{**settings, "num_iter": 2})  # warm-up
     timer = PhaseTimer(device)
@@ -117,12 +161,6 @@ def bench_generate(pipe, batch: int, args, dtype, device: str, peak: float) -> d
         t = time.perf_counter()
         pipe.generate(prompts, generator=torch.Generator().manual_seed(0), **settings)
         total = time.perf_counter() - t
-    flops = None
-    if args.flops:
-        counter = FlopCounterMode(display=False)
-        with counter:
-            pipe.generate(prompts, generator=torch.Generator().manual_seed(0), **settings)
-        flops = counter.get_total_flops()
     phases = dict(timer.seconds)
     phases["other"] = max(0.0, total - sum(phases.values()))
     res = {"bench": "generate", "config": args.config, "device": device, "dtype": str(dtype).replace("torch.", ""),
@@ -130,10 +168,27 @@ def bench_generate(pipe, batch: int, args, dtype, device: str, peak: float) -> d
            "guidance_scale": args.guidance_scale, "batch": batch, "seconds": total, "images_per_s": batch / total,
            "seconds_per_image": total / batch, "phases_s": {k: round(v, 4) for k, v in phases.items()},
            "threads": torch.get_num_threads(), "matmul_peak_flops": peak}
-    if flops is not None:
-        res["flops_per_image"] = flops / batch
-        res["achieved_flops"] = flops / total
-        res["fraction_of_peak"] = flops / total / peak
+    if args.flops:
+        counter = FlopCounterMode(display=False)
+        counted = PhaseTimer(device, counter=counter)
+        with counter, counted.attach(pipe.model):
+            pipe.generate(prompts, generator=torch.Generator().manual_seed(0), **settings)
+        flops = counter.get_total_flops()
+        phase_flops = dict(counted.flops)
+        phase_flops["other"] = max(0, flops - sum(phase_flops.values()))
+        res.update({"flops_per_image": flops / batch, "achieved_flops": flops / total,
+                    "fraction_of_peak": flops / total / peak, "phases_flops": phase_flops})
+        ideal = {k: f / peak for k, f in phase_flops.items()}
+        if bandwidth:
+            net = pipe.model.mar.diffloss.net
+            weight_bytes = sum(p.numel() * p.element_size() for p in net.parameters())
+            evals = counted.calls["diffusion_mlp_eval"]
+            ideal["diffusion_head"] = max(ideal.get("diffusion_head", 0.0), evals * weight_bytes / bandwidth)
+            res.update({"read_bandwidth_bytes_per_s": bandwidth, "diffusion_mlp_evals": evals,
+                        "diffusion_mlp_weight_bytes": weight_bytes})
+        res["phases_ideal_s"] = {k: round(v, 4) for k, v in ideal.items()}
+        res["phases_fraction_of_bound"] = {k: round(ideal[k] / phases[k], 3) for k in ideal if phases.get(k)}
+        res["fraction_of_roofline"] = sum(ideal.values()) / total
     return res
 
 
@@ -202,7 +257,8 @@ def main() -> int:
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     pipe = build_pipeline(args.config, args.device, dtype)
     peak = measure_peak(dtype, args.device)
-    results = [bench_generate(pipe, b, args, dtype, args.device, peak) for b in args.batch]
+    bandwidth = measure_bandwidth(args.device)
+    results = [bench_generate(pipe, b, args, dtype, args.device, peak, bandwidth) for b in args.batch]
     if args.understanding:
         results.append(bench_understanding(pipe, args, args.device))
     for res in results:
