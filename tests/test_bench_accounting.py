@@ -1,0 +1,32 @@
+"""The generation benchmark's accounting (benchmarks/generate.py): per-phase FLOPs add up, MLP evaluations are
+counted once per diffusion step of every masked-autoregressive step, and the roofline uses the bandwidth bound."""
+
+import importlib.util
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+
+def _bench_module():
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "generate.py"
+    spec = importlib.util.spec_from_file_location("bench_generate", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_generate_benchmark_accounting():
+    bench = _bench_module()
+    torch.manual_seed(0)
+    pipe = bench.build_pipeline("tiny", "cpu", torch.float32)
+    args = SimpleNamespace(config="tiny", image_size=64, num_iter=3, guidance_scale=2.0, diffusion_steps="5",
+                           flops=True)
+    res = bench.bench_generate(pipe, 2, args, torch.float32, "cpu", peak=1e12, bandwidth=1e6)
+    assert res["diffusion_mlp_evals"] == 3 * 5  # one batched evaluation per diffusion step, CFG halves together
+    assert sum(res["phases_flops"].values()) == res["flops_per_image"] * 2
+    assert {"llm", "mar_encoder", "mar_decoder", "diffusion_head", "vae_decode"} <= set(res["phases_flops"])
+    # at 1 MB/s the weight traffic bounds the head: ideal = evaluations x weight bytes / bandwidth
+    ideal = res["phases_ideal_s"]["diffusion_head"]
+    assert abs(ideal - 15 * res["diffusion_mlp_weight_bytes"] / 1e6) < 1e-3 * ideal
+    assert abs(res["fraction_of_roofline"] - sum(res["phases_ideal_s"].values()) / res["seconds"]) < 1e-3
