@@ -248,12 +248,15 @@ def main() -> int:
     p.add_argument("--no-flops", dest="flops", action="store_false", help="skip the FLOP-counting rerun")
     p.add_argument("--understanding", action="store_true", help="also time prefill and decode")
     p.add_argument("--decode-tokens", type=int, default=32)
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--out", help="append JSON lines here")
     p.add_argument("--compare", nargs=2, metavar=("A", "B"))
     args = p.parse_args()
     if args.compare:
         compare(*args.compare)
         return 0
+    if args.threads:
+        torch.set_num_threads(args.threads)
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     pipe = build_pipeline(args.config, args.device, dtype)
     peak = measure_peak(dtype, args.device)
