@@ -26,37 +26,32 @@ from pathlib import Path
 import torch
 
 
-def measure_peak(dtype: torch.dtype, device: str, n: int = 2048, repeats: int = 5) -> float:
-    """Best achieved FLOP/s of an n x n x n matmul (the machine's practical matmul peak)."""
-    a = torch.randn(n, n, dtype=dtype, device=device)
-    b = torch.randn(n, n, dtype=dtype, device=device)
-    a @ b
+def _best_seconds(fn, device: str, repeats: int) -> float:
+    """Fastest of ``repeats`` timed calls of ``fn`` after one warm-up call (CUDA: synchronised)."""
+    fn()
     best = float("inf")
     for _ in range(repeats):
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         t = time.perf_counter()
-        a @ b
+        fn()
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best
+    return best
+
+
+def measure_peak(dtype: torch.dtype, device: str, n: int = 2048, repeats: int = 5) -> float:
+    """Best achieved FLOP/s of an n x n x n matmul (the machine's practical matmul peak)."""
+    a = torch.randn(n, n, dtype=dtype, device=device)
+    b = torch.randn(n, n, dtype=dtype, device=device)
+    return 2 * n**3 / _best_seconds(lambda: a @ b, device, repeats)
 
 
 def measure_bandwidth(device: str, megabytes: int = 512, repeats: int = 5) -> float:
     """Best achieved read bandwidth (bytes/s) summing a tensor far larger than the caches."""
     x = torch.ones(megabytes * 2**20 // 4, dtype=torch.float32, device=device)
-    x.sum()
-    best = float("inf")
-    for _ in range(repeats):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        x.sum()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t)
-    return x.numel() * x.element_size() / best
+    return x.numel() * x.element_size() / _best_seconds(x.sum, device, repeats)
 
 
 class PhaseTimer:
@@ -71,7 +66,7 @@ class PhaseTimer:
         self.counter = counter
         self.seconds: dict[str, float] = defaultdict(float)
         self.flops: dict[str, int] = defaultdict(int)
-        self.calls: dict[str, int] = defaultdict(int)
+        self.mlp_evals = 0  # evaluations of the diffusion MLP (nested inside the diffusion-head phase)
         self._depth = 0
 
     def wrap(self, name: str, fn):
@@ -79,7 +74,6 @@ class PhaseTimer:
             if self._depth:  # nested phases count to the outer one
                 return fn(*args, **kwargs)
             self._depth += 1
-            self.calls[name] += 1
             if self.device.startswith("cuda"):
                 torch.cuda.synchronize()
             t = time.perf_counter()
@@ -106,7 +100,7 @@ class PhaseTimer:
         net_call = net.forward_embedded
 
         def counted(*args, **kwargs):  # every evaluation of the diffusion MLP (nested inside the head phase)
-            self.calls["diffusion_mlp_eval"] += 1
+            self.mlp_evals += 1
             return net_call(*args, **kwargs)
 
         net.forward_embedded = counted
@@ -182,7 +176,7 @@ def bench_generate(pipe, batch: int, args, dtype, device: str, peak: float, band
         if bandwidth:
             net = pipe.model.mar.diffloss.net
             weight_bytes = sum(p.numel() * p.element_size() for p in net.parameters())
-            evals = counted.calls["diffusion_mlp_eval"]
+            evals = counted.mlp_evals
             ideal["diffusion_head"] = max(ideal.get("diffusion_head", 0.0), evals * weight_bytes / bandwidth)
             res.update({"read_bandwidth_bytes_per_s": bandwidth, "diffusion_mlp_evals": evals,
                         "diffusion_mlp_weight_bytes": weight_bytes})
