@@ -130,6 +130,8 @@ def test_pipeline_decoder_stage_exports_the_model_with_the_new_decoder(tmp_path,
     """The decoder stage reads stage III's export, applies the recipe (overridable) and writes a loadable model."""
     import functools
 
+    import pytest
+
     import harmon.train.stage0 as stage0
     from harmon.config import harmon_tiny
     from harmon.model import Harmon
@@ -155,5 +157,5 @@ def test_pipeline_decoder_stage_exports_the_model_with_the_new_decoder(tmp_path,
     delta = new.model.vae.decoder.conv_out.bias - model.vae.decoder.conv_out.bias
     assert torch.allclose(delta, torch.ones_like(delta))
     assert json.loads((tmp_path / "decoder" / "decoder_log.json").read_text())["source"] == "stage3"
-    with __import__("pytest").raises(ValueError, match="unknown setting"):
+    with pytest.raises(ValueError, match="unknown setting"):
         shapes_pipeline._decoder(tmp_path, "cpu", ["nope=1"])

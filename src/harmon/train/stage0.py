@@ -152,14 +152,19 @@ def finetune_vae_decoder(vae: AutoencoderKL, steps: int = 3000, batch_size: int 
     vae = vae.to(device)
     scale = float(vae.config.scale_factor)
     x_eval = render_batch(range(20_000_000, 20_000_000 + eval_scenes), seed, world).to(device)
+
+    def quality() -> dict:
+        with torch.no_grad():
+            out = reconstruction_quality(x_eval, vae.decode(vae.encode(x_eval)[0]), world)
+        out["under_latent_noise"] = noise_robustness(vae, x_eval, world, scale,
+                                                     generator=torch.Generator().manual_seed(seed))
+        return out
+
     vae.eval()
-    with torch.no_grad():
-        before = reconstruction_quality(x_eval, vae.decode(vae.encode(x_eval)[0]), world)
-    before["under_latent_noise"] = noise_robustness(vae, x_eval, world, scale,
-                                                    generator=torch.Generator().manual_seed(seed))
-    params = [p for n, p in vae.named_parameters() if n.startswith(("decoder.", "post_quant_conv."))]
+    before = quality()
     for n, p in vae.named_parameters():
         p.requires_grad_(n.startswith(("decoder.", "post_quant_conv.")))
+    params = [p for p in vae.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)
     gen = torch.Generator().manual_seed(seed + 2)
@@ -188,12 +193,9 @@ def finetune_vae_decoder(vae: AutoencoderKL, steps: int = 3000, batch_size: int 
             logger.info("vae decoder %s", entry)
     for p in vae.parameters():
         p.requires_grad_(False)
+    train_seconds = time.perf_counter() - t0
     vae.eval()
-    with torch.no_grad():
-        after = reconstruction_quality(x_eval, vae.decode(vae.encode(x_eval)[0]), world)
-    after["under_latent_noise"] = noise_robustness(vae, x_eval, world, scale,
-                                                   generator=torch.Generator().manual_seed(seed))
-    return {"log": log, "before": before, "after": after, "train_seconds": time.perf_counter() - t0,
+    return {"log": log, "before": before, "after": quality(), "train_seconds": train_seconds,
             "steps": steps, "batch_size": batch_size, "lr": lr, "max_noise": max_noise}
 
 
