@@ -9,8 +9,7 @@ wrappers around the model's pieces (MAR encoder, LLM, MAR decoder, diffusion hea
 "other"). FLOPs are counted by torch's FlopCounterMode on a rerun of the same call (matmul/conv/attention FLOPs from
 the op shapes), per phase; the matmul peak (a large square matmul in the same dtype) and the memory read bandwidth
 of this machine are measured in the same run, so "fraction of peak" compares like with like. The roofline fraction
-counts the diffusion MLP at its bandwidth bound (it re-reads all its weights on every evaluation; see
-bench_generate). One JSON line per result.
+counts the diffusion MLP at its bandwidth bound (it re-reads its weights on every evaluation; see bench_generate). One JSON line per result.
 """
 
 from __future__ import annotations
@@ -67,6 +66,7 @@ class PhaseTimer:
         self.seconds: dict[str, float] = defaultdict(float)
         self.flops: dict[str, int] = defaultdict(int)
         self.mlp_evals = 0  # evaluations of the diffusion MLP (nested inside the diffusion-head phase)
+        self.modulation_calls = 0  # precomputations of its adaLN modulations (the fast sampler's chunks)
         self._depth = 0
 
     def wrap(self, name: str, fn):
@@ -97,18 +97,23 @@ class PhaseTimer:
         for obj, attr, name in targets:
             setattr(obj, attr, self.wrap(name, getattr(obj, attr)))
         net = model.mar.diffloss.net
-        net_call = net.forward_embedded
-
-        def counted(*args, **kwargs):  # every evaluation of the diffusion MLP (nested inside the head phase)
-            self.mlp_evals += 1
-            return net_call(*args, **kwargs)
-
-        net.forward_embedded = counted
+        # Every evaluation of the diffusion MLP (straightforward or with precomputed modulations), and every
+        # computation of the modulations (nested inside the head phase; the fast sampler does one per chunk of steps).
+        counted = [(net, "forward_embedded", "mlp_evals"), (net, "forward_modulated", "mlp_evals"),
+                   (net, "modulations", "modulation_calls")]
+        for obj, attr, field in counted:
+            setattr(obj, attr, self._count(field, getattr(obj, attr)))
         try:
             yield self
         finally:
-            for obj, attr, _ in targets + [(net, "forward_embedded", None)]:
+            for obj, attr, *_ in targets + counted:
                 delattr(obj, attr)  # back to the class method
+
+    def _count(self, field: str, fn):
+        def counted(*args, **kwargs):
+            setattr(self, field, getattr(self, field) + 1)
+            return fn(*args, **kwargs)
+        return counted
 
 
 def build_pipeline(config: str, device: str, dtype: torch.dtype):
@@ -140,8 +145,9 @@ def bench_generate(pipe, batch: int, args, dtype, device: str, peak: float, band
     """Time one generation of ``batch`` images by phase; with ``args.flops``, rerun it under a FLOP counter.
 
     Roofline: each phase's ideal time is its FLOPs at the matmul peak, except the diffusion head, whose MLP at small
-    batch re-reads all its weights on every evaluation: its ideal time is the larger of its FLOPs at the peak and
-    (evaluations x weight bytes) at the measured read ``bandwidth``. ``fraction_of_roofline`` = sum of ideal times /
+    batch re-reads its weights on every evaluation: its ideal time is the larger of its FLOPs at the peak and its
+    weight traffic at the measured read ``bandwidth`` (evaluations x weight bytes, except that the adaLN modulation
+    layers count once per precomputation when the sampler computes them ahead for many steps). ``fraction_of_roofline`` = sum of ideal times /
     measured time, so 1.0 means every phase ran at its bound.
     """
     from torch.utils.flop_counter import FlopCounterMode
@@ -176,10 +182,16 @@ def bench_generate(pipe, batch: int, args, dtype, device: str, peak: float, band
         if bandwidth:
             net = pipe.model.mar.diffloss.net
             weight_bytes = sum(p.numel() * p.element_size() for p in net.parameters())
-            evals = counted.mlp_evals
-            ideal["diffusion_head"] = max(ideal.get("diffusion_head", 0.0), evals * weight_bytes / bandwidth)
+            mod_layers = [b.adaLN_modulation[-1] for b in net.res_blocks] + [net.final_layer.adaLN_modulation[-1]]
+            mod_bytes = sum(p.numel() * p.element_size() for layer in mod_layers for p in layer.parameters())
+            evals, mod_calls = counted.mlp_evals, counted.modulation_calls
+            # Weight traffic: every evaluation reads the weights; the modulation layers' weights are read once
+            # per evaluation by the straightforward path, once per precomputation by the fast sampler.
+            traffic = evals * (weight_bytes - mod_bytes) + (mod_calls if mod_calls else evals) * mod_bytes
+            ideal["diffusion_head"] = max(ideal.get("diffusion_head", 0.0), traffic / bandwidth)
             res.update({"read_bandwidth_bytes_per_s": bandwidth, "diffusion_mlp_evals": evals,
-                        "diffusion_mlp_weight_bytes": weight_bytes})
+                        "diffusion_modulation_calls": mod_calls, "diffusion_mlp_weight_bytes": weight_bytes,
+                        "diffusion_modulation_weight_bytes": mod_bytes, "diffusion_weight_traffic_bytes": traffic})
         res["phases_ideal_s"] = ideal
         res["phases_fraction_of_bound"] = {k: round(ideal[k] / phases[k], 3) for k in ideal if phases.get(k)}
         res["fraction_of_roofline"] = sum(ideal.values()) / total

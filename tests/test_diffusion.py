@@ -351,9 +351,15 @@ def test_config_validation_and_roundtrip():
         DiffLossConfig.from_dict({"bogus": 1})
 
 
-@pytest.mark.parametrize("cfg", [1.0, 3.0])
-def test_fast_sampler_matches_straightforward_path(cfg):
+@pytest.mark.parametrize("cfg,chunk_elements", [(1.0, None), (3.0, None), (3.0, 3 * 8 * 32 * 8)])
+def test_fast_sampler_matches_straightforward_path(cfg, chunk_elements, monkeypatch):
+    """The fast sampler precomputes the adaLN modulations of many steps at once; with a small chunk budget
+    (3 steps of 8 rows × (3·2 + 2)·32 values, over a 20-step chain) the chunk boundaries are crossed too."""
+    from harmon import diffloss
     from harmon.diffloss import DiffLoss, DiffLossConfig
+
+    if chunk_elements is not None:
+        monkeypatch.setattr(diffloss, "MODULATION_CHUNK_ELEMENTS", chunk_elements)
 
     head = DiffLoss(DiffLossConfig(z_channels=24, width=32, depth=2))
     g = torch.Generator().manual_seed(0)
