@@ -7,8 +7,9 @@
 Random weights for the named architectures (tiny, 0.5b, 1.5b), nothing downloaded. Phases are timed with
 wrappers around the model's pieces (MAR encoder, LLM, MAR decoder, diffusion head, VAE decode; the rest is
 "other"). FLOPs are counted by torch's FlopCounterMode on a rerun of the same call (matmul/conv/attention FLOPs from
-the op shapes), per phase; the matmul peak (a large square matmul in the same dtype) and the memory read bandwidth
-of this machine are measured in the same run, so "fraction of peak" compares like with like. The roofline fraction
+the op shapes), per phase; the matmul peak (a large square matmul in the same dtype, the best of the plain and the
+packed-weight routes) and the memory read bandwidth of this machine are measured in the same run, so "fraction of
+peak" compares like with like. ``--no-pack`` runs plain Linear layers instead of packed weights. The roofline fraction
 counts the diffusion MLP at its bandwidth bound (it re-reads its weights on every evaluation; see bench_generate). One JSON line per result.
 """
 
@@ -40,11 +41,21 @@ def _best_seconds(fn, device: str, repeats: int) -> float:
     return best
 
 
-def measure_peak(dtype: torch.dtype, device: str, n: int = 2048, repeats: int = 5) -> float:
-    """Best achieved FLOP/s of an n x n x n matmul (the machine's practical matmul peak)."""
+def measure_peak(dtype: torch.dtype, device: str, n: int = 2048, repeats: int = 5) -> dict[str, float]:
+    """Best achieved FLOP/s of an n x n x n matmul (the machine's practical matmul peak), by each route the model
+    can take: the plain matmul and, where harmon.cpu_linear applies (CPU float32), oneDNN with a packed weight.
+    ``peak`` is the best of them, so a faster route cannot make the fraction of peak look better than it is."""
+    from harmon import cpu_linear
+
     a = torch.randn(n, n, dtype=dtype, device=device)
     b = torch.randn(n, n, dtype=dtype, device=device)
-    return 2 * n**3 / _best_seconds(lambda: a @ b, device, repeats)
+    out = {"plain": 2 * n**3 / _best_seconds(lambda: a @ b, device, repeats)}
+    if device == "cpu" and dtype == torch.float32 and cpu_linear.available():
+        layer = torch.nn.Linear(n, n, bias=False)
+        with torch.no_grad(), cpu_linear.packed_linears(layer):
+            out["packed"] = 2 * n**3 / _best_seconds(lambda: layer(a), device, repeats)
+    out["peak"] = max(out.values())
+    return out
 
 
 def measure_bandwidth(device: str, megabytes: int = 512, repeats: int = 5) -> float:
@@ -201,10 +212,12 @@ def bench_generate(pipe, batch: int, args, dtype, device: str, peak: float, band
 def bench_understanding(pipe, args, device: str) -> dict:
     from PIL import Image
 
+    from harmon.cpu_linear import packed_linears
+
     image = Image.new("RGB", (args.image_size, args.image_size), (200, 30, 30))
     embeds = pipe.understanding_inputs(image, "Describe the image in detail.", image_size=args.image_size)
     llm = pipe.model.llm
-    with torch.no_grad():
+    with torch.no_grad(), packed_linears(pipe.model):  # as HarmonPipeline.describe runs it
         llm(inputs_embeds=embeds, use_cache=True)  # warm-up
         t = time.perf_counter()
         out = llm(inputs_embeds=embeds, use_cache=True, logits_to_keep=1)
@@ -255,6 +268,8 @@ def main() -> int:
     p.add_argument("--understanding", action="store_true", help="also time prefill and decode")
     p.add_argument("--decode-tokens", type=int, default=32)
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--no-pack", dest="pack", action="store_false",
+                   help="plain Linear layers instead of packed weights (harmon.cpu_linear), for a side-by-side run")
     p.add_argument("--out", help="append JSON lines here")
     p.add_argument("--compare", nargs=2, metavar=("A", "B"))
     args = p.parse_args()
@@ -263,14 +278,19 @@ def main() -> int:
         return 0
     if args.threads:
         torch.set_num_threads(args.threads)
+    from harmon import cpu_linear
+
+    cpu_linear.ENABLED = args.pack
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     pipe = build_pipeline(args.config, args.device, dtype)
-    peak = measure_peak(dtype, args.device)
+    peaks = measure_peak(dtype, args.device)
     bandwidth = measure_bandwidth(args.device)
-    results = [bench_generate(pipe, b, args, dtype, args.device, peak, bandwidth) for b in args.batch]
+    results = [bench_generate(pipe, b, args, dtype, args.device, peaks["peak"], bandwidth) for b in args.batch]
     if args.understanding:
         results.append(bench_understanding(pipe, args, args.device))
+    packed = args.pack and cpu_linear.available() and args.device == "cpu" and dtype == torch.float32
     for res in results:
+        res.update({"packed_linears": packed, "matmul_peaks_flops": peaks})
         line = json.dumps(res)
         print(line, flush=True)
         if args.out:

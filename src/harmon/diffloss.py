@@ -8,8 +8,8 @@ keys under ``mar.diffloss.``.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from harmon import rng
+from harmon.cpu_linear import packed_linears
 from harmon.diffusion import PREDICTIONS, GaussianDiffusion, space_timesteps
 
 __all__ = ["DiffLossConfig", "timestep_embedding", "SimpleMLPAdaLN", "DiffLoss"]
@@ -108,14 +109,11 @@ class _ResBlock(nn.Module):
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.forward_modulated(x, self.adaLN_modulation(y))
 
-    def forward_modulated(self, x: torch.Tensor, mod: torch.Tensor, linears: Linears | None = None) -> torch.Tensor:
-        """The block given its modulation ``mod`` = adaLN_modulation(y), (N, 3W) = [shift, scale, gate].
-        ``linears`` optionally replaces the MLP's Linear layers by equivalent callables (see ``pack_linears``)."""
+    def forward_modulated(self, x: torch.Tensor, mod: torch.Tensor) -> torch.Tensor:
+        """The block given its modulation ``mod`` = adaLN_modulation(y), (N, 3W) = [shift, scale, gate]."""
         shift, scale, gate = mod.chunk(3, dim=-1)  # 3 × (N, W)
         h = _modulate(self.in_ln(x), shift, scale)
-        if linears is None:
-            return x + gate * self.mlp(h)  # (N, W)
-        return x + gate * linears[self.mlp[2]](self.mlp[1](linears[self.mlp[0]](h)))  # (N, W)
+        return x + gate * self.mlp(h)  # (N, W)
 
 
 class _FinalLayer(nn.Module):
@@ -216,23 +214,16 @@ class SimpleMLPAdaLN(nn.Module):
         residual block, then the final layer's (..., 2W). They depend on y alone, not on x_t."""
         return [block.adaLN_modulation(y) for block in self.res_blocks] + [self.final_layer.adaLN_modulation(y)]
 
-    def forward_modulated(
-        self, x: torch.Tensor, mods: list[torch.Tensor], linears: Linears | None = None
-    ) -> torch.Tensor:
+    def forward_modulated(self, x: torch.Tensor, mods: list[torch.Tensor]) -> torch.Tensor:
         """The network given precomputed ``modulations(y)`` (each with N rows): x (N, C) -> (N, 2C).
 
         The same arithmetic as ``forward_embedded``; it lets a sampler compute the modulations, which hold most of
         the weights (3W² per block of 5W²), for many diffusion steps in one large matmul instead of re-reading those
-        weights at every step. ``linears`` optionally replaces the residual MLPs' Linear layers (``pack_linears``).
-        """
+        weights at every step."""
         h = self.input_proj(x.to(self.input_proj.weight.dtype))  # (N, W)
         for block, mod in zip(self.res_blocks, mods[:-1]):
-            h = block.forward_modulated(h, mod, linears)  # (N, W)
+            h = block.forward_modulated(h, mod)  # (N, W)
         return self.final_layer.forward_modulated(h, mods[-1])  # (N, 2C)
-
-    def step_linears(self) -> list[nn.Linear]:
-        """The W×W Linear layers every diffusion step evaluates (two per residual block)."""
-        return [layer for block in self.res_blocks for layer in (block.mlp[0], block.mlp[2])]
 
     def forward_with_cfg(self, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor, cfg_scale: float) -> torch.Tensor:
         """Classifier-free guidance (reference §6): rows [0, N/2) of c are conditional, [N/2, N) unconditional.
@@ -254,32 +245,6 @@ class SimpleMLPAdaLN(nn.Module):
         eps_cond, eps_uncond = eps.chunk(2, dim=0)  # 2 × (N/2, C)
         eps_guided = eps_uncond + cfg_scale * (eps_cond - eps_uncond)
         return torch.cat([torch.cat([eps_guided, eps_guided], dim=0), v], dim=1)  # (N, 2C)
-
-
-Linears = dict[nn.Module, Callable[[torch.Tensor], torch.Tensor]]
-
-# The fast sampler evaluates the W×W layers of the head through oneDNN with weights reordered once per call, where
-# torch has those ops (CPU float32): at the few rows of one diffusion step a plain matmul re-packs the weights on
-# every call. False turns it off (the plain layers compute the same up to float rounding).
-PACK_CPU_LINEARS = True
-
-
-def pack_linears(layers: list[nn.Linear], rows: int) -> Linears | None:
-    """oneDNN copies of ``layers`` with weights reordered for ``rows``-row inputs, or None where unsupported
-    (not CPU float32, torch built without oneDNN or without its reorder ops, or weights that need gradients)."""
-    weight = layers[0].weight if layers else None
-    if (not PACK_CPU_LINEARS or weight is None or weight.device.type != "cpu" or weight.dtype != torch.float32
-            or torch.is_grad_enabled() and weight.requires_grad or not torch.backends.mkldnn.is_available()):
-        return None
-    ops = torch.ops.mkldnn
-    if not (hasattr(ops, "_reorder_linear_weight") and hasattr(ops, "_linear_pointwise")):
-        return None
-    packed: Linears = {}
-    for layer in layers:
-        w = ops._reorder_linear_weight(layer.weight.detach(), rows)
-        b = layer.bias.detach() if layer.bias is not None else None
-        packed[layer] = lambda x, w=w, b=b: ops._linear_pointwise(x, w, b, "none", [], "")
-    return packed
 
 
 # Largest number of modulation values (rows × steps × modulation width) precomputed at once by the fast sampler:
@@ -401,9 +366,9 @@ class DiffLoss(nn.Module):
             generator: source of the initial and per-step noise (device of z).
             num_steps: respacing string overriding config.num_sampling_steps for this call.
             fast: embed the conditions once per call, compute the adaLN modulations of many steps in one
-                large matmul (``_StepModulations``) instead of per step, and on CPU float32 evaluate the per-step
-                layers with weights packed once per call (``pack_linears``); the same numbers up to float
-                rounding (False = the straightforward path).
+                large matmul (``_StepModulations``) instead of per step, and on CPU float32 run the layers with
+                weights packed once per call (``harmon.cpu_linear``); the same numbers up to float rounding
+                (False = the straightforward path).
             x0_clip: clamp the predicted clean token to [-x0_clip, x0_clip] at every step (None: no clipping, as
                 the official sampler).
         Returns:
@@ -414,10 +379,9 @@ class DiffLoss(nn.Module):
         if fast:
             c_emb = net.cond_embed(z.to(net.input_proj.weight.dtype))  # (N, W), once per call
             next_mods = _StepModulations(net, diffusion, c_emb)
-            linears = pack_linears(net.step_linears(), z.shape[0])
 
             def run(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-                return net.forward_modulated(x, next_mods(), linears)  # the modulations of this step, precomputed
+                return net.forward_modulated(x, next_mods())  # the modulations of this step, precomputed
         else:
             def run(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
                 return net(x, t.expand(x.shape[0]), z)
@@ -440,4 +404,6 @@ class DiffLoss(nn.Module):
                 both = torch.cat([x, x], dim=0)  # (2K, C): the conditional chain under both conditions
                 return net.guide(run(both, torch.cat([t, t], dim=0)), cfg)[:k]  # (K, 2C)
 
-        return diffusion.p_sample_loop(model_fn, noise, temperature=temperature, generator=generator, x0_clip=x0_clip)
+        with packed_linears(net) if fast else contextlib.nullcontext():
+            return diffusion.p_sample_loop(model_fn, noise, temperature=temperature, generator=generator,
+                                           x0_clip=x0_clip)

@@ -12,6 +12,7 @@ from PIL import Image
 
 from harmon.checkpoint import TIED_KEYS, check_state_dict, read_weights, save_safetensors
 from harmon.config import HarmonConfig
+from harmon.cpu_linear import packed_linears
 from harmon.diffloss import DiffLossConfig
 from harmon.images import load_image, prepare_for_understanding, tensor_to_pil
 from harmon.mar import MARConfig
@@ -253,7 +254,8 @@ class HarmonPipeline:
         cond = [generation_prompt(p) for p in prompts for _ in range(num_images_per_prompt)]
         texts = cond + [unconditional_prompt()] * len(cond) if settings.guidance_scale != 1.0 else cond
         input_ids, mask = self._tokenize(texts)
-        tokens = generate_tokens(self.model, input_ids, mask, grid, settings, generator=generator)  # (N, L, C)
+        with packed_linears(self.model):  # CPU float32: weights packed once per call (harmon.cpu_linear)
+            tokens = generate_tokens(self.model, input_ids, mask, grid, settings, generator=generator)  # (N, L, C)
         if output_type == "latent":
             return tokens.transpose(1, 2).reshape(tokens.shape[0], -1, *grid)
         pixels = self.model.decode_tokens(tokens, grid)  # (N, 3, H, W)
@@ -288,12 +290,13 @@ class HarmonPipeline:
                  top_p: float = 1.0, repetition_penalty: float = 1.0, generator: torch.Generator | None = None,
                  image_size: int | None = None) -> str:
         """Answer ``question`` about an image (spec §10). Greedy unless ``do_sample``."""
-        embeds = self.understanding_inputs(image_or_path, question, image_size)
-        ids = decode_text(self.model, embeds,
-                          max_new_tokens=self.config.generation.max_new_tokens if max_new_tokens is None
-                          else max_new_tokens, eos_token_id=self.eos_token_id, do_sample=do_sample,
-                          temperature=temperature, top_p=top_p, repetition_penalty=repetition_penalty,
-                          generator=generator)
+        with packed_linears(self.model):  # CPU float32: weights packed once per call (harmon.cpu_linear)
+            embeds = self.understanding_inputs(image_or_path, question, image_size)
+            ids = decode_text(self.model, embeds,
+                              max_new_tokens=self.config.generation.max_new_tokens if max_new_tokens is None
+                              else max_new_tokens, eos_token_id=self.eos_token_id, do_sample=do_sample,
+                              temperature=temperature, top_p=top_p, repetition_penalty=repetition_penalty,
+                              generator=generator)
         if ids and ids[-1] == self.eos_token_id:
             ids = ids[:-1]
         return self.tokenizer.decode(ids, skip_special_tokens=True).strip()

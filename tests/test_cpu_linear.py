@@ -1,0 +1,81 @@
+"""Packed-weight Linear layers (harmon.cpu_linear): same numbers as the plain layers, used only where they apply,
+and gone after the context."""
+
+import pytest
+import torch
+from torch import nn
+
+from harmon import cpu_linear
+from harmon.cpu_linear import packed_linears
+
+needs_onednn = pytest.mark.skipif(not cpu_linear.available(), reason="torch built without the oneDNN linear ops")
+
+
+def _net(generator: torch.Generator) -> nn.Sequential:
+    net = nn.Sequential(nn.Linear(24, 40), nn.SiLU(), nn.Linear(40, 8, bias=False))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn(p.shape, generator=generator))
+    return net
+
+
+@needs_onednn
+@pytest.mark.parametrize("shape", [(5, 24), (2, 7, 24), (24,)])
+def test_packed_layers_match_plain_ones(shape):
+    g = torch.Generator().manual_seed(0)
+    net = _net(g)
+    x = torch.randn(shape, generator=g)
+    with torch.no_grad():
+        plain = net(x)
+        with packed_linears(net):
+            packed = net(x)
+            assert all(isinstance(m.forward, cpu_linear._PackedForward) and m.forward.packed is not None
+                       for m in net if isinstance(m, nn.Linear))  # the packed path really ran
+    torch.testing.assert_close(packed, plain, rtol=1e-5, atol=1e-5)
+    assert all("forward" not in m.__dict__ for m in net)
+
+
+@needs_onednn
+def test_weights_changed_in_place_are_packed_again():
+    g = torch.Generator().manual_seed(1)
+    net = _net(g)
+    x = torch.randn(3, 24, generator=g)
+    with torch.no_grad(), packed_linears(net):
+        net(x)
+        net[0].weight.mul_(2.0)
+        got = net(x)
+    with torch.no_grad():
+        torch.testing.assert_close(got, net(x), rtol=1e-5, atol=1e-5)
+
+
+def test_gradients_and_other_dtypes_take_the_plain_path():
+    g = torch.Generator().manual_seed(2)
+    net = _net(g)
+    x = torch.randn(3, 24, generator=g)
+    with packed_linears(net):
+        net(x).sum().backward()  # weights need gradients: plain F.linear, so autograd works
+        with torch.no_grad():
+            half = net.to(torch.float64)(x.double())
+    assert net[0].weight.grad is not None and half.dtype == torch.float64
+    assert all(getattr(m.__dict__.get("forward"), "packed", None) is None for m in net)
+
+
+def test_context_restores_layers_on_error_and_nests():
+    net = _net(torch.Generator().manual_seed(3))
+    with pytest.raises(RuntimeError, match="boom"):
+        with packed_linears(net):
+            raise RuntimeError("boom")
+    assert all("forward" not in m.__dict__ for m in net)
+    with packed_linears(net):
+        outer = net[0].__dict__.get("forward")
+        with packed_linears(net):
+            assert net[0].__dict__.get("forward") is outer  # the inner context leaves the outer's layers alone
+        assert net[0].__dict__.get("forward") is outer
+    assert "forward" not in net[0].__dict__
+
+
+def test_disabled_context_changes_nothing(monkeypatch):
+    monkeypatch.setattr(cpu_linear, "ENABLED", False)
+    net = _net(torch.Generator().manual_seed(4))
+    with packed_linears(net):
+        assert all("forward" not in m.__dict__ for m in net)
