@@ -180,10 +180,16 @@ def bench_generate(pipe, batch: int, args, dtype, device: str, peak: float, band
            "seconds_per_image": total / batch, "phases_s": {k: round(v, 4) for k, v in phases.items()},
            "threads": torch.get_num_threads(), "matmul_peak_flops": peak}
     if args.flops:
+        from harmon import cpu_linear
+
         counter = FlopCounterMode(display=False)
         counted = PhaseTimer(device, counter=counter)
-        with counter, counted.attach(pipe.model):
-            pipe.generate(prompts, generator=torch.Generator().manual_seed(0), **settings)
+        enabled, cpu_linear.ENABLED = cpu_linear.ENABLED, False  # the counter knows aten matmuls, not oneDNN's op
+        try:
+            with counter, counted.attach(pipe.model):
+                pipe.generate(prompts, generator=torch.Generator().manual_seed(0), **settings)
+        finally:
+            cpu_linear.ENABLED = enabled
         flops = counter.get_total_flops()
         phase_flops = dict(counted.flops)
         phase_flops["other"] = max(0, flops - sum(phase_flops.values()))

@@ -16,13 +16,21 @@ def _bench_module():
     return mod
 
 
-def test_generate_benchmark_accounting():
+def test_generate_benchmark_accounting(monkeypatch):
     bench = _bench_module()
     torch.manual_seed(0)
     pipe = bench.build_pipeline("tiny", "cpu", torch.float32)
     args = SimpleNamespace(config="tiny", image_size=64, num_iter=3, guidance_scale=2.0, diffusion_steps="5",
                            flops=True)
     res = bench.bench_generate(pipe, 2, args, torch.float32, "cpu", peak=1e12, bandwidth=1e6)
+    from harmon import cpu_linear
+
+    # The timed run packs its Linear layers (harmon.cpu_linear), whose oneDNN op the FLOP counter does not know:
+    # the counting rerun must count the same FLOPs as a run with plain layers, and leave packing switched on.
+    assert cpu_linear.ENABLED
+    monkeypatch.setattr(cpu_linear, "ENABLED", False)
+    plain = bench.bench_generate(pipe, 2, args, torch.float32, "cpu", peak=1e12, bandwidth=1e6)
+    assert plain["phases_flops"] == res["phases_flops"]
     assert res["diffusion_mlp_evals"] == 3 * 5  # one batched evaluation per diffusion step, CFG halves together
     assert sum(res["phases_flops"].values()) == res["flops_per_image"] * 2
     assert {"llm", "mar_encoder", "mar_decoder", "diffusion_head", "vae_decode"} <= set(res["phases_flops"])

@@ -44,6 +44,28 @@ def test_cached_generation_equals_uncached_reference(pipe):
     torch.testing.assert_close(cached, uncached, atol=1e-4, rtol=1e-4)
 
 
+def test_packed_linears_give_the_plain_layers_images(pipe, monkeypatch):
+    """generate and describe run their Linear layers with packed weights on CPU float32 (harmon.cpu_linear): the
+    same latents up to float rounding and the same answer as with plain layers."""
+    from harmon import cpu_linear
+
+    if not cpu_linear.available():
+        pytest.skip("torch built without the oneDNN linear ops")
+    calls = []
+    real = cpu_linear._PackedForward.__call__
+    monkeypatch.setattr(cpu_linear._PackedForward, "__call__", lambda self, x: calls.append(1) or real(self, x))
+    settings = dict(output_type="latent", **{**FAST, "num_iter": 4})
+    packed = pipe.generate("a red circle", generator=gen(0), **settings)
+    answer = pipe.describe(Image.new("RGB", (64, 64), (200, 30, 30)), "What colour?", max_new_tokens=6)
+    assert calls  # the packed route really ran
+    monkeypatch.setattr(cpu_linear, "ENABLED", False)
+    calls.clear()
+    plain = pipe.generate("a red circle", generator=gen(0), **settings)
+    assert pipe.describe(Image.new("RGB", (64, 64), (200, 30, 30)), "What colour?", max_new_tokens=6) == answer
+    assert not calls
+    torch.testing.assert_close(packed, plain, rtol=1e-4, atol=1e-4)
+
+
 def test_output_types_and_batching(pipe):
     ims = pipe.generate(["a red circle", "a blue square"], num_images_per_prompt=2, generator=gen(0), **FAST)
     assert len(ims) == 4 and all(im.size == (64, 64) and im.mode == "RGB" for im in ims)
