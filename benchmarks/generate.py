@@ -9,7 +9,9 @@ wrappers around the model's pieces (MAR encoder, LLM, MAR decoder, diffusion hea
 "other"). FLOPs are counted by torch's FlopCounterMode on a rerun of the same call (matmul/conv/attention FLOPs from
 the op shapes), per phase; the matmul peak (a large square matmul in the same dtype, the best of the plain and the
 packed-weight routes) and the memory read bandwidth of this machine are measured in the same run, so "fraction of
-peak" compares like with like. ``--no-pack`` runs plain Linear layers instead of packed weights. The roofline fraction
+peak" compares like with like. ``--no-pack`` runs plain Linear layers instead of packed weights;
+``--straightforward`` also samples the diffusion head the straightforward way (the reference the fast paths are
+tested against). The roofline fraction
 counts the diffusion MLP at its bandwidth bound (it re-reads its weights on every evaluation; see bench_generate). One JSON line per result.
 """
 
@@ -158,8 +160,8 @@ def bench_generate(pipe, batch: int, args, dtype, device: str, peak: float, band
     Roofline: each phase's ideal time is its FLOPs at the matmul peak, except the diffusion head, whose MLP at small
     batch re-reads its weights on every evaluation: its ideal time is the larger of its FLOPs at the peak and its
     weight traffic at the measured read ``bandwidth`` (evaluations x weight bytes, except that the adaLN modulation
-    layers count once per precomputation when the sampler computes them ahead for many steps). ``fraction_of_roofline`` = sum of ideal times /
-    measured time, so 1.0 means every phase ran at its bound.
+    layers count once per precomputation when the sampler computes them ahead for many steps).
+    ``fraction_of_roofline`` = sum of ideal times / measured time, so 1.0 means every phase ran at its bound.
     """
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -178,7 +180,7 @@ def bench_generate(pipe, batch: int, args, dtype, device: str, peak: float, band
            "image_size": args.image_size, "num_iter": args.num_iter, "diffusion_steps": args.diffusion_steps,
            "guidance_scale": args.guidance_scale, "batch": batch, "seconds": total, "images_per_s": batch / total,
            "seconds_per_image": total / batch, "phases_s": {k: round(v, 4) for k, v in phases.items()},
-           "threads": torch.get_num_threads(), "matmul_peak_flops": peak}
+           "threads": torch.get_num_threads()}
     if args.flops:
         from harmon import cpu_linear
 
@@ -193,25 +195,36 @@ def bench_generate(pipe, batch: int, args, dtype, device: str, peak: float, band
         flops = counter.get_total_flops()
         phase_flops = dict(counted.flops)
         phase_flops["other"] = max(0, flops - sum(phase_flops.values()))
-        res.update({"flops_per_image": flops / batch, "achieved_flops": flops / total,
-                    "fraction_of_peak": flops / total / peak, "phases_flops": phase_flops})
-        ideal = {k: f / peak for k, f in phase_flops.items()}
-        if bandwidth:
-            net = pipe.model.mar.diffloss.net
-            weight_bytes = sum(p.numel() * p.element_size() for p in net.parameters())
-            mod_layers = [b.adaLN_modulation[-1] for b in net.res_blocks] + [net.final_layer.adaLN_modulation[-1]]
-            mod_bytes = sum(p.numel() * p.element_size() for layer in mod_layers for p in layer.parameters())
-            evals, mod_calls = counted.mlp_evals, counted.modulation_calls
-            # Weight traffic: every evaluation reads the weights; the modulation layers' weights are read once
-            # per evaluation by the straightforward path, once per precomputation by the fast sampler.
-            traffic = evals * (weight_bytes - mod_bytes) + (mod_calls if mod_calls else evals) * mod_bytes
-            ideal["diffusion_head"] = max(ideal.get("diffusion_head", 0.0), traffic / bandwidth)
-            res.update({"read_bandwidth_bytes_per_s": bandwidth, "diffusion_mlp_evals": evals,
-                        "diffusion_modulation_calls": mod_calls, "diffusion_mlp_weight_bytes": weight_bytes,
-                        "diffusion_modulation_weight_bytes": mod_bytes, "diffusion_weight_traffic_bytes": traffic})
-        res["phases_ideal_s"] = ideal
-        res["phases_fraction_of_bound"] = {k: round(ideal[k] / phases[k], 3) for k in ideal if phases.get(k)}
-        res["fraction_of_roofline"] = sum(ideal.values()) / total
+        res.update({"flops_per_image": flops / batch, "phases_flops": phase_flops})
+        net = pipe.model.mar.diffloss.net
+        weight_bytes = sum(p.numel() * p.element_size() for p in net.parameters())
+        mod_layers = [b.adaLN_modulation[-1] for b in net.res_blocks] + [net.final_layer.adaLN_modulation[-1]]
+        mod_bytes = sum(p.numel() * p.element_size() for layer in mod_layers for p in layer.parameters())
+        evals, mod_calls = counted.mlp_evals, counted.modulation_calls
+        # Weight traffic: every evaluation reads the weights; the modulation layers' weights are read once per
+        # evaluation by the straightforward path, once per precomputation by the fast sampler.
+        traffic = evals * (weight_bytes - mod_bytes) + (mod_calls if mod_calls else evals) * mod_bytes
+        res.update({"diffusion_mlp_evals": evals, "diffusion_modulation_calls": mod_calls,
+                    "diffusion_mlp_weight_bytes": weight_bytes, "diffusion_modulation_weight_bytes": mod_bytes,
+                    "diffusion_weight_traffic_bytes": traffic})
+    return roofline(res, peak, bandwidth)
+
+
+def roofline(res: dict, peak: float, bandwidth: float | None = None) -> dict:
+    """(Re)compute the fractions of ``res`` (a bench_generate result) against ``peak`` FLOP/s and ``bandwidth``."""
+    res["matmul_peak_flops"] = peak
+    if "phases_flops" not in res:
+        return res
+    total, phases, phase_flops = res["seconds"], res["phases_s"], res["phases_flops"]
+    flops = res["flops_per_image"] * res["batch"]
+    res.update({"achieved_flops": flops / total, "fraction_of_peak": flops / total / peak})
+    ideal = {k: f / peak for k, f in phase_flops.items()}
+    if bandwidth:
+        ideal["diffusion_head"] = max(ideal.get("diffusion_head", 0.0), res["diffusion_weight_traffic_bytes"] / bandwidth)
+        res["read_bandwidth_bytes_per_s"] = bandwidth
+    res["phases_ideal_s"] = ideal
+    res["phases_fraction_of_bound"] = {k: round(ideal[k] / phases[k], 3) for k in ideal if phases.get(k)}
+    res["fraction_of_roofline"] = sum(ideal.values()) / total
     return res
 
 
@@ -276,6 +289,9 @@ def main() -> int:
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--no-pack", dest="pack", action="store_false",
                    help="plain Linear layers instead of packed weights (harmon.cpu_linear), for a side-by-side run")
+    p.add_argument("--straightforward", action="store_true",
+                   help="the reference path: plain layers and the diffusion head's straightforward sampler "
+                        "(DiffLoss.sample(fast=False)), for a side-by-side run")
     p.add_argument("--out", help="append JSON lines here")
     p.add_argument("--compare", nargs=2, metavar=("A", "B"))
     args = p.parse_args()
@@ -286,17 +302,31 @@ def main() -> int:
         torch.set_num_threads(args.threads)
     from harmon import cpu_linear
 
-    cpu_linear.ENABLED = args.pack
+    cpu_linear.ENABLED = args.pack and not args.straightforward
+    if args.straightforward:
+        import functools
+
+        from harmon.diffloss import DiffLoss
+
+        DiffLoss.sample = functools.partialmethod(DiffLoss.sample, fast=False)
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     pipe = build_pipeline(args.config, args.device, dtype)
-    peaks = measure_peak(dtype, args.device)
+    before = measure_peak(dtype, args.device)
     bandwidth = measure_bandwidth(args.device)
-    results = [bench_generate(pipe, b, args, dtype, args.device, peaks["peak"], bandwidth) for b in args.batch]
+    results = [bench_generate(pipe, b, args, dtype, args.device, before["peak"], bandwidth) for b in args.batch]
     if args.understanding:
         results.append(bench_understanding(pipe, args, args.device))
-    packed = args.pack and cpu_linear.available() and args.device == "cpu" and dtype == torch.float32
+    # A shared machine's speed drifts: the peak is the best of measurements before and after the runs (the strict
+    # choice), and every fraction is recomputed against it.
+    after = measure_peak(dtype, args.device)
+    bandwidth = max(bandwidth, measure_bandwidth(args.device))
+    peaks = {k: max(before.get(k, 0.0), after.get(k, 0.0)) for k in set(before) | set(after)}
     for res in results:
-        res.update({"packed_linears": packed, "matmul_peaks_flops": peaks})
+        if res["bench"] == "generate":
+            roofline(res, peaks["peak"], bandwidth)
+    packed = cpu_linear.ENABLED and cpu_linear.available() and args.device == "cpu" and dtype == torch.float32
+    for res in results:
+        res.update({"packed_linears": packed, "straightforward": args.straightforward, "matmul_peaks_flops": peaks})
         line = json.dumps(res)
         print(line, flush=True)
         if args.out:

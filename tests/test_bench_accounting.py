@@ -43,3 +43,16 @@ def test_generate_benchmark_accounting(monkeypatch):
     ideal = res["phases_ideal_s"]["diffusion_head"]
     assert abs(ideal - (15 * (total - mod) + 3 * mod) / 1e6) < 1e-3 * ideal
     assert abs(res["fraction_of_roofline"] - sum(res["phases_ideal_s"].values()) / res["seconds"]) < 1e-3
+
+
+def test_roofline_recomputed_against_a_later_peak():
+    """main() measures the peak again after the runs and recomputes every fraction against the best peak."""
+    bench = _bench_module()
+    res = {"seconds": 10.0, "batch": 1, "flops_per_image": 4e12, "phases_s": {"llm": 6.0, "diffusion_head": 4.0},
+           "phases_flops": {"llm": 3e12, "diffusion_head": 1e12}, "diffusion_weight_traffic_bytes": 2e12}
+    first = dict(bench.roofline(dict(res), peak=1e12, bandwidth=1e12))
+    assert first["fraction_of_peak"] == 0.4 and first["phases_ideal_s"]["diffusion_head"] == 2.0
+    again = bench.roofline(dict(first), peak=2e12, bandwidth=1e12)
+    assert again["fraction_of_peak"] == 0.2 and again["matmul_peak_flops"] == 2e12
+    assert again["phases_ideal_s"] == {"llm": 1.5, "diffusion_head": 2.0}  # traffic now bounds the head
+    assert abs(again["fraction_of_roofline"] - 0.35) < 1e-12
