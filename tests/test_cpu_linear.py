@@ -58,6 +58,8 @@ def test_gradients_and_other_dtypes_take_the_plain_path():
             half = net.to(torch.float64)(x.double())
     assert net[0].weight.grad is not None and half.dtype == torch.float64
     assert all(getattr(m.__dict__.get("forward"), "packed", None) is None for m in net)
+    with packed_linears(net):  # float64 layers are not even wrapped
+        assert all("forward" not in m.__dict__ for m in net)
 
 
 def test_context_restores_layers_on_error_and_nests():

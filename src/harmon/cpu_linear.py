@@ -72,7 +72,8 @@ def packed_linears(module: nn.Module) -> Iterator[None]:
         return
     swapped: list[nn.Linear] = []
     for layer in module.modules():
-        if isinstance(layer, nn.Linear) and "forward" not in layer.__dict__:
+        if (isinstance(layer, nn.Linear) and "forward" not in layer.__dict__ and layer.weight.device.type == "cpu"
+                and layer.weight.dtype == torch.float32):  # GPU / half-precision layers are left as they are
             layer.forward = _PackedForward(layer)
             swapped.append(layer)
     try:
