@@ -8,11 +8,11 @@ Random weights for the named architectures (tiny, 0.5b, 1.5b), nothing downloade
 wrappers around the model's pieces (MAR encoder, LLM, MAR decoder, diffusion head, VAE decode; the rest is
 "other"). FLOPs are counted by torch's FlopCounterMode on a rerun of the same call (matmul/conv/attention FLOPs from
 the op shapes), per phase; the matmul peak (a large square matmul in the same dtype, the best of the plain and the
-packed-weight routes) and the memory read bandwidth of this machine are measured in the same run, so "fraction of
-peak" compares like with like. ``--no-pack`` runs plain Linear layers instead of packed weights;
-``--straightforward`` also samples the diffusion head the straightforward way (the reference the fast paths are
-tested against). The roofline fraction
-counts the diffusion MLP at its bandwidth bound (it re-reads its weights on every evaluation; see bench_generate). One JSON line per result.
+packed-weight routes) and the memory read bandwidth of this machine are measured in the same run, before and after
+the timed calls (the best counts), so "fraction of peak" compares like with like. The roofline fraction counts the
+diffusion MLP at its bandwidth bound (it re-reads its weights on every evaluation; see bench_generate).
+``--no-pack`` runs plain Linear layers instead of packed weights; ``--straightforward`` also samples the diffusion
+head the straightforward way (the reference the fast paths are tested against). One JSON line per result.
 """
 
 from __future__ import annotations
@@ -220,7 +220,8 @@ def roofline(res: dict, peak: float, bandwidth: float | None = None) -> dict:
     res.update({"achieved_flops": flops / total, "fraction_of_peak": flops / total / peak})
     ideal = {k: f / peak for k, f in phase_flops.items()}
     if bandwidth:
-        ideal["diffusion_head"] = max(ideal.get("diffusion_head", 0.0), res["diffusion_weight_traffic_bytes"] / bandwidth)
+        traffic_s = res["diffusion_weight_traffic_bytes"] / bandwidth
+        ideal["diffusion_head"] = max(ideal.get("diffusion_head", 0.0), traffic_s)
         res["read_bandwidth_bytes_per_s"] = bandwidth
     res["phases_ideal_s"] = ideal
     res["phases_fraction_of_bound"] = {k: round(ideal[k] / phases[k], 3) for k in ideal if phases.get(k)}

@@ -64,9 +64,8 @@ def test_gradients_and_other_dtypes_take_the_plain_path():
 
 def test_context_restores_layers_on_error_and_nests():
     net = _net(torch.Generator().manual_seed(3))
-    with pytest.raises(RuntimeError, match="boom"):
-        with packed_linears(net):
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), packed_linears(net):
+        raise RuntimeError("boom")
     assert all("forward" not in m.__dict__ for m in net)
     with packed_linears(net):
         outer = net[0].__dict__.get("forward")
