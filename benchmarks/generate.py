@@ -232,12 +232,10 @@ def roofline(res: dict, peak: float, bandwidth: float | None = None) -> dict:
 def bench_understanding(pipe, args, device: str) -> dict:
     from PIL import Image
 
-    from harmon.cpu_linear import packed_linears
-
     image = Image.new("RGB", (args.image_size, args.image_size), (200, 30, 30))
     embeds = pipe.understanding_inputs(image, "Describe the image in detail.", image_size=args.image_size)
     llm = pipe.model.llm
-    with torch.no_grad(), packed_linears(pipe.model):  # as HarmonPipeline.describe runs it
+    with torch.no_grad():  # plain layers, as HarmonPipeline.describe runs them
         llm(inputs_embeds=embeds, use_cache=True)  # warm-up
         t = time.perf_counter()
         out = llm(inputs_embeds=embeds, use_cache=True, logits_to_keep=1)

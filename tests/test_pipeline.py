@@ -45,8 +45,8 @@ def test_cached_generation_equals_uncached_reference(pipe):
 
 
 def test_packed_linears_give_the_plain_layers_images(pipe, monkeypatch):
-    """generate and describe run their Linear layers with packed weights on CPU float32 (harmon.cpu_linear): the
-    same latents up to float rounding and the same answer as with plain layers."""
+    """generate runs its Linear layers with packed weights on CPU float32 (harmon.cpu_linear): the same latents
+    up to float rounding as with plain layers; describe answers the same either way."""
     from harmon import cpu_linear
 
     if not cpu_linear.available():

@@ -4,7 +4,8 @@ A plain ``nn.Linear`` on CPU hands its weight to a GEMM that re-packs it into th
 call. With the few hundred rows of a generation step (or the 8 rows of a diffusion step) that re-packing and the
 small-M kernels cost up to half the time. oneDNN can reorder a weight once into its blocked layout and multiply
 many times against it; on the shapes of the 0.5B model this runs 1.3-2x faster than the plain layer
-(``benchmarks/generate.py`` measures both).
+(``benchmarks/generate.py --no-pack`` runs the plain layers). ``HarmonPipeline.generate`` and the diffusion sampler
+use it; ``describe`` does not (its prefill was no faster packed even before counting the reorder: benchmarks/README).
 
 ``packed_linears(module)`` is a context: inside it every ``nn.Linear`` of ``module`` that is called with a CPU
 float32 input, and no gradient to record, runs through oneDNN with its weight reordered on its first call in the

@@ -290,13 +290,13 @@ class HarmonPipeline:
                  top_p: float = 1.0, repetition_penalty: float = 1.0, generator: torch.Generator | None = None,
                  image_size: int | None = None) -> str:
         """Answer ``question`` about an image (spec §10). Greedy unless ``do_sample``."""
-        with packed_linears(self.model):  # CPU float32: weights packed once per call (harmon.cpu_linear)
-            embeds = self.understanding_inputs(image_or_path, question, image_size)
-            ids = decode_text(self.model, embeds,
-                              max_new_tokens=self.config.generation.max_new_tokens if max_new_tokens is None
-                              else max_new_tokens, eos_token_id=self.eos_token_id, do_sample=do_sample,
-                              temperature=temperature, top_p=top_p, repetition_penalty=repetition_penalty,
-                              generator=generator)
+        # Plain layers: packed ones (harmon.cpu_linear) made prefill no faster even before the reorder was counted.
+        embeds = self.understanding_inputs(image_or_path, question, image_size)
+        ids = decode_text(self.model, embeds,
+                          max_new_tokens=self.config.generation.max_new_tokens if max_new_tokens is None
+                          else max_new_tokens, eos_token_id=self.eos_token_id, do_sample=do_sample,
+                          temperature=temperature, top_p=top_p, repetition_penalty=repetition_penalty,
+                          generator=generator)
         if ids and ids[-1] == self.eos_token_id:
             ids = ids[:-1]
         return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
