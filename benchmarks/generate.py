@@ -198,8 +198,7 @@ def bench_generate(pipe, batch: int, args, dtype, device: str, peak: float, band
         res.update({"flops_per_image": flops / batch, "phases_flops": phase_flops})
         net = pipe.model.mar.diffloss.net
         weight_bytes = sum(p.numel() * p.element_size() for p in net.parameters())
-        mod_layers = [b.adaLN_modulation[-1] for b in net.res_blocks] + [net.final_layer.adaLN_modulation[-1]]
-        mod_bytes = sum(p.numel() * p.element_size() for layer in mod_layers for p in layer.parameters())
+        mod_bytes = sum(p.numel() * p.element_size() for layer in net.modulation_layers() for p in layer.parameters())
         evals, mod_calls = counted.mlp_evals, counted.modulation_calls
         # Weight traffic: every evaluation reads the weights; the modulation layers' weights are read once per
         # evaluation by the straightforward path, once per precomputation by the fast sampler.

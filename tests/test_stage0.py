@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 
 from harmon.checkpoint import read_weights
@@ -129,8 +130,6 @@ def test_finetune_vae_decoder_trains_only_the_decoder():
 def test_pipeline_decoder_stage_exports_the_model_with_the_new_decoder(tmp_path, monkeypatch):
     """The decoder stage reads stage III's export, applies the recipe (overridable) and writes a loadable model."""
     import functools
-
-    import pytest
 
     import harmon.train.stage0 as stage0
     from harmon.config import harmon_tiny

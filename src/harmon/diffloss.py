@@ -179,7 +179,7 @@ class SimpleMLPAdaLN(nn.Module):
                 nn.init.zeros_(module.bias)
         nn.init.normal_(self.time_embed.mlp[0].weight, std=0.02, generator=generator)
         nn.init.normal_(self.time_embed.mlp[2].weight, std=0.02, generator=generator)
-        for linear in [b.adaLN_modulation[-1] for b in self.res_blocks] + [self.final_layer.adaLN_modulation[-1]]:
+        for linear in self.modulation_layers():
             nn.init.zeros_(linear.weight)
             nn.init.zeros_(linear.bias)
         nn.init.zeros_(self.final_layer.linear.weight)
@@ -203,11 +203,14 @@ class SimpleMLPAdaLN(nn.Module):
             h = checkpoint(block, h, y, use_reentrant=False) if use_checkpoint else block(h, y)  # (N, W)
         return self.final_layer(h, y)  # (N, 2C)
 
+    def modulation_layers(self) -> list[nn.Linear]:
+        """The adaLN modulation Linear layers: one per residual block, then the final layer's."""
+        return [block.adaLN_modulation[-1] for block in self.res_blocks] + [self.final_layer.adaLN_modulation[-1]]
+
     @property
     def modulation_width(self) -> int:
         """Sum of the widths of all modulations, (3·depth + 2)·W."""
-        layers = [block.adaLN_modulation[-1] for block in self.res_blocks] + [self.final_layer.adaLN_modulation[-1]]
-        return sum(layer.out_features for layer in layers)
+        return sum(layer.out_features for layer in self.modulation_layers())
 
     def modulations(self, y: torch.Tensor) -> list[torch.Tensor]:
         """Every adaLN modulation of the network for embedded conditions y (..., W): one (..., 3W) tensor per
