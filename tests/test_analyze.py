@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 from helpers import tiny_pipeline
 from PIL import Image
@@ -124,3 +125,20 @@ def test_integrated_gradients_sum_to_the_score_change_and_map_the_image():
     assert float(zero.abs().max()) == 0.0 and zero_delta == 0.0  # the baseline itself gets no attribution
     cam = integrated_gradients(pipe, image.resize((80, 64)), "circle", steps=4)
     assert cam.shape == (64, 80) and cam.min() >= 0 and cam.max() <= 1 + 1e-6
+
+
+def test_word_binding_table_is_paired_and_consistent():
+    """Every word of a row is scored on the same images with the same noise: the table is reproducible from the
+    seed, its diagonal gap is zero, and 'bound' says whether the true word has the row's lowest loss."""
+    from harmon.analyze.words import format_word_table, word_binding
+
+    pipe = tiny_pipeline()
+    a = word_binding(pipe, "shape", n_scenes=2, repeats=1, image_size=64)
+    b = word_binding(pipe, "shape", n_scenes=2, repeats=1, image_size=64)
+    assert a == b and a["words"] == ["circle", "square", "triangle"] and a["cases"] == 3 * 6 - 3  # held-out skipped
+    for i, row in enumerate(a["loss"]):
+        assert a["gap"][i][i] == 0.0 and all(x > 0 for x in row)
+        assert a["bound"][i] == (min(range(len(row)), key=row.__getitem__) == i)
+    assert "| circle |" in format_word_table(a)
+    with pytest.raises(ValueError, match="attribute"):
+        word_binding(pipe, "size")

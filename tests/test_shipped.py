@@ -95,3 +95,15 @@ def test_integrated_gradients_localise_each_shape_of_the_test_scene():
         chance = sum((x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in boxes) / 64**2
         share = heat_inside(integrated_gradients(pipe, image, shape), boxes)
         assert share > 1.4 * chance, (shape, share, chance)
+
+
+def test_shipped_generator_binds_the_warm_cool_colour_words():
+    """What the shipped generator has learned of colour words (artifacts/shapes-run3/README.md): on a red object
+    the prompt 'purple' costs clearly more than 'red', and the reverse, while 'green', 'blue' and 'purple' are
+    almost interchangeable (the GenEval-rule colour failures). A generator that ignored colour words fails this."""
+    from harmon.analyze.words import word_binding
+
+    pipe = HarmonPipeline.from_pretrained(shipped_model_path(), device="cpu")
+    r = word_binding(pipe, "color", n_scenes=6, repeats=2)
+    red, purple = r["words"].index("red"), r["words"].index("purple")
+    assert r["gap"][red][purple] > 0.03 and r["gap"][purple][red] > 0.03, r["gap"]

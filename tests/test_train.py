@@ -73,6 +73,31 @@ def test_shapes_stage3_switches_to_v_prediction_on_a_frozen_understanding_path(t
     assert saved["mar"]["diffloss"]["prediction"] == "v" and saved["generation"]["x0_clip"] is None
 
 
+def test_reinit_starts_named_modules_fresh_at_a_new_size(tok_dir, tmp_path):
+    """model.reinit: a pretrained model with a wider diffusion head; every other weight is the pretrained one."""
+    from harmon.train.trainer import build_model
+
+    HarmonPipeline(tiny_model(3), tiny_tokenizer()).save_pretrained(tmp_path / "base")
+    base = HarmonPipeline.from_pretrained(tmp_path / "base", device="cpu").model.state_dict()
+    width = 2 * base["mar.diffloss.net.input_proj.weight"].shape[0]
+    cfg = apply_overrides(toy(RECIPES["stage3"](), tok_dir, str(tmp_path / "run")),
+                          [f"model.pretrained={tmp_path / 'base'}", "model.preset=null", 'model.reinit=["mar.diffloss."]',
+                           f"model.overrides.mar.diffloss.width={width}"])
+    cfg.validate()
+    model, _ = build_model(cfg)
+    sd = model.state_dict()
+    assert sd["mar.diffloss.net.input_proj.weight"].shape[0] == width
+    for k, v in base.items():
+        if not k.startswith("mar.diffloss."):
+            assert torch.equal(sd[k], v), k
+    assert torch.equal(build_model(cfg)[0].state_dict()["mar.diffloss.net.input_proj.weight"],
+                       sd["mar.diffloss.net.input_proj.weight"])  # the fresh init comes from the seed
+    with pytest.raises(ValueError, match="match no parameter"):
+        build_model(apply_overrides(cfg, ['model.reinit=["mar.difloss."]']))
+    with pytest.raises(ValueError, match="reinit applies"):
+        apply_overrides(toy(RECIPES["stage3"](), tok_dir, str(tmp_path / "p")), ['model.reinit=["mar."]']).validate()
+
+
 def test_stage1_freezes_the_llm(tok_dir, tmp_path):
     cfg = toy(RECIPES["stage1"](), tok_dir, str(tmp_path / "s1"))
     trainer = Trainer(cfg, device="cpu")

@@ -289,6 +289,16 @@ def cmd_context(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_words(args: argparse.Namespace) -> int:
+    from harmon.analyze.words import format_word_table, word_binding
+
+    result = word_binding(load_pipeline(args), attribute=args.attribute, n_scenes=args.scenes, repeats=args.repeats,
+                          seed=args.seed)
+    print(format_word_table(result))
+    _write_json(args.json, result)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="harmon", description="Harmon: one shared encoder for image "
                                      "understanding and generation.")
@@ -412,6 +422,15 @@ def build_parser() -> argparse.ArgumentParser:
     cx.add_argument("--repeats", type=int, default=3)
     _add_model_args(cx)
     cx.set_defaults(func=cmd_context)
+    wb = asub.add_parser("words", help="teacher-forced loss under every colour (or shape) word: which prompt words "
+                         "the generator binds (shapes world)")
+    wb.add_argument("--attribute", choices=["color", "shape"], default="color")
+    wb.add_argument("--scenes", type=int, default=24, help="images per (true value, other attribute) case")
+    wb.add_argument("--repeats", type=int, default=6, help="noise draws per image, shared by every word")
+    wb.add_argument("--seed", type=int, default=0)
+    wb.add_argument("--json")
+    _add_model_args(wb)
+    wb.set_defaults(func=cmd_words)
     sy = asub.add_parser("synergy", help="same steps, text-to-image only vs + understanding data, several seeds")
     sy.add_argument("--base", required=True, help="model folder every run starts from (e.g. a stage-I export)")
     sy.add_argument("--outdir", required=True, help="runs and synergy.json go here (an interrupted study resumes)")

@@ -23,6 +23,9 @@ class ModelInit:
     vae_weights: str | None = None  # with a preset: a VAE state dict to load (kl16.ckpt or a trained tiny VAE)
     tokenizer: str | None = None  # tokenizer folder for a preset (default: llm_folder)
     overrides: dict[str, Any] = field(default_factory=dict)  # HarmonConfig fields to replace (e.g. generation)
+    # Parameter-name prefixes of a pretrained / official model that start fresh (seeded init) instead of loading,
+    # so `overrides` may change their shapes: e.g. ["mar.diffloss."] with a wider mar.diffloss.width.
+    reinit: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
         chosen = [n for n in ("pretrained", "official_checkpoint") if getattr(self, n)]
@@ -34,6 +37,9 @@ class ModelInit:
             raise ValueError("model init: official_checkpoint needs official_vae and llm_folder")
         if self.llm_weights and not self.llm_folder:
             raise ValueError("model init: llm_weights=True needs llm_folder")
+        if self.reinit and not chosen:
+            raise ValueError("model init: reinit applies to a pretrained folder or an official checkpoint; a preset "
+                             "is initialised fresh already")
 
 
 @dataclass

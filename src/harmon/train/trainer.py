@@ -93,6 +93,9 @@ def build_model(cfg: TrainConfig) -> tuple[Harmon, Any]:
             check_state_dict({k: v.shape for k, v in model.vae.state_dict().items()}, vae_sd, str(path))
             model.vae.load_state_dict(vae_sd)
         return model, tok
+    if init.reinit:
+        merged = HarmonConfig.from_dict(_deep_merge(model.config.to_dict(), init.overrides))
+        return _reinitialised(model, merged, tuple(init.reinit), cfg.seed, init.pretrained or "official"), tok
     if init.overrides:
         merged = HarmonConfig.from_dict(_deep_merge(model.config.to_dict(), init.overrides))
         if merged.to_dict() != model.config.to_dict():
@@ -100,6 +103,31 @@ def build_model(cfg: TrainConfig) -> tuple[Harmon, Any]:
             load_harmon_weights(fresh, model.state_dict(), "loaded model", include_vae=True)
             model = fresh
     return model, tok
+
+
+def _reinitialised(model: Harmon, config: HarmonConfig, prefixes: tuple[str, ...], seed: int, source: str) -> Harmon:
+    """A model of ``config`` holding ``model``'s weights, except parameters named ``prefixes*``: seeded fresh init.
+
+    Every other parameter must match by name and shape (listed by name otherwise); a prefix that names nothing is
+    an error, so a typo cannot silently train the old module.
+    """
+    torch.manual_seed(seed)  # the LLM's own init draws from the global RNG
+    fresh = Harmon(config)
+    fresh.initialize_weights(torch.Generator().manual_seed(seed))
+    names = list(fresh.state_dict())
+    unused = [p for p in prefixes if not any(n.startswith(p) for n in names)]
+    if unused:
+        raise ValueError(f"model init: reinit prefixes {unused} match no parameter of the model")
+    expected = {k: v.shape for k, v in fresh.state_dict().items() if not k.startswith(prefixes)}
+    kept = {k: v for k, v in model.state_dict().items() if not k.startswith(prefixes)}
+    check_state_dict(expected, kept, source)
+    with torch.no_grad():
+        own = fresh.state_dict()
+        for name, value in kept.items():
+            own[name].copy_(value)
+    fresh.llm.tie_weights()
+    logger.info("model init: %s start fresh (seed %d); everything else loaded from %s", list(prefixes), seed, source)
+    return fresh
 
 
 def _round_vocab(n: int) -> int:

@@ -1,0 +1,108 @@
+"""Does the generator bind each prompt word to what it draws? Teacher-forced loss under every candidate word.
+
+For a colour, say green: render shapes-world scenes of one green object, then score the text-to-image loss of
+those same images (nothing visible, the state of the first sampling step) under the prompts "a red <shape>",
+"a green <shape>", "a blue <shape>", ... with the same masks, timesteps and noise for every prompt. A generator
+that uses the word has its lowest loss under "green", and the gap to the other words says how strongly it tells
+them apart. A word whose row is flat is not bound: the sampler can only draw that attribute from the prior, and no
+sampling setting can fix it. Shapes work the same way ("a green circle" vs "a green square" on green circles).
+
+This is the check that explains GenEval-rule colour failures (see artifacts/shapes-run3/README.md): it reads the
+model's conditional distribution directly instead of sampling it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+ATTRIBUTES = ("color", "shape")
+
+
+@torch.no_grad()
+def word_binding(pipe, attribute: str = "color", n_scenes: int = 24, repeats: int = 6, seed: int = 0,
+                 image_size: int | None = None) -> dict[str, Any]:
+    """Loss of each attribute word on images of each true value of that attribute, averaged over the other one.
+
+    Returns a dict with ``words`` (the attribute's values), ``loss`` (true x word matrix, lists of floats; entry
+    [i][j] is the mean loss of images whose true value is words[i] under a prompt naming words[j]), ``gap``
+    (loss minus the diagonal: > 0 where the true word wins), ``bound`` (per true word, whether its own word has
+    the lowest loss) and ``accuracy`` (share of (true value, other attribute) cases whose own word is lowest).
+    Held-out (colour, shape) pairs are skipped as true values; every word is tried as a prompt.
+    """
+    from harmon.data import Text2ImageProcessor
+    from harmon.data.processing import _pad_id, collate_text2image
+    from harmon.mar import mask_by_order
+    from harmon.world import WorldConfig, parse_prompt
+    from harmon.world.prompts import scene_for_prompt
+    from harmon.world.scene import noun_phrase, render
+
+    if attribute not in ATTRIBUTES:
+        raise ValueError(f"attribute must be one of {ATTRIBUTES}, got {attribute!r}")
+    if n_scenes < 1 or repeats < 1:
+        raise ValueError(f"n_scenes and repeats must be >= 1, got {n_scenes} and {repeats}")
+    model = pipe.model
+    size = image_size or pipe.config.generation.image_size
+    grid = model.grid_for(size)
+    seq = grid[0] * grid[1]
+    world = WorldConfig(image_size=size)
+    colors, shapes = list(world.color_names), list(world.shapes)
+    words, others = (colors, shapes) if attribute == "color" else (shapes, colors)
+    proc = Text2ImageProcessor(pipe.tokenizer, size, cfg_drop_prob=0.0)
+    pad = _pad_id(pipe.tokenizer)
+    was_training = model.training
+    model.eval()
+
+    def pair(word: str, other: str) -> tuple[str, str]:
+        return (word, other) if attribute == "color" else (other, word)  # (colour, shape)
+
+    sums = torch.zeros(len(words), len(words), dtype=torch.float64)
+    counts = torch.zeros(len(words), dtype=torch.float64)
+    wins = cases = 0
+    for i, true in enumerate(words):
+        for k, other in enumerate(others):
+            color, shape = pair(true, other)
+            if world.is_held_out(color, shape):
+                continue
+            g = torch.Generator().manual_seed(seed * 1_000_003 + i * 1009 + k)
+            meta = parse_prompt(noun_phrase(shape, color), world)
+            images = [render(scene_for_prompt(meta, g, world), world) for _ in range(n_scenes)]
+            row = torch.zeros(len(words), dtype=torch.float64)
+            for j, word in enumerate(words):
+                c, s = pair(word, other)
+                batch = collate_text2image([proc({"kind": "text2image", "image": im, "caption": noun_phrase(s, c)})
+                                            for im in images], pad)
+                tokens = model.encode_images(batch["pixels"].to(model.device))
+                ids, am = batch["input_ids"].to(model.device), batch["attention_mask"].to(model.device)
+                for r in range(repeats):  # the same masks, timesteps and noise for every word
+                    gr = torch.Generator().manual_seed(seed * 7919 + r)
+                    mask = mask_by_order(seq, model.sample_orders(n_scenes, seq, gr))
+                    z = model.mar.forward_decoder(model.forward_mae_encoder(tokens, mask, grid, am, input_ids=ids),
+                                                  mask, grid)
+                    row[j] += float(model.mar.forward_loss(z, tokens, mask, generator=gr)) / repeats
+            sums[i] += row
+            counts[i] += 1
+            cases += 1
+            wins += int(int(row.argmin()) == i)
+    model.train(was_training)
+    loss = sums / counts.clamp(min=1)[:, None]
+    gap = loss - loss.diagonal()[:, None]
+    return {"attribute": attribute, "words": words, "loss": loss.tolist(), "gap": gap.tolist(),
+            "bound": [bool(counts[i] > 0 and int(loss[i].argmin()) == i) for i in range(len(words))],
+            "accuracy": wins / cases if cases else 0.0, "cases": cases, "n_scenes": n_scenes, "repeats": repeats,
+            "seed": seed}
+
+
+def format_word_table(result: dict[str, Any]) -> str:
+    """Markdown table of the loss gaps (word's loss minus the true word's; rows = true value)."""
+    words = result["words"]
+    lines = ["| true \\ prompt word | " + " | ".join(words) + " | bound |",
+             "|---" * (len(words) + 2) + "|"]
+    for i, w in enumerate(words):
+        cells = " | ".join(f"{g:+.4f}" for g in result["gap"][i])
+        lines.append(f"| {w} | {cells} | {'yes' if result['bound'][i] else 'no'} |")
+    lines.append(f"\nloss gap = loss under the prompt word minus loss under the true word (> 0: the true word "
+                 f"wins); own word lowest in {result['accuracy']:.0%} of {result['cases']} cases "
+                 f"({result['n_scenes']} scenes x {result['repeats']} noise draws each, seed {result['seed']})")
+    return "\n".join(lines)
