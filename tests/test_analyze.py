@@ -142,3 +142,17 @@ def test_word_binding_table_is_paired_and_consistent():
     assert "| circle |" in format_word_table(a)
     with pytest.raises(ValueError, match="attribute"):
         word_binding(pipe, "size")
+
+
+def test_colour_latent_distances_are_a_metric_table_with_its_closest_pair():
+    from harmon.analyze.words import colour_latent_distances, format_distance_table
+
+    r = colour_latent_distances(tiny_pipeline(), n_scenes=2, image_size=64)
+    d = torch.tensor(r["distance"])
+    n = len(r["words"])
+    assert d.shape == (n, n) and torch.allclose(d, d.T) and torch.all(d.diagonal() < 1e-4)
+    off = d + torch.eye(n) * 1e9
+    a, b, dist = r["closest"]
+    assert dist == pytest.approx(float(off.min())) and {r["words"].index(a), r["words"].index(b)} == set(
+        (torch.nonzero(off == off.min())[0]).tolist())
+    assert f"closest: {a}-{b}" in format_distance_table(r)

@@ -290,11 +290,16 @@ def cmd_context(args: argparse.Namespace) -> int:
 
 
 def cmd_words(args: argparse.Namespace) -> int:
-    from harmon.analyze.words import format_word_table, word_binding
+    from harmon.analyze.words import colour_latent_distances, format_distance_table, format_word_table, word_binding
 
-    result = word_binding(load_pipeline(args), attribute=args.attribute, n_scenes=args.scenes, repeats=args.repeats,
+    pipe = load_pipeline(args)
+    result = word_binding(pipe, attribute=args.attribute, n_scenes=args.scenes, repeats=args.repeats,
                           seed=args.seed)
     print(format_word_table(result))
+    if args.attribute == "color":
+        distances = colour_latent_distances(pipe, seed=args.seed)
+        print("\n" + format_distance_table(distances))
+        result["latent_distance"] = distances
     _write_json(args.json, result)
     return 0
 

@@ -94,6 +94,60 @@ def word_binding(pipe, attribute: str = "color", n_scenes: int = 24, repeats: in
             "seed": seed}
 
 
+@torch.no_grad()
+def colour_latent_distances(pipe, n_scenes: int = 32, seed: int = 0, image_size: int | None = None) -> dict[str, Any]:
+    """How far apart the VAE puts the world's colours: distances between colour means of object tokens.
+
+    For each colour, ``n_scenes`` one-object scenes (random allowed shape, size and cell) are encoded; an object's
+    vector is the mean of the latent tokens its box touches, in the unit-variance latents the generator models
+    (the VAE's scale factor applied). Returns ``words``, ``distance`` (colour x colour, lists of floats) and
+    ``closest`` (the nearest pair and its distance). A colour word's training signal grows with these distances:
+    neighbours much closer than the rest are the ones a generator learns to tell apart last.
+    """
+    from harmon.images import prepare_for_understanding
+    from harmon.world import WorldConfig
+    from harmon.world.scene import Scene, place_objects, render
+
+    if n_scenes < 1:
+        raise ValueError(f"n_scenes must be >= 1, got {n_scenes}")
+    model = pipe.model
+    size = image_size or pipe.config.generation.image_size
+    gh, gw = model.grid_for(size)
+    world = WorldConfig(image_size=size)
+    g = torch.Generator().manual_seed(seed)
+    means = []
+    for color in world.color_names:
+        shapes = world.shapes_for(color, allow_held_out=False)
+        vectors = []
+        for _ in range(n_scenes):
+            shape = shapes[int(torch.randint(len(shapes), (), generator=g))]
+            (obj,) = place_objects([(color, shape)], g, world)
+            image = render(Scene(objects=(obj,), image_size=size), world)
+            tokens = model.encode_images(prepare_for_understanding(image, size).to(model.device))[0].float()
+            x0, y0, x1, y1 = obj.bbox
+            th, tw = size // gh, size // gw
+            rows = range(y0 // th, (y1 - 1) // th + 1)
+            cols = range(x0 // tw, (x1 - 1) // tw + 1)
+            vectors.append(tokens[[r * gw + c for r in rows for c in cols]].mean(dim=0))
+        means.append(torch.stack(vectors).mean(dim=0))
+    d = torch.cdist(torch.stack(means)[None], torch.stack(means)[None])[0]
+    words = list(world.color_names)
+    off = d.masked_fill(torch.eye(len(words), dtype=torch.bool), float("inf"))
+    i, j = divmod(int(off.argmin()), len(words))
+    return {"words": words, "distance": d.tolist(), "closest": [words[i], words[j], float(off[i, j])],
+            "n_scenes": n_scenes, "seed": seed}
+
+
+def format_distance_table(result: dict[str, Any]) -> str:
+    words = result["words"]
+    lines = ["| colour | " + " | ".join(words) + " |", "|---" * (len(words) + 1) + "|"]
+    lines += [f"| {w} | " + " | ".join(f"{x:.2f}" for x in result["distance"][i]) + " |" for i, w in enumerate(words)]
+    a, b, dist = result["closest"]
+    lines.append(f"\ndistance between colour means of object tokens (unit-variance latents; {result['n_scenes']} "
+                 f"scenes per colour, seed {result['seed']}); closest: {a}-{b} {dist:.2f}")
+    return "\n".join(lines)
+
+
 def format_word_table(result: dict[str, Any]) -> str:
     """Markdown table of the loss gaps (word's loss minus the true word's; rows = true value)."""
     words = result["words"]
