@@ -15,7 +15,7 @@ from helpers import tiny_model, tiny_tokenizer
 
 from harmon.pipeline import HarmonPipeline
 from harmon.train.config import OptimConfig, TrainConfig, apply_overrides
-from harmon.train.optim import build_optimizer, lr_factor, select_trainable
+from harmon.train.optim import build_optimizer, build_scheduler, lr_factor, select_trainable
 from harmon.train.recipes import RECIPES, toy
 from harmon.train.shapes_recipes import RECIPES as SHAPES_RECIPES
 from harmon.train.trainer import Trainer
@@ -145,6 +145,28 @@ def test_weight_decay_groups_follow_the_official_rule():
     assert not any("diffloss" in n or n.endswith(".bias") for n in decayed)
     assert "mar.encoder_norm.weight" not in decayed
     assert not any(n.startswith("vae.") for g in opt.param_groups for n in (names[id(p)] for p in g["params"]))
+
+
+def test_lr_scale_gives_prefixes_their_own_learning_rate():
+    model = tiny_model()
+    select_trainable(model, ("llm.", "mar.", "proj_in.", "proj_out."))
+    cfg = OptimConfig(lr=1e-3, lr_scale={"llm.": 0.1, "llm.model.norm.": 0.5})
+    cfg.validate()
+    opt = build_optimizer(model, cfg)
+    names = {id(p): n for n, p in model.named_parameters()}
+    lr_of = {names[id(p)]: g["lr"] for g in opt.param_groups for p in g["params"]}
+    assert lr_of["llm.model.layers.0.mlp.up_proj.weight"] == pytest.approx(1e-4)
+    assert lr_of["llm.model.norm.weight"] == pytest.approx(5e-4)  # the longest prefix wins
+    assert lr_of["mar.mask_token"] == pytest.approx(1e-3)
+    sched = build_scheduler(opt, 10, cfg)
+    for _ in range(5):
+        opt.step()
+        sched.step()
+    assert len({round(r, 9) for r in (g["lr"] / g["initial_lr"] for g in opt.param_groups)}) == 1  # one schedule
+    with pytest.raises(ValueError, match="match no trainable"):
+        build_optimizer(model, OptimConfig(lr_scale={"lm.": 0.1}))
+    with pytest.raises(ValueError, match="must be > 0"):
+        OptimConfig(lr_scale={"llm.": 0.0}).validate()
 
 
 def test_lr_schedule_warmup_then_cosine():

@@ -77,6 +77,9 @@ class OptimConfig:
     min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio
     grad_clip: float = 1.0  # max global grad norm (0 = off)
     ema_decay: float = 0.0  # 0 = no EMA; e.g. 0.999 keeps an EMA of the trainable weights (exported if set)
+    # Learning-rate multipliers by parameter-name prefix, e.g. {"llm.": 0.1}: the longest matching prefix wins,
+    # unmatched parameters keep 1. Warm-up and cosine apply to every group alike.
+    lr_scale: dict[str, float] = field(default_factory=dict)
 
     def validate(self) -> None:
         if self.lr <= 0:
@@ -85,6 +88,9 @@ class OptimConfig:
             raise ValueError(f"optim.warmup_ratio must lie in [0, 1), got {self.warmup_ratio}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"optim.ema_decay must lie in [0, 1), got {self.ema_decay}")
+        bad = {k: v for k, v in self.lr_scale.items() if not float(v) > 0}
+        if bad:
+            raise ValueError(f"optim.lr_scale multipliers must be > 0, got {bad}")
 
 
 @dataclass

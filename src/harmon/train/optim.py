@@ -31,13 +31,32 @@ def no_decay(name: str, p: torch.Tensor) -> bool:
     return p.ndim <= 1 or name.endswith(".bias") or "diffloss" in name
 
 
+def lr_scale_of(name: str, scales: dict[str, float]) -> float:
+    """The multiplier of the longest prefix in ``scales`` that ``name`` starts with (1 when none does)."""
+    matches = [k for k in scales if name.startswith(k)]
+    return float(scales[max(matches, key=len)]) if matches else 1.0
+
+
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
-    decay, plain = [], []
+    """AdamW over the trainable parameters, one group per (weight decay, lr multiplier) pair.
+
+    Raises ValueError if an ``lr_scale`` prefix matches no trainable parameter (a typo would silently do nothing).
+    """
+    groups: dict[tuple[bool, float], list[torch.Tensor]] = {}
+    used: set[str] = set()
     for name, p in model.named_parameters():
-        if p.requires_grad:
-            (plain if no_decay(name, p) else decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": plain, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=tuple(cfg.betas))
+        if not p.requires_grad:
+            continue
+        name = name.removeprefix("module.")  # DDP's wrapper
+        used.update(k for k in cfg.lr_scale if name.startswith(k))
+        groups.setdefault((not no_decay(name, p), lr_scale_of(name, cfg.lr_scale)), []).append(p)
+    unused = sorted(set(cfg.lr_scale) - used)
+    if unused:
+        raise ValueError(f"optim.lr_scale prefixes {unused} match no trainable parameter")
+    return torch.optim.AdamW(
+        [{"params": ps, "weight_decay": cfg.weight_decay if decay else 0.0, "lr": cfg.lr * scale}
+         for (decay, scale), ps in sorted(groups.items(), key=lambda kv: (not kv[0][0], kv[0][1]))],
+        lr=cfg.lr, betas=tuple(cfg.betas))
 
 
 def lr_factor(step: int, max_steps: int, cfg: OptimConfig) -> float:
