@@ -156,3 +156,21 @@ def test_colour_latent_distances_are_a_metric_table_with_its_closest_pair():
     assert dist == pytest.approx(float(off.min())) and {r["words"].index(a), r["words"].index(b)} == set(
         (torch.nonzero(off == off.min())[0]).tolist())
     assert f"closest: {a}-{b}" in format_distance_table(r)
+
+
+def test_cli_words_prints_both_tables_and_writes_json(tmp_path, capsys):
+    import json
+
+    from helpers import tiny_model, tiny_tokenizer
+
+    from harmon import cli
+    from harmon.pipeline import HarmonPipeline
+
+    HarmonPipeline(tiny_model(0), tiny_tokenizer()).save_pretrained(tmp_path / "m")
+    out = tmp_path / "w.json"
+    assert cli.main(["analyze", "words", "--model", str(tmp_path / "m"), "--device", "cpu", "--scenes", "1",
+                     "--repeats", "1", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "| true \\ prompt word | red |" in printed and "closest:" in printed
+    saved = json.loads(out.read_text())
+    assert saved["attribute"] == "color" and len(saved["latent_distance"]["distance"]) == 6
