@@ -24,7 +24,6 @@ def context_curve(pipe, n_images: int = 64, visible: tuple[int, ...] | None = No
     """
     from harmon.data import Text2ImageProcessor
     from harmon.data.processing import _pad_id, collate_text2image
-    from harmon.mar import mask_by_order
     from harmon.world import WorldConfig
     from harmon.world.data import shapes_record
 
@@ -43,17 +42,30 @@ def context_curve(pipe, n_images: int = 64, visible: tuple[int, ...] | None = No
     ids, am = batch["input_ids"].to(model.device), batch["attention_mask"].to(model.device)
 
     def loss(v: int, ids: torch.Tensor, am: torch.Tensor) -> float:
-        total = 0.0
-        for r in range(repeats):
-            g = torch.Generator().manual_seed(seed * 100 + r)
-            mask = mask_by_order(seq - v, model.sample_orders(n_images, seq, g))
-            x_enc = model.forward_mae_encoder(tokens, mask, grid, am, input_ids=ids)
-            z = model.mar.forward_decoder(x_enc, mask, grid)
-            total += float(model.mar.forward_loss(z, tokens, mask, generator=g))
-        return total / repeats
+        return teacher_forced_loss(model, tokens, ids, am, grid, v, [seed * 100 + r for r in range(repeats)])
 
     curve = [loss(v, ids, am) for v in visible]
     perm = torch.roll(torch.arange(n_images), 1)
     shuffled = loss(0, ids[perm], am[perm])
     model.train(was_training)
     return {"visible": list(visible), "loss": curve, "shuffled_text_loss": shuffled}
+
+
+def teacher_forced_loss(model, tokens: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                        grid: tuple[int, int], visible: int, seeds: list[int]) -> float:
+    """Mean text-to-image loss of ``tokens`` (B, L, C) with ``visible`` of them known, one draw per seed.
+
+    Each seed draws the random orders (which tokens are visible), the timesteps and the noise, so calls with the same
+    seeds and different prompts are paired: their difference is the prompts' doing alone.
+    """
+    from harmon.mar import mask_by_order
+
+    seq = grid[0] * grid[1]
+    total = 0.0
+    for s in seeds:
+        g = torch.Generator().manual_seed(s)
+        mask = mask_by_order(seq - visible, model.sample_orders(tokens.shape[0], seq, g))
+        x_enc = model.forward_mae_encoder(tokens, mask, grid, attention_mask, input_ids=input_ids)
+        z = model.mar.forward_decoder(x_enc, mask, grid)
+        total += float(model.mar.forward_loss(z, tokens, mask, generator=g))
+    return total / len(seeds)

@@ -31,9 +31,9 @@ def word_binding(pipe, attribute: str = "color", n_scenes: int = 24, repeats: in
     the lowest loss) and ``accuracy`` (share of (true value, other attribute) cases whose own word is lowest).
     Held-out (colour, shape) pairs are skipped as true values; every word is tried as a prompt.
     """
+    from harmon.analyze.context import teacher_forced_loss
     from harmon.data import Text2ImageProcessor
     from harmon.data.processing import _pad_id, collate_text2image
-    from harmon.mar import mask_by_order
     from harmon.world import WorldConfig, parse_prompt
     from harmon.world.prompts import scene_for_prompt
     from harmon.world.scene import noun_phrase, render
@@ -45,7 +45,7 @@ def word_binding(pipe, attribute: str = "color", n_scenes: int = 24, repeats: in
     model = pipe.model
     size = image_size or pipe.config.generation.image_size
     grid = model.grid_for(size)
-    seq = grid[0] * grid[1]
+    seeds = [seed * 7919 + r for r in range(repeats)]
     world = WorldConfig(image_size=size)
     colors, shapes = list(world.color_names), list(world.shapes)
     words, others = (colors, shapes) if attribute == "color" else (shapes, colors)
@@ -69,18 +69,15 @@ def word_binding(pipe, attribute: str = "color", n_scenes: int = 24, repeats: in
             meta = parse_prompt(noun_phrase(shape, color), world)
             images = [render(scene_for_prompt(meta, g, world), world) for _ in range(n_scenes)]
             row = torch.zeros(len(words), dtype=torch.float64)
+            tokens = None
             for j, word in enumerate(words):
                 c, s = pair(word, other)
                 batch = collate_text2image([proc({"kind": "text2image", "image": im, "caption": noun_phrase(s, c)})
                                             for im in images], pad)
-                tokens = model.encode_images(batch["pixels"].to(model.device))
+                if tokens is None:  # the same images under every word: encode them once
+                    tokens = model.encode_images(batch["pixels"].to(model.device))
                 ids, am = batch["input_ids"].to(model.device), batch["attention_mask"].to(model.device)
-                for r in range(repeats):  # the same masks, timesteps and noise for every word
-                    gr = torch.Generator().manual_seed(seed * 7919 + r)
-                    mask = mask_by_order(seq, model.sample_orders(n_scenes, seq, gr))
-                    z = model.mar.forward_decoder(model.forward_mae_encoder(tokens, mask, grid, am, input_ids=ids),
-                                                  mask, grid)
-                    row[j] += float(model.mar.forward_loss(z, tokens, mask, generator=gr)) / repeats
+                row[j] = teacher_forced_loss(model, tokens, ids, am, grid, 0, seeds)  # same draws for every word
             sums[i] += row
             counts[i] += 1
             cases += 1
