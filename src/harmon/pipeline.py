@@ -61,12 +61,14 @@ def build_empty_model(config: HarmonConfig, device: torch.device | str = "cpu",
 
 
 def load_harmon_weights(model: Harmon, state_dict: dict[str, torch.Tensor], source: str,
-                        include_vae: bool) -> None:
+                        include_vae: bool, skip: tuple[str, ...] = ()) -> None:
     """Strictly load Harmon weights (official names). ``llm.lm_head.weight`` may be present or absent.
 
+    Parameters named ``skip*`` are neither expected nor loaded (they keep the model's own values).
     Raises CheckpointError listing missing, unexpected and misshaped keys by name.
     """
-    expected = {k: v.shape for k, v in model.state_dict().items() if include_vae or not k.startswith("vae.")}
+    skip = skip + (() if include_vae else ("vae.",))
+    expected = {k: v.shape for k, v in model.state_dict().items() if not k.startswith(skip)}
     tied = bool(model.llm.config.tie_word_embeddings)
     check_state_dict(expected, state_dict, source, optional=TIED_KEYS if tied else ())
     state_dict = dict(state_dict)

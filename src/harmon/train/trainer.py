@@ -93,11 +93,10 @@ def build_model(cfg: TrainConfig) -> tuple[Harmon, Any]:
             check_state_dict({k: v.shape for k, v in model.vae.state_dict().items()}, vae_sd, str(path))
             model.vae.load_state_dict(vae_sd)
         return model, tok
-    if init.reinit:
+    if init.overrides or init.reinit:
         merged = HarmonConfig.from_dict(_deep_merge(model.config.to_dict(), init.overrides))
-        return _reinitialised(model, merged, tuple(init.reinit), cfg.seed, init.pretrained or "official"), tok
-    if init.overrides:
-        merged = HarmonConfig.from_dict(_deep_merge(model.config.to_dict(), init.overrides))
+        if init.reinit:
+            return _reinitialised(model, merged, tuple(init.reinit), cfg.seed, init.pretrained or "official"), tok
         if merged.to_dict() != model.config.to_dict():
             fresh = build_empty_model(merged, "cpu", torch.float32)
             load_harmon_weights(fresh, model.state_dict(), "loaded model", include_vae=True)
@@ -118,14 +117,8 @@ def _reinitialised(model: Harmon, config: HarmonConfig, prefixes: tuple[str, ...
     unused = [p for p in prefixes if not any(n.startswith(p) for n in names)]
     if unused:
         raise ValueError(f"model init: reinit prefixes {unused} match no parameter of the model")
-    expected = {k: v.shape for k, v in fresh.state_dict().items() if not k.startswith(prefixes)}
     kept = {k: v for k, v in model.state_dict().items() if not k.startswith(prefixes)}
-    check_state_dict(expected, kept, source)
-    with torch.no_grad():
-        own = fresh.state_dict()
-        for name, value in kept.items():
-            own[name].copy_(value)
-    fresh.llm.tie_weights()
+    load_harmon_weights(fresh, kept, source, include_vae=True, skip=prefixes)
     logger.info("model init: %s start fresh (seed %d); everything else loaded from %s", list(prefixes), seed, source)
     return fresh
 
