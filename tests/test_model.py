@@ -239,3 +239,29 @@ def test_forward_dispatches_by_source_name():
     assert set(out) == {"loss_text2image"}
     with pytest.raises(ValueError, match="neither"):
         model({"something": {}})
+
+
+def test_patch_size_two_tokens_cover_2x2_latent_blocks():
+    """MAR patch size 2 (spec §8 patchify rule): a 64 px image is 2x2 tokens of 4 x 16 = 64 dims, each token the
+    2x2 block of latents under its 32 px quadrant (channel outermost, then row, then column); decode inverts it,
+    and both losses and sampling run on the coarser grid."""
+    base = tiny_model()
+    mar = dataclasses.replace(base.config.mar, patch_size=2, token_dim=64, grid_size=2,
+                              diffloss=dataclasses.replace(base.config.mar.diffloss, target_channels=64))
+    model = tiny_model(mar=mar)
+    assert model.grid_for(64) == (2, 2)
+    with pytest.raises(ValueError, match="32"):
+        model.grid_for(48)
+    pixels = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    tokens = model.encode_images(pixels)
+    latents = model.vae.encode_latents(pixels)  # (2, 16, 4, 4)
+    assert tokens.shape == (2, 4, 64)
+    # token 1 = top-right quadrant: latents rows 0-1, columns 2-3; entry c*4 + 2*r + q is latent (c, r, 2 + q)
+    assert torch.equal(tokens[:, 1].reshape(2, 16, 2, 2), latents[:, :, 0:2, 2:4])
+    assert torch.allclose(model.decode_tokens(tokens, (2, 2)), model.vae.decode_latents(latents))
+    ids = torch.tensor([[5, 6, 7, 8]] * 2)
+    loss = model.text_to_image_loss(pixels, ids, torch.ones_like(ids), generator=torch.Generator().manual_seed(1))
+    assert torch.isfinite(loss)
+    with pytest.raises(ValueError, match="patch_size"):
+        tiny_model(mar=dataclasses.replace(mar, token_dim=16,
+                                           diffloss=dataclasses.replace(mar.diffloss, target_channels=16)))

@@ -68,11 +68,13 @@ class HarmonConfig:
                 object.__setattr__(self, name, cls.from_dict(value) if hasattr(cls, "from_dict") else cls(**value))
         if "hidden_size" not in self.llm:
             raise ValueError("HarmonConfig.llm must contain at least 'hidden_size'")
-        if self.vae.embed_dim != self.mar.token_dim:
-            raise ValueError(f"vae.embed_dim ({self.vae.embed_dim}) must equal mar.token_dim ({self.mar.token_dim})")
-        if self.generation.image_size % self.vae.stride:
-            raise ValueError(f"generation.image_size {self.generation.image_size} is not a multiple of the VAE "
-                             f"stride {self.vae.stride}")
+        p = self.mar.patch_size
+        if self.vae.embed_dim * p * p != self.mar.token_dim:
+            raise ValueError(f"mar.token_dim ({self.mar.token_dim}) must equal vae.embed_dim ({self.vae.embed_dim}) x "
+                             f"mar.patch_size**2 ({p * p})")
+        if self.generation.image_size % (self.vae.stride * p):
+            raise ValueError(f"generation.image_size {self.generation.image_size} is not a multiple of the token "
+                             f"size {self.vae.stride * p} px (VAE stride x MAR patch size)")
 
     @property
     def llm_hidden_size(self) -> int:

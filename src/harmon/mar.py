@@ -27,6 +27,9 @@ class MARConfig:
     """Sizes of the MAR part. Defaults are MAR-Base as in Harmon-0.5B (spec §2)."""
 
     token_dim: int = 16  # VAE latent channels x patch_size**2 (patch 1 on the 16-channel KL-16 latent)
+    # Latent positions per token side (spec §8, general patchify rule): Harmon uses 1 (one token per 16 px). 2 makes
+    # one 4 x 16 = 64-dim token of each 2 x 2 block of latents (32 px), so the diffusion head draws the block at once.
+    patch_size: int = 1
     encoder_dim: int = 768  # MAR-Base width; MAR-Huge uses 1280
     encoder_depth: int = 12
     encoder_heads: int = 12  # head dim 64
@@ -49,7 +52,7 @@ class MARConfig:
     diffloss: DiffLossConfig = field(default_factory=DiffLossConfig)
 
     def __post_init__(self) -> None:
-        for name in ("token_dim", "encoder_dim", "encoder_depth", "encoder_heads", "decoder_dim",
+        for name in ("token_dim", "patch_size", "encoder_dim", "encoder_depth", "encoder_heads", "decoder_dim",
                      "decoder_depth", "decoder_heads", "grid_size", "diffusion_batch_mul"):
             if getattr(self, name) < 1:
                 raise ValueError(f"MARConfig.{name} must be >= 1, got {getattr(self, name)}")

@@ -133,21 +133,27 @@ class Harmon(nn.Module):
 
     # ------------------------------------------------------------------ VAE <-> tokens
     def grid_for(self, image_size: int | tuple[int, int]) -> tuple[int, int]:
+        """Token grid (rows, columns) of an image: one token per VAE stride x MAR patch size pixels."""
         h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
-        s = self.config.vae.stride
+        s = self.config.vae.stride * self.config.mar.patch_size
         if h % s or w % s or h <= 0 or w <= 0:
-            raise ValueError(f"image size {h}x{w} is not a positive multiple of {s} (the VAE stride)")
+            raise ValueError(f"image size {h}x{w} is not a positive multiple of {s} (the VAE stride x MAR patch size)")
         return h // s, w // s
 
     @torch.no_grad()
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Pixels in [-1, 1], (B, 3, H, W) -> latent tokens (B, h*w, C) in raster order (posterior mode x scale)."""
-        latents = self.vae.encode_latents(pixels.to(self.vae_dtype))  # (B, C, h, w)
-        return rearrange(latents, "b c h w -> b (h w) c")
+        """Pixels in [-1, 1], (B, 3, H, W) -> latent tokens (B, h*w, C·p²) in raster order (posterior mode x scale).
+
+        Patch size p > 1 concatenates each p x p block of latents, channel outermost, then the row and the column
+        inside the block (spec §8)."""
+        latents = self.vae.encode_latents(pixels.to(self.vae_dtype))  # (B, C, H/16, W/16)
+        p = self.config.mar.patch_size
+        return rearrange(latents, "b c (h p1) (w p2) -> b (h w) (c p1 p2)", p1=p, p2=p)
 
     def decode_tokens(self, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        """Latent tokens (B, h*w, C) -> pixels (B, 3, H, W), approximately in [-1, 1]."""
-        latents = rearrange(tokens, "b (h w) c -> b c h w", h=grid[0], w=grid[1])
+        """Latent tokens (B, h*w, C·p²) -> pixels (B, 3, H, W), approximately in [-1, 1]."""
+        p = self.config.mar.patch_size
+        latents = rearrange(tokens, "b (h w) (c p1 p2) -> b c (h p1) (w p2)", h=grid[0], w=grid[1], p1=p, p2=p)
         return self.vae.decode_latents(latents.to(self.vae_dtype))
 
     @property
@@ -267,7 +273,7 @@ class Harmon(nn.Module):
             dummy = None
         else:
             # Keep every visual parameter in the graph so distributed gradient reduction stays consistent.
-            s = self.config.vae.stride * self.config.mar.grid_size
+            s = self.config.vae.stride * self.config.mar.patch_size * self.config.mar.grid_size
             zeros = torch.zeros(1, self.config.mar.seq_len, self.config.mar.token_dim, device=self.device)
             _, z_dummy = self.extract_visual_feature(zeros, None, self.grid_for(s))
             dummy = z_dummy.mean() * 0.0

@@ -27,6 +27,25 @@ SAMPLE_SETTINGS = {"num_iter": 16, "num_sampling_steps": "100", "guidance_scale"
 # GenEval-rule overall went from 0.056 to 0.28. Recipes take a deep copy: `--set` edits overrides in place.
 V_UNIFORM = {"mar": {"diffloss": {"prediction": "v"}, "mask_ratio_dist": "uniform", "mask_ratio_min": 0.0},
              "generation": {"x0_clip": None}}
+# From stage I on, one MAR token is the 2 x 2 block of latents under a 32 px grid cell (MAR patch size 2: 2 x 2
+# tokens of 64 dims at 64 px), so each object of the world is exactly one token and the diffusion head draws all of
+# it, colour included, in one sample. Measured on the third run (patch size 1, 4 x 4 tokens, session 8): the
+# generator drew objects whose four tokens agree on a colour (54 of 60 failed "colors" cells) but the wrong one, a
+# neighbour of the asked colour, and did not coordinate objects across cells (two-object prompts: the image whose
+# second object copies the first's shape scored as likely as the true one, with the first object visible or not).
+# The LLM stage's MAR was never trained, so stage I starts the MAR afresh at the new sizes.
+PATCH2 = {"mar": {"patch_size": 2, "token_dim": 64, "grid_size": 2, "diffusion_batch_mul": 8,
+                  "diffloss": {"target_channels": 64, "width": 256}}}
+
+
+def _merge(*dicts: dict) -> dict:
+    out: dict = {}
+    for d in dicts:
+        for k, v in copy.deepcopy(d).items():
+            out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
 # Stage 0 VAE settings (keyword arguments of harmon.train.stage0.train_shapes_vae; `--set vae:KEY=VALUE` wins).
 # latent_noise stays off. Tried in session 4 (artifacts/shapes-run4): the third run's VAE put the six colours on one
 # latent direction in hue order and the generator swapped those neighbours, so a VAE decoded through noise of 0.25
@@ -61,7 +80,8 @@ def shapes_stage1() -> TrainConfig:
     """Stage I: LLM frozen; MAR + projections learn text-to-image and captioning."""
     return TrainConfig(
         name="shapes_stage1", output_dir=f"{ROOT}/stage1",
-        model=ModelInit(preset=None, pretrained=f"{ROOT}/lm/final", overrides=copy.deepcopy(V_UNIFORM)),
+        model=ModelInit(preset=None, pretrained=f"{ROOT}/lm/final", overrides=_merge(V_UNIFORM, PATCH2),
+                        reinit=["mar."]),
         data=[SourceConfig("text2image", "shapes", batch_size=32, options={"task": "text2image"}),
               SourceConfig("image2text_caption", "shapes", batch_size=8, options={"task": "caption"})],
         image_size=64, train_modules=("mar.", "proj_in.", "proj_out."), max_steps=2000,
