@@ -29,10 +29,9 @@ V_UNIFORM = {"mar": {"diffloss": {"prediction": "v"}, "mask_ratio_dist": "unifor
              "generation": {"x0_clip": None}}
 # From stage I on, one MAR token is the 2 x 2 block of latents under a 32 px grid cell (MAR patch size 2: 2 x 2
 # tokens of 64 dims at 64 px), so each object of the world is exactly one token and the diffusion head draws all of
-# it, colour included, in one sample. Measured on the third run (patch size 1, 4 x 4 tokens, session 8): the
-# generator drew objects whose four tokens agree on a colour (54 of 60 failed "colors" cells) but the wrong one, a
-# neighbour of the asked colour, and did not coordinate objects across cells (two-object prompts: the image whose
-# second object copies the first's shape scored as likely as the true one, with the first object visible or not).
+# it, colour included, in one sample. Seen on the third run (patch size 1, 4 x 4 tokens; throwaway checks in
+# session 8, see artifacts/shapes-run6/README.md): failed "colors" images mostly held one object whose four tokens
+# agreed on a colour, but a neighbour of the asked one, and two-object prompts often got the same shape twice.
 # The LLM stage's MAR was never trained, so stage I starts the MAR afresh at the new sizes.
 PATCH2 = {"mar": {"patch_size": 2, "token_dim": 64, "grid_size": 2, "diffusion_batch_mul": 8,
                   "diffloss": {"target_channels": 64, "width": 256}}}
