@@ -40,9 +40,9 @@ def gradcam_plus_plus(pipe: HarmonPipeline, image: Image.Image | str | Path, con
                       upsample: str = "nearest") -> np.ndarray:
     """Heat map (H, W) in [0, 1] over the image pixels for ``concept`` (e.g. "circle").
 
-    ``upsample``: "nearest" (default) paints each token's value over its own 16x16 pixels, so the map shows
-    exactly which tokens drive the answer; "bilinear" gives the smooth look of the paper's figures (at coarse
-    grids it spreads a token's heat over its neighbours).
+    ``upsample``: "nearest" (default) paints each token's value over its own pixels (16 x 16 at MAR patch size 1),
+    so the map shows exactly which tokens drive the answer; "bilinear" gives the smooth look of the paper's figures
+    (at coarse grids it spreads a token's heat over its neighbours).
     """
     _check_upsample(upsample)
     model = pipe.model
