@@ -133,7 +133,10 @@ def harmon_tiny(vocab_size: int = 512) -> HarmonConfig:
 
 
 def harmon_shapes(vocab_size: int = 512) -> HarmonConfig:
-    """The shipped shapes-world model: a few million parameters, 64 px images as 4x4 tokens of 16 channels.
+    """The shapes-world model's base: a few million parameters, 64 px images as 4x4 tokens of 16 channels.
+
+    Its recipes (``harmon.train.shapes_recipes``) train the LLM on this config, then switch the MAR to patch size 2
+    from stage I on (2x2 tokens of 64 dims): the shipped model's config records the result.
 
     Sized so the whole recipe trains on a 2-core CPU in under two hours (~0.3 s per optimizer step).
     """

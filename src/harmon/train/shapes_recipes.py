@@ -14,7 +14,8 @@ from harmon.train.recipes import MAR_DECODER
 ROOT = "runs/shapes"
 SHAPES_PRESET = "shapes"
 STAGE3_STEPS = 1800  # ~9 min at ~0.3 s per step on 2 CPU cores: the whole pipeline stays within 2 h
-# Sampling for the grids and quick evals during training: one token per MAR step (16 tokens).
+# Sampling for the grids and quick evals during training: one token per MAR step (16 steps cover any grid up to
+# 4 x 4 tokens; the schedule skips steps that would draw nothing).
 SAMPLE_SETTINGS = {"num_iter": 16, "num_sampling_steps": "100", "guidance_scale": 1.5}
 # From stage I on, the diffusion head predicts v and the mask ratio is U[0, 1]; stage III sets them again, so it also
 # converts a model trained with the official settings. Measured on this world (session 3): with the official
