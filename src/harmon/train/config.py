@@ -10,6 +10,15 @@ from pathlib import Path
 from typing import Any
 
 
+
+def deep_merge(base: dict, update: dict) -> dict:
+    """``base`` with ``update`` applied key by key, nested dicts merged (neither input is modified; leaves of
+    ``update`` are shared, not copied)."""
+    out = dict(base)
+    for k, v in update.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
 @dataclass
 class ModelInit:
     """Where the model to train comes from (exactly one of preset / pretrained / official)."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 
-from harmon.train.config import ModelInit, OptimConfig, SourceConfig, TrainConfig
+from harmon.train.config import ModelInit, OptimConfig, SourceConfig, TrainConfig, deep_merge
 from harmon.train.recipes import MAR_DECODER
 
 ROOT = "runs/shapes"
@@ -36,14 +36,6 @@ V_UNIFORM = {"mar": {"diffloss": {"prediction": "v"}, "mask_ratio_dist": "unifor
 # The LLM stage's MAR was never trained, so stage I starts the MAR afresh at the new sizes.
 PATCH2 = {"mar": {"patch_size": 2, "token_dim": 64, "grid_size": 2, "diffusion_batch_mul": 8,
                   "diffloss": {"target_channels": 64, "width": 256}}}
-
-
-def _merge(*dicts: dict) -> dict:
-    out: dict = {}
-    for d in dicts:
-        for k, v in copy.deepcopy(d).items():
-            out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
 
 
 # Stage 0 VAE settings (keyword arguments of harmon.train.stage0.train_shapes_vae; `--set vae:KEY=VALUE` wins).
@@ -80,8 +72,8 @@ def shapes_stage1() -> TrainConfig:
     """Stage I: LLM frozen; MAR + projections learn text-to-image and captioning."""
     return TrainConfig(
         name="shapes_stage1", output_dir=f"{ROOT}/stage1",
-        model=ModelInit(preset=None, pretrained=f"{ROOT}/lm/final", overrides=_merge(V_UNIFORM, PATCH2),
-                        reinit=["mar."]),
+        model=ModelInit(preset=None, pretrained=f"{ROOT}/lm/final",
+                        overrides=deep_merge(copy.deepcopy(V_UNIFORM), copy.deepcopy(PATCH2)), reinit=["mar."]),
         data=[SourceConfig("text2image", "shapes", batch_size=32, options={"task": "text2image"}),
               SourceConfig("image2text_caption", "shapes", batch_size=8, options={"task": "caption"})],
         image_size=64, train_modules=("mar.", "proj_in.", "proj_out."), max_steps=2000,

@@ -21,7 +21,7 @@ from harmon.pipeline import HarmonPipeline, build_empty_model, load_harmon_weigh
 from harmon.tokenizer import load_tokenizer
 from harmon.train import parallel
 from harmon.train.checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint, write_json_atomic
-from harmon.train.config import TrainConfig
+from harmon.train.config import TrainConfig, deep_merge
 from harmon.train.optim import EMA, build_optimizer, build_scheduler, select_trainable
 from harmon.vae import VAEConfig
 
@@ -29,13 +29,6 @@ logger = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------------------------- model building
-def _deep_merge(base: dict, update: dict) -> dict:
-    out = dict(base)
-    for k, v in update.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 def load_llm_weights(model: Harmon, folder: str | Path) -> None:
     """Load a Hugging Face Qwen2 folder's weights (model.safetensors or sharded) into ``model.llm``, strictly."""
     folder = Path(folder)
@@ -81,7 +74,7 @@ def build_model(cfg: TrainConfig) -> tuple[Harmon, Any]:
         if vae_config is not None and vae_config.is_file():  # a trained small VAE records its shape and scale
             config = config.replace(vae=VAEConfig.from_dict(json.loads(vae_config.read_text())))
         if init.overrides:
-            config = HarmonConfig.from_dict(_deep_merge(config.to_dict(), init.overrides))
+            config = HarmonConfig.from_dict(deep_merge(config.to_dict(), init.overrides))
         torch.manual_seed(cfg.seed)  # the LLM's own init draws from the global RNG
         model = Harmon(config)
         model.initialize_weights(torch.Generator().manual_seed(cfg.seed))
@@ -94,7 +87,7 @@ def build_model(cfg: TrainConfig) -> tuple[Harmon, Any]:
             model.vae.load_state_dict(vae_sd)
         return model, tok
     if init.overrides or init.reinit:
-        merged = HarmonConfig.from_dict(_deep_merge(model.config.to_dict(), init.overrides))
+        merged = HarmonConfig.from_dict(deep_merge(model.config.to_dict(), init.overrides))
         if init.reinit:
             return _reinitialised(model, merged, tuple(init.reinit), cfg.seed, init.pretrained or "official"), tok
         if merged.to_dict() != model.config.to_dict():
