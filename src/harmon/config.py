@@ -72,9 +72,14 @@ class HarmonConfig:
         if self.vae.embed_dim * p * p != self.mar.token_dim:
             raise ValueError(f"mar.token_dim ({self.mar.token_dim}) must equal vae.embed_dim ({self.vae.embed_dim}) x "
                              f"mar.patch_size**2 ({p * p})")
-        if self.generation.image_size % (self.vae.stride * p):
+        if self.generation.image_size % self.token_px:
             raise ValueError(f"generation.image_size {self.generation.image_size} is not a multiple of the token "
-                             f"size {self.vae.stride * p} px (VAE stride x MAR patch size)")
+                             f"size {self.token_px} px (VAE stride x MAR patch size)")
+
+    @property
+    def token_px(self) -> int:
+        """Side in pixels of the image patch one MAR token covers: VAE stride x MAR patch size."""
+        return self.vae.stride * self.mar.patch_size
 
     @property
     def llm_hidden_size(self) -> int:

@@ -135,7 +135,7 @@ class Harmon(nn.Module):
     def grid_for(self, image_size: int | tuple[int, int]) -> tuple[int, int]:
         """Token grid (rows, columns) of an image: one token per VAE stride x MAR patch size pixels."""
         h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
-        s = self.config.vae.stride * self.config.mar.patch_size
+        s = self.config.token_px
         if h % s or w % s or h <= 0 or w <= 0:
             raise ValueError(f"image size {h}x{w} is not a positive multiple of {s} (the VAE stride x MAR patch size)")
         return h // s, w // s
@@ -273,7 +273,7 @@ class Harmon(nn.Module):
             dummy = None
         else:
             # Keep every visual parameter in the graph so distributed gradient reduction stays consistent.
-            s = self.config.vae.stride * self.config.mar.patch_size * self.config.mar.grid_size
+            s = self.config.token_px * self.config.mar.grid_size
             zeros = torch.zeros(1, self.config.mar.seq_len, self.config.mar.token_dim, device=self.device)
             _, z_dummy = self.extract_visual_feature(zeros, None, self.grid_for(s))
             dummy = z_dummy.mean() * 0.0

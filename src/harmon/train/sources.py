@@ -104,7 +104,7 @@ def build_processor(src: SourceConfig, cfg: TrainConfig, tokenizer, model_config
         return Text2ImageProcessor(tokenizer, cfg.image_size, max_length=cfg.max_text_length,
                                    cfg_drop_prob=float(src.options.get("cfg_drop_prob", 0.1)),
                                    crop=src.options.get("crop", "random"))
-    grid = cfg.image_size // (model_config.vae.stride * model_config.mar.patch_size)
+    grid = cfg.image_size // model_config.token_px
     image_tokens = grid * grid + model_config.mar.buffer_size
     text_only = src.options.get("task") == "text" or src.options.get("with_image") is False
     require = not text_only  # a micro-batch is all-image or all-text
