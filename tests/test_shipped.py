@@ -37,7 +37,7 @@ def test_cli_defaults_to_the_shipped_model(tmp_path, capsys):
 
 def test_shipped_model_draws_what_it_is_asked():
     """Quality, not just plumbing: most seeds of easy prompts are judged right by the exact scorer (the sixth run's
-    model: 11 of 16, every miss on the position prompt; the third run's got 8)."""
+    model: 11 of 16, missing all four position images and one blue square; the third run's got 8)."""
     from harmon.world import WorldConfig, detect_objects, judge_prompt, parse_prompt
 
     pipe = HarmonPipeline.from_pretrained(shipped_model_path(), device="cpu")
