@@ -174,3 +174,53 @@ def test_cli_words_prints_both_tables_and_writes_json(tmp_path, capsys):
     assert "| true \\ prompt word | red |" in printed and "closest:" in printed
     saved = json.loads(out.read_text())
     assert saved["attribute"] == "color" and len(saved["latent_distance"]["distance"]) == 6
+
+
+class _PaintsOneColour:
+    """A stand-in generator that draws the asked shape in a fixed colour, or two of them for squares."""
+
+    def __init__(self, colour: str) -> None:
+        from harmon.config import HarmonConfig
+
+        self.colour = colour
+        self.config = HarmonConfig()  # generation.image_size is read; this checks the table, not a model
+        self.prompts: list[str] = []
+
+    def generate(self, prompt, num_images_per_prompt=1, generator=None, **_):
+        from harmon.world import WorldConfig, WorldObject, render
+        from harmon.world.scene import Scene
+
+        self.prompts.append(prompt)
+        size = self.config.generation.image_size
+        shape = prompt.split()[-1]
+        objects = [WorldObject(shape, self.colour, (4, 4, 28, 28))]
+        if shape == "square":
+            objects.append(WorldObject(shape, self.colour, (36, 36, 60, 60)))
+        scene = Scene(objects=tuple(objects), image_size=64)
+        return [render(scene, WorldConfig(image_size=64)).resize((size, size), Image.NEAREST)
+                for _ in range(num_images_per_prompt)]
+
+
+def test_drawn_attributes_tabulates_what_the_detector_reads():
+    from harmon.analyze.words import drawn_attributes, format_drawn_table
+    from harmon.world import WorldConfig
+
+    world = WorldConfig()
+    pipe = _PaintsOneColour("purple")
+    r = drawn_attributes(pipe, "color", images=2)
+    columns, words = r["columns"], r["words"]
+    assert columns == [*words, "none", "several"]
+    for i, colour in enumerate(words):
+        shapes = world.shapes_for(colour, allow_held_out=False)
+        row = r["counts"][i]
+        assert sum(row) == 2 * len(shapes)  # every allowed pair, every image, counted once
+        assert row[columns.index("several")] == 2 * ("square" in shapes)  # two squares drawn
+        assert row[columns.index("purple")] == 2 * len([s for s in shapes if s != "square"])
+    purple = words.index("purple")
+    allowed = world.shapes_for("purple", allow_held_out=False)
+    assert r["accuracy"][purple] == pytest.approx(1 - ("square" in allowed) / len(allowed))
+    assert all(a == 0 for i, a in enumerate(r["accuracy"]) if i != purple)
+    assert not any(world.is_held_out(p.split()[-2], p.split()[-1]) for p in pipe.prompts)
+    assert "| purple |" in format_drawn_table(r)
+    with pytest.raises(ValueError, match="attribute"):
+        drawn_attributes(pipe, "size")

@@ -304,6 +304,16 @@ def cmd_words(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_drawn(args: argparse.Namespace) -> int:
+    from harmon.analyze.words import drawn_attributes, format_drawn_table
+
+    result = drawn_attributes(load_pipeline(args), attribute=args.attribute, images=args.images, seed=args.seed,
+                              preset=args.preset, guidance_scale=args.guidance_scale)
+    print(format_drawn_table(result))
+    _write_json(args.json, result)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="harmon", description="Harmon: one shared encoder for image "
                                      "understanding and generation.")
@@ -436,6 +446,16 @@ def build_parser() -> argparse.ArgumentParser:
     wb.add_argument("--json")
     _add_model_args(wb)
     wb.set_defaults(func=cmd_words)
+    dr = asub.add_parser("drawn", help="what the generator draws for each colour (or shape) word: a confusion table "
+                         "of one-object prompts (shapes world)")
+    dr.add_argument("--attribute", choices=["color", "shape"], default="color")
+    dr.add_argument("--images", type=int, default=16, help="images per (colour, shape) prompt")
+    dr.add_argument("--seed", type=int, default=0)
+    dr.add_argument("--preset", choices=list(PRESETS), help="speed preset (default: the model's settings)")
+    dr.add_argument("--guidance-scale", type=float)
+    dr.add_argument("--json")
+    _add_model_args(dr)
+    dr.set_defaults(func=cmd_drawn)
     sy = asub.add_parser("synergy", help="same steps, text-to-image only vs + understanding data, several seeds")
     sy.add_argument("--base", required=True, help="model folder every run starts from (e.g. a stage-I export)")
     sy.add_argument("--outdir", required=True, help="runs and synergy.json go here (an interrupted study resumes)")

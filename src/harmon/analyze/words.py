@@ -157,3 +157,68 @@ def format_word_table(result: dict[str, Any]) -> str:
                  f"wins); own word lowest in {result['accuracy']:.0%} of {result['cases']} cases "
                  f"({result['n_scenes']} scenes x {result['repeats']} noise draws each, seed {result['seed']})")
     return "\n".join(lines)
+
+
+@torch.no_grad()
+def drawn_attributes(pipe, attribute: str = "color", images: int = 16, seed: int = 0, preset: str | None = None,
+                     guidance_scale: float | None = None) -> dict[str, Any]:
+    """What the generator actually draws for each attribute word: a confusion table, asked x drawn.
+
+    For every allowed (colour, shape) pair, ``images`` images of the one-object prompt "a <colour> <shape>" are
+    sampled (model defaults, adjusted by ``preset`` / ``guidance_scale``) and the scorer's detector reads what was
+    drawn. Each image counts once in its asked word's row: under the drawn value of the attribute when it found
+    exactly one object, else under "none" (nothing found) or "several" (more than one object). :func:`word_binding`
+    reads the same question from the model's losses; this table is what sampling makes of it (a word can be bound
+    weakly and still be drawn as another value every time).
+
+    Returns ``words``, ``columns`` (the words, then "none" and "several"), ``counts`` (asked x column, ints),
+    ``accuracy`` (per asked word: share drawn as asked) and ``overall`` (mean of those).
+    """
+    from harmon.world import WorldConfig
+    from harmon.world.scene import noun_phrase
+    from harmon.world.scoring import detect_objects
+
+    if attribute not in ATTRIBUTES:
+        raise ValueError(f"attribute must be one of {ATTRIBUTES}, got {attribute!r}")
+    if images < 1:
+        raise ValueError(f"images must be >= 1, got {images}")
+    size = pipe.config.generation.image_size
+    world = WorldConfig(image_size=size)
+    colors, shapes = list(world.color_names), list(world.shapes)
+    words, others = (colors, shapes) if attribute == "color" else (shapes, colors)
+    columns = [*words, "none", "several"]
+    counts = [[0] * len(columns) for _ in words]
+    g = torch.Generator().manual_seed(seed)
+    for i, word in enumerate(words):
+        for other in others:
+            color, shape = (word, other) if attribute == "color" else (other, word)
+            if world.is_held_out(color, shape):
+                continue
+            drawn = pipe.generate(noun_phrase(shape, color), num_images_per_prompt=images, preset=preset,
+                                  guidance_scale=guidance_scale, generator=g)
+            for image in drawn:
+                found = detect_objects(image, world)
+                if len(found) != 1:
+                    col = columns.index("none" if not found else "several")
+                else:
+                    value = found[0].color if attribute == "color" else found[0].shape
+                    col = words.index(value) if value in words else columns.index("several")
+                counts[i][col] += 1
+    accuracy = [row[i] / max(1, sum(row)) for i, row in enumerate(counts)]
+    return {"attribute": attribute, "words": words, "columns": columns, "counts": counts, "accuracy": accuracy,
+            "overall": sum(accuracy) / len(accuracy), "images": images, "seed": seed, "preset": preset,
+            "guidance_scale": guidance_scale}
+
+
+def format_drawn_table(result: dict[str, Any]) -> str:
+    """Markdown confusion table of :func:`drawn_attributes` (rows = asked word)."""
+    cols = result["columns"]
+    lines = ["| asked \\ drawn | " + " | ".join(cols) + " | right |", "|---" * (len(cols) + 2) + "|"]
+    for i, w in enumerate(result["words"]):
+        lines.append(f"| {w} | " + " | ".join(str(c) for c in result["counts"][i])
+                     + f" | {result['accuracy'][i]:.0%} |")
+    settings = ", ".join(f"{k} {result[k]}" for k in ("preset", "guidance_scale") if result[k] is not None)
+    lines.append(f"\none-object prompts, {result['images']} images per (colour, shape) pair, seed {result['seed']}"
+                 f"{'; ' + settings if settings else ' (model defaults)'}; drawn as asked: {result['overall']:.1%} "
+                 "(mean over words); 'several' also counts an object of unknown shape")
+    return "\n".join(lines)
