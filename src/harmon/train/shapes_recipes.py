@@ -39,12 +39,14 @@ PATCH2 = {"mar": {"patch_size": 2, "token_dim": 64, "grid_size": 2, "diffusion_b
 
 
 # Stage 0 VAE settings (keyword arguments of harmon.train.stage0.train_shapes_vae; `--set vae:KEY=VALUE` wins).
-# latent_noise stays off. Tried in session 4 (artifacts/shapes-run4): the third run's VAE put the six colours on one
-# latent direction in hue order and the generator swapped those neighbours, so a VAE decoded through noise of 0.25
-# of the latents' spread was trained (colours spread over ~8 channels; 95 % of scenes still exact under unit-latent
-# noise 0.3, was 79 %). The whole model trained on it scored GenEval-rule 0.274 against 0.280 and understood worse:
-# latent precision is not what holds generation back.
-SHAPES_VAE: dict = {"latent_noise": 0.0}
+# The VAE decodes through latent noise of 0.5 of the latents' spread, which spreads the six colours apart in the
+# latents: with the plain VAE, green, blue, yellow and purple sat within ~2 of each other in the 64-dim tokens while
+# red was 5-11 from all (the token covariance had one direction holding ~80 % of the variance), and the generator
+# learned colour along that one direction only: one-object prompts for green, blue or yellow drew purple or blue
+# (artifacts/shapes-run7/README.md). With noise 0.5 the closest colour pair is ~4.4 apart and eight directions carry
+# the variance; the seventh run on it scored GenEval-rule 0.595 against the sixth run's 0.446. (With the patch-1
+# MAR of session 4, noise 0.25 had not helped: 0.274 vs 0.280, artifacts/shapes-run4.)
+SHAPES_VAE: dict = {"latent_noise": 0.5}
 # Last stage: the VAE decoder alone learns to draw clean scenes from latents perturbed by Gaussian noise of std up to
 # max_noise (unit-variance latents); the encoder, hence the latent space and everything trained on it, is untouched
 # (keyword arguments of harmon.train.stage0.finetune_vae_decoder; `--set decoder:KEY=VALUE` wins). Measured in
