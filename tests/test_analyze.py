@@ -222,5 +222,9 @@ def test_drawn_attributes_tabulates_what_the_detector_reads():
     assert all(a == 0 for i, a in enumerate(r["accuracy"]) if i != purple)
     assert not any(world.is_held_out(p.split()[-2], p.split()[-1]) for p in pipe.prompts)
     assert "| purple |" in format_drawn_table(r)
+    shapes = drawn_attributes(pipe, "shape", images=1)  # the stand-in draws the asked shape, two for squares
+    assert shapes["columns"] == [*world.shapes, "none", "several", "unknown"]
+    assert {w: a for w, a in zip(shapes["words"], shapes["accuracy"])} == {"circle": 1.0, "square": 0.0,
+                                                                            "triangle": 1.0}
     with pytest.raises(ValueError, match="attribute"):
         drawn_attributes(pipe, "size")

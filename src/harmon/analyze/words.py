@@ -167,11 +167,13 @@ def drawn_attributes(pipe, attribute: str = "color", images: int = 16, seed: int
     For every allowed (colour, shape) pair, ``images`` images of the one-object prompt "a <colour> <shape>" are
     sampled (model defaults, adjusted by ``preset`` / ``guidance_scale``) and the scorer's detector reads what was
     drawn. Each image counts once in its asked word's row: under the drawn value of the attribute when it found
-    exactly one object, else under "none" (nothing found) or "several" (more than one object). :func:`word_binding`
+    exactly one object, else under "none" (nothing found) or "several" (more than one object); with
+    ``attribute="shape"`` a single blob the detector cannot name counts under "unknown". :func:`word_binding`
     reads the same question from the model's losses; this table is what sampling makes of it (a word can be bound
     weakly and still be drawn as another value every time).
 
-    Returns ``words``, ``columns`` (the words, then "none" and "several"), ``counts`` (asked x column, ints),
+    Returns ``words``, ``columns`` (the words, then "none", "several" and for shapes "unknown"), ``counts`` (asked x
+    column, ints),
     ``accuracy`` (per asked word: share drawn as asked) and ``overall`` (mean of those).
     """
     from harmon.world import WorldConfig
@@ -186,7 +188,7 @@ def drawn_attributes(pipe, attribute: str = "color", images: int = 16, seed: int
     world = WorldConfig(image_size=size)
     colors, shapes = list(world.color_names), list(world.shapes)
     words, others = (colors, shapes) if attribute == "color" else (shapes, colors)
-    columns = [*words, "none", "several"]
+    columns = [*words, "none", "several", *(["unknown"] if attribute == "shape" else [])]
     counts = [[0] * len(columns) for _ in words]
     g = torch.Generator().manual_seed(seed)
     for i, word in enumerate(words):
@@ -202,7 +204,7 @@ def drawn_attributes(pipe, attribute: str = "color", images: int = 16, seed: int
                     col = columns.index("none" if not found else "several")
                 else:
                     value = found[0].color if attribute == "color" else found[0].shape
-                    col = words.index(value) if value in words else columns.index("several")
+                    col = columns.index(value)  # a palette colour, a world shape or "unknown"
                 counts[i][col] += 1
     accuracy = [row[i] / max(1, sum(row)) for i, row in enumerate(counts)]
     return {"attribute": attribute, "words": words, "columns": columns, "counts": counts, "accuracy": accuracy,
@@ -220,5 +222,5 @@ def format_drawn_table(result: dict[str, Any]) -> str:
     settings = ", ".join(f"{k} {result[k]}" for k in ("preset", "guidance_scale") if result[k] is not None)
     lines.append(f"\none-object prompts, {result['images']} images per (colour, shape) pair, seed {result['seed']}"
                  f"{'; ' + settings if settings else ' (model defaults)'}; drawn as asked: {result['overall']:.1%} "
-                 "(mean over words); 'several' also counts an object of unknown shape")
+                 "(mean over words)")
     return "\n".join(lines)

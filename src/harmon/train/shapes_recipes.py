@@ -40,12 +40,12 @@ PATCH2 = {"mar": {"patch_size": 2, "token_dim": 64, "grid_size": 2, "diffusion_b
 
 # Stage 0 VAE settings (keyword arguments of harmon.train.stage0.train_shapes_vae; `--set vae:KEY=VALUE` wins).
 # The VAE decodes through latent noise of 0.5 of the latents' spread, which spreads the six colours apart in the
-# latents: with the plain VAE, green, blue, yellow and purple sat within ~2 of each other in the 64-dim tokens while
-# red was 5-11 from all (the token covariance had one direction holding ~80 % of the variance), and the generator
-# learned colour along that one direction only: one-object prompts for green, blue or yellow drew purple or blue
-# (artifacts/shapes-run7/README.md). With noise 0.5 the closest colour pair is ~4.4 apart and eight directions carry
-# the variance; the seventh run on it scored GenEval-rule 0.595 against the sixth run's 0.446. (With the patch-1
-# MAR of session 4, noise 0.25 had not helped: 0.274 vs 0.280, artifacts/shapes-run4.)
+# latents. With the plain VAE, green sat 2.10 from blue and 2.26 from yellow in the 64-dim tokens while red was 3.3-10.8
+# from every colour (`harmon analyze words --attribute color`, distance table), and the generator learned colour along
+# the red-purple axis only: one-object prompts for green, blue or yellow drew purple or blue (`harmon analyze drawn`:
+# 48 % drawn as asked). With noise 0.5 the closest pair is 4.44 apart, 97 % are drawn as asked, and the seventh run
+# scored GenEval-rule 0.595 against the sixth run's 0.446 (artifacts/shapes-run7/README.md). With the patch-1 MAR of
+# session 4, noise 0.25 had not helped (0.274 vs 0.280, artifacts/shapes-run4).
 SHAPES_VAE: dict = {"latent_noise": 0.5}
 # Last stage: the VAE decoder alone learns to draw clean scenes from latents perturbed by Gaussian noise of std up to
 # max_noise (unit-variance latents); the encoder, hence the latent space and everything trained on it, is untouched
