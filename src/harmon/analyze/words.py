@@ -20,6 +20,19 @@ import torch
 ATTRIBUTES = ("color", "shape")
 
 
+def _axes(world, attribute: str) -> tuple[list[str], list[str]]:
+    """(the attribute's values, the other attribute's values) of ``world``; refuses an unknown attribute."""
+    if attribute not in ATTRIBUTES:
+        raise ValueError(f"attribute must be one of {ATTRIBUTES}, got {attribute!r}")
+    colors, shapes = list(world.color_names), list(world.shapes)
+    return (colors, shapes) if attribute == "color" else (shapes, colors)
+
+
+def _pair(attribute: str, word: str, other: str) -> tuple[str, str]:
+    """(colour, shape) of a case whose ``attribute`` is ``word`` and whose other attribute is ``other``."""
+    return (word, other) if attribute == "color" else (other, word)
+
+
 @torch.no_grad()
 def word_binding(pipe, attribute: str = "color", n_scenes: int = 24, repeats: int = 6, seed: int = 0,
                  image_size: int | None = None) -> dict[str, Any]:
@@ -38,31 +51,25 @@ def word_binding(pipe, attribute: str = "color", n_scenes: int = 24, repeats: in
     from harmon.world.prompts import scene_for_prompt
     from harmon.world.scene import noun_phrase, render
 
-    if attribute not in ATTRIBUTES:
-        raise ValueError(f"attribute must be one of {ATTRIBUTES}, got {attribute!r}")
+    size = image_size or pipe.config.generation.image_size
+    world = WorldConfig(image_size=size)
+    words, others = _axes(world, attribute)
     if n_scenes < 1 or repeats < 1:
         raise ValueError(f"n_scenes and repeats must be >= 1, got {n_scenes} and {repeats}")
     model = pipe.model
-    size = image_size or pipe.config.generation.image_size
     grid = model.grid_for(size)
     seeds = [seed * 7919 + r for r in range(repeats)]
-    world = WorldConfig(image_size=size)
-    colors, shapes = list(world.color_names), list(world.shapes)
-    words, others = (colors, shapes) if attribute == "color" else (shapes, colors)
     proc = Text2ImageProcessor(pipe.tokenizer, size, cfg_drop_prob=0.0)
     pad = _pad_id(pipe.tokenizer)
     was_training = model.training
     model.eval()
-
-    def pair(word: str, other: str) -> tuple[str, str]:
-        return (word, other) if attribute == "color" else (other, word)  # (colour, shape)
 
     sums = torch.zeros(len(words), len(words), dtype=torch.float64)
     counts = torch.zeros(len(words), dtype=torch.float64)
     wins = cases = 0
     for i, true in enumerate(words):
         for k, other in enumerate(others):
-            color, shape = pair(true, other)
+            color, shape = _pair(attribute, true, other)
             if world.is_held_out(color, shape):
                 continue
             g = torch.Generator().manual_seed(seed * 1_000_003 + i * 1009 + k)
@@ -71,7 +78,7 @@ def word_binding(pipe, attribute: str = "color", n_scenes: int = 24, repeats: in
             row = torch.zeros(len(words), dtype=torch.float64)
             tokens = None
             for j, word in enumerate(words):
-                c, s = pair(word, other)
+                c, s = _pair(attribute, word, other)
                 batch = collate_text2image([proc({"kind": "text2image", "image": im, "caption": noun_phrase(s, c)})
                                             for im in images], pad)
                 if tokens is None:  # the same images under every word: encode them once
@@ -173,27 +180,22 @@ def drawn_attributes(pipe, attribute: str = "color", images: int = 16, seed: int
     weakly and still be drawn as another value every time).
 
     Returns ``words``, ``columns`` (the words, then "none", "several" and for shapes "unknown"), ``counts`` (asked x
-    column, ints),
-    ``accuracy`` (per asked word: share drawn as asked) and ``overall`` (mean of those).
+    column, ints), ``accuracy`` (per asked word: share drawn as asked) and ``overall`` (mean of those).
     """
     from harmon.world import WorldConfig
     from harmon.world.scene import noun_phrase
     from harmon.world.scoring import detect_objects
 
-    if attribute not in ATTRIBUTES:
-        raise ValueError(f"attribute must be one of {ATTRIBUTES}, got {attribute!r}")
+    world = WorldConfig(image_size=pipe.config.generation.image_size)
+    words, others = _axes(world, attribute)
     if images < 1:
         raise ValueError(f"images must be >= 1, got {images}")
-    size = pipe.config.generation.image_size
-    world = WorldConfig(image_size=size)
-    colors, shapes = list(world.color_names), list(world.shapes)
-    words, others = (colors, shapes) if attribute == "color" else (shapes, colors)
     columns = [*words, "none", "several", *(["unknown"] if attribute == "shape" else [])]
     counts = [[0] * len(columns) for _ in words]
     g = torch.Generator().manual_seed(seed)
     for i, word in enumerate(words):
         for other in others:
-            color, shape = (word, other) if attribute == "color" else (other, word)
+            color, shape = _pair(attribute, word, other)
             if world.is_held_out(color, shape):
                 continue
             drawn = pipe.generate(noun_phrase(shape, color), num_images_per_prompt=images, preset=preset,
