@@ -578,3 +578,33 @@ def test_answer_parsers():
     assert parse_color("It is Orange.") == "orange"
     assert parse_color("reddish") is None
     assert parse_description("two red circles and a blue square") == [("red", "circle")] * 2 + [("blue", "square")]
+
+
+def test_text2image_tag_weights_shift_the_prompt_mix():
+    from harmon.world.data import DESCRIBE_FRACTION, shapes_record, tag_probabilities
+
+    def tag_of(caption):
+        try:
+            return parse_prompt(caption)["tag"]
+        except ValueError:  # a whole-scene description outside the prompt grammar
+            return "scene"
+
+    def tags(weights, n=400):
+        return Counter(tag_of(shapes_record("text2image", i, seed=3, tag_weights=weights)["caption"])
+                       for i in range(n))
+
+    only = tags({"position": 1.0})
+    # prompt-style captions are all position prompts except the whole-scene share, whose true captions may be any tag
+    assert only["position"] > 0.6 * 400
+    assert sum(v for k, v in only.items() if k != "position") < (DESCRIBE_FRACTION + 0.06) * 400
+    skewed, uniform = tags({"position": 4.0, "single_object": 1.0}), tags(None)
+    assert skewed["position"] > 2.5 * skewed["single_object"]
+    assert uniform["position"] < 1.6 * uniform["single_object"]  # the default mix stays uniform over the tags
+    # same (seed, index, weights) -> same record
+    a = shapes_record("text2image", 7, seed=3, tag_weights={"color_attr": 1})
+    b = shapes_record("text2image", 7, seed=3, tag_weights={"color_attr": 1})
+    assert a["caption"] == b["caption"] and a["image"].tobytes() == b["image"].tobytes()
+    assert tag_probabilities({"colors": 1, "counting": 3})[TAGS.index("counting")] == pytest.approx(0.75)
+    for bad in ({"positions": 1.0}, {"position": -1.0}, {"position": 0.0}, {"position": float("nan")}):
+        with pytest.raises(ValueError, match="tag"):
+            tag_probabilities(bad)

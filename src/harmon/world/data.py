@@ -11,15 +11,17 @@ Held-out (colour, shape) pairs never appear.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
+import numpy as np
 import torch
 
 from harmon.prompts import BRIEF_CAPTION_INSTRUCTIONS, DETAILED_CAPTION_INSTRUCTIONS, GENERATE_PREFIX
 from harmon.world.prompts import caption_scene, describe_scene, sample_prompt, scene_for_prompt
 from harmon.world.questions import sample_questions
-from harmon.world.scene import WorldConfig, _choice, render, sample_scene
+from harmon.world.scene import WorldConfig, _categorical, _choice, render, sample_scene
+from harmon.world.scoring import TAGS
 
 TASKS = ("text2image", "caption", "qa", "text")
 DESCRIBE_FRACTION = 0.3  # text2image captions that describe a whole random scene instead of one category prompt
@@ -34,9 +36,29 @@ def _instruction(generator: torch.Generator) -> str:
     return _choice(generator, DETAILED_CAPTION_INSTRUCTIONS + BRIEF_CAPTION_INSTRUCTIONS)
 
 
+def tag_probabilities(tag_weights: Mapping[str, float]) -> np.ndarray:
+    """Normalised probabilities over :data:`TAGS` from relative weights (tags not named weigh 0).
+
+    Raises:
+        ValueError: an unknown tag, a negative or non-finite weight, or weights that sum to 0.
+    """
+    unknown = sorted(set(tag_weights) - set(TAGS))
+    if unknown:
+        raise ValueError(f"unknown prompt tags {unknown}; known: {TAGS}")
+    w = np.array([float(tag_weights.get(t, 0.0)) for t in TAGS], dtype=np.float64)
+    if not np.all(np.isfinite(w)) or (w < 0).any() or w.sum() <= 0:
+        raise ValueError(f"tag weights must be finite, >= 0 and not all 0, got {dict(tag_weights)}")
+    return w / w.sum()
+
+
 def shapes_record(task: str, index: int, seed: int = 0, config: WorldConfig | None = None,
-                  max_turns: int = 6) -> dict[str, Any]:
-    """Record ``index`` of ``task`` (see the module docstring), in the data layer's record format."""
+                  max_turns: int = 6, tag_weights: Mapping[str, float] | None = None) -> dict[str, Any]:
+    """Record ``index`` of ``task`` (see the module docstring), in the data layer's record format.
+
+    ``tag_weights`` (text2image only): relative weights of the GenEval tags of the prompt-style captions, e.g.
+    ``{"position": 2, "color_attr": 2, ...}``; None draws the six tags uniformly. Whole-scene captions keep their
+    share (``DESCRIBE_FRACTION``).
+    """
     config = config or WorldConfig()
     g = _generator(seed, task, index)
     if task == "text2image":
@@ -44,7 +66,8 @@ def shapes_record(task: str, index: int, seed: int = 0, config: WorldConfig | No
             scene = sample_scene(g, config)
             caption = describe_scene(scene) if float(torch.rand((), generator=g)) < 0.5 else caption_scene(scene, g, config)
         else:
-            prompt = sample_prompt(g, config=config)
+            tag = None if tag_weights is None else TAGS[_categorical(g, tag_probabilities(tag_weights))]
+            prompt = sample_prompt(g, tag, config=config)
             scene = scene_for_prompt(prompt, g, config)
             caption = prompt["prompt"]
         return {"kind": "text2image", "image": render(scene, config), "caption": caption}
