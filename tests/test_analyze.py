@@ -1,3 +1,5 @@
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -228,3 +230,49 @@ def test_drawn_attributes_tabulates_what_the_detector_reads():
                                                                             "triangle": 1.0}
     with pytest.raises(ValueError, match="attribute"):
         drawn_attributes(pipe, "size")
+
+
+class _RecolourCodec:
+    """Stand-in pipeline whose 'VAE' is the identity on pixels, except that it repaints one palette colour as
+    another: every (colour, shape) pair survives the round trip but those of ``source``, read as ``target``."""
+
+    def __init__(self, source: str, target: str, size: int = 64):
+        from harmon.world import WorldConfig
+
+        palette = WorldConfig().palette
+        self.src = torch.tensor(palette[source], dtype=torch.float32).div(255).mul(2).sub(1)
+        self.dst = torch.tensor(palette[target], dtype=torch.float32).div(255).mul(2).sub(1)
+        self.device = torch.device("cpu")
+        self.config = SimpleNamespace(generation=SimpleNamespace(image_size=size))
+        self.model = self
+
+    def grid_for(self, size):
+        return (size // 16, size // 16)
+
+    def encode_images(self, pixels):
+        return pixels.clone()
+
+    def decode_tokens(self, tokens, grid):
+        hit = (tokens - self.src[None, :, None, None]).abs().amax(dim=1, keepdim=True) < 0.02
+        return torch.where(hit, self.dst[None, :, None, None].expand_as(tokens), tokens)
+
+
+def test_codec_round_trip_reads_what_the_decoder_paints():
+    from harmon.analyze.codec import codec_round_trip, format_codec_table
+    from harmon.world import WorldConfig
+
+    world = WorldConfig()
+    r = codec_round_trip(_RecolourCodec("green", "orange"), scenes=3, seed=1)
+    rows = {(p["color"], p["shape"]): p for p in r["pairs"]}
+    assert set(rows) == set(world.pairs(allow_held_out=True))  # held-out pairs are checked too
+    for (color, shape), row in rows.items():
+        assert row["held_out"] == world.is_held_out(color, shape)
+        if color == "green":
+            assert row["recovered"] == 0 and row["read_as"] == {f"orange {shape}": 3}
+        else:
+            assert row["recovered"] == 1 and row["read_as"] == {}
+    assert r["held_out"] == 1.0 and r["seen"] == pytest.approx(1 - 3 / 15)  # no held-out pair is green
+    table = format_codec_table(r)
+    assert "| green circle |  | 0% | orange circle ×3 |" in table and "held-out pairs 100.0%" in table
+    with pytest.raises(ValueError, match="scenes"):
+        codec_round_trip(_RecolourCodec("green", "orange"), scenes=0)

@@ -314,6 +314,15 @@ def cmd_drawn(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_codec(args: argparse.Namespace) -> int:
+    from harmon.analyze.codec import codec_round_trip, format_codec_table
+
+    result = codec_round_trip(load_pipeline(args), scenes=args.scenes, seed=args.seed)
+    print(format_codec_table(result))
+    _write_json(args.json, result)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="harmon", description="Harmon: one shared encoder for image "
                                      "understanding and generation.")
@@ -456,6 +465,13 @@ def build_parser() -> argparse.ArgumentParser:
     dr.add_argument("--json")
     _add_model_args(dr)
     dr.set_defaults(func=cmd_drawn)
+    cd = asub.add_parser("codec", help="can the VAE carry every (colour, shape) pair, held-out ones included? "
+                         "encode -> decode round trips read by the detector (shapes world)")
+    cd.add_argument("--scenes", type=int, default=16, help="one-object scenes per (colour, shape) pair")
+    cd.add_argument("--seed", type=int, default=0)
+    cd.add_argument("--json")
+    _add_model_args(cd)
+    cd.set_defaults(func=cmd_codec)
     sy = asub.add_parser("synergy", help="same steps, text-to-image only vs + understanding data, several seeds")
     sy.add_argument("--base", required=True, help="model folder every run starts from (e.g. a stage-I export)")
     sy.add_argument("--outdir", required=True, help="runs and synergy.json go here (an interrupted study resumes)")
