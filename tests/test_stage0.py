@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -158,3 +159,25 @@ def test_pipeline_decoder_stage_exports_the_model_with_the_new_decoder(tmp_path,
     assert json.loads((tmp_path / "decoder" / "decoder_log.json").read_text())["source"] == "stage3"
     with pytest.raises(ValueError, match="unknown setting"):
         shapes_pipeline._decoder(tmp_path, "cpu", ["nope=1"])
+
+
+def test_generic_scenes_paint_objects_in_colours_the_world_does_not_name():
+    from harmon.world.scene import render_array, sample_scene
+    from harmon.world.scoring import DetectorConfig, classify_pixels, detect_objects
+
+    world = WorldConfig()
+    plain = render_batch(range(6), 4, world)
+    assert torch.equal(render_batch(range(6), 4, world, generic_fraction=0.0), plain)  # the world's own scenes
+    generic = render_batch(range(6), 4, world, generic_fraction=1.0)
+    assert torch.equal(render_batch(range(6), 4, world, generic_fraction=1.0), generic)  # seeded
+    for i in range(6):
+        scene = sample_scene(torch.Generator().manual_seed(4 * 1_000_003 + i), world)
+        ref = render_array(scene, world)
+        img = ((generic[i].permute(1, 2, 0) + 1) * 127.5).round().to(torch.uint8).numpy()
+        background = (ref == np.array(world.background, dtype=np.uint8)).all(-1)
+        assert (img[background] == ref[background]).all()  # same layout: only the objects' colours change
+        classes = classify_pixels(img, world, DetectorConfig())
+        assert (classes[~background] == -1).all()  # no object pixel reads as a palette colour or a blend
+        assert detect_objects(img, world) == []  # so no (colour, shape) pair, held-out or not, is shown
+    with pytest.raises(ValueError, match="generic_fraction"):
+        train_shapes_vae("/nonexistent", steps=1, generic_fraction=1.5)

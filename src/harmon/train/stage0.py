@@ -32,14 +32,39 @@ def shapes_vae_config(image_size: int = 64) -> VAEConfig:
                      norm_groups=4, z_channels=16, embed_dim=16, scale_factor=1.0)
 
 
-def render_batch(indices: range | list[int], seed: int, world_config, allow_held_out: bool = False) -> torch.Tensor:
-    """Scenes number ``i`` of the world (seeded by (seed, i)) as pixels (B, 3, H, W) in [-1, 1]."""
-    from harmon.world.scene import render_array, sample_scene
+def off_palette_color(generator: torch.Generator, world_config) -> tuple[int, int, int]:
+    """A random RGB colour that the scorer's detector reads as no colour of the world (neither a palette colour
+    nor a blend of one with the background): objects painted with it are no (colour, shape) pair at all."""
+    from harmon.world.scoring import DetectorConfig, classify_pixels
+
+    detector = DetectorConfig()
+    while True:
+        rgb = torch.randint(0, 256, (3,), generator=generator).tolist()
+        if classify_pixels(np.array([[rgb]], dtype=np.uint8), world_config, detector)[0, 0] == -1:
+            return (int(rgb[0]), int(rgb[1]), int(rgb[2]))
+
+
+def render_batch(indices: range | list[int], seed: int, world_config, allow_held_out: bool = False,
+                 generic_fraction: float = 0.0) -> torch.Tensor:
+    """Scenes number ``i`` of the world (seeded by (seed, i)) as pixels (B, 3, H, W) in [-1, 1].
+
+    With ``generic_fraction`` > 0, that share of the scenes has every object painted in its own
+    :func:`off_palette_color` instead of its palette colour: shapes in colours the world does not name, which
+    teach a VAE that shape and colour vary independently without ever showing it a held-out (colour, shape) pair
+    as the scorer reads one. With 0 the scenes (and the random draws) are exactly the world's.
+    """
+    from harmon.world.scene import render_array, sample_scene, shape_mask
 
     arrays = []
     for i in indices:
         g = torch.Generator().manual_seed(seed * 1_000_003 + int(i))
-        arrays.append(render_array(sample_scene(g, world_config, allow_held_out=allow_held_out), world_config))
+        scene = sample_scene(g, world_config, allow_held_out=allow_held_out)
+        array = render_array(scene, world_config)
+        if generic_fraction > 0 and float(torch.rand((), generator=g)) < generic_fraction:
+            for obj in scene.objects:
+                x0, y0, x1, y1 = obj.bbox
+                array[y0:y1, x0:x1][shape_mask(obj.shape, x1 - x0, y1 - y0)] = off_palette_color(g, world_config)
+        arrays.append(array)
     x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().contiguous()  # NCHW: fast GroupNorm
     return x / 127.5 - 1.0
 
@@ -62,7 +87,7 @@ def object_weighted_loss(rec: torch.Tensor, x: torch.Tensor, mean: torch.Tensor,
 def train_shapes_vae(out_dir: str | Path, steps: int = 8000, batch_size: int = 8, lr: float = 3e-3,
                      seed: int = 0, image_size: int = 64, kl_weight: float = 1e-6, log_every: int = 200,
                      device: str = "cpu", object_weight: float = 4.0, warmup_frac: float = 0.05,
-                     latent_noise: float = 0.0, eval_scenes: int = 256) -> Path:
+                     latent_noise: float = 0.0, eval_scenes: int = 256, generic_fraction: float = 0.0) -> Path:
     """Train the small VAE on rendered scenes and save ``vae.safetensors`` + ``vae_config.json``.
 
     Defaults: batch 8 (on CPU more small steps beat fewer large ones at equal wall time), one-cycle LR peaking at
@@ -72,10 +97,14 @@ def train_shapes_vae(out_dir: str | Path, steps: int = 8000, batch_size: int = 8
     encoder keeps what matters (colour, shape) further apart than that. In unit-variance (scaled) latents this is
     noise of std ``latent_noise``, the scale of a diffusion head's sampling error (see :func:`noise_robustness`).
     Reports the mean absolute reconstruction error, the per-scene exact-recovery rate of the object detector, and
-    that rate under latent noise, on ``eval_scenes`` scenes that training never drew.
+    that rate under latent noise, on ``eval_scenes`` scenes that training never drew. ``generic_fraction`` of the
+    training scenes have their objects painted in colours outside the world's palette (:func:`render_batch`); the
+    evaluation scenes are always the world's own.
     """
     if latent_noise < 0:
         raise ValueError(f"latent_noise must be >= 0, got {latent_noise}")
+    if not 0.0 <= generic_fraction <= 1.0:
+        raise ValueError(f"generic_fraction must be in [0, 1], got {generic_fraction}")
     from harmon.world.scene import WorldConfig
 
     out = Path(out_dir)
@@ -90,7 +119,8 @@ def train_shapes_vae(out_dir: str | Path, steps: int = 8000, batch_size: int = 8
     log = []
     t0 = time.perf_counter()
     for step in range(steps):
-        x = render_batch(range(step * batch_size, (step + 1) * batch_size), seed, world).to(device)
+        x = render_batch(range(step * batch_size, (step + 1) * batch_size), seed, world,
+                         generic_fraction=generic_fraction).to(device)
         mean, logvar = vae.encode(x)
         z = vae.sample_posterior(mean, logvar, gen)
         if latent_noise > 0:
@@ -123,6 +153,7 @@ def train_shapes_vae(out_dir: str | Path, steps: int = 8000, batch_size: int = 8
     (out / "vae_config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
     summary = {"log": log, "quality": quality, "train_seconds": train_seconds, "steps": steps,
                "batch_size": batch_size, "lr": lr, "object_weight": object_weight, "latent_noise": latent_noise,
+               "generic_fraction": generic_fraction,
                "scale_factor": cfg.scale_factor}
     (out / "vae_log.json").write_text(json.dumps(summary, indent=2) + "\n")
     logger.info("vae done: scale %.4f, %s", scale, quality)
