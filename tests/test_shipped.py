@@ -36,9 +36,9 @@ def test_cli_defaults_to_the_shipped_model(tmp_path, capsys):
 
 
 def test_shipped_model_draws_what_it_is_asked():
-    """Quality, not just plumbing: most seeds of easy prompts are judged right by the exact scorer (the seventh run's
-    model: 10 of 16, missing all four position images and two of "two triangles"; the sixth run's got 11, the third
-    run's 8)."""
+    """Quality, not just plumbing: most seeds of easy prompts are judged right by the exact scorer (the eighth run's
+    model: 11 of 16, missing all four position images and one of "two triangles"; the seventh run's got 10, the
+    sixth's 11, the third's 8)."""
     from harmon.world import WorldConfig, detect_objects, judge_prompt, parse_prompt
 
     pipe = HarmonPipeline.from_pretrained(shipped_model_path(), device="cpu")
@@ -59,14 +59,18 @@ def test_shipped_model_answers_fresh_questions():
     assert scores["accuracy"]["existence"] >= 0.85 and scores["accuracy"]["counting"] >= 0.75, scores["accuracy"]
 
 
-@pytest.mark.xfail(strict=True, reason="issue #6 open: GradCAM++ of the shipped model does not concentrate on the "
-                   "circles (none of the heat inside their boxes, which cover 0.33 of the image; the sixth run's "
-                   "model put none there either, the third run's 0.22); asked about the triangle it puts all its "
-                   "heat on it")
-def test_gradcam_heat_falls_on_the_circles():
-    """Issue acceptance: GradCAM++ for "circle" puts most of its heat inside the circles' boxes."""
+@pytest.mark.xfail(strict=True, reason="issue #6 open: over random scenes GradCAM++ of the shipped model puts no more "
+                   "heat on the asked shape than its share of the image (0.23 vs 0.25 over 48 cases)")
+def test_gradcam_heat_falls_on_the_asked_shape():
+    """Issue acceptance, and the same check made general. The issue's test scene: GradCAM++ for "circle" puts most of
+    its heat inside the circles' boxes. The eighth run's model passes it (0.57 of the heat; the sixth and seventh put
+    none there), but by luck: it answers "No" to that very question on that scene (log-odds -0.46), and over 30
+    random scenes (48 (scene, shape) cases) the heat inside the asked shape's boxes is 0.23 against the boxes' 0.25
+    share of the image. Both must hold."""
+    import numpy as np
+
     from harmon.analyze.gradcam import gradcam_plus_plus, heat_inside
-    from harmon.world import WorldConfig, WorldObject, render
+    from harmon.world import WorldConfig, WorldObject, render, sample_scene
     from harmon.world.scene import Scene
 
     pipe = HarmonPipeline.from_pretrained(shipped_model_path(), device="cpu")
@@ -74,14 +78,24 @@ def test_gradcam_heat_falls_on_the_circles():
     circles = [WorldObject("circle", "red", (3, 3, 29, 29)), WorldObject("circle", "blue", (35, 35, 61, 61))]
     others = [WorldObject("square", "green", (36, 4, 60, 28)), WorldObject("triangle", "orange", (4, 36, 28, 60))]
     image = render(Scene(objects=tuple(circles + others), image_size=64), world)
-    cam = gradcam_plus_plus(pipe, image, "circle")
-    assert heat_inside(cam, [o.bbox for o in circles]) > 0.5
+    assert heat_inside(gradcam_plus_plus(pipe, image, "circle"), [o.bbox for o in circles]) > 0.5
+    g = torch.Generator().manual_seed(0)
+    shares, chances = [], []
+    for _ in range(30):
+        scene = sample_scene(g, world)
+        image = render(scene, world)
+        for shape in sorted({o.shape for o in scene.objects}):
+            boxes = [o.bbox for o in scene.objects if o.shape == shape]
+            shares.append(heat_inside(gradcam_plus_plus(pipe, image, shape), boxes))
+            chances.append(sum((x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in boxes) / 64**2)
+    assert np.mean(shares) > 1.5 * np.mean(chances), (np.mean(shares), np.mean(chances))
 
 
 def test_integrated_gradients_localise_the_square_and_the_triangle_of_the_test_scene():
     """Where the answer's evidence sits at the encoder's input: integrated gradients put clearly more heat inside the
-    square's and the triangle's boxes than their share of the image (measured 2.2x and 3.3x chance). For the two
-    circles this model's map is at chance (1.05x; the sixth run's model 1.8x), so they are not asserted."""
+    square's and the triangle's boxes than their share of the image (eighth run's model: 3.0x and 1.7x chance; the
+    seventh's 2.2x and 3.3x). For the two circles the map is below chance (0.39x; the seventh run's model 1.05x, the
+    sixth's 1.8x), so they are not asserted."""
     from harmon.analyze.gradcam import heat_inside, integrated_gradients
     from harmon.world import WorldConfig, WorldObject, render
     from harmon.world.scene import Scene
@@ -99,9 +113,9 @@ def test_integrated_gradients_localise_the_square_and_the_triangle_of_the_test_s
 
 
 def test_shipped_generator_binds_every_colour_word():
-    """What the shipped generator has learned of colour words (artifacts/shapes-run7/README.md): on one-object
+    """What the shipped generator has learned of colour words (artifacts/shapes-run8/README.md): on one-object
     images of each colour, the prompt naming that colour has a lower teacher-forced loss than every other colour
-    word by more than 0.002 (measured: smallest gap +0.0029, green images under "purple"). A generator that ignored
+    word by more than 0.002 (measured: smallest gap +0.0053, green images under "purple"; the seventh run's +0.0029). A generator that ignored
     colour words has equal losses under every word (paired noise) and fails; so does the sixth run's model, whose
     green, blue and purple were almost interchangeable (smallest gap +0.0004 at this test's size)."""
     from harmon.analyze.words import word_binding
@@ -116,8 +130,8 @@ def test_shipped_generator_binds_every_colour_word():
 def test_shipped_vae_carries_every_seen_pair():
     """The generator can only draw what the VAE decodes: every (colour, shape) pair of the training world survives
     encode -> decode exactly (`harmon analyze codec`). Held-out pairs are not asserted: the stage-0 VAE never saw
-    them, and the seventh run's VAE recovers them only in part (41.7 % at 16 scenes per pair, blue triangles never:
-    artifacts/shapes-run7/codec.txt), which caps the held-out generation score whatever the generator learned."""
+    them, and the shipped VAE recovers them only in part (41.7 % at 16 scenes per pair, blue triangles never:
+    artifacts/shapes-run8/codec.txt), which caps the held-out generation score whatever the generator learned."""
     from harmon.analyze.codec import codec_round_trip
 
     pipe = HarmonPipeline.from_pretrained(shipped_model_path(), device="cpu")
