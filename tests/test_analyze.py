@@ -1,3 +1,4 @@
+import json
 from types import SimpleNamespace
 
 import numpy as np
@@ -276,3 +277,25 @@ def test_codec_round_trip_reads_what_the_decoder_paints():
     assert "| green circle |  | 0% | orange circle ×3 |" in table and "held-out pairs 100.0%" in table
     with pytest.raises(ValueError, match="scenes"):
         codec_round_trip(_RecolourCodec("green", "orange"), scenes=0)
+
+
+def test_codec_check_reads_a_bare_stage0_vae_folder(tmp_path):
+    """`harmon analyze codec --stage0-vae DIR`: the folder's own VAE does the round trip (an untrained one draws
+    nothing the detector can read), and a folder that is not a stage-0 VAE is refused by name."""
+    from harmon import cli
+    from harmon.analyze.codec import StandaloneVAE, codec_round_trip
+    from harmon.train.stage0 import train_shapes_vae
+
+    out = train_shapes_vae(tmp_path / "vae", steps=1, batch_size=2, eval_scenes=2)
+    vae = StandaloneVAE(out)
+    pixels = torch.rand(2, 3, 64, 64) * 2 - 1
+    latents = vae.encode_images(pixels)
+    assert latents.shape == (2, 16, 4, 4)
+    assert torch.allclose(vae.decode_tokens(latents, (4, 4)), vae.vae.decode_latents(latents))
+    r = codec_round_trip(vae, scenes=1)
+    assert r["seen"] == 0.0 and r["held_out"] == 0.0  # one step of training recovers nothing
+    assert cli.main(["analyze", "codec", "--stage0-vae", str(out), "--scenes", "1",
+                     "--json", str(tmp_path / "c.json")]) == 0
+    assert len(json.loads((tmp_path / "c.json").read_text())["pairs"]) == 18
+    with pytest.raises(FileNotFoundError, match="vae_config.json"):
+        StandaloneVAE(tmp_path)

@@ -317,7 +317,13 @@ def cmd_drawn(args: argparse.Namespace) -> int:
 def cmd_codec(args: argparse.Namespace) -> int:
     from harmon.analyze.codec import codec_round_trip, format_codec_table
 
-    result = codec_round_trip(load_pipeline(args), scenes=args.scenes, seed=args.seed)
+    if args.stage0_vae:
+        from harmon.analyze.codec import StandaloneVAE
+
+        source = StandaloneVAE(args.stage0_vae)
+    else:
+        source = load_pipeline(args)
+    result = codec_round_trip(source, scenes=args.scenes, seed=args.seed)
     print(format_codec_table(result))
     _write_json(args.json, result)
     return 0
@@ -470,6 +476,8 @@ def build_parser() -> argparse.ArgumentParser:
     cd.add_argument("--scenes", type=int, default=16, help="one-object scenes per (colour, shape) pair")
     cd.add_argument("--seed", type=int, default=0)
     cd.add_argument("--json")
+    cd.add_argument("--stage0-vae", help="check a bare stage-0 VAE folder (vae.safetensors + vae_config.json, e.g. "
+                    "runs/shapes/stage0_vae) instead of a model's VAE")
     _add_model_args(cd)
     cd.set_defaults(func=cmd_codec)
     sy = asub.add_parser("synergy", help="same steps, text-to-image only vs + understanding data, several seeds")

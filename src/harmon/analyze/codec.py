@@ -10,9 +10,42 @@ them and reads the result with the scorer's detector.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
+
+
+class StandaloneVAE:
+    """A stage-0 VAE folder (``vae.safetensors`` + ``vae_config.json``, as ``harmon.train.stage0`` writes it) in the
+    shape :func:`codec_round_trip` reads, so a VAE can be checked before any generator is trained on it. The round
+    trip runs on whole latent maps; grouping latents into MAR tokens does not change what is decoded."""
+
+    def __init__(self, folder: str | Path, image_size: int = 64) -> None:
+        from harmon.checkpoint import read_weights
+        from harmon.vae import AutoencoderKL, VAEConfig
+
+        folder = Path(folder)
+        missing = [n for n in ("vae.safetensors", "vae_config.json") if not (folder / n).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{folder} is not a stage-0 VAE folder: missing {', '.join(missing)}")
+        self.vae = AutoencoderKL(VAEConfig.from_dict(json.loads((folder / "vae_config.json").read_text())))
+        self.vae.load_state_dict(read_weights(folder / "vae.safetensors"))
+        self.vae.eval()
+        self.device = torch.device("cpu")
+        self.config = SimpleNamespace(generation=SimpleNamespace(image_size=image_size))
+        self.model = self
+
+    def grid_for(self, size: int) -> tuple[int, int]:
+        return (size // 16, size // 16)
+
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.vae.encode_latents(pixels)
+
+    def decode_tokens(self, latents: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        return self.vae.decode_latents(latents)
 
 
 @torch.no_grad()
