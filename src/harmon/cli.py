@@ -315,14 +315,9 @@ def cmd_drawn(args: argparse.Namespace) -> int:
 
 
 def cmd_codec(args: argparse.Namespace) -> int:
-    from harmon.analyze.codec import codec_round_trip, format_codec_table
+    from harmon.analyze.codec import StandaloneVAE, codec_round_trip, format_codec_table
 
-    if args.stage0_vae:
-        from harmon.analyze.codec import StandaloneVAE
-
-        source = StandaloneVAE(args.stage0_vae)
-    else:
-        source = load_pipeline(args)
+    source = StandaloneVAE(args.stage0_vae) if args.stage0_vae else load_pipeline(args)
     result = codec_round_trip(source, scenes=args.scenes, seed=args.seed)
     print(format_codec_table(result))
     _write_json(args.json, result)
