@@ -12,6 +12,22 @@ from harmon.shipped import SHIPPED_DIR, shipped_model_path
 pytestmark = pytest.mark.skipif(shipped_model_path() is None, reason="this checkout carries no shipped model")
 
 
+def _attribution_scene():
+    """The test scene of the heat-map checks: red and blue circles on one diagonal, a green square and an orange
+    triangle on the other. Returns (objects, rendered image)."""
+    from harmon.world import WorldConfig, WorldObject, render
+    from harmon.world.scene import Scene
+
+    objects = [WorldObject("circle", "red", (3, 3, 29, 29)), WorldObject("circle", "blue", (35, 35, 61, 61)),
+               WorldObject("square", "green", (36, 4, 60, 28)), WorldObject("triangle", "orange", (4, 36, 28, 60))]
+    return objects, render(Scene(objects=tuple(objects), image_size=64), WorldConfig(image_size=64))
+
+
+def _box_share(boxes) -> float:
+    """Share of a 64 px image covered by ``boxes`` (disjoint): what a flat heat map puts inside them."""
+    return sum((x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in boxes) / 64**2
+
+
 def test_shipped_files_are_small_and_complete():
     size = (SHIPPED_DIR / "model.safetensors").stat().st_size
     assert size <= 25 * 2**20, f"shipped weights are {size / 2**20:.1f} MiB (limit 25)"
@@ -70,15 +86,13 @@ def test_gradcam_heat_falls_on_the_asked_shape():
     import numpy as np
 
     from harmon.analyze.gradcam import gradcam_plus_plus, heat_inside
-    from harmon.world import WorldConfig, WorldObject, render, sample_scene
-    from harmon.world.scene import Scene
+    from harmon.world import WorldConfig, render, sample_scene
 
     pipe = HarmonPipeline.from_pretrained(shipped_model_path(), device="cpu")
     world = WorldConfig(image_size=64)
-    circles = [WorldObject("circle", "red", (3, 3, 29, 29)), WorldObject("circle", "blue", (35, 35, 61, 61))]
-    others = [WorldObject("square", "green", (36, 4, 60, 28)), WorldObject("triangle", "orange", (4, 36, 28, 60))]
-    image = render(Scene(objects=tuple(circles + others), image_size=64), world)
-    assert heat_inside(gradcam_plus_plus(pipe, image, "circle"), [o.bbox for o in circles]) > 0.5
+    objects, image = _attribution_scene()
+    circles = [o.bbox for o in objects if o.shape == "circle"]
+    assert heat_inside(gradcam_plus_plus(pipe, image, "circle"), circles) > 0.5
     g = torch.Generator().manual_seed(0)
     shares, chances = [], []
     for _ in range(30):
@@ -87,7 +101,7 @@ def test_gradcam_heat_falls_on_the_asked_shape():
         for shape in sorted({o.shape for o in scene.objects}):
             boxes = [o.bbox for o in scene.objects if o.shape == shape]
             shares.append(heat_inside(gradcam_plus_plus(pipe, image, shape), boxes))
-            chances.append(sum((x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in boxes) / 64**2)
+            chances.append(_box_share(boxes))
     assert np.mean(shares) > 1.5 * np.mean(chances), (np.mean(shares), np.mean(chances))
 
 
@@ -97,17 +111,12 @@ def test_integrated_gradients_localise_the_square_and_the_triangle_of_the_test_s
     seventh's 2.2x and 3.3x). For the two circles the map is below chance (0.39x; the seventh run's model 1.05x, the
     sixth's 1.8x), so they are not asserted."""
     from harmon.analyze.gradcam import heat_inside, integrated_gradients
-    from harmon.world import WorldConfig, WorldObject, render
-    from harmon.world.scene import Scene
 
     pipe = HarmonPipeline.from_pretrained(shipped_model_path(), device="cpu")
-    world = WorldConfig(image_size=64)
-    objects = [WorldObject("circle", "red", (3, 3, 29, 29)), WorldObject("circle", "blue", (35, 35, 61, 61)),
-               WorldObject("square", "green", (36, 4, 60, 28)), WorldObject("triangle", "orange", (4, 36, 28, 60))]
-    image = render(Scene(objects=tuple(objects), image_size=64), world)
+    objects, image = _attribution_scene()
     for shape in ("square", "triangle"):
         boxes = [o.bbox for o in objects if o.shape == shape]
-        chance = sum((x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in boxes) / 64**2
+        chance = _box_share(boxes)
         share = heat_inside(integrated_gradients(pipe, image, shape), boxes)
         assert share > 1.4 * chance, (shape, share, chance)
 
@@ -115,9 +124,10 @@ def test_integrated_gradients_localise_the_square_and_the_triangle_of_the_test_s
 def test_shipped_generator_binds_every_colour_word():
     """What the shipped generator has learned of colour words (artifacts/shapes-run8/README.md): on one-object
     images of each colour, the prompt naming that colour has a lower teacher-forced loss than every other colour
-    word by more than 0.002 (measured: smallest gap +0.0053, green images under "purple"; the seventh run's +0.0029). A generator that ignored
-    colour words has equal losses under every word (paired noise) and fails; so does the sixth run's model, whose
-    green, blue and purple were almost interchangeable (smallest gap +0.0004 at this test's size)."""
+    word by more than 0.002 (measured: smallest gap +0.0053, green images under "purple"; the seventh run's
+    +0.0029). A generator that ignored colour words has equal losses under every word (paired noise) and fails; so
+    does the sixth run's model, whose green, blue and purple were almost interchangeable (smallest gap +0.0004 at
+    this test's size)."""
     from harmon.analyze.words import word_binding
 
     pipe = HarmonPipeline.from_pretrained(shipped_model_path(), device="cpu")
@@ -136,5 +146,6 @@ def test_shipped_vae_carries_every_seen_pair():
 
     pipe = HarmonPipeline.from_pretrained(shipped_model_path(), device="cpu")
     r = codec_round_trip(pipe, scenes=4, seed=3)
-    failed = {f"{p['color']} {p['shape']}": p["read_as"] for p in r["pairs"] if not p["held_out"] and p["recovered"] < 1}
+    failed = {f"{p['color']} {p['shape']}": p["read_as"] for p in r["pairs"]
+              if not p["held_out"] and p["recovered"] < 1}
     assert not failed, failed

@@ -33,7 +33,8 @@ class StandaloneVAE:
             raise FileNotFoundError(f"{folder} is not a stage-0 VAE folder: missing {', '.join(missing)}")
         self.vae = AutoencoderKL(VAEConfig.from_dict(json.loads((folder / "vae_config.json").read_text())))
         weights = read_weights(folder / "vae.safetensors")
-        check_state_dict({k: v.shape for k, v in self.vae.state_dict().items()}, weights, str(folder / "vae.safetensors"))
+        expected = {k: v.shape for k, v in self.vae.state_dict().items()}
+        check_state_dict(expected, weights, str(folder / "vae.safetensors"))
         self.vae.load_state_dict(weights)
         self.vae.eval()
         self.device = torch.device("cpu")
