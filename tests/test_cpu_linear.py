@@ -27,7 +27,7 @@ def test_packed_layers_match_plain_ones(shape):
     x = torch.randn(shape, generator=g)
     with torch.no_grad():
         plain = net(x)
-        with packed_linears(net):
+        with packed_linears(net, min_elements=0):
             packed = net(x)
             assert all(isinstance(m.forward, cpu_linear._PackedForward) and m.forward.packed is not None
                        for m in net if isinstance(m, nn.Linear))  # the packed path really ran
@@ -40,7 +40,7 @@ def test_weights_changed_in_place_are_packed_again():
     g = torch.Generator().manual_seed(1)
     net = _net(g)
     x = torch.randn(3, 24, generator=g)
-    with torch.no_grad(), packed_linears(net):
+    with torch.no_grad(), packed_linears(net, min_elements=0):
         net(x)
         net[0].weight.mul_(2.0)
         got = net(x)
@@ -52,24 +52,24 @@ def test_gradients_and_other_dtypes_take_the_plain_path():
     g = torch.Generator().manual_seed(2)
     net = _net(g)
     x = torch.randn(3, 24, generator=g)
-    with packed_linears(net):
+    with packed_linears(net, min_elements=0):
         net(x).sum().backward()  # weights need gradients: plain F.linear, so autograd works
         with torch.no_grad():
             half = net.to(torch.float64)(x.double())
     assert net[0].weight.grad is not None and half.dtype == torch.float64
     assert all(getattr(m.__dict__.get("forward"), "packed", None) is None for m in net)
-    with packed_linears(net):  # float64 layers are not even wrapped
+    with packed_linears(net, min_elements=0):  # float64 layers are not even wrapped
         assert all("forward" not in m.__dict__ for m in net)
 
 
 def test_context_restores_layers_on_error_and_nests():
     net = _net(torch.Generator().manual_seed(3))
-    with pytest.raises(RuntimeError, match="boom"), packed_linears(net):
+    with pytest.raises(RuntimeError, match="boom"), packed_linears(net, min_elements=0):
         raise RuntimeError("boom")
     assert all("forward" not in m.__dict__ for m in net)
-    with packed_linears(net):
+    with packed_linears(net, min_elements=0):
         outer = net[0].__dict__.get("forward")
-        with packed_linears(net):
+        with packed_linears(net, min_elements=0):
             assert net[0].__dict__.get("forward") is outer  # the inner context leaves the outer's layers alone
         assert net[0].__dict__.get("forward") is outer
     assert "forward" not in net[0].__dict__
@@ -78,5 +78,16 @@ def test_context_restores_layers_on_error_and_nests():
 def test_disabled_context_changes_nothing(monkeypatch):
     monkeypatch.setattr(cpu_linear, "ENABLED", False)
     net = _net(torch.Generator().manual_seed(4))
-    with packed_linears(net):
+    with packed_linears(net, min_elements=0):
         assert all("forward" not in m.__dict__ for m in net)
+
+
+def test_layers_below_the_size_threshold_stay_plain():
+    """Small layers are not worth packing (oneDNN's fixed cost outweighs the saved re-pack): by default only
+    weights of at least MIN_ELEMENTS are wrapped."""
+    big, small = nn.Linear(512, 512), nn.Linear(256, 256)
+    net = nn.Sequential(big, small)
+    with packed_linears(net):
+        wrapped = {name for name, m in net.named_children() if "forward" in m.__dict__}
+    assert wrapped == ({"0"} if cpu_linear.ENABLED and cpu_linear.available() else set())
+    assert big.weight.numel() >= cpu_linear.MIN_ELEMENTS > small.weight.numel()
