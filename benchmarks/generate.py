@@ -12,7 +12,8 @@ packed-weight routes) and the memory read bandwidth of this machine are measured
 the timed calls (the best counts), so "fraction of peak" compares like with like. The roofline fraction counts the
 diffusion MLP at its bandwidth bound (it re-reads its weights on every evaluation; see bench_generate).
 ``--no-pack`` runs plain Linear layers instead of packed weights; ``--straightforward`` also samples the diffusion
-head the straightforward way (the reference the fast paths are tested against). One JSON line per result.
+head the straightforward way and runs every row through the prompt and the MAR encoder (the reference the fast
+paths are tested against). One JSON line per result.
 """
 
 from __future__ import annotations
@@ -307,6 +308,11 @@ def main() -> int:
         from harmon.diffloss import DiffLoss
 
         DiffLoss.sample = functools.partialmethod(DiffLoss.sample, fast=False)
+        import harmon.pipeline
+        from harmon.sampling import generate_tokens
+
+        # every row through the prompt and the MAR encoder, as the original does (no deduplication)
+        harmon.pipeline.generate_tokens = functools.partial(generate_tokens, dedupe=False)
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     pipe = build_pipeline(args.config, args.device, dtype)
     before = measure_peak(dtype, args.device)

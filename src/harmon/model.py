@@ -183,7 +183,7 @@ class Harmon(nn.Module):
 
     def forward_mae_encoder(self, tokens: torch.Tensor, mask: torch.Tensor, grid: tuple[int, int],
                             text_mask: torch.Tensor, input_ids: torch.Tensor | None = None,
-                            cache=None) -> torch.Tensor:
+                            cache=None, shared_halves: bool = False) -> torch.Tensor:
         """Encoder refined by the LLM after the text prompt (spec §5.2).
 
         Args:
@@ -191,10 +191,19 @@ class Harmon(nn.Module):
             text_mask: (B, T) attention mask of the (right-padded) prompt.
             input_ids: (B, T) prompt ids; required without ``cache``.
             cache: a transformers cache holding exactly the prompt's K/V; it is restored to that state on return.
+            shared_halves: the second half of ``tokens`` and ``mask`` repeats the first (classifier-free guidance:
+                the same image under two prompts), so the MAR encoder runs on the first half only and its output
+                serves both; the same numbers up to float rounding, half the encoder's work.
         Returns:
             (B, 64+V, D_enc) = x_enc + proj_out(LLM output), buffers first (the decoder's input).
         """
-        x_enc, z_enc = self.extract_visual_feature(tokens, mask, grid)
+        if shared_halves:
+            if tokens.shape[0] % 2:
+                raise ValueError(f"shared_halves needs an even batch, got {tokens.shape[0]} rows")
+            half = tokens.shape[0] // 2
+            x_enc, z_enc = (torch.cat([t, t]) for t in self.extract_visual_feature(tokens[:half], mask[:half], grid))
+        else:
+            x_enc, z_enc = self.extract_visual_feature(tokens, mask, grid)
         b, n_img = z_enc.shape[:2]
         full_mask = torch.cat([text_mask.bool(), text_mask.new_ones(b, n_img, dtype=torch.bool)], dim=1)
         positions = (full_mask.long().cumsum(dim=1) - 1).clamp(min=0)  # image tokens follow the real text
@@ -217,8 +226,21 @@ class Harmon(nn.Module):
         z_llm = torch.cat([z_llm[:, -nb:], z_llm[:, :-nb]], dim=1)  # buffers first again
         return x_enc + self.proj_out(z_llm)  # (B, 64+V, D_enc)
 
-    def prompt_cache(self, input_ids: torch.Tensor, text_mask: torch.Tensor):
-        """Run the prompt once and return its K/V cache (spec §9.2 step 4, with mask and positions)."""
+    def prompt_cache(self, input_ids: torch.Tensor, text_mask: torch.Tensor, dedupe: bool = False):
+        """Run the prompt once and return its K/V cache (spec §9.2 step 4, with mask and positions).
+
+        ``dedupe``: run each distinct (ids, mask) row once and copy its K/V to the rows that repeat it (with
+        guidance every unconditional row is the same prompt); the same cache up to float rounding.
+        """
+        if dedupe:
+            keys = torch.cat([input_ids, text_mask.long()], dim=1)
+            distinct, inverse = torch.unique(keys, dim=0, return_inverse=True)
+            if distinct.shape[0] < keys.shape[0]:
+                t = input_ids.shape[1]
+                cache = self.prompt_cache(distinct[:, :t], distinct[:, t:].bool())
+                if hasattr(cache, "batch_select_indices"):
+                    cache.batch_select_indices(inverse)
+                    return cache
         positions = (text_mask.long().cumsum(dim=1) - 1).clamp(min=0)
         out = self.llm.model(inputs_embeds=self.embed_text(input_ids), attention_mask=text_mask.bool(),
                              position_ids=positions, use_cache=True)

@@ -120,7 +120,7 @@ def step_guidance(settings: SamplingSettings, seq_len: int, n_next: int) -> floa
 @torch.no_grad()
 def generate_tokens(model: Harmon, input_ids: torch.Tensor, attention_mask: torch.Tensor, grid: tuple[int, int],
                     settings: SamplingSettings, generator: torch.Generator | None = None,
-                    use_cache: bool = True) -> torch.Tensor:
+                    use_cache: bool = True, dedupe: bool = True) -> torch.Tensor:
     """Sample latent tokens by masked autoregression (spec §9.2).
 
     Args:
@@ -129,6 +129,9 @@ def generate_tokens(model: Harmon, input_ids: torch.Tensor, attention_mask: torc
         grid: (h, w) token grid, L = h*w.
         use_cache: reuse the prompt's K/V across steps (default); False recomputes the prompt every step
             (the uncached reference, identical up to float error).
+        dedupe: skip repeated work (default): the prompt runs once per distinct prompt, and with guidance the MAR
+            encoder once per image, not once per half (both halves hold the same tokens and mask). False runs every
+            row (the reference, identical up to float error).
     Returns:
         (R', L, C) tokens in the model dtype, R' = R/2 with guidance else R.
     """
@@ -146,13 +149,14 @@ def generate_tokens(model: Harmon, input_ids: torch.Tensor, attention_mask: torc
         orders = torch.cat([orders, orders])  # unconditional rows follow the conditional ones
     tokens = torch.zeros(rows, seq_len, token_dim, device=device, dtype=dtype)
     mask = torch.ones(rows, seq_len, dtype=torch.bool, device=device)
-    cache = model.prompt_cache(input_ids, attention_mask) if use_cache else None
+    cache = model.prompt_cache(input_ids, attention_mask, dedupe=dedupe) if use_cache else None
 
     masked = seq_len
     total = len(mask_schedule(seq_len, settings.num_iter))
     for step in range(settings.num_iter):
         x_enc = model.forward_mae_encoder(tokens, mask, grid, attention_mask,
-                                          input_ids=None if use_cache else input_ids, cache=cache)
+                                          input_ids=None if use_cache else input_ids, cache=cache,
+                                          shared_halves=use_cfg and dedupe)
         z = model.mar.forward_decoder(x_enc, mask, grid)  # (R, L, Dd)
         n_next = next_mask_len(step, settings.num_iter, seq_len, masked)
         last = step == settings.num_iter - 1 or n_next >= masked
