@@ -83,6 +83,9 @@ PRESETS: dict[str, dict[str, float]] = {
     "lean": {"num_sampling_steps": 0.08},
     # and three quarters of the MAR steps (12 of 16)
     "leaner": {"num_iter": 0.75, "num_sampling_steps": 0.08},
+    # Every MAR step, diffusion steps annealed from 12 % to 4 % (12 -> 4 of 100): the same number of head
+    # evaluations as "lean" on a 4-token grid, spent more on the early tokens
+    "brisk": {"num_sampling_steps": 0.12, "diffusion_steps_final": 1 / 3},
 }
 
 
