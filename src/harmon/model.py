@@ -66,13 +66,13 @@ def build_llm(llm_config: dict) -> Qwen2ForCausalLM:
     return Qwen2ForCausalLM(config)
 
 
-
 def _conv_layout(x: torch.Tensor) -> torch.Tensor:
     """The VAE's input in the memory layout its convolutions run fastest in: channels-last on CPU, where oneDNN's
     convolutions ran 1.2-1.5x faster on it (shipped shapes VAE at 64 px, batch 16: decode 37 vs 55 ms, encode 14 vs
     19 ms, medians; a KL-16-sized decoder at 256 px: 1.92 vs 2.35 s); as it is elsewhere. Same values up to float
     rounding."""
     return x.contiguous(memory_format=torch.channels_last) if x.device.type == "cpu" and x.dim() == 4 else x
+
 
 class Harmon(nn.Module):
     """The whole model. ``state_dict()`` minus ``vae.`` keys has exactly the official Harmon names."""
@@ -246,7 +246,7 @@ class Harmon(nn.Module):
             if distinct.shape[0] < keys.shape[0]:
                 t = input_ids.shape[1]
                 cache = self.prompt_cache(distinct[:, :t], distinct[:, t:].bool())
-                if hasattr(cache, "batch_select_indices"):
+                if hasattr(cache, "batch_select_indices"):  # else (an old transformers) run every row below
                     cache.batch_select_indices(inverse)
                     return cache
         positions = (text_mask.long().cumsum(dim=1) - 1).clamp(min=0)
