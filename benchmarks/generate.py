@@ -3,6 +3,7 @@
     python benchmarks/generate.py --config 0.5b --image-size 256 --num-iter 64 --diffusion-steps 100
     python benchmarks/generate.py --config shapes            # the shipped shapes model (if installed)
     python benchmarks/generate.py --compare A.jsonl B.jsonl   # ratios of matching results
+    python benchmarks/generate.py --config 0.5b --image-size 256 --num-iter 64 --preset lean --no-flops
 
 Random weights for the named architectures (tiny, 0.5b, 1.5b), nothing downloaded. Phases are timed with
 wrappers around the model's pieces (MAR encoder, LLM, MAR decoder, diffusion head, VAE decode; the rest is
@@ -168,6 +169,10 @@ def bench_generate(pipe, batch: int, args, dtype, device: str, peak: float, band
 
     settings = {"image_size": args.image_size, "num_iter": args.num_iter, "guidance_scale": args.guidance_scale,
                 "num_sampling_steps": args.diffusion_steps, "output_type": "pt"}
+    if args.preset:  # the preset scales the base settings given, as `generate --preset` scales a model's defaults
+        from harmon.sampling import preset_settings
+
+        settings.update(preset_settings(args.preset, args.num_iter, args.diffusion_steps))
     prompts = ["a red circle to the left of a blue square"] * batch
     pipe.generate(prompts, generator=torch.Generator().manual_seed(0), **{**settings, "num_iter": 2})  # warm-up
     timer = PhaseTimer(device)
@@ -179,6 +184,7 @@ def bench_generate(pipe, batch: int, args, dtype, device: str, peak: float, band
     phases["other"] = max(0.0, total - sum(phases.values()))
     res = {"bench": "generate", "config": args.config, "device": device, "dtype": str(dtype).replace("torch.", ""),
            "image_size": args.image_size, "num_iter": args.num_iter, "diffusion_steps": args.diffusion_steps,
+           "preset": args.preset, "settings": {k: v for k, v in settings.items() if k != "output_type"},
            "guidance_scale": args.guidance_scale, "batch": batch, "seconds": total, "images_per_s": batch / total,
            "seconds_per_image": total / batch, "phases_s": {k: round(v, 4) for k, v in phases.items()},
            "threads": torch.get_num_threads()}
@@ -260,7 +266,7 @@ def compare(a_path: str, b_path: str) -> None:
 
     def key(r):
         return tuple(r.get(k) for k in ("bench", "config", "dtype", "image_size", "num_iter", "diffusion_steps",
-                                         "guidance_scale", "batch"))
+                                         "preset", "guidance_scale", "batch"))
 
     b_by_key = {key(r): r for r in load(b_path)}
     for r in load(a_path):
@@ -281,6 +287,8 @@ def main() -> int:
     p.add_argument("--num-iter", type=int, default=64)
     p.add_argument("--diffusion-steps", default="100")
     p.add_argument("--guidance-scale", type=float, default=3.0)
+    p.add_argument("--preset", help="a speed preset of generate (harmon.sampling.PRESETS), applied to --num-iter and "
+                   "--diffusion-steps as it is to a model's defaults")
     p.add_argument("--batch", type=int, nargs="+", default=[1], help="batch sizes (throughput: the largest)")
     p.add_argument("--no-flops", dest="flops", action="store_false", help="skip the FLOP-counting rerun")
     p.add_argument("--understanding", action="store_true", help="also time prefill and decode")

@@ -21,7 +21,7 @@ def test_generate_benchmark_accounting(monkeypatch):
     torch.manual_seed(0)
     pipe = bench.build_pipeline("tiny", "cpu", torch.float32)
     args = SimpleNamespace(config="tiny", image_size=64, num_iter=3, guidance_scale=2.0, diffusion_steps="5",
-                           flops=True)
+                           flops=True, preset=None)
     res = bench.bench_generate(pipe, 2, args, torch.float32, "cpu", peak=1e12, bandwidth=1e6)
     from harmon import cpu_linear
 
@@ -43,6 +43,13 @@ def test_generate_benchmark_accounting(monkeypatch):
     ideal = res["phases_ideal_s"]["diffusion_head"]
     assert abs(ideal - (15 * (total - mod) + 3 * mod) / 1e6) < 1e-3 * ideal
     assert abs(res["fraction_of_roofline"] - sum(res["phases_ideal_s"].values()) / res["seconds"]) < 1e-3
+
+    # --preset scales the base settings as generate's presets scale a model's defaults, and the run uses them
+    args = SimpleNamespace(**{**vars(args), "diffusion_steps": "100", "preset": "brisk"})
+    res = bench.bench_generate(pipe, 2, args, torch.float32, "cpu", peak=1e12, bandwidth=1e6)
+    assert res["preset"] == "brisk"
+    assert res["settings"]["num_sampling_steps"] == "12" and res["settings"]["diffusion_steps_final"] == 4
+    assert res["diffusion_mlp_evals"] == 12 + 8 + 4  # three MAR steps annealed 12 -> 4 (not 3 x 100)
 
 
 def test_roofline_recomputed_against_a_later_peak():
