@@ -217,7 +217,7 @@ class HarmonPipeline:
         """Draw images for one prompt or several.
 
         Settings left as None take the model's recorded defaults (``config.generation``), adjusted by ``preset``
-        ("full", "fast", "faster": see :data:`harmon.sampling.PRESETS`) when one is named; explicit settings win.
+        ("brisk", "lean", "fast", ...: see :data:`harmon.sampling.PRESETS`) when one is named; explicit settings win.
         Returns a list of PIL images (prompt-major: all images of prompt 0, then prompt 1...), or with
         ``output_type="latent"`` the scaled VAE latents (N, C, h, w), or with ``"pt"`` pixels (N, 3, H, W).
         """
