@@ -241,13 +241,15 @@ class Harmon(nn.Module):
         guidance every unconditional row is the same prompt); the same cache up to float rounding.
         """
         if dedupe:
-            keys = torch.cat([input_ids, text_mask.long()], dim=1)
+            # on the CPU: a few hundred ids, and torch.unique(dim=...) is not implemented on every device (MPS)
+            keys = torch.cat([input_ids, text_mask.long()], dim=1).cpu()
             distinct, inverse = torch.unique(keys, dim=0, return_inverse=True)
             if distinct.shape[0] < keys.shape[0]:
                 t = input_ids.shape[1]
+                distinct = distinct.to(input_ids.device)
                 cache = self.prompt_cache(distinct[:, :t], distinct[:, t:].bool())
                 if hasattr(cache, "batch_select_indices"):  # else (an old transformers) run every row below
-                    cache.batch_select_indices(inverse)
+                    cache.batch_select_indices(inverse.to(input_ids.device))
                     return cache
         positions = (text_mask.long().cumsum(dim=1) - 1).clamp(min=0)
         out = self.llm.model(inputs_embeds=self.embed_text(input_ids), attention_mask=text_mask.bool(),
