@@ -87,12 +87,12 @@ def main() -> int:
         if args.out:
             with open(args.out, "a") as f:
                 f.write(json.dumps(row) + "\n")
-    rows = list(rows.values())
-    base = rows[0]
+    table = list(rows.values())
+    base = table[0]
     print(f"\n| preset | GenEval-rule overall | change vs {base['preset']} | images/s (best round) | speed-up | "
           "speed-up from medians |")
     print("|---|---|---|---|---|---|")
-    for r in rows:
+    for r in table:
         print(f"| {r['preset']} | {r['overall']:.3f} | {r['overall'] - base['overall']:+.3f} | "
               f"{r['images_per_s']:.2f} | {r['images_per_s'] / base['images_per_s']:.2f}x | "
               f"{base['seconds_median'] / r['seconds_median']:.2f}x |")
