@@ -44,15 +44,17 @@ def test_cached_generation_equals_uncached_reference(pipe):
     torch.testing.assert_close(cached, uncached, atol=1e-4, rtol=1e-4)
 
 
-def test_deduplicated_sampling_equals_every_row_reference(pipe, monkeypatch):
+@pytest.mark.parametrize("guidance", [3.0, 1.0])
+def test_deduplicated_sampling_equals_every_row_reference(pipe, monkeypatch, guidance):
     """generate_tokens runs each distinct prompt once and, with guidance, the MAR encoder once per image (both halves
     hold the same tokens and mask); the tokens equal those of the every-row reference up to float rounding. Two
-    images of one prompt and the shared unconditional prompt give repeated rows; the prompt runs on 3 distinct rows
-    and the encoder on 4, not 8."""
+    images of each of two prompts (and with guidance the shared unconditional prompt) give repeated rows: with
+    guidance the prompt runs on 3 distinct rows of 8 and the encoder on 4; without, on 2 of 4 and 4."""
     cond = ["<|im_start|>user\nGenerate an image: a red circle<|im_end|>\n"] * 2
     cond += ["<|im_start|>user\nGenerate an image: a blue square above a green dot<|im_end|>\n"] * 2
-    ids, mask = pipe._tokenize(cond + ["<|im_start|>user\nGenerate an image.<|im_end|>\n"] * 4)
-    settings = SamplingSettings(num_iter=4, guidance_scale=3.0, num_sampling_steps="4")
+    uncond = ["<|im_start|>user\nGenerate an image.<|im_end|>\n"] * 4 if guidance != 1.0 else []
+    ids, mask = pipe._tokenize(cond + uncond)
+    settings = SamplingSettings(num_iter=4, guidance_scale=guidance, num_sampling_steps="4")
     model = pipe.model
     seen = {"prompt": [], "encoder": []}
     real_llm, real_enc = model.llm.model.forward, model.mar.forward_encoder
@@ -61,10 +63,10 @@ def test_deduplicated_sampling_equals_every_row_reference(pipe, monkeypatch):
     monkeypatch.setattr(model.mar, "forward_encoder",
                         lambda x, *a, **k: seen["encoder"].append(x.shape[0]) or real_enc(x, *a, **k))
     fast = generate_tokens(model, ids, mask, (4, 4), settings, generator=gen(0))
-    assert seen["prompt"][0] == 3 and set(seen["encoder"]) == {4}
+    assert seen["prompt"][0] == (3 if guidance != 1.0 else 2) and set(seen["encoder"]) == {4}
     seen["prompt"].clear(), seen["encoder"].clear()
     reference = generate_tokens(model, ids, mask, (4, 4), settings, generator=gen(0), dedupe=False)
-    assert seen["prompt"][0] == 8 and set(seen["encoder"]) == {8}
+    assert seen["prompt"][0] == len(cond + uncond) and set(seen["encoder"]) == {len(cond + uncond)}
     torch.testing.assert_close(fast, reference, atol=1e-4, rtol=1e-4)
 
 
