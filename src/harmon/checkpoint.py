@@ -77,6 +77,13 @@ def check_state_dict(expected: Mapping[str, torch.Size | tuple], found: Mapping[
         raise CheckpointError(source, missing, unexpected, mismatched)
 
 
+def load_checked(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
+    """Load ``state_dict`` into ``module`` after :func:`check_state_dict` against the module's own names and
+    shapes, so a wrong file names its missing, unexpected and misshaped keys."""
+    check_state_dict({k: v.shape for k, v in module.state_dict().items()}, state_dict, source)
+    module.load_state_dict(state_dict, strict=True)
+
+
 def atomic_write(path: str | Path, write_fn) -> None:
     """Write through a temporary file in the same folder, then rename: a crash never leaves a half file."""
     path = Path(path)

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from harmon.checkpoint import TIED_KEYS, check_state_dict, read_weights, save_safetensors
+from harmon.checkpoint import TIED_KEYS, check_state_dict, load_checked, read_weights, save_safetensors
 from harmon.config import HarmonConfig
 from harmon.cpu_linear import packed_linears
 from harmon.diffloss import DiffLossConfig
@@ -155,8 +155,7 @@ class HarmonPipeline:
         model = build_empty_model(config, device, dtype)
         load_harmon_weights(model, sd, str(checkpoint), include_vae=False)
         vae_sd = read_weights(vae, entry="model") if Path(vae).suffix != ".safetensors" else read_weights(vae)
-        check_state_dict({k: v.shape for k, v in model.vae.state_dict().items()}, vae_sd, str(vae))
-        model.vae.load_state_dict(vae_sd, strict=True)
+        load_checked(model.vae, vae_sd, str(vae))
         return cls(model, load_tokenizer(llm, config.image_token))
 
     @classmethod

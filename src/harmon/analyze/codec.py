@@ -24,7 +24,7 @@ class StandaloneVAE:
     trip runs on whole latent maps; grouping latents into MAR tokens does not change what is decoded."""
 
     def __init__(self, folder: str | Path, image_size: int = 64) -> None:
-        from harmon.checkpoint import check_state_dict, read_weights
+        from harmon.checkpoint import load_checked, read_weights
         from harmon.vae import AutoencoderKL, VAEConfig
 
         folder = Path(folder)
@@ -32,10 +32,7 @@ class StandaloneVAE:
         if missing:
             raise FileNotFoundError(f"{folder} is not a stage-0 VAE folder: missing {', '.join(missing)}")
         self.vae = AutoencoderKL(VAEConfig.from_dict(json.loads((folder / "vae_config.json").read_text())))
-        weights = read_weights(folder / "vae.safetensors")
-        expected = {k: v.shape for k, v in self.vae.state_dict().items()}
-        check_state_dict(expected, weights, str(folder / "vae.safetensors"))
-        self.vae.load_state_dict(weights)
+        load_checked(self.vae, read_weights(folder / "vae.safetensors"), str(folder / "vae.safetensors"))
         self.vae.eval()
         self.device = torch.device("cpu")
         self.config = SimpleNamespace(generation=SimpleNamespace(image_size=image_size))

@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-from harmon.checkpoint import check_state_dict, read_weights
+from harmon.checkpoint import check_state_dict, load_checked, read_weights
 from harmon.config import CONFIGS, HarmonConfig
 from harmon.model import Harmon
 from harmon.pipeline import HarmonPipeline, build_empty_model, load_harmon_weights
@@ -83,8 +83,7 @@ def build_model(cfg: TrainConfig) -> tuple[Harmon, Any]:
         if init.vae_weights:
             path = Path(init.vae_weights)
             vae_sd = read_weights(path, entry="model") if path.suffix in (".ckpt", ".pth", ".pt") else read_weights(path)
-            check_state_dict({k: v.shape for k, v in model.vae.state_dict().items()}, vae_sd, str(path))
-            model.vae.load_state_dict(vae_sd)
+            load_checked(model.vae, vae_sd, str(path))
         return model, tok
     if init.overrides or init.reinit:
         merged = HarmonConfig.from_dict(deep_merge(model.config.to_dict(), init.overrides))
