@@ -12,7 +12,8 @@ the op shapes), per phase; the matmul peak (a large square matmul in the same dt
 packed-weight routes) and the memory read bandwidth of this machine are measured in the same run, before and after
 the timed calls (the best counts), so "fraction of peak" compares like with like. The roofline fraction counts the
 diffusion MLP at its bandwidth bound (it re-reads its weights on every evaluation; see bench_generate).
-``--no-pack`` runs plain Linear layers instead of packed weights; ``--straightforward`` also samples the diffusion
+``--compile`` runs the diffusion MLP compiled (``generate(compile=True)``; the untimed warm-up compiles it and
+its seconds are reported as ``warmup_s``). ``--no-pack`` runs plain Linear layers instead of packed weights; ``--straightforward`` also samples the diffusion
 head the straightforward way and runs every row through the prompt and the MAR encoder (the reference the fast
 paths are tested against). One JSON line per result.
 """
@@ -174,11 +175,14 @@ def bench_generate(pipe, batch: int, args, dtype, device: str, peak: float, band
 
         settings.update(preset_settings(args.preset, args.num_iter, args.diffusion_steps))
     prompts = ["a red circle to the left of a blue square"] * batch
-    pipe.generate(prompts, generator=torch.Generator().manual_seed(0), **{**settings, "num_iter": 2})  # warm-up
+    t = time.perf_counter()  # warm-up; with --compile it also compiles the diffusion MLP (reported as warmup_s)
+    pipe.generate(prompts, generator=torch.Generator().manual_seed(0), compile=args.compile,
+                  **{**settings, "num_iter": 2})
+    warmup = time.perf_counter() - t
     timer = PhaseTimer(device)
     with timer.attach(pipe.model):
         t = time.perf_counter()
-        pipe.generate(prompts, generator=torch.Generator().manual_seed(0), **settings)
+        pipe.generate(prompts, generator=torch.Generator().manual_seed(0), compile=args.compile, **settings)
         total = time.perf_counter() - t
     phases = dict(timer.seconds)
     phases["other"] = max(0.0, total - sum(phases.values()))
@@ -187,14 +191,14 @@ def bench_generate(pipe, batch: int, args, dtype, device: str, peak: float, band
            "preset": args.preset, "settings": {k: v for k, v in settings.items() if k != "output_type"},
            "guidance_scale": args.guidance_scale, "batch": batch, "seconds": total, "images_per_s": batch / total,
            "seconds_per_image": total / batch, "phases_s": {k: round(v, 4) for k, v in phases.items()},
-           "threads": torch.get_num_threads()}
+           "threads": torch.get_num_threads(), "compiled": args.compile, "warmup_s": round(warmup, 2)}
     if args.flops:
         from harmon import cpu_linear
 
         counter = FlopCounterMode(display=False)
         counted = PhaseTimer(device, counter=counter)
         enabled, cpu_linear.ENABLED = cpu_linear.ENABLED, False  # the counter knows aten matmuls, not oneDNN's op
-        try:
+        try:  # nor compiled kernels: the count runs the eager layers (the same FLOPs)
             with counter, counted.attach(pipe.model):
                 pipe.generate(prompts, generator=torch.Generator().manual_seed(0), **settings)
         finally:
@@ -299,12 +303,16 @@ def main() -> int:
     p.add_argument("--straightforward", action="store_true",
                    help="the reference path: plain layers and the diffusion head's straightforward sampler "
                         "(DiffLoss.sample(fast=False)), for a side-by-side run")
+    p.add_argument("--compile", action="store_true",
+                   help="generate(compile=True): the diffusion MLP through torch.compile (compiled in the warm-up)")
     p.add_argument("--out", help="append JSON lines here")
     p.add_argument("--compare", nargs=2, metavar=("A", "B"))
     args = p.parse_args()
     if args.compare:
         compare(*args.compare)
         return 0
+    if args.compile and args.straightforward:
+        p.error("--compile runs the fast sampler; --straightforward is the reference without it")
     if args.threads:
         torch.set_num_threads(args.threads)
     from harmon import cpu_linear

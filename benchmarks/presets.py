@@ -2,6 +2,7 @@
 
     python benchmarks/presets.py --prompts 504 --seed 0 --out presets.jsonl     # the shipped model
     python benchmarks/presets.py --model runs/shapes/stage3/final --presets full fast
+    python benchmarks/presets.py --presets full full:compiled brisk brisk:compiled   # generate(compile=True)
 
 For each preset, the same fresh prompts (``harmon eval shapes`` draws them from the seed) are generated with the
 same generator seed, in batches of ``--batch``; the script prints GenEval-rule overall and per-category accuracy,
@@ -10,12 +11,14 @@ Only the ``generate`` calls are timed (prompt to PIL images); drawing the prompt
 Presets run one after another in one process, in ``--repeats`` interleaved rounds (full, lean, ..., full, lean,
 ...); each preset's images/s comes from its fastest round, so a slow minute of a shared machine does not decide a
 ratio. Quality is the same in every round (same seed, same images; checked). Quote the ratios. One JSON line per
-preset.
+preset. A preset named ``NAME:compiled`` runs preset NAME with ``generate(compile=True)`` (the diffusion MLP through
+torch.compile); an untimed warm-up call compiles it before the first round.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
@@ -27,7 +30,8 @@ import torch
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="model folder (default: the shipped shapes model)")
-    p.add_argument("--presets", nargs="+", default=["full", "fast", "faster"])
+    p.add_argument("--presets", nargs="+", default=["full", "fast", "faster"],
+                   help="preset names; NAME:compiled runs NAME with generate(compile=True)")
     p.add_argument("--prompts", type=int, default=504)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch", type=int, default=16)
@@ -61,15 +65,24 @@ def main() -> int:
             spent[0] += time.perf_counter() - t
 
     pipe.generate = timed_generate
+    runs = {}
+    for entry in args.presets:
+        name, _, mode = entry.partition(":")
+        if mode not in ("", "compiled"):
+            p.error(f"--presets entry {entry!r}: the only suffix is ':compiled'")
+        runs[entry] = (name, mode == "compiled")
+    if any(compiled for _, compiled in runs.values()):  # compile once, untimed
+        generate("a red circle", num_iter=2, compile=True, generator=torch.Generator().manual_seed(0))
     rows: dict[str, dict] = {}
     for round_ in range(args.repeats):  # interleaved rounds: a slow minute of the machine hits every preset
-        for name in args.presets:
+        for name, (preset, compiled) in runs.items():
             spent[0] = 0.0
             t = time.perf_counter()
-            scores, _, _ = generation_scores(pipe, args.prompts, seed=args.seed, batch_size=args.batch, preset=name)
+            pipe.generate = functools.partial(timed_generate, compile=compiled)
+            scores, _, _ = generation_scores(pipe, args.prompts, seed=args.seed, batch_size=args.batch, preset=preset)
             total = time.perf_counter() - t
             if name not in rows:
-                rows[name] = {"preset": name, "model": str(path), "prompts": args.prompts, "seed": args.seed,
+                rows[name] = {"preset": name, "compiled": compiled, "model": str(path), "prompts": args.prompts, "seed": args.seed,
                               "batch": args.batch, "threads": torch.get_num_threads(), "overall": scores["overall"],
                               "accuracy": scores["accuracy"], "held_out": scores["held_out"], "seconds_runs": [],
                               "seconds_with_scoring_runs": []}

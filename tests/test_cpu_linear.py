@@ -91,3 +91,20 @@ def test_layers_below_the_size_threshold_stay_plain():
         wrapped = {name for name, m in net.named_children() if "forward" in m.__dict__}
     assert wrapped == ({"0"} if cpu_linear.ENABLED and cpu_linear.available() else set())
     assert big.weight.numel() >= cpu_linear.MIN_ELEMENTS > small.weight.numel()
+
+
+def test_plain_linears_unpack_inside_and_restore_the_outer_context():
+    """plain_linears (used around torch.compile, which packs weights its own way) runs every layer plain inside,
+    even layers an outer packed_linears context wrapped, and gives the outer context its packed layers back."""
+    from harmon.cpu_linear import plain_linears
+
+    net = _net(torch.Generator().manual_seed(5))
+    with packed_linears(net, min_elements=0):
+        outer = {i: m.__dict__.get("forward") for i, m in enumerate(net)}
+        with plain_linears(net):
+            assert all("forward" not in m.__dict__ for m in net)
+        assert {i: m.__dict__.get("forward") for i, m in enumerate(net)} == outer
+    with pytest.raises(RuntimeError, match="boom"), packed_linears(net, min_elements=0):
+        with plain_linears(net):
+            raise RuntimeError("boom")
+    assert all("forward" not in m.__dict__ for m in net)

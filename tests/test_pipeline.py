@@ -285,3 +285,43 @@ def test_bfloat16_on_cpu_runs_and_keeps_fp32_chain():
     assert lat.dtype == torch.bfloat16 and lat.shape == ref.shape
     assert torch.isfinite(lat.float()).all()
     assert isinstance(pipe.describe(Image.new("RGB", (64, 64)), "What?", max_new_tokens=3), str)
+
+
+def test_compiled_head_gives_the_eager_images_and_follows_weight_changes(pipe, monkeypatch):
+    """generate(compile=True) runs the diffusion MLP through torch.compile with its weights frozen into the graph:
+    the same latents as the eager path up to float rounding. A frozen graph would keep the weights it was compiled
+    with, and dynamo's guards do not see in-place changes, so the head is compiled again when its weights change;
+    the images after a change match the eager path's with the new weights, not the old ones. Tolerance 1e-3: the
+    compiled GEMMs sum in another order, and 20 chained diffusion steps amplify that to ~2e-4 relative here (a
+    stale weight moves the latents by far more, as the second half checks)."""
+    import shutil
+
+    from harmon import diffloss
+
+    if not (shutil.which("c++") or shutil.which("g++")):
+        pytest.skip("torch.compile on CPU needs a C++ compiler")
+    calls = []
+    real = diffloss._CompiledMLP.__call__
+    monkeypatch.setattr(diffloss._CompiledMLP, "__call__", lambda self, *a: calls.append(1) or real(self, *a))
+    settings = dict(output_type="latent", **{**FAST, "num_iter": 4})
+    prompts = ["a red circle", "a blue square above a green dot"]
+    eager = pipe.generate(prompts, generator=gen(0), **settings)
+    assert not calls
+    compiled = pipe.generate(prompts, generator=gen(0), compile=True, **settings)
+    assert calls  # the compiled route really ran
+    torch.testing.assert_close(compiled, eager, rtol=1e-3, atol=1e-3)
+    head = pipe.model.mar.diffloss
+    first = head.compiled_mlp()
+    assert head.compiled_mlp() is first  # unchanged weights: compiled once
+    saved = {k: v.clone() for k, v in head.net.state_dict().items()}
+    try:
+        with torch.no_grad():
+            for p in head.net.parameters():
+                p.add_(0.05 * torch.randn(p.shape, generator=gen(1)))
+        eager_new = pipe.generate(prompts, generator=gen(0), **settings)
+        assert not torch.allclose(eager_new, eager, rtol=1e-2, atol=1e-2)  # the change matters to the images
+        compiled_new = pipe.generate(prompts, generator=gen(0), compile=True, **settings)
+        torch.testing.assert_close(compiled_new, eager_new, rtol=1e-3, atol=1e-3)
+        assert head.compiled_mlp() is not first
+    finally:
+        head.net.load_state_dict(saved)

@@ -54,7 +54,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                            num_iter=args.num_iter, guidance_scale=args.guidance_scale, cfg_schedule=args.cfg_schedule,
                            temperature=args.temperature, num_sampling_steps=args.diffusion_steps,
                            x0_clip=args.x0_clip, diffusion_steps_final=args.diffusion_steps_final,
-                           preset=args.preset, generator=generator)
+                           preset=args.preset, generator=generator, compile=args.compile)
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     if len(images) == 1:
@@ -346,6 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "this many, the first --diffusion-steps, linear in between")
     g.add_argument("--preset", choices=list(PRESETS), help="speed preset applied to the model's "
                     "defaults (explicit settings win); quality/speed table in benchmarks/README.md")
+    g.add_argument("--compile", action="store_true", help="run the diffusion head's MLP through torch.compile: "
+                   "the same images, faster once compiled (the compilation takes tens of seconds, so it pays for "
+                   "large models or many images; on CPU it needs a C++ compiler)")
     g.add_argument("--seed", type=int, default=0)
     _add_model_args(g)
     g.set_defaults(func=cmd_generate)

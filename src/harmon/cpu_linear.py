@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ENABLED", "available", "packed_linears"]
+__all__ = ["ENABLED", "available", "packed_linears", "plain_linears"]
 
 # Global switch (tests and benchmarks compare both paths); the context is a no-op when False.
 ENABLED = True
@@ -93,3 +93,21 @@ def packed_linears(module: nn.Module, min_elements: int | None = None) -> Iterat
         for layer in swapped:
             if isinstance(layer.__dict__.get("forward"), _PackedForward):
                 del layer.forward  # back to nn.Linear.forward; the packed copy goes with it
+
+
+@contextlib.contextmanager
+def plain_linears(module: nn.Module) -> Iterator[None]:
+    """Inside the block, the ``nn.Linear`` layers of ``module`` run plain even where an outer ``packed_linears``
+    context packed them (for code that must see plain layers, such as ``torch.compile``, which packs weights its
+    own way); on leaving, the outer context's packed layers are restored."""
+    held: list[tuple[nn.Linear, _PackedForward]] = []
+    for layer in module.modules():
+        forward = layer.__dict__.get("forward")
+        if isinstance(layer, nn.Linear) and isinstance(forward, _PackedForward):
+            held.append((layer, forward))
+            del layer.forward
+    try:
+        yield
+    finally:
+        for layer, forward in held:
+            layer.forward = forward

@@ -211,7 +211,7 @@ class HarmonPipeline:
                  cfg_schedule: str | None = None, temperature: float | None = None,
                  num_sampling_steps: str | int | None = None, x0_clip: float | None = None,
                  diffusion_steps_final: int | None = None, preset: str | None = None,
-                 generator: torch.Generator | None = None,
+                 generator: torch.Generator | None = None, compile: bool = False,
                  output_type: str = "pil") -> list[Image.Image] | torch.Tensor:
         """Draw images for one prompt or several.
 
@@ -219,6 +219,8 @@ class HarmonPipeline:
         ("brisk", "lean", "fast", ...: see :data:`harmon.sampling.PRESETS`) when one is named; explicit settings win.
         Returns a list of PIL images (prompt-major: all images of prompt 0, then prompt 1...), or with
         ``output_type="latent"`` the scaled VAE latents (N, C, h, w), or with ``"pt"`` pixels (N, 3, H, W).
+        ``compile``: run the diffusion head's MLP through ``torch.compile`` (see ``DiffLoss.sample``): the same
+        images up to float rounding; the first call in a process pays the compilation, later calls are faster.
         """
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts:
@@ -256,7 +258,8 @@ class HarmonPipeline:
         texts = cond + [unconditional_prompt()] * len(cond) if settings.guidance_scale != 1.0 else cond
         input_ids, mask = self._tokenize(texts)
         with packed_linears(self.model):  # CPU float32: weights packed once per call (harmon.cpu_linear)
-            tokens = generate_tokens(self.model, input_ids, mask, grid, settings, generator=generator)  # (N, L, C)
+            tokens = generate_tokens(self.model, input_ids, mask, grid, settings, generator=generator,
+                                     compile=compile)  # (N, L, C)
         if output_type == "latent":
             return tokens.transpose(1, 2).reshape(tokens.shape[0], -1, *grid)
         pixels = self.model.decode_tokens(tokens, grid)  # (N, 3, H, W)

@@ -123,7 +123,7 @@ def step_guidance(settings: SamplingSettings, seq_len: int, n_next: int) -> floa
 @torch.no_grad()
 def generate_tokens(model: Harmon, input_ids: torch.Tensor, attention_mask: torch.Tensor, grid: tuple[int, int],
                     settings: SamplingSettings, generator: torch.Generator | None = None,
-                    use_cache: bool = True, dedupe: bool = True) -> torch.Tensor:
+                    use_cache: bool = True, dedupe: bool = True, compile: bool = False) -> torch.Tensor:
     """Sample latent tokens by masked autoregression (spec §9.2).
 
     Args:
@@ -135,6 +135,8 @@ def generate_tokens(model: Harmon, input_ids: torch.Tensor, attention_mask: torc
         dedupe: skip repeated work (default): the prompt runs once per distinct prompt, and with guidance the MAR
             encoder once per image, not once per half (both halves hold the same tokens and mask). False runs every
             row (the reference, identical up to float error).
+        compile: run the diffusion head's MLP compiled (``DiffLoss.sample(compile=True)``); identical up to float
+            error, faster after a one-time compilation.
     Returns:
         (R', L, C) tokens in the model dtype, R' = R/2 with guidance else R.
     """
@@ -175,7 +177,7 @@ def generate_tokens(model: Harmon, input_ids: torch.Tensor, attention_mask: torc
             z_sel = z_sel[: z_sel.shape[0] // 2]
         new = model.mar.diffloss.sample(z_sel, temperature=settings.temperature, cfg=scale if use_cfg else 1.0,
                                         generator=generator, num_steps=diffusion_steps(settings, step, total),
-                                        x0_clip=settings.x0_clip)
+                                        x0_clip=settings.x0_clip, compile=compile)
         half = tokens[:n_img]
         half[to_predict[:n_img]] = new.to(dtype)
         if use_cfg:
