@@ -287,41 +287,47 @@ def test_bfloat16_on_cpu_runs_and_keeps_fp32_chain():
     assert isinstance(pipe.describe(Image.new("RGB", (64, 64)), "What?", max_new_tokens=3), str)
 
 
-def test_compiled_head_gives_the_eager_images_and_follows_weight_changes(pipe, monkeypatch):
-    """generate(compile=True) runs the diffusion MLP through torch.compile with its weights frozen into the graph:
-    the same latents as the eager path up to float rounding. A frozen graph would keep the weights it was compiled
-    with, and dynamo's guards do not see in-place changes, so the head is compiled again when its weights change;
-    the images after a change match the eager path's with the new weights, not the old ones. Tolerance 1e-3: the
-    compiled GEMMs sum in another order, and 20 chained diffusion steps amplify that to ~2e-4 relative here (a
-    stale weight moves the latents by far more, as the second half checks)."""
+def test_compiled_generation_gives_the_eager_images_and_follows_weight_changes(pipe, monkeypatch):
+    """generate(compile=True) runs the MAR decoder's blocks and the diffusion MLP through torch.compile with their
+    weights frozen into the graphs: the same latents as the eager path up to float rounding. A frozen graph keeps the
+    weights it was compiled with and dynamo's guards do not see in-place changes, so each piece is compiled again
+    when its weights change: after changing both, the images match the eager path's with the new weights. Tolerance
+    1e-3: the compiled GEMMs sum in another order, and 20 chained diffusion steps amplify that to ~2e-4 relative here
+    (a stale weight moves the latents by far more, as the second half checks)."""
     import shutil
 
-    from harmon import diffloss
+    from harmon import compiling
 
     if not (shutil.which("c++") or shutil.which("g++")):
         pytest.skip("torch.compile on CPU needs a C++ compiler")
     calls = []
-    real = diffloss._CompiledMLP.__call__
-    monkeypatch.setattr(diffloss._CompiledMLP, "__call__", lambda self, *a: calls.append(1) or real(self, *a))
+    real = compiling.FrozenCompiled.__call__
+    monkeypatch.setattr(compiling.FrozenCompiled, "__call__", lambda self, *a: calls.append(self) or real(self, *a))
     settings = dict(output_type="latent", **{**FAST, "num_iter": 4})
     prompts = ["a red circle", "a blue square above a green dot"]
+    mar = pipe.model.mar
     eager = pipe.generate(prompts, generator=gen(0), **settings)
     assert not calls
     compiled = pipe.generate(prompts, generator=gen(0), compile=True, **settings)
-    assert calls  # the compiled route really ran
+    pieces = {id(piece.module): piece for piece in calls}
+    assert set(pieces) == {id(mar.diffloss.net), id(mar.decoder_blocks)}  # both ran compiled
     torch.testing.assert_close(compiled, eager, rtol=1e-3, atol=1e-3)
-    head = pipe.model.mar.diffloss
-    first = head.compiled_mlp()
-    assert head.compiled_mlp() is first  # unchanged weights: compiled once
-    saved = {k: v.clone() for k, v in head.net.state_dict().items()}
+    calls.clear()
+    pipe.generate(prompts, generator=gen(0), compile=True, **settings)
+    assert all(pieces[id(piece.module)] is piece for piece in calls)  # unchanged weights: compiled once
+    changed = list(mar.diffloss.net.parameters()) + list(mar.decoder_blocks.parameters())
+    saved = [p.detach().clone() for p in changed]
     try:
         with torch.no_grad():
-            for p in head.net.parameters():
+            for p in changed:
                 p.add_(0.05 * torch.randn(p.shape, generator=gen(1)))
         eager_new = pipe.generate(prompts, generator=gen(0), **settings)
         assert not torch.allclose(eager_new, eager, rtol=1e-2, atol=1e-2)  # the change matters to the images
+        calls.clear()
         compiled_new = pipe.generate(prompts, generator=gen(0), compile=True, **settings)
         torch.testing.assert_close(compiled_new, eager_new, rtol=1e-3, atol=1e-3)
-        assert head.compiled_mlp() is not first
+        assert not any(pieces[id(piece.module)] is piece for piece in calls)  # both compiled again
     finally:
-        head.net.load_state_dict(saved)
+        with torch.no_grad():
+            for p, old in zip(changed, saved):
+                p.copy_(old)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import weakref
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -18,6 +17,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from harmon import rng
+from harmon.compiling import compiled
 from harmon.cpu_linear import packed_linears, plain_linears
 from harmon.diffusion import PREDICTIONS, GaussianDiffusion, space_timesteps
 
@@ -290,56 +290,6 @@ class _StepModulations:
         return step
 
 
-def compile_options(device: torch.device) -> dict:
-    """Inductor settings of the compiled diffusion MLP (``DiffLoss.sample(compile=True)``).
-
-    On CPU the weights are frozen into the graph as constants, which lets inductor's C++ GEMM template pack them once
-    and run its own small-M kernels (the only GEMM backend allowed, so compiling does not benchmark alternatives).
-    On this project's 2-core AVX2 host the 0.5B head's MLP ran 1.3-1.6x faster per evaluation than with oneDNN
-    packed weights at 8-16 rows (benchmarks/README.md). Elsewhere: inductor's defaults, weights frozen.
-    """
-    if device.type == "cpu":
-        return {"freezing": True, "max_autotune": True, "max_autotune_gemm_backends": "CPP"}
-    return {"freezing": True}
-
-
-# id(net) -> (weak reference to net, weights key) of every MLP compiled in this process. A frozen graph holds the
-# weights it was compiled with, and dynamo's guards see neither in-place weight changes nor a new network that
-# happens to reuse a freed one's id; either case resets torch's compile caches (see _CompiledMLP).
-_COMPILED: dict[int, tuple[weakref.ref, tuple]] = {}
-
-
-def _weights_key(net: nn.Module) -> tuple:
-    return tuple((p.data_ptr(), p._version, p.dtype, p.device, tuple(p.shape)) for p in net.parameters())
-
-
-class _CompiledMLP:
-    """``torch.compile`` of ``SimpleMLPAdaLN.forward_modulated`` with dynamic row counts, weights frozen in.
-
-    Valid while the network's weights stay the ones it was compiled with (``current``); ``DiffLoss`` makes a new
-    one otherwise."""
-
-    def __init__(self, net: SimpleMLPAdaLN) -> None:
-        self.net = net
-        self.key = _weights_key(net)
-        seen = _COMPILED.get(id(net))
-        if seen is not None and (seen[0]() is not net or seen[1] != self.key):
-            torch.compiler.reset()  # drop graphs holding other weights that dynamo's guards would still accept
-            _COMPILED.clear()
-        _COMPILED[id(net)] = (weakref.ref(net), self.key)
-        self.options = compile_options(next(net.parameters()).device)
-        self.fn = torch.compile(net.forward_modulated, dynamic=True)
-
-    def current(self) -> bool:
-        return _weights_key(self.net) == self.key
-
-    def __call__(self, x: torch.Tensor, mods: list[torch.Tensor]) -> torch.Tensor:
-        import torch._inductor.config as inductor_config
-
-        with inductor_config.patch(self.options):  # read when (re)compiling, which happens on a call
-            return self.fn(x, mods)
-
-
 class DiffLoss(nn.Module):
     """The diffusion head: training loss on tokens and the token sampler (reference §7)."""
 
@@ -359,13 +309,13 @@ class DiffLoss(nn.Module):
         # Respaced sampling chains, one per respacing string; schedule tables are not module state.
         self._sampling_diffusions: dict[str, GaussianDiffusion] = {}
         self.sampling_diffusion(config.num_sampling_steps)
-        self._compiled: _CompiledMLP | None = None
 
-    def compiled_mlp(self) -> _CompiledMLP:
-        """The compiled MLP of ``sample(compile=True)``, compiled again when the weights changed since."""
-        if self._compiled is None or not self._compiled.current():
-            self._compiled = _CompiledMLP(self.net)
-        return self._compiled
+    def compiled_mlp(self):
+        """The MLP of ``sample(compile=True)``: ``forward_modulated`` compiled with dynamic row counts and the weights
+        frozen in, with inductor's C++ GEMM template on CPU (``harmon.compiling``); compiled again when the weights
+        changed since. On this project's 2-core AVX2 host the 0.5B head's MLP ran 1.3-1.6x faster per evaluation
+        than with oneDNN-packed weights at 8-16 rows."""
+        return compiled(self, "mlp", self.net, self.net.forward_modulated, gemm="CPP", dynamic=True)
 
     def initialize_weights(self, generator: torch.Generator | None = None) -> None:
         self.net.initialize_weights(generator)
@@ -433,7 +383,7 @@ class DiffLoss(nn.Module):
                 (False = the straightforward path).
             x0_clip: clamp the predicted clean token to [-x0_clip, x0_clip] at every step (None: no clipping, as
                 the official sampler).
-            compile: with ``fast``, run the MLP through ``torch.compile`` (``compile_options``: on CPU inductor's C++
+            compile: with ``fast``, run the MLP through ``torch.compile`` (``compiled_mlp``: on CPU inductor's C++
                 GEMM kernels with the weights frozen in); the same numbers up to float rounding. The first call
                 compiles (tens of seconds on a small CPU, and it needs a C++ compiler there); later calls reuse
                 it, for any number of rows, until the weights change.
