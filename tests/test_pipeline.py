@@ -288,10 +288,10 @@ def test_bfloat16_on_cpu_runs_and_keeps_fp32_chain():
 
 
 def test_compiled_generation_gives_the_eager_images_and_follows_weight_changes(pipe, monkeypatch):
-    """generate(compile=True) runs the MAR decoder's blocks and the diffusion MLP through torch.compile with their
-    weights frozen into the graphs: the same latents as the eager path up to float rounding. A frozen graph keeps the
-    weights it was compiled with and dynamo's guards do not see in-place changes, so each piece is compiled again
-    when its weights change: after changing both, the images match the eager path's with the new weights. Tolerance
+    """generate(compile=True) runs the diffusion MLP through torch.compile with its weights frozen into the graph:
+    the same latents as the eager path up to float rounding. A frozen graph keeps the weights it was compiled with
+    and dynamo's guards do not see in-place changes, so it is compiled again when the weights change: after a
+    change, the images match the eager path's with the new weights. Tolerance
     1e-3: the compiled GEMMs sum in another order, and 20 chained diffusion steps amplify that to ~2e-4 relative here
     (a stale weight moves the latents by far more, as the second half checks)."""
     import shutil
@@ -310,12 +310,12 @@ def test_compiled_generation_gives_the_eager_images_and_follows_weight_changes(p
     assert not calls
     compiled = pipe.generate(prompts, generator=gen(0), compile=True, **settings)
     pieces = {id(piece.module): piece for piece in calls}
-    assert set(pieces) == {id(mar.diffloss.net), id(mar.decoder_blocks)}  # both ran compiled
+    assert set(pieces) == {id(mar.diffloss.net)}  # the compiled route ran
     torch.testing.assert_close(compiled, eager, rtol=1e-3, atol=1e-3)
     calls.clear()
     pipe.generate(prompts, generator=gen(0), compile=True, **settings)
     assert all(pieces[id(piece.module)] is piece for piece in calls)  # unchanged weights: compiled once
-    changed = list(mar.diffloss.net.parameters()) + list(mar.decoder_blocks.parameters())
+    changed = list(mar.diffloss.net.parameters())
     saved = [p.detach().clone() for p in changed]
     try:
         with torch.no_grad():
@@ -326,7 +326,7 @@ def test_compiled_generation_gives_the_eager_images_and_follows_weight_changes(p
         calls.clear()
         compiled_new = pipe.generate(prompts, generator=gen(0), compile=True, **settings)
         torch.testing.assert_close(compiled_new, eager_new, rtol=1e-3, atol=1e-3)
-        assert not any(pieces[id(piece.module)] is piece for piece in calls)  # both compiled again
+        assert calls and not any(pieces[id(piece.module)] is piece for piece in calls)  # compiled again
     finally:
         with torch.no_grad():
             for p, old in zip(changed, saved):

@@ -1,14 +1,12 @@
 """``torch.compile`` of the sampler's hot pieces with their weights frozen in (``generate(compile=True)``).
 
-Two pieces are compiled, each where a measurement on this project's 2-core AVX2 host showed a gain
-(benchmarks/README.md has the figures):
+One piece is compiled: the diffusion head's MLP (``SimpleMLPAdaLN.forward_modulated``), evaluated 100 times per
+masked-autoregressive step on a few rows, where inductor's C++ GEMM template runs the small-row matmuls faster than
+oneDNN or MKL (benchmarks/README.md has the figures). The MAR decoder's blocks were tried too (oneDNN GEMMs with
+fused epilogues): 1.28x alone in a throwaway microbenchmark, but no faster inside whole 0.5B generations
+interleaved with eager ones, so they run eager.
 
-- the diffusion head's MLP (``SimpleMLPAdaLN.forward_modulated``), evaluated 100 times per masked-autoregressive step
-  on a few rows: inductor's C++ GEMM template runs those small-row matmuls faster than oneDNN or MKL;
-- the MAR decoder's blocks, on a few hundred rows: oneDNN matmuls with the bias, GELU and residual work fused
-  around them.
-
-On CPU both freeze the weights into the graph as constants, which is what lets inductor pack them once. A frozen
+On CPU the weights are frozen into the graph as constants, which is what lets inductor pack them once. A frozen
 graph keeps the weights it was compiled with, and dynamo's guards see neither in-place weight changes nor a new
 module that reuses a freed one's ``id``: :func:`compiled` therefore keys each compiled piece on its weights (tensor
 addresses and version counters) and compiles again when they change, resetting torch's compile caches if another

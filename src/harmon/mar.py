@@ -19,7 +19,6 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from harmon import rng
-from harmon.compiling import compiled
 from harmon.diffloss import DiffLoss, DiffLossConfig
 
 
@@ -242,9 +241,6 @@ class MAR(nn.Module):
                 x = block(x)
         return x
 
-    def _run_decoder_blocks(self, x: torch.Tensor) -> torch.Tensor:
-        return self._run_blocks(self.decoder_blocks, x)
-
     # ------------------------------------------------------------------ forward pieces
     def forward_encoder(self, tokens: torch.Tensor, mask: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """Encode buffers + visible tokens (spec §4.4).
@@ -275,7 +271,7 @@ class MAR(nn.Module):
         return self.encoder_norm(x)
 
     def forward_decoder(self, x_enc: torch.Tensor, mask: torch.Tensor, grid: tuple[int, int],
-                        x_con: torch.Tensor | None = None, compile: bool = False) -> torch.Tensor:
+                        x_con: torch.Tensor | None = None) -> torch.Tensor:
         """Decode to one diffusion condition per image token (spec §4.5).
 
         Args:
@@ -283,8 +279,6 @@ class MAR(nn.Module):
             mask: (B, L) bool, True = unknown.
             grid: (h, w).
             x_con: optional (B, buffer + L, D_enc) background embedded in place of the mask token.
-            compile: run the decoder blocks through ``torch.compile`` with their weights frozen in (inference only;
-                ``harmon.compiling``); the same numbers up to float rounding.
         Returns:
             (B, L, D_dec).
         """
@@ -299,12 +293,7 @@ class MAR(nn.Module):
             canvas = self.decoder_embed(x_con)
         canvas[keep] = x.reshape(-1, x.shape[-1])
         x = canvas + self.decoder_pos_embed(h, w)
-        if compile:
-            if torch.is_grad_enabled():
-                raise ValueError("forward_decoder(compile=True) is for inference: its weights are frozen in")
-            x = compiled(self, "decoder", self.decoder_blocks, self._run_decoder_blocks, gemm="ATEN")(x)
-        else:
-            x = self._run_decoder_blocks(x)
+        x = self._run_blocks(self.decoder_blocks, x)
         x = self.decoder_norm(x)
         return x[:, nb:] + self.diffusion_pos_embed(h, w)  # (B, L, Dd)
 

@@ -135,7 +135,7 @@ def generate_tokens(model: Harmon, input_ids: torch.Tensor, attention_mask: torc
         dedupe: skip repeated work (default): the prompt runs once per distinct prompt, and with guidance the MAR
             encoder once per image, not once per half (both halves hold the same tokens and mask). False runs every
             row (the reference, identical up to float error).
-        compile: run the MAR decoder's blocks and the diffusion head's MLP compiled (``harmon.compiling``);
+        compile: run the diffusion head's MLP compiled (``DiffLoss.sample(compile=True)``, ``harmon.compiling``);
             identical up to float error, faster after a one-time compilation.
     Returns:
         (R', L, C) tokens in the model dtype, R' = R/2 with guidance else R.
@@ -162,7 +162,7 @@ def generate_tokens(model: Harmon, input_ids: torch.Tensor, attention_mask: torc
         x_enc = model.forward_mae_encoder(tokens, mask, grid, attention_mask,
                                           input_ids=None if use_cache else input_ids, cache=cache,
                                           shared_halves=use_cfg and dedupe)
-        z = model.mar.forward_decoder(x_enc, mask, grid, compile=compile)  # (R, L, Dd)
+        z = model.mar.forward_decoder(x_enc, mask, grid)  # (R, L, Dd)
         n_next = next_mask_len(step, settings.num_iter, seq_len, masked)
         last = step == settings.num_iter - 1 or n_next >= masked
         if last:
