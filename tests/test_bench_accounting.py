@@ -5,6 +5,7 @@ import importlib.util
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
 import torch
 
 
@@ -21,7 +22,7 @@ def test_generate_benchmark_accounting(monkeypatch):
     torch.manual_seed(0)
     pipe = bench.build_pipeline("tiny", "cpu", torch.float32)
     args = SimpleNamespace(config="tiny", image_size=64, num_iter=3, guidance_scale=2.0, diffusion_steps="5",
-                           flops=True, preset=None)
+                           flops=True, preset=None, compile=False)
     res = bench.bench_generate(pipe, 2, args, torch.float32, "cpu", peak=1e12, bandwidth=1e6)
     from harmon import cpu_linear
 
@@ -31,6 +32,7 @@ def test_generate_benchmark_accounting(monkeypatch):
     monkeypatch.setattr(cpu_linear, "ENABLED", False)
     plain = bench.bench_generate(pipe, 2, args, torch.float32, "cpu", peak=1e12, bandwidth=1e6)
     assert plain["phases_flops"] == res["phases_flops"]
+    assert res["compiled"] is False
     assert res["diffusion_mlp_evals"] == 3 * 5  # one batched evaluation per diffusion step, CFG halves together
     assert sum(res["phases_flops"].values()) == res["flops_per_image"] * 2
     assert {"llm", "mar_encoder", "mar_decoder", "diffusion_head", "vae_decode"} <= set(res["phases_flops"])
@@ -50,6 +52,25 @@ def test_generate_benchmark_accounting(monkeypatch):
     assert res["preset"] == "brisk"
     assert res["settings"]["num_sampling_steps"] == "12" and res["settings"]["diffusion_steps_final"] == 4
     assert res["diffusion_mlp_evals"] == 12 + 8 + 4  # three MAR steps annealed 12 -> 4 (not 3 x 100)
+
+
+def test_compiled_generate_benchmark_counts_the_eager_flops():
+    """--compile times generate(compile=True), compiled in the warm-up; the FLOP-counting rerun runs the eager
+    layers (the counter does not see inside compiled kernels), so the counts equal an eager run's."""
+    import shutil
+
+    if not (shutil.which("c++") or shutil.which("g++")):
+        pytest.skip("torch.compile on CPU needs a C++ compiler")
+    bench = _bench_module()
+    torch.manual_seed(0)
+    pipe = bench.build_pipeline("tiny", "cpu", torch.float32)
+    args = SimpleNamespace(config="tiny", image_size=64, num_iter=3, guidance_scale=2.0, diffusion_steps="5",
+                           flops=True, preset=None, compile=False)
+    eager = bench.bench_generate(pipe, 2, args, torch.float32, "cpu", peak=1e12, bandwidth=1e6)
+    args.compile = True
+    res = bench.bench_generate(pipe, 2, args, torch.float32, "cpu", peak=1e12, bandwidth=1e6)
+    assert res["compiled"] is True and eager["compiled"] is False
+    assert res["phases_flops"] == eager["phases_flops"] and res["diffusion_mlp_evals"] == 3 * 5
 
 
 def test_roofline_recomputed_against_a_later_peak():
