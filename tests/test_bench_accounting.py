@@ -17,12 +17,18 @@ def _bench_module():
     return mod
 
 
-def test_generate_benchmark_accounting(monkeypatch):
+def _tiny_run():
+    """The benchmark module, a tiny random-weight pipeline and the arguments of a 3-step run at 64 px."""
     bench = _bench_module()
     torch.manual_seed(0)
     pipe = bench.build_pipeline("tiny", "cpu", torch.float32)
     args = SimpleNamespace(config="tiny", image_size=64, num_iter=3, guidance_scale=2.0, diffusion_steps="5",
                            flops=True, preset=None, compile=False)
+    return bench, pipe, args
+
+
+def test_generate_benchmark_accounting(monkeypatch):
+    bench, pipe, args = _tiny_run()
     res = bench.bench_generate(pipe, 2, args, torch.float32, "cpu", peak=1e12, bandwidth=1e6)
     from harmon import cpu_linear
 
@@ -61,11 +67,7 @@ def test_compiled_generate_benchmark_counts_the_eager_flops():
 
     if not (shutil.which("c++") or shutil.which("g++")):
         pytest.skip("torch.compile on CPU needs a C++ compiler")
-    bench = _bench_module()
-    torch.manual_seed(0)
-    pipe = bench.build_pipeline("tiny", "cpu", torch.float32)
-    args = SimpleNamespace(config="tiny", image_size=64, num_iter=3, guidance_scale=2.0, diffusion_steps="5",
-                           flops=True, preset=None, compile=False)
+    bench, pipe, args = _tiny_run()
     eager = bench.bench_generate(pipe, 2, args, torch.float32, "cpu", peak=1e12, bandwidth=1e6)
     args.compile = True
     res = bench.bench_generate(pipe, 2, args, torch.float32, "cpu", peak=1e12, bandwidth=1e6)
