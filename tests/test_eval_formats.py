@@ -170,6 +170,20 @@ def test_cli_geneval_scores_the_shipped_prompts(model_dir, tmp_path, capsys):
     assert json.loads((tmp_path / "results.json").read_text())["n_images"] == 2
 
 
+def test_cli_geneval_compile_reaches_generate(model_dir, tmp_path, monkeypatch):
+    """`eval geneval --compile` generates with compile=True (the compiled path itself is tested in test_pipeline;
+    here the real call runs eager to keep the test fast)."""
+    from harmon.pipeline import HarmonPipeline
+
+    seen = []
+    real = HarmonPipeline.generate
+    monkeypatch.setattr(HarmonPipeline, "generate",
+                        lambda self, *a, compile=False, **k: seen.append(compile) or real(self, *a, **k))
+    rc = cli.main(["eval", "geneval", "--outdir", str(tmp_path), "--limit", "1", "-n", "1", "--compile",
+                   "--model", str(model_dir), *FAST_CLI])
+    assert rc == 0 and seen == [True]
+
+
 def test_read_prompts_names_the_bad_line(tmp_path):
     bad = tmp_path / "m.jsonl"
     bad.write_text('{"prompt": "a circle", "tag": "single_object"}\n\n{"prompt": "a square",\n')

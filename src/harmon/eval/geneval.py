@@ -187,7 +187,8 @@ def _check_metadata(folder: Path, prompt: dict[str, Any]) -> None:
 
 def generate_geneval(pipe: HarmonPipeline, prompts: list[dict[str, Any]], outdir: str | Path, n_samples: int = 4,
                      seed: int = 0, rank: int = 0, world_size: int = 1, grid: bool = True,
-                     extra_config: dict[str, Any] | None = None, **settings: Any) -> dict[str, Any]:
+                     extra_config: dict[str, Any] | None = None, compile: bool = False,
+                     **settings: Any) -> dict[str, Any]:
     """Generate this rank's share of ``prompts`` into ``outdir`` (layout in the module docstring).
 
     Args:
@@ -195,6 +196,8 @@ def generate_geneval(pipe: HarmonPipeline, prompts: list[dict[str, Any]], outdir
         n_samples: images per prompt (GenEval's default is 4).
         rank, world_size: this process generates the prompts with ``i % world_size == rank``.
         extra_config: more entries for ``generation_config.json``: "model" (checked on resume), "prompts_file".
+        compile: ``generate(compile=True)``: the same images up to float rounding, faster once compiled (not a
+            sampling setting, so not recorded and free to differ on resume).
         settings: sampling overrides (``image_size``, ``num_iter``, ``guidance_scale``, ``cfg_schedule``,
             ``temperature``, ``num_sampling_steps``); None keeps the model's default.
     Returns:
@@ -223,7 +226,7 @@ def generate_geneval(pipe: HarmonPipeline, prompts: list[dict[str, Any]], outdir
             write_text_atomic(folder / "metadata.jsonl", json.dumps(prompts[i]) + "\n")
         generator = torch.Generator().manual_seed(derive_seed(seed, "geneval", i))
         images = pipe.generate(prompts[i]["prompt"], num_images_per_prompt=n_samples, generator=generator,
-                               **resolved)
+                               compile=compile, **resolved)
         for k, image in enumerate(images):
             if not sample_path(outdir, i, k).is_file():
                 save_image_atomic(image, sample_path(outdir, i, k))
