@@ -313,8 +313,8 @@ class DiffLoss(nn.Module):
     def compiled_mlp(self):
         """The MLP of ``sample(compile=True)``: ``forward_modulated`` compiled with dynamic row counts and the weights
         frozen in, with inductor's C++ GEMM template on CPU (``harmon.compiling``); compiled again when the weights
-        changed since. On this project's 2-core AVX2 host the 0.5B head's MLP ran 1.3-1.6x faster per evaluation
-        than with oneDNN-packed weights at 8-16 rows."""
+        changed since. On this project's 2-core AVX2 host the 0.5B head's time per image at full settings fell from
+        69.5 to 50.5 s (benchmarks/README.md, session 12)."""
         return compiled(self, "mlp", self.net, self.net.forward_modulated, gemm="CPP", dynamic=True)
 
     def initialize_weights(self, generator: torch.Generator | None = None) -> None:
