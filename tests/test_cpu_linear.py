@@ -104,6 +104,9 @@ def test_plain_linears_unpack_inside_and_restore_the_outer_context():
         with plain_linears(net):
             assert all("forward" not in m.__dict__ for m in net)
         assert {i: m.__dict__.get("forward") for i, m in enumerate(net)} == outer
+        with plain_linears(list(net)):  # the same given a list of layers
+            assert all("forward" not in m.__dict__ for m in net)
+        assert {i: m.__dict__.get("forward") for i, m in enumerate(net)} == outer
     with pytest.raises(RuntimeError, match="boom"), packed_linears(net, min_elements=0):
         with plain_linears(net):
             raise RuntimeError("boom")

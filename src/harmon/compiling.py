@@ -61,6 +61,7 @@ class FrozenCompiled:
         device = next(iter(module.parameters())).device
         self.options = options_for(device, gemm)
         self.fn = torch.compile(fn, dynamic=dynamic)
+        self.linears = [m for m in module.modules() if isinstance(m, nn.Linear)]  # once: __call__ is a hot path
 
     def current(self) -> bool:
         return weights_key(self.module) == self.key
@@ -70,7 +71,7 @@ class FrozenCompiled:
 
         # The options are read when compiling, which happens on a call. Inductor packs weights its own way, so the
         # layers must be plain (even inside an outer packed_linears context) when dynamo traces them.
-        with inductor_config.patch(self.options), plain_linears(self.module):
+        with inductor_config.patch(self.options), plain_linears(self.linears):
             return self.fn(*args)
 
 

@@ -22,7 +22,7 @@ that size oneDNN's fixed cost outweighs the re-packing it saves (the shipped sha
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -96,12 +96,15 @@ def packed_linears(module: nn.Module, min_elements: int | None = None) -> Iterat
 
 
 @contextlib.contextmanager
-def plain_linears(module: nn.Module) -> Iterator[None]:
+def plain_linears(module: nn.Module | Iterable[nn.Module]) -> Iterator[None]:
     """Inside the block, the ``nn.Linear`` layers of ``module`` run plain even where an outer ``packed_linears``
     context packed them (for code that must see plain layers, such as ``torch.compile``, which packs weights its
-    own way); on leaving, the outer context's packed layers are restored."""
+    own way); on leaving, the outer context's packed layers are restored.
+
+    ``module`` may also be a list of its layers, collected once by a caller on a hot path, where walking the module
+    tree on every entry would cost more than the layers' own work on a small model."""
     held: list[tuple[nn.Linear, _PackedForward]] = []
-    for layer in module.modules():
+    for layer in module.modules() if isinstance(module, nn.Module) else module:
         forward = layer.__dict__.get("forward")
         if isinstance(layer, nn.Linear) and isinstance(forward, _PackedForward):
             held.append((layer, forward))

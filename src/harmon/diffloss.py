@@ -423,8 +423,9 @@ class DiffLoss(nn.Module):
                 both = torch.cat([x, x], dim=0)  # (2K, C): the conditional chain under both conditions
                 return net.guide(run(both, torch.cat([t, t], dim=0)), cfg)[:k]  # (K, 2C)
 
-        # compiled: inductor packs the weights its own way, so the layers must be plain (even inside an outer
-        # packed_linears context) when it traces them
+        # compiled: inductor packs the weights its own way, so the layers must be plain when it traces them. The
+        # compiled MLP unpacks them itself on every call; unpacking here, once per call of sample, leaves it
+        # nothing to undo (restoring an outer context's packed layers on every evaluation is not free).
         layers = plain_linears(net) if compile else packed_linears(net) if fast else contextlib.nullcontext()
         with layers:
             return diffusion.p_sample_loop(model_fn, noise, temperature=temperature, generator=generator,
