@@ -13,9 +13,9 @@ packed-weight routes) and the memory read bandwidth of this machine are measured
 the timed calls (the best counts), so "fraction of peak" compares like with like. The roofline fraction counts the
 diffusion MLP at its bandwidth bound (it re-reads its weights on every evaluation; see bench_generate).
 ``--compile`` runs the diffusion MLP compiled (``generate(compile=True)``; the untimed warm-up compiles it and
-its seconds are reported as ``warmup_s``). ``--no-pack`` runs plain Linear layers instead of packed weights; ``--straightforward`` also samples the diffusion
-head the straightforward way and runs every row through the prompt and the MAR encoder (the reference the fast
-paths are tested against). One JSON line per result.
+its seconds are reported as ``warmup_s``). ``--no-pack`` runs plain Linear layers instead of packed weights;
+``--straightforward`` also samples the diffusion head the straightforward way and runs every row through the prompt
+and the MAR encoder (the reference the fast paths are tested against). One JSON line per result.
 """
 
 from __future__ import annotations

@@ -64,7 +64,6 @@ def main() -> int:
         finally:
             spent[0] += time.perf_counter() - t
 
-    pipe.generate = timed_generate
     runs = {}
     for entry in args.presets:
         name, _, mode = entry.partition(":")
@@ -82,8 +81,8 @@ def main() -> int:
             scores, _, _ = generation_scores(pipe, args.prompts, seed=args.seed, batch_size=args.batch, preset=preset)
             total = time.perf_counter() - t
             if name not in rows:
-                rows[name] = {"preset": name, "compiled": compiled, "model": str(path), "prompts": args.prompts, "seed": args.seed,
-                              "batch": args.batch, "threads": torch.get_num_threads(), "overall": scores["overall"],
+                rows[name] = {"preset": name, "compiled": compiled, "model": str(path), "prompts": args.prompts,
+                              "seed": args.seed, "batch": args.batch, "threads": torch.get_num_threads(), "overall": scores["overall"],
                               "accuracy": scores["accuracy"], "held_out": scores["held_out"], "seconds_runs": [],
                               "seconds_with_scoring_runs": []}
             elif scores["overall"] != rows[name]["overall"]:  # same seed, same images: a changed score is a bug
