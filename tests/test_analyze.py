@@ -19,6 +19,120 @@ def test_gradcam_map_shape_range_and_overlay():
     assert overlay(image, cam).size == (80, 64)
 
 
+def _colour_images(n: int, seed: int) -> tuple[list, list[bool]]:
+    """White images with a large red or blue patch at a random place: label True for red."""
+    g = torch.Generator().manual_seed(seed)
+    images, labels = [], []
+    for _ in range(n):
+        red = bool(torch.rand((), generator=g) < 0.5)
+        x, y = (int(v) for v in torch.randint(0, 9, (2,), generator=g))
+        im = Image.new("RGB", (64, 64), (255, 255, 255))
+        im.paste((220, 20, 20) if red else (20, 20, 220), (x, y, x + 56, y + 56))
+        images.append(im)
+        labels.append(red)
+    return images, labels
+
+
+def test_concept_probe_fits_held_out_images_and_drives_gradcam():
+    from harmon.analyze.gradcam import ConceptProbe
+
+    pipe = tiny_pipeline()
+    images, labels = _colour_images(48, 0)
+    probe = ConceptProbe.fit(pipe, images, labels, "red", generator=torch.Generator().manual_seed(0))
+    assert probe.n_train == 36 and probe.accuracy is not None and probe.accuracy >= 0.75, probe
+    again = ConceptProbe.fit(pipe, images, labels, "red", generator=torch.Generator().manual_seed(0))
+    assert torch.equal(probe.weight, again.weight)  # reproducible from the seed
+    cam = gradcam_plus_plus(pipe, images[0].resize((80, 64)), "red", probe=probe)
+    assert cam.shape == (64, 80) and cam.min() >= 0 and cam.max() <= 1 + 1e-6
+    from harmon.analyze.gradcam import integrated_gradients
+
+    assert integrated_gradients(pipe, images[0], "red", steps=2, probe=probe).shape == (64, 64)
+    with pytest.raises(ValueError, match="fitted for 'red', not 'blue'"):
+        gradcam_plus_plus(pipe, images[0], "blue", probe=probe)
+    with pytest.raises(ValueError, match="question"):
+        gradcam_plus_plus(pipe, images[0], "red", question="Is it red?", probe=probe)
+    with pytest.raises(ValueError, match="fitted on 64 px"):
+        gradcam_plus_plus(pipe, images[0], "red", image_size=32, probe=probe)
+
+
+def test_concept_probe_rejects_data_it_cannot_learn_from():
+    from harmon.analyze.gradcam import ConceptProbe
+
+    pipe = tiny_pipeline()
+    images, labels = _colour_images(8, 1)
+    with pytest.raises(ValueError, match="8 images but 7 labels"):
+        ConceptProbe.fit(pipe, images, labels[:7], "red")
+    with pytest.raises(ValueError, match="at least 2 training images with the concept and 2 without"):
+        ConceptProbe.fit(pipe, images, [True] * 8, "red")
+    with pytest.raises(ValueError, match="held_out"):
+        ConceptProbe.fit(pipe, images, labels, "red", held_out=1.0)
+
+
+def test_world_concept_labels_match_shape_colour_and_both():
+    from harmon.analyze.gradcam import world_concept_labels
+    from harmon.world import Scene, WorldConfig, WorldObject
+
+    world = WorldConfig()
+    a = Scene((WorldObject("circle", "red", (3, 3, 29, 29)), WorldObject("square", "blue", (35, 35, 61, 61))), 64)
+    b = Scene((WorldObject("triangle", "red", (3, 3, 29, 29)),), 64)
+    assert world_concept_labels("circle", [a, b], world) == [True, False]
+    assert world_concept_labels("Circles", [a, b], world) == [True, False]
+    assert world_concept_labels("red", [a, b], world) == [True, True]
+    assert world_concept_labels("blue square", [a, b], world) == [True, False]
+    assert world_concept_labels("red square", [a, b], world) == [False, False]
+    for bad in ("dog", "red blue", "circle square", ""):
+        with pytest.raises(ValueError, match="not a shapes-world concept"):
+            world_concept_labels(bad, [a], world)
+
+
+def test_localisation_and_encoder_locality_report_their_figures():
+    from harmon.analyze.gradcam import encoder_locality, localisation
+
+    pipe = tiny_pipeline()
+    r = localisation(pipe, "gradcam++", "probe", scenes=3, probe_scenes=40)
+    assert r["cases"] >= 3 and 0 <= r["heat_inside"] <= 1 and 0 < r["boxes_share"] < 1
+    assert r["ratio"] == pytest.approx(r["heat_inside"] / r["boxes_share"])
+    assert set(r["probe_accuracy"]) == {"circle", "square", "triangle"}
+    assert sum(v["cases"] for v in r["by_shape"].values()) == r["cases"]
+    a = localisation(pipe, "integrated-gradients", "answer", scenes=2)
+    assert 0 <= a["answered_yes"] <= 1 and "probe_accuracy" not in a
+    with pytest.raises(ValueError, match="target"):
+        localisation(pipe, "gradcam++", "caption", scenes=1)
+    loc = encoder_locality(pipe, scenes=1)
+    n = pipe.model.grid_for(64)[0] * pipe.model.grid_for(64)[1]
+    assert len(loc["jacobian"]) == n and loc["own_vs_other"] > 0
+
+
+def test_cli_gradcam_fits_a_probe_on_image_folders_and_names_bad_concepts(tmp_path, capsys):
+    from helpers import tiny_model, tiny_tokenizer
+
+    from harmon import cli
+    from harmon.pipeline import HarmonPipeline
+
+    HarmonPipeline(tiny_model(0), tiny_tokenizer()).save_pretrained(tmp_path / "m")
+    images, labels = _colour_images(16, 2)
+    for name in ("pos", "neg"):
+        (tmp_path / name).mkdir()
+    for i, (im, red) in enumerate(zip(images, labels)):
+        im.save(tmp_path / ("pos" if red else "neg") / f"{i}.png")
+    images[0].save(tmp_path / "scene.png")
+    model = ["--model", str(tmp_path / "m"), "--device", "cpu"]
+    out = tmp_path / "cam.png"
+    assert cli.main(["analyze", "gradcam", str(tmp_path / "scene.png"), "red", "--positives", str(tmp_path / "pos"),
+                     "--negatives", str(tmp_path / "neg"), "-o", str(out), *model]) == 0
+    assert "probe: ConceptProbe('red', 12 training images" in capsys.readouterr().out
+    assert Image.open(out).size == (64, 64)
+    with pytest.raises(SystemExit, match="not a shapes-world concept.*--positives DIR --negatives DIR"):
+        cli.main(["analyze", "gradcam", str(tmp_path / "scene.png"), "dog", *model])
+    with pytest.raises(SystemExit, match="--positives and --negatives go together"):
+        cli.main(["analyze", "gradcam", str(tmp_path / "scene.png"), "red", "--positives", str(tmp_path / "pos"),
+                  *model])
+    with pytest.raises(SystemExit, match="--target answer"):
+        cli.main(["analyze", "gradcam", str(tmp_path / "scene.png"), "circle", "--question", "Is it?", *model])
+    assert cli.main(["analyze", "gradcam", str(tmp_path / "scene.png"), "circle", "--target", "answer",
+                     "--question", "Is there a circle?", "-o", str(out), *model]) == 0
+
+
 def test_heat_inside_counts_box_share():
     cam = np.zeros((10, 10))
     cam[2:4, 2:4] = 1.0

@@ -238,10 +238,84 @@ def cmd_gradcam(args: argparse.Namespace) -> int:
 
     pipe = load_pipeline(args)
     image = load_image(args.image)
+    probe = _concept_probe(pipe, args) if args.target == "probe" else None
+    if probe is not None:
+        print(f"probe: {probe}")
     method = gradcam_plus_plus if args.method == "gradcam++" else integrated_gradients
-    cam = method(pipe, image, args.concept, question=args.question, upsample=args.upsample)
+    cam = method(pipe, image, args.concept, question=args.question, upsample=args.upsample, probe=probe)
     overlay(image, cam).save(args.output)
     print(args.output)
+    return 0
+
+
+def _concept_probe(pipe, args: argparse.Namespace):
+    """The concept probe of ``harmon analyze gradcam --target probe``: fitted on the caller's image folders, or on
+    shapes-world scenes when the concept is a word of that world."""
+    from harmon.analyze.gradcam import ConceptProbe
+    from harmon.eval.mme import IMAGE_SUFFIXES
+
+    if args.question:
+        raise SystemExit("error: --question is asked of the LLM: use it with --target answer")
+    if bool(args.positives) != bool(args.negatives):
+        raise SystemExit("error: --positives and --negatives go together (images with and without the concept)")
+    if args.positives:
+        images, labels = [], []
+        for folder, label in ((args.positives, True), (args.negatives, False)):
+            path = Path(folder)
+            if not path.is_dir():
+                raise SystemExit(f"error: not a folder: {path}")
+            files = sorted(f for f in path.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+            if not files:
+                raise SystemExit(f"error: no images ({', '.join(IMAGE_SUFFIXES)}) in {path}")
+            images += files
+            labels += [label] * len(files)
+        return ConceptProbe.fit(pipe, images, labels, args.concept, generator=torch.Generator().manual_seed(args.seed))
+    try:
+        return ConceptProbe.for_world(pipe, args.concept, scenes=args.probe_scenes, seed=args.seed)
+    except ValueError as err:
+        raise SystemExit(f"error: {err}. For other concepts give --positives DIR --negatives DIR (images with and "
+                         "without it), or use --target answer") from err
+
+
+def cmd_localisation(args: argparse.Namespace) -> int:
+    import json
+
+    from harmon.analyze.gradcam import ConceptProbe, encoder_locality, localisation
+
+    pipe = load_pipeline(args)
+    probes = {}
+    if "probe" in args.targets:
+        from harmon.world import WorldConfig
+
+        shapes = WorldConfig(image_size=pipe.config.generation.understanding_image_size).shapes
+        probes = {s: ConceptProbe.for_world(pipe, s, scenes=args.probe_scenes, seed=args.probe_seed) for s in shapes}
+    rows = [localisation(pipe, method, target, scenes=args.scenes, seed=args.seed, probe_scenes=args.probe_scenes,
+                         probe_seed=args.probe_seed, probes=probes)
+            for method in args.methods for target in args.targets]
+    print(f"heat inside the asked shape's boxes, {args.scenes} scenes (seed {args.seed}), {rows[0]['cases']} cases; "
+          f"a flat map scores the boxes' share, {rows[0]['boxes_share']:.3f}")
+    print("| method | explains | heat inside | x boxes' share | cases above it | by shape |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        shapes = ", ".join(f"{k} {v['heat_inside']:.2f}" for k, v in r["by_shape"].items())
+        explains = "concept probe" if r["target"] == "probe" else "LLM answer"
+        print(f"| {r['method']} | {explains} | {r['heat_inside']:.3f} | {r['ratio']:.2f} | "
+              f"{r['above_share']:.0%} | {shapes} |")
+    if probes:
+        print("probe held-out accuracy: " + ", ".join(f"{k} {v.accuracy:.3f}" for k, v in probes.items())
+              + f" ({args.probe_scenes} scenes, seed {args.probe_seed})")
+    answered = [r["answered_yes"] for r in rows if "answered_yes" in r]
+    if answered:
+        print(f'the model answered "Yes" to "Is there a <shape> in the image?" in {answered[0]:.0%} of the cases '
+              "(the shape is always there)")
+    result = {"rows": rows}
+    if args.locality:
+        loc = encoder_locality(pipe, scenes=args.scenes, seed=args.seed)
+        print(f"encoder rows: d(row i)/d(token i) is {loc['own_vs_other']:.1f}x d(row i)/d(token j), j != i "
+              f"(mean Jacobian norms, {args.scenes} scenes)")
+        result["encoder_locality"] = loc
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     return 0
 
 
@@ -430,16 +504,36 @@ def build_parser() -> argparse.ArgumentParser:
     gc = asub.add_parser("gradcam", help="which image tokens drive the answer about a concept (overlay PNG)")
     gc.add_argument("image")
     gc.add_argument("concept", help='e.g. "circle" or "red square"')
-    gc.add_argument("--question", help='default: "Is there a <concept> in the image?"')
+    gc.add_argument("--target", choices=["probe", "answer"], default="probe",
+                    help="probe (default): a linear probe of the concept on the frozen MAR encoder features, fitted on "
+                         "shapes-world scenes or on --positives/--negatives; answer: the LLM's Yes/No log-odds to "
+                         "--question")
+    gc.add_argument("--positives", help="folder of images showing the concept (with --negatives: the probe's data)")
+    gc.add_argument("--negatives", help="folder of images without the concept")
+    gc.add_argument("--probe-scenes", type=int, default=2000, help="shapes-world scenes to fit the probe on")
+    gc.add_argument("--seed", type=int, default=1, help="seed of the probe's scenes and held-out split")
+    gc.add_argument("--question", help='with --target answer; default: "Is there a <concept> in the image?"')
     gc.add_argument("-o", "--output", default="gradcam.png")
     gc.add_argument("--upsample", choices=["nearest", "bilinear"], default="nearest",
                     help="token map to pixels: nearest shows exactly which tokens; bilinear is smoother")
     gc.add_argument("--method", choices=["gradcam++", "integrated-gradients"], default="gradcam++",
                     help="gradcam++: the paper's map over the MAR encoder's output rows; integrated-gradients: "
-                         "attribution to the encoder's input tokens from a plain white image (localises where "
-                         "GradCAM++ does not on the shapes model, see harmon.analyze.gradcam)")
+                         "attribution to the encoder's input tokens from a plain white image")
     _add_model_args(gc)
     gc.set_defaults(func=cmd_gradcam)
+    lo = asub.add_parser("localisation", help="how much heat GradCAM++ / integrated gradients put on the asked shape "
+                                              "over random shapes-world scenes")
+    lo.add_argument("--methods", nargs="+", choices=["gradcam++", "integrated-gradients"],
+                    default=["gradcam++", "integrated-gradients"])
+    lo.add_argument("--targets", nargs="+", choices=["probe", "answer"], default=["probe", "answer"])
+    lo.add_argument("--scenes", type=int, default=30)
+    lo.add_argument("--seed", type=int, default=0, help="seed of the scored scenes")
+    lo.add_argument("--probe-scenes", type=int, default=2000)
+    lo.add_argument("--probe-seed", type=int, default=1, help="seed of the probes' scenes")
+    lo.add_argument("--locality", action="store_true", help="also measure how local the encoder's output rows are")
+    lo.add_argument("--json", help="also write the results here")
+    _add_model_args(lo)
+    lo.set_defaults(func=cmd_localisation)
     pr = asub.add_parser("probe", help="linear probes: encoder features vs VAE latents vs pixels (shapes world)")
     pr.add_argument("--train", type=int, default=1000)
     pr.add_argument("--test", type=int, default=500)
