@@ -219,6 +219,37 @@ def test_report_writes_tables_verdicts_and_plots(tmp_path):
     assert (tmp_path / "docs" / "results" / "synergy.png").stat().st_size > 1000
 
 
+def test_report_states_the_localisation_table_and_its_verdict(tmp_path):
+    import json
+
+    from harmon.analyze.report import main
+
+    def row(method, target, ratio):
+        r = {"method": method, "target": target, "scenes": 30, "seed": 0, "cases": 48, "heat_inside": 0.25 * ratio,
+             "boxes_share": 0.25, "ratio": ratio, "above_share": 0.5, "by_shape": {"circle": {"heat_inside": 0.4}}}
+        if target == "probe":
+            r.update(probe_accuracy={"circle": 0.99}, probe_scenes=100, probe_seed=1)
+        else:
+            r["answered_yes"] = 0.25
+        return r
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "fig.png")
+    loc = {"rows": [row("gradcam++", "probe", 2.0), row("gradcam++", "answer", 0.9)], "seconds": 5.0,
+           "encoder_locality": {"own_vs_other": 4.0, "scenes": 3}, "figure": str(tmp_path / "fig.png")}
+    (tmp_path / "l.json").write_text(json.dumps(loc))
+    out = tmp_path / "docs" / "RESULTS.md"
+    main(["--localisation", str(tmp_path / "l.json"), "--out", str(out)])
+    text = out.read_text()
+    assert "| gradcam++ | concept probe | 0.500 | 2.00 | 50% | circle 0.40 |" in text
+    assert "LLM's Yes/No answer: 0.23 of the heat" in text and "stays under 1.5x" in text
+    assert "respond precisely to visual concepts) holds" in text and 'answered "Yes" in 25%' in text
+    assert (tmp_path / "docs" / "results" / "gradcam.png").is_file() and "![gradcam]" in text
+    loc["rows"][0]["ratio"] = 1.2
+    (tmp_path / "l.json").write_text(json.dumps(loc))
+    main(["--localisation", str(tmp_path / "l.json"), "--out", str(out)])
+    assert "does not clearly hold at this scale, by GradCAM++" in out.read_text()
+
+
 def test_context_curve_reports_loss_per_visible_count():
     from harmon.analyze.context import context_curve
 

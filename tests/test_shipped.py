@@ -13,14 +13,9 @@ pytestmark = pytest.mark.skipif(shipped_model_path() is None, reason="this check
 
 
 def _attribution_scene():
-    """The test scene of the heat-map checks: red and blue circles on one diagonal, a green square and an orange
-    triangle on the other. Returns (objects, rendered image)."""
-    from harmon.world import WorldConfig, WorldObject, render
-    from harmon.world.scene import Scene
+    from harmon.analyze.gradcam import demo_scene
 
-    objects = [WorldObject("circle", "red", (3, 3, 29, 29)), WorldObject("circle", "blue", (35, 35, 61, 61)),
-               WorldObject("square", "green", (36, 4, 60, 28)), WorldObject("triangle", "orange", (4, 36, 28, 60))]
-    return objects, render(Scene(objects=tuple(objects), image_size=64), WorldConfig(image_size=64))
+    return demo_scene(64)
 
 
 def _box_share(boxes) -> float:

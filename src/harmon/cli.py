@@ -280,8 +280,12 @@ def _concept_probe(pipe, args: argparse.Namespace):
 def cmd_localisation(args: argparse.Namespace) -> int:
     import json
 
-    from harmon.analyze.gradcam import ConceptProbe, encoder_locality, localisation
+    import time
 
+    from harmon.analyze.gradcam import (ConceptProbe, demo_figure, encoder_locality, format_localisation_table,
+                                        localisation)
+
+    t0 = time.perf_counter()
     pipe = load_pipeline(args)
     probes = {}
     if "probe" in args.targets:
@@ -294,13 +298,7 @@ def cmd_localisation(args: argparse.Namespace) -> int:
             for method in args.methods for target in args.targets]
     print(f"heat inside the asked shape's boxes, {args.scenes} scenes (seed {args.seed}), {rows[0]['cases']} cases; "
           f"a flat map scores the boxes' share, {rows[0]['boxes_share']:.3f}")
-    print("| method | explains | heat inside | x boxes' share | cases above it | by shape |")
-    print("|---|---|---|---|---|---|")
-    for r in rows:
-        shapes = ", ".join(f"{k} {v['heat_inside']:.2f}" for k, v in r["by_shape"].items())
-        explains = "concept probe" if r["target"] == "probe" else "LLM answer"
-        print(f"| {r['method']} | {explains} | {r['heat_inside']:.3f} | {r['ratio']:.2f} | "
-              f"{r['above_share']:.0%} | {shapes} |")
+    print(format_localisation_table(rows))
     if probes:
         print("probe held-out accuracy: " + ", ".join(f"{k} {v.accuracy:.3f}" for k, v in probes.items())
               + f" ({args.probe_scenes} scenes, seed {args.probe_seed})")
@@ -308,12 +306,21 @@ def cmd_localisation(args: argparse.Namespace) -> int:
     if answered:
         print(f'the model answered "Yes" to "Is there a <shape> in the image?" in {answered[0]:.0%} of the cases '
               "(the shape is always there)")
-    result = {"rows": rows}
+    result = {"rows": rows, "model": args.model or "shipped shapes model",
+              "command": "harmon " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["analyze"]
+              else "harmon analyze localisation"}
     if args.locality:
         loc = encoder_locality(pipe, scenes=args.scenes, seed=args.seed)
         print(f"encoder rows: d(row i)/d(token i) is {loc['own_vs_other']:.1f}x d(row i)/d(token j), j != i "
               f"(mean Jacobian norms, {args.scenes} scenes)")
         result["encoder_locality"] = loc
+    if args.figure:
+        if not probes:
+            raise SystemExit("error: --figure shows the probe's maps beside the answer's: keep 'probe' in --targets")
+        demo_figure(pipe, probes).save(args.figure)
+        result["figure"] = str(args.figure)
+        print(f"figure: {args.figure}")
+    result["seconds"] = round(time.perf_counter() - t0, 1)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     return 0
@@ -531,6 +538,8 @@ def build_parser() -> argparse.ArgumentParser:
     lo.add_argument("--probe-scenes", type=int, default=2000)
     lo.add_argument("--probe-seed", type=int, default=1, help="seed of the probes' scenes")
     lo.add_argument("--locality", action="store_true", help="also measure how local the encoder's output rows are")
+    lo.add_argument("--figure", help="also write a PNG: a fixed scene with each shape's GradCAM++ overlays (probe "
+                                     "above, answer below)")
     lo.add_argument("--json", help="also write the results here")
     _add_model_args(lo)
     lo.set_defaults(func=cmd_localisation)

@@ -18,11 +18,11 @@ The score S is one of two:
 
 :func:`localisation` measures how much of a map's heat falls inside the boxes of the asked objects over random
 shapes-world scenes (``harmon analyze localisation``). On the shipped model the probe's GradCAM++ puts about twice the
-boxes' share of the image inside them; the answer's GradCAM++ stays near that share. The encoder does keep its rows
-local (each output row depends on its own input token several times more than on any other), and the answer's
-gradient does concentrate on the asked object's row, but the channel weights GradCAM++ pools from that gradient do
-not pick out the row's features. The probe's gradient is the same for every row, so its map is each row's own
-evidence for the concept.
+boxes' share of the image inside them; the answer's GradCAM++ stays near that share. The encoder keeps its rows local
+(:func:`encoder_locality`: each output row depends on its own input token several times more than on any other), so
+mixing is not the cause. GradCAM++ pools one weight per channel from the answer's gradient, and on this model those
+weights do not pick out the asked object's row; a probe's gradient is the same for every row, so its map is each
+row's own evidence for the concept.
 
 :func:`integrated_gradients` answers the same question at the encoder's INPUT, the VAE latent tokens: it integrates
 the score's gradient along the straight path from a plain-background image's tokens to the image's own (Sundararajan
@@ -425,3 +425,43 @@ def encoder_locality(pipe: HarmonPipeline, scenes: int = 20, seed: int = 0) -> d
     off = (mean.sum() - mean.diagonal().sum()) / max(n * n - n, 1)
     return {"jacobian": mean.tolist(), "own_vs_other": float(mean.diagonal().mean() / off) if n > 1 else float("inf"),
             "scenes": scenes, "seed": seed}
+
+
+def format_localisation_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown table of :func:`localisation` results."""
+    lines = ["| method | explains | heat inside | x boxes' share | cases above it | by shape |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        shapes = ", ".join(f"{k} {v['heat_inside']:.2f}" for k, v in r["by_shape"].items())
+        explains = "concept probe" if r["target"] == "probe" else "LLM answer"
+        lines.append(f"| {r['method']} | {explains} | {r['heat_inside']:.3f} | {r['ratio']:.2f} | "
+                     f"{r['above_share']:.0%} | {shapes} |")
+    return "\n".join(lines)
+
+
+def demo_scene(size: int = 64) -> tuple[list[Any], Image.Image]:
+    """A fixed test scene: red and blue circles on one diagonal, a green square and an orange triangle on the other
+    (one object per grid cell). Returns (objects, rendered image)."""
+    from harmon.world import WorldConfig, WorldObject, render
+    from harmon.world.scene import Scene
+
+    k = size / 64
+    boxes = {"red": (3, 3, 29, 29), "blue": (35, 35, 61, 61), "green": (36, 4, 60, 28), "orange": (4, 36, 28, 60)}
+    shapes = {"red": "circle", "blue": "circle", "green": "square", "orange": "triangle"}
+    objects = [WorldObject(shapes[c], c, tuple(round(v * k) for v in b)) for c, b in boxes.items()]
+    return objects, render(Scene(objects=tuple(objects), image_size=size), WorldConfig(image_size=size))
+
+
+def demo_figure(pipe: HarmonPipeline, probes: dict[str, ConceptProbe], scale: int = 3) -> Image.Image:
+    """The demo scene, then one GradCAM++ overlay per shape: the concept probe's (top row) and the LLM answer's
+    (bottom row)."""
+    size = pipe.config.generation.understanding_image_size
+    _, image = demo_scene(size)
+    tiles = [[image] + [overlay(image, gradcam_plus_plus(pipe, image, s, probe=probes[s])) for s in probes],
+             [image] + [overlay(image, gradcam_plus_plus(pipe, image, s)) for s in probes]]
+    side, gap = size * scale, 4
+    sheet = Image.new("RGB", (len(tiles[0]) * (side + gap) - gap, 2 * (side + gap) - gap), (255, 255, 255))
+    for r, row in enumerate(tiles):
+        for c, tile in enumerate(row):
+            sheet.paste(tile.resize((side, side), Image.Resampling.NEAREST), (c * (side + gap), r * (side + gap)))
+    return sheet

@@ -1,9 +1,10 @@
-"""Write ``docs/RESULTS.md`` (tables, verdicts, matplotlib plots) from the probe and synergy result files.
+"""Write ``docs/RESULTS.md`` (tables, verdicts, matplotlib plots) from the probe, localisation and synergy result files.
 
     python -m harmon.analyze.report --probe runs/results/probe.json --synergy runs/results/synergy/synergy.json \\
-        --out docs/RESULTS.md
+        --localisation runs/results/localisation.json --out docs/RESULTS.md
 
-The JSON files are what ``harmon analyze probe --json`` and ``harmon analyze synergy`` write; each records its own
+The JSON files are what ``harmon analyze probe --json``, ``harmon analyze localisation --json`` and
+``harmon analyze synergy`` write; each records its own
 settings, seeds and wall time, and this report states them next to its table. Verdicts are computed, not typed:
 a difference counts only when it exceeds the two standard deviations added together.
 """
@@ -67,6 +68,23 @@ def synergy_verdict(study: dict[str, Any]) -> str:
             f"{alone[0]:.3f} ± {alone[1]:.3f} without, {s['joint']['n']} and {s['t2i_only']['n']} seeds).")
 
 
+def localisation_verdict(result: dict[str, Any]) -> str:
+    """Whether concept maps of the encoder's features fall on the asked objects (over 1.5x a flat map's share)."""
+    lines = []
+    for r in result["rows"]:
+        what = "a linear concept probe on the frozen encoder" if r["target"] == "probe" else "the LLM's Yes/No answer"
+        where = ("falls on the asked shape (over 1.5x)" if r["ratio"] > 1.5
+                 else "stays under 1.5x: not counted as falling on the asked shape")
+        lines.append(f"- {r['method']} of {what}: {r['heat_inside']:.2f} of the heat inside the asked shape's boxes, "
+                     f"{r['ratio']:.2f}x their share of the image: the map {where}.")
+    probe = [r for r in result["rows"] if r["target"] == "probe" and r["method"] == "gradcam++"]
+    if probe:
+        holds = probe[0]["ratio"] > 1.5
+        lines.append(f"- The paper's claim (the MAR encoder's features respond precisely to visual concepts) "
+                     f"{'holds' if holds else 'does not clearly hold'} at this scale, by GradCAM++ of a concept probe.")
+    return "\n".join(lines)
+
+
 def plot_probe(result: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -116,7 +134,7 @@ def plot_synergy(study: dict[str, Any], path: Path) -> None:
 
 
 def write_report(probe: dict[str, Any] | None, study: dict[str, Any] | None, out: Path,
-                 extra: str = "") -> Path:
+                 extra: str = "", localisation: dict[str, Any] | None = None) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     figs = out.parent / "results"
     figs.mkdir(exist_ok=True)
@@ -132,6 +150,40 @@ def write_report(probe: dict[str, Any] | None, study: dict[str, Any] | None, out
                   f"{probe['n_train']} training / {probe['n_test']} test scenes per task and seed, "
                   f"{probe['seconds']:.0f} s. Command: `{probe.get('command', 'harmon analyze probe')}`.", "",
                   format_probe_table(probe), "", probe_verdict(probe), "", "![probe](results/probe.png)", ""]
+    if localisation is not None:
+        from harmon.analyze.gradcam import format_localisation_table
+
+        rows = localisation["rows"]
+        parts += ["## Concept response: where GradCAM++ puts a concept in the encoder's features", "",
+                  f"Model: `{localisation.get('model', 'shipped shapes model')}`. {rows[0]['scenes']} random scenes "
+                  f"(seed {rows[0]['seed']}), {rows[0]['cases']} (scene, shape present) cases; the concept is the bare "
+                  f"shape; a flat map scores the boxes' share of the image, {rows[0]['boxes_share']:.3f}. "
+                  f"{localisation.get('seconds', 0):.0f} s. Command: "
+                  f"`{localisation.get('command', 'harmon analyze localisation')}`.", "",
+                  format_localisation_table(rows), ""]
+        probe_rows = [r for r in rows if "probe_accuracy" in r]
+        if probe_rows:
+            acc = ", ".join(f"{k} {v:.3f}" for k, v in probe_rows[0]["probe_accuracy"].items())
+            parts += [f"Probes fitted on {probe_rows[0]['probe_scenes']} other scenes (seed "
+                      f"{probe_rows[0]['probe_seed']}); held-out accuracy {acc}.", ""]
+        answered = [r["answered_yes"] for r in rows if "answered_yes" in r]
+        if answered:
+            parts += [f'Asked "Is there a <shape> in the image?" of these scenes, the model answered "Yes" in '
+                      f"{answered[0]:.0%} of the cases, though the shape is always there.", ""]
+        if "encoder_locality" in localisation:
+            loc = localisation["encoder_locality"]
+            parts += [f"The encoder's output rows stay local: row i depends on its own input token "
+                      f"{loc['own_vs_other']:.1f}x as much as on any other (mean Jacobian norms, {loc['scenes']} "
+                      "scenes).", ""]
+        parts += [localisation_verdict(localisation), ""]
+        figure = localisation.get("figure")
+        if figure and Path(figure).is_file():
+            import shutil
+
+            if Path(figure).resolve() != (figs / "gradcam.png").resolve():
+                shutil.copy(figure, figs / "gradcam.png")
+            parts += ["A fixed scene and each shape's GradCAM++ overlay (circle, square, triangle); top row: the "
+                      "concept probe, bottom row: the LLM's answer.", "", "![gradcam](results/gradcam.png)", ""]
     if study is not None:
         plot_synergy(study, figs / "synergy.png")
         seconds = sum(r.get("train_seconds", 0) + r.get("eval_seconds", 0) for r in study["runs"].values())
@@ -151,14 +203,16 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--probe", help="JSON written by `harmon analyze probe --json`")
     p.add_argument("--synergy", help="synergy.json written by `harmon analyze synergy`")
+    p.add_argument("--localisation", help="JSON written by `harmon analyze localisation --json`")
     p.add_argument("--extra", help="a Markdown file whose text goes under the title (e.g. the shipped model's tables)")
     p.add_argument("--out", default="docs/RESULTS.md")
     args = p.parse_args(argv)
     probe = json.loads(Path(args.probe).read_text()) if args.probe else None
     study = json.loads(Path(args.synergy).read_text()) if args.synergy else None
     extra = Path(args.extra).read_text() if args.extra else ""
+    localisation = json.loads(Path(args.localisation).read_text()) if args.localisation else None
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    logger.info("wrote %s", write_report(probe, study, Path(args.out), extra))
+    logger.info("wrote %s", write_report(probe, study, Path(args.out), extra, localisation))
     return 0
 
 
