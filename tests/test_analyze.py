@@ -55,6 +55,29 @@ def test_concept_probe_fits_held_out_images_and_drives_gradcam():
         gradcam_plus_plus(pipe, images[0], "red", image_size=32, probe=probe)
 
 
+def test_concept_probe_saves_and_loads_and_refuses_other_files(tmp_path):
+    from safetensors.torch import save_file
+
+    from harmon.analyze.gradcam import ConceptProbe
+
+    pipe = tiny_pipeline()
+    images, labels = _colour_images(16, 3)
+    probe = ConceptProbe.fit(pipe, images, labels, "red", held_out=0.0)
+    probe.save(tmp_path / "red.safetensors")
+    back = ConceptProbe.load(tmp_path / "red.safetensors")
+    assert (back.concept, back.image_size, back.accuracy, back.n_train) == ("red", 64, None, 16)
+    assert np.array_equal(gradcam_plus_plus(pipe, images[1], "red", probe=probe),
+                          gradcam_plus_plus(pipe, images[1], "red", probe=back))
+    save_file({"weight": torch.zeros(3)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(ValueError, match="is not a concept probe.*missing tensors: bias, mean, std"):
+        ConceptProbe.load(tmp_path / "other.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"not a tensor file")
+    with pytest.raises(ValueError, match="cannot read probe"):
+        ConceptProbe.load(tmp_path / "junk.safetensors")
+    with pytest.raises(FileNotFoundError, match="probe file not found"):
+        ConceptProbe.load(tmp_path / "none.safetensors")
+
+
 def test_concept_probe_rejects_data_it_cannot_learn_from():
     from harmon.analyze.gradcam import ConceptProbe
 
@@ -122,6 +145,15 @@ def test_cli_gradcam_fits_a_probe_on_image_folders_and_names_bad_concepts(tmp_pa
                      "--negatives", str(tmp_path / "neg"), "-o", str(out), *model]) == 0
     assert "probe: ConceptProbe('red', 12 training images" in capsys.readouterr().out
     assert Image.open(out).size == (64, 64)
+    saved, again = tmp_path / "red.safetensors", tmp_path / "again.png"
+    assert cli.main(["analyze", "gradcam", str(tmp_path / "scene.png"), "red", "--positives", str(tmp_path / "pos"),
+                     "--negatives", str(tmp_path / "neg"), "--save-probe", str(saved), "-o", str(out), *model]) == 0
+    assert cli.main(["analyze", "gradcam", str(tmp_path / "scene.png"), "red", "--probe", str(saved), "-o", str(again),
+                     *model]) == 0
+    assert np.array_equal(np.asarray(Image.open(out)), np.asarray(Image.open(again)))
+    with pytest.raises(SystemExit, match="not both"):
+        cli.main(["analyze", "gradcam", str(tmp_path / "scene.png"), "red", "--probe", str(saved), "--positives",
+                  str(tmp_path / "pos"), "--negatives", str(tmp_path / "neg"), *model])
     with pytest.raises(SystemExit, match="not a shapes-world concept.*--positives DIR --negatives DIR"):
         cli.main(["analyze", "gradcam", str(tmp_path / "scene.png"), "dog", *model])
     with pytest.raises(SystemExit, match="--positives and --negatives go together"):

@@ -250,12 +250,29 @@ def cmd_gradcam(args: argparse.Namespace) -> int:
 
 def _concept_probe(pipe, args: argparse.Namespace):
     """The concept probe of ``harmon analyze gradcam --target probe``: fitted on the caller's image folders, or on
-    shapes-world scenes when the concept is a word of that world."""
+    shapes-world scenes when the concept is a word of that world, or read from --probe."""
     from harmon.analyze.gradcam import ConceptProbe
-    from harmon.eval.mme import IMAGE_SUFFIXES
 
     if args.question:
         raise SystemExit("error: --question is asked of the LLM: use it with --target answer")
+    if args.probe:
+        if args.positives or args.negatives:
+            raise SystemExit("error: --probe loads a fitted probe; --positives/--negatives fit a new one (not both)")
+        try:
+            return ConceptProbe.load(args.probe)
+        except (OSError, ValueError) as err:
+            raise SystemExit(f"error: {err}") from err
+    probe = _fit_concept_probe(pipe, args)
+    if args.save_probe:
+        probe.save(args.save_probe)
+        print(f"probe saved: {args.save_probe}")
+    return probe
+
+
+def _fit_concept_probe(pipe, args: argparse.Namespace):
+    from harmon.analyze.gradcam import ConceptProbe
+    from harmon.eval.mme import IMAGE_SUFFIXES
+
     if bool(args.positives) != bool(args.negatives):
         raise SystemExit("error: --positives and --negatives go together (images with and without the concept)")
     if args.positives:
@@ -518,6 +535,8 @@ def build_parser() -> argparse.ArgumentParser:
     gc.add_argument("--positives", help="folder of images showing the concept (with --negatives: the probe's data)")
     gc.add_argument("--negatives", help="folder of images without the concept")
     gc.add_argument("--probe-scenes", type=int, default=2000, help="shapes-world scenes to fit the probe on")
+    gc.add_argument("--save-probe", metavar="FILE", help="write the fitted probe here (.safetensors), for --probe")
+    gc.add_argument("--probe", metavar="FILE", help="use a probe saved by --save-probe instead of fitting one")
     gc.add_argument("--seed", type=int, default=1, help="seed of the probe's scenes and held-out split")
     gc.add_argument("--question", help='with --target answer; default: "Is there a <concept> in the image?"')
     gc.add_argument("-o", "--output", default="gradcam.png")

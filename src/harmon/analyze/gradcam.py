@@ -72,6 +72,40 @@ class ConceptProbe:
         x = (rows.float().mean(dim=0) - self.mean.to(rows.device)) / self.std.to(rows.device)
         return x @ self.weight.to(rows.device) + self.bias.to(rows.device)
 
+    def save(self, path: str | Path) -> None:
+        """Write the probe to a .safetensors file (atomically): tensors plus concept, input size and accuracy."""
+        import json
+
+        from harmon.checkpoint import save_safetensors
+
+        meta = {"format": "harmon-concept-probe", "concept": self.concept, "image_size": str(self.image_size),
+                "accuracy": json.dumps(self.accuracy), "n_train": str(self.n_train)}
+        save_safetensors({"weight": self.weight, "bias": self.bias.reshape(1), "mean": self.mean, "std": self.std},
+                         path, metadata=meta)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ConceptProbe":
+        """Read a probe written by :meth:`save`; a file of another kind is refused by name."""
+        import json
+
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"probe file not found: {path}")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as err:  # safetensors raises its own error types for a file that is not safetensors
+            raise ValueError(f"cannot read probe {path}: {err}") from err
+        missing = [k for k in ("weight", "bias", "mean", "std") if k not in tensors]
+        if meta.get("format") != "harmon-concept-probe" or missing:
+            raise ValueError(f"{path} is not a concept probe written by ConceptProbe.save"
+                             + (f" (missing tensors: {', '.join(missing)})" if missing else ""))
+        return cls(meta["concept"], tensors["weight"], tensors["bias"].reshape(()), tensors["mean"], tensors["std"],
+                   int(meta["image_size"]), json.loads(meta["accuracy"]), int(meta["n_train"]))
+
     @classmethod
     def fit(cls, pipe: HarmonPipeline, images: Sequence[Image.Image | str | Path], labels: Sequence[bool | int],
             concept: str, image_size: int | None = None, held_out: float = 0.25, weight_decay: float = 1e-3,
