@@ -151,6 +151,9 @@ def test_cli_gradcam_fits_a_probe_on_image_folders_and_names_bad_concepts(tmp_pa
     assert cli.main(["analyze", "gradcam", str(tmp_path / "scene.png"), "red", "--probe", str(saved), "-o", str(again),
                      *model]) == 0
     assert np.array_equal(np.asarray(Image.open(out)), np.asarray(Image.open(again)))
+    with pytest.raises(SystemExit, match="--probe belongs to --target probe"):
+        cli.main(["analyze", "gradcam", str(tmp_path / "scene.png"), "red", "--target", "answer", "--probe", str(saved),
+                  *model])
     with pytest.raises(SystemExit, match="not both"):
         cli.main(["analyze", "gradcam", str(tmp_path / "scene.png"), "red", "--probe", str(saved), "--positives",
                   str(tmp_path / "pos"), "--negatives", str(tmp_path / "neg"), *model])

@@ -238,6 +238,9 @@ def cmd_gradcam(args: argparse.Namespace) -> int:
 
     pipe = load_pipeline(args)
     image = load_image(args.image)
+    probe_flags = [f for f in ("positives", "negatives", "probe", "save_probe") if getattr(args, f)]
+    if args.target == "answer" and probe_flags:
+        raise SystemExit(f"error: --{probe_flags[0].replace('_', '-')} belongs to --target probe, not --target answer")
     probe = _concept_probe(pipe, args) if args.target == "probe" else None
     if probe is not None:
         print(f"probe: {probe}")

@@ -209,7 +209,6 @@ def _score_fn(pipe: HarmonPipeline, concept: str, question: str | None, probe: C
     return lambda x_enc: probe.logit(x_enc[0, nb:])
 
 
-
 def gradcam_plus_plus(pipe: HarmonPipeline, image: Image.Image | str | Path, concept: str,
                       question: str | None = None, image_size: int | None = None,
                       upsample: str = "nearest", probe: ConceptProbe | None = None) -> np.ndarray:
