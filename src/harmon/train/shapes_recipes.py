@@ -48,6 +48,10 @@ PATCH2 = {"mar": {"patch_size": 2, "token_dim": 64, "grid_size": 2, "diffusion_b
 T2I_TAG_WEIGHTS: dict = {"single_object": 0.5, "two_object": 0.5, "counting": 1.5, "colors": 1.0, "position": 2.0,
                          "color_attr": 2.0}
 STAGE2_STEPS = 6000  # 42 min at ~0.42 s per step on 2 CPU cores (eighth run); the whole pipeline took 89 min
+# Stage II's conversations also draw from a bare-shape existence pair ("Is there a circle in the image?": POPE's own
+# template). The eighth model never saw a question without a colour and answered "Yes" to it in only 27 % of the
+# scenes holding the shape (`harmon analyze localisation`, session 13).
+STAGE2_QA_OPTIONS: dict = {"task": "qa", "max_text_length": 256, "shape_questions": True}
 
 
 # Stage 0 VAE settings (keyword arguments of harmon.train.stage0.train_shapes_vae; `--set vae:KEY=VALUE` wins).
@@ -105,7 +109,7 @@ def shapes_stage2() -> TrainConfig:
         name="shapes_stage2", output_dir=f"{ROOT}/stage2",
         model=ModelInit(preset=None, pretrained=f"{ROOT}/stage1/final"),
         data=[SourceConfig("text2image", "shapes", batch_size=32, options=_t2i()),
-              SourceConfig("image2text_qa", "shapes", batch_size=8, options={"task": "qa", "max_text_length": 256}),
+              SourceConfig("image2text_qa", "shapes", batch_size=8, options=dict(STAGE2_QA_OPTIONS)),
               SourceConfig("image2text_caption", "shapes", batch_size=4, options={"task": "caption"})],
         image_size=64, train_modules=("llm.", "mar.", "proj_in.", "proj_out."), max_steps=STAGE2_STEPS,
         optim=OptimConfig(lr=7e-4, warmup_ratio=0.02), log_every=50, save_every=500, sample_every=2000,

@@ -82,7 +82,7 @@ def build_dataset(src: SourceConfig, cfg: TrainConfig) -> Any:
         task = o.get("task", "text2image" if kind == "text2image" else "qa")
         world = WorldConfig(image_size=o.get("world_image_size", cfg.image_size))
         fn = functools.partial(shapes_record, task, seed=int(o.get("seed", cfg.seed)), config=world,
-                               tag_weights=o.get("tag_weights"))
+                               tag_weights=o.get("tag_weights"), shape_questions=bool(o.get("shape_questions", False)))
         return ProceduralSource(fn, length=o.get("length"), kind=kind)
     if src.format == "official":
         ds = OfficialLayout(src.path, src.image_folder or ".", cap_folder=o.get("cap_folder"),

@@ -52,8 +52,13 @@ def tag_probabilities(tag_weights: Mapping[str, float]) -> np.ndarray:
 
 
 def shapes_record(task: str, index: int, seed: int = 0, config: WorldConfig | None = None,
-                  max_turns: int = 6, tag_weights: Mapping[str, float] | None = None) -> dict[str, Any]:
+                  max_turns: int = 6, tag_weights: Mapping[str, float] | None = None,
+                  shape_questions: bool = False) -> dict[str, Any]:
     """Record ``index`` of ``task`` (see the module docstring), in the data layer's record format.
+
+    ``shape_questions`` (qa only): the conversation's questions are drawn from a list that also holds a bare-shape
+    existence pair ("Is there a circle in the image?", POPE's template; see
+    :func:`harmon.world.questions.shape_existence_pair`).
 
     ``tag_weights`` (text2image only): relative weights of the GenEval tags of the prompt-style captions, e.g.
     ``{"position": 2, "color_attr": 2, ...}``; None draws the six tags uniformly. Whole-scene captions keep their
@@ -78,7 +83,7 @@ def shapes_record(task: str, index: int, seed: int = 0, config: WorldConfig | No
                                  {"role": "assistant", "content": describe_scene(scene)}]}
     if task == "qa":
         scene = sample_scene(g, config)
-        questions = sample_questions(scene, g, config)
+        questions = sample_questions(scene, g, config, shape_questions=shape_questions)
         order = torch.randperm(len(questions), generator=g).tolist()[:max_turns]
         turns: list[dict[str, str]] = []
         for k, qi in enumerate(order):

@@ -3,6 +3,8 @@
 Each question is a dict ``{"question", "answer", "type"}`` plus ``"split"`` for existence questions:
 
     existence  "Is there a red circle in the image?"  -> "Yes" / "No"  (POPE split random/popular/adversarial)
+               "Is there a circle in the image?"      -> "Yes" / "No"  (split "shape": POPE's own template, a bare
+                                                                        object word; training only when asked for)
     counting   "How many circles are there?" / "How many objects are there?" -> digits, e.g. "2" ("0" allowed)
     color      "What color is the square?"   (only when exactly one square)  -> colour name, e.g. "Red"
     position   "Is the red circle to the left of the blue square?"            -> "Yes" / "No"
@@ -103,6 +105,22 @@ def existence_question(pair: tuple[str, str], present: bool, split: str) -> Ques
     }
 
 
+def shape_existence_question(shape: str, present: bool) -> Question:
+    """"Is there a <shape> in the image?" (no colour: POPE's own template) with its Yes/No answer."""
+    return {"question": f"Is there {noun_phrase(shape)} in the image?", "answer": _yes_no(present),
+            "type": "existence", "split": "shape"}
+
+
+def shape_existence_pair(scene: Scene, generator: torch.Generator, config: WorldConfig) -> list[Question]:
+    """A "Yes" question about a present shape and, when some shape is absent, a "No" question about an absent one."""
+    present = sorted({o.shape for o in scene.objects})
+    absent = [s for s in config.shapes if s not in present]
+    out = [shape_existence_question(_choice(generator, present), True)]
+    if absent:
+        out.append(shape_existence_question(_choice(generator, absent), False))
+    return out
+
+
 def counting_question(scene: Scene, generator: torch.Generator, config: WorldConfig) -> Question:
     """"How many <shapes> are there?" (a uniformly drawn shape, possibly absent) or "How many objects are there?"."""
     target = _choice(generator, [*config.shapes, None])
@@ -165,10 +183,12 @@ def sample_questions(
     config: WorldConfig | None = None,
     num_per_split: int = 1,
     allow_held_out: bool = False,
+    shape_questions: bool = False,
 ) -> list[Question]:
     """Questions about one scene (for training): for each POPE split, ``k = min(num_per_split, #present pairs)``
     positives and ``k`` negatives; then one counting, one color (if some shape is unique), one position (if some
-    pair qualifies) and one describe question."""
+    pair qualifies) and one describe question; with ``shape_questions``, then :func:`shape_existence_pair` (drawn
+    last, so the other questions are those drawn without it)."""
     config = config or WorldConfig()
     questions: list[Question] = []
     for split in POPE_SPLITS:
@@ -181,6 +201,8 @@ def sample_questions(
         if q is not None:
             questions.append(q)
     questions.append(describe_question(scene))
+    if shape_questions:
+        questions += shape_existence_pair(scene, generator, config)
     return questions
 
 
