@@ -184,6 +184,27 @@ def test_cli_geneval_compile_reaches_generate(model_dir, tmp_path, monkeypatch):
     assert rc == 0 and seen == [True]
 
 
+def test_cli_eval_shapes_scores_bare_shape_questions_apart(model_dir, capsys, monkeypatch):
+    """`eval shapes --shape-questions N` adds POPE metrics of "Is there a <shape> in the image?" without moving the
+    other tables (their own generators)."""
+    from harmon.pipeline import HarmonPipeline
+
+    asked = []
+    real = HarmonPipeline.describe
+    monkeypatch.setattr(HarmonPipeline, "describe", lambda self, image, q, **k: asked.append(q) or real(self, image, q,
+                                                                                                       **k))
+    rc = cli.main(["eval", "shapes", "--prompts", "0", "--questions", "14", "--shape-questions", "6",
+                   "--model", str(model_dir), "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "Bare-shape existence" in out and "n 6" in out
+    assert len(asked) == 20 and all(re.fullmatch(r"Is there an? \w+ in the image\?", q) for q in asked[14:])
+    first = asked[:14]
+    asked.clear()
+    assert cli.main(["eval", "shapes", "--prompts", "0", "--questions", "14", "--shape-questions", "0",
+                     "--model", str(model_dir), "--device", "cpu"]) == 0
+    assert asked == first and "Bare-shape" not in capsys.readouterr().out
+
+
 def test_read_prompts_names_the_bad_line(tmp_path):
     bad = tmp_path / "m.jsonl"
     bad.write_text('{"prompt": "a circle", "tag": "single_object"}\n\n{"prompt": "a square",\n')

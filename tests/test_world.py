@@ -519,6 +519,47 @@ def test_questions_are_true_and_balanced():
     assert Counter(q["answer"] for _, q in items if q["type"] == "position") == {"Yes": 10, "No": 10}
 
 
+def test_bare_shape_questions_are_true_balanced_and_leave_the_rest_unchanged():
+    from harmon.world.data import shapes_record
+    from harmon.world.questions import sample_shape_existence_items
+
+    g = gen(21)
+    seen = Counter()
+    for _ in range(100):
+        scene = sample_scene(g)
+        state = g.get_state()
+        plain = sample_questions(scene, g)
+        g.set_state(state)
+        both = sample_questions(scene, g, shape_questions=True)
+        assert both[:len(plain)] == plain  # drawn last: the other questions do not move
+        extra = both[len(plain):]
+        assert 1 <= len(extra) <= 2 and all(q["split"] == "shape" and "color" not in q for q in extra)
+        for q in extra:
+            assert parse_color(q["question"]) is None
+            _check_answer(scene, q)
+            seen[q["answer"]] += 1
+    assert seen["Yes"] == 100 and seen["No"] >= 50
+    texts = [t["content"] for i in range(40) for t in shapes_record("qa", i)["conversation"]]
+    assert not any(re.fullmatch(r"(<image>\n)?Is there an? (circle|square|triangle) in the image\?", t) for t in texts)
+    texts = [t["content"] for i in range(40) for t in shapes_record("qa", i, shape_questions=True)["conversation"]]
+    assert any(re.fullmatch(r"(<image>\n)?Is there an? (circle|square|triangle) in the image\?", t) for t in texts)
+    items = sample_shape_existence_items(40, gen(22))
+    assert [q["answer"] for _, q in items] == ["Yes", "No"] * 20
+    for scene, q in items:
+        _check_answer(scene, q)
+    assert items == sample_shape_existence_items(40, gen(22))
+
+
+def test_pope_all_row_counts_only_the_pope_splits():
+    from harmon.world.questions import existence_question, shape_existence_question
+
+    items = [existence_question(("red", "circle"), True, "random"), shape_existence_question("square", False),
+             shape_existence_question("circle", True)]
+    s = score_answers(items, ["Yes", "Yes", "Yes"])
+    assert s["pope"]["all"]["count"] == 1 and s["pope"]["all"]["accuracy"] == 1.0
+    assert s["pope"]["shape"]["count"] == 2 and s["pope"]["shape"]["accuracy"] == 0.5
+
+
 def test_pope_negative_rules():
     stats = pair_statistics(CONFIG)
     freq = dict(zip(stats.pairs, stats.frequency))

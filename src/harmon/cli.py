@@ -98,9 +98,16 @@ def cmd_eval_shapes(args: argparse.Namespace) -> int:
                                       cfg_schedule=args.cfg_schedule, x0_clip=args.x0_clip,
                                       diffusion_steps_final=args.diffusion_steps_final,
                                       preset=args.preset).items() if v is not None}
-    result = evaluate_shapes(pipe, n_prompts=args.prompts, n_questions=args.questions, seed=args.seed, **settings)
+    result = evaluate_shapes(pipe, n_prompts=args.prompts, n_questions=args.questions, seed=args.seed,
+                             n_shape_questions=args.shape_questions, **settings)
     tables = [result[k] for k in ("generation", "understanding") if k in result]
     print(format_tables(tables))
+    if "shape_existence" in result:
+        m = result["shape_existence"]
+        print('\nBare-shape existence ("Is there a <shape> in the image?", POPE\'s template, %): '
+              + ", ".join(f"{k.replace('_', ' ')} {100 * m[k]:.1f}" for k in ("accuracy", "precision", "recall", "f1",
+                                                                              "yes_ratio"))
+              + f", n {m['count']}")
     for k in ("generation_seconds", "understanding_seconds"):
         if k in result:
             print(f"{k.replace('_', ' ')}: {result[k]:.1f}")
@@ -471,6 +478,9 @@ def build_parser() -> argparse.ArgumentParser:
     es = esub.add_parser("shapes", help="fresh shapes-world prompts and questions, scored exactly")
     es.add_argument("--prompts", type=int, default=504, help="generation prompts (balanced over 6 categories)")
     es.add_argument("--questions", type=int, default=1512, help="questions (balanced over 7 kinds)")
+    es.add_argument("--shape-questions", type=int, default=168,
+                    help='bare-shape existence questions ("Is there a circle in the image?", half "No"), scored apart '
+                         "so the other tables do not depend on them; 0 skips them")
     es.add_argument("--seed", type=int, default=0)
     es.add_argument("--num-iter", type=int)
     es.add_argument("--guidance-scale", type=float)

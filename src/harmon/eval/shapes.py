@@ -42,9 +42,24 @@ def understanding_scores(pipe: HarmonPipeline, n_questions: int, seed: int = 0, 
     return score_answers(items, answers, world), items, answers
 
 
+def shape_existence_scores(pipe: HarmonPipeline, n: int, seed: int = 0, world=None,
+                           max_new_tokens: int = 48) -> dict[str, float]:
+    """POPE metrics of "Is there a <shape> in the image?" (POPE's own template: no colour) over ``n`` fresh scenes,
+    half of them without the asked shape. Its own generator (seed + 3): the other tables do not move with ``n``."""
+    from harmon.world import WorldConfig, render, score_answers
+    from harmon.world.questions import sample_shape_existence_items
+
+    world = world or WorldConfig(image_size=pipe.config.generation.understanding_image_size)
+    items = sample_shape_existence_items(n, torch.Generator().manual_seed(seed + 3), world)
+    answers = [pipe.describe(render(scene, world), q["question"], max_new_tokens=max_new_tokens)
+               for scene, q in items]
+    return score_answers(items, answers, world)["pope"]["shape"]
+
+
 def evaluate_shapes(pipe: HarmonPipeline, n_prompts: int = 504, n_questions: int = 1512, seed: int = 0,
-                    **settings: Any) -> dict[str, Any]:
-    """Both tables plus wall times. Defaults: >= 500 prompts and >= 1,500 questions, multiples of 6 and 14."""
+                    n_shape_questions: int = 0, **settings: Any) -> dict[str, Any]:
+    """Both tables plus wall times. Defaults: >= 500 prompts and >= 1,500 questions, multiples of 6 and 14.
+    ``n_shape_questions``: also :func:`shape_existence_scores` on that many items."""
     out: dict[str, Any] = {"seed": seed, "n_prompts": n_prompts, "n_questions": n_questions, "settings": settings}
     if n_prompts:
         t = time.perf_counter()
@@ -54,4 +69,7 @@ def evaluate_shapes(pipe: HarmonPipeline, n_prompts: int = 504, n_questions: int
         t = time.perf_counter()
         out["understanding"], _, _ = understanding_scores(pipe, n_questions, seed)
         out["understanding_seconds"] = time.perf_counter() - t
+    if n_shape_questions:
+        out["shape_existence"] = shape_existence_scores(pipe, n_shape_questions, seed)
+        out["n_shape_questions"] = n_shape_questions
     return out

@@ -549,8 +549,9 @@ def score_answers(
     correct = [answer_correct(q, a, config) for q, a in zip(questions, answers)]
     pope: dict[str, dict[str, float]] = {}
     existence = [(q, a) for q, a in zip(questions, answers) if q["type"] == "existence"]
-    for split in (*POPE_SPLITS, "all"):
-        chosen = [(q, a) for q, a in existence if split == "all" or q.get("split") == split]
+    for split in (*POPE_SPLITS, "shape", "all"):  # "all": the three POPE splits; "shape": bare-shape questions
+        chosen = [(q, a) for q, a in existence
+                  if q.get("split") == split or (split == "all" and q.get("split") in POPE_SPLITS)]
         if chosen:
             pope[split] = _binary_metrics([q["answer"].lower() for q, _ in chosen], [pope_answer(a) for _, a in chosen])
     accuracy, count = {}, {}
