@@ -129,9 +129,9 @@ def test_shipped_generator_binds_every_colour_word():
     """What the shipped generator has learned of colour words (artifacts/shapes-run9/README.md): on one-object
     images of each colour, the prompt naming that colour has a lower teacher-forced loss than every other colour
     word by more than 0.002 (measured: smallest gap +0.0063, green images under "purple"; the eighth run's +0.0053,
-    the seventh's +0.0029). A generator that ignored colour words has equal losses under every word (paired noise) and fails; so
-    does the sixth run's model, whose green, blue and purple were almost interchangeable (smallest gap +0.0004 at
-    this test's size)."""
+    the seventh's +0.0029). A generator that ignored colour words has equal losses under every word (paired noise)
+    and fails; so does the sixth run's model, whose green, blue and purple were almost interchangeable (smallest gap
+    +0.0004 at this test's size)."""
     from harmon.analyze.words import word_binding
 
     pipe = HarmonPipeline.from_pretrained(shipped_model_path(), device="cpu")
