@@ -184,10 +184,14 @@ class Harmon(nn.Module):
         if mask is None:
             mask = torch.zeros(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
         x_enc = self.mar.forward_encoder(tokens, mask, grid)  # (B, 64+V, D)
+        return x_enc, self.visual_to_llm(x_enc)
+
+    def visual_to_llm(self, x_enc: torch.Tensor) -> torch.Tensor:
+        """proj_in of the encoder output (B, 64+V, D_enc), buffers first -> (B, V+64, H_llm) with the buffers LAST,
+        as the LLM reads them."""
         z_enc = self.proj_in(x_enc)  # (B, 64+V, H)
         nb = self.buffer_size
-        z_enc = torch.cat([z_enc[:, nb:], z_enc[:, :nb]], dim=1)  # (B, V+64, H)
-        return x_enc, z_enc
+        return torch.cat([z_enc[:, nb:], z_enc[:, :nb]], dim=1)  # (B, V+64, H)
 
     def forward_mae_encoder(self, tokens: torch.Tensor, mask: torch.Tensor, grid: tuple[int, int],
                             text_mask: torch.Tensor, input_ids: torch.Tensor | None = None,

@@ -278,8 +278,13 @@ class HarmonPipeline:
         pixels = prepare_for_understanding(image, size).to(self.device)
         tokens = self.model.encode_images(pixels)  # (1, L, C)
         _, z_enc = self.model.extract_visual_feature(tokens, None, grid)  # (1, L+64, H)
+        return self.prompt_embeddings(question.strip(), z_enc)
+
+    def prompt_embeddings(self, question: str, z_enc: torch.Tensor) -> torch.Tensor:
+        """The understanding prompt of ``question`` embedded, with the image slots filled by ``z_enc``
+        (1, L+64, H_llm; buffers last): (1, N, H_llm)."""
         image_token = self.config.image_token
-        before, after = understanding_prompt(question.strip(), image_token).split(image_token)
+        before, after = understanding_prompt(question, image_token).split(image_token)
         ids_before = self.tokenizer(before, add_special_tokens=False).input_ids
         ids_after = self.tokenizer(after, add_special_tokens=False).input_ids
         embed = self.model.embed_text

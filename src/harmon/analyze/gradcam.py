@@ -185,12 +185,10 @@ def world_concept_labels(concept: str, scenes: Sequence[Any], world: Any) -> lis
 def _pooled_encoder_features(pipe: HarmonPipeline, images: Sequence[Image.Image | str | Path], size: int,
                              batch_size: int = 64) -> torch.Tensor:
     """(N, D) mean over the image-token rows of the MAR encoder output, all tokens visible."""
-    model = pipe.model
-    nb, grid, out = model.buffer_size, model.grid_for(size), []
+    nb, out = pipe.model.buffer_size, []
     for i in range(0, len(images), batch_size):
-        px = torch.cat([prepare_for_understanding(im, size) for im in images[i:i + batch_size]]).to(pipe.device)
-        tokens = model.encode_images(px)
-        out.append(model.mar.forward_encoder(tokens, _all_visible(tokens), grid)[:, nb:].float().mean(dim=1).cpu())
+        rows = _encoder_output(pipe, _image_tokens(pipe, images[i:i + batch_size], size), size)[:, nb:]
+        out.append(rows.float().mean(dim=1).cpu())
     return torch.cat(out)
 
 
@@ -229,10 +227,10 @@ def gradcam_plus_plus(pipe: HarmonPipeline, image: Image.Image | str | Path, con
     if isinstance(image, (str, Path)):
         image = load_image(image)
     score = _score_fn(pipe, concept, question, probe, size)
-    tokens = model.encode_images(prepare_for_understanding(image, size).to(pipe.device))  # (1, L, C)
+    tokens = _image_tokens(pipe, [image], size)  # (1, L, C)
     nb = model.buffer_size
     with torch.enable_grad():
-        x_enc = model.mar.forward_encoder(tokens, _all_visible(tokens), grid)  # (1, 64+L, D)
+        x_enc = _encoder_output(pipe, tokens, size)  # (1, 64+L, D)
         x_enc.retain_grad()
         score(x_enc).backward()
     acts = x_enc.detach()[0, nb:].float()  # (L, D) image-token activations
@@ -273,16 +271,14 @@ def token_attributions(pipe: HarmonPipeline, image: Image.Image, concept: str, q
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    model = pipe.model
     size = image_size or pipe.config.generation.understanding_image_size
-    grid = model.grid_for(size)
     explained = _score_fn(pipe, concept, question, probe, size)
-    tokens = model.encode_images(prepare_for_understanding(image, size).to(pipe.device)).float()  # (1, L, C)
+    tokens = _image_tokens(pipe, [image], size).float()  # (1, L, C)
     plain = Image.new("RGB", image.size, tuple(int(v) for v in baseline_color))
-    base = model.encode_images(prepare_for_understanding(plain, size).to(pipe.device)).float()
+    base = _image_tokens(pipe, [plain], size).float()
 
     def score(x: torch.Tensor) -> torch.Tensor:
-        return explained(model.mar.forward_encoder(x, _all_visible(x), grid))
+        return explained(_encoder_output(pipe, x, size))
 
     total = torch.zeros_like(tokens)
     for k in range(steps):
@@ -304,13 +300,21 @@ def _all_visible(tokens: torch.Tensor) -> torch.Tensor:
     return torch.zeros(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
 
 
+def _image_tokens(pipe: HarmonPipeline, images: Sequence[Image.Image | str | Path], size: int) -> torch.Tensor:
+    """Images (PIL or paths) prepared as for understanding -> latent tokens (B, L, C) (no grad: the VAE is fixed)."""
+    px = torch.cat([prepare_for_understanding(im, size) for im in images]).to(pipe.device)
+    return pipe.model.encode_images(px)
+
+
+def _encoder_output(pipe: HarmonPipeline, tokens: torch.Tensor, size: int) -> torch.Tensor:
+    """The MAR encoder over ``tokens`` with all of them visible, as in understanding: (B, buffers + L, D)."""
+    return pipe.model.mar.forward_encoder(tokens, _all_visible(tokens), pipe.model.grid_for(size))
+
+
 def _yes_no_score(pipe: HarmonPipeline, question: str, x_enc: torch.Tensor) -> torch.Tensor:
     """Log-odds of "Yes" over "No" at the first answer position, from the MAR encoder output (buffers first)."""
-    model = pipe.model
-    nb = model.buffer_size
-    z_enc = model.proj_in(x_enc)
-    z_enc = torch.cat([z_enc[:, nb:], z_enc[:, :nb]], dim=1)  # buffers last, as the LLM sees them
-    logits = model.llm(inputs_embeds=_prompt_embeds(pipe, question, z_enc)).logits[0, -1].float()
+    embeds = pipe.prompt_embeddings(question, pipe.model.visual_to_llm(x_enc))  # what describe() feeds the LLM
+    logits = pipe.model.llm(inputs_embeds=embeds).logits[0, -1].float()
     return logits[_answer_ids(pipe, "Yes")] - logits[_answer_ids(pipe, "No")]
 
 
@@ -327,18 +331,6 @@ def _to_image_frame(cam: torch.Tensor, grid: tuple[int, int], size: int, image: 
     cam = F.interpolate(cam[None, None], size=(side, side), mode=upsample, **kw)[0, 0]
     left, top = (side - w) // 2, (side - h) // 2
     return cam[top:top + h, left:left + w].cpu().numpy()
-
-
-def _prompt_embeds(pipe: HarmonPipeline, question: str, z_enc: torch.Tensor) -> torch.Tensor:
-    from harmon.prompts import understanding_prompt
-
-    image_token = pipe.config.image_token
-    before, after = understanding_prompt(question, image_token).split(image_token)
-    embed = pipe.model.embed_text
-    dev = pipe.device
-    ids_b = torch.tensor([pipe.tokenizer(before, add_special_tokens=False).input_ids], device=dev)
-    ids_a = torch.tensor([pipe.tokenizer(after, add_special_tokens=False).input_ids], device=dev)
-    return torch.cat([embed(ids_b), z_enc.to(pipe.model.dtype), embed(ids_a)], dim=1)
 
 
 def overlay(image: Image.Image, cam: np.ndarray, alpha: float = 0.5) -> Image.Image:
@@ -423,11 +415,8 @@ def localisation(pipe: HarmonPipeline, method: str = "gradcam++", target: str = 
 
 @torch.no_grad()
 def _answer_log_odds(pipe: HarmonPipeline, image: Image.Image, question: str) -> float:
-    model = pipe.model
     size = pipe.config.generation.understanding_image_size
-    tokens = model.encode_images(prepare_for_understanding(image, size).to(pipe.device))
-    x_enc = model.mar.forward_encoder(tokens, _all_visible(tokens), model.grid_for(size))
-    return float(_yes_no_score(pipe, question, x_enc))
+    return float(_yes_no_score(pipe, question, _encoder_output(pipe, _image_tokens(pipe, [image], size), size)))
 
 
 def encoder_locality(pipe: HarmonPipeline, scenes: int = 20, seed: int = 0) -> dict[str, Any]:
@@ -438,18 +427,17 @@ def encoder_locality(pipe: HarmonPipeline, scenes: int = 20, seed: int = 0) -> d
     """
     from harmon.world import WorldConfig, render, sample_scene
 
-    model = pipe.model
     size = pipe.config.generation.understanding_image_size
-    grid, nb = model.grid_for(size), model.buffer_size
+    nb = pipe.model.buffer_size
     world = WorldConfig(image_size=size)
     g = torch.Generator().manual_seed(seed)
     total = None
     for _ in range(scenes):
         image = render(sample_scene(g, world), world)
-        tokens = model.encode_images(prepare_for_understanding(image, size).to(pipe.device)).float()
+        tokens = _image_tokens(pipe, [image], size).float()
 
         def rows(t: torch.Tensor) -> torch.Tensor:
-            return model.mar.forward_encoder(t, _all_visible(t), grid)[0, nb:].float()
+            return _encoder_output(pipe, t, size)[0, nb:].float()
 
         jac = torch.autograd.functional.jacobian(rows, tokens)[:, :, 0]  # (L, D, L, C)
         norms = jac.pow(2).sum(dim=(1, 3)).sqrt().cpu()
