@@ -82,9 +82,9 @@ def main() -> int:
             total = time.perf_counter() - t
             if name not in rows:
                 rows[name] = {"preset": name, "compiled": compiled, "model": str(path), "prompts": args.prompts,
-                              "seed": args.seed, "batch": args.batch, "threads": torch.get_num_threads(), "overall": scores["overall"],
-                              "accuracy": scores["accuracy"], "held_out": scores["held_out"], "seconds_runs": [],
-                              "seconds_with_scoring_runs": []}
+                              "seed": args.seed, "batch": args.batch, "threads": torch.get_num_threads(),
+                              "overall": scores["overall"], "accuracy": scores["accuracy"],
+                              "held_out": scores["held_out"], "seconds_runs": [], "seconds_with_scoring_runs": []}
             elif scores["overall"] != rows[name]["overall"]:  # same seed, same images: a changed score is a bug
                 raise RuntimeError(f"preset {name}: overall {scores['overall']} in round {round_ + 1}, "
                                    f"{rows[name]['overall']} before")
