@@ -548,6 +548,9 @@ def test_bare_shape_questions_are_true_balanced_and_leave_the_rest_unchanged():
     for scene, q in items:
         _check_answer(scene, q)
     assert items == sample_shape_existence_items(40, gen(22))
+    one_shape = WorldConfig(shapes=("circle",), held_out=(), shape_weights=(1.0,))  # no shape is ever absent
+    with pytest.raises(RuntimeError, match="no scene in 5 draws lacks a shape"):
+        sample_shape_existence_items(2, gen(23), one_shape, max_scene_attempts=5)
 
 
 def test_pope_all_row_counts_only_the_pope_splits():

@@ -206,22 +206,25 @@ def sample_questions(
     return questions
 
 
-def sample_shape_existence_items(n: int, generator: torch.Generator,
-                                 config: WorldConfig | None = None) -> list[tuple[Scene, Question]]:
+def sample_shape_existence_items(n: int, generator: torch.Generator, config: WorldConfig | None = None,
+                                 max_scene_attempts: int = 100) -> list[tuple[Scene, Question]]:
     """``n`` (scene, bare-shape existence question) items, one fresh scene each, answers alternating Yes/No (item i
-    is "Yes" when i is even). A "No" item redraws its scene until some shape is absent from it."""
+    is "Yes" when i is even). A "No" item redraws its scene until some shape is absent from it (a world whose every
+    scene holds every shape raises instead of looping)."""
     config = config or WorldConfig()
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
     items: list[tuple[Scene, Question]] = []
     for i in range(n):
-        while True:
+        for _ in range(max_scene_attempts):
             scene = sample_scene(generator, config)
             present = sorted({o.shape for o in scene.objects})
             pool = present if i % 2 == 0 else [s for s in config.shapes if s not in present]
             if pool:
                 items.append((scene, shape_existence_question(_choice(generator, pool), i % 2 == 0)))
                 break
+        else:
+            raise RuntimeError(f"no scene in {max_scene_attempts} draws lacks a shape to ask a 'No' question about")
     return items
 
 
