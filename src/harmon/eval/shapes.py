@@ -30,15 +30,21 @@ def generation_scores(pipe: HarmonPipeline, n_prompts: int, seed: int = 0, batch
     return score_generation(prompts, images, world), prompts, images
 
 
+def _answers(pipe: HarmonPipeline, items: list, world, max_new_tokens: int) -> list[str]:
+    """Greedy answers to (scene, question) items, each scene rendered in ``world``."""
+    from harmon.world import render
+
+    return [pipe.describe(render(scene, world), q["question"], max_new_tokens=max_new_tokens) for scene, q in items]
+
+
 def understanding_scores(pipe: HarmonPipeline, n_questions: int, seed: int = 0, world=None,
                          max_new_tokens: int = 48) -> tuple[dict[str, Any], list, list[str]]:
     """Answer ``n_questions`` balanced questions about fresh scenes (greedy) and score the answers."""
-    from harmon.world import WorldConfig, render, sample_eval_questions, score_answers
+    from harmon.world import WorldConfig, sample_eval_questions, score_answers
 
     world = world or WorldConfig(image_size=pipe.config.generation.understanding_image_size)
     items = sample_eval_questions(n_questions, torch.Generator().manual_seed(seed + 2), world)
-    answers = [pipe.describe(render(scene, world), q["question"], max_new_tokens=max_new_tokens)
-               for scene, q in items]
+    answers = _answers(pipe, items, world, max_new_tokens)
     return score_answers(items, answers, world), items, answers
 
 
@@ -46,14 +52,12 @@ def shape_existence_scores(pipe: HarmonPipeline, n: int, seed: int = 0, world=No
                            max_new_tokens: int = 48) -> dict[str, float]:
     """POPE metrics of "Is there a <shape> in the image?" (POPE's own template: no colour) over ``n`` fresh scenes,
     half of them without the asked shape. Its own generator (seed + 3): the other tables do not move with ``n``."""
-    from harmon.world import WorldConfig, render, score_answers
+    from harmon.world import WorldConfig, score_answers
     from harmon.world.questions import sample_shape_existence_items
 
     world = world or WorldConfig(image_size=pipe.config.generation.understanding_image_size)
     items = sample_shape_existence_items(n, torch.Generator().manual_seed(seed + 3), world)
-    answers = [pipe.describe(render(scene, world), q["question"], max_new_tokens=max_new_tokens)
-               for scene, q in items]
-    return score_answers(items, answers, world)["pope"]["shape"]
+    return score_answers(items, _answers(pipe, items, world, max_new_tokens), world)["pope"]["shape"]
 
 
 def evaluate_shapes(pipe: HarmonPipeline, n_prompts: int = 504, n_questions: int = 1512, seed: int = 0,
