@@ -1,0 +1,62 @@
+"""Golden outputs of the shipped model: generated PNG bytes, answers and training losses must not change.
+
+``tests/golden/record.py`` wrote them; a change that is meant to alter outputs re-records them and says why.
+Exact bytes are compared on the kind of CPU that recorded them (float results may differ between instruction
+sets); elsewhere pixels must agree within a small tolerance and answers exactly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+GOLDEN = Path(__file__).parent / "golden"
+spec = importlib.util.spec_from_file_location("golden_record", GOLDEN / "record.py")
+record = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(record)
+EXPECTED = json.loads((GOLDEN / "golden.json").read_text())
+SAME_CPU = EXPECTED["cpu"] == record.cpu_fingerprint()
+
+
+def test_generated_images_are_the_recorded_bytes():
+    got = record.generations()
+    assert [(p, s) for p, s, _ in got] == [(g["prompt"], g["seed"]) for g in EXPECTED["generate"]]
+    for (_, _, data), want in zip(got, EXPECTED["generate"]):
+        if SAME_CPU:
+            assert hashlib.sha256(data).hexdigest() == want["sha256"], want["file"]
+        else:
+            a = np.asarray(Image.open(io.BytesIO(data)), dtype=np.int16)
+            b = np.asarray(Image.open(GOLDEN / want["file"]), dtype=np.int16)
+            assert np.abs(a - b).max() <= 8, want["file"]
+
+
+def test_answers_are_the_recorded_ones():
+    assert record.answers() == EXPECTED["describe"]
+
+
+def test_training_losses_are_the_recorded_ones(tmp_path):
+    losses = record.training_losses(tmp_path / "run")
+    if SAME_CPU:
+        assert losses == EXPECTED["train_losses"]
+    else:
+        torch.testing.assert_close(torch.tensor(losses), torch.tensor(EXPECTED["train_losses"]), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_eval_shapes_prints_the_recorded_tables():
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-m", "harmon.cli", "eval", "shapes", "--seed", "0"], capture_output=True,
+                         text=True, env=env, check=True).stdout
+    lines = [line for line in out.splitlines(keepends=True) if "seconds:" not in line]
+    assert "".join(lines) == (GOLDEN / "eval_shapes_seed0.txt").read_text()
