@@ -103,20 +103,29 @@ class PhaseTimer:
                 if self.counter is not None:
                     self.flops[name] += self.counter.get_total_flops() - f0
                 self._depth -= 1
+
         return timed
 
     @contextlib.contextmanager
     def attach(self, model):
-        targets = [(model.mar, "forward_encoder", "mar_encoder"), (model.llm.model, "forward", "llm"),
-                   (model.mar, "forward_decoder", "mar_decoder"), (model.mar.diffloss, "sample", "diffusion_head"),
-                   (model.vae, "decode_latents", "vae_decode"), (model.vae, "encode_latents", "vae_encode")]
+        targets = [
+            (model.mar, "forward_encoder", "mar_encoder"),
+            (model.llm.model, "forward", "llm"),
+            (model.mar, "forward_decoder", "mar_decoder"),
+            (model.mar.diffloss, "sample", "diffusion_head"),
+            (model.vae, "decode_latents", "vae_decode"),
+            (model.vae, "encode_latents", "vae_encode"),
+        ]
         for obj, attr, name in targets:
             setattr(obj, attr, self.wrap(name, getattr(obj, attr)))
         net = model.mar.diffloss.net
         # Every evaluation of the diffusion MLP (straightforward or with precomputed modulations), and every
         # computation of the modulations (nested inside the head phase; the fast sampler does one per chunk of steps).
-        counted = [(net, "forward_embedded", "mlp_evals"), (net, "forward_modulated", "mlp_evals"),
-                   (net, "modulations", "modulation_calls")]
+        counted = [
+            (net, "forward_embedded", "mlp_evals"),
+            (net, "forward_modulated", "mlp_evals"),
+            (net, "modulations", "modulation_calls"),
+        ]
         for obj, attr, field in counted:
             setattr(obj, attr, self._count(field, getattr(obj, attr)))
         try:
@@ -129,6 +138,7 @@ class PhaseTimer:
         def counted(*args, **kwargs):
             setattr(self, field, getattr(self, field) + 1)
             return fn(*args, **kwargs)
+
         return counted
 
 
@@ -168,16 +178,22 @@ def bench_generate(pipe, batch: int, args, dtype, device: str, peak: float, band
     """
     from torch.utils.flop_counter import FlopCounterMode
 
-    settings = {"image_size": args.image_size, "num_iter": args.num_iter, "guidance_scale": args.guidance_scale,
-                "num_sampling_steps": args.diffusion_steps, "output_type": "pt"}
+    settings = {
+        "image_size": args.image_size,
+        "num_iter": args.num_iter,
+        "guidance_scale": args.guidance_scale,
+        "num_sampling_steps": args.diffusion_steps,
+        "output_type": "pt",
+    }
     if args.preset:  # the preset scales the base settings given, as `generate --preset` scales a model's defaults
         from harmon.sampling import preset_settings
 
         settings.update(preset_settings(args.preset, args.num_iter, args.diffusion_steps))
     prompts = ["a red circle to the left of a blue square"] * batch
     t = time.perf_counter()  # warm-up; with --compile it also compiles the diffusion MLP (reported as warmup_s)
-    pipe.generate(prompts, generator=torch.Generator().manual_seed(0), compile=args.compile,
-                  **{**settings, "num_iter": 2})
+    pipe.generate(
+        prompts, generator=torch.Generator().manual_seed(0), compile=args.compile, **{**settings, "num_iter": 2}
+    )
     warmup = time.perf_counter() - t
     timer = PhaseTimer(device)
     with timer.attach(pipe.model):
@@ -186,12 +202,26 @@ def bench_generate(pipe, batch: int, args, dtype, device: str, peak: float, band
         total = time.perf_counter() - t
     phases = dict(timer.seconds)
     phases["other"] = max(0.0, total - sum(phases.values()))
-    res = {"bench": "generate", "config": args.config, "device": device, "dtype": str(dtype).replace("torch.", ""),
-           "image_size": args.image_size, "num_iter": args.num_iter, "diffusion_steps": args.diffusion_steps,
-           "preset": args.preset, "settings": {k: v for k, v in settings.items() if k != "output_type"},
-           "guidance_scale": args.guidance_scale, "batch": batch, "seconds": total, "images_per_s": batch / total,
-           "seconds_per_image": total / batch, "phases_s": {k: round(v, 4) for k, v in phases.items()},
-           "threads": torch.get_num_threads(), "compiled": args.compile, "warmup_s": round(warmup, 2)}
+    res = {
+        "bench": "generate",
+        "config": args.config,
+        "device": device,
+        "dtype": str(dtype).replace("torch.", ""),
+        "image_size": args.image_size,
+        "num_iter": args.num_iter,
+        "diffusion_steps": args.diffusion_steps,
+        "preset": args.preset,
+        "settings": {k: v for k, v in settings.items() if k != "output_type"},
+        "guidance_scale": args.guidance_scale,
+        "batch": batch,
+        "seconds": total,
+        "images_per_s": batch / total,
+        "seconds_per_image": total / batch,
+        "phases_s": {k: round(v, 4) for k, v in phases.items()},
+        "threads": torch.get_num_threads(),
+        "compiled": args.compile,
+        "warmup_s": round(warmup, 2),
+    }
     if args.flops:
         from harmon import cpu_linear
 
@@ -214,9 +244,15 @@ def bench_generate(pipe, batch: int, args, dtype, device: str, peak: float, band
         # Weight traffic: every evaluation reads the weights; the modulation layers' weights are read once per
         # evaluation by the straightforward path, once per precomputation by the fast sampler.
         traffic = evals * (weight_bytes - mod_bytes) + (mod_calls if mod_calls else evals) * mod_bytes
-        res.update({"diffusion_mlp_evals": evals, "diffusion_modulation_calls": mod_calls,
-                    "diffusion_mlp_weight_bytes": weight_bytes, "diffusion_modulation_weight_bytes": mod_bytes,
-                    "diffusion_weight_traffic_bytes": traffic})
+        res.update(
+            {
+                "diffusion_mlp_evals": evals,
+                "diffusion_modulation_calls": mod_calls,
+                "diffusion_mlp_weight_bytes": weight_bytes,
+                "diffusion_modulation_weight_bytes": mod_bytes,
+                "diffusion_weight_traffic_bytes": traffic,
+            }
+        )
     return roofline(res, peak, bandwidth)
 
 
@@ -259,9 +295,16 @@ def bench_understanding(pipe, args, device: str) -> dict:
             cache = out.past_key_values if getattr(out, "cache", None) is None else out.cache
             ids = out.logits[:, -1].argmax(-1, keepdim=True)
         decode = time.perf_counter() - t
-    return {"bench": "understanding", "config": args.config, "device": device, "image_size": args.image_size,
-            "prompt_tokens": embeds.shape[1], "prefill_s": prefill, "decode_tokens_per_s": n / decode,
-            "threads": torch.get_num_threads()}
+    return {
+        "bench": "understanding",
+        "config": args.config,
+        "device": device,
+        "image_size": args.image_size,
+        "prompt_tokens": embeds.shape[1],
+        "prefill_s": prefill,
+        "decode_tokens_per_s": n / decode,
+        "threads": torch.get_num_threads(),
+    }
 
 
 def compare(a_path: str, b_path: str) -> None:
@@ -269,8 +312,20 @@ def compare(a_path: str, b_path: str) -> None:
         return [json.loads(line) for line in Path(p).read_text().splitlines() if line.startswith("{")]
 
     def key(r):
-        return tuple(r.get(k) for k in ("bench", "config", "dtype", "image_size", "num_iter", "diffusion_steps",
-                                         "preset", "guidance_scale", "batch"))
+        return tuple(
+            r.get(k)
+            for k in (
+                "bench",
+                "config",
+                "dtype",
+                "image_size",
+                "num_iter",
+                "diffusion_steps",
+                "preset",
+                "guidance_scale",
+                "batch",
+            )
+        )
 
     b_by_key = {key(r): r for r in load(b_path)}
     for r in load(a_path):
@@ -291,20 +346,33 @@ def main() -> int:
     p.add_argument("--num-iter", type=int, default=64)
     p.add_argument("--diffusion-steps", default="100")
     p.add_argument("--guidance-scale", type=float, default=3.0)
-    p.add_argument("--preset", help="a speed preset of generate (harmon.sampling.PRESETS), applied to --num-iter and "
-                   "--diffusion-steps as it is to a model's defaults")
+    p.add_argument(
+        "--preset",
+        help="a speed preset of generate (harmon.sampling.PRESETS), applied to --num-iter and "
+        "--diffusion-steps as it is to a model's defaults",
+    )
     p.add_argument("--batch", type=int, nargs="+", default=[1], help="batch sizes (throughput: the largest)")
     p.add_argument("--no-flops", dest="flops", action="store_false", help="skip the FLOP-counting rerun")
     p.add_argument("--understanding", action="store_true", help="also time prefill and decode")
     p.add_argument("--decode-tokens", type=int, default=32)
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--no-pack", dest="pack", action="store_false",
-                   help="plain Linear layers instead of packed weights (harmon.cpu_linear), for a side-by-side run")
-    p.add_argument("--straightforward", action="store_true",
-                   help="the reference path: plain layers and the diffusion head's straightforward sampler "
-                        "(DiffLoss.sample(fast=False)), for a side-by-side run")
-    p.add_argument("--compile", action="store_true",
-                   help="generate(compile=True): the diffusion MLP through torch.compile (compiled in the warm-up)")
+    p.add_argument(
+        "--no-pack",
+        dest="pack",
+        action="store_false",
+        help="plain Linear layers instead of packed weights (harmon.cpu_linear), for a side-by-side run",
+    )
+    p.add_argument(
+        "--straightforward",
+        action="store_true",
+        help="the reference path: plain layers and the diffusion head's straightforward sampler "
+        "(DiffLoss.sample(fast=False)), for a side-by-side run",
+    )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="generate(compile=True): the diffusion MLP through torch.compile (compiled in the warm-up)",
+    )
     p.add_argument("--out", help="append JSON lines here")
     p.add_argument("--compare", nargs=2, metavar=("A", "B"))
     args = p.parse_args()

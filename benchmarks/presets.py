@@ -30,14 +30,22 @@ import torch
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="model folder (default: the shipped shapes model)")
-    p.add_argument("--presets", nargs="+", default=["full", "fast", "faster"],
-                   help="preset names; NAME:compiled runs NAME with generate(compile=True)")
+    p.add_argument(
+        "--presets",
+        nargs="+",
+        default=["full", "fast", "faster"],
+        help="preset names; NAME:compiled runs NAME with generate(compile=True)",
+    )
     p.add_argument("--prompts", type=int, default=504)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--repeats", type=int, default=3, help="timed rounds over all presets (interleaved); each "
-                   "preset's images/s is from its fastest round")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="timed rounds over all presets (interleaved); each preset's images/s is from its fastest round",
+    )
     p.add_argument("--out", help="append JSON lines here")
     args = p.parse_args()
     if args.repeats < 1:
@@ -81,13 +89,24 @@ def main() -> int:
             scores, _, _ = generation_scores(pipe, args.prompts, seed=args.seed, batch_size=args.batch, preset=preset)
             total = time.perf_counter() - t
             if name not in rows:
-                rows[name] = {"preset": name, "compiled": compiled, "model": str(path), "prompts": args.prompts,
-                              "seed": args.seed, "batch": args.batch, "threads": torch.get_num_threads(),
-                              "overall": scores["overall"], "accuracy": scores["accuracy"],
-                              "held_out": scores["held_out"], "seconds_runs": [], "seconds_with_scoring_runs": []}
+                rows[name] = {
+                    "preset": name,
+                    "compiled": compiled,
+                    "model": str(path),
+                    "prompts": args.prompts,
+                    "seed": args.seed,
+                    "batch": args.batch,
+                    "threads": torch.get_num_threads(),
+                    "overall": scores["overall"],
+                    "accuracy": scores["accuracy"],
+                    "held_out": scores["held_out"],
+                    "seconds_runs": [],
+                    "seconds_with_scoring_runs": [],
+                }
             elif scores["overall"] != rows[name]["overall"]:  # same seed, same images: a changed score is a bug
-                raise RuntimeError(f"preset {name}: overall {scores['overall']} in round {round_ + 1}, "
-                                   f"{rows[name]['overall']} before")
+                raise RuntimeError(
+                    f"preset {name}: overall {scores['overall']} in round {round_ + 1}, {rows[name]['overall']} before"
+                )
             rows[name]["seconds_runs"].append(spent[0])
             rows[name]["seconds_with_scoring_runs"].append(total)
             print(f"round {round_ + 1}/{args.repeats} {name}: {spent[0]:.2f} s", file=sys.stderr, flush=True)
@@ -101,13 +120,17 @@ def main() -> int:
                 f.write(json.dumps(row) + "\n")
     table = list(rows.values())
     base = table[0]
-    print(f"\n| preset | GenEval-rule overall | change vs {base['preset']} | images/s (best round) | speed-up | "
-          "speed-up from medians |")
+    print(
+        f"\n| preset | GenEval-rule overall | change vs {base['preset']} | images/s (best round) | speed-up | "
+        "speed-up from medians |"
+    )
     print("|---|---|---|---|---|---|")
     for r in table:
-        print(f"| {r['preset']} | {r['overall']:.3f} | {r['overall'] - base['overall']:+.3f} | "
-              f"{r['images_per_s']:.2f} | {r['images_per_s'] / base['images_per_s']:.2f}x | "
-              f"{base['seconds_median'] / r['seconds_median']:.2f}x |")
+        print(
+            f"| {r['preset']} | {r['overall']:.3f} | {r['overall'] - base['overall']:+.3f} | "
+            f"{r['images_per_s']:.2f} | {r['images_per_s'] / base['images_per_s']:.2f}x | "
+            f"{base['seconds_median'] / r['seconds_median']:.2f}x |"
+        )
     return 0
 
 

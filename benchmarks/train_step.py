@@ -38,8 +38,9 @@ def _available_bytes(device: str) -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def run_one(cfg_name: str, batch: int, image_size: int, precision: str, steps: int, device: str,
-            grad_ckpt: bool) -> dict:
+def run_one(
+    cfg_name: str, batch: int, image_size: int, precision: str, steps: int, device: str, grad_ckpt: bool
+) -> dict:
     from harmon.config import CONFIGS
     from harmon.model import IGNORE_INDEX, IMAGE_PLACEHOLDER, Harmon
     from harmon.train.config import OptimConfig
@@ -57,15 +58,29 @@ def run_one(cfg_name: str, batch: int, image_size: int, precision: str, steps: i
     n_img = grid * grid + config.mar.buffer_size
     pixels = (torch.rand(batch, 3, image_size, image_size, generator=g) * 2 - 1).to(device)
     t2i_ids = torch.randint(10, min(vocab, 1000), (batch, 32), generator=g).to(device)
-    ids = torch.cat([torch.randint(10, min(vocab, 1000), (batch, 8), generator=g),
-                     torch.full((batch, n_img), IMAGE_PLACEHOLDER),
-                     torch.randint(10, min(vocab, 1000), (batch, 64), generator=g)], 1).to(device)
+    ids = torch.cat(
+        [
+            torch.randint(10, min(vocab, 1000), (batch, 8), generator=g),
+            torch.full((batch, n_img), IMAGE_PLACEHOLDER),
+            torch.randint(10, min(vocab, 1000), (batch, 64), generator=g),
+        ],
+        1,
+    ).to(device)
     labels = ids.clone()
     labels[:, : 8 + n_img] = IGNORE_INDEX
-    batch_dict = {"text2image": {"pixels": pixels, "input_ids": t2i_ids,
-                                 "attention_mask": torch.ones_like(t2i_ids, dtype=torch.bool)},
-                  "image2text": {"pixels": pixels, "input_ids": ids, "labels": labels,
-                                 "attention_mask": torch.ones_like(ids, dtype=torch.bool)}}
+    batch_dict = {
+        "text2image": {
+            "pixels": pixels,
+            "input_ids": t2i_ids,
+            "attention_mask": torch.ones_like(t2i_ids, dtype=torch.bool),
+        },
+        "image2text": {
+            "pixels": pixels,
+            "input_ids": ids,
+            "labels": labels,
+            "attention_mask": torch.ones_like(ids, dtype=torch.bool),
+        },
+    }
     autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16")
     model.train()
     times = []
@@ -88,10 +103,20 @@ def run_one(cfg_name: str, batch: int, image_size: int, precision: str, steps: i
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     step_s = sorted(times)[len(times) // 2]
-    return {"bench": "train_step", "config": cfg_name, "device": device, "precision": precision,
-            "image_size": image_size, "batch_per_source": batch, "samples_per_step": 2 * batch,
-            "step_seconds": step_s, "samples_per_s": 2 * batch / step_s, "peak_memory_gib": peak / 2**30,
-            "grad_checkpointing": grad_ckpt, "threads": torch.get_num_threads()}
+    return {
+        "bench": "train_step",
+        "config": cfg_name,
+        "device": device,
+        "precision": precision,
+        "image_size": image_size,
+        "batch_per_source": batch,
+        "samples_per_step": 2 * batch,
+        "step_seconds": step_s,
+        "samples_per_s": 2 * batch / step_s,
+        "peak_memory_gib": peak / 2**30,
+        "grad_checkpointing": grad_ckpt,
+        "threads": torch.get_num_threads(),
+    }
 
 
 def main() -> int:
@@ -107,27 +132,61 @@ def main() -> int:
     p.add_argument("--_child", nargs=2, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args._child:
-        res = run_one(args._child[0], args.batch, args.image_size, args._child[1], args.steps, args.device,
-                      not args.no_grad_checkpointing)
+        res = run_one(
+            args._child[0],
+            args.batch,
+            args.image_size,
+            args._child[1],
+            args.steps,
+            args.device,
+            not args.no_grad_checkpointing,
+        )
         print(json.dumps(res))
         return 0
     for cfg_name in args.configs:
         need, have = _estimate_bytes(cfg_name), _available_bytes(args.device)
         for precision in args.precisions:
             if need > 0.85 * have:
-                res = {"bench": "train_step", "config": cfg_name, "device": args.device, "precision": precision,
-                       "skipped": f"needs ~{need / 2**30:.0f} GiB for weights, grads and AdamW states "
-                                  f"(fp32) but the device has {have / 2**30:.0f} GiB"}
+                res = {
+                    "bench": "train_step",
+                    "config": cfg_name,
+                    "device": args.device,
+                    "precision": precision,
+                    "skipped": f"needs ~{need / 2**30:.0f} GiB for weights, grads and AdamW states "
+                    f"(fp32) but the device has {have / 2**30:.0f} GiB",
+                }
             else:
-                cmd = [sys.executable, __file__, "--_child", cfg_name, precision, "--batch", str(args.batch),
-                       "--image-size", str(args.image_size), "--steps", str(args.steps), "--device", args.device]
+                cmd = [
+                    sys.executable,
+                    __file__,
+                    "--_child",
+                    cfg_name,
+                    precision,
+                    "--batch",
+                    str(args.batch),
+                    "--image-size",
+                    str(args.image_size),
+                    "--steps",
+                    str(args.steps),
+                    "--device",
+                    args.device,
+                ]
                 if args.no_grad_checkpointing:
                     cmd.append("--no-grad-checkpointing")
                 out = subprocess.run(cmd, capture_output=True, text=True)
                 lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
-                res = json.loads(lines[-1]) if out.returncode == 0 and lines else {
-                    "bench": "train_step", "config": cfg_name, "precision": precision,
-                    "error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit {out.returncode}"}
+                res = (
+                    json.loads(lines[-1])
+                    if out.returncode == 0 and lines
+                    else {
+                        "bench": "train_step",
+                        "config": cfg_name,
+                        "precision": precision,
+                        "error": out.stderr.strip().splitlines()[-1]
+                        if out.stderr.strip()
+                        else f"exit {out.returncode}",
+                    }
+                )
             print(json.dumps(res), flush=True)
             if args.out:
                 with open(args.out, "a") as f:

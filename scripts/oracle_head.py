@@ -72,12 +72,19 @@ def main() -> None:
     world = WorldConfig()
     x, lab, box = oracle_batch(4000, args.seed + 1, world)
     with torch.no_grad():
-        tokens = torch.cat([model.encode_images(x[i:i + 500]) for i in range(0, len(x), 500)]).reshape(-1, 16)
+        tokens = torch.cat([model.encode_images(x[i : i + 500]) for i in range(0, len(x), 500)]).reshape(-1, 16)
     torch.manual_seed(args.seed)
     z_dim = 128
     emb, box_proj = torch.nn.Embedding(1 + len(world.colors) * len(world.shapes) * 4, z_dim), torch.nn.Linear(4, z_dim)
-    head = DiffLoss(DiffLossConfig(z_channels=z_dim, width=args.width, depth=args.depth,
-                                   target_channels=tokens.shape[1], prediction=args.prediction))
+    head = DiffLoss(
+        DiffLossConfig(
+            z_channels=z_dim,
+            width=args.width,
+            depth=args.depth,
+            target_channels=tokens.shape[1],
+            prediction=args.prediction,
+        )
+    )
     head.net.initialize_weights(generator=torch.Generator().manual_seed(args.seed))
     params = [*emb.parameters(), *box_proj.parameters(), *head.parameters()]
     opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.0)
@@ -98,14 +105,29 @@ def main() -> None:
     with torch.no_grad():
         truth = model.encode_images(xt)
         z = emb(labt.reshape(-1)) + box_proj(boxt.reshape(-1, 4))
-        drawn = head.sample(z, generator=torch.Generator().manual_seed(args.seed + 3), num_steps=args.sampling_steps,
-                            x0_clip=args.x0_clip).reshape(truth.shape)
+        drawn = head.sample(
+            z,
+            generator=torch.Generator().manual_seed(args.seed + 3),
+            num_steps=args.sampling_steps,
+            x0_clip=args.x0_clip,
+        ).reshape(truth.shape)
         quality = reconstruction_quality(xt, model.decode_tokens(drawn, (4, 4)), world)
-    print(json.dumps({"prediction": args.prediction, "width": args.width, "depth": args.depth, "steps": args.steps,
-                      "x0_clip": args.x0_clip, "final_loss": round(float(loss), 4),
-                      "token_mse": round(float(((drawn - truth) ** 2).mean()), 4),
-                      "scenes_recovered": quality["exact_objects"], "mae_0_255": round(quality["mae_0_255"], 1),
-                      "train_seconds": round(train_s)}))
+    print(
+        json.dumps(
+            {
+                "prediction": args.prediction,
+                "width": args.width,
+                "depth": args.depth,
+                "steps": args.steps,
+                "x0_clip": args.x0_clip,
+                "final_loss": round(float(loss), 4),
+                "token_mse": round(float(((drawn - truth) ** 2).mean()), 4),
+                "scenes_recovered": quality["exact_objects"],
+                "mae_0_255": round(quality["mae_0_255"], 1),
+                "train_seconds": round(train_s),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

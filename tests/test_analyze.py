@@ -66,10 +66,11 @@ def test_concept_probe_saves_and_loads_and_refuses_other_files(tmp_path):
     probe.save(tmp_path / "red.safetensors")
     back = ConceptProbe.load(tmp_path / "red.safetensors")
     assert (back.concept, back.image_size, back.accuracy, back.n_train) == ("red", 64, None, 16)
-    assert np.array_equal(gradcam_plus_plus(pipe, images[1], "red", probe=probe),
-                          gradcam_plus_plus(pipe, images[1], "red", probe=back))
+    assert np.array_equal(
+        gradcam_plus_plus(pipe, images[1], "red", probe=probe), gradcam_plus_plus(pipe, images[1], "red", probe=back)
+    )
     save_file({"weight": torch.zeros(3)}, str(tmp_path / "other.safetensors"))
-    with pytest.raises(ValueError, match="is not a concept probe.*missing tensors: bias, mean, std"):
+    with pytest.raises(ValueError, match=r"is not a concept probe.*missing tensors: bias, mean, std"):
         ConceptProbe.load(tmp_path / "other.safetensors")
     (tmp_path / "junk.safetensors").write_bytes(b"not a tensor file")
     with pytest.raises(ValueError, match="cannot read probe"):
@@ -141,31 +142,110 @@ def test_cli_gradcam_fits_a_probe_on_image_folders_and_names_bad_concepts(tmp_pa
     images[0].save(tmp_path / "scene.png")
     model = ["--model", str(tmp_path / "m"), "--device", "cpu"]
     out = tmp_path / "cam.png"
-    assert cli.main(["analyze", "gradcam", str(tmp_path / "scene.png"), "red", "--positives", str(tmp_path / "pos"),
-                     "--negatives", str(tmp_path / "neg"), "-o", str(out), *model]) == 0
+    assert (
+        cli.main(
+            [
+                "analyze",
+                "gradcam",
+                str(tmp_path / "scene.png"),
+                "red",
+                "--positives",
+                str(tmp_path / "pos"),
+                "--negatives",
+                str(tmp_path / "neg"),
+                "-o",
+                str(out),
+                *model,
+            ]
+        )
+        == 0
+    )
     assert "probe: ConceptProbe('red', 12 training images" in capsys.readouterr().out
     assert Image.open(out).size == (64, 64)
     saved, again = tmp_path / "red.safetensors", tmp_path / "again.png"
-    assert cli.main(["analyze", "gradcam", str(tmp_path / "scene.png"), "red", "--positives", str(tmp_path / "pos"),
-                     "--negatives", str(tmp_path / "neg"), "--save-probe", str(saved), "-o", str(out), *model]) == 0
-    assert cli.main(["analyze", "gradcam", str(tmp_path / "scene.png"), "red", "--probe", str(saved), "-o", str(again),
-                     *model]) == 0
+    assert (
+        cli.main(
+            [
+                "analyze",
+                "gradcam",
+                str(tmp_path / "scene.png"),
+                "red",
+                "--positives",
+                str(tmp_path / "pos"),
+                "--negatives",
+                str(tmp_path / "neg"),
+                "--save-probe",
+                str(saved),
+                "-o",
+                str(out),
+                *model,
+            ]
+        )
+        == 0
+    )
+    assert (
+        cli.main(
+            ["analyze", "gradcam", str(tmp_path / "scene.png"), "red", "--probe", str(saved), "-o", str(again), *model]
+        )
+        == 0
+    )
     assert np.array_equal(np.asarray(Image.open(out)), np.asarray(Image.open(again)))
     with pytest.raises(SystemExit, match="--probe belongs to --target probe"):
-        cli.main(["analyze", "gradcam", str(tmp_path / "scene.png"), "red", "--target", "answer", "--probe", str(saved),
-                  *model])
+        cli.main(
+            [
+                "analyze",
+                "gradcam",
+                str(tmp_path / "scene.png"),
+                "red",
+                "--target",
+                "answer",
+                "--probe",
+                str(saved),
+                *model,
+            ]
+        )
     with pytest.raises(SystemExit, match="not both"):
-        cli.main(["analyze", "gradcam", str(tmp_path / "scene.png"), "red", "--probe", str(saved), "--positives",
-                  str(tmp_path / "pos"), "--negatives", str(tmp_path / "neg"), *model])
-    with pytest.raises(SystemExit, match="not a shapes-world concept.*--positives DIR --negatives DIR"):
+        cli.main(
+            [
+                "analyze",
+                "gradcam",
+                str(tmp_path / "scene.png"),
+                "red",
+                "--probe",
+                str(saved),
+                "--positives",
+                str(tmp_path / "pos"),
+                "--negatives",
+                str(tmp_path / "neg"),
+                *model,
+            ]
+        )
+    with pytest.raises(SystemExit, match=r"not a shapes-world concept.*--positives DIR --negatives DIR"):
         cli.main(["analyze", "gradcam", str(tmp_path / "scene.png"), "dog", *model])
     with pytest.raises(SystemExit, match="--positives and --negatives go together"):
-        cli.main(["analyze", "gradcam", str(tmp_path / "scene.png"), "red", "--positives", str(tmp_path / "pos"),
-                  *model])
+        cli.main(
+            ["analyze", "gradcam", str(tmp_path / "scene.png"), "red", "--positives", str(tmp_path / "pos"), *model]
+        )
     with pytest.raises(SystemExit, match="--target answer"):
         cli.main(["analyze", "gradcam", str(tmp_path / "scene.png"), "circle", "--question", "Is it?", *model])
-    assert cli.main(["analyze", "gradcam", str(tmp_path / "scene.png"), "circle", "--target", "answer",
-                     "--question", "Is there a circle?", "-o", str(out), *model]) == 0
+    assert (
+        cli.main(
+            [
+                "analyze",
+                "gradcam",
+                str(tmp_path / "scene.png"),
+                "circle",
+                "--target",
+                "answer",
+                "--question",
+                "Is there a circle?",
+                "-o",
+                str(out),
+                *model,
+            ]
+        )
+        == 0
+    )
 
 
 def test_heat_inside_counts_box_share():
@@ -190,8 +270,16 @@ def test_position_probe_label_is_read_from_the_image():
 
     world = WorldConfig()
     scenes = _scenes(300, 7, world, two_objects=True)
-    mirrored = [Scene(tuple(WorldObject(o.shape, o.color, (64 - o.bbox[2], o.bbox[1], 64 - o.bbox[0], o.bbox[3]))
-                            for o in sc.objects), sc.image_size) for sc in scenes]
+    mirrored = [
+        Scene(
+            tuple(
+                WorldObject(o.shape, o.color, (64 - o.bbox[2], o.bbox[1], 64 - o.bbox[0], o.bbox[3]))
+                for o in sc.objects
+            ),
+            sc.image_size,
+        )
+        for sc in scenes
+    ]
     y, y_m = _labels(scenes, "position", world), _labels(mirrored, "position", world)
     kept = y >= 0
     assert kept.sum() > 50 and 0.3 < (y[kept] == 0).mean() < 0.7
@@ -215,8 +303,7 @@ def test_synergy_study_runs_both_arms_and_resumes(tmp_path):
 
     base = tmp_path / "base"
     tiny_pipeline().save_pretrained(base)
-    assert [s.name for s in synergy_config("joint", base, tmp_path / "x", 0, 5).data] == ["text2image",
-                                                                                        "image2text_qa"]
+    assert [s.name for s in synergy_config("joint", base, tmp_path / "x", 0, 5).data] == ["text2image", "image2text_qa"]
     assert [s.name for s in synergy_config("t2i_only", base, tmp_path / "x", 0, 5).data] == ["text2image"]
     kw = dict(seeds=(0, 1), steps=2, n_prompts=6, t2i_batch=2, und_batch=1, num_iter=2, num_sampling_steps="2")
     study = run_synergy(base, tmp_path / "syn", **kw)
@@ -237,10 +324,22 @@ def test_report_writes_tables_verdicts_and_plots(tmp_path):
     assert compare((0.8, 0.01), (0.6, 0.02)) == "higher" and compare((0.6, 0.1), (0.65, 0.1)) == "tied"
     acc = {t: {f: ([0.9, 0.01] if f.startswith("encoder") else [0.5, 0.02]) for f in FEATURES} for t in TASKS}
     probe = {"accuracy": acc, "seeds": [0, 1, 2], "n_train": 10, "n_test": 5, "seconds": 3.0}
-    runs = {f"{arm}/seed{s}": {"overall": base + 0.01 * s, "accuracy": {"counting": base, "colors": base}}
-            for arm, base in (("t2i_only", 0.5), ("joint", 0.7)) for s in range(3)}
-    study = {"base": "b", "steps": 10, "t2i_batch": 4, "und_batch": 2, "lr": 1e-3, "n_prompts": 12,
-             "eval_seed": 0, "settings": {}, "runs": runs}
+    runs = {
+        f"{arm}/seed{s}": {"overall": base + 0.01 * s, "accuracy": {"counting": base, "colors": base}}
+        for arm, base in (("t2i_only", 0.5), ("joint", 0.7))
+        for s in range(3)
+    }
+    study = {
+        "base": "b",
+        "steps": 10,
+        "t2i_batch": 4,
+        "und_batch": 2,
+        "lr": 1e-3,
+        "n_prompts": 12,
+        "eval_seed": 0,
+        "settings": {},
+        "runs": runs,
+    }
     import json
 
     (tmp_path / "p.json").write_text(json.dumps(probe))
@@ -260,8 +359,18 @@ def test_report_states_the_localisation_table_and_its_verdict(tmp_path):
     from harmon.analyze.report import main
 
     def row(method, target, ratio):
-        r = {"method": method, "target": target, "scenes": 30, "seed": 0, "cases": 48, "heat_inside": 0.25 * ratio,
-             "boxes_share": 0.25, "ratio": ratio, "above_share": 0.5, "by_shape": {"circle": {"heat_inside": 0.4}}}
+        r = {
+            "method": method,
+            "target": target,
+            "scenes": 30,
+            "seed": 0,
+            "cases": 48,
+            "heat_inside": 0.25 * ratio,
+            "boxes_share": 0.25,
+            "ratio": ratio,
+            "above_share": 0.5,
+            "by_shape": {"circle": {"heat_inside": 0.4}},
+        }
         if target == "probe":
             r.update(probe_accuracy={"circle": 0.99}, probe_scenes=100, probe_seed=1)
         else:
@@ -269,8 +378,12 @@ def test_report_states_the_localisation_table_and_its_verdict(tmp_path):
         return r
 
     Image.new("RGB", (8, 8)).save(tmp_path / "fig.png")
-    loc = {"rows": [row("gradcam++", "probe", 2.0), row("gradcam++", "answer", 0.9)], "seconds": 5.0,
-           "encoder_locality": {"own_vs_other": 4.0, "scenes": 3}, "figure": str(tmp_path / "fig.png")}
+    loc = {
+        "rows": [row("gradcam++", "probe", 2.0), row("gradcam++", "answer", 0.9)],
+        "seconds": 5.0,
+        "encoder_locality": {"own_vs_other": 4.0, "scenes": 3},
+        "figure": str(tmp_path / "fig.png"),
+    }
     (tmp_path / "l.json").write_text(json.dumps(loc))
     out = tmp_path / "docs" / "RESULTS.md"
     main(["--localisation", str(tmp_path / "l.json"), "--out", str(out)])
@@ -337,7 +450,8 @@ def test_colour_latent_distances_are_a_metric_table_with_its_closest_pair():
     off = d + torch.eye(n) * 1e9
     a, b, dist = r["closest"]
     assert dist == pytest.approx(float(off.min())) and {r["words"].index(a), r["words"].index(b)} == set(
-        (torch.nonzero(off == off.min())[0]).tolist())
+        (torch.nonzero(off == off.min())[0]).tolist()
+    )
     assert f"closest: {a}-{b}" in format_distance_table(r)
 
 
@@ -351,8 +465,25 @@ def test_cli_words_prints_both_tables_and_writes_json(tmp_path, capsys):
 
     HarmonPipeline(tiny_model(0), tiny_tokenizer()).save_pretrained(tmp_path / "m")
     out = tmp_path / "w.json"
-    assert cli.main(["analyze", "words", "--model", str(tmp_path / "m"), "--device", "cpu", "--scenes", "1",
-                     "--repeats", "1", "--json", str(out)]) == 0
+    assert (
+        cli.main(
+            [
+                "analyze",
+                "words",
+                "--model",
+                str(tmp_path / "m"),
+                "--device",
+                "cpu",
+                "--scenes",
+                "1",
+                "--repeats",
+                "1",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "| true \\ prompt word | red |" in printed and "closest:" in printed
     saved = json.loads(out.read_text())
@@ -380,8 +511,10 @@ class _PaintsOneColour:
         if shape == "square":
             objects.append(WorldObject(shape, self.colour, (36, 36, 60, 60)))
         scene = Scene(objects=tuple(objects), image_size=64)
-        return [render(scene, WorldConfig(image_size=64)).resize((size, size), Image.NEAREST)
-                for _ in range(num_images_per_prompt)]
+        return [
+            render(scene, WorldConfig(image_size=64)).resize((size, size), Image.NEAREST)
+            for _ in range(num_images_per_prompt)
+        ]
 
 
 def test_drawn_attributes_tabulates_what_the_detector_reads():
@@ -407,8 +540,11 @@ def test_drawn_attributes_tabulates_what_the_detector_reads():
     assert "| purple |" in format_drawn_table(r)
     shapes = drawn_attributes(pipe, "shape", images=1)  # the stand-in draws the asked shape, two for squares
     assert shapes["columns"] == [*world.shapes, "none", "several", "unknown"]
-    assert {w: a for w, a in zip(shapes["words"], shapes["accuracy"])} == {"circle": 1.0, "square": 0.0,
-                                                                            "triangle": 1.0}
+    assert dict(zip(shapes["words"], shapes["accuracy"])) == {
+        "circle": 1.0,
+        "square": 0.0,
+        "triangle": 1.0,
+    }
     with pytest.raises(ValueError, match="attribute"):
         drawn_attributes(pipe, "size")
 
@@ -474,8 +610,10 @@ def test_codec_check_reads_a_bare_stage0_vae_folder(tmp_path):
     assert torch.allclose(vae.decode_tokens(latents, (4, 4)), vae.vae.decode_latents(latents))
     r = codec_round_trip(vae, scenes=1)
     assert r["seen"] == 0.0 and r["held_out"] == 0.0  # one step of training recovers nothing
-    assert cli.main(["analyze", "codec", "--stage0-vae", str(out), "--scenes", "1",
-                     "--json", str(tmp_path / "c.json")]) == 0
+    assert (
+        cli.main(["analyze", "codec", "--stage0-vae", str(out), "--scenes", "1", "--json", str(tmp_path / "c.json")])
+        == 0
+    )
     assert len(json.loads((tmp_path / "c.json").read_text())["pairs"]) == 18
-    with pytest.raises(FileNotFoundError, match="vae_config.json"):
+    with pytest.raises(FileNotFoundError, match=r"vae_config.json"):
         StandaloneVAE(tmp_path)

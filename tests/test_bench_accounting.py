@@ -22,8 +22,16 @@ def _tiny_run():
     bench = _bench_module()
     torch.manual_seed(0)
     pipe = bench.build_pipeline("tiny", "cpu", torch.float32)
-    args = SimpleNamespace(config="tiny", image_size=64, num_iter=3, guidance_scale=2.0, diffusion_steps="5",
-                           flops=True, preset=None, compile=False)
+    args = SimpleNamespace(
+        config="tiny",
+        image_size=64,
+        num_iter=3,
+        guidance_scale=2.0,
+        diffusion_steps="5",
+        flops=True,
+        preset=None,
+        compile=False,
+    )
     return bench, pipe, args
 
 
@@ -78,8 +86,14 @@ def test_compiled_generate_benchmark_counts_the_eager_flops():
 def test_roofline_recomputed_against_a_later_peak():
     """main() measures the peak again after the runs and recomputes every fraction against the best peak."""
     bench = _bench_module()
-    res = {"seconds": 10.0, "batch": 1, "flops_per_image": 4e12, "phases_s": {"llm": 6.0, "diffusion_head": 4.0},
-           "phases_flops": {"llm": 3e12, "diffusion_head": 1e12}, "diffusion_weight_traffic_bytes": 2e12}
+    res = {
+        "seconds": 10.0,
+        "batch": 1,
+        "flops_per_image": 4e12,
+        "phases_s": {"llm": 6.0, "diffusion_head": 4.0},
+        "phases_flops": {"llm": 3e12, "diffusion_head": 1e12},
+        "diffusion_weight_traffic_bytes": 2e12,
+    }
     first = dict(bench.roofline(dict(res), peak=1e12, bandwidth=1e12))
     assert first["fraction_of_peak"] == 0.4 and first["phases_ideal_s"]["diffusion_head"] == 2.0
     again = bench.roofline(dict(first), peak=2e12, bandwidth=1e12)

@@ -29,8 +29,11 @@ def test_packed_layers_match_plain_ones(shape):
         plain = net(x)
         with packed_linears(net, min_elements=0):
             packed = net(x)
-            assert all(isinstance(m.forward, cpu_linear._PackedForward) and m.forward.packed is not None
-                       for m in net if isinstance(m, nn.Linear))  # the packed path really ran
+            assert all(
+                isinstance(m.forward, cpu_linear._PackedForward) and m.forward.packed is not None
+                for m in net
+                if isinstance(m, nn.Linear)
+            )  # the packed path really ran
     torch.testing.assert_close(packed, plain, rtol=1e-5, atol=1e-5)
     assert all("forward" not in m.__dict__ for m in net)
 
@@ -107,7 +110,6 @@ def test_plain_linears_unpack_inside_and_restore_the_outer_context():
         with plain_linears(list(net)):  # the same given a list of layers
             assert all("forward" not in m.__dict__ for m in net)
         assert {i: m.__dict__.get("forward") for i, m in enumerate(net)} == outer
-    with pytest.raises(RuntimeError, match="boom"), packed_linears(net, min_elements=0):
-        with plain_linears(net):
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), packed_linears(net, min_elements=0), plain_linears(net):
+        raise RuntimeError("boom")
     assert all("forward" not in m.__dict__ for m in net)

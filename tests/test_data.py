@@ -73,12 +73,17 @@ def write_shard(path, samples: list[tuple[str, dict[str, bytes]]]) -> None:
 @pytest.fixture
 def shards(tmp_path):
     """Two shards of 6 samples each: jpg + txt, and png + json."""
-    write_shard(tmp_path / "shard-000.tar",
-                [(f"{i:06d}", {"jpg": image_bytes(seed=i, fmt="JPEG"), "txt": f"caption {i}".encode()})
-                 for i in range(6)])
-    write_shard(tmp_path / "shard-001.tar",
-                [(f"{i:06d}", {"png": image_bytes(seed=i), "json": json.dumps({"caption": f"caption {i}"}).encode()})
-                 for i in range(6, 12)])
+    write_shard(
+        tmp_path / "shard-000.tar",
+        [(f"{i:06d}", {"jpg": image_bytes(seed=i, fmt="JPEG"), "txt": f"caption {i}".encode()}) for i in range(6)],
+    )
+    write_shard(
+        tmp_path / "shard-001.tar",
+        [
+            (f"{i:06d}", {"png": image_bytes(seed=i), "json": json.dumps({"caption": f"caption {i}"}).encode()})
+            for i in range(6, 12)
+        ],
+    )
     return str(tmp_path / "shard-{000..001}.tar")
 
 
@@ -94,14 +99,22 @@ def t2i_record(i: int) -> dict:
 
 
 def i2t_record(i: int) -> dict:
-    return {"image": gradient_image((16, 20), seed=i),
-            "conversation": caption_conversation(f"there are {i} circles", "How many circles are there?")}
+    return {
+        "image": gradient_image((16, 20), seed=i),
+        "conversation": caption_conversation(f"there are {i} circles", "How many circles are there?"),
+    }
 
 
 def map_sources(tok) -> list[SourceSpec]:
-    return [SourceSpec("text2image", ProceduralSource(t2i_record, 7), Text2ImageProcessor(tok, 8), batch_size=3),
-            SourceSpec("image2text", ProceduralSource(i2t_record, 5, kind="image2text"),
-                       Image2TextProcessor(tok, 16, image_tokens=5, max_text_length=64), batch_size=1)]
+    return [
+        SourceSpec("text2image", ProceduralSource(t2i_record, 7), Text2ImageProcessor(tok, 8), batch_size=3),
+        SourceSpec(
+            "image2text",
+            ProceduralSource(i2t_record, 5, kind="image2text"),
+            Image2TextProcessor(tok, 16, image_tokens=5, max_text_length=64),
+            batch_size=1,
+        ),
+    ]
 
 
 def take(loader, n: int) -> list[dict]:
@@ -143,12 +156,13 @@ def test_official_layout(tmp_path):
     rec = cap.record(2)
     user, assistant = rec["conversation"]
     assert user["role"] == "user" and user["content"].startswith("<image>\n")
-    assert user["content"][len("<image>\n"):] in DETAILED_CAPTION_INSTRUCTIONS
+    assert user["content"][len("<image>\n") :] in DETAILED_CAPTION_INSTRUCTIONS
     assert assistant == {"role": "assistant", "content": "caption 2"}
     assert cap.record(2) == rec  # deterministic in (seed, index)
-    brief = OfficialLayout(tmp_path / "data_info.json", tmp_path / "img", tmp_path / "ann", kind="image2text",
-                           instructions="brief")
-    assert brief.record(0)["conversation"][0]["content"][len("<image>\n"):] in BRIEF_CAPTION_INSTRUCTIONS
+    brief = OfficialLayout(
+        tmp_path / "data_info.json", tmp_path / "img", tmp_path / "ann", kind="image2text", instructions="brief"
+    )
+    assert brief.record(0)["conversation"][0]["content"][len("<image>\n") :] in BRIEF_CAPTION_INSTRUCTIONS
 
     # a folder of list files, concatenated in name order
     (tmp_path / "lists").mkdir()
@@ -175,11 +189,18 @@ def test_jsonl_manifest(tmp_path):
     assert conv[0]["content"].startswith("<image>\n") and conv[1]["content"] == "a red circle"
 
     chat_path = tmp_path / "chat.jsonl"
-    chat_path.write_text("\n".join(json.dumps(x) for x in [
-        {"image": "images/a.png", "conversations": [{"from": "human", "value": "What is it?"},
-                                                    {"from": "gpt", "value": "A circle."}]},
-        {"conversation": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]},
-    ]))
+    chat_path.write_text(
+        "\n".join(
+            json.dumps(x)
+            for x in [
+                {
+                    "image": "images/a.png",
+                    "conversations": [{"from": "human", "value": "What is it?"}, {"from": "gpt", "value": "A circle."}],
+                },
+                {"conversation": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]},
+            ]
+        )
+    )
     conv_src = JsonlManifest(chat_path)
     assert conv_src.kind == "image2text"
     rec = conv_src.record(0)
@@ -190,14 +211,22 @@ def test_jsonl_manifest(tmp_path):
 def test_llava_conversations(tmp_path, tok):
     save_image(tmp_path / "coco" / "1.jpg", size=(40, 30), fmt="JPEG")
     data = [
-        {"id": "multi", "image": "coco/1.jpg", "conversations": [
-            {"from": "human", "value": "Look at this: <image>\nWhat colour is the circle?"},
-            {"from": "gpt", "value": "Red."},
-            {"from": "human", "value": "And how many are there?"},
-            {"from": "gpt", "value": "Two."}]},
+        {
+            "id": "multi",
+            "image": "coco/1.jpg",
+            "conversations": [
+                {"from": "human", "value": "Look at this: <image>\nWhat colour is the circle?"},
+                {"from": "gpt", "value": "Red."},
+                {"from": "human", "value": "And how many are there?"},
+                {"from": "gpt", "value": "Two."},
+            ],
+        },
         {"id": "text", "conversations": [{"from": "human", "value": "Say hi."}, {"from": "gpt", "value": "Hi."}]},
-        {"id": "nomark", "image": "coco/1.jpg", "conversations": [{"from": "human", "value": "Describe."},
-                                                                  {"from": "gpt", "value": "Shapes."}]},
+        {
+            "id": "nomark",
+            "image": "coco/1.jpg",
+            "conversations": [{"from": "human", "value": "Describe."}, {"from": "gpt", "value": "Shapes."}],
+        },
     ]
     (tmp_path / "llava.json").write_text(json.dumps(data))
     src = LlavaConversations(tmp_path / "llava.json")
@@ -247,9 +276,14 @@ def test_webdataset_shards_split_and_resume(shards):
 
 
 def test_webdataset_bad_samples_raise_and_move_on(tmp_path):
-    write_shard(tmp_path / "a.tar", [("0", {"jpg": image_bytes(fmt="JPEG"), "txt": b"ok"}),
-                                     ("1", {"txt": b"no image"}),
-                                     ("2", {"jpg": image_bytes(fmt="JPEG"), "txt": b"ok again"})])
+    write_shard(
+        tmp_path / "a.tar",
+        [
+            ("0", {"jpg": image_bytes(fmt="JPEG"), "txt": b"ok"}),
+            ("1", {"txt": b"no image"}),
+            ("2", {"jpg": image_bytes(fmt="JPEG"), "txt": b"ok again"}),
+        ],
+    )
     stream = WebDatasetShards([str(tmp_path / "a.tar")]).open_stream(0, 1)
     assert next(stream)["caption"] == "ok"
     with pytest.raises(BadSample):
@@ -289,7 +323,7 @@ def test_text2image_processor(tok):
     rec = {"kind": "text2image", "image": gradient_image((40, 20)), "caption": "  a red circle  "}
     out = proc(rec, torch.Generator().manual_seed(0))
     assert out["pixels"].shape == (3, 16, 16) and out["pixels"].dtype == torch.float32
-    assert -1.0 <= out["pixels"].min() and out["pixels"].max() <= 1.0
+    assert out["pixels"].min() >= -1.0 and out["pixels"].max() <= 1.0
     assert out["input_ids"].dtype == torch.long and out["input_ids"].ndim == 1
     assert tok.decode(out["input_ids"]) == chat(GENERATE_PREFIX + "a red circle")
     assert out["input_ids"].tolist() == tok(chat(GENERATE_PREFIX + "a red circle"), add_special_tokens=False).input_ids
@@ -334,12 +368,12 @@ def test_image2text_processor_layout(tok):
     ids, labels = out["input_ids"], out["labels"]
     slots = (ids == IMAGE_PLACEHOLDER).nonzero().flatten()
     assert len(slots) == 6 and torch.equal(slots, torch.arange(slots[0], slots[0] + 6))
-    before = tok.decode(ids[:slots[0]])
-    after = tok.decode(ids[slots[-1] + 1:])
+    before = tok.decode(ids[: slots[0]])
+    after = tok.decode(ids[slots[-1] + 1 :])
     assert before == "<|im_start|>user\n"
     assert after == "\nHow many circles?<|im_end|>\n<|im_start|>assistant\nTwo.<|im_end|>\n"
     question = tok("\nHow many circles?" + TAIL, add_special_tokens=False).input_ids  # as the pipeline does
-    assert ids[slots[-1] + 1:slots[-1] + 1 + len(question)].tolist() == question
+    assert ids[slots[-1] + 1 : slots[-1] + 1 + len(question)].tolist() == question
     sup = (labels != IGNORE_INDEX).nonzero().flatten()
     assert torch.equal(labels[sup], ids[sup]) and tok.decode(ids[sup]) == "Two.<|im_end|>"
     assert sup[-1] == len(ids) - 2 and labels[-1] == IGNORE_INDEX  # the "\n" after <|im_end|> is not supervised
@@ -347,8 +381,11 @@ def test_image2text_processor_layout(tok):
     # pad to a gray square: corners of a wide image are gray
     assert torch.allclose(out["pixels"][:, 0, 0], torch.full((3,), 127 / 255 * 2 - 1), atol=0.05)
 
-    text_only = {"kind": "image2text", "image": None,
-                 "conversation": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}
+    text_only = {
+        "kind": "image2text",
+        "image": None,
+        "conversation": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}],
+    }
     with pytest.raises(BadSample) as err:
         proc(text_only)
     assert err.value.reason == records.NO_IMAGE
@@ -376,15 +413,23 @@ def test_collate(tok):
     assert (batch["input_ids"][0, n0:] == tok.pad_token_id).all()
 
     i2t = Image2TextProcessor(tok, 8, image_tokens=3, require_image=None)
-    with_image = i2t({"image": gradient_image(), "conversation": [{"role": "user", "content": "q"},
-                                                                  {"role": "assistant", "content": "a b c"}]})
-    text_only = i2t({"image": None, "conversation": [{"role": "user", "content": "q"},
-                                                     {"role": "assistant", "content": "a"}]})
+    with_image = i2t(
+        {
+            "image": gradient_image(),
+            "conversation": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a b c"}],
+        }
+    )
+    text_only = i2t(
+        {"image": None, "conversation": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
+    )
     batch = collate_image2text([with_image, with_image], pad_id=0)
     assert batch["pixels"].shape == (2, 3, 8, 8) and batch["labels"].shape == batch["input_ids"].shape
     assert collate_image2text([text_only], pad_id=0)["pixels"] is None
-    longer = {**text_only, "input_ids": torch.cat([text_only["input_ids"]] * 2),
-              "labels": torch.cat([text_only["labels"]] * 2)}
+    longer = {
+        **text_only,
+        "input_ids": torch.cat([text_only["input_ids"]] * 2),
+        "labels": torch.cat([text_only["labels"]] * 2),
+    }
     batch = collate_image2text([text_only, longer], pad_id=0)
     n = len(text_only["labels"])
     assert (batch["labels"][0, n:] == IGNORE_INDEX).all() and (batch["input_ids"][0, n:] == 0).all()
@@ -400,20 +445,30 @@ def test_bad_samples_are_skipped_counted_and_bounded(tmp_path, tok, caplog):
     save_image(tmp_path / "tiny.png", size=(4, 4))
     save_image(tmp_path / "thin.png", size=(400, 30))
     (tmp_path / "corrupt.png").write_bytes(b"\x89PNG not really")
-    lines = [{"image": "good.png", "caption": "a red circle"}, {"image": "missing.png", "caption": "x"},
-             {"image": "corrupt.png", "caption": "x"}, {"image": "tiny.png", "caption": "x"},
-             {"image": "thin.png", "caption": "x"}, {"image": "good.png", "caption": "word " * 300}]
+    lines = [
+        {"image": "good.png", "caption": "a red circle"},
+        {"image": "missing.png", "caption": "x"},
+        {"image": "corrupt.png", "caption": "x"},
+        {"image": "tiny.png", "caption": "x"},
+        {"image": "thin.png", "caption": "x"},
+        {"image": "good.png", "caption": "word " * 300},
+    ]
     (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
     manifest = JsonlManifest(tmp_path / "m.jsonl", kind="image2text")
-    spec = SourceSpec("image2text", manifest, Image2TextProcessor(tok, 16, image_tokens=4, max_text_length=200),
-                      batch_size=2)
+    spec = SourceSpec(
+        "image2text", manifest, Image2TextProcessor(tok, 16, image_tokens=4, max_text_length=200), batch_size=2
+    )
     loader = MixtureLoader([spec], seed=0)
     with caplog.at_level(logging.WARNING, logger="harmon.data.mixture"):
         batches = take(loader, 20)
     assert all(b["image2text"]["input_ids"].shape[0] == 2 for b in batches)
-    assert set(loader.skipped["image2text"]) == {records.MISSING_FILE, records.UNREADABLE_IMAGE,
-                                                 records.IMAGE_TOO_SMALL, records.EXTREME_ASPECT,
-                                                 records.TEXT_TOO_LONG}
+    assert set(loader.skipped["image2text"]) == {
+        records.MISSING_FILE,
+        records.UNREADABLE_IMAGE,
+        records.IMAGE_TOO_SMALL,
+        records.EXTREME_ASPECT,
+        records.TEXT_TOO_LONG,
+    }
     assert sum(loader.skipped["image2text"].values()) > 20
     warned = [r for r in caplog.records if "skipping bad samples" in r.getMessage()]
     assert len(warned) == 5  # once per reason
@@ -442,8 +497,10 @@ def test_two_ranks_equal_one_process_with_accumulation(tok):
 
 def test_resume_equals_uninterrupted_run(tok, shards):
     def sources():
-        return map_sources(tok) + [SourceSpec("text2image_web", WebDatasetShards(shards, seed=1),
-                                              Text2ImageProcessor(tok, 8), batch_size=2)]
+        return map_sources(tok) + [
+            SourceSpec("text2image_web", WebDatasetShards(shards, seed=1), Text2ImageProcessor(tok, 8), batch_size=2)
+        ]
+
     full = take(MixtureLoader(sources(), seed=3, accum_steps=2), 12)  # steps 0..5
     from_step = take(MixtureLoader(map_sources(tok), seed=3, accum_steps=2, start_step=3), 6)
     for a, b in zip(from_step, full[6:]):
@@ -473,6 +530,7 @@ def test_workers_give_the_same_batches(tok, shards):
     # streamed source with workers: resuming from a state taken mid-run reproduces the rest
     def sources():
         return [SourceSpec("text2image_web", WebDatasetShards(shards), Text2ImageProcessor(tok, 8), batch_size=2)]
+
     run = MixtureLoader(sources(), seed=7, num_workers=2)
     full = take(run, 7)
     run.close()

@@ -315,10 +315,7 @@ def test_zero_net_sampler_against_hand_recursion():
         c1 = beta * math.sqrt(ab_prev) / (1 - ab[j])
         c2 = (1 - ab_prev) * math.sqrt(1 - beta) / (1 - ab[j])
         mean = c1 * x0_hat + c2 * x
-        if j > 0:
-            x = mean + math.exp(0.5 * log_var) * torch.randn(3, 4, generator=g).double() * 0.7
-        else:
-            x = mean
+        x = mean + math.exp(0.5 * log_var) * torch.randn(3, 4, generator=g).double() * 0.7 if j > 0 else mean
     torch.testing.assert_close(got.double(), x, rtol=1e-5, atol=1e-5)
 
 
@@ -351,8 +348,9 @@ def test_config_validation_and_roundtrip():
         DiffLossConfig.from_dict({"bogus": 1})
 
 
-@pytest.mark.parametrize("cfg,chunk_elements,pack", [(1.0, None, True), (3.0, None, True),
-                                                     (3.0, 3 * 8 * 32 * 8, True), (3.0, None, False)])
+@pytest.mark.parametrize(
+    "cfg,chunk_elements,pack", [(1.0, None, True), (3.0, None, True), (3.0, 3 * 8 * 32 * 8, True), (3.0, None, False)]
+)
 def test_fast_sampler_matches_straightforward_path(cfg, chunk_elements, pack, monkeypatch):
     """The fast sampler precomputes the adaLN modulations of many steps at once; with a small chunk budget
     (3 steps of 8 rows × (3·2 + 2)·32 values, over a 20-step chain) the chunk boundaries are crossed too. On CPU

@@ -93,7 +93,7 @@ def test_geneval_resume_redoes_only_missing_work(pipe, prompts, tmp_path, monkey
     monkeypatch.setattr(common.os, "replace", real_replace)
     # config, metadata 0, sample 0/0 written; sample 0/1 interrupted: no final file, no temp left behind
     assert not geneval.sample_path(tmp_path, 0, 1).exists()
-    assert not [p for p in tmp_path.rglob("*.tmp")]
+    assert not list(tmp_path.rglob("*.tmp"))
     out = geneval.generate_geneval(pipe, prompts, tmp_path, n_samples=2, grid=False, **FAST)
     assert out["generated"] == [0, 1, 2]
 
@@ -111,7 +111,7 @@ def test_geneval_resume_redoes_only_missing_work(pipe, prompts, tmp_path, monkey
     after = tree(tmp_path)
     assert set(after) == set(before)
     redone = {str(lost.relative_to(tmp_path)), str(geneval.sample_path(tmp_path, 2, 0).relative_to(tmp_path))}
-    for k, (mtime, data) in before.items():
+    for k, (mtime, _data) in before.items():
         if k not in redone:
             assert after[k].stat().st_mtime_ns == mtime, k
     np.testing.assert_array_equal(pixels(lost), lost_pixels)  # same seed per prompt: the same image again
@@ -145,8 +145,9 @@ def test_geneval_shapes_scoring_of_a_written_folder(tmp_path):
     for i, p in enumerate(prompts):
         folder = geneval.prompt_folder(tmp_path, i)
         common.write_text_atomic(folder / "metadata.jsonl", json.dumps(p) + "\n")
-        common.save_image_atomic(render(scene_for_prompt(p, g, world, allow_held_out=True)), folder / "samples" /
-                                 "00000.png")
+        common.save_image_atomic(
+            render(scene_for_prompt(p, g, world, allow_held_out=True)), folder / "samples" / "00000.png"
+        )
         blank = Image.new("RGB", (64, 64), (255, 255, 255))  # nothing drawn: every prompt fails
         common.save_image_atomic(blank, folder / "samples" / "00001.png")
     (tmp_path / "notes").mkdir()  # not all digits: ignored, as by GenEval
@@ -162,8 +163,23 @@ def test_geneval_shapes_scoring_of_a_written_folder(tmp_path):
 
 
 def test_cli_geneval_scores_the_shipped_prompts(model_dir, tmp_path, capsys):
-    rc = cli.main(["eval", "geneval", "--outdir", str(tmp_path), "--limit", "2", "-n", "1", "--score", "shapes",
-                   "--model", str(model_dir), *FAST_CLI])
+    rc = cli.main(
+        [
+            "eval",
+            "geneval",
+            "--outdir",
+            str(tmp_path),
+            "--limit",
+            "2",
+            "-n",
+            "1",
+            "--score",
+            "shapes",
+            "--model",
+            str(model_dir),
+            *FAST_CLI,
+        ]
+    )
     assert rc == 0
     text = capsys.readouterr().out
     assert "generated 2 prompts" in text and "overall (mean of tags)" in text
@@ -177,10 +193,25 @@ def test_cli_geneval_compile_reaches_generate(model_dir, tmp_path, monkeypatch):
 
     seen = []
     real = HarmonPipeline.generate
-    monkeypatch.setattr(HarmonPipeline, "generate",
-                        lambda self, *a, compile=False, **k: seen.append(compile) or real(self, *a, **k))
-    rc = cli.main(["eval", "geneval", "--outdir", str(tmp_path), "--limit", "1", "-n", "1", "--compile",
-                   "--model", str(model_dir), *FAST_CLI])
+    monkeypatch.setattr(
+        HarmonPipeline, "generate", lambda self, *a, compile=False, **k: seen.append(compile) or real(self, *a, **k)
+    )
+    rc = cli.main(
+        [
+            "eval",
+            "geneval",
+            "--outdir",
+            str(tmp_path),
+            "--limit",
+            "1",
+            "-n",
+            "1",
+            "--compile",
+            "--model",
+            str(model_dir),
+            *FAST_CLI,
+        ]
+    )
     assert rc == 0 and seen == [True]
 
 
@@ -191,17 +222,49 @@ def test_cli_eval_shapes_scores_bare_shape_questions_apart(model_dir, capsys, mo
 
     asked = []
     real = HarmonPipeline.describe
-    monkeypatch.setattr(HarmonPipeline, "describe", lambda self, image, q, **k: asked.append(q) or real(self, image, q,
-                                                                                                       **k))
-    rc = cli.main(["eval", "shapes", "--prompts", "0", "--questions", "14", "--shape-questions", "6",
-                   "--model", str(model_dir), "--device", "cpu"])
+    monkeypatch.setattr(
+        HarmonPipeline, "describe", lambda self, image, q, **k: asked.append(q) or real(self, image, q, **k)
+    )
+    rc = cli.main(
+        [
+            "eval",
+            "shapes",
+            "--prompts",
+            "0",
+            "--questions",
+            "14",
+            "--shape-questions",
+            "6",
+            "--model",
+            str(model_dir),
+            "--device",
+            "cpu",
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0 and "Bare-shape existence" in out and "n 6" in out
     assert len(asked) == 20 and all(re.fullmatch(r"Is there an? \w+ in the image\?", q) for q in asked[14:])
     first = asked[:14]
     asked.clear()
-    assert cli.main(["eval", "shapes", "--prompts", "0", "--questions", "14", "--shape-questions", "0",
-                     "--model", str(model_dir), "--device", "cpu"]) == 0
+    assert (
+        cli.main(
+            [
+                "eval",
+                "shapes",
+                "--prompts",
+                "0",
+                "--questions",
+                "14",
+                "--shape-questions",
+                "0",
+                "--model",
+                str(model_dir),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert asked == first and "Bare-shape" not in capsys.readouterr().out
 
 
@@ -235,8 +298,15 @@ def test_pope_metrics_by_hand(tmp_path):
         "There is not a blue square",  # no  TN
         "NO",  # no  TN
     ]
-    rows = [{"question_id": i + 1, "image": "x.png", "text": "Is there a red circle in the image?",
-             "label": lab.capitalize() if i % 2 else lab} for i, lab in enumerate(labels)]
+    rows = [
+        {
+            "question_id": i + 1,
+            "image": "x.png",
+            "text": "Is there a red circle in the image?",
+            "label": lab.capitalize() if i % 2 else lab,
+        }
+        for i, lab in enumerate(labels)
+    ]
     questions = pope.read_pope(write_jsonl(tmp_path / "coco_pope_random.json", rows))
     scores = pope.score_pope(questions, answers)
     assert list(scores) == ["coco_pope_random"]
@@ -254,8 +324,10 @@ def test_pope_metrics_by_hand(tmp_path):
 
 
 def test_pope_errors_name_file_and_line(tmp_path, capsys):
-    rows = [{"question_id": 1, "image": "x.png", "text": "Is there a cat?", "label": "yes"},
-            {"question_id": 2, "image": "x.png", "text": "Is there a dog?", "label": "maybe"}]
+    rows = [
+        {"question_id": 1, "image": "x.png", "text": "Is there a cat?", "label": "yes"},
+        {"question_id": 2, "image": "x.png", "text": "Is there a dog?", "label": "maybe"},
+    ]
     with pytest.raises(common.FormatError, match=r"q\.json:2: label must be yes or no"):
         pope.read_pope(write_jsonl(tmp_path / "q.json", rows))
     with pytest.raises(common.FormatError, match=r"q\.json:1: missing field 'image'"):
@@ -268,8 +340,24 @@ def test_pope_errors_name_file_and_line(tmp_path, capsys):
 
 def test_cli_pope_on_the_shipped_splits(model_dir, tmp_path, capsys):
     out = tmp_path / "answers.jsonl"
-    rc = cli.main(["eval", "pope", "--limit", "2", "--max-new-tokens", "3", "--answers-out", str(out),
-                   "--json", str(tmp_path / "s.json"), "--model", str(model_dir), "--device", "cpu"])
+    rc = cli.main(
+        [
+            "eval",
+            "pope",
+            "--limit",
+            "2",
+            "--max-new-tokens",
+            "3",
+            "--answers-out",
+            str(out),
+            "--json",
+            str(tmp_path / "s.json"),
+            "--model",
+            str(model_dir),
+            "--device",
+            "cpu",
+        ]
+    )
     assert rc == 0
     text = capsys.readouterr().out
     assert all(s in text for s in ("random", "popular", "adversarial", "all"))
@@ -277,9 +365,22 @@ def test_cli_pope_on_the_shipped_splits(model_dir, tmp_path, capsys):
     assert len(rows) == 6 and {"question_id", "prompt", "text", "category", "label", "pred"} <= set(rows[0])
     assert json.loads((tmp_path / "s.json").read_text())["splits"]["random"]["count"] == 2
     # explicit files and image folder, as for COCO
-    rc = cli.main(["eval", "pope", "--questions", str(pope.SHAPES_POPE / "popular.json"), "--images",
-                   str(pope.SHAPES_POPE / "images"), "--limit", "1", "--max-new-tokens", "2", "--model",
-                   str(model_dir)])
+    rc = cli.main(
+        [
+            "eval",
+            "pope",
+            "--questions",
+            str(pope.SHAPES_POPE / "popular.json"),
+            "--images",
+            str(pope.SHAPES_POPE / "images"),
+            "--limit",
+            "1",
+            "--max-new-tokens",
+            "2",
+            "--model",
+            str(model_dir),
+        ]
+    )
     assert rc == 0 and "popular" in capsys.readouterr().out
 
 
@@ -287,8 +388,18 @@ def test_cli_pope_on_the_shipped_splits(model_dir, tmp_path, capsys):
 
 
 def test_mme_answer_parsing():
-    cases = {"Yes": "yes", "no": "no", " YES.": "yes", "Yes, there is.": "yes", "No, there is not.": "no",
-             "Nope": "no", "Not at all": "no", "There is a dog": "other", "It is yes": "other", "": "other"}
+    cases = {
+        "Yes": "yes",
+        "no": "no",
+        " YES.": "yes",
+        "Yes, there is.": "yes",
+        "No, there is not.": "no",
+        "Nope": "no",
+        "Not at all": "no",
+        "There is a dog": "other",
+        "It is yes": "other",
+        "": "other",
+    }
     assert {a: mme.mme_answer(a) for a in cases} == cases
 
 
@@ -296,15 +407,28 @@ def test_mme_scores_by_hand(tmp_path):
     image = tmp_path / "a.png"
     Image.new("RGB", (8, 8)).save(image)
     rows = []
-    for subtask, img in [("existence", "e1"), ("existence", "e2"), ("count", "c1"), ("count", "c2"),
-                         ("commonsense_reasoning", "r1")]:
-        rows += [{"subtask": subtask, "image": f"{img}.png", "question": f"{img} q1", "answer": "Yes"},
-                 {"subtask": subtask, "image": f"{img}.png", "question": f"{img} q2", "answer": "No"}]
+    for subtask, img in [
+        ("existence", "e1"),
+        ("existence", "e2"),
+        ("count", "c1"),
+        ("count", "c2"),
+        ("commonsense_reasoning", "r1"),
+    ]:
+        rows += [
+            {"subtask": subtask, "image": f"{img}.png", "question": f"{img} q1", "answer": "Yes"},
+            {"subtask": subtask, "image": f"{img}.png", "question": f"{img} q2", "answer": "No"},
+        ]
     items = mme.read_mme(write_jsonl(tmp_path / "mme.jsonl", rows))
-    answers = ["Yes", "No",  # e1: both right
-               "Yes", "Yes",  # e2: one wrong -> existence acc 3/4, acc+ 1/2, score 125
-               "Yes.", "Maybe",  # c1: "other" is wrong
-               "no", "No"]  # c2: one wrong -> count acc 2/4, acc+ 0/2, score 50
+    answers = [
+        "Yes",
+        "No",  # e1: both right
+        "Yes",
+        "Yes",  # e2: one wrong -> existence acc 3/4, acc+ 1/2, score 125
+        "Yes.",
+        "Maybe",  # c1: "other" is wrong
+        "no",
+        "No",
+    ]  # c2: one wrong -> count acc 2/4, acc+ 0/2, score 50
     answers += ["yes", "no"]  # r1: both right -> 200
     scores = mme.score_mme(items, answers)
     ex, co, re_ = (scores["subtasks"][k] for k in ("existence", "count", "commonsense_reasoning"))
@@ -324,19 +448,24 @@ def test_mme_folder_layouts_and_answers_roundtrip(tmp_path):
     (rel / "artwork" / "images").mkdir(parents=True)
     (rel / "artwork" / "questions_answers_YN").mkdir()
     Image.new("RGB", (8, 8)).save(rel / "existence" / "001.jpg")
-    (rel / "existence" / "001.txt").write_text("Is there a dog? Please answer yes or no.\tYes\n"
-                                               "Is there a cat? Please answer yes or no.\tNo\n")
+    (rel / "existence" / "001.txt").write_text(
+        "Is there a dog? Please answer yes or no.\tYes\nIs there a cat? Please answer yes or no.\tNo\n"
+    )
     Image.new("RGB", (8, 8)).save(rel / "artwork" / "images" / "77.png")
     (rel / "artwork" / "questions_answers_YN" / "77.txt").write_text("Is it by Monet?\tNo\nIs it by Manet?\tYes\n")
     items = mme.read_mme(rel)
     assert [(it["subtask"], it["image_name"], it["label"]) for it in items] == [
-        ("artwork", "77.png", "no"), ("artwork", "77.png", "yes"), ("existence", "001.jpg", "yes"),
-        ("existence", "001.jpg", "no")]
+        ("artwork", "77.png", "no"),
+        ("artwork", "77.png", "yes"),
+        ("existence", "001.jpg", "yes"),
+        ("existence", "001.jpg", "no"),
+    ]
     assert all(common.find_image(it["image"], it["roots"]) for it in items)
     # the eval_tool results layout we write is read back (4th column ignored) with the images under --images
     out = mme.write_mme_answers(tmp_path / "results", items, ["No", "Yes\tthere\nis", "Yes", "No"])
     assert (out / "existence.txt").read_text().splitlines()[1] == (
-        "001.jpg\tIs there a cat? Please answer yes or no.\tNo\tNo")
+        "001.jpg\tIs there a cat? Please answer yes or no.\tNo\tNo"
+    )
     assert (out / "artwork.txt").read_text().splitlines()[1].endswith("\tYes there is")
     again = mme.read_mme(out, images=rel)
     assert [(it["question"], it["label"]) for it in again] == [(it["question"], it["label"]) for it in items]
@@ -348,27 +477,64 @@ def test_mme_folder_layouts_and_answers_roundtrip(tmp_path):
 
 
 def test_cli_mme_on_the_shipped_file(model_dir, tmp_path, capsys):
-    rc = cli.main(["eval", "mme", "--limit", "1", "--max-new-tokens", "3", "--answers-out", str(tmp_path / "r"),
-                   "--model", str(model_dir)])
+    rc = cli.main(
+        [
+            "eval",
+            "mme",
+            "--limit",
+            "1",
+            "--max-new-tokens",
+            "3",
+            "--answers-out",
+            str(tmp_path / "r"),
+            "--model",
+            str(model_dir),
+        ]
+    )
     assert rc == 0
     text = capsys.readouterr().out
     assert all(s in text for s in ("existence", "count", "position", "color", "perception (sum)"))
-    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["color.txt", "count.txt", "existence.txt",
-                                                                  "position.txt"]
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == [
+        "color.txt",
+        "count.txt",
+        "existence.txt",
+        "position.txt",
+    ]
     assert len((tmp_path / "r" / "count.txt").read_text().splitlines()[0].split("\t")) == 4
 
 
 # ---- multiple choice ----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("answer, letter", [
-    ("B", "B"), ("b", "B"), ("(C)", "C"), ("D.", "D"), ("**A**", "A"),
-    ("A. Red", "A"), ("(B) Blue", "B"), ("C) green", "C"), ("D: yellow", "D"),
-    ("Answer: C", "C"), ("The answer is (B).", "B"), ("the correct option is D", "D"), ("Choice: A", "A"),
-    ("I pick B", "B"), ("A purple circle", None), ("A blue circle", "B"),  # "A" + lower-case word is the article
-    ("Blue", "B"), ("blue.", "B"), ("The circle is green", "C"), ("red or blue", None), ("purple", None),
-    ("E", None), ("", None), ("the answer is a red one", "A"),
-])
+@pytest.mark.parametrize(
+    "answer, letter",
+    [
+        ("B", "B"),
+        ("b", "B"),
+        ("(C)", "C"),
+        ("D.", "D"),
+        ("**A**", "A"),
+        ("A. Red", "A"),
+        ("(B) Blue", "B"),
+        ("C) green", "C"),
+        ("D: yellow", "D"),
+        ("Answer: C", "C"),
+        ("The answer is (B).", "B"),
+        ("the correct option is D", "D"),
+        ("Choice: A", "A"),
+        ("I pick B", "B"),
+        ("A purple circle", None),
+        ("A blue circle", "B"),  # "A" + lower-case word is the article
+        ("Blue", "B"),
+        ("blue.", "B"),
+        ("The circle is green", "C"),
+        ("red or blue", None),
+        ("purple", None),
+        ("E", None),
+        ("", None),
+        ("the answer is a red one", "A"),
+    ],
+)
 def test_letter_extraction(answer, letter):
     assert multiple_choice.extract_letter(answer, ["red", "blue", "green", "yellow"]) == letter
 
@@ -380,10 +546,32 @@ def test_letter_extraction_of_numbers_and_short_option_lists():
 
 
 def mc_rows() -> list[dict]:
-    return [{"index": 0, "question": "Which color?", "hint": "", "A": "red", "B": "blue", "C": "green", "D": "",
-             "answer": "B", "category": "color", "image": "x.png"},
-            {"index": 1, "question": "How many?", "hint": "Count the circles.", "A": "1", "B": "2", "C": "3",
-             "D": "4", "answer": "D", "category": "count", "image": "x.png"}]
+    return [
+        {
+            "index": 0,
+            "question": "Which color?",
+            "hint": "",
+            "A": "red",
+            "B": "blue",
+            "C": "green",
+            "D": "",
+            "answer": "B",
+            "category": "color",
+            "image": "x.png",
+        },
+        {
+            "index": 1,
+            "question": "How many?",
+            "hint": "Count the circles.",
+            "A": "1",
+            "B": "2",
+            "C": "3",
+            "D": "4",
+            "answer": "D",
+            "category": "count",
+            "image": "x.png",
+        },
+    ]
 
 
 def test_mc_prompt_and_circular_evaluation_by_hand(tmp_path):
@@ -391,12 +579,15 @@ def test_mc_prompt_and_circular_evaluation_by_hand(tmp_path):
     plain = multiple_choice.expand(questions, circular=False)
     assert multiple_choice.build_prompt(plain[1]) == (
         "Count the circles.\nHow many?\nA. 1\nB. 2\nC. 3\nD. 4\n"
-        "Answer with the option's letter from the given choices directly.")
+        "Answer with the option's letter from the given choices directly."
+    )
     assert multiple_choice.score_mc(plain, ["B", "D"])["accuracy"] == 1.0
     asked = multiple_choice.expand(questions, circular=True)
     assert [(q["group"], q["rotation"], q["options"], q["answer"]) for q in asked[:3]] == [
-        ("0", 0, ["red", "blue", "green"], "B"), ("0", 1, ["blue", "green", "red"], "A"),
-        ("0", 2, ["green", "red", "blue"], "C")]
+        ("0", 0, ["red", "blue", "green"], "B"),
+        ("0", 1, ["blue", "green", "red"], "A"),
+        ("0", 2, ["green", "red", "blue"], "C"),
+    ]
     assert len(asked) == 3 + 4 and asked[3 + 1]["options"] == ["2", "3", "4", "1"] and asked[4]["answer"] == "C"
     # question 0 right in every rotation (by letter or by option text); question 1 wrong in its last rotation
     answers = ["B", "A. blue", "blue", "D", "C", "B", "D"]
@@ -411,9 +602,11 @@ def test_mc_mmbench_tsv_with_base64_images_and_rotated_copies(tmp_path):
     buf = Image.new("RGB", (8, 8), (200, 10, 10))
     b64 = common.image_to_base64(buf)
     header = ["index", "question", "hint", "A", "B", "C", "D", "answer", "category", "image"]
-    rows = [["5", "Which color?", "nan", "red", "blue", "", "", "A", "color", b64],
-            ["1000005", "Which color?", "nan", "blue", "red", "", "", "B", "color", "5"],  # copy, image by index
-            ["6", "Which shape?", "", "circle", "square", "", "", "A", "shape", b64]]
+    rows = [
+        ["5", "Which color?", "nan", "red", "blue", "", "", "A", "color", b64],
+        ["1000005", "Which color?", "nan", "blue", "red", "", "", "B", "color", "5"],  # copy, image by index
+        ["6", "Which shape?", "", "circle", "square", "", "", "A", "shape", b64],
+    ]
     path = tmp_path / "mmbench.tsv"
     path.write_text("\t".join(header) + "\n" + "".join("\t".join(r) + "\n" for r in rows))
     questions = multiple_choice.read_mc(path)
@@ -428,13 +621,30 @@ def test_mc_mmbench_tsv_with_base64_images_and_rotated_copies(tmp_path):
 
 
 def test_mc_reads_seed_bench_layout(tmp_path):
-    seed = {"questions": [{"question_id": "101_0", "data_id": "x.png", "question": "What is it?",
-                           "choice_a": "cat", "choice_b": "dog", "choice_c": "cow", "choice_d": "pig", "answer": "C",
-                           "question_type_id": 3}]}
+    seed = {
+        "questions": [
+            {
+                "question_id": "101_0",
+                "data_id": "x.png",
+                "question": "What is it?",
+                "choice_a": "cat",
+                "choice_b": "dog",
+                "choice_c": "cow",
+                "choice_d": "pig",
+                "answer": "C",
+                "question_type_id": 3,
+            }
+        ]
+    }
     (tmp_path / "seed.json").write_text(json.dumps(seed, indent=1))
     (q,) = multiple_choice.read_mc(tmp_path / "seed.json")
     assert (q["index"], q["image"], q["options"], q["answer"], q["category"]) == (
-        "101_0", "x.png", ["cat", "dog", "cow", "pig"], "C", "3")
+        "101_0",
+        "x.png",
+        ["cat", "dog", "cow", "pig"],
+        "C",
+        "3",
+    )
     asked = multiple_choice.expand([q], circular=True)
     assert multiple_choice.score_mc(asked, ["cow", "B", "A", "D"])["accuracy"] == 1.0
 
@@ -455,8 +665,21 @@ def test_mc_errors_name_file_and_line(tmp_path):
 
 def test_cli_mc_on_the_shipped_file(model_dir, tmp_path, capsys):
     out = tmp_path / "mc.jsonl"
-    rc = cli.main(["eval", "mc", "--limit", "2", "--circular", "--max-new-tokens", "2", "--answers-out", str(out),
-                   "--model", str(model_dir)])
+    rc = cli.main(
+        [
+            "eval",
+            "mc",
+            "--limit",
+            "2",
+            "--circular",
+            "--max-new-tokens",
+            "2",
+            "--answers-out",
+            str(out),
+            "--model",
+            str(model_dir),
+        ]
+    )
     assert rc == 0
     assert "Multiple choice, circular" in capsys.readouterr().out
     rows = [json.loads(line) for line in out.read_text().splitlines()]
@@ -466,8 +689,20 @@ def test_cli_mc_on_the_shipped_file(model_dir, tmp_path, capsys):
     img_dir = tmp_path / "imgs"
     img_dir.mkdir()
     Image.new("RGB", (64, 64), (255, 255, 255)).save(img_dir / "x.png")
-    rc = cli.main(["eval", "mc", "--data", str(write_jsonl(tmp_path / "q.jsonl", mc_rows())), "--images",
-                   str(img_dir), "--max-new-tokens", "2", "--model", str(model_dir)])
+    rc = cli.main(
+        [
+            "eval",
+            "mc",
+            "--data",
+            str(write_jsonl(tmp_path / "q.jsonl", mc_rows())),
+            "--images",
+            str(img_dir),
+            "--max-new-tokens",
+            "2",
+            "--model",
+            str(model_dir),
+        ]
+    )
     assert rc == 0 and "overall" in capsys.readouterr().out
 
 
@@ -486,8 +721,10 @@ def test_shipped_files_are_what_the_writers_produce(tmp_path):
         assert len(shipped) == 100 and sum(q["label"] == "yes" for q in shipped) == 50
         assert (tmp_path / "pope" / f"{split}.json").read_text() == (pope.SHAPES_POPE / f"{split}.json").read_text()
     assert (tmp_path / "mme" / "questions.jsonl").read_text() == (mme.SHAPES_MME / "questions.jsonl").read_text()
-    for ours, shipped in ((tmp_path / "pope" / "images", pope.SHAPES_POPE / "images"),
-                          (tmp_path / "mme" / "images", mme.SHAPES_MME / "images")):
+    for ours, shipped in (
+        (tmp_path / "pope" / "images", pope.SHAPES_POPE / "images"),
+        (tmp_path / "mme" / "images", mme.SHAPES_MME / "images"),
+    ):
         names = sorted(p.name for p in shipped.iterdir())
         assert names == sorted(p.name for p in ours.iterdir())
         for n in names:
@@ -496,10 +733,13 @@ def test_shipped_files_are_what_the_writers_produce(tmp_path):
     shipped_mc = multiple_choice.read_mc(multiple_choice.SHAPES_MC)
     assert len(shipped_mc) == 60
     for a, b in zip(mc, shipped_mc):
-        assert {k: v for k, v in a.items() if k not in ("image", "roots", "where")} == \
-               {k: v for k, v in b.items() if k not in ("image", "roots", "where")}
-        np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(base64.b64decode(a["image"])))),
-                                      np.asarray(Image.open(io.BytesIO(base64.b64decode(b["image"])))))
+        assert {k: v for k, v in a.items() if k not in ("image", "roots", "where")} == {
+            k: v for k, v in b.items() if k not in ("image", "roots", "where")
+        }
+        np.testing.assert_array_equal(
+            np.asarray(Image.open(io.BytesIO(base64.b64decode(a["image"])))),
+            np.asarray(Image.open(io.BytesIO(base64.b64decode(b["image"])))),
+        )
 
 
 def test_shipped_mc_answers_are_true(tmp_path):

@@ -9,9 +9,19 @@ from harmon.sampling import SamplingSettings, mask_schedule, step_guidance
 
 
 def small_mar(**kw) -> MAR:
-    cfg = MARConfig(encoder_dim=32, encoder_depth=1, encoder_heads=2, decoder_dim=32, decoder_depth=1,
-                    decoder_heads=2, buffer_size=4, grid_size=4, class_num=0,
-                    diffloss=DiffLossConfig(z_channels=32, width=32, depth=1), **kw)
+    cfg = MARConfig(
+        encoder_dim=32,
+        encoder_depth=1,
+        encoder_heads=2,
+        decoder_dim=32,
+        decoder_depth=1,
+        decoder_heads=2,
+        buffer_size=4,
+        grid_size=4,
+        class_num=0,
+        diffloss=DiffLossConfig(z_channels=32, width=32, depth=1),
+        **kw,
+    )
     mar = MAR(cfg)
     mar.initialize_weights(torch.Generator().manual_seed(0))
     return mar.eval()

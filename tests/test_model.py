@@ -37,8 +37,9 @@ def test_official_layout_names_and_shapes(name, factory):
     assert vae == manifest()["kl16_vae"]
 
 
-@pytest.mark.parametrize("name,factory,mar", [("harmon_0.5b", harmon_0_5b, mar_base()),
-                                              ("harmon_1.5b", harmon_1_5b, mar_huge())])
+@pytest.mark.parametrize(
+    "name,factory,mar", [("harmon_0.5b", harmon_0_5b, mar_base()), ("harmon_1.5b", harmon_1_5b, mar_huge())]
+)
 @pytest.mark.parametrize("with_head", [True, False])
 def test_official_layout_loads_strictly(name, factory, mar, with_head):
     ref = manifest()[name]
@@ -148,8 +149,14 @@ def test_text_to_image_loss_reaches_every_trainable_part():
     loss = model.text_to_image_loss(pixels, ids, mask, generator=torch.Generator().manual_seed(0))
     loss.backward()
     assert torch.isfinite(loss)
-    for part in (model.mar.encoder_blocks[0].attn.qkv, model.proj_in[0], model.proj_out[2], model.mar.decoder_embed,
-                 model.mar.diffloss.net.input_proj, model.llm.model.layers[0].mlp.up_proj):
+    for part in (
+        model.mar.encoder_blocks[0].attn.qkv,
+        model.proj_in[0],
+        model.proj_out[2],
+        model.mar.decoder_embed,
+        model.mar.diffloss.net.input_proj,
+        model.llm.model.layers[0].mlp.up_proj,
+    ):
         assert part.weight.grad is not None and part.weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in model.vae.parameters())
 
@@ -234,8 +241,10 @@ def test_image_to_text_slot_count_is_checked():
 def test_forward_dispatches_by_source_name():
     model = tiny_model()
     pixels, ids, mask = _t2i_batch()
-    out = model({"text2image": dict(pixels=pixels, input_ids=ids, attention_mask=mask)},
-                generator=torch.Generator().manual_seed(0))
+    out = model(
+        {"text2image": dict(pixels=pixels, input_ids=ids, attention_mask=mask)},
+        generator=torch.Generator().manual_seed(0),
+    )
     assert set(out) == {"loss_text2image"}
     with pytest.raises(ValueError, match="neither"):
         model({"something": {}})
@@ -246,8 +255,13 @@ def test_patch_size_two_tokens_cover_2x2_latent_blocks():
     2x2 block of latents under its 32 px quadrant (channel outermost, then row, then column); decode inverts it,
     and both losses and sampling run on the coarser grid."""
     base = tiny_model()
-    mar = dataclasses.replace(base.config.mar, patch_size=2, token_dim=64, grid_size=2,
-                              diffloss=dataclasses.replace(base.config.mar.diffloss, target_channels=64))
+    mar = dataclasses.replace(
+        base.config.mar,
+        patch_size=2,
+        token_dim=64,
+        grid_size=2,
+        diffloss=dataclasses.replace(base.config.mar.diffloss, target_channels=64),
+    )
     model = tiny_model(mar=mar)
     assert model.grid_for(64) == (2, 2)
     with pytest.raises(ValueError, match="32"):
@@ -259,11 +273,13 @@ def test_patch_size_two_tokens_cover_2x2_latent_blocks():
     # token 1 = top-right quadrant: latents rows 0-1, columns 2-3; entry c*4 + 2*r + q is latent (c, r, 2 + q)
     # (up to float rounding: on CPU the model runs the VAE on channels-last input; a misplaced entry is off by ~1e-2)
     torch.testing.assert_close(tokens[:, 1].reshape(2, 16, 2, 2), latents[:, :, 0:2, 2:4], rtol=0, atol=1e-6)
-    torch.testing.assert_close(model.decode_tokens(tokens, (2, 2)), model.vae.decode_latents(latents), rtol=1e-4,
-                               atol=1e-4)
+    torch.testing.assert_close(
+        model.decode_tokens(tokens, (2, 2)), model.vae.decode_latents(latents), rtol=1e-4, atol=1e-4
+    )
     ids = torch.tensor([[5, 6, 7, 8]] * 2)
     loss = model.text_to_image_loss(pixels, ids, torch.ones_like(ids), generator=torch.Generator().manual_seed(1))
     assert torch.isfinite(loss)
     with pytest.raises(ValueError, match="patch_size"):
-        tiny_model(mar=dataclasses.replace(mar, token_dim=16,
-                                           diffloss=dataclasses.replace(mar.diffloss, target_channels=16)))
+        tiny_model(
+            mar=dataclasses.replace(mar, token_dim=16, diffloss=dataclasses.replace(mar.diffloss, target_channels=16))
+        )

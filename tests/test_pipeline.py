@@ -33,8 +33,10 @@ def test_same_seed_same_image_other_seed_other_image(pipe):
 
 
 def test_cached_generation_equals_uncached_reference(pipe):
-    texts = ["<|im_start|>user\nGenerate an image: a red circle to the left of a blue square<|im_end|>\n",
-             "<|im_start|>user\nGenerate an image: a dot<|im_end|>\n"]
+    texts = [
+        "<|im_start|>user\nGenerate an image: a red circle to the left of a blue square<|im_end|>\n",
+        "<|im_start|>user\nGenerate an image: a dot<|im_end|>\n",
+    ]
     uncond = ["<|im_start|>user\nGenerate an image.<|im_end|>\n"] * 2
     ids, mask = pipe._tokenize(texts + uncond)
     assert not mask.all()  # rows of different lengths: right padding is exercised
@@ -58,10 +60,14 @@ def test_deduplicated_sampling_equals_every_row_reference(pipe, monkeypatch, gui
     model = pipe.model
     seen = {"prompt": [], "encoder": []}
     real_llm, real_enc = model.llm.model.forward, model.mar.forward_encoder
-    monkeypatch.setattr(model.llm.model, "forward",
-                        lambda *a, **k: seen["prompt"].append(k["inputs_embeds"].shape[0]) or real_llm(*a, **k))
-    monkeypatch.setattr(model.mar, "forward_encoder",
-                        lambda x, *a, **k: seen["encoder"].append(x.shape[0]) or real_enc(x, *a, **k))
+    monkeypatch.setattr(
+        model.llm.model,
+        "forward",
+        lambda *a, **k: seen["prompt"].append(k["inputs_embeds"].shape[0]) or real_llm(*a, **k),
+    )
+    monkeypatch.setattr(
+        model.mar, "forward_encoder", lambda x, *a, **k: seen["encoder"].append(x.shape[0]) or real_enc(x, *a, **k)
+    )
     fast = generate_tokens(model, ids, mask, (4, 4), settings, generator=gen(0))
     assert seen["prompt"][0] == (3 if guidance != 1.0 else 2) and set(seen["encoder"]) == {4}
     seen["prompt"].clear(), seen["encoder"].clear()
@@ -113,14 +119,17 @@ def test_first_prompt_images_do_not_depend_on_batch_companions(pipe):
     assert one.shape[0] == 1
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(image_size=70), "multiple of 16"),
-    (dict(guidance_scale=0.5), "guidance_scale"),
-    (dict(num_iter=0), "num_iter"),
-    (dict(cfg_schedule="cubic"), "cfg_schedule"),
-    (dict(num_images_per_prompt=0), "num_images_per_prompt"),
-    (dict(output_type="jpeg"), "output_type"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(image_size=70), "multiple of 16"),
+        (dict(guidance_scale=0.5), "guidance_scale"),
+        (dict(num_iter=0), "num_iter"),
+        (dict(cfg_schedule="cubic"), "cfg_schedule"),
+        (dict(num_images_per_prompt=0), "num_images_per_prompt"),
+        (dict(output_type="jpeg"), "output_type"),
+    ],
+)
 def test_generate_rejects_bad_settings(pipe, kwargs, match):
     with pytest.raises(ValueError, match=match):
         pipe.generate("a red circle", **kwargs)
@@ -216,8 +225,16 @@ def _write_official_files(pipe, folder):
     torch.save({"model": pipe.model.vae.state_dict(), "epoch": 3}, folder / "kl16.ckpt")
     llm = folder / "qwen"
     llm.mkdir()
-    (llm / "config.json").write_text(json.dumps({**pipe.model.config.llm, "architectures": ["Qwen2ForCausalLM"],
-                                                 "model_type": "qwen2", "torch_dtype": "bfloat16"}))
+    (llm / "config.json").write_text(
+        json.dumps(
+            {
+                **pipe.model.config.llm,
+                "architectures": ["Qwen2ForCausalLM"],
+                "model_type": "qwen2",
+                "torch_dtype": "bfloat16",
+            }
+        )
+    )
     pipe.tokenizer.save_pretrained(str(llm))
     return folder / "harmon_tiny.pth", folder / "kl16.ckpt", llm
 
@@ -228,8 +245,7 @@ def test_from_official_files(pipe, tmp_path, monkeypatch):
     ckpt, vae, llm = _write_official_files(pipe, tmp_path)
     # The tiny MAR has widths the releases do not use; teach the head-count table about it for this test.
     monkeypatch.setitem(P.MAR_HEADS_BY_WIDTH, 64, 4)
-    loaded = HarmonPipeline.from_official(ckpt, vae, llm, device="cpu", dtype=torch.float32,
-                                          vae_config=pipe.config.vae)
+    loaded = HarmonPipeline.from_official(ckpt, vae, llm, device="cpu", dtype=torch.float32, vae_config=pipe.config.vae)
     assert loaded.model.config.mar.encoder_depth == pipe.model.config.mar.encoder_depth
     a = pipe.generate("a red circle", generator=gen(3), output_type="pt", **FAST)
     b = loaded.generate("a red circle", generator=gen(3), output_type="pt", **FAST)
@@ -245,7 +261,7 @@ def test_checkpoint_with_missing_key_is_refused(pipe, tmp_path, monkeypatch):
     sd["llm.surprise"] = torch.zeros(2)
     torch.save(sd, ckpt)
     monkeypatch.setitem(P.MAR_HEADS_BY_WIDTH, 64, 4)
-    with pytest.raises(CheckpointError, match="mar.decoder_norm.weight") as info:
+    with pytest.raises(CheckpointError, match=r"mar.decoder_norm.weight") as info:
         HarmonPipeline.from_official(ckpt, vae, llm, device="cpu", vae_config=pipe.config.vae)
     assert "llm.surprise" in str(info.value)
 
@@ -265,11 +281,24 @@ def test_pickled_code_is_refused(tmp_path):
 def test_cli_generate_and_describe(pipe, tmp_path, capsys):
     pipe.save_pretrained(tmp_path / "m")
     out = tmp_path / "img.png"
-    rc = cli.main(["generate", "a red circle", "-o", str(out), "--model", str(tmp_path / "m"), "--num-iter", "2",
-                   "--diffusion-steps", "3", "--device", "cpu"])
+    rc = cli.main(
+        [
+            "generate",
+            "a red circle",
+            "-o",
+            str(out),
+            "--model",
+            str(tmp_path / "m"),
+            "--num-iter",
+            "2",
+            "--diffusion-steps",
+            "3",
+            "--device",
+            "cpu",
+        ]
+    )
     assert rc == 0 and Image.open(out).size == (64, 64)
-    rc = cli.main(["describe", str(out), "How many circles?", "--model", str(tmp_path / "m"),
-                   "--max-new-tokens", "4"])
+    rc = cli.main(["describe", str(out), "How many circles?", "--model", str(tmp_path / "m"), "--max-new-tokens", "4"])
     assert rc == 0
     rc = cli.main(["generate", "x", "--model", str(tmp_path / "m"), "--image-size", "20"])
     assert rc == 2 and "multiple of 16" in capsys.readouterr().err

@@ -22,8 +22,11 @@ def test_annealed_steps_fall_linearly_from_first_to_last_step():
 def test_presets_scale_the_model_defaults():
     assert preset_settings("full", 64, "100") == {}
     assert preset_settings("fast", 64, "100") == {"num_iter": 32, "diffusion_steps_final": 25}
-    assert preset_settings("faster", 16, "100") == {"num_iter": 4, "num_sampling_steps": "50",
-                                                    "diffusion_steps_final": 5}
+    assert preset_settings("faster", 16, "100") == {
+        "num_iter": 4,
+        "num_sampling_steps": "50",
+        "diffusion_steps_final": 5,
+    }
     assert preset_settings("lean", 16, "100") == {"num_sampling_steps": "8"}  # every MAR step, 8 % of the steps
     assert preset_settings("lean", 64, "100", scale_steps=False) == {}  # an explicit step count wins
     assert preset_settings("leaner", 16, "100") == {"num_iter": 12, "num_sampling_steps": "8"}
@@ -35,10 +38,20 @@ def test_annealing_to_the_same_count_is_the_constant_sampler():
     pipe = tiny_pipeline()
     kw = dict(num_iter=3, image_size=64, output_type="latent")
     a = pipe.generate("a red circle", num_sampling_steps="8", generator=torch.Generator().manual_seed(3), **kw)
-    b = pipe.generate("a red circle", num_sampling_steps="8", diffusion_steps_final=8,
-                      generator=torch.Generator().manual_seed(3), **kw)
-    c = pipe.generate("a red circle", num_sampling_steps="8", diffusion_steps_final=2,
-                      generator=torch.Generator().manual_seed(3), **kw)
+    b = pipe.generate(
+        "a red circle",
+        num_sampling_steps="8",
+        diffusion_steps_final=8,
+        generator=torch.Generator().manual_seed(3),
+        **kw,
+    )
+    c = pipe.generate(
+        "a red circle",
+        num_sampling_steps="8",
+        diffusion_steps_final=2,
+        generator=torch.Generator().manual_seed(3),
+        **kw,
+    )
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 

@@ -42,8 +42,7 @@ def test_latent_noise_is_validated_and_recorded(tmp_path):
 
     with pytest.raises(ValueError, match="latent_noise"):
         train_shapes_vae(tmp_path / "bad", steps=1, latent_noise=-0.1)
-    out = train_shapes_vae(tmp_path / "vae", steps=2, batch_size=2, log_every=1, latent_noise=0.25,
-                          eval_scenes=4)
+    out = train_shapes_vae(tmp_path / "vae", steps=2, batch_size=2, log_every=1, latent_noise=0.25, eval_scenes=4)
     log = json.loads((out / "vae_log.json").read_text())
     assert log["latent_noise"] == 0.25
     assert set(log["quality"]["under_latent_noise"]) == {"0.1", "0.2", "0.3", "0.5"}
@@ -51,6 +50,7 @@ def test_latent_noise_is_validated_and_recorded(tmp_path):
 
 def test_latent_noise_changes_training(tmp_path):
     """Same seed, same data: only the decoded latents differ, so the trained weights must differ."""
+
     def weights(name: str, noise: float) -> dict:
         out = train_shapes_vae(tmp_path / name, steps=2, batch_size=2, latent_noise=noise, eval_scenes=2)
         return read_weights(out / "vae.safetensors")
@@ -76,23 +76,25 @@ def test_noise_robustness_adds_sigma_in_unit_variance_latents():
 
     vae.decode = spy
     scale = 2.0
-    out = noise_robustness(vae, x, WorldConfig(image_size=64), scale, sigmas=(0.5,),
-                           generator=torch.Generator().manual_seed(0))
+    out = noise_robustness(
+        vae, x, WorldConfig(image_size=64), scale, sigmas=(0.5,), generator=torch.Generator().manual_seed(0)
+    )
     assert set(out) == {"0.5"} and 0.0 <= out["0.5"] <= 1.0
     noise = (seen[0] - mean) * scale  # back in unit-variance latents
     assert abs(float(noise.std()) - 0.5) < 0.05 and abs(float(noise.mean())) < 0.05
 
 
 def test_pipeline_vae_stage_takes_recipe_defaults_and_overrides(tmp_path, monkeypatch):
+    import functools
+
     import harmon.train.stage0 as stage0
     from harmon.train import shapes_pipeline
     from harmon.train.shapes_recipes import SHAPES_VAE
 
-    import functools
-
     calls = []
-    monkeypatch.setattr(stage0, "train_shapes_vae",
-                        functools.wraps(stage0.train_shapes_vae)(lambda out, **kw: calls.append(kw)))
+    monkeypatch.setattr(
+        stage0, "train_shapes_vae", functools.wraps(stage0.train_shapes_vae)(lambda out, **kw: calls.append(kw))
+    )
     monkeypatch.setitem(SHAPES_VAE, "latent_noise", 0.125)
     shapes_pipeline._vae(tmp_path, "cpu", [])
     shapes_pipeline._vae(tmp_path, "cpu", ["latent_noise=0.25", "steps=5"])

@@ -80,9 +80,15 @@ def test_reinit_starts_named_modules_fresh_at_a_new_size(tok_dir, tmp_path):
     HarmonPipeline(tiny_model(3), tiny_tokenizer()).save_pretrained(tmp_path / "base")
     base = HarmonPipeline.from_pretrained(tmp_path / "base", device="cpu").model.state_dict()
     width = 2 * base["mar.diffloss.net.input_proj.weight"].shape[0]
-    cfg = apply_overrides(toy(RECIPES["stage3"](), tok_dir, str(tmp_path / "run")),
-                          [f"model.pretrained={tmp_path / 'base'}", "model.preset=null", 'model.reinit=["mar.diffloss."]',
-                           f"model.overrides.mar.diffloss.width={width}"])
+    cfg = apply_overrides(
+        toy(RECIPES["stage3"](), tok_dir, str(tmp_path / "run")),
+        [
+            f"model.pretrained={tmp_path / 'base'}",
+            "model.preset=null",
+            'model.reinit=["mar.diffloss."]',
+            f"model.overrides.mar.diffloss.width={width}",
+        ],
+    )
     cfg.validate()
     model, _ = build_model(cfg)
     sd = model.state_dict()
@@ -90,8 +96,9 @@ def test_reinit_starts_named_modules_fresh_at_a_new_size(tok_dir, tmp_path):
     for k, v in base.items():
         if not k.startswith("mar.diffloss."):
             assert torch.equal(sd[k], v), k
-    assert torch.equal(build_model(cfg)[0].state_dict()["mar.diffloss.net.input_proj.weight"],
-                       sd["mar.diffloss.net.input_proj.weight"])  # the fresh init comes from the seed
+    assert torch.equal(
+        build_model(cfg)[0].state_dict()["mar.diffloss.net.input_proj.weight"], sd["mar.diffloss.net.input_proj.weight"]
+    )  # the fresh init comes from the seed
     with pytest.raises(ValueError, match="match no parameter"):
         build_model(apply_overrides(cfg, ['model.reinit=["mar.difloss."]']))
     with pytest.raises(ValueError, match="reinit applies"):
@@ -118,13 +125,22 @@ def test_finetune_decoder_trains_only_the_decoder_side(tok_dir, tmp_path):
         changed = not torch.equal(before[n], p)
         if n.startswith(("mar.encoder", "mar.z_proj", "mar.fake_latent", "llm.", "proj_")):
             assert not changed, n
-    assert not torch.equal(before["mar.decoder_blocks.0.mlp.fc1.weight"],
-                           trainer.model.mar.decoder_blocks[0].mlp.fc1.weight)
+    assert not torch.equal(
+        before["mar.decoder_blocks.0.mlp.fc1.weight"], trainer.model.mar.decoder_blocks[0].mlp.fc1.weight
+    )
 
 
 def test_overrides_parse_and_reject_unknown_fields():
-    cfg = apply_overrides(RECIPES["stage1"](), ["optim.lr=3e-4", "data.0.path=/d/*.tar", "max_steps=7",
-                                                "train_modules=mar.,proj_in.", "model.llm_weights=false"])
+    cfg = apply_overrides(
+        RECIPES["stage1"](),
+        [
+            "optim.lr=3e-4",
+            "data.0.path=/d/*.tar",
+            "max_steps=7",
+            "train_modules=mar.,proj_in.",
+            "model.llm_weights=false",
+        ],
+    )
     assert cfg.optim.lr == 3e-4 and cfg.data[0].path == "/d/*.tar" and cfg.max_steps == 7
     assert cfg.train_modules == ("mar.", "proj_in.") and cfg.model.llm_weights is False
     with pytest.raises(ValueError, match="unknown field 'lrr'"):
@@ -186,8 +202,9 @@ def _toy_config(tok_dir, out, steps=4, **kw) -> TrainConfig:
 
 
 def test_resume_continues_exactly(tok_dir, tmp_path):
-    full = Trainer(_toy_config(tok_dir, tmp_path / "full", optim=OptimConfig(lr=1e-3, ema_decay=0.9)),
-                   device="cpu").run(resume="none")
+    full = Trainer(
+        _toy_config(tok_dir, tmp_path / "full", optim=OptimConfig(lr=1e-3, ema_decay=0.9)), device="cpu"
+    ).run(resume="none")
     first = _toy_config(tok_dir, tmp_path / "cut", optim=OptimConfig(lr=1e-3, ema_decay=0.9))
     Trainer(first, device="cpu").run(resume="none", stop_at=2)  # pause after the checkpoint of step 2 ...
     rest = _toy_config(tok_dir, tmp_path / "cut", optim=OptimConfig(lr=1e-3, ema_decay=0.9))
@@ -238,14 +255,27 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tok_dir, tmp_path):
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])
 def test_two_processes_match_one(mode, tok_dir, tmp_path):
     steps = 3
-    single = _toy_config(tok_dir, tmp_path / "single", steps=steps, accum_steps=2, parallel="none",
-                         optim=OptimConfig(lr=1e-3))
+    single = _toy_config(
+        tok_dir, tmp_path / "single", steps=steps, accum_steps=2, parallel="none", optim=OptimConfig(lr=1e-3)
+    )
     ref = losses(Trainer(single, device="cpu").run(resume="none"))
-    multi = _toy_config(tok_dir, tmp_path / mode, steps=steps, accum_steps=1, parallel=mode,
-                        optim=OptimConfig(lr=1e-3))
+    multi = _toy_config(tok_dir, tmp_path / mode, steps=steps, accum_steps=1, parallel=mode, optim=OptimConfig(lr=1e-3))
     multi.save(tmp_path / "cfg.json")
-    args = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "harmon.train",
-            "--config", str(tmp_path / "cfg.json"), "--device", "cpu", "--resume", "none"]
+    args = [
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "harmon.train",
+        "--config",
+        str(tmp_path / "cfg.json"),
+        "--device",
+        "cpu",
+        "--resume",
+        "none",
+    ]
     with open(tmp_path / "dist.log", "w") as log:
         rc = _launch(args, log).wait(timeout=400)
     assert rc == 0, (tmp_path / "dist.log").read_text()[-4000:]

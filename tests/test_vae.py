@@ -280,8 +280,16 @@ def test_vae_loss_terms_by_hand():
 def test_few_optimizer_steps_reduce_loss():
     # About 1 s on one CPU thread: a 2-level, 16-wide VAE on a 2x3x16x16 batch.
     torch.manual_seed(0)
-    cfg = VAEConfig(ch=16, ch_mult=(1, 2), num_res_blocks=1, norm_groups=8, resolution=16,
-                    attn_resolutions=(8,), z_channels=4, embed_dim=4)
+    cfg = VAEConfig(
+        ch=16,
+        ch_mult=(1, 2),
+        num_res_blocks=1,
+        norm_groups=8,
+        resolution=16,
+        attn_resolutions=(8,),
+        z_channels=4,
+        embed_dim=4,
+    )
     model = AutoencoderKL(cfg)
     x = torch.rand(2, 3, 16, 16) * 2 - 1
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)

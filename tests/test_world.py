@@ -348,13 +348,13 @@ def _corruptions(prompt: dict, scene: Scene, g: torch.Generator) -> list[tuple[s
     out = []
     objs = list(scene.objects)
     drop = int(torch.randint(0, len(objs), (1,), generator=g))
-    out.append(("missing", Scene(tuple(objs[:drop] + objs[drop + 1:]), scene.image_size)))
+    out.append(("missing", Scene(tuple(objs[:drop] + objs[drop + 1 :]), scene.image_size)))
     for e in prompt["include"]:
         if "color" in e:
             i = next(k for k, o in enumerate(objs) if o.shape == e["class"] and o.color == e["color"])
             others = [c for c in CONFIG.color_names if c != e["color"]]
             new = dataclasses.replace(objs[i], color=others[int(torch.randint(0, len(others), (1,), generator=g))])
-            out.append(("wrong colour", Scene(tuple(objs[:i] + [new] + objs[i + 1:]), scene.image_size)))
+            out.append(("wrong colour", Scene(tuple(objs[:i] + [new] + objs[i + 1 :]), scene.image_size)))
             extra_color = others[int(torch.randint(0, len(others), (1,), generator=g))]
             stray = _add_object(scene, e["class"], extra_color, g)  # a same-shape object of another colour
             if stray is not None:
@@ -414,7 +414,7 @@ def test_judge_rules_by_hand():
 def test_score_generation_and_tables():
     g = gen(8)
     prompts = sample_eval_prompts(60, g)
-    assert Counter(p["tag"] for p in prompts) == {tag: 10 for tag in TAGS}
+    assert Counter(p["tag"] for p in prompts) == dict.fromkeys(TAGS, 10)
     assert any(p["held_out"] for p in prompts)
     images = [render(scene_for_prompt(p, g, allow_held_out=True)) for p in prompts]
     scores = score_generation(prompts, images)
@@ -462,8 +462,11 @@ def test_scene_for_prompt_rules():
 
 def test_describe_and_captions():
     scene = Scene(
-        (WorldObject("square", "blue", (40, 10, 54, 24)), WorldObject("circle", "red", (5, 30, 19, 44)),
-         WorldObject("triangle", "orange", (22, 40, 36, 54))),
+        (
+            WorldObject("square", "blue", (40, 10, 54, 24)),
+            WorldObject("circle", "red", (5, 30, 19, 44)),
+            WorldObject("triangle", "orange", (22, 40, 36, 54)),
+        ),
         64,
     )
     assert describe_scene(scene) == "a red circle, an orange triangle and a blue square"
@@ -531,8 +534,8 @@ def test_bare_shape_questions_are_true_balanced_and_leave_the_rest_unchanged():
         plain = sample_questions(scene, g)
         g.set_state(state)
         both = sample_questions(scene, g, shape_questions=True)
-        assert both[:len(plain)] == plain  # drawn last: the other questions do not move
-        extra = both[len(plain):]
+        assert both[: len(plain)] == plain  # drawn last: the other questions do not move
+        extra = both[len(plain) :]
         assert 1 <= len(extra) <= 2 and all(q["split"] == "shape" and "color" not in q for q in extra)
         for q in extra:
             assert parse_color(q["question"]) is None
@@ -556,8 +559,11 @@ def test_bare_shape_questions_are_true_balanced_and_leave_the_rest_unchanged():
 def test_pope_all_row_counts_only_the_pope_splits():
     from harmon.world.questions import existence_question, shape_existence_question
 
-    items = [existence_question(("red", "circle"), True, "random"), shape_existence_question("square", False),
-             shape_existence_question("circle", True)]
+    items = [
+        existence_question(("red", "circle"), True, "random"),
+        shape_existence_question("square", False),
+        shape_existence_question("circle", True),
+    ]
     s = score_answers(items, ["Yes", "Yes", "Yes"])
     assert s["pope"]["all"]["count"] == 1 and s["pope"]["all"]["accuracy"] == 1.0
     assert s["pope"]["shape"]["count"] == 2 and s["pope"]["shape"]["accuracy"] == 0.5
@@ -596,9 +602,12 @@ def test_score_answers():
         assert abs(m["f1"] - 2 / 3) < 1e-9 and m["accuracy"] == 0.5
     words = ["zero", "one", "two", "three", "four"]
     verbose = [
-        f"There are {words[int(a)]}." if q["type"] == "counting"
-        else f"The square is {a.lower()}." if q["type"] == "color"
-        else f"{a}, it is." if a in ("Yes", "No")
+        f"There are {words[int(a)]}."
+        if q["type"] == "counting"
+        else f"The square is {a.lower()}."
+        if q["type"] == "color"
+        else f"{a}, it is."
+        if a in ("Yes", "No")
         else f"I see {a}."
         for (_, q), a in zip(items, gold)
     ]
@@ -634,8 +643,7 @@ def test_text2image_tag_weights_shift_the_prompt_mix():
             return "scene"
 
     def tags(weights, n=400):
-        return Counter(tag_of(shapes_record("text2image", i, seed=3, tag_weights=weights)["caption"])
-                       for i in range(n))
+        return Counter(tag_of(shapes_record("text2image", i, seed=3, tag_weights=weights)["caption"]) for i in range(n))
 
     only = tags({"position": 1.0})
     # prompt-style captions are all position prompts except the whole-scene share, whose true captions may be any tag

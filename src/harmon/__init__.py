@@ -4,6 +4,13 @@ from harmon.config import GenerationDefaults, HarmonConfig, harmon_0_5b, harmon_
 from harmon.model import Harmon
 from harmon.pipeline import HarmonPipeline
 
-__all__ = ["Harmon", "HarmonConfig", "HarmonPipeline", "GenerationDefaults", "harmon_0_5b", "harmon_1_5b",
-           "harmon_tiny"]
+__all__ = [
+    "GenerationDefaults",
+    "Harmon",
+    "HarmonConfig",
+    "HarmonPipeline",
+    "harmon_0_5b",
+    "harmon_1_5b",
+    "harmon_tiny",
+]
 __version__ = "0.1.0"

@@ -47,7 +47,8 @@ def read_weights(path: str | Path, entry: str | None = None) -> dict[str, torch.
         except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError) as err:
             raise ValueError(
                 f"refusing to load {path}: it is not a plain tensor checkpoint (it may contain pickled code); "
-                f"only weights_only-safe files are read. Underlying error: {err}") from err
+                f"only weights_only-safe files are read. Underlying error: {err}"
+            ) from err
         if entry is not None:
             if not isinstance(sd, Mapping) or entry not in sd:
                 keys = list(sd)[:10] if isinstance(sd, Mapping) else type(sd).__name__
@@ -63,16 +64,23 @@ def read_weights(path: str | Path, entry: str | None = None) -> dict[str, torch.
     return dict(sd)
 
 
-def check_state_dict(expected: Mapping[str, torch.Size | tuple], found: Mapping[str, torch.Tensor], source: str,
-                     optional: tuple[str, ...] = ()) -> None:
+def check_state_dict(
+    expected: Mapping[str, torch.Size | tuple],
+    found: Mapping[str, torch.Tensor],
+    source: str,
+    optional: tuple[str, ...] = (),
+) -> None:
     """Raise CheckpointError unless ``found`` has exactly the names and shapes of ``expected``.
 
     Names in ``optional`` may be absent (e.g. a tied LM head).
     """
     missing = [k for k in expected if k not in found and k not in optional]
     unexpected = [k for k in found if k not in expected]
-    mismatched = [(k, tuple(found[k].shape), tuple(expected[k])) for k in expected
-                  if k in found and tuple(found[k].shape) != tuple(expected[k])]
+    mismatched = [
+        (k, tuple(found[k].shape), tuple(expected[k]))
+        for k in expected
+        if k in found and tuple(found[k].shape) != tuple(expected[k])
+    ]
     if missing or unexpected or mismatched:
         raise CheckpointError(source, missing, unexpected, mismatched)
 

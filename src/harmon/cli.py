@@ -10,12 +10,18 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub: everything we load is local
 
-import torch  # noqa: E402
+import torch
 
-from harmon.sampling import PRESETS  # noqa: E402
+from harmon.sampling import PRESETS
 
-DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-          "fp16": torch.float16, "float16": torch.float16}
+DTYPES = {
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+}
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -50,11 +56,21 @@ def load_pipeline(args: argparse.Namespace):
 def cmd_generate(args: argparse.Namespace) -> int:
     pipe = load_pipeline(args)
     generator = torch.Generator().manual_seed(args.seed)
-    images = pipe.generate(args.prompt, num_images_per_prompt=args.num_images, image_size=args.image_size,
-                           num_iter=args.num_iter, guidance_scale=args.guidance_scale, cfg_schedule=args.cfg_schedule,
-                           temperature=args.temperature, num_sampling_steps=args.diffusion_steps,
-                           x0_clip=args.x0_clip, diffusion_steps_final=args.diffusion_steps_final,
-                           preset=args.preset, generator=generator, compile=args.compile)
+    images = pipe.generate(
+        args.prompt,
+        num_images_per_prompt=args.num_images,
+        image_size=args.image_size,
+        num_iter=args.num_iter,
+        guidance_scale=args.guidance_scale,
+        cfg_schedule=args.cfg_schedule,
+        temperature=args.temperature,
+        num_sampling_steps=args.diffusion_steps,
+        x0_clip=args.x0_clip,
+        diffusion_steps_final=args.diffusion_steps_final,
+        preset=args.preset,
+        generator=generator,
+        compile=args.compile,
+    )
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     if len(images) == 1:
@@ -72,8 +88,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_describe(args: argparse.Namespace) -> int:
     pipe = load_pipeline(args)
     generator = torch.Generator().manual_seed(args.seed)
-    answer = pipe.describe(args.image, args.question, max_new_tokens=args.max_new_tokens, do_sample=args.sample,
-                           temperature=args.temperature, generator=generator, image_size=args.image_size)
+    answer = pipe.describe(
+        args.image,
+        args.question,
+        max_new_tokens=args.max_new_tokens,
+        do_sample=args.sample,
+        temperature=args.temperature,
+        generator=generator,
+        image_size=args.image_size,
+    )
     print(answer)
     return 0
 
@@ -93,21 +116,40 @@ def cmd_eval_shapes(args: argparse.Namespace) -> int:
     from harmon.world import format_tables
 
     pipe = load_pipeline(args)
-    settings = {k: v for k, v in dict(num_iter=args.num_iter, guidance_scale=args.guidance_scale,
-                                      temperature=args.temperature, num_sampling_steps=args.diffusion_steps,
-                                      cfg_schedule=args.cfg_schedule, x0_clip=args.x0_clip,
-                                      diffusion_steps_final=args.diffusion_steps_final,
-                                      preset=args.preset).items() if v is not None}
-    result = evaluate_shapes(pipe, n_prompts=args.prompts, n_questions=args.questions, seed=args.seed,
-                             n_shape_questions=args.shape_questions, **settings)
+    settings = {
+        k: v
+        for k, v in dict(
+            num_iter=args.num_iter,
+            guidance_scale=args.guidance_scale,
+            temperature=args.temperature,
+            num_sampling_steps=args.diffusion_steps,
+            cfg_schedule=args.cfg_schedule,
+            x0_clip=args.x0_clip,
+            diffusion_steps_final=args.diffusion_steps_final,
+            preset=args.preset,
+        ).items()
+        if v is not None
+    }
+    result = evaluate_shapes(
+        pipe,
+        n_prompts=args.prompts,
+        n_questions=args.questions,
+        seed=args.seed,
+        n_shape_questions=args.shape_questions,
+        **settings,
+    )
     tables = [result[k] for k in ("generation", "understanding") if k in result]
     print(format_tables(tables))
     if "shape_existence" in result:
         m = result["shape_existence"]
-        print('\nBare-shape existence ("Is there a <shape> in the image?", POPE\'s template, %): '
-              + ", ".join(f"{k.replace('_', ' ')} {100 * m[k]:.1f}" for k in ("accuracy", "precision", "recall", "f1",
-                                                                              "yes_ratio"))
-              + f", n {m['count']}")
+        print(
+            '\nBare-shape existence ("Is there a <shape> in the image?", POPE\'s template, %): '
+            + ", ".join(
+                f"{k.replace('_', ' ')} {100 * m[k]:.1f}"
+                for k in ("accuracy", "precision", "recall", "f1", "yes_ratio")
+            )
+            + f", n {m['count']}"
+        )
     for k in ("generation_seconds", "understanding_seconds"):
         if k in result:
             print(f"{k.replace('_', ' ')}: {result[k]:.1f}")
@@ -117,9 +159,14 @@ def cmd_eval_shapes(args: argparse.Namespace) -> int:
 
 
 def _settings(args: argparse.Namespace) -> dict:
-    return {"image_size": args.image_size, "num_iter": args.num_iter, "guidance_scale": args.guidance_scale,
-            "cfg_schedule": args.cfg_schedule, "temperature": args.temperature,
-            "num_sampling_steps": args.diffusion_steps}
+    return {
+        "image_size": args.image_size,
+        "num_iter": args.num_iter,
+        "guidance_scale": args.guidance_scale,
+        "cfg_schedule": args.cfg_schedule,
+        "temperature": args.temperature,
+        "num_sampling_steps": args.diffusion_steps,
+    }
 
 
 def _write_json(path: str | None, result: dict) -> None:
@@ -140,13 +187,24 @@ def cmd_eval_geneval(args: argparse.Namespace) -> int:
     pipe = load_pipeline(args)
     model = args.model or args.checkpoint
     model = str(Path(model).resolve()) if model else "shipped shapes-world model"
-    out = generate_geneval(pipe, prompts, args.outdir, n_samples=args.n, seed=args.seed, rank=rank,
-                           world_size=world, grid=not args.no_grid,
-                           extra_config={"model": str(model), "prompts_file": str(args.prompts)},
-                           compile=args.compile, **_settings(args))
+    out = generate_geneval(
+        pipe,
+        prompts,
+        args.outdir,
+        n_samples=args.n,
+        seed=args.seed,
+        rank=rank,
+        world_size=world,
+        grid=not args.no_grid,
+        extra_config={"model": str(model), "prompts_file": str(args.prompts)},
+        compile=args.compile,
+        **_settings(args),
+    )
     tag = f"[rank {rank}/{world}] " if world > 1 else ""
-    print(f"{tag}{args.outdir}: generated {len(out['generated'])} prompts x {args.n} images, "
-          f"{len(out['skipped'])} already complete")
+    print(
+        f"{tag}{args.outdir}: generated {len(out['generated'])} prompts x {args.n} images, "
+        f"{len(out['skipped'])} already complete"
+    )
     if args.score == "shapes":
         if world > 1:
             print(f"{tag}scoring skipped under torchrun: rerun in one process with --score shapes once all ranks end")
@@ -300,17 +358,23 @@ def _fit_concept_probe(pipe, args: argparse.Namespace):
     try:
         return ConceptProbe.for_world(pipe, args.concept, scenes=args.probe_scenes, seed=args.seed)
     except ValueError as err:
-        raise SystemExit(f"error: {err}. For other concepts give --positives DIR --negatives DIR (images with and "
-                         "without it), or use --target answer") from err
+        raise SystemExit(
+            f"error: {err}. For other concepts give --positives DIR --negatives DIR (images with and "
+            "without it), or use --target answer"
+        ) from err
 
 
 def cmd_localisation(args: argparse.Namespace) -> int:
     import json
-
     import time
 
-    from harmon.analyze.gradcam import (ConceptProbe, demo_figure, encoder_locality, format_localisation_table,
-                                        localisation)
+    from harmon.analyze.gradcam import (
+        ConceptProbe,
+        demo_figure,
+        encoder_locality,
+        format_localisation_table,
+        localisation,
+    )
 
     t0 = time.perf_counter()
     pipe = load_pipeline(args)
@@ -320,26 +384,50 @@ def cmd_localisation(args: argparse.Namespace) -> int:
 
         shapes = WorldConfig(image_size=pipe.config.generation.understanding_image_size).shapes
         probes = {s: ConceptProbe.for_world(pipe, s, scenes=args.probe_scenes, seed=args.probe_seed) for s in shapes}
-    rows = [localisation(pipe, method, target, scenes=args.scenes, seed=args.seed, probe_scenes=args.probe_scenes,
-                         probe_seed=args.probe_seed, probes=probes)
-            for method in args.methods for target in args.targets]
-    print(f"heat inside the asked shape's boxes, {args.scenes} scenes (seed {args.seed}), {rows[0]['cases']} cases; "
-          f"a flat map scores the boxes' share, {rows[0]['boxes_share']:.3f}")
+    rows = [
+        localisation(
+            pipe,
+            method,
+            target,
+            scenes=args.scenes,
+            seed=args.seed,
+            probe_scenes=args.probe_scenes,
+            probe_seed=args.probe_seed,
+            probes=probes,
+        )
+        for method in args.methods
+        for target in args.targets
+    ]
+    print(
+        f"heat inside the asked shape's boxes, {args.scenes} scenes (seed {args.seed}), {rows[0]['cases']} cases; "
+        f"a flat map scores the boxes' share, {rows[0]['boxes_share']:.3f}"
+    )
     print(format_localisation_table(rows))
     if probes:
-        print("probe held-out accuracy: " + ", ".join(f"{k} {v.accuracy:.3f}" for k, v in probes.items())
-              + f" ({args.probe_scenes} scenes, seed {args.probe_seed})")
+        print(
+            "probe held-out accuracy: "
+            + ", ".join(f"{k} {v.accuracy:.3f}" for k, v in probes.items())
+            + f" ({args.probe_scenes} scenes, seed {args.probe_seed})"
+        )
     answered = [r["answered_yes"] for r in rows if "answered_yes" in r]
     if answered:
-        print(f'the model answered "Yes" to "Is there a <shape> in the image?" in {answered[0]:.0%} of the cases '
-              "(the shape is always there)")
-    result = {"rows": rows, "model": args.model or "shipped shapes model",
-              "command": "harmon " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["analyze"]
-              else "harmon analyze localisation"}
+        print(
+            f'the model answered "Yes" to "Is there a <shape> in the image?" in {answered[0]:.0%} of the cases '
+            "(the shape is always there)"
+        )
+    result = {
+        "rows": rows,
+        "model": args.model or "shipped shapes model",
+        "command": "harmon " + " ".join(sys.argv[1:])
+        if sys.argv[1:2] == ["analyze"]
+        else "harmon analyze localisation",
+    }
     if args.locality:
         loc = encoder_locality(pipe, scenes=args.scenes, seed=args.seed)
-        print(f"encoder rows: d(row i)/d(token i) is {loc['own_vs_other']:.1f}x d(row i)/d(token j), j != i "
-              f"(mean Jacobian norms, {args.scenes} scenes)")
+        print(
+            f"encoder rows: d(row i)/d(token i) is {loc['own_vs_other']:.1f}x d(row i)/d(token j), j != i "
+            f"(mean Jacobian norms, {args.scenes} scenes)"
+        )
         result["encoder_locality"] = loc
     if args.figure:
         if not probes:
@@ -363,8 +451,10 @@ def cmd_probe(args: argparse.Namespace) -> int:
     result["model"] = args.model or "shipped shapes model"
     result["command"] = "harmon " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["analyze"] else "harmon analyze probe"
     print(format_probe_table(result))
-    print(f"seeds {result['seeds']}, {result['n_train']} train / {result['n_test']} test scenes, "
-          f"{result['seconds']:.0f} s")
+    print(
+        f"seeds {result['seeds']}, {result['n_train']} train / {result['n_test']} test scenes, "
+        f"{result['seconds']:.0f} s"
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     return 0
@@ -373,17 +463,35 @@ def cmd_probe(args: argparse.Namespace) -> int:
 def cmd_synergy(args: argparse.Namespace) -> int:
     from harmon.analyze.synergy import format_synergy_table, run_synergy
 
-    settings = {k: v for k, v in (("num_iter", args.num_iter), ("guidance_scale", args.guidance_scale),
-                                  ("num_sampling_steps", args.diffusion_steps), ("x0_clip", args.x0_clip))
-                if v is not None}
-    study = run_synergy(args.base, args.outdir, seeds=tuple(range(args.seeds)), steps=args.steps,
-                        n_prompts=args.prompts, eval_seed=args.eval_seed, device=args.device or "cpu",
-                        t2i_batch=args.t2i_batch, und_batch=args.und_batch, lr=args.lr,
-                        command="harmon " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["analyze"] else None,
-                        **settings)
+    settings = {
+        k: v
+        for k, v in (
+            ("num_iter", args.num_iter),
+            ("guidance_scale", args.guidance_scale),
+            ("num_sampling_steps", args.diffusion_steps),
+            ("x0_clip", args.x0_clip),
+        )
+        if v is not None
+    }
+    study = run_synergy(
+        args.base,
+        args.outdir,
+        seeds=tuple(range(args.seeds)),
+        steps=args.steps,
+        n_prompts=args.prompts,
+        eval_seed=args.eval_seed,
+        device=args.device or "cpu",
+        t2i_batch=args.t2i_batch,
+        und_batch=args.und_batch,
+        lr=args.lr,
+        command="harmon " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["analyze"] else None,
+        **settings,
+    )
     print(format_synergy_table(study))
-    print(f"{study['steps']} steps per run from {study['base']}; {study['n_prompts']} prompts, eval seed "
-          f"{study['eval_seed']}; results in {Path(args.outdir) / 'synergy.json'}")
+    print(
+        f"{study['steps']} steps per run from {study['base']}; {study['n_prompts']} prompts, eval seed "
+        f"{study['eval_seed']}; results in {Path(args.outdir) / 'synergy.json'}"
+    )
     return 0
 
 
@@ -402,8 +510,7 @@ def cmd_words(args: argparse.Namespace) -> int:
     from harmon.analyze.words import colour_latent_distances, format_distance_table, format_word_table, word_binding
 
     pipe = load_pipeline(args)
-    result = word_binding(pipe, attribute=args.attribute, n_scenes=args.scenes, repeats=args.repeats,
-                          seed=args.seed)
+    result = word_binding(pipe, attribute=args.attribute, n_scenes=args.scenes, repeats=args.repeats, seed=args.seed)
     print(format_word_table(result))
     if args.attribute == "color":
         distances = colour_latent_distances(pipe, seed=args.seed)
@@ -416,8 +523,14 @@ def cmd_words(args: argparse.Namespace) -> int:
 def cmd_drawn(args: argparse.Namespace) -> int:
     from harmon.analyze.words import drawn_attributes, format_drawn_table
 
-    result = drawn_attributes(load_pipeline(args), attribute=args.attribute, images=args.images, seed=args.seed,
-                              preset=args.preset, guidance_scale=args.guidance_scale)
+    result = drawn_attributes(
+        load_pipeline(args),
+        attribute=args.attribute,
+        images=args.images,
+        seed=args.seed,
+        preset=args.preset,
+        guidance_scale=args.guidance_scale,
+    )
     print(format_drawn_table(result))
     _write_json(args.json, result)
     return 0
@@ -434,8 +547,9 @@ def cmd_codec(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="harmon", description="Harmon: one shared encoder for image "
-                                     "understanding and generation.")
+    parser = argparse.ArgumentParser(
+        prog="harmon", description="Harmon: one shared encoder for image understanding and generation."
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("train", help="train with a recipe (see `harmon train --help`)", add_help=False)
@@ -451,13 +565,25 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--temperature", type=float)
     g.add_argument("--diffusion-steps", help='diffusion sampling steps, e.g. "100" or "50,20"')
     g.add_argument("--x0-clip", type=float, help="clamp the predicted clean latent token (default: the model's)")
-    g.add_argument("--diffusion-steps-final", type=int, help="annealed diffusion steps: the last MAR step uses "
-                    "this many, the first --diffusion-steps, linear in between")
-    g.add_argument("--preset", choices=list(PRESETS), help="speed preset applied to the model's "
-                    "defaults (explicit settings win); quality/speed table in benchmarks/README.md")
-    g.add_argument("--compile", action="store_true", help="run the diffusion head's MLP through torch.compile: "
-                   "the same images, faster once compiled (the compilation takes tens of seconds, so it pays for "
-                   "large models or many images; on CPU it needs a C++ compiler)")
+    g.add_argument(
+        "--diffusion-steps-final",
+        type=int,
+        help="annealed diffusion steps: the last MAR step uses "
+        "this many, the first --diffusion-steps, linear in between",
+    )
+    g.add_argument(
+        "--preset",
+        choices=list(PRESETS),
+        help="speed preset applied to the model's "
+        "defaults (explicit settings win); quality/speed table in benchmarks/README.md",
+    )
+    g.add_argument(
+        "--compile",
+        action="store_true",
+        help="run the diffusion head's MLP through torch.compile: "
+        "the same images, faster once compiled (the compilation takes tens of seconds, so it pays for "
+        "large models or many images; on CPU it needs a C++ compiler)",
+    )
     g.add_argument("--seed", type=int, default=0)
     _add_model_args(g)
     g.set_defaults(func=cmd_generate)
@@ -478,9 +604,13 @@ def build_parser() -> argparse.ArgumentParser:
     es = esub.add_parser("shapes", help="fresh shapes-world prompts and questions, scored exactly")
     es.add_argument("--prompts", type=int, default=504, help="generation prompts (balanced over 6 categories)")
     es.add_argument("--questions", type=int, default=1512, help="questions (balanced over 7 kinds)")
-    es.add_argument("--shape-questions", type=int, default=168,
-                    help='bare-shape existence questions ("Is there a circle in the image?", half "No"), scored apart '
-                         "so the other tables do not depend on them; 0 skips them")
+    es.add_argument(
+        "--shape-questions",
+        type=int,
+        default=168,
+        help='bare-shape existence questions ("Is there a circle in the image?", half "No"), scored apart '
+        "so the other tables do not depend on them; 0 skips them",
+    )
     es.add_argument("--seed", type=int, default=0)
     es.add_argument("--num-iter", type=int)
     es.add_argument("--guidance-scale", type=float)
@@ -488,25 +618,39 @@ def build_parser() -> argparse.ArgumentParser:
     es.add_argument("--temperature", type=float)
     es.add_argument("--diffusion-steps")
     es.add_argument("--x0-clip", type=float)
-    es.add_argument("--diffusion-steps-final", type=int, help="annealed diffusion steps: the last MAR step uses "
-                    "this many, the first --diffusion-steps, linear in between")
-    es.add_argument("--preset", choices=list(PRESETS), help="speed preset applied to the model's "
-                    "defaults (explicit settings win); quality/speed table in benchmarks/README.md")
+    es.add_argument(
+        "--diffusion-steps-final",
+        type=int,
+        help="annealed diffusion steps: the last MAR step uses "
+        "this many, the first --diffusion-steps, linear in between",
+    )
+    es.add_argument(
+        "--preset",
+        choices=list(PRESETS),
+        help="speed preset applied to the model's "
+        "defaults (explicit settings win); quality/speed table in benchmarks/README.md",
+    )
     es.add_argument("--json", help="also write the full result here")
     _add_model_args(es)
     es.set_defaults(func=cmd_eval_shapes)
 
     eg = esub.add_parser("geneval", help="images for GenEval prompts in GenEval's folder layout (torchrun-ready)")
-    eg.add_argument("--prompts", default=str(Path(__file__).parent / "assets" / "eval" /
-                                             "shapes_geneval_metadata.jsonl"),
-                    help="evaluation_metadata.jsonl (default: the shipped shapes-world prompts)")
+    eg.add_argument(
+        "--prompts",
+        default=str(Path(__file__).parent / "assets" / "eval" / "shapes_geneval_metadata.jsonl"),
+        help="evaluation_metadata.jsonl (default: the shipped shapes-world prompts)",
+    )
     eg.add_argument("--outdir", required=True, help="output folder: <index:05d>/metadata.jsonl, samples/<k:05d>.png")
     eg.add_argument("-n", type=int, default=4, help="images per prompt")
     eg.add_argument("--seed", type=int, default=0, help="prompt i draws from a generator seeded by (seed, i)")
     eg.add_argument("--limit", type=int, help="only the first N prompts")
     eg.add_argument("--no-grid", action="store_true", help="skip grid.png")
-    eg.add_argument("--compile", action="store_true", help="generate with the diffusion head's MLP compiled "
-                    "(torch.compile): the same images, faster once compiled; pays on large models")
+    eg.add_argument(
+        "--compile",
+        action="store_true",
+        help="generate with the diffusion head's MLP compiled "
+        "(torch.compile): the same images, faster once compiled; pays on large models",
+    )
     eg.add_argument("--score", choices=["shapes"], help="score the images with the shapes world's exact scorer")
     _add_generation_args(eg)
     _add_model_args(eg)
@@ -520,8 +664,11 @@ def build_parser() -> argparse.ArgumentParser:
     ep.set_defaults(func=cmd_eval_pope)
 
     em = esub.add_parser("mme", help="MME-style paired yes/no questions per sub-task")
-    em.add_argument("--data", help="JSONL / TSV file, or a folder of <subtask>.txt or MME's release folder "
-                    "(default: the shipped shapes-world file)")
+    em.add_argument(
+        "--data",
+        help="JSONL / TSV file, or a folder of <subtask>.txt or MME's release folder "
+        "(default: the shipped shapes-world file)",
+    )
     em.add_argument("--images", help="image folder (default: beside the data)")
     _add_answer_args(em, "write MME's eval_tool results folder (<subtask>.txt) here")
     em.set_defaults(func=cmd_eval_mme)
@@ -530,8 +677,11 @@ def build_parser() -> argparse.ArgumentParser:
     ec = esub.add_parser("mc", help="multiple choice: MMBench / SEED / MMMU-style TSV or JSONL")
     ec.add_argument("--data", help="TSV / JSONL file (default: the shipped shapes-world TSV)")
     ec.add_argument("--images", help="image folder for path-valued image fields (default: beside the data)")
-    ec.add_argument("--circular", action="store_true", help="MMBench's CircularEval: right only if every rotation "
-                    "of the options is answered right")
+    ec.add_argument(
+        "--circular",
+        action="store_true",
+        help="MMBench's CircularEval: right only if every rotation of the options is answered right",
+    )
     _add_answer_args(ec, "write the answers here (JSON lines)")
     _add_model_args(ec)
     ec.set_defaults(func=cmd_eval_mc)
@@ -541,10 +691,14 @@ def build_parser() -> argparse.ArgumentParser:
     gc = asub.add_parser("gradcam", help="which image tokens drive the answer about a concept (overlay PNG)")
     gc.add_argument("image")
     gc.add_argument("concept", help='e.g. "circle" or "red square"')
-    gc.add_argument("--target", choices=["probe", "answer"], default="probe",
-                    help="probe (default): a linear probe of the concept on the frozen MAR encoder features, fitted on "
-                         "shapes-world scenes or on --positives/--negatives; answer: the LLM's Yes/No log-odds to "
-                         "--question")
+    gc.add_argument(
+        "--target",
+        choices=["probe", "answer"],
+        default="probe",
+        help="probe (default): a linear probe of the concept on the frozen MAR encoder features, fitted on "
+        "shapes-world scenes or on --positives/--negatives; answer: the LLM's Yes/No log-odds to "
+        "--question",
+    )
     gc.add_argument("--positives", help="folder of images showing the concept (with --negatives: the probe's data)")
     gc.add_argument("--negatives", help="folder of images without the concept")
     gc.add_argument("--probe-scenes", type=int, default=2000, help="shapes-world scenes to fit the probe on")
@@ -553,25 +707,41 @@ def build_parser() -> argparse.ArgumentParser:
     gc.add_argument("--seed", type=int, default=1, help="seed of the probe's scenes and held-out split")
     gc.add_argument("--question", help='with --target answer; default: "Is there a <concept> in the image?"')
     gc.add_argument("-o", "--output", default="gradcam.png")
-    gc.add_argument("--upsample", choices=["nearest", "bilinear"], default="nearest",
-                    help="token map to pixels: nearest shows exactly which tokens; bilinear is smoother")
-    gc.add_argument("--method", choices=["gradcam++", "integrated-gradients"], default="gradcam++",
-                    help="gradcam++: the paper's map over the MAR encoder's output rows; integrated-gradients: "
-                         "attribution to the encoder's input tokens from a plain white image")
+    gc.add_argument(
+        "--upsample",
+        choices=["nearest", "bilinear"],
+        default="nearest",
+        help="token map to pixels: nearest shows exactly which tokens; bilinear is smoother",
+    )
+    gc.add_argument(
+        "--method",
+        choices=["gradcam++", "integrated-gradients"],
+        default="gradcam++",
+        help="gradcam++: the paper's map over the MAR encoder's output rows; integrated-gradients: "
+        "attribution to the encoder's input tokens from a plain white image",
+    )
     _add_model_args(gc)
     gc.set_defaults(func=cmd_gradcam)
-    lo = asub.add_parser("localisation", help="how much heat GradCAM++ / integrated gradients put on the asked shape "
-                                              "over random shapes-world scenes")
-    lo.add_argument("--methods", nargs="+", choices=["gradcam++", "integrated-gradients"],
-                    default=["gradcam++", "integrated-gradients"])
+    lo = asub.add_parser(
+        "localisation",
+        help="how much heat GradCAM++ / integrated gradients put on the asked shape over random shapes-world scenes",
+    )
+    lo.add_argument(
+        "--methods",
+        nargs="+",
+        choices=["gradcam++", "integrated-gradients"],
+        default=["gradcam++", "integrated-gradients"],
+    )
     lo.add_argument("--targets", nargs="+", choices=["probe", "answer"], default=["probe", "answer"])
     lo.add_argument("--scenes", type=int, default=30)
     lo.add_argument("--seed", type=int, default=0, help="seed of the scored scenes")
     lo.add_argument("--probe-scenes", type=int, default=2000)
     lo.add_argument("--probe-seed", type=int, default=1, help="seed of the probes' scenes")
     lo.add_argument("--locality", action="store_true", help="also measure how local the encoder's output rows are")
-    lo.add_argument("--figure", help="also write a PNG: a fixed scene with each shape's GradCAM++ overlays (probe "
-                                     "above, answer below)")
+    lo.add_argument(
+        "--figure",
+        help="also write a PNG: a fixed scene with each shape's GradCAM++ overlays (probe above, answer below)",
+    )
     lo.add_argument("--json", help="also write the results here")
     _add_model_args(lo)
     lo.set_defaults(func=cmd_localisation)
@@ -588,8 +758,11 @@ def build_parser() -> argparse.ArgumentParser:
     cx.add_argument("--repeats", type=int, default=3)
     _add_model_args(cx)
     cx.set_defaults(func=cmd_context)
-    wb = asub.add_parser("words", help="teacher-forced loss under every colour (or shape) word: which prompt words "
-                         "the generator binds (shapes world)")
+    wb = asub.add_parser(
+        "words",
+        help="teacher-forced loss under every colour (or shape) word: which prompt words "
+        "the generator binds (shapes world)",
+    )
     wb.add_argument("--attribute", choices=["color", "shape"], default="color")
     wb.add_argument("--scenes", type=int, default=24, help="images per (true value, other attribute) case")
     wb.add_argument("--repeats", type=int, default=6, help="noise draws per image, shared by every word")
@@ -597,8 +770,11 @@ def build_parser() -> argparse.ArgumentParser:
     wb.add_argument("--json")
     _add_model_args(wb)
     wb.set_defaults(func=cmd_words)
-    dr = asub.add_parser("drawn", help="what the generator draws for each colour (or shape) word: a confusion table "
-                         "of one-object prompts (shapes world)")
+    dr = asub.add_parser(
+        "drawn",
+        help="what the generator draws for each colour (or shape) word: a confusion table "
+        "of one-object prompts (shapes world)",
+    )
     dr.add_argument("--attribute", choices=["color", "shape"], default="color")
     dr.add_argument("--images", type=int, default=16, help="images per (colour, shape) prompt")
     dr.add_argument("--seed", type=int, default=0)
@@ -607,13 +783,19 @@ def build_parser() -> argparse.ArgumentParser:
     dr.add_argument("--json")
     _add_model_args(dr)
     dr.set_defaults(func=cmd_drawn)
-    cd = asub.add_parser("codec", help="can the VAE carry every (colour, shape) pair, held-out ones included? "
-                         "encode -> decode round trips read by the detector (shapes world)")
+    cd = asub.add_parser(
+        "codec",
+        help="can the VAE carry every (colour, shape) pair, held-out ones included? "
+        "encode -> decode round trips read by the detector (shapes world)",
+    )
     cd.add_argument("--scenes", type=int, default=16, help="one-object scenes per (colour, shape) pair")
     cd.add_argument("--seed", type=int, default=0)
     cd.add_argument("--json")
-    cd.add_argument("--stage0-vae", help="check a bare stage-0 VAE folder (vae.safetensors + vae_config.json, e.g. "
-                    "runs/shapes/stage0_vae) instead of a model's VAE")
+    cd.add_argument(
+        "--stage0-vae",
+        help="check a bare stage-0 VAE folder (vae.safetensors + vae_config.json, e.g. "
+        "runs/shapes/stage0_vae) instead of a model's VAE",
+    )
     _add_model_args(cd)
     cd.set_defaults(func=cmd_codec)
     sy = asub.add_parser("synergy", help="same steps, text-to-image only vs + understanding data, several seeds")

@@ -23,7 +23,7 @@ from torch import nn
 
 from harmon.cpu_linear import plain_linears
 
-__all__ = ["compiled", "FrozenCompiled", "options_for"]
+__all__ = ["FrozenCompiled", "compiled", "options_for"]
 
 # (id(module), name) -> (weak reference to module, weights key) of every piece compiled in this process.
 _REGISTRY: dict[tuple[int, str], tuple[weakref.ref, tuple]] = {}
@@ -75,8 +75,9 @@ class FrozenCompiled:
             return self.fn(*args)
 
 
-def compiled(owner: nn.Module, name: str, module: nn.Module, fn: Callable, gemm: str,
-             dynamic: bool | None = None) -> FrozenCompiled:
+def compiled(
+    owner: nn.Module, name: str, module: nn.Module, fn: Callable, gemm: str, dynamic: bool | None = None
+) -> FrozenCompiled:
     """The compiled ``fn`` (a function of ``module``'s weights) cached on ``owner`` under ``name``, compiled again
     when the weights changed since."""
     cache = _PIECES.setdefault(owner, {})

@@ -15,16 +15,30 @@ from harmon.vae import VAEConfig
 def qwen25_0_5b_config() -> dict[str, Any]:
     """Qwen2.5-0.5B-Instruct architecture (its public config.json values that shape the weights)."""
     return dict(
-        vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
-        num_key_value_heads=2, max_position_embeddings=32768, rope_theta=1000000.0, rms_norm_eps=1e-6,
-        tie_word_embeddings=True, hidden_act="silu", attention_dropout=0.0, use_sliding_window=False,
-        bos_token_id=151643, eos_token_id=151645)
+        vocab_size=151936,
+        hidden_size=896,
+        intermediate_size=4864,
+        num_hidden_layers=24,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        max_position_embeddings=32768,
+        rope_theta=1000000.0,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=True,
+        hidden_act="silu",
+        attention_dropout=0.0,
+        use_sliding_window=False,
+        bos_token_id=151643,
+        eos_token_id=151645,
+    )
 
 
 def qwen25_1_5b_config() -> dict[str, Any]:
     """Qwen2.5-1.5B-Instruct architecture."""
-    return {**qwen25_0_5b_config(), **dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
-                                           num_attention_heads=12)}
+    return {
+        **qwen25_0_5b_config(),
+        **dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12),
+    }
 
 
 @dataclass(frozen=True)
@@ -70,11 +84,15 @@ class HarmonConfig:
             raise ValueError("HarmonConfig.llm must contain at least 'hidden_size'")
         p = self.mar.patch_size
         if self.vae.embed_dim * p * p != self.mar.token_dim:
-            raise ValueError(f"mar.token_dim ({self.mar.token_dim}) must equal vae.embed_dim ({self.vae.embed_dim}) x "
-                             f"mar.patch_size**2 ({p * p})")
+            raise ValueError(
+                f"mar.token_dim ({self.mar.token_dim}) must equal vae.embed_dim ({self.vae.embed_dim}) x "
+                f"mar.patch_size**2 ({p * p})"
+            )
         if self.generation.image_size % self.token_px:
-            raise ValueError(f"generation.image_size {self.generation.image_size} is not a multiple of the token "
-                             f"size {self.token_px} px (VAE stride x MAR patch size)")
+            raise ValueError(
+                f"generation.image_size {self.generation.image_size} is not a multiple of the token "
+                f"size {self.token_px} px (VAE stride x MAR patch size)"
+            )
 
     @property
     def token_px(self) -> int:
@@ -86,12 +104,17 @@ class HarmonConfig:
         return int(self.llm["hidden_size"])
 
     def to_dict(self) -> dict[str, Any]:
-        return {"llm": dict(self.llm), "mar": self.mar.to_dict(), "vae": self.vae.to_dict(),
-                "generation": asdict(self.generation), "grad_scale": self.grad_scale,
-                "image_token": self.image_token}
+        return {
+            "llm": dict(self.llm),
+            "mar": self.mar.to_dict(),
+            "vae": self.vae.to_dict(),
+            "generation": asdict(self.generation),
+            "grad_scale": self.grad_scale,
+            "image_token": self.image_token,
+        }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "HarmonConfig":
+    def from_dict(cls, d: dict[str, Any]) -> HarmonConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
@@ -105,10 +128,10 @@ class HarmonConfig:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
 
     @classmethod
-    def load(cls, path: str | Path) -> "HarmonConfig":
+    def load(cls, path: str | Path) -> HarmonConfig:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
-    def replace(self, **changes: Any) -> "HarmonConfig":
+    def replace(self, **changes: Any) -> HarmonConfig:
         return replace(self, **changes)
 
 
@@ -124,15 +147,36 @@ def harmon_1_5b() -> HarmonConfig:
 
 def harmon_tiny(vocab_size: int = 512) -> HarmonConfig:
     """A few-MB Harmon for tests and the shapes world: same code paths, tiny widths, 64 px images (4x4 tokens)."""
-    llm = dict(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, rope_theta=10000.0,
-               rms_norm_eps=1e-6, tie_word_embeddings=True, hidden_act="silu", attention_dropout=0.0,
-               use_sliding_window=False)
-    mar = MARConfig(encoder_dim=64, encoder_depth=2, encoder_heads=4, decoder_dim=64, decoder_depth=2,
-                    decoder_heads=4, buffer_size=8, grid_size=4, class_num=0,
-                    diffloss=DiffLossConfig(z_channels=64, width=64, depth=2))
-    vae = VAEConfig(ch=16, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=1, attn_resolutions=(4,), resolution=64,
-                    norm_groups=8)
+    llm = dict(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        rope_theta=10000.0,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=True,
+        hidden_act="silu",
+        attention_dropout=0.0,
+        use_sliding_window=False,
+    )
+    mar = MARConfig(
+        encoder_dim=64,
+        encoder_depth=2,
+        encoder_heads=4,
+        decoder_dim=64,
+        decoder_depth=2,
+        decoder_heads=4,
+        buffer_size=8,
+        grid_size=4,
+        class_num=0,
+        diffloss=DiffLossConfig(z_channels=64, width=64, depth=2),
+    )
+    vae = VAEConfig(
+        ch=16, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=1, attn_resolutions=(4,), resolution=64, norm_groups=8
+    )
     gen = GenerationDefaults(image_size=64, num_iter=8, understanding_image_size=64, max_new_tokens=32)
     return HarmonConfig(llm=llm, mar=mar, vae=vae, generation=gen)
 
@@ -145,18 +189,46 @@ def harmon_shapes(vocab_size: int = 512) -> HarmonConfig:
 
     Sized so the whole recipe trains on a 2-core CPU in under two hours (~0.3 s per optimizer step).
     """
-    llm = dict(vocab_size=vocab_size, hidden_size=128, intermediate_size=384, num_hidden_layers=3,
-               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, rope_theta=10000.0,
-               rms_norm_eps=1e-6, tie_word_embeddings=True, hidden_act="silu", attention_dropout=0.0,
-               use_sliding_window=False)
-    mar = MARConfig(encoder_dim=128, encoder_depth=2, encoder_heads=4, decoder_dim=128, decoder_depth=2,
-                    decoder_heads=4, buffer_size=4, grid_size=4, class_num=0, attn_dropout=0.0, proj_dropout=0.0,
-                    mask_ratio_min=0.5,  # 16-token grids: train on more visible tokens than MAR-256 does
-                    diffloss=DiffLossConfig(z_channels=128, width=192, depth=3))
+    llm = dict(
+        vocab_size=vocab_size,
+        hidden_size=128,
+        intermediate_size=384,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        rope_theta=10000.0,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=True,
+        hidden_act="silu",
+        attention_dropout=0.0,
+        use_sliding_window=False,
+    )
+    mar = MARConfig(
+        encoder_dim=128,
+        encoder_depth=2,
+        encoder_heads=4,
+        decoder_dim=128,
+        decoder_depth=2,
+        decoder_heads=4,
+        buffer_size=4,
+        grid_size=4,
+        class_num=0,
+        attn_dropout=0.0,
+        proj_dropout=0.0,
+        mask_ratio_min=0.5,  # 16-token grids: train on more visible tokens than MAR-256 does
+        diffloss=DiffLossConfig(z_channels=128, width=192, depth=3),
+    )
     from harmon.train.stage0 import shapes_vae_config
 
-    gen = GenerationDefaults(image_size=64, num_iter=8, guidance_scale=3.0, understanding_image_size=64,
-                             max_new_tokens=48, num_sampling_steps="50")
+    gen = GenerationDefaults(
+        image_size=64,
+        num_iter=8,
+        guidance_scale=3.0,
+        understanding_image_size=64,
+        max_new_tokens=48,
+        num_sampling_steps="50",
+    )
     return HarmonConfig(llm=llm, mar=mar, vae=shapes_vae_config(64), generation=gen)
 
 

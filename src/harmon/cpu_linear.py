@@ -39,8 +39,11 @@ MIN_ELEMENTS = 512 * 512
 def available() -> bool:
     """Whether this torch build has oneDNN and the reorder / packed-linear ops."""
     ops = torch.ops.mkldnn
-    return (torch.backends.mkldnn.is_available() and hasattr(ops, "_reorder_linear_weight")
-            and hasattr(ops, "_linear_pointwise"))
+    return (
+        torch.backends.mkldnn.is_available()
+        and hasattr(ops, "_reorder_linear_weight")
+        and hasattr(ops, "_linear_pointwise")
+    )
 
 
 class _PackedForward:
@@ -54,8 +57,14 @@ class _PackedForward:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         layer = self.layer
         w = layer.weight
-        if (x.device.type != "cpu" or x.dtype != torch.float32 or w.dtype != torch.float32 or w.device.type != "cpu"
-                or torch.is_grad_enabled() and (w.requires_grad or x.requires_grad) or x.dim() == 0):
+        if (
+            x.device.type != "cpu"
+            or x.dtype != torch.float32
+            or w.dtype != torch.float32
+            or w.device.type != "cpu"
+            or (torch.is_grad_enabled() and (w.requires_grad or x.requires_grad))
+            or x.dim() == 0
+        ):
             return F.linear(x, w, layer.bias)
         if self.packed is None or self.version != w._version:  # weights changed in place: reorder again
             rows = max(1, x.numel() // x.shape[-1])
@@ -82,9 +91,13 @@ def packed_linears(module: nn.Module, min_elements: int | None = None) -> Iterat
     least = MIN_ELEMENTS if min_elements is None else min_elements
     swapped: list[nn.Linear] = []
     for layer in module.modules():
-        if (isinstance(layer, nn.Linear) and "forward" not in layer.__dict__ and layer.weight.device.type == "cpu"
-                and layer.weight.dtype == torch.float32  # GPU / half-precision layers are left as they are
-                and layer.weight.numel() >= least):
+        if (
+            isinstance(layer, nn.Linear)
+            and "forward" not in layer.__dict__
+            and layer.weight.device.type == "cpu"
+            and layer.weight.dtype == torch.float32  # GPU / half-precision layers are left as they are
+            and layer.weight.numel() >= least
+        ):
             layer.forward = _PackedForward(layer)
             swapped.append(layer)
     try:

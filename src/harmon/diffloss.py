@@ -21,7 +21,7 @@ from harmon.compiling import compiled
 from harmon.cpu_linear import packed_linears, plain_linears
 from harmon.diffusion import PREDICTIONS, GaussianDiffusion, space_timesteps
 
-__all__ = ["DiffLossConfig", "timestep_embedding", "SimpleMLPAdaLN", "DiffLoss"]
+__all__ = ["DiffLoss", "DiffLossConfig", "SimpleMLPAdaLN", "timestep_embedding"]
 
 
 @dataclass(frozen=True)
@@ -402,6 +402,7 @@ class DiffLoss(nn.Module):
             def run(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
                 return mlp(x, next_mods())  # the modulations of this step, precomputed
         else:
+
             def run(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
                 return net(x, t.expand(x.shape[0]), z)
 
@@ -428,5 +429,6 @@ class DiffLoss(nn.Module):
         # nothing to undo (restoring an outer context's packed layers on every evaluation is not free).
         layers = plain_linears(net) if compile else packed_linears(net) if fast else contextlib.nullcontext()
         with layers:
-            return diffusion.p_sample_loop(model_fn, noise, temperature=temperature, generator=generator,
-                                           x0_clip=x0_clip)
+            return diffusion.p_sample_loop(
+                model_fn, noise, temperature=temperature, generator=generator, x0_clip=x0_clip
+            )

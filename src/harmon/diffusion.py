@@ -21,14 +21,14 @@ import torch
 from harmon import rng
 
 __all__ = [
+    "GaussianDiffusion",
+    "approx_standard_normal_cdf",
     "cosine_alpha_bar",
     "cosine_betas",
-    "space_timesteps",
-    "respaced_betas",
-    "normal_kl",
-    "approx_standard_normal_cdf",
     "discretized_gaussian_log_likelihood",
-    "GaussianDiffusion",
+    "normal_kl",
+    "respaced_betas",
+    "space_timesteps",
 ]
 
 # Host-side schedule tables always live on the CPU, even when a module is built under `with torch.device("meta")`.
@@ -139,7 +139,7 @@ def respaced_betas(betas: torch.Tensor, use_timesteps: Sequence[int]) -> tuple[t
     """
     if betas.dim() != 1 or betas.dtype != torch.float64:
         raise ValueError(f"betas must be a 1-D float64 tensor, got shape {tuple(betas.shape)} dtype {betas.dtype}")
-    kept = sorted(set(int(t) for t in use_timesteps))
+    kept = sorted({int(t) for t in use_timesteps})
     if len(kept) != len(use_timesteps) or not kept:
         raise ValueError(f"use_timesteps must be non-empty and without duplicates, got {list(use_timesteps)!r}")
     if kept[0] < 0 or kept[-1] >= betas.shape[0]:
@@ -156,9 +156,7 @@ def respaced_betas(betas: torch.Tensor, use_timesteps: Sequence[int]) -> tuple[t
     )
 
 
-def normal_kl(
-    mean1: torch.Tensor, logvar1: torch.Tensor, mean2: torch.Tensor, logvar2: torch.Tensor
-) -> torch.Tensor:
+def normal_kl(mean1: torch.Tensor, logvar1: torch.Tensor, mean2: torch.Tensor, logvar2: torch.Tensor) -> torch.Tensor:
     """Elementwise KL(N(mean1, e^logvar1) ‖ N(mean2, e^logvar2)) in nats
     = ½(−1 + logvar2 − logvar1 + e^(logvar1 − logvar2) + (mean1 − mean2)² e^(−logvar2)) ([DDPM] eq. 5 terms)."""
     return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
@@ -169,9 +167,7 @@ def approx_standard_normal_cdf(x: torch.Tensor) -> torch.Tensor:
     return 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3))))
 
 
-def discretized_gaussian_log_likelihood(
-    x: torch.Tensor, means: torch.Tensor, log_scales: torch.Tensor
-) -> torch.Tensor:
+def discretized_gaussian_log_likelihood(x: torch.Tensor, means: torch.Tensor, log_scales: torch.Tensor) -> torch.Tensor:
     """Elementwise log-probability of x under a Gaussian discretised into bins of half-width 1/255, with
     open-ended edge bins for x < −0.999 and x > 0.999 ([DDPM] eq. 13, the L_0 decoder; an image-space heuristic
     applied unchanged to latents). Probabilities are floored at 1e-12 before the log, as in the original.
@@ -221,8 +217,9 @@ class GaussianDiffusion:
         "log_betas",
     )
 
-    def __init__(self, betas: torch.Tensor, timestep_map: torch.Tensor | None = None,
-                 prediction: str = "epsilon") -> None:
+    def __init__(
+        self, betas: torch.Tensor, timestep_map: torch.Tensor | None = None, prediction: str = "epsilon"
+    ) -> None:
         if prediction not in PREDICTIONS:
             raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
         self.prediction = prediction
@@ -267,8 +264,9 @@ class GaussianDiffusion:
         self._device_cache: dict[tuple[torch.device, str], torch.Tensor] = {}
 
     @classmethod
-    def cosine(cls, num_train_steps: int = 1000, sections: str | Sequence[int] | None = None,
-               prediction: str = "epsilon") -> GaussianDiffusion:
+    def cosine(
+        cls, num_train_steps: int = 1000, sections: str | Sequence[int] | None = None, prediction: str = "epsilon"
+    ) -> GaussianDiffusion:
         """The cosine-schedule chain of ``num_train_steps`` respaced to ``sections`` (all steps when None).
 
         Like the original, the full chain also goes through ``respaced_betas`` (β'_t = 1 − ᾱ_t/ᾱ_{t−1}), which
@@ -300,12 +298,16 @@ class GaussianDiffusion:
         return self._table("timestep_map", t.device)[t]
 
     def epsilon_from_output(self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """The network's first C channels as ε̂: unchanged for ε-prediction; ε̂ = sqrt(ᾱ_t) v̂ + sqrt(1 − ᾱ_t) x_t for v."""
+        """The network's first C channels as ε̂.
+
+        Unchanged for ε-prediction; ε̂ = sqrt(ᾱ_t) v̂ + sqrt(1 − ᾱ_t) x_t for v-prediction."""
         if self.prediction == "epsilon":
             return out
         nd = x_t.dim()
-        return (self._gather("sqrt_alphas_cumprod", t, nd) * out
-                + self._gather("sqrt_one_minus_alphas_cumprod", t, nd) * x_t)
+        return (
+            self._gather("sqrt_alphas_cumprod", t, nd) * out
+            + self._gather("sqrt_one_minus_alphas_cumprod", t, nd) * x_t
+        )
 
     # ------------------------------------------------------------------------------------------------------
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -396,8 +398,10 @@ class GaussianDiffusion:
         if self.prediction == "epsilon":
             target = noise
         else:  # v = sqrt(ᾱ_t) ε − sqrt(1 − ᾱ_t) x_0
-            target = (self._gather("sqrt_alphas_cumprod", t, x0.dim()) * noise
-                      - self._gather("sqrt_one_minus_alphas_cumprod", t, x0.dim()) * x0)
+            target = (
+                self._gather("sqrt_alphas_cumprod", t, x0.dim()) * noise
+                - self._gather("sqrt_one_minus_alphas_cumprod", t, x0.dim()) * x0
+            )
 
         frozen = torch.cat([pred.detach(), v], dim=1)  # p_mean_variance converts v̂ to ε̂ itself
         true_mean, _, true_log_var = self.q_posterior_mean_variance(x0, x_t, t)

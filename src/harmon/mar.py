@@ -52,8 +52,18 @@ class MARConfig:
     diffloss: DiffLossConfig = field(default_factory=DiffLossConfig)
 
     def __post_init__(self) -> None:
-        for name in ("token_dim", "patch_size", "encoder_dim", "encoder_depth", "encoder_heads", "decoder_dim",
-                     "decoder_depth", "decoder_heads", "grid_size", "diffusion_batch_mul"):
+        for name in (
+            "token_dim",
+            "patch_size",
+            "encoder_dim",
+            "encoder_depth",
+            "encoder_heads",
+            "decoder_dim",
+            "decoder_depth",
+            "decoder_heads",
+            "grid_size",
+            "diffusion_batch_mul",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"MARConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.encoder_dim % self.encoder_heads:
@@ -70,10 +80,12 @@ class MARConfig:
             object.__setattr__(self, "diffloss", DiffLossConfig.from_dict(self.diffloss))
         if self.diffloss.z_channels != self.decoder_dim:
             raise ValueError(
-                f"diffloss.z_channels ({self.diffloss.z_channels}) must equal decoder_dim ({self.decoder_dim})")
+                f"diffloss.z_channels ({self.diffloss.z_channels}) must equal decoder_dim ({self.decoder_dim})"
+            )
         if self.diffloss.target_channels != self.token_dim:
             raise ValueError(
-                f"diffloss.target_channels ({self.diffloss.target_channels}) must equal token_dim ({self.token_dim})")
+                f"diffloss.target_channels ({self.diffloss.target_channels}) must equal token_dim ({self.token_dim})"
+            )
 
     @property
     def seq_len(self) -> int:
@@ -85,7 +97,7 @@ class MARConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "MARConfig":
+    def from_dict(cls, d: dict[str, Any]) -> MARConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
@@ -100,8 +112,15 @@ def mar_base(**overrides: Any) -> MARConfig:
 
 def mar_huge(**overrides: Any) -> MARConfig:
     """MAR-Huge as in Harmon-1.5B: width 1280, 20+20 blocks, 16 heads, DiffLoss MLP 1536 x 12."""
-    base = dict(encoder_dim=1280, encoder_depth=20, encoder_heads=16, decoder_dim=1280, decoder_depth=20,
-                decoder_heads=16, diffloss=DiffLossConfig(z_channels=1280, width=1536, depth=12))
+    base = dict(
+        encoder_dim=1280,
+        encoder_depth=20,
+        encoder_heads=16,
+        decoder_dim=1280,
+        decoder_depth=20,
+        decoder_heads=16,
+        diffloss=DiffLossConfig(z_channels=1280, width=1536, depth=12),
+    )
     return MARConfig(**{**base, **overrides})
 
 
@@ -188,12 +207,14 @@ class MAR(nn.Module):
         self.z_proj_ln = nn.LayerNorm(c.encoder_dim, eps=1e-6)
         self.encoder_blocks = nn.ModuleList(
             Block(c.encoder_dim, c.encoder_heads, c.mlp_ratio, c.attn_dropout, c.proj_dropout)
-            for _ in range(c.encoder_depth))
+            for _ in range(c.encoder_depth)
+        )
         self.encoder_norm = nn.LayerNorm(c.encoder_dim, eps=1e-6)
         self.decoder_embed = nn.Linear(c.encoder_dim, c.decoder_dim)
         self.decoder_blocks = nn.ModuleList(
             Block(c.decoder_dim, c.decoder_heads, c.mlp_ratio, c.attn_dropout, c.proj_dropout)
-            for _ in range(c.decoder_depth))
+            for _ in range(c.decoder_depth)
+        )
         self.decoder_norm = nn.LayerNorm(c.decoder_dim, eps=1e-6)
         self.diffloss = DiffLoss(c.diffloss)
         self.grad_checkpointing = c.grad_checkpointing
@@ -201,8 +222,13 @@ class MAR(nn.Module):
     # ------------------------------------------------------------------ init
     def initialize_weights(self, generator: torch.Generator | None = None) -> None:
         """From-scratch init (spec §4.2): xavier-uniform Linear weights, zero biases, N(0, 0.02^2) tables."""
-        for p in (self.fake_latent, self.encoder_pos_embed_learned, self.mask_token,
-                  self.decoder_pos_embed_learned, self.diffusion_pos_embed_learned):
+        for p in (
+            self.fake_latent,
+            self.encoder_pos_embed_learned,
+            self.mask_token,
+            self.decoder_pos_embed_learned,
+            self.diffusion_pos_embed_learned,
+        ):
             with torch.no_grad():
                 p.copy_(rng.randn(p.shape, generator, device=p.device) * 0.02)
         if self.class_emb is not None:
@@ -270,8 +296,9 @@ class MAR(nn.Module):
         x = self._run_blocks(self.encoder_blocks, x)
         return self.encoder_norm(x)
 
-    def forward_decoder(self, x_enc: torch.Tensor, mask: torch.Tensor, grid: tuple[int, int],
-                        x_con: torch.Tensor | None = None) -> torch.Tensor:
+    def forward_decoder(
+        self, x_enc: torch.Tensor, mask: torch.Tensor, grid: tuple[int, int], x_con: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Decode to one diffusion condition per image token (spec §4.5).
 
         Args:
@@ -297,8 +324,9 @@ class MAR(nn.Module):
         x = self.decoder_norm(x)
         return x[:, nb:] + self.diffusion_pos_embed(h, w)  # (B, L, Dd)
 
-    def forward_loss(self, z: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
-                     generator: torch.Generator | None = None) -> torch.Tensor:
+    def forward_loss(
+        self, z: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """Diffusion loss over masked tokens, rows replicated ``diffusion_batch_mul`` times (spec §11.2).
 
         Args:

@@ -28,7 +28,7 @@ class _ScaleGrad(torch.autograd.Function):
     """Identity forward; gradient multiplied by ``scale`` on the way back."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:  # noqa: D401
+    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:
         ctx.scale = scale
         return x.view_as(x)
 
@@ -41,8 +41,9 @@ def scale_grad(x: torch.Tensor, scale: float) -> torch.Tensor:
     return _ScaleGrad.apply(x, scale)
 
 
-def truncated_normal_mask_ratio(min_ratio: float, std: float = 0.25, mean: float = 1.0,
-                                generator: torch.Generator | None = None) -> float:
+def truncated_normal_mask_ratio(
+    min_ratio: float, std: float = 0.25, mean: float = 1.0, generator: torch.Generator | None = None
+) -> float:
     """One mask ratio ~ N(mean, std) truncated to [min_ratio, 1] (spec §4.6), by inverse-CDF sampling.
 
     Same distribution as scipy's ``truncnorm(a=(min-1)/std, b=0, loc=1, scale=std)``; drawn from ``generator``.
@@ -89,7 +90,7 @@ class Harmon(nn.Module):
         self.vae.requires_grad_(False)
 
     # ------------------------------------------------------------------ housekeeping
-    def train(self, mode: bool = True) -> "Harmon":
+    def train(self, mode: bool = True) -> Harmon:
         super().train(mode)
         self.vae.eval()  # the VAE is frozen: never in training mode
         return self
@@ -172,8 +173,9 @@ class Harmon(nn.Module):
     def embed_text(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.llm.get_input_embeddings()(input_ids)
 
-    def extract_visual_feature(self, tokens: torch.Tensor, mask: torch.Tensor | None,
-                               grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def extract_visual_feature(
+        self, tokens: torch.Tensor, mask: torch.Tensor | None, grid: tuple[int, int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """MAR encoder + proj_in (spec §5.1).
 
         Args:
@@ -193,9 +195,16 @@ class Harmon(nn.Module):
         nb = self.buffer_size
         return torch.cat([z_enc[:, nb:], z_enc[:, :nb]], dim=1)  # (B, V+64, H)
 
-    def forward_mae_encoder(self, tokens: torch.Tensor, mask: torch.Tensor, grid: tuple[int, int],
-                            text_mask: torch.Tensor, input_ids: torch.Tensor | None = None,
-                            cache=None, shared_halves: bool = False) -> torch.Tensor:
+    def forward_mae_encoder(
+        self,
+        tokens: torch.Tensor,
+        mask: torch.Tensor,
+        grid: tuple[int, int],
+        text_mask: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
+        cache=None,
+        shared_halves: bool = False,
+    ) -> torch.Tensor:
         """Encoder refined by the LLM after the text prompt (spec §5.2).
 
         Args:
@@ -223,15 +232,20 @@ class Harmon(nn.Module):
             if input_ids is None:
                 raise ValueError("forward_mae_encoder needs input_ids when no prompt cache is given")
             inputs = torch.cat([self.embed_text(input_ids).to(z_enc.dtype), z_enc], dim=1)  # (B, T+V+64, H)
-            hidden = self.llm.model(inputs_embeds=inputs, attention_mask=full_mask,
-                                    position_ids=positions).last_hidden_state
+            hidden = self.llm.model(
+                inputs_embeds=inputs, attention_mask=full_mask, position_ids=positions
+            ).last_hidden_state
         else:
             prompt_len = cache.get_seq_length()
             if prompt_len != text_mask.shape[1]:
                 raise ValueError(f"cache holds {prompt_len} positions but the prompt mask has {text_mask.shape[1]}")
-            hidden = self.llm.model(inputs_embeds=z_enc, attention_mask=full_mask,
-                                    position_ids=positions[:, -n_img:], cache=cache,
-                                    use_cache=True).last_hidden_state
+            hidden = self.llm.model(
+                inputs_embeds=z_enc,
+                attention_mask=full_mask,
+                position_ids=positions[:, -n_img:],
+                cache=cache,
+                use_cache=True,
+            ).last_hidden_state
             cache.crop(-n_img)  # keep only the prompt for the next step
         z_llm = hidden[:, -n_img:]  # (B, V+64, H)
         nb = self.buffer_size
@@ -256,8 +270,12 @@ class Harmon(nn.Module):
                     cache.batch_select_indices(inverse.to(input_ids.device))
                     return cache
         positions = (text_mask.long().cumsum(dim=1) - 1).clamp(min=0)
-        out = self.llm.model(inputs_embeds=self.embed_text(input_ids), attention_mask=text_mask.bool(),
-                             position_ids=positions, use_cache=True)
+        out = self.llm.model(
+            inputs_embeds=self.embed_text(input_ids),
+            attention_mask=text_mask.bool(),
+            position_ids=positions,
+            use_cache=True,
+        )
         return out.past_key_values if getattr(out, "cache", None) is None else out.cache
 
     # ------------------------------------------------------------------ training losses
@@ -265,8 +283,13 @@ class Harmon(nn.Module):
         """(B, L) random permutations, one per row, drawn from ``generator``."""
         return torch.stack([rng.randperm(seq_len, generator, device=self.device) for _ in range(batch)])
 
-    def text_to_image_loss(self, pixels: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                           generator: torch.Generator | None = None) -> torch.Tensor:
+    def text_to_image_loss(
+        self,
+        pixels: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
         """Masked-token diffusion loss conditioned on the prompt (spec §11.2).
 
         Args:
@@ -281,14 +304,20 @@ class Harmon(nn.Module):
             ratio = uniform_mask_ratio(mar.mask_ratio_min, generator=generator)
         else:
             ratio = truncated_normal_mask_ratio(mar.mask_ratio_min, generator=generator)
-        n_masked = max(1, int(math.ceil(seq * ratio)))  # at least one token carries the loss
+        n_masked = max(1, math.ceil(seq * ratio))  # at least one token carries the loss
         mask = mask_by_order(n_masked, self.sample_orders(b, seq, generator))  # (B, L) True = unknown
         x_enc = self.forward_mae_encoder(tokens, mask, grid, attention_mask, input_ids=input_ids)
         z = self.mar.forward_decoder(x_enc, mask, grid)  # (B, L, Dd)
         return self.mar.forward_loss(z, tokens, mask, generator=generator)
 
-    def image_to_text_loss(self, pixels: torch.Tensor | None, input_ids: torch.Tensor, labels: torch.Tensor,
-                           attention_mask: torch.Tensor, image_token_id: int = IMAGE_PLACEHOLDER) -> torch.Tensor:
+    def image_to_text_loss(
+        self,
+        pixels: torch.Tensor | None,
+        input_ids: torch.Tensor,
+        labels: torch.Tensor,
+        attention_mask: torch.Tensor,
+        image_token_id: int = IMAGE_PLACEHOLDER,
+    ) -> torch.Tensor:
         """Cross-entropy on answer tokens with image slots filled by the shared encoder (spec §11.3).
 
         Args:
@@ -325,11 +354,13 @@ class Harmon(nn.Module):
         losses = {}
         for name, sub in batch.items():
             if "text2image" in name:
-                losses[f"loss_{name}"] = self.text_to_image_loss(sub["pixels"], sub["input_ids"],
-                                                                 sub["attention_mask"], generator=generator)
+                losses[f"loss_{name}"] = self.text_to_image_loss(
+                    sub["pixels"], sub["input_ids"], sub["attention_mask"], generator=generator
+                )
             elif "image2text" in name:
-                losses[f"loss_{name}"] = self.image_to_text_loss(sub.get("pixels"), sub["input_ids"], sub["labels"],
-                                                                 sub["attention_mask"])
+                losses[f"loss_{name}"] = self.image_to_text_loss(
+                    sub.get("pixels"), sub["input_ids"], sub["labels"], sub["attention_mask"]
+                )
             else:
                 raise ValueError(f"batch source {name!r} names neither text2image nor image2text")
         return losses

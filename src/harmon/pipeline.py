@@ -30,8 +30,15 @@ WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 # Attention heads are not visible in weight shapes; these are the MAR sizes (width -> heads) of the releases.
 MAR_HEADS_BY_WIDTH = {768: 12, 1024: 16, 1280: 16}
-_LLM_BOOKKEEPING = ("architectures", "transformers_version", "torch_dtype", "dtype", "_name_or_path",
-                    "model_type", "use_cache")
+_LLM_BOOKKEEPING = (
+    "architectures",
+    "transformers_version",
+    "torch_dtype",
+    "dtype",
+    "_name_or_path",
+    "model_type",
+    "use_cache",
+)
 
 
 def default_device() -> torch.device:
@@ -46,8 +53,9 @@ def default_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
-def build_empty_model(config: HarmonConfig, device: torch.device | str = "cpu",
-                      dtype: torch.dtype = torch.float32) -> Harmon:
+def build_empty_model(
+    config: HarmonConfig, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+) -> Harmon:
     """Build the module tree without spending time on random init (weights are uninitialised memory).
 
     Non-persistent buffers (the LLM's rotary frequencies) are recomputed; every parameter must then be loaded.
@@ -60,8 +68,9 @@ def build_empty_model(config: HarmonConfig, device: torch.device | str = "cpu",
     return model
 
 
-def load_harmon_weights(model: Harmon, state_dict: dict[str, torch.Tensor], source: str,
-                        include_vae: bool, skip: tuple[str, ...] = ()) -> None:
+def load_harmon_weights(
+    model: Harmon, state_dict: dict[str, torch.Tensor], source: str, include_vae: bool, skip: tuple[str, ...] = ()
+) -> None:
     """Strictly load Harmon weights (official names). ``llm.lm_head.weight`` may be present or absent.
 
     Parameters named ``skip*`` are neither expected nor loaded (they keep the model's own values).
@@ -76,8 +85,10 @@ def load_harmon_weights(model: Harmon, state_dict: dict[str, torch.Tensor], sour
         head = state_dict.pop("llm.lm_head.weight")
         embed = state_dict["llm.model.embed_tokens.weight"]
         if head.data_ptr() != embed.data_ptr() and not torch.equal(head, embed):
-            logger.warning("%s: llm.lm_head.weight differs from the token embedding; the model ties them and "
-                           "keeps the embedding", source)
+            logger.warning(
+                "%s: llm.lm_head.weight differs from the token embedding; the model ties them and keeps the embedding",
+                source,
+            )
     with torch.no_grad():
         own = model.state_dict()
         for name, value in state_dict.items():
@@ -95,7 +106,7 @@ def infer_mar_config(sd: dict[str, torch.Tensor]) -> MARConfig:
         width = sd["mar.diffloss.net.input_proj.weight"].shape[0]
     except KeyError as err:
         raise ValueError(f"not a Harmon checkpoint: key {err} is missing") from err
-    grid = int(round(n_diff**0.5))
+    grid = round(n_diff**0.5)
 
     def depth(prefix: str) -> int:
         return len({k.split(".")[2] for k in sd if k.startswith(prefix)})
@@ -105,10 +116,18 @@ def infer_mar_config(sd: dict[str, torch.Tensor]) -> MARConfig:
     class_num = sd["mar.class_emb.weight"].shape[0] if "mar.class_emb.weight" in sd else 0
     diff_depth = len({k.split(".")[4] for k in sd if k.startswith("mar.diffloss.net.res_blocks.")})
     return MARConfig(
-        token_dim=token_dim, encoder_dim=enc_dim, encoder_depth=depth("mar.encoder_blocks."),
-        encoder_heads=MAR_HEADS_BY_WIDTH[enc_dim], decoder_dim=dec_dim, decoder_depth=depth("mar.decoder_blocks."),
-        decoder_heads=MAR_HEADS_BY_WIDTH[dec_dim], buffer_size=n_tab - n_diff, grid_size=grid, class_num=class_num,
-        diffloss=DiffLossConfig(target_channels=token_dim, z_channels=dec_dim, width=width, depth=diff_depth))
+        token_dim=token_dim,
+        encoder_dim=enc_dim,
+        encoder_depth=depth("mar.encoder_blocks."),
+        encoder_heads=MAR_HEADS_BY_WIDTH[enc_dim],
+        decoder_dim=dec_dim,
+        decoder_depth=depth("mar.decoder_blocks."),
+        decoder_heads=MAR_HEADS_BY_WIDTH[dec_dim],
+        buffer_size=n_tab - n_diff,
+        grid_size=grid,
+        class_num=class_num,
+        diffloss=DiffLossConfig(target_channels=token_dim, z_channels=dec_dim, width=width, depth=diff_depth),
+    )
 
 
 def _resolve(device, dtype) -> tuple[torch.device, torch.dtype]:
@@ -133,9 +152,15 @@ class HarmonPipeline:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_official(cls, checkpoint: str | Path, vae: str | Path, llm: str | Path,
-                      device: torch.device | str | None = None, dtype: torch.dtype | None = None,
-                      vae_config: VAEConfig | None = None) -> "HarmonPipeline":
+    def from_official(
+        cls,
+        checkpoint: str | Path,
+        vae: str | Path,
+        llm: str | Path,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        vae_config: VAEConfig | None = None,
+    ) -> HarmonPipeline:
         """Load released Harmon weights.
 
         Args:
@@ -148,8 +173,7 @@ class HarmonPipeline:
         llm = Path(llm)
         if not (llm / "config.json").is_file():
             raise FileNotFoundError(f"no config.json in the LLM folder {llm}")
-        llm_cfg = {k: v for k, v in json.loads((llm / "config.json").read_text()).items()
-                   if k not in _LLM_BOOKKEEPING}
+        llm_cfg = {k: v for k, v in json.loads((llm / "config.json").read_text()).items() if k not in _LLM_BOOKKEEPING}
         sd = read_weights(checkpoint)
         config = HarmonConfig(llm=llm_cfg, mar=infer_mar_config(sd), vae=vae_config or VAEConfig())
         model = build_empty_model(config, device, dtype)
@@ -159,8 +183,9 @@ class HarmonPipeline:
         return cls(model, load_tokenizer(llm, config.image_token))
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, device: torch.device | str | None = None,
-                        dtype: torch.dtype | None = None) -> "HarmonPipeline":
+    def from_pretrained(
+        cls, path: str | Path, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> HarmonPipeline:
         """Load our own format: config.json + model.safetensors + tokenizer files."""
         path = Path(path)
         if not (path / CONFIG_NAME).is_file() or not (path / WEIGHTS_NAME).is_file():
@@ -185,12 +210,17 @@ class HarmonPipeline:
         if dtype is not None:
             sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}
         save_safetensors(sd, path / WEIGHTS_NAME, metadata={"format": FORMAT_NAME})
-        (path / CONFIG_NAME).write_text(json.dumps(
-            {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **self.config.to_dict()}, indent=2,
-            sort_keys=True) + "\n")
+        (path / CONFIG_NAME).write_text(
+            json.dumps(
+                {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **self.config.to_dict()},
+                indent=2,
+                sort_keys=True,
+            )
+            + "\n"
+        )
         self.tokenizer.save_pretrained(str(path))
 
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "HarmonPipeline":
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> HarmonPipeline:
         self.model.to(device=device, dtype=dtype)
         self.model.reset_rotary_buffers()
         return self
@@ -206,13 +236,24 @@ class HarmonPipeline:
 
     # ------------------------------------------------------------------ generation
     @torch.no_grad()
-    def generate(self, prompt: str | Sequence[str], *, num_images_per_prompt: int = 1,
-                 image_size: int | None = None, num_iter: int | None = None, guidance_scale: float | None = None,
-                 cfg_schedule: str | None = None, temperature: float | None = None,
-                 num_sampling_steps: str | int | None = None, x0_clip: float | None = None,
-                 diffusion_steps_final: int | None = None, preset: str | None = None,
-                 generator: torch.Generator | None = None, compile: bool = False,
-                 output_type: str = "pil") -> list[Image.Image] | torch.Tensor:
+    def generate(
+        self,
+        prompt: str | Sequence[str],
+        *,
+        num_images_per_prompt: int = 1,
+        image_size: int | None = None,
+        num_iter: int | None = None,
+        guidance_scale: float | None = None,
+        cfg_schedule: str | None = None,
+        temperature: float | None = None,
+        num_sampling_steps: str | int | None = None,
+        x0_clip: float | None = None,
+        diffusion_steps_final: int | None = None,
+        preset: str | None = None,
+        generator: torch.Generator | None = None,
+        compile: bool = False,
+        output_type: str = "pil",
+    ) -> list[Image.Image] | torch.Tensor:
         """Draw images for one prompt or several.
 
         Settings left as None take the model's recorded defaults (``config.generation``), adjusted by ``preset``
@@ -239,9 +280,13 @@ class HarmonPipeline:
             from harmon.sampling import preset_settings
 
             # the preset scales the settings in force (explicit ones, else the defaults); explicit ones still win
-            picked = preset_settings(preset, d.num_iter if num_iter is None else num_iter,
-                                     d.num_sampling_steps if num_sampling_steps is None else str(num_sampling_steps),
-                                     scale_iter=num_iter is None, scale_steps=num_sampling_steps is None)
+            picked = preset_settings(
+                preset,
+                d.num_iter if num_iter is None else num_iter,
+                d.num_sampling_steps if num_sampling_steps is None else str(num_sampling_steps),
+                scale_iter=num_iter is None,
+                scale_steps=num_sampling_steps is None,
+            )
             d = replace(d, **{k: v for k, v in picked.items() if k != "diffusion_steps_final"})
             if diffusion_steps_final is None:
                 diffusion_steps_final = picked.get("diffusion_steps_final")  # type: ignore[assignment]
@@ -251,23 +296,27 @@ class HarmonPipeline:
             cfg_schedule=d.cfg_schedule if cfg_schedule is None else cfg_schedule,
             temperature=d.temperature if temperature is None else temperature,
             num_sampling_steps=str(num_sampling_steps if num_sampling_steps is not None else d.num_sampling_steps),
-            x0_clip=d.x0_clip if x0_clip is None else x0_clip, diffusion_steps_final=diffusion_steps_final)
+            x0_clip=d.x0_clip if x0_clip is None else x0_clip,
+            diffusion_steps_final=diffusion_steps_final,
+        )
         size = d.image_size if image_size is None else image_size
         grid = self.model.grid_for(size)
         cond = [generation_prompt(p) for p in prompts for _ in range(num_images_per_prompt)]
         texts = cond + [unconditional_prompt()] * len(cond) if settings.guidance_scale != 1.0 else cond
         input_ids, mask = self._tokenize(texts)
         with packed_linears(self.model):  # CPU float32: weights packed once per call (harmon.cpu_linear)
-            tokens = generate_tokens(self.model, input_ids, mask, grid, settings, generator=generator,
-                                     compile=compile)  # (N, L, C)
+            tokens = generate_tokens(
+                self.model, input_ids, mask, grid, settings, generator=generator, compile=compile
+            )  # (N, L, C)
         if output_type == "latent":
             return tokens.transpose(1, 2).reshape(tokens.shape[0], -1, *grid)
         pixels = self.model.decode_tokens(tokens, grid)  # (N, 3, H, W)
         return pixels if output_type == "pt" else tensor_to_pil(pixels)
 
     # ------------------------------------------------------------------ understanding
-    def understanding_inputs(self, image: Image.Image | str | Path, question: str,
-                             image_size: int | None = None) -> torch.Tensor:
+    def understanding_inputs(
+        self, image: Image.Image | str | Path, question: str, image_size: int | None = None
+    ) -> torch.Tensor:
         """Prompt embeddings with the image slots filled by the shared encoder: (1, N, H_llm)."""
         if not isinstance(question, str) or not question.strip():
             raise ValueError("question must be a non-empty string")
@@ -289,23 +338,41 @@ class HarmonPipeline:
         ids_after = self.tokenizer(after, add_special_tokens=False).input_ids
         embed = self.model.embed_text
         dev = self.device
-        parts = [embed(torch.tensor([ids_before], device=dev)), z_enc.to(self.model.dtype),
-                 embed(torch.tensor([ids_after], device=dev))]
+        parts = [
+            embed(torch.tensor([ids_before], device=dev)),
+            z_enc.to(self.model.dtype),
+            embed(torch.tensor([ids_after], device=dev)),
+        ]
         return torch.cat(parts, dim=1)
 
     @torch.no_grad()
-    def describe(self, image_or_path: Image.Image | str | Path, question: str = "Describe the image in detail.", *,
-                 max_new_tokens: int | None = None, do_sample: bool = False, temperature: float = 1.0,
-                 top_p: float = 1.0, repetition_penalty: float = 1.0, generator: torch.Generator | None = None,
-                 image_size: int | None = None) -> str:
+    def describe(
+        self,
+        image_or_path: Image.Image | str | Path,
+        question: str = "Describe the image in detail.",
+        *,
+        max_new_tokens: int | None = None,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        repetition_penalty: float = 1.0,
+        generator: torch.Generator | None = None,
+        image_size: int | None = None,
+    ) -> str:
         """Answer ``question`` about an image (spec §10). Greedy unless ``do_sample``."""
         # Plain layers: packed ones (harmon.cpu_linear) made prefill no faster even before the reorder was counted.
         embeds = self.understanding_inputs(image_or_path, question, image_size)
-        ids = decode_text(self.model, embeds,
-                          max_new_tokens=self.config.generation.max_new_tokens if max_new_tokens is None
-                          else max_new_tokens, eos_token_id=self.eos_token_id, do_sample=do_sample,
-                          temperature=temperature, top_p=top_p, repetition_penalty=repetition_penalty,
-                          generator=generator)
+        ids = decode_text(
+            self.model,
+            embeds,
+            max_new_tokens=self.config.generation.max_new_tokens if max_new_tokens is None else max_new_tokens,
+            eos_token_id=self.eos_token_id,
+            do_sample=do_sample,
+            temperature=temperature,
+            top_p=top_p,
+            repetition_penalty=repetition_penalty,
+            generator=generator,
+        )
         if ids and ids[-1] == self.eos_token_id:
             ids = ids[:-1]
         return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
@@ -313,4 +380,3 @@ class HarmonPipeline:
     def __repr__(self) -> str:  # pragma: no cover - cosmetic
         n = sum(p.numel() for p in self.model.parameters())
         return f"HarmonPipeline({n / 1e6:.1f}M params, device={self.device}, dtype={self.model.dtype})"
-

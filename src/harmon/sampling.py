@@ -34,8 +34,10 @@ class SamplingSettings:
             if self.diffusion_steps_final < 1:
                 raise ValueError(f"diffusion_steps_final must be >= 1, got {self.diffusion_steps_final}")
             if not str(self.num_sampling_steps or "").isdigit():
-                raise ValueError("annealed diffusion steps need num_sampling_steps as one number (e.g. '100'), "
-                                 f"got {self.num_sampling_steps!r}")
+                raise ValueError(
+                    "annealed diffusion steps need num_sampling_steps as one number (e.g. '100'), "
+                    f"got {self.num_sampling_steps!r}"
+                )
         if self.num_iter < 1:
             raise ValueError(f"num_iter must be >= 1, got {self.num_iter}")
         if self.guidance_scale < 1.0:
@@ -89,8 +91,9 @@ PRESETS: dict[str, dict[str, float]] = {
 }
 
 
-def preset_settings(name: str, num_iter: int, num_sampling_steps: str, scale_iter: bool = True,
-                    scale_steps: bool = True) -> dict[str, int | str | None]:
+def preset_settings(
+    name: str, num_iter: int, num_sampling_steps: str, scale_iter: bool = True, scale_steps: bool = True
+) -> dict[str, int | str | None]:
     """Settings of preset ``name`` from base settings ``num_iter`` and ``num_sampling_steps``.
 
     ``scale_iter`` / ``scale_steps`` False keep that base value as it is (a setting the user gave explicitly);
@@ -121,9 +124,17 @@ def step_guidance(settings: SamplingSettings, seq_len: int, n_next: int) -> floa
 
 
 @torch.no_grad()
-def generate_tokens(model: Harmon, input_ids: torch.Tensor, attention_mask: torch.Tensor, grid: tuple[int, int],
-                    settings: SamplingSettings, generator: torch.Generator | None = None,
-                    use_cache: bool = True, dedupe: bool = True, compile: bool = False) -> torch.Tensor:
+def generate_tokens(
+    model: Harmon,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    grid: tuple[int, int],
+    settings: SamplingSettings,
+    generator: torch.Generator | None = None,
+    use_cache: bool = True,
+    dedupe: bool = True,
+    compile: bool = False,
+) -> torch.Tensor:
     """Sample latent tokens by masked autoregression (spec §9.2).
 
     Args:
@@ -159,9 +170,15 @@ def generate_tokens(model: Harmon, input_ids: torch.Tensor, attention_mask: torc
     masked = seq_len
     total = len(mask_schedule(seq_len, settings.num_iter))
     for step in range(settings.num_iter):
-        x_enc = model.forward_mae_encoder(tokens, mask, grid, attention_mask,
-                                          input_ids=None if use_cache else input_ids, cache=cache,
-                                          shared_halves=use_cfg and dedupe)
+        x_enc = model.forward_mae_encoder(
+            tokens,
+            mask,
+            grid,
+            attention_mask,
+            input_ids=None if use_cache else input_ids,
+            cache=cache,
+            shared_halves=use_cfg and dedupe,
+        )
         z = model.mar.forward_decoder(x_enc, mask, grid)  # (R, L, Dd)
         n_next = next_mask_len(step, settings.num_iter, seq_len, masked)
         last = step == settings.num_iter - 1 or n_next >= masked
@@ -175,9 +192,15 @@ def generate_tokens(model: Harmon, input_ids: torch.Tensor, attention_mask: torc
         scale = step_guidance(settings, seq_len, n_next)
         if use_cfg and scale == 1.0:
             z_sel = z_sel[: z_sel.shape[0] // 2]
-        new = model.mar.diffloss.sample(z_sel, temperature=settings.temperature, cfg=scale if use_cfg else 1.0,
-                                        generator=generator, num_steps=diffusion_steps(settings, step, total),
-                                        x0_clip=settings.x0_clip, compile=compile)
+        new = model.mar.diffloss.sample(
+            z_sel,
+            temperature=settings.temperature,
+            cfg=scale if use_cfg else 1.0,
+            generator=generator,
+            num_steps=diffusion_steps(settings, step, total),
+            x0_clip=settings.x0_clip,
+            compile=compile,
+        )
         half = tokens[:n_img]
         half[to_predict[:n_img]] = new.to(dtype)
         if use_cfg:
@@ -197,9 +220,18 @@ def _apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty:
 
 
 @torch.no_grad()
-def decode_text(model: Harmon, inputs_embeds: torch.Tensor, *, max_new_tokens: int, eos_token_id: int,
-                do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
-                repetition_penalty: float = 1.0, generator: torch.Generator | None = None) -> list[int]:
+def decode_text(
+    model: Harmon,
+    inputs_embeds: torch.Tensor,
+    *,
+    max_new_tokens: int,
+    eos_token_id: int,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    repetition_penalty: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> list[int]:
     """Autoregressive decoding after a prefix of embeddings (one sequence), with a KV cache.
 
     Greedy by default; with ``do_sample`` draws from softmax(logits / temperature), nucleus ``top_p``, using

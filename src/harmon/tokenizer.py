@@ -36,8 +36,9 @@ def ensure_special_tokens(tok: PreTrainedTokenizerFast, image_token: str = "<ima
     return tok
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int = 512, image_token: str = "<image>",
-                    min_frequency: int = 1) -> PreTrainedTokenizerFast:
+def train_tokenizer(
+    texts: Iterable[str], vocab_size: int = 512, image_token: str = "<image>", min_frequency: int = 1
+) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE tokenizer (Qwen-style: no BOS, ChatML specials, ``<image>``) on ``texts``.
 
     Byte-level means any string is encodable; whole words of a small world's vocabulary become single tokens.
@@ -48,9 +49,15 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 512, image_token: st
     tk = Tokenizer(models.BPE())
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tk.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=specials,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tk.train_from_iterator(texts, trainer=trainer)
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token=IM_END, pad_token=END_OF_TEXT,
-                                  additional_special_tokens=[IM_START, image_token])
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk, eos_token=IM_END, pad_token=END_OF_TEXT, additional_special_tokens=[IM_START, image_token]
+    )
     return ensure_special_tokens(tok, image_token)

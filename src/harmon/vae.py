@@ -28,14 +28,14 @@ from torch import nn
 from harmon import rng
 
 __all__ = [
-    "VAEConfig",
-    "ResnetBlock",
     "AttnBlock",
-    "Downsample",
-    "Upsample",
-    "Encoder",
-    "Decoder",
     "AutoencoderKL",
+    "Decoder",
+    "Downsample",
+    "Encoder",
+    "ResnetBlock",
+    "Upsample",
+    "VAEConfig",
     "vae_loss",
 ]
 
@@ -64,8 +64,16 @@ class VAEConfig:
         # Accept lists (e.g. from JSON) but store tuples so the config stays hashable and immutable.
         object.__setattr__(self, "ch_mult", tuple(self.ch_mult))
         object.__setattr__(self, "attn_resolutions", tuple(self.attn_resolutions))
-        for name in ("in_channels", "out_channels", "ch", "num_res_blocks", "resolution", "z_channels",
-                     "embed_dim", "norm_groups"):
+        for name in (
+            "in_channels",
+            "out_channels",
+            "ch",
+            "num_res_blocks",
+            "resolution",
+            "z_channels",
+            "embed_dim",
+            "norm_groups",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"VAEConfig.{name} must be a positive int, got {value!r}")
@@ -106,7 +114,7 @@ class VAEConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "VAEConfig":
+    def from_dict(cls, d: dict[str, Any]) -> VAEConfig:
         """Inverse of `to_dict`; unknown keys raise ValueError naming them."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
@@ -308,9 +316,7 @@ class AutoencoderKL(nn.Module):
         if c != self.config.in_channels:
             raise ValueError(f"pixels have {c} channels, expected in_channels = {self.config.in_channels}")
         if height % self.stride != 0 or width % self.stride != 0:
-            raise ValueError(
-                f"image size {height}x{width} (HxW) is not a multiple of the VAE stride {self.stride}"
-            )
+            raise ValueError(f"image size {height}x{width} (HxW) is not a multiple of the VAE stride {self.stride}")
 
     def _check_latents(self, z: torch.Tensor) -> None:
         if z.ndim != 4 or z.shape[1] != self.config.embed_dim:

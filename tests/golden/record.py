@@ -89,9 +89,18 @@ def training_losses(output_dir: Path) -> list[float]:
     from harmon.train.trainer import Trainer
 
     cfg = get_recipe("shapes_stage2")
-    overrides = [f"model.pretrained={shipped_model_path()}", f"output_dir={output_dir}", f"max_steps={TRAIN_STEPS}",
-                 "data.0.batch_size=4", "data.1.batch_size=2", "data.2.batch_size=2", "save_every=0",
-                 "sample_every=0", "eval_every=0", "log_every=1"]
+    overrides = [
+        f"model.pretrained={shipped_model_path()}",
+        f"output_dir={output_dir}",
+        f"max_steps={TRAIN_STEPS}",
+        "data.0.batch_size=4",
+        "data.1.batch_size=2",
+        "data.2.batch_size=2",
+        "save_every=0",
+        "sample_every=0",
+        "eval_every=0",
+        "log_every=1",
+    ]
     cfg = apply_overrides(cfg, overrides)
     history = Trainer(cfg, device="cpu").run(resume="none")
     return [h["loss"] for h in history]
@@ -105,8 +114,9 @@ def main() -> None:
     for prompt, seed, data in generations():
         name = f"generate_seed{seed}.png"
         (HERE / name).write_bytes(data)
-        record["generate"].append({"prompt": prompt, "seed": seed, "file": name,
-                                   "sha256": hashlib.sha256(data).hexdigest()})
+        record["generate"].append(
+            {"prompt": prompt, "seed": seed, "file": name, "sha256": hashlib.sha256(data).hexdigest()}
+        )
     with tempfile.TemporaryDirectory() as tmp:
         losses = training_losses(Path(tmp) / "run")
     assert len(losses) == TRAIN_STEPS and all(math.isfinite(x) for x in losses), losses

@@ -49,8 +49,9 @@ class StandaloneVAE:
 
 
 @torch.no_grad()
-def codec_round_trip(pipe, scenes: int = 16, seed: int = 0, image_size: int | None = None,
-                     batch_size: int = 32) -> dict[str, Any]:
+def codec_round_trip(
+    pipe, scenes: int = 16, seed: int = 0, image_size: int | None = None, batch_size: int = 32
+) -> dict[str, Any]:
     """Per (colour, shape) pair: the share of ``scenes`` one-object scenes that decode back to exactly that object.
 
     Returns ``pairs`` (one dict per pair: ``color``, ``shape``, ``held_out``, ``recovered`` (share), ``read_as``
@@ -73,7 +74,7 @@ def codec_round_trip(pipe, scenes: int = 16, seed: int = 0, image_size: int | No
         drawn = [place_content([(color, shape)], g, world) for _ in range(scenes)]
         recovered, read_as = 0, {}
         for i in range(0, scenes, batch_size):
-            chunk = drawn[i:i + batch_size]
+            chunk = drawn[i : i + batch_size]
             pixels = torch.stack([pil_to_tensor(render(s, world)) for s in chunk]).to(pipe.device)
             back = tensor_to_pil(model.decode_tokens(model.encode_images(pixels), grid))
             for image in back:
@@ -83,15 +84,28 @@ def codec_round_trip(pipe, scenes: int = 16, seed: int = 0, image_size: int | No
                 else:
                     key = ", ".join(f"{c} {s}" for c, s in found) or "nothing"
                     read_as[key] = read_as.get(key, 0) + 1
-        rows.append({"color": color, "shape": shape, "held_out": world.is_held_out(color, shape),
-                     "recovered": recovered / scenes, "read_as": dict(sorted(read_as.items(), key=lambda kv: -kv[1]))})
+        rows.append(
+            {
+                "color": color,
+                "shape": shape,
+                "held_out": world.is_held_out(color, shape),
+                "recovered": recovered / scenes,
+                "read_as": dict(sorted(read_as.items(), key=lambda kv: -kv[1])),
+            }
+        )
 
     def mean(flag: bool) -> float | None:
         vals = [r["recovered"] for r in rows if r["held_out"] == flag]
         return sum(vals) / len(vals) if vals else None
 
-    return {"pairs": rows, "seen": mean(False), "held_out": mean(True), "scenes": scenes, "seed": seed,
-            "image_size": size}
+    return {
+        "pairs": rows,
+        "seen": mean(False),
+        "held_out": mean(True),
+        "scenes": scenes,
+        "seed": seed,
+        "image_size": size,
+    }
 
 
 def format_codec_table(result: dict[str, Any]) -> str:
@@ -99,10 +113,13 @@ def format_codec_table(result: dict[str, Any]) -> str:
     lines = ["| pair | held out | recovered | read as, on failures |", "|---|---|---|---|"]
     for r in result["pairs"]:
         failures = "; ".join(f"{k} ×{v}" for k, v in r["read_as"].items()) or "-"
-        lines.append(f"| {r['color']} {r['shape']} | {'yes' if r['held_out'] else ''} | {r['recovered']:.0%} | "
-                     f"{failures} |")
+        lines.append(
+            f"| {r['color']} {r['shape']} | {'yes' if r['held_out'] else ''} | {r['recovered']:.0%} | {failures} |"
+        )
     held = "n/a" if result["held_out"] is None else f"{result['held_out']:.1%}"
-    lines.append(f"\none-object scenes at {result['image_size']} px, {result['scenes']} per pair, seed "
-                 f"{result['seed']}: recovered exactly after encode -> decode: seen pairs {result['seen']:.1%}, "
-                 f"held-out pairs {held}")
+    lines.append(
+        f"\none-object scenes at {result['image_size']} px, {result['scenes']} per pair, seed "
+        f"{result['seed']}: recovered exactly after encode -> decode: seen pairs {result['seen']:.1%}, "
+        f"held-out pairs {held}"
+    )
     return "\n".join(lines)

@@ -15,8 +15,14 @@ import torch
 
 
 @torch.no_grad()
-def context_curve(pipe, n_images: int = 64, visible: tuple[int, ...] | None = None, repeats: int = 3,
-                  seed: int = 0, image_size: int | None = None) -> dict[str, Any]:
+def context_curve(
+    pipe,
+    n_images: int = 64,
+    visible: tuple[int, ...] | None = None,
+    repeats: int = 3,
+    seed: int = 0,
+    image_size: int | None = None,
+) -> dict[str, Any]:
     """Mean text-to-image loss on shapes-world pairs with exactly ``v`` tokens visible, for each ``v``.
 
     Returns {"visible": [...], "loss": [...], "shuffled_text_loss": float at 0 visible} — the last compares the
@@ -34,8 +40,10 @@ def context_curve(pipe, n_images: int = 64, visible: tuple[int, ...] | None = No
     visible = visible if visible is not None else tuple(sorted({0, seq // 4, seq // 2, 3 * seq // 4, seq - 1}))
     proc = Text2ImageProcessor(pipe.tokenizer, size, cfg_drop_prob=0.0)
     world = WorldConfig(image_size=size)
-    batch = collate_text2image([proc(shapes_record("text2image", 900_000 + seed * 10_000 + i, config=world))
-                                for i in range(n_images)], _pad_id(pipe.tokenizer))
+    batch = collate_text2image(
+        [proc(shapes_record("text2image", 900_000 + seed * 10_000 + i, config=world)) for i in range(n_images)],
+        _pad_id(pipe.tokenizer),
+    )
     was_training = model.training
     model.eval()
     tokens = model.encode_images(batch["pixels"].to(model.device))
@@ -51,8 +59,15 @@ def context_curve(pipe, n_images: int = 64, visible: tuple[int, ...] | None = No
     return {"visible": list(visible), "loss": curve, "shuffled_text_loss": shuffled}
 
 
-def teacher_forced_loss(model, tokens: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                        grid: tuple[int, int], visible: int, seeds: list[int]) -> float:
+def teacher_forced_loss(
+    model,
+    tokens: torch.Tensor,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    grid: tuple[int, int],
+    visible: int,
+    seeds: list[int],
+) -> float:
     """Mean text-to-image loss of ``tokens`` (B, L, C) with ``visible`` of them known, one draw per seed.
 
     Each seed draws the random orders (which tokens are visible), the timesteps and the noise, so calls with the same

@@ -34,8 +34,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -59,8 +60,17 @@ class ConceptProbe:
     ``accuracy`` is measured on the held-out share of the fitting images (None when nothing was held out).
     """
 
-    def __init__(self, concept: str, weight: torch.Tensor, bias: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
-                 image_size: int, accuracy: float | None, n_train: int) -> None:
+    def __init__(
+        self,
+        concept: str,
+        weight: torch.Tensor,
+        bias: torch.Tensor,
+        mean: torch.Tensor,
+        std: torch.Tensor,
+        image_size: int,
+        accuracy: float | None,
+        n_train: int,
+    ) -> None:
         self.concept, self.image_size, self.accuracy, self.n_train = concept, image_size, accuracy, n_train
         self.weight, self.bias, self.mean, self.std = weight, bias, mean, std
 
@@ -79,13 +89,21 @@ class ConceptProbe:
 
         from harmon.checkpoint import save_safetensors
 
-        meta = {"format": "harmon-concept-probe", "concept": self.concept, "image_size": str(self.image_size),
-                "accuracy": json.dumps(self.accuracy), "n_train": str(self.n_train)}
-        save_safetensors({"weight": self.weight, "bias": self.bias.reshape(1), "mean": self.mean, "std": self.std},
-                         path, metadata=meta)
+        meta = {
+            "format": "harmon-concept-probe",
+            "concept": self.concept,
+            "image_size": str(self.image_size),
+            "accuracy": json.dumps(self.accuracy),
+            "n_train": str(self.n_train),
+        }
+        save_safetensors(
+            {"weight": self.weight, "bias": self.bias.reshape(1), "mean": self.mean, "std": self.std},
+            path,
+            metadata=meta,
+        )
 
     @classmethod
-    def load(cls, path: str | Path) -> "ConceptProbe":
+    def load(cls, path: str | Path) -> ConceptProbe:
         """Read a probe written by :meth:`save`; a file of another kind is refused by name."""
         import json
 
@@ -97,20 +115,38 @@ class ConceptProbe:
         try:
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
         except Exception as err:  # safetensors raises its own error types for a file that is not safetensors
             raise ValueError(f"cannot read probe {path}: {err}") from err
         missing = [k for k in ("weight", "bias", "mean", "std") if k not in tensors]
         if meta.get("format") != "harmon-concept-probe" or missing:
-            raise ValueError(f"{path} is not a concept probe written by ConceptProbe.save"
-                             + (f" (missing tensors: {', '.join(missing)})" if missing else ""))
-        return cls(meta["concept"], tensors["weight"], tensors["bias"].reshape(()), tensors["mean"], tensors["std"],
-                   int(meta["image_size"]), json.loads(meta["accuracy"]), int(meta["n_train"]))
+            raise ValueError(
+                f"{path} is not a concept probe written by ConceptProbe.save"
+                + (f" (missing tensors: {', '.join(missing)})" if missing else "")
+            )
+        return cls(
+            meta["concept"],
+            tensors["weight"],
+            tensors["bias"].reshape(()),
+            tensors["mean"],
+            tensors["std"],
+            int(meta["image_size"]),
+            json.loads(meta["accuracy"]),
+            int(meta["n_train"]),
+        )
 
     @classmethod
-    def fit(cls, pipe: HarmonPipeline, images: Sequence[Image.Image | str | Path], labels: Sequence[bool | int],
-            concept: str, image_size: int | None = None, held_out: float = 0.25, weight_decay: float = 1e-3,
-            generator: torch.Generator | None = None) -> "ConceptProbe":
+    def fit(
+        cls,
+        pipe: HarmonPipeline,
+        images: Sequence[Image.Image | str | Path],
+        labels: Sequence[bool | int],
+        concept: str,
+        image_size: int | None = None,
+        held_out: float = 0.25,
+        weight_decay: float = 1e-3,
+        generator: torch.Generator | None = None,
+    ) -> ConceptProbe:
         """Fit on ``images`` (PIL images or paths) with ``labels`` (1 = the concept is in the image).
 
         A random ``held_out`` share (drawn through ``generator``) is kept back to measure the accuracy.
@@ -122,12 +158,14 @@ class ConceptProbe:
         y = torch.tensor([float(bool(v)) for v in labels])
         size = image_size or pipe.config.generation.understanding_image_size
         order = torch.randperm(len(y), generator=generator or torch.Generator().manual_seed(0))
-        n_test = int(math.floor(len(y) * held_out))
+        n_test = math.floor(len(y) * held_out)
         train, test = order[n_test:], order[:n_test]
         positives = int(y[train].sum())
         if positives < 2 or len(train) - positives < 2:
-            raise ValueError(f"the probe for {concept!r} needs at least 2 training images with the concept and 2 "
-                             f"without, got {positives} with and {len(train) - positives} without")
+            raise ValueError(
+                f"the probe for {concept!r} needs at least 2 training images with the concept and 2 "
+                f"without, got {positives} with and {len(train) - positives} without"
+            )
         x = _pooled_encoder_features(pipe, images, size)
         mean, std = x[train].mean(0), x[train].std(0).clamp_min(1e-6)
         x = (x - mean) / std
@@ -147,8 +185,9 @@ class ConceptProbe:
         return cls(concept, w, b, mean, std, size, accuracy, len(train))
 
     @classmethod
-    def for_world(cls, pipe: HarmonPipeline, concept: str, scenes: int = 2000, seed: int = 1,
-                  world: Any = None) -> "ConceptProbe":
+    def for_world(
+        cls, pipe: HarmonPipeline, concept: str, scenes: int = 2000, seed: int = 1, world: Any = None
+    ) -> ConceptProbe:
         """Fit on ``scenes`` random shapes-world scenes (seed ``seed``) labelled exactly by
         :func:`world_concept_labels`; a quarter is held out for the accuracy."""
         from harmon.world import WorldConfig, render, sample_scene
@@ -158,8 +197,14 @@ class ConceptProbe:
         g = torch.Generator().manual_seed(seed)
         drawn = [sample_scene(g, world) for _ in range(scenes)]
         labels = world_concept_labels(concept, drawn, world)
-        return cls.fit(pipe, [render(s, world) for s in drawn], labels, concept, image_size=size,
-                       generator=torch.Generator().manual_seed(seed))
+        return cls.fit(
+            pipe,
+            [render(s, world) for s in drawn],
+            labels,
+            concept,
+            image_size=size,
+            generator=torch.Generator().manual_seed(seed),
+        )
 
 
 def world_concept_labels(concept: str, scenes: Sequence[Any], world: Any) -> list[bool]:
@@ -174,26 +219,32 @@ def world_concept_labels(concept: str, scenes: Sequence[Any], world: Any) -> lis
         else:
             unknown.append(word)
     if unknown or not (shapes or colors) or len(shapes) > 1 or len(colors) > 1:
-        raise ValueError(f"{concept!r} is not a shapes-world concept: give a shape ({', '.join(world.shapes)}), a "
-                         f"colour ({', '.join(world.color_names)}) or a colour and a shape")
+        raise ValueError(
+            f"{concept!r} is not a shapes-world concept: give a shape ({', '.join(world.shapes)}), a "
+            f"colour ({', '.join(world.color_names)}) or a colour and a shape"
+        )
     shape, color = (shapes or [None])[0], (colors or [None])[0]
-    return [any((shape is None or o.shape == shape) and (color is None or o.color == color) for o in s.objects)
-            for s in scenes]
+    return [
+        any((shape is None or o.shape == shape) and (color is None or o.color == color) for o in s.objects)
+        for s in scenes
+    ]
 
 
 @torch.no_grad()
-def _pooled_encoder_features(pipe: HarmonPipeline, images: Sequence[Image.Image | str | Path], size: int,
-                             batch_size: int = 64) -> torch.Tensor:
+def _pooled_encoder_features(
+    pipe: HarmonPipeline, images: Sequence[Image.Image | str | Path], size: int, batch_size: int = 64
+) -> torch.Tensor:
     """(N, D) mean over the image-token rows of the MAR encoder output, all tokens visible."""
     nb, out = pipe.model.buffer_size, []
     for i in range(0, len(images), batch_size):
-        rows = _encoder_output(pipe, _image_tokens(pipe, images[i:i + batch_size], size), size)[:, nb:]
+        rows = _encoder_output(pipe, _image_tokens(pipe, images[i : i + batch_size], size), size)[:, nb:]
         out.append(rows.float().mean(dim=1).cpu())
     return torch.cat(out)
 
 
-def _score_fn(pipe: HarmonPipeline, concept: str, question: str | None, probe: ConceptProbe | None,
-              size: int) -> Callable[[torch.Tensor], torch.Tensor]:
+def _score_fn(
+    pipe: HarmonPipeline, concept: str, question: str | None, probe: ConceptProbe | None, size: int
+) -> Callable[[torch.Tensor], torch.Tensor]:
     """The scalar being explained, as a function of the encoder output (1, buffers + L, D)."""
     nb = pipe.model.buffer_size
     if probe is None:
@@ -208,9 +259,15 @@ def _score_fn(pipe: HarmonPipeline, concept: str, question: str | None, probe: C
     return lambda x_enc: probe.logit(x_enc[0, nb:])
 
 
-def gradcam_plus_plus(pipe: HarmonPipeline, image: Image.Image | str | Path, concept: str,
-                      question: str | None = None, image_size: int | None = None,
-                      upsample: str = "nearest", probe: ConceptProbe | None = None) -> np.ndarray:
+def gradcam_plus_plus(
+    pipe: HarmonPipeline,
+    image: Image.Image | str | Path,
+    concept: str,
+    question: str | None = None,
+    image_size: int | None = None,
+    upsample: str = "nearest",
+    probe: ConceptProbe | None = None,
+) -> np.ndarray:
     """Heat map (H, W) in [0, 1] over the image pixels for ``concept`` (e.g. "circle").
 
     ``probe``: explain this :class:`ConceptProbe`'s logit; without one, the LLM's "Yes"/"No" log-odds to
@@ -243,10 +300,17 @@ def gradcam_plus_plus(pipe: HarmonPipeline, image: Image.Image | str | Path, con
     return _to_image_frame(cam, grid, size, image, upsample)
 
 
-def integrated_gradients(pipe: HarmonPipeline, image: Image.Image | str | Path, concept: str,
-                         question: str | None = None, image_size: int | None = None, upsample: str = "nearest",
-                         steps: int = 16, baseline_color: tuple[int, int, int] = (255, 255, 255),
-                         probe: ConceptProbe | None = None) -> np.ndarray:
+def integrated_gradients(
+    pipe: HarmonPipeline,
+    image: Image.Image | str | Path,
+    concept: str,
+    question: str | None = None,
+    image_size: int | None = None,
+    upsample: str = "nearest",
+    steps: int = 16,
+    baseline_color: tuple[int, int, int] = (255, 255, 255),
+    probe: ConceptProbe | None = None,
+) -> np.ndarray:
     """Heat map (H, W) in [0, 1]: each image token's positive integrated-gradients attribution (see
     :func:`token_attributions`), upsampled to the caller's image."""
     _check_upsample(upsample)
@@ -257,10 +321,16 @@ def integrated_gradients(pipe: HarmonPipeline, image: Image.Image | str | Path, 
     return _to_image_frame(F.relu(attribution), pipe.model.grid_for(size), size, image, upsample)
 
 
-def token_attributions(pipe: HarmonPipeline, image: Image.Image, concept: str, question: str | None = None,
-                       image_size: int | None = None, steps: int = 16,
-                       baseline_color: tuple[int, int, int] = (255, 255, 255),
-                       probe: ConceptProbe | None = None) -> tuple[torch.Tensor, float]:
+def token_attributions(
+    pipe: HarmonPipeline,
+    image: Image.Image,
+    concept: str,
+    question: str | None = None,
+    image_size: int | None = None,
+    steps: int = 16,
+    baseline_color: tuple[int, int, int] = (255, 255, 255),
+    probe: ConceptProbe | None = None,
+) -> tuple[torch.Tensor, float]:
     """Integrated gradients of the score (the "Yes"/"No" log-odds, or ``probe``'s logit) with respect to the latent
     tokens, summed over channels.
 
@@ -318,8 +388,9 @@ def _yes_no_score(pipe: HarmonPipeline, question: str, x_enc: torch.Tensor) -> t
     return logits[_answer_ids(pipe, "Yes")] - logits[_answer_ids(pipe, "No")]
 
 
-def _to_image_frame(cam: torch.Tensor, grid: tuple[int, int], size: int, image: Image.Image,
-                    upsample: str) -> np.ndarray:
+def _to_image_frame(
+    cam: torch.Tensor, grid: tuple[int, int], size: int, image: Image.Image, upsample: str
+) -> np.ndarray:
     """Per-token values (L,) -> a map over the caller's image, normalised to a maximum of 1."""
     cam = cam.reshape(1, 1, *grid)
     kw = {"align_corners": False} if upsample == "bilinear" else {}
@@ -330,15 +401,21 @@ def _to_image_frame(cam: torch.Tensor, grid: tuple[int, int], size: int, image: 
     side = max(w, h)
     cam = F.interpolate(cam[None, None], size=(side, side), mode=upsample, **kw)[0, 0]
     left, top = (side - w) // 2, (side - h) // 2
-    return cam[top:top + h, left:left + w].cpu().numpy()
+    return cam[top : top + h, left : left + w].cpu().numpy()
 
 
 def overlay(image: Image.Image, cam: np.ndarray, alpha: float = 0.5) -> Image.Image:
     """Blend a jet-like colour map of ``cam`` (H, W in [0, 1]) over the image."""
     image = image.convert("RGB")
     c = np.clip(cam, 0, 1)
-    heat = np.stack([np.clip(1.5 - np.abs(4 * c - 3), 0, 1), np.clip(1.5 - np.abs(4 * c - 2), 0, 1),
-                     np.clip(1.5 - np.abs(4 * c - 1), 0, 1)], axis=-1)  # blue -> cyan -> yellow -> red
+    heat = np.stack(
+        [
+            np.clip(1.5 - np.abs(4 * c - 3), 0, 1),
+            np.clip(1.5 - np.abs(4 * c - 2), 0, 1),
+            np.clip(1.5 - np.abs(4 * c - 1), 0, 1),
+        ],
+        axis=-1,
+    )  # blue -> cyan -> yellow -> red
     base = np.asarray(image, dtype=np.float32) / 255.0
     out = (1 - alpha) * base + alpha * heat
     return Image.fromarray((np.clip(out, 0, 1) * 255).astype(np.uint8), "RGB")
@@ -353,9 +430,16 @@ def heat_inside(cam: np.ndarray, boxes: list[tuple[int, int, int, int]]) -> floa
     return float(cam[inside].sum()) / total if total > 0 else 0.0
 
 
-def localisation(pipe: HarmonPipeline, method: str = "gradcam++", target: str = "probe", scenes: int = 30,
-                 seed: int = 0, probe_scenes: int = 2000, probe_seed: int = 1,
-                 probes: dict[str, ConceptProbe] | None = None) -> dict[str, Any]:
+def localisation(
+    pipe: HarmonPipeline,
+    method: str = "gradcam++",
+    target: str = "probe",
+    scenes: int = 30,
+    seed: int = 0,
+    probe_scenes: int = 2000,
+    probe_seed: int = 1,
+    probes: dict[str, ConceptProbe] | None = None,
+) -> dict[str, Any]:
     """How much heat a map puts on the asked shape, over ``scenes`` random shapes-world scenes (seed ``seed``).
 
     For every (scene, shape present) case the concept is the bare shape ("circle"), and the share of the map's heat
@@ -395,16 +479,25 @@ def localisation(pipe: HarmonPipeline, method: str = "gradcam++", target: str = 
             if target == "answer":
                 said_yes.append(_answer_log_odds(pipe, image, f"Is there a {shape} in the image?") > 0)
     result: dict[str, Any] = {
-        "method": method, "target": target, "scenes": scenes, "seed": seed, "cases": len(inside),
-        "heat_inside": float(np.mean(inside)), "boxes_share": float(np.mean(chance)),
+        "method": method,
+        "target": target,
+        "scenes": scenes,
+        "seed": seed,
+        "cases": len(inside),
+        "heat_inside": float(np.mean(inside)),
+        "boxes_share": float(np.mean(chance)),
         "above_share": float(np.mean(np.asarray(inside) > np.asarray(chance))),
-        "seconds": round(time.perf_counter() - t0, 1)}
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
     result["ratio"] = result["heat_inside"] / result["boxes_share"]
     result["by_shape"] = {
-        shape: {"cases": sum(a == shape for a in asked),
-                "heat_inside": float(np.mean([h for h, a in zip(inside, asked) if a == shape])),
-                "boxes_share": float(np.mean([c for c, a in zip(chance, asked) if a == shape]))}
-        for shape in sorted(set(asked))}
+        shape: {
+            "cases": sum(a == shape for a in asked),
+            "heat_inside": float(np.mean([h for h, a in zip(inside, asked) if a == shape])),
+            "boxes_share": float(np.mean([c for c, a in zip(chance, asked) if a == shape])),
+        }
+        for shape in sorted(set(asked))
+    }
     if target == "probe":
         result["probe_accuracy"] = {k: v.accuracy for k, v in sorted(probes.items())}
         result["probe_scenes"], result["probe_seed"] = probe_scenes, probe_seed
@@ -445,19 +538,27 @@ def encoder_locality(pipe: HarmonPipeline, scenes: int = 20, seed: int = 0) -> d
     mean = total / scenes
     n = mean.shape[0]
     off = (mean.sum() - mean.diagonal().sum()) / max(n * n - n, 1)
-    return {"jacobian": mean.tolist(), "own_vs_other": float(mean.diagonal().mean() / off) if n > 1 else float("inf"),
-            "scenes": scenes, "seed": seed}
+    return {
+        "jacobian": mean.tolist(),
+        "own_vs_other": float(mean.diagonal().mean() / off) if n > 1 else float("inf"),
+        "scenes": scenes,
+        "seed": seed,
+    }
 
 
 def format_localisation_table(rows: list[dict[str, Any]]) -> str:
     """Markdown table of :func:`localisation` results."""
-    lines = ["| method | explains | heat inside | x boxes' share | cases above it | by shape |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| method | explains | heat inside | x boxes' share | cases above it | by shape |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
         shapes = ", ".join(f"{k} {v['heat_inside']:.2f}" for k, v in r["by_shape"].items())
         explains = "concept probe" if r["target"] == "probe" else "LLM answer"
-        lines.append(f"| {r['method']} | {explains} | {r['heat_inside']:.3f} | {r['ratio']:.2f} | "
-                     f"{r['above_share']:.0%} | {shapes} |")
+        lines.append(
+            f"| {r['method']} | {explains} | {r['heat_inside']:.3f} | {r['ratio']:.2f} | "
+            f"{r['above_share']:.0%} | {shapes} |"
+        )
     return "\n".join(lines)
 
 
@@ -479,8 +580,10 @@ def demo_figure(pipe: HarmonPipeline, probes: dict[str, ConceptProbe], scale: in
     (bottom row)."""
     size = pipe.config.generation.understanding_image_size
     _, image = demo_scene(size)
-    tiles = [[image] + [overlay(image, gradcam_plus_plus(pipe, image, s, probe=probes[s])) for s in probes],
-             [image] + [overlay(image, gradcam_plus_plus(pipe, image, s)) for s in probes]]
+    tiles = [
+        [image] + [overlay(image, gradcam_plus_plus(pipe, image, s, probe=probes[s])) for s in probes],
+        [image] + [overlay(image, gradcam_plus_plus(pipe, image, s)) for s in probes],
+    ]
     side, gap = size * scale, 4
     sheet = Image.new("RGB", (len(tiles[0]) * (side + gap) - gap, 2 * (side + gap) - gap), (255, 255, 255))
     for r, row in enumerate(tiles):

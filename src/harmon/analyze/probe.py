@@ -64,7 +64,7 @@ def features(pipe, images: list, batch_size: int = 64) -> dict[str, torch.Tensor
     out: dict[str, list[torch.Tensor]] = {k: [] for k in FEATURES}
     nb = model.buffer_size
     for i in range(0, len(images), batch_size):
-        px = torch.stack([pil_to_tensor(im) for im in images[i:i + batch_size]]).to(pipe.device)
+        px = torch.stack([pil_to_tensor(im) for im in images[i : i + batch_size]]).to(pipe.device)
         grid = model.grid_for(px.shape[-1])
         tokens = model.encode_images(px)  # (B, L, C)
         mask = torch.zeros(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
@@ -76,8 +76,14 @@ def features(pipe, images: list, batch_size: int = 64) -> dict[str, torch.Tensor
     return {k: torch.cat(v) for k, v in out.items()}
 
 
-def fit_linear_probe(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor,
-                     weight_decay: float = 1e-3, steps: int = 100) -> float:
+def fit_linear_probe(
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    x_test: torch.Tensor,
+    y_test: torch.Tensor,
+    weight_decay: float = 1e-3,
+    steps: int = 100,
+) -> float:
     """Test accuracy of L2-regularised multinomial logistic regression fitted with L-BFGS."""
     mu, sd = x_train.mean(0), x_train.std(0).clamp_min(1e-6)
     x_train, x_test = (x_train - mu) / sd, (x_test - mu) / sd
@@ -97,8 +103,9 @@ def fit_linear_probe(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch
         return float(((x_test @ w + b).argmax(1) == y_test).float().mean())
 
 
-def run_probes(pipe, n_train: int = 1000, n_test: int = 500, seeds: tuple[int, ...] = (0, 1, 2),
-               world=None) -> dict[str, Any]:
+def run_probes(
+    pipe, n_train: int = 1000, n_test: int = 500, seeds: tuple[int, ...] = (0, 1, 2), world=None
+) -> dict[str, Any]:
     """Accuracy table {task: {feature: (mean, std)}} over ``seeds``."""
     from harmon.world import WorldConfig, render
 
@@ -112,17 +119,25 @@ def run_probes(pipe, n_train: int = 1000, n_test: int = 500, seeds: tuple[int, .
             keep = y >= 0
             feats = features(pipe, [render(s, world) for s, k in zip(scenes, keep) if k])
             y = torch.as_tensor(y[keep])
-            n_tr = int(math.floor(len(y) * n_train / (n_train + n_test)))
+            n_tr = math.floor(len(y) * n_train / (n_train + n_test))
             for name, x in feats.items():
                 acc[task][name].append(fit_linear_probe(x[:n_tr], y[:n_tr], x[n_tr:], y[n_tr:]))
     table = {t: {f: (float(np.mean(v)), float(np.std(v))) for f, v in d.items()} for t, d in acc.items()}
-    return {"accuracy": table, "seeds": list(seeds), "n_train": n_train, "n_test": n_test,
-            "seconds": time.perf_counter() - t0}
+    return {
+        "accuracy": table,
+        "seeds": list(seeds),
+        "n_train": n_train,
+        "n_test": n_test,
+        "seconds": time.perf_counter() - t0,
+    }
 
 
 def format_probe_table(result: dict[str, Any]) -> str:
     header = "| task | " + " | ".join(FEATURES) + " |\n|---|" + "---|" * len(FEATURES)
-    rows = [f"| {task} | " + " | ".join(f"{m:.3f} ± {s:.3f}" for m, s in (result["accuracy"][task][f]
-                                                                          for f in FEATURES)) + " |"
-            for task in TASKS]
+    rows = [
+        f"| {task} | "
+        + " | ".join(f"{m:.3f} ± {s:.3f}" for m, s in (result["accuracy"][task][f] for f in FEATURES))
+        + " |"
+        for task in TASKS
+    ]
     return "\n".join([header, *rows])

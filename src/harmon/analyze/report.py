@@ -45,12 +45,16 @@ def probe_verdict(result: dict[str, Any]) -> str:
     acc = result["accuracy"]
     wins_vae = [t for t in TASKS if compare(tuple(acc[t]["encoder_mean"]), tuple(acc[t]["vae"])) == "higher"]
     best = {t: max(FEATURES, key=lambda f: acc[t][f][0]) for t in TASKS}
-    lines = [f"- Mean-pooled encoder features beat VAE latents (beyond the error bars) on {len(wins_vae)} of "
-             f"{len(TASKS)} tasks ({', '.join(wins_vae) or 'none'}).",
-             "- Best feature per task: " + ", ".join(f"{t}: {best[t]}" for t in TASKS) + "."]
+    lines = [
+        f"- Mean-pooled encoder features beat VAE latents (beyond the error bars) on {len(wins_vae)} of "
+        f"{len(TASKS)} tasks ({', '.join(wins_vae) or 'none'}).",
+        "- Best feature per task: " + ", ".join(f"{t}: {best[t]}" for t in TASKS) + ".",
+    ]
     agree = len(wins_vae) > len(TASKS) / 2
-    lines.append(f"- The paper's claim (the MAR encoder's features carry more semantics than the VAE's) "
-                 f"{'holds' if agree else 'does not clearly hold'} at this scale.")
+    lines.append(
+        f"- The paper's claim (the MAR encoder's features carry more semantics than the VAE's) "
+        f"{'holds' if agree else 'does not clearly hold'} at this scale."
+    )
     return "\n".join(lines)
 
 
@@ -60,12 +64,16 @@ def synergy_verdict(study: dict[str, Any]) -> str:
         return "- Incomplete: both arms are needed for a verdict."
     joint, alone = tuple(s["joint"]["overall"]), tuple(s["t2i_only"]["overall"])
     outcome = compare(joint, alone)
-    text = {"higher": "improves generation: the paper's claim holds at this scale",
-            "lower": "hurts generation here: the paper's claim does not hold at this scale",
-            "tied": "makes no difference beyond the seed-to-seed spread: this run neither confirms nor refutes "
-                    "the paper's claim"}[outcome]
-    return (f"- Joint training {text} (overall {joint[0]:.3f} ± {joint[1]:.3f} with understanding data vs "
-            f"{alone[0]:.3f} ± {alone[1]:.3f} without, {s['joint']['n']} and {s['t2i_only']['n']} seeds).")
+    text = {
+        "higher": "improves generation: the paper's claim holds at this scale",
+        "lower": "hurts generation here: the paper's claim does not hold at this scale",
+        "tied": "makes no difference beyond the seed-to-seed spread: this run neither confirms nor refutes "
+        "the paper's claim",
+    }[outcome]
+    return (
+        f"- Joint training {text} (overall {joint[0]:.3f} ± {joint[1]:.3f} with understanding data vs "
+        f"{alone[0]:.3f} ± {alone[1]:.3f} without, {s['joint']['n']} and {s['t2i_only']['n']} seeds)."
+    )
 
 
 def localisation_verdict(result: dict[str, Any]) -> str:
@@ -73,15 +81,22 @@ def localisation_verdict(result: dict[str, Any]) -> str:
     lines = []
     for r in result["rows"]:
         what = "a linear concept probe on the frozen encoder" if r["target"] == "probe" else "the LLM's Yes/No answer"
-        where = ("falls on the asked shape (over 1.5x)" if r["ratio"] > 1.5
-                 else "stays under 1.5x: not counted as falling on the asked shape")
-        lines.append(f"- {r['method']} of {what}: {r['heat_inside']:.2f} of the heat inside the asked shape's boxes, "
-                     f"{r['ratio']:.2f}x their share of the image: the map {where}.")
+        where = (
+            "falls on the asked shape (over 1.5x)"
+            if r["ratio"] > 1.5
+            else "stays under 1.5x: not counted as falling on the asked shape"
+        )
+        lines.append(
+            f"- {r['method']} of {what}: {r['heat_inside']:.2f} of the heat inside the asked shape's boxes, "
+            f"{r['ratio']:.2f}x their share of the image: the map {where}."
+        )
     probe = [r for r in result["rows"] if r["target"] == "probe" and r["method"] == "gradcam++"]
     if probe:
         holds = probe[0]["ratio"] > 1.5
-        lines.append(f"- The paper's claim (the MAR encoder's features respond precisely to visual concepts) "
-                     f"{'holds' if holds else 'does not clearly hold'} at this scale, by GradCAM++ of a concept probe.")
+        lines.append(
+            f"- The paper's claim (the MAR encoder's features respond precisely to visual concepts) "
+            f"{'holds' if holds else 'does not clearly hold'} at this scale, by GradCAM++ of a concept probe."
+        )
     return "\n".join(lines)
 
 
@@ -119,8 +134,14 @@ def plot_synergy(study: dict[str, Any], path: Path) -> None:
     width = 0.8 / len(s)
     for i, (arm, row) in enumerate(s.items()):
         vals = [row["overall"], *(row["accuracy"][c] for c in cats[1:])]
-        ax.bar([k + i * width for k in range(len(cats))], [v[0] for v in vals], width,
-               yerr=[v[1] for v in vals], capsize=2, label=f"{arm} ({row['n']} seeds)")
+        ax.bar(
+            [k + i * width for k in range(len(cats))],
+            [v[0] for v in vals],
+            width,
+            yerr=[v[1] for v in vals],
+            capsize=2,
+            label=f"{arm} ({row['n']} seeds)",
+        )
         for seed_row in (r for k, r in study["runs"].items() if k.startswith(arm + "/")):  # each seed as a dot
             ax.scatter([i * width], [seed_row["overall"]], s=8, color="black", zorder=3)
     ax.set_xticks([k + width * (len(s) - 1) / 2 for k in range(len(cats))], cats, fontsize=7)
@@ -133,48 +154,80 @@ def plot_synergy(study: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(probe: dict[str, Any] | None, study: dict[str, Any] | None, out: Path,
-                 extra: str = "", localisation: dict[str, Any] | None = None) -> Path:
+def write_report(
+    probe: dict[str, Any] | None,
+    study: dict[str, Any] | None,
+    out: Path,
+    extra: str = "",
+    localisation: dict[str, Any] | None = None,
+) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     figs = out.parent / "results"
     figs.mkdir(exist_ok=True)
-    parts = ["# Results: the paper's findings at shapes-world scale", "",
-             "Regenerated by `python -m harmon.analyze.report` (see each section for the commands that made its "
-             f"inputs). Machine of this report: {_machine()}.", ""]
+    parts = [
+        "# Results: the paper's findings at shapes-world scale",
+        "",
+        "Regenerated by `python -m harmon.analyze.report` (see each section for the commands that made its "
+        f"inputs). Machine of this report: {_machine()}.",
+        "",
+    ]
     if extra:
         parts += [extra.strip(), ""]
     if probe is not None:
         plot_probe(probe, figs / "probe.png")
-        parts += ["## Linear probes: shared encoder vs VAE latents vs pixels", "",
-                  f"Model: `{probe.get('model', 'shipped shapes model')}`. Seeds {probe['seeds']}, "
-                  f"{probe['n_train']} training / {probe['n_test']} test scenes per task and seed, "
-                  f"{probe['seconds']:.0f} s. Command: `{probe.get('command', 'harmon analyze probe')}`.", "",
-                  format_probe_table(probe), "", probe_verdict(probe), "", "![probe](results/probe.png)", ""]
+        parts += [
+            "## Linear probes: shared encoder vs VAE latents vs pixels",
+            "",
+            f"Model: `{probe.get('model', 'shipped shapes model')}`. Seeds {probe['seeds']}, "
+            f"{probe['n_train']} training / {probe['n_test']} test scenes per task and seed, "
+            f"{probe['seconds']:.0f} s. Command: `{probe.get('command', 'harmon analyze probe')}`.",
+            "",
+            format_probe_table(probe),
+            "",
+            probe_verdict(probe),
+            "",
+            "![probe](results/probe.png)",
+            "",
+        ]
     if localisation is not None:
         from harmon.analyze.gradcam import format_localisation_table
 
         rows = localisation["rows"]
-        parts += ["## Concept response: where GradCAM++ puts a concept in the encoder's features", "",
-                  f"Model: `{localisation.get('model', 'shipped shapes model')}`. {rows[0]['scenes']} random scenes "
-                  f"(seed {rows[0]['seed']}), {rows[0]['cases']} (scene, shape present) cases; the concept is the bare "
-                  f"shape; a flat map scores the boxes' share of the image, {rows[0]['boxes_share']:.3f}. "
-                  f"{localisation.get('seconds', 0):.0f} s. Command: "
-                  f"`{localisation.get('command', 'harmon analyze localisation')}`.", "",
-                  format_localisation_table(rows), ""]
+        parts += [
+            "## Concept response: where GradCAM++ puts a concept in the encoder's features",
+            "",
+            f"Model: `{localisation.get('model', 'shipped shapes model')}`. {rows[0]['scenes']} random scenes "
+            f"(seed {rows[0]['seed']}), {rows[0]['cases']} (scene, shape present) cases; the concept is the bare "
+            f"shape; a flat map scores the boxes' share of the image, {rows[0]['boxes_share']:.3f}. "
+            f"{localisation.get('seconds', 0):.0f} s. Command: "
+            f"`{localisation.get('command', 'harmon analyze localisation')}`.",
+            "",
+            format_localisation_table(rows),
+            "",
+        ]
         probe_rows = [r for r in rows if "probe_accuracy" in r]
         if probe_rows:
             acc = ", ".join(f"{k} {v:.3f}" for k, v in probe_rows[0]["probe_accuracy"].items())
-            parts += [f"Probes fitted on {probe_rows[0]['probe_scenes']} other scenes (seed "
-                      f"{probe_rows[0]['probe_seed']}); held-out accuracy {acc}.", ""]
+            parts += [
+                f"Probes fitted on {probe_rows[0]['probe_scenes']} other scenes (seed "
+                f"{probe_rows[0]['probe_seed']}); held-out accuracy {acc}.",
+                "",
+            ]
         answered = [r["answered_yes"] for r in rows if "answered_yes" in r]
         if answered:
-            parts += [f'Asked "Is there a <shape> in the image?" of these scenes, the model answered "Yes" in '
-                      f"{answered[0]:.0%} of the cases, though the shape is always there.", ""]
+            parts += [
+                f'Asked "Is there a <shape> in the image?" of these scenes, the model answered "Yes" in '
+                f"{answered[0]:.0%} of the cases, though the shape is always there.",
+                "",
+            ]
         if "encoder_locality" in localisation:
             loc = localisation["encoder_locality"]
-            parts += [f"The encoder's output rows stay local: row i depends on its own input token "
-                      f"{loc['own_vs_other']:.1f}x as much as on any other (mean Jacobian norms, {loc['scenes']} "
-                      "scenes).", ""]
+            parts += [
+                f"The encoder's output rows stay local: row i depends on its own input token "
+                f"{loc['own_vs_other']:.1f}x as much as on any other (mean Jacobian norms, {loc['scenes']} "
+                "scenes).",
+                "",
+            ]
         parts += [localisation_verdict(localisation), ""]
         figure = localisation.get("figure")
         if figure and Path(figure).is_file():
@@ -182,19 +235,33 @@ def write_report(probe: dict[str, Any] | None, study: dict[str, Any] | None, out
 
             if Path(figure).resolve() != (figs / "gradcam.png").resolve():
                 shutil.copy(figure, figs / "gradcam.png")
-            parts += ["A fixed scene and each shape's GradCAM++ overlay (circle, square, triangle); top row: the "
-                      "concept probe, bottom row: the LLM's answer.", "", "![gradcam](results/gradcam.png)", ""]
+            parts += [
+                "A fixed scene and each shape's GradCAM++ overlay (circle, square, triangle); top row: the "
+                "concept probe, bottom row: the LLM's answer.",
+                "",
+                "![gradcam](results/gradcam.png)",
+                "",
+            ]
     if study is not None:
         plot_synergy(study, figs / "synergy.png")
         seconds = sum(r.get("train_seconds", 0) + r.get("eval_seconds", 0) for r in study["runs"].values())
-        parts += ["## Synergy: does understanding data help generation?", "",
-                  f"Every run starts from `{study['base']}` and trains {study['steps']} steps with the same "
-                  f"text-to-image stream (batch {study['t2i_batch']}, lr {study['lr']}); the joint arm adds "
-                  f"{study['und_batch']} question-answering conversations per step. Scored on "
-                  f"{study['n_prompts']} fresh prompts (eval seed {study['eval_seed']}, sampling "
-                  f"{study.get('settings') or 'model defaults'}). Wall time {seconds / 60:.0f} min. "
-                  f"Command: `{study.get('command', 'harmon analyze synergy')}`.", "",
-                  format_synergy_table(study), "", synergy_verdict(study), "", "![synergy](results/synergy.png)", ""]
+        parts += [
+            "## Synergy: does understanding data help generation?",
+            "",
+            f"Every run starts from `{study['base']}` and trains {study['steps']} steps with the same "
+            f"text-to-image stream (batch {study['t2i_batch']}, lr {study['lr']}); the joint arm adds "
+            f"{study['und_batch']} question-answering conversations per step. Scored on "
+            f"{study['n_prompts']} fresh prompts (eval seed {study['eval_seed']}, sampling "
+            f"{study.get('settings') or 'model defaults'}). Wall time {seconds / 60:.0f} min. "
+            f"Command: `{study.get('command', 'harmon analyze synergy')}`.",
+            "",
+            format_synergy_table(study),
+            "",
+            synergy_verdict(study),
+            "",
+            "![synergy](results/synergy.png)",
+            "",
+        ]
     out.write_text("\n".join(parts))
     return out
 

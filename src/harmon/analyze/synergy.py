@@ -24,8 +24,17 @@ from typing import Any
 ARMS = ("t2i_only", "joint")
 
 
-def synergy_config(arm: str, base: str | Path, out_dir: str | Path, seed: int, steps: int, t2i_batch: int = 32,
-                   und_batch: int = 8, lr: float = 3e-4, image_size: int = 64):
+def synergy_config(
+    arm: str,
+    base: str | Path,
+    out_dir: str | Path,
+    seed: int,
+    steps: int,
+    t2i_batch: int = 32,
+    und_batch: int = 8,
+    lr: float = 3e-4,
+    image_size: int = 64,
+):
     """The TrainConfig of one run of the study."""
     from harmon.train.config import ModelInit, OptimConfig, SourceConfig, TrainConfig
 
@@ -33,13 +42,24 @@ def synergy_config(arm: str, base: str | Path, out_dir: str | Path, seed: int, s
         raise ValueError(f"unknown arm {arm!r}; known: {ARMS}")
     data = [SourceConfig("text2image", "shapes", batch_size=t2i_batch, options={"task": "text2image"})]
     if arm == "joint":
-        data.append(SourceConfig("image2text_qa", "shapes", batch_size=und_batch,
-                                 options={"task": "qa", "max_text_length": 256}))
-    return TrainConfig(name=f"synergy_{arm}_s{seed}", output_dir=str(out_dir),
-                       model=ModelInit(preset=None, pretrained=str(base)), data=data, image_size=image_size,
-                       train_modules=("llm.", "mar.", "proj_in.", "proj_out."), max_steps=steps, seed=seed,
-                       optim=OptimConfig(lr=lr, warmup_ratio=0.02), log_every=max(1, steps // 10),
-                       save_every=max(1, steps // 2))
+        data.append(
+            SourceConfig(
+                "image2text_qa", "shapes", batch_size=und_batch, options={"task": "qa", "max_text_length": 256}
+            )
+        )
+    return TrainConfig(
+        name=f"synergy_{arm}_s{seed}",
+        output_dir=str(out_dir),
+        model=ModelInit(preset=None, pretrained=str(base)),
+        data=data,
+        image_size=image_size,
+        train_modules=("llm.", "mar.", "proj_in.", "proj_out."),
+        max_steps=steps,
+        seed=seed,
+        optim=OptimConfig(lr=lr, warmup_ratio=0.02),
+        log_every=max(1, steps // 10),
+        save_every=max(1, steps // 2),
+    )
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -47,9 +67,20 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def run_synergy(base: str | Path, out_dir: str | Path, seeds: tuple[int, ...] = (0, 1, 2), steps: int = 500,
-                n_prompts: int = 120, eval_seed: int = 0, device: str = "cpu", t2i_batch: int = 32,
-                und_batch: int = 8, lr: float = 3e-4, command: str | None = None, **settings: Any) -> dict[str, Any]:
+def run_synergy(
+    base: str | Path,
+    out_dir: str | Path,
+    seeds: tuple[int, ...] = (0, 1, 2),
+    steps: int = 500,
+    n_prompts: int = 120,
+    eval_seed: int = 0,
+    device: str = "cpu",
+    t2i_batch: int = 32,
+    und_batch: int = 8,
+    lr: float = 3e-4,
+    command: str | None = None,
+    **settings: Any,
+) -> dict[str, Any]:
     """Train and score every (arm, seed); returns (and writes to ``out_dir/synergy.json``) the whole study.
 
     ``command``: the command line that ran the study, recorded for the report (None leaves any recorded one).
@@ -62,8 +93,18 @@ def run_synergy(base: str | Path, out_dir: str | Path, seeds: tuple[int, ...] = 
     out.mkdir(parents=True, exist_ok=True)
     path = out / "synergy.json"
     study: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
-    study.update({"base": str(base), "steps": steps, "t2i_batch": t2i_batch, "und_batch": und_batch, "lr": lr,
-                  "n_prompts": n_prompts, "eval_seed": eval_seed, "settings": settings})
+    study.update(
+        {
+            "base": str(base),
+            "steps": steps,
+            "t2i_batch": t2i_batch,
+            "und_batch": und_batch,
+            "lr": lr,
+            "n_prompts": n_prompts,
+            "eval_seed": eval_seed,
+            "settings": settings,
+        }
+    )
     if command is not None:
         study["command"] = command
     runs = study.setdefault("runs", {})
@@ -73,18 +114,30 @@ def run_synergy(base: str | Path, out_dir: str | Path, seeds: tuple[int, ...] = 
             if key in runs:
                 continue
             run_dir = out / arm / f"seed{seed}"
-            cfg = synergy_config(arm, base, run_dir, seed, steps, t2i_batch, und_batch, lr,
-                                 image_size=int(settings.get("image_size") or 64))
+            cfg = synergy_config(
+                arm,
+                base,
+                run_dir,
+                seed,
+                steps,
+                t2i_batch,
+                und_batch,
+                lr,
+                image_size=int(settings.get("image_size") or 64),
+            )
             t = time.perf_counter()
             history = Trainer(cfg, device=device).run(resume="auto")
             train_seconds = time.perf_counter() - t
             pipe = HarmonPipeline.from_pretrained(run_dir / "final", device=device)
             t = time.perf_counter()
             scores, _, _ = generation_scores(pipe, n_prompts, seed=eval_seed, **settings)
-            runs[key] = {"overall": scores["overall"], "accuracy": scores["accuracy"],
-                         "final_t2i_loss": history[-1].get("loss_text2image") if history else None,
-                         "train_seconds": round(train_seconds, 1),
-                         "eval_seconds": round(time.perf_counter() - t, 1)}
+            runs[key] = {
+                "overall": scores["overall"],
+                "accuracy": scores["accuracy"],
+                "final_t2i_loss": history[-1].get("loss_text2image") if history else None,
+                "train_seconds": round(train_seconds, 1),
+                "eval_seconds": round(time.perf_counter() - t, 1),
+            }
             path.write_text(json.dumps(study, indent=2) + "\n")
     study["summary"] = summarize(study)
     path.write_text(json.dumps(study, indent=2) + "\n")
@@ -112,6 +165,7 @@ def format_synergy_table(study: dict[str, Any]) -> str:
     lines = ["| arm | seeds | overall | " + " | ".join(cats) + " |", "|---" * (len(cats) + 3) + "|"]
     for arm, s in summary.items():
         cells = [f"{m:.3f} ± {sd:.3f}" for m, sd in (s["accuracy"][c] for c in cats)]
-        lines.append(f"| {arm} | {s['n']} | {s['overall'][0]:.3f} ± {s['overall'][1]:.3f} | " + " | ".join(cells)
-                     + " |")
+        lines.append(
+            f"| {arm} | {s['n']} | {s['overall'][0]:.3f} ± {s['overall'][1]:.3f} | " + " | ".join(cells) + " |"
+        )
     return "\n".join(lines)

@@ -34,8 +34,9 @@ def _pair(attribute: str, word: str, other: str) -> tuple[str, str]:
 
 
 @torch.no_grad()
-def word_binding(pipe, attribute: str = "color", n_scenes: int = 24, repeats: int = 6, seed: int = 0,
-                 image_size: int | None = None) -> dict[str, Any]:
+def word_binding(
+    pipe, attribute: str = "color", n_scenes: int = 24, repeats: int = 6, seed: int = 0, image_size: int | None = None
+) -> dict[str, Any]:
     """Loss of each attribute word on images of each true value of that attribute, averaged over the other one.
 
     Returns a dict with ``words`` (the attribute's values), ``loss`` (true x word matrix, lists of floats; entry
@@ -79,8 +80,9 @@ def word_binding(pipe, attribute: str = "color", n_scenes: int = 24, repeats: in
             tokens = None
             for j, word in enumerate(words):
                 c, s = _pair(attribute, word, other)
-                batch = collate_text2image([proc({"kind": "text2image", "image": im, "caption": noun_phrase(s, c)})
-                                            for im in images], pad)
+                batch = collate_text2image(
+                    [proc({"kind": "text2image", "image": im, "caption": noun_phrase(s, c)}) for im in images], pad
+                )
                 if tokens is None:  # the same images under every word: encode them once
                     tokens = model.encode_images(batch["pixels"].to(model.device))
                 ids, am = batch["input_ids"].to(model.device), batch["attention_mask"].to(model.device)
@@ -92,10 +94,18 @@ def word_binding(pipe, attribute: str = "color", n_scenes: int = 24, repeats: in
     model.train(was_training)
     loss = sums / counts.clamp(min=1)[:, None]
     gap = loss - loss.diagonal()[:, None]
-    return {"attribute": attribute, "words": words, "loss": loss.tolist(), "gap": gap.tolist(),
-            "bound": [bool(counts[i] > 0 and int(loss[i].argmin()) == i) for i in range(len(words))],
-            "accuracy": wins / cases if cases else 0.0, "cases": cases, "n_scenes": n_scenes, "repeats": repeats,
-            "seed": seed}
+    return {
+        "attribute": attribute,
+        "words": words,
+        "loss": loss.tolist(),
+        "gap": gap.tolist(),
+        "bound": [bool(counts[i] > 0 and int(loss[i].argmin()) == i) for i in range(len(words))],
+        "accuracy": wins / cases if cases else 0.0,
+        "cases": cases,
+        "n_scenes": n_scenes,
+        "repeats": repeats,
+        "seed": seed,
+    }
 
 
 @torch.no_grad()
@@ -138,8 +148,13 @@ def colour_latent_distances(pipe, n_scenes: int = 32, seed: int = 0, image_size:
     words = list(world.color_names)
     off = d.masked_fill(torch.eye(len(words), dtype=torch.bool), float("inf"))
     i, j = divmod(int(off.argmin()), len(words))
-    return {"words": words, "distance": d.tolist(), "closest": [words[i], words[j], float(off[i, j])],
-            "n_scenes": n_scenes, "seed": seed}
+    return {
+        "words": words,
+        "distance": d.tolist(),
+        "closest": [words[i], words[j], float(off[i, j])],
+        "n_scenes": n_scenes,
+        "seed": seed,
+    }
 
 
 def format_distance_table(result: dict[str, Any]) -> str:
@@ -147,28 +162,37 @@ def format_distance_table(result: dict[str, Any]) -> str:
     lines = ["| colour | " + " | ".join(words) + " |", "|---" * (len(words) + 1) + "|"]
     lines += [f"| {w} | " + " | ".join(f"{x:.2f}" for x in result["distance"][i]) + " |" for i, w in enumerate(words)]
     a, b, dist = result["closest"]
-    lines.append(f"\ndistance between colour means of object tokens (unit-variance latents; {result['n_scenes']} "
-                 f"scenes per colour, seed {result['seed']}); closest: {a}-{b} {dist:.2f}")
+    lines.append(
+        f"\ndistance between colour means of object tokens (unit-variance latents; {result['n_scenes']} "
+        f"scenes per colour, seed {result['seed']}); closest: {a}-{b} {dist:.2f}"
+    )
     return "\n".join(lines)
 
 
 def format_word_table(result: dict[str, Any]) -> str:
     """Markdown table of the loss gaps (word's loss minus the true word's; rows = true value)."""
     words = result["words"]
-    lines = ["| true \\ prompt word | " + " | ".join(words) + " | bound |",
-             "|---" * (len(words) + 2) + "|"]
+    lines = ["| true \\ prompt word | " + " | ".join(words) + " | bound |", "|---" * (len(words) + 2) + "|"]
     for i, w in enumerate(words):
         cells = " | ".join(f"{g:+.4f}" for g in result["gap"][i])
         lines.append(f"| {w} | {cells} | {'yes' if result['bound'][i] else 'no'} |")
-    lines.append(f"\nloss gap = loss under the prompt word minus loss under the true word (> 0: the true word "
-                 f"wins); own word lowest in {result['accuracy']:.0%} of {result['cases']} cases "
-                 f"({result['n_scenes']} scenes x {result['repeats']} noise draws each, seed {result['seed']})")
+    lines.append(
+        f"\nloss gap = loss under the prompt word minus loss under the true word (> 0: the true word "
+        f"wins); own word lowest in {result['accuracy']:.0%} of {result['cases']} cases "
+        f"({result['n_scenes']} scenes x {result['repeats']} noise draws each, seed {result['seed']})"
+    )
     return "\n".join(lines)
 
 
 @torch.no_grad()
-def drawn_attributes(pipe, attribute: str = "color", images: int = 16, seed: int = 0, preset: str | None = None,
-                     guidance_scale: float | None = None) -> dict[str, Any]:
+def drawn_attributes(
+    pipe,
+    attribute: str = "color",
+    images: int = 16,
+    seed: int = 0,
+    preset: str | None = None,
+    guidance_scale: float | None = None,
+) -> dict[str, Any]:
     """What the generator actually draws for each attribute word: a confusion table, asked x drawn.
 
     For every allowed (colour, shape) pair, ``images`` images of the one-object prompt "a <colour> <shape>" are
@@ -198,8 +222,13 @@ def drawn_attributes(pipe, attribute: str = "color", images: int = 16, seed: int
             color, shape = _pair(attribute, word, other)
             if world.is_held_out(color, shape):
                 continue
-            drawn = pipe.generate(noun_phrase(shape, color), num_images_per_prompt=images, preset=preset,
-                                  guidance_scale=guidance_scale, generator=g)
+            drawn = pipe.generate(
+                noun_phrase(shape, color),
+                num_images_per_prompt=images,
+                preset=preset,
+                guidance_scale=guidance_scale,
+                generator=g,
+            )
             for image in drawn:
                 found = detect_objects(image, world)
                 if len(found) != 1:
@@ -209,9 +238,18 @@ def drawn_attributes(pipe, attribute: str = "color", images: int = 16, seed: int
                     col = columns.index(value)  # a palette colour, a world shape or "unknown"
                 counts[i][col] += 1
     accuracy = [row[i] / max(1, sum(row)) for i, row in enumerate(counts)]
-    return {"attribute": attribute, "words": words, "columns": columns, "counts": counts, "accuracy": accuracy,
-            "overall": sum(accuracy) / len(accuracy), "images": images, "seed": seed, "preset": preset,
-            "guidance_scale": guidance_scale}
+    return {
+        "attribute": attribute,
+        "words": words,
+        "columns": columns,
+        "counts": counts,
+        "accuracy": accuracy,
+        "overall": sum(accuracy) / len(accuracy),
+        "images": images,
+        "seed": seed,
+        "preset": preset,
+        "guidance_scale": guidance_scale,
+    }
 
 
 def format_drawn_table(result: dict[str, Any]) -> str:
@@ -219,10 +257,13 @@ def format_drawn_table(result: dict[str, Any]) -> str:
     cols = result["columns"]
     lines = ["| asked \\ drawn | " + " | ".join(cols) + " | right |", "|---" * (len(cols) + 2) + "|"]
     for i, w in enumerate(result["words"]):
-        lines.append(f"| {w} | " + " | ".join(str(c) for c in result["counts"][i])
-                     + f" | {result['accuracy'][i]:.0%} |")
+        lines.append(
+            f"| {w} | " + " | ".join(str(c) for c in result["counts"][i]) + f" | {result['accuracy'][i]:.0%} |"
+        )
     settings = ", ".join(f"{k} {result[k]}" for k in ("preset", "guidance_scale") if result[k] is not None)
-    lines.append(f"\none-object prompts, {result['images']} images per (colour, shape) pair, seed {result['seed']}"
-                 f"{'; ' + settings if settings else ' (model defaults)'}; drawn as asked: {result['overall']:.1%} "
-                 "(mean over words)")
+    lines.append(
+        f"\none-object prompts, {result['images']} images per (colour, shape) pair, seed {result['seed']}"
+        f"{'; ' + settings if settings else ' (model defaults)'}; drawn as asked: {result['overall']:.1%} "
+        "(mean over words)"
+    )
     return "\n".join(lines)

@@ -46,8 +46,9 @@ def _instruction_list(instructions: str | Sequence[str]) -> tuple[str, ...]:
     if instructions == "brief":
         return BRIEF_CAPTION_INSTRUCTIONS
     if isinstance(instructions, str) or not instructions or not all(isinstance(s, str) for s in instructions):
-        raise ValueError(f"instructions must be 'detailed', 'brief' or a non-empty list of strings, "
-                         f"got {instructions!r}")
+        raise ValueError(
+            f"instructions must be 'detailed', 'brief' or a non-empty list of strings, got {instructions!r}"
+        )
     return tuple(instructions)
 
 
@@ -87,9 +88,16 @@ class OfficialLayout:
     sample, not evaluated).
     """
 
-    def __init__(self, data_info: str | Path, image_folder: str | Path, cap_folder: str | Path | None = None,
-                 cap_key: str = "caption", kind: str = "text2image", instructions: str | Sequence[str] = "detailed",
-                 seed: int = 0) -> None:
+    def __init__(
+        self,
+        data_info: str | Path,
+        image_folder: str | Path,
+        cap_folder: str | Path | None = None,
+        cap_key: str = "caption",
+        kind: str = "text2image",
+        instructions: str | Sequence[str] = "detailed",
+        seed: int = 0,
+    ) -> None:
         self.kind = _check_kind(kind)
         self.image_folder = Path(image_folder)
         self.cap_folder = Path(cap_folder) if cap_folder is not None else self.image_folder
@@ -146,8 +154,14 @@ class JsonlManifest:
     Only line offsets are kept in memory; a line is parsed when its record is asked for.
     """
 
-    def __init__(self, path: str | Path, image_root: str | Path | None = None, kind: str | None = None,
-                 instructions: str | Sequence[str] = "detailed", seed: int = 0) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        image_root: str | Path | None = None,
+        kind: str | None = None,
+        instructions: str | Sequence[str] = "detailed",
+        seed: int = 0,
+    ) -> None:
         self.path = Path(path)
         self.image_root = Path(image_root) if image_root is not None else self.path.parent
         self.instructions = _instruction_list(instructions)
@@ -213,8 +227,9 @@ class LlavaConversations:
             usually read as two sources, ``with_image=True`` and ``with_image=False``.
     """
 
-    def __init__(self, path: str | Path, image_folder: str | Path | None = None,
-                 with_image: bool | None = None) -> None:
+    def __init__(
+        self, path: str | Path, image_folder: str | Path | None = None, with_image: bool | None = None
+    ) -> None:
         self.path = Path(path)
         self.image_folder = Path(image_folder) if image_folder is not None else self.path.parent
         self.entries = json.loads(self.path.read_text(encoding="utf-8"))
@@ -223,9 +238,14 @@ class LlavaConversations:
         if with_image is None:
             self._indices = None
         else:
-            self._indices = np.asarray([i for i, e in enumerate(self.entries)
-                                        if isinstance(e, dict) and (e.get("image") is not None) == with_image],
-                                       dtype=np.int64)
+            self._indices = np.asarray(
+                [
+                    i
+                    for i, e in enumerate(self.entries)
+                    if isinstance(e, dict) and (e.get("image") is not None) == with_image
+                ],
+                dtype=np.int64,
+            )
         self.kind = "image2text"
 
     def __len__(self) -> int:
@@ -284,7 +304,7 @@ def expand_braces(pattern: str) -> list[str]:
     m = _BRACE.search(pattern)
     if m is None:
         return [pattern]
-    body, head, tail = m.group(1), pattern[:m.start()], pattern[m.end():]
+    body, head, tail = m.group(1), pattern[: m.start()], pattern[m.end() :]
     rng = re.fullmatch(r"(\d+)\.\.(\d+)", body)
     if rng:
         lo, hi = rng.group(1), rng.group(2)
@@ -352,8 +372,14 @@ class WebDatasetShards:
 
     kind = "text2image"
 
-    def __init__(self, urls: str | Sequence[str], image_keys: Sequence[str] = ("jpg", "jpeg", "png", "webp"),
-                 caption_keys: Sequence[str] = ("txt", "caption", "json"), seed: int = 0, shuffle: bool = True) -> None:
+    def __init__(
+        self,
+        urls: str | Sequence[str],
+        image_keys: Sequence[str] = ("jpg", "jpeg", "png", "webp"),
+        caption_keys: Sequence[str] = ("txt", "caption", "json"),
+        seed: int = 0,
+        shuffle: bool = True,
+    ) -> None:
         self.shards = list_shards(urls)
         self.image_keys = tuple(k.lower() for k in image_keys)
         self.caption_keys = tuple(k.lower() for k in caption_keys)
@@ -420,13 +446,13 @@ class WebDatasetShards:
             raise BadSample(MALFORMED, f"{path}:{key}.{caption_ext}: {err}") from err
         if not isinstance(caption, str):
             raise BadSample(MALFORMED, f"{path}:{key}.{caption_ext} holds no caption")
-        return {"kind": "text2image", "image": image, "caption": caption.strip(),
-                "key": f"{Path(path).name}/{key}"}
+        return {"kind": "text2image", "image": image, "caption": caption.strip(), "key": f"{Path(path).name}/{key}"}
 
 
 def _raiser(err: BadSample) -> Callable[[], dict]:
     def fail() -> dict:
         raise err
+
     return fail
 
 
@@ -463,7 +489,8 @@ class ShardStream:
                 self.pass_index, self.consumed = p, n
                 yield item
             if n == 0:
-                raise RuntimeError(f"slot {self.slot} of {self.num_slots} gets no sample in pass {p} of "
-                                   f"{len(self.source.shards)} shards")
+                raise RuntimeError(
+                    f"slot {self.slot} of {self.num_slots} gets no sample in pass {p} of "
+                    f"{len(self.source.shards)} shards"
+                )
             p, skip = p + 1, 0
-

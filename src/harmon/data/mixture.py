@@ -106,8 +106,16 @@ def _keys(step: int, micro: int, accum_steps: int, generation: int, restart: dic
 class _MicroBatches(Dataset):
     """Builds one micro-batch {source: collated batch} from a key; runs in the main process or in a worker."""
 
-    def __init__(self, sources: list[SourceSpec], seed: int, rank: int, world_size: int, accum_steps: int,
-                 slots_per_rank: int, max_tries: int) -> None:
+    def __init__(
+        self,
+        sources: list[SourceSpec],
+        seed: int,
+        rank: int,
+        world_size: int,
+        accum_steps: int,
+        slots_per_rank: int,
+        max_tries: int,
+    ) -> None:
         self.sources, self.seed, self.rank, self.world_size = sources, seed, rank, world_size
         self.accum_steps, self.slots_per_rank, self.max_tries = accum_steps, slots_per_rank, max_tries
         self._perms: dict[str, OrderedDict[int, torch.Tensor]] = {s.name: OrderedDict() for s in sources}
@@ -164,8 +172,9 @@ class _MicroBatches(Dataset):
             except BadSample as e:
                 skipped.append((spec.name, e.reason, f"index {index}: {e.detail}"))
                 err = e
-        raise RuntimeError(f"source {spec.name!r}: {self.max_tries} bad samples in a row at stream position "
-                           f"{position} (last: {err})")
+        raise RuntimeError(
+            f"source {spec.name!r}: {self.max_tries} bad samples in a row at stream position {position} (last: {err})"
+        )
 
     # ---- streamed sources
     def _from_stream(self, spec: SourceSpec, key: _MicroKey, skipped: list) -> tuple[list[dict], int, tuple]:
@@ -182,15 +191,17 @@ class _MicroBatches(Dataset):
             try:
                 record = next(stream)
                 generator = torch.Generator().manual_seed(
-                    derive_seed(self.seed, spec.name, "slot", slot, *stream.position))
+                    derive_seed(self.seed, spec.name, "slot", slot, *stream.position)
+                )
                 samples.append(spec.processor(record, generator))
                 fails = 0
             except BadSample as e:
                 skipped.append((spec.name, e.reason, f"slot {slot} at {stream.position}: {e.detail}"))
                 fails += 1
                 if fails >= self.max_tries:
-                    raise RuntimeError(f"source {spec.name!r}: {self.max_tries} bad samples in a row in slot "
-                                       f"{slot} (last: {e})") from e
+                    raise RuntimeError(
+                        f"source {spec.name!r}: {self.max_tries} bad samples in a row in slot {slot} (last: {e})"
+                    ) from e
         return samples, slot, stream.position
 
 
@@ -229,9 +240,18 @@ class MixtureLoader:
     micro-batches prefetched by workers but not handed out are rebuilt, never lost.
     """
 
-    def __init__(self, sources: Sequence[SourceSpec], seed: int, rank: int = 0, world_size: int = 1,
-                 accum_steps: int = 1, num_workers: int = 0, start_step: int = 0, max_tries: int = 64,
-                 prefetch_factor: int = 2) -> None:
+    def __init__(
+        self,
+        sources: Sequence[SourceSpec],
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        accum_steps: int = 1,
+        num_workers: int = 0,
+        start_step: int = 0,
+        max_tries: int = 64,
+        prefetch_factor: int = 2,
+    ) -> None:
         self.sources = list(sources)
         names = [s.name for s in self.sources]
         if not self.sources or len(set(names)) != len(names):
@@ -239,13 +259,14 @@ class MixtureLoader:
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"need 0 <= rank < world_size, got rank {rank}, world_size {world_size}")
         if accum_steps < 1 or num_workers < 0 or start_step < 0 or max_tries < 1:
-            raise ValueError(f"bad accum_steps {accum_steps}, num_workers {num_workers}, start_step {start_step} "
-                             f"or max_tries {max_tries}")
+            raise ValueError(
+                f"bad accum_steps {accum_steps}, num_workers {num_workers}, start_step {start_step} "
+                f"or max_tries {max_tries}"
+            )
         self.seed, self.rank, self.world_size, self.accum_steps = seed, rank, world_size, accum_steps
         self.num_workers, self.prefetch_factor = num_workers, prefetch_factor
         self.slots_per_rank = max(1, num_workers)
-        self._builder = _MicroBatches(self.sources, seed, rank, world_size, accum_steps, self.slots_per_rank,
-                                      max_tries)
+        self._builder = _MicroBatches(self.sources, seed, rank, world_size, accum_steps, self.slots_per_rank, max_tries)
         self._step, self._micro = start_step, 0
         self._positions: dict[str, dict[int, tuple[int, int]]] = {s.name: {} for s in self.sources if s.streamed}
         self.skipped: dict[str, dict[str, int]] = {s.name: {} for s in self.sources}
@@ -268,8 +289,9 @@ class MixtureLoader:
         self._generation += 1
         restart = {name: dict(slots) for name, slots in self._positions.items()}
         if self.num_workers == 0:
-            results = map(self._builder.build,
-                          _keys(self._step, self._micro, self.accum_steps, self._generation, restart))
+            results = map(
+                self._builder.build, _keys(self._step, self._micro, self.accum_steps, self._generation, restart)
+            )
         else:
             self._sampler.start = (self._step, self._micro, self._generation, restart)
             results = iter(self._get_dataloader())
@@ -281,9 +303,15 @@ class MixtureLoader:
             # Rust tokenizers warn (and may deadlock) when used in forked workers after use in the parent.
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
             self._dataloader = DataLoader(
-                self._builder, batch_size=None, sampler=self._sampler, collate_fn=_identity,
-                num_workers=self.num_workers, persistent_workers=True, prefetch_factor=self.prefetch_factor,
-                generator=torch.Generator().manual_seed(self.seed))  # keeps the global RNG untouched
+                self._builder,
+                batch_size=None,
+                sampler=self._sampler,
+                collate_fn=_identity,
+                num_workers=self.num_workers,
+                persistent_workers=True,
+                prefetch_factor=self.prefetch_factor,
+                generator=torch.Generator().manual_seed(self.seed),
+            )  # keeps the global RNG untouched
         return self._dataloader
 
     def _accept(self, out: dict) -> dict[str, dict]:
@@ -294,8 +322,9 @@ class MixtureLoader:
             counts[reason] = counts.get(reason, 0) + 1
             if (name, reason) not in self._warned:
                 self._warned.add((name, reason))
-                logger.warning("source %s: skipping bad samples (%s), e.g. %s; counted in loader.skipped",
-                               name, reason, detail)
+                logger.warning(
+                    "source %s: skipping bad samples (%s), e.g. %s; counted in loader.skipped", name, reason, detail
+                )
         for name, (slot, pos) in out["positions"].items():
             self._positions[name][slot] = pos
         self._micro += 1
@@ -310,11 +339,15 @@ class MixtureLoader:
         "skipped" this rank's counts: to resume every rank, save each rank's dict, or merge the "positions" of all
         ranks (their slots are disjoint) and load the merged dict everywhere.
         """
-        return {"step": self._step, "micro": self._micro,
-                "positions": {name: {str(slot): list(pos) for slot, pos in slots.items()}
-                              for name, slots in self._positions.items()},
-                "skipped": copy.deepcopy(self.skipped),
-                "slots": self.world_size * self.slots_per_rank}
+        return {
+            "step": self._step,
+            "micro": self._micro,
+            "positions": {
+                name: {str(slot): list(pos) for slot, pos in slots.items()} for name, slots in self._positions.items()
+            },
+            "skipped": copy.deepcopy(self.skipped),
+            "slots": self.world_size * self.slots_per_rank,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         """Continue exactly where ``state`` was taken (call before iterating)."""
@@ -331,9 +364,14 @@ class MixtureLoader:
                 self._positions[name] = {s: pos for s, pos in slots.items() if s in own}
             else:
                 next_pass = max(p for p, _ in slots.values()) + 1
-                logger.warning("source %s: saved for %s stream slots, now %d; restarting its shards at pass %d",
-                               name, state.get("slots"), self.world_size * self.slots_per_rank, next_pass)
-                self._positions[name] = {s: (next_pass, 0) for s in own}
+                logger.warning(
+                    "source %s: saved for %s stream slots, now %d; restarting its shards at pass %d",
+                    name,
+                    state.get("slots"),
+                    self.world_size * self.slots_per_rank,
+                    next_pass,
+                )
+                self._positions[name] = dict.fromkeys(own, (next_pass, 0))
         self.skipped = {s.name: dict(state.get("skipped", {}).get(s.name, {})) for s in self.sources}
 
     def close(self) -> None:

@@ -113,8 +113,16 @@ class Text2ImageProcessor:
         min_side: smallest accepted image side in pixels.
     """
 
-    def __init__(self, tokenizer, image_size: int, max_length: int = 128, cfg_drop_prob: float = 0.1,
-                 crop: str = "random", min_side: int = 8, max_aspect: float = 10.0) -> None:
+    def __init__(
+        self,
+        tokenizer,
+        image_size: int,
+        max_length: int = 128,
+        cfg_drop_prob: float = 0.1,
+        crop: str = "random",
+        min_side: int = 8,
+        max_aspect: float = 10.0,
+    ) -> None:
         if image_size < 1:
             raise ValueError(f"image_size must be positive, got {image_size}")
         if not 0.0 <= cfg_drop_prob <= 1.0:
@@ -126,8 +134,9 @@ class Text2ImageProcessor:
         self.min_side, self.max_aspect = min_side, max_aspect
         self.pad_id = _pad_id(tokenizer)
         self._tail = _encode(tokenizer, CHAT_TEMPLATE.split("{input}")[1])  # <|im_end|>\n<|im_start|>assistant\n
-        shortest = max(len(_encode(tokenizer, chat(GENERATE_PREFIX + "x"))),
-                       len(_encode(tokenizer, chat(UNCONDITIONAL_PROMPT))))
+        shortest = max(
+            len(_encode(tokenizer, chat(GENERATE_PREFIX + "x"))), len(_encode(tokenizer, chat(UNCONDITIONAL_PROMPT)))
+        )
         if max_length < shortest:
             raise ValueError(f"max_length {max_length} cannot hold the chat template ({shortest} tokens)")
 
@@ -137,9 +146,9 @@ class Text2ImageProcessor:
         if len(ids) <= self.max_length:
             return ids
         tail = self._tail
-        if ids[-len(tail):] != tail:  # the special tokens split the text, so the tail tokenises on its own
+        if ids[-len(tail) :] != tail:  # the special tokens split the text, so the tail tokenises on its own
             raise AssertionError("the chat template tail did not tokenise on its own")
-        return ids[:self.max_length - len(tail)] + tail
+        return ids[: self.max_length - len(tail)] + tail
 
     def __call__(self, record: dict, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         _check_kind(record, "text2image")
@@ -156,8 +165,10 @@ class Text2ImageProcessor:
             image = _center_square_crop(image)
         image = image.resize((self.image_size, self.image_size), Image.Resampling.BICUBIC)
         text = UNCONDITIONAL_PROMPT if drop else GENERATE_PREFIX + caption.strip()
-        return {"pixels": pil_to_tensor(image),  # (3, S, S)
-                "input_ids": torch.tensor(self.encode_prompt(text), dtype=torch.long)}  # (T,)
+        return {
+            "pixels": pil_to_tensor(image),  # (3, S, S)
+            "input_ids": torch.tensor(self.encode_prompt(text), dtype=torch.long),
+        }  # (T,)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -179,12 +190,22 @@ class Image2TextProcessor:
             pass (the source must then be homogeneous, since a micro-batch cannot mix them).
     """
 
-    def __init__(self, tokenizer, image_size: int, image_tokens: int, max_text_length: int = 512,
-                 pad_to_square: bool = True, min_side: int = 16, max_aspect: float = 10.0,
-                 require_image: bool | None = True) -> None:
+    def __init__(
+        self,
+        tokenizer,
+        image_size: int,
+        image_tokens: int,
+        max_text_length: int = 512,
+        pad_to_square: bool = True,
+        min_side: int = 16,
+        max_aspect: float = 10.0,
+        require_image: bool | None = True,
+    ) -> None:
         if image_size < 1 or image_tokens < 1 or max_text_length < 1:
-            raise ValueError(f"image_size, image_tokens and max_text_length must be positive, got "
-                             f"{image_size}, {image_tokens}, {max_text_length}")
+            raise ValueError(
+                f"image_size, image_tokens and max_text_length must be positive, got "
+                f"{image_size}, {image_tokens}, {max_text_length}"
+            )
         self.tokenizer = tokenizer
         self.image_size, self.image_tokens, self.max_text_length = image_size, image_tokens, max_text_length
         self.max_length = image_tokens + max_text_length
@@ -240,8 +261,9 @@ class Image2TextProcessor:
             raise BadSample(MALFORMED, "no assistant turn to learn from")
         ids, labels = self.encode_conversation(conversation)  # text first: cheaper than decoding the image
         if len(ids) > self.max_length:
-            raise BadSample(TEXT_TOO_LONG, f"{len(ids)} tokens > {self.image_tokens} image + "
-                                           f"{self.max_text_length} text")
+            raise BadSample(
+                TEXT_TOO_LONG, f"{len(ids)} tokens > {self.image_tokens} image + {self.max_text_length} text"
+            )
         pixels = None
         if image is not None:
             im = open_image(image)
@@ -250,8 +272,11 @@ class Image2TextProcessor:
             im = expand_to_square(im) if self.pad_to_square else random_square_crop(im, generator)
             im = im.resize((self.image_size, self.image_size), Image.Resampling.BICUBIC)
             pixels = pil_to_tensor(im)  # (3, S, S)
-        return {"pixels": pixels, "input_ids": torch.tensor(ids, dtype=torch.long),
-                "labels": torch.tensor(labels, dtype=torch.long)}
+        return {
+            "pixels": pixels,
+            "input_ids": torch.tensor(ids, dtype=torch.long),
+            "labels": torch.tensor(labels, dtype=torch.long),
+        }
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -259,7 +284,7 @@ def pad_right(seqs: list[torch.Tensor], value: int) -> torch.Tensor:
     """1-D tensors -> (B, T_max), right-padded with ``value``."""
     out = torch.full((len(seqs), max(len(s) for s in seqs)), value, dtype=seqs[0].dtype)
     for i, s in enumerate(seqs):
-        out[i, :len(s)] = s
+        out[i, : len(s)] = s
     return out
 
 
@@ -271,8 +296,11 @@ def _mask(seqs: list[torch.Tensor]) -> torch.Tensor:
 def collate_text2image(samples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     """-> {"pixels": (B, 3, S, S), "input_ids": (B, T) right-padded with pad_id, "attention_mask": (B, T) bool}."""
     ids = [s["input_ids"] for s in samples]
-    return {"pixels": torch.stack([s["pixels"] for s in samples]),
-            "input_ids": pad_right(ids, pad_id), "attention_mask": _mask(ids)}
+    return {
+        "pixels": torch.stack([s["pixels"] for s in samples]),
+        "input_ids": pad_right(ids, pad_id),
+        "attention_mask": _mask(ids),
+    }
 
 
 def collate_image2text(samples: list[dict], pad_id: int) -> dict[str, torch.Tensor | None]:
@@ -283,9 +311,14 @@ def collate_image2text(samples: list[dict], pad_id: int) -> dict[str, torch.Tens
     """
     with_pixels = [s["pixels"] is not None for s in samples]
     if any(with_pixels) and not all(with_pixels):
-        raise ValueError(f"an image2text batch mixes {sum(with_pixels)} image samples with "
-                         f"{len(samples) - sum(with_pixels)} text-only ones")
+        raise ValueError(
+            f"an image2text batch mixes {sum(with_pixels)} image samples with "
+            f"{len(samples) - sum(with_pixels)} text-only ones"
+        )
     ids = [s["input_ids"] for s in samples]
-    return {"pixels": torch.stack([s["pixels"] for s in samples]) if all(with_pixels) else None,
-            "input_ids": pad_right(ids, pad_id), "labels": pad_right([s["labels"] for s in samples], IGNORE_INDEX),
-            "attention_mask": _mask(ids)}
+    return {
+        "pixels": torch.stack([s["pixels"] for s in samples]) if all(with_pixels) else None,
+        "input_ids": pad_right(ids, pad_id),
+        "labels": pad_right([s["labels"] for s in samples], IGNORE_INDEX),
+        "attention_mask": _mask(ids),
+    }

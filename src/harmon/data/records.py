@@ -65,8 +65,9 @@ def normalise_conversation(turns, has_image: bool) -> list[dict[str, str]]:
         role = turn.get("role", turn.get("from"))
         content = turn.get("content", turn.get("value"))
         if role not in _ROLES or not isinstance(content, str):
-            raise BadSample(MALFORMED, f"conversation turn with role {role!r} and content of type "
-                                       f"{type(content).__name__}")
+            raise BadSample(
+                MALFORMED, f"conversation turn with role {role!r} and content of type {type(content).__name__}"
+            )
         out.append({"role": _ROLES[role], "content": content})
     if has_image and not any(IMAGE_TOKEN in t["content"] for t in out):
         first_user = next((t for t in out if t["role"] == "user"), None)
@@ -78,5 +79,7 @@ def normalise_conversation(turns, has_image: bool) -> list[dict[str, str]]:
 
 def caption_conversation(caption: str, instruction: str) -> list[dict[str, str]]:
     """A captioning conversation: the user asks ``instruction`` about the image, the assistant answers ``caption``."""
-    return [{"role": "user", "content": f"{IMAGE_TOKEN}\n{instruction}"},
-            {"role": "assistant", "content": caption.strip()}]
+    return [
+        {"role": "user", "content": f"{IMAGE_TOKEN}\n{instruction}"},
+        {"role": "assistant", "content": caption.strip()},
+    ]

@@ -130,8 +130,9 @@ def read_records(path: str | Path) -> list[Record]:
     return read_jsonl(path)
 
 
-def field(record: Record, names: str | Sequence[str], path: str | Path, *, required: bool = True,
-          default: Any = None) -> Any:
+def field(
+    record: Record, names: str | Sequence[str], path: str | Path, *, required: bool = True, default: Any = None
+) -> Any:
     """The first of ``names`` present (and not empty) in ``record``; FormatError naming the line when required."""
     names = (names,) if isinstance(names, str) else tuple(names)
     for name in names:
@@ -197,8 +198,9 @@ def load_image_field(ref: str, roots: Iterable[str | Path], where_: str) -> Imag
     if image is not None:
         return image
     shown = ref if len(ref) <= 80 else ref[:77] + "..."
-    raise FileNotFoundError(f"{where_}: image {shown!r} is neither a file under {[str(r) for r in roots]} "
-                            "nor base64 image data")
+    raise FileNotFoundError(
+        f"{where_}: image {shown!r} is neither a file under {[str(r) for r in roots]} nor base64 image data"
+    )
 
 
 _BASE64_HEAD = re.compile(r"(data:image/[\w.+-]+;base64,)?[A-Za-z0-9+/]{32,}")
@@ -314,8 +316,9 @@ def clean_answer(text: str) -> str:
     return " ".join(text.split())
 
 
-def answer_all(pipe: Any, items: Sequence[Record], prompt: Callable[[Record], str], label: str,
-               max_new_tokens: int | None = None) -> list[str]:
+def answer_all(
+    pipe: Any, items: Sequence[Record], prompt: Callable[[Record], str], label: str, max_new_tokens: int | None = None
+) -> list[str]:
     """Greedy answers of ``pipe`` to every item: its image with the question ``prompt(item)``; progress every 100."""
     log = logging.getLogger(f"harmon.eval.{label}")
     answers = []

@@ -71,8 +71,16 @@ CONFIG_FILE = "generation_config.json"
 SETTINGS = ("image_size", "num_iter", "guidance_scale", "cfg_schedule", "temperature", "num_sampling_steps")
 # keys of generation_config.json that must agree for a resume to continue a run: another model or other settings
 # in the same folder would silently mix two runs' images
-RESUME_KEYS = ("model", "n_samples", "seed", "seeding", "settings", "prompt_template", "prompt_prefix",
-               "unconditional_prompt")
+RESUME_KEYS = (
+    "model",
+    "n_samples",
+    "seed",
+    "seeding",
+    "settings",
+    "prompt_template",
+    "prompt_prefix",
+    "unconditional_prompt",
+)
 SAMPLE_RE = re.compile(r"\d+\.png")  # GenEval's evaluator: re.match(r"\d+\.png", name)
 
 
@@ -146,7 +154,8 @@ def is_complete(outdir: str | Path, index: int, n_samples: int) -> bool:
     """True when prompt ``index`` has its metadata and all ``n_samples`` sample files."""
     folder = prompt_folder(outdir, index)
     return (folder / "metadata.jsonl").is_file() and all(
-        sample_path(outdir, index, k).is_file() for k in range(n_samples))
+        sample_path(outdir, index, k).is_file() for k in range(n_samples)
+    )
 
 
 def make_grid(images: list[Image.Image]) -> Image.Image:
@@ -168,8 +177,10 @@ def _check_config(outdir: Path, config: dict[str, Any]) -> None:
         old = json.loads(path.read_text())
         diff = [k for k in RESUME_KEYS if old.get(k) != config.get(k)]
         if diff:
-            raise ValueError(f"{path} was written with other settings ({', '.join(diff)}: {old.get(diff[0])!r} "
-                             f"vs now {config.get(diff[0])!r}); use a fresh --outdir or the same settings")
+            raise ValueError(
+                f"{path} was written with other settings ({', '.join(diff)}: {old.get(diff[0])!r} "
+                f"vs now {config.get(diff[0])!r}); use a fresh --outdir or the same settings"
+            )
         if path.read_text() == text:
             return  # untouched on resume
     write_text_atomic(path, text)
@@ -181,14 +192,25 @@ def _check_metadata(folder: Path, prompt: dict[str, Any]) -> None:
         with path.open() as f:
             old = json.load(f)
         if old != prompt:
-            raise ValueError(f"{path} holds another prompt ({old.get('prompt')!r}, now {prompt.get('prompt')!r}); "
-                             "the prompts file changed since this folder was written: use a fresh --outdir")
+            raise ValueError(
+                f"{path} holds another prompt ({old.get('prompt')!r}, now {prompt.get('prompt')!r}); "
+                "the prompts file changed since this folder was written: use a fresh --outdir"
+            )
 
 
-def generate_geneval(pipe: HarmonPipeline, prompts: list[dict[str, Any]], outdir: str | Path, n_samples: int = 4,
-                     seed: int = 0, rank: int = 0, world_size: int = 1, grid: bool = True,
-                     extra_config: dict[str, Any] | None = None, compile: bool = False,
-                     **settings: Any) -> dict[str, Any]:
+def generate_geneval(
+    pipe: HarmonPipeline,
+    prompts: list[dict[str, Any]],
+    outdir: str | Path,
+    n_samples: int = 4,
+    seed: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    grid: bool = True,
+    extra_config: dict[str, Any] | None = None,
+    compile: bool = False,
+    **settings: Any,
+) -> dict[str, Any]:
     """Generate this rank's share of ``prompts`` into ``outdir`` (layout in the module docstring).
 
     Args:
@@ -225,8 +247,9 @@ def generate_geneval(pipe: HarmonPipeline, prompts: list[dict[str, Any]], outdir
         if not (folder / "metadata.jsonl").is_file():
             write_text_atomic(folder / "metadata.jsonl", json.dumps(prompts[i]) + "\n")
         generator = torch.Generator().manual_seed(derive_seed(seed, "geneval", i))
-        images = pipe.generate(prompts[i]["prompt"], num_images_per_prompt=n_samples, generator=generator,
-                               compile=compile, **resolved)
+        images = pipe.generate(
+            prompts[i]["prompt"], num_images_per_prompt=n_samples, generator=generator, compile=compile, **resolved
+        )
         for k, image in enumerate(images):
             if not sample_path(outdir, i, k).is_file():
                 save_image_atomic(image, sample_path(outdir, i, k))
@@ -254,8 +277,9 @@ def read_outputs(outdir: str | Path) -> list[tuple[Path, dict[str, Any], list[Pa
         with (folder / "metadata.jsonl").open() as f:
             meta = json.load(f)
         samples = folder / "samples"
-        files = sorted(p for p in samples.iterdir() if p.is_file() and SAMPLE_RE.match(p.name)) \
-            if samples.is_dir() else []
+        files = (
+            sorted(p for p in samples.iterdir() if p.is_file() and SAMPLE_RE.match(p.name)) if samples.is_dir() else []
+        )
         out.append((folder, meta, files))
     return out
 
@@ -304,8 +328,16 @@ def score_shapes(outdir: str | Path, n_samples: int | None = None, world=None) -
     rows = []
     for meta, path, ok in zip(metas, paths, result["correct"]):
         reason = "" if ok else "\n".join(explain_prompt(meta, detect_objects(load_image(path), world))[1])
-        rows.append({"filename": str(path.relative_to(outdir)), "tag": meta["tag"], "prompt": meta["prompt"],
-                     "correct": ok, "reason": reason, "metadata": json.dumps(meta)})
+        rows.append(
+            {
+                "filename": str(path.relative_to(outdir)),
+                "tag": meta["tag"],
+                "prompt": meta["prompt"],
+                "correct": ok,
+                "reason": reason,
+                "metadata": json.dumps(meta),
+            }
+        )
     result.update(n_prompts=len(entries), n_images=len(paths), scorer="shapes")
     write_jsonl_atomic(outdir / "results.jsonl", rows)
     summary = {k: v for k, v in result.items() if k != "correct"}

@@ -67,8 +67,7 @@ from harmon.pipeline import HarmonPipeline
 logger = logging.getLogger(__name__)
 
 SHAPES_MME = ASSETS_DIR / "shapes_mme"
-PERCEPTION = ("existence", "count", "position", "color", "posters", "celebrity", "scene", "landmark", "artwork",
-              "OCR")
+PERCEPTION = ("existence", "count", "position", "color", "posters", "celebrity", "scene", "landmark", "artwork", "OCR")
 COGNITION = ("commonsense_reasoning", "numerical_calculation", "text_translation", "code_reasoning")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -90,13 +89,21 @@ def mme_answer(text: str) -> str:
 # ---- reading ------------------------------------------------------------------------------------------------
 
 
-def _item(subtask: str, image: str, roots: list, name: str, key: str, question: str, answer: str,
-          where_: str) -> Item:
+def _item(subtask: str, image: str, roots: list, name: str, key: str, question: str, answer: str, where_: str) -> Item:
     label = answer.strip().lower()
     if label not in ("yes", "no"):
         raise FormatError(f"{where_}: answer must be Yes or No, got {answer!r}")
-    return {"subtask": subtask, "image": image, "roots": roots, "image_name": name, "key": (subtask, key),
-            "question": question.strip(), "answer": answer.strip(), "label": label, "where": where_}
+    return {
+        "subtask": subtask,
+        "image": image,
+        "roots": roots,
+        "image_name": name,
+        "key": (subtask, key),
+        "question": question.strip(),
+        "answer": answer.strip(),
+        "label": label,
+        "where": where_,
+    }
 
 
 def _read_record_file(path: Path, images: Path | None) -> list[Item]:
@@ -108,12 +115,25 @@ def _read_record_file(path: Path, images: Path | None) -> list[Item]:
         if ref.isdigit() and len(ref) < 16 and ref in by_index and by_index[ref] is not r:
             ref = str(field(by_index[ref], "image", path))  # VLMEvalKit: the image lives in the row `ref`
         image_path = field(r, "image_path", path, required=False)
-        name = Path(str(image_path)).name if image_path else (Path(ref).name if len(ref) < 1024 else
-                                                               f"{r.get('index', r['_line'])}.png")
+        name = (
+            Path(str(image_path)).name
+            if image_path
+            else (Path(ref).name if len(ref) < 1024 else f"{r.get('index', r['_line'])}.png")
+        )
         key = str(image_path) if image_path else ref
         answer = field(r, ("answer", "label"), path)
-        items.append(_item(str(field(r, ("subtask", "category"), path)), ref, [images, path.parent], name, key,
-                           str(field(r, ("question", "text"), path)), str(answer), where(path, r["_line"])))
+        items.append(
+            _item(
+                str(field(r, ("subtask", "category"), path)),
+                ref,
+                [images, path.parent],
+                name,
+                key,
+                str(field(r, ("question", "text"), path)),
+                str(answer),
+                where(path, r["_line"]),
+            )
+        )
     return items
 
 
@@ -146,15 +166,17 @@ def _read_release(folder: Path, images: Path | None) -> list[Item]:
         if images is not None:
             img_dir = images / img_dir.relative_to(folder)
         for txt in sorted(qa_dir.glob("*.txt")):
-            image = next((img_dir / (txt.stem + s) for s in IMAGE_SUFFIXES if (img_dir / (txt.stem + s)).is_file()),
-                         None)
+            image = next(
+                (img_dir / (txt.stem + s) for s in IMAGE_SUFFIXES if (img_dir / (txt.stem + s)).is_file()), None
+            )
             if image is None:
                 raise FileNotFoundError(f"{txt}: no image {txt.stem}.* in {img_dir}")
             for n, line in enumerate(txt.read_text(encoding="utf-8").splitlines(), start=1):
                 if line.strip():
                     question, answer = _split_line(line, 2, where(txt, n))[:2]
-                    items.append(_item(sub.name, str(image), [], image.name, image.name, question, answer,
-                                       where(txt, n)))
+                    items.append(
+                        _item(sub.name, str(image), [], image.name, image.name, question, answer, where(txt, n))
+                    )
     return items
 
 
@@ -210,21 +232,41 @@ def score_mme(items: Sequence[Item], answers: Sequence[str]) -> dict[str, Any]:
         acc = sum(correct) / len(correct)
         acc_plus = sum(per_image.values()) / len(per_image)
         binary = binary_metrics([it["label"] for it, _ in chosen], [p for _, p in chosen])
-        subtasks[name] = {"accuracy": acc, "accuracy_plus": acc_plus, "score": 100 * (acc + acc_plus),
-                          "questions": len(correct), "images": len(per_image), "yes_ratio": binary["yes_ratio"]}
+        subtasks[name] = {
+            "accuracy": acc,
+            "accuracy_plus": acc_plus,
+            "score": 100 * (acc + acc_plus),
+            "questions": len(correct),
+            "images": len(per_image),
+            "yes_ratio": binary["yes_ratio"],
+        }
 
     def total(names: tuple[str, ...]) -> float | None:
         present = [subtasks[n]["score"] for n in names if n in subtasks]
         return sum(present) if present else None
 
     perception, cognition = total(PERCEPTION), total(COGNITION)
-    return {"kind": "mme", "subtasks": subtasks, "perception": perception, "cognition": cognition,
-            "total": (perception or 0.0) + (cognition or 0.0)}
+    return {
+        "kind": "mme",
+        "subtasks": subtasks,
+        "perception": perception,
+        "cognition": cognition,
+        "total": (perception or 0.0) + (cognition or 0.0),
+    }
 
 
 def format_mme(scores: dict[str, Any]) -> str:
-    rows = [[name, f"{100 * s['accuracy']:.1f}", f"{100 * s['accuracy_plus']:.1f}", f"{s['score']:.1f}",
-             str(s["questions"]), str(s["images"])] for name, s in scores["subtasks"].items()]
+    rows = [
+        [
+            name,
+            f"{100 * s['accuracy']:.1f}",
+            f"{100 * s['accuracy_plus']:.1f}",
+            f"{s['score']:.1f}",
+            str(s["questions"]),
+            str(s["images"]),
+        ]
+        for name, s in scores["subtasks"].items()
+    ]
     for group in ("perception", "cognition"):
         if scores[group] is not None:
             rows.append([f"{group} (sum)", "", "", f"{scores[group]:.1f}", "", ""])
@@ -249,7 +291,11 @@ def write_mme_answers(outdir: str | Path, items: Sequence[Item], answers: Sequen
 def _count_phrase(n: int, shape: str) -> str:
     from harmon.world.scene import NUMBER_WORDS, plural
 
-    return f"Is there one {shape} in the image?" if n == 1 else f"Are there {NUMBER_WORDS[n]} {plural(shape)} in the image?"
+    return (
+        f"Is there one {shape} in the image?"
+        if n == 1
+        else f"Are there {NUMBER_WORDS[n]} {plural(shape)} in the image?"
+    )
 
 
 def _pair_for(subtask: str, g: torch.Generator, config) -> tuple[Any, tuple[str, str]] | None:
@@ -280,8 +326,10 @@ def _pair_for(subtask: str, g: torch.Generator, config) -> tuple[Any, tuple[str,
             return None
         obj = _choice(g, unique)
         wrong = _choice(g, [c for c in config.color_names if c != obj.color])
-        return scene, (f"Is there {noun_phrase(obj.shape, obj.color)} in the image?",
-                       f"Is there {noun_phrase(obj.shape, wrong)} in the image?")
+        return scene, (
+            f"Is there {noun_phrase(obj.shape, obj.color)} in the image?",
+            f"Is there {noun_phrase(obj.shape, wrong)} in the image?",
+        )
     raise ValueError(f"no shapes-world questions for sub-task {subtask!r}")
 
 
@@ -295,10 +343,12 @@ def write_shapes_mme(outdir: str | Path = SHAPES_MME, n_per_subtask: int = 15, s
     rows = []
     for subtask in ("existence", "count", "position", "color"):
         for i in range(n_per_subtask):
-            scene, (yes, no) = draw_until(lambda: _pair_for(subtask, g, config), subtask)
+            scene, (yes, no) = draw_until(lambda s=subtask: _pair_for(s, g, config), subtask)
             name = f"{subtask}_{i:03d}.png"
             save_image_atomic(render(scene, config), outdir / "images" / name)
-            rows += [{"subtask": subtask, "image": f"images/{name}", "question": q, "answer": a}
-                     for q, a in ((yes, "Yes"), (no, "No"))]
+            rows += [
+                {"subtask": subtask, "image": f"images/{name}", "question": q, "answer": a}
+                for q, a in ((yes, "Yes"), (no, "No"))
+            ]
     write_jsonl_atomic(outdir / "questions.jsonl", rows)
     return outdir

@@ -17,7 +17,8 @@ SEED-Bench's layout is read as well: a JSON object whose "questions" list holds 
 
 Prompt (LLaVA's MMBench prompt)::
 
-    <hint>\\n<question>\\nA. <option A>\\nB. <option B>...\\nAnswer with the option's letter from the given choices directly.
+    <hint>\\n<question>\\nA. <option A>\\nB. <option B>...\\n
+    Answer with the option's letter from the given choices directly.
 
 Letter extraction (:func:`extract_letter`), the first rule that fires wins; only letters of present options count:
   1. the whole answer is a letter, up to surrounding spaces, brackets, "*" and final "." / ":" ("B", "(b)", "C.");
@@ -92,8 +93,11 @@ def _options(r: dict[str, Any]) -> list[tuple[str, str]]:
     """(letter, text) of the present options, in letter order."""
     cells = {k: v for k, v in r.items() if len(k) == 1 and k in LETTERS}
     cells.update({SEED_ALIASES[k]: v for k, v in r.items() if k in SEED_ALIASES})
-    return [(k, str(cells[k]).strip()) for k in sorted(cells)
-            if cells[k] is not None and str(cells[k]).strip() not in ("", "nan")]
+    return [
+        (k, str(cells[k]).strip())
+        for k in sorted(cells)
+        if cells[k] is not None and str(cells[k]).strip() not in ("", "nan")
+    ]
 
 
 def read_mc(path: str | Path, images: str | Path | None = None, limit: int | None = None) -> list[Question]:
@@ -117,12 +121,19 @@ def read_mc(path: str | Path, images: str | Path | None = None, limit: int | Non
         ref = str(field(r, ("image", "data_id", "image_path"), path))
         if ref.isdigit() and len(ref) < 16 and ref in by_index and by_index[ref] is not r:
             ref = str(field(by_index[ref], "image", path))  # VLMEvalKit stores each image once
-        out.append({"index": index, "question": str(field(r, "question", path)).strip(),
-                    "hint": str(field(r, "hint", path, required=False, default="")).strip(),
-                    "options": [t for _, t in options], "answer": answer,
-                    "category": str(field(r, ("category", "question_type_id"), path, required=False,
-                                          default="all")),
-                    "image": ref, "roots": [images, path.parent], "where": loc})
+        out.append(
+            {
+                "index": index,
+                "question": str(field(r, "question", path)).strip(),
+                "hint": str(field(r, "hint", path, required=False, default="")).strip(),
+                "options": [t for _, t in options],
+                "answer": answer,
+                "category": str(field(r, ("category", "question_type_id"), path, required=False, default="all")),
+                "image": ref,
+                "roots": [images, path.parent],
+                "where": loc,
+            }
+        )
     if not out:
         raise FormatError(f"{path}: no questions")
     if limit is not None:
@@ -208,7 +219,7 @@ def extract_letter(answer: str, options: Sequence[str]) -> str | None:
         return m.group(1)
     found = set()  # rule 4
     for m in re.finditer(r"(?<![A-Za-z])([A-Z])(?![A-Za-z'])", text):
-        after = text[m.end():].lstrip(" ")
+        after = text[m.end() :].lstrip(" ")
         if m.group(1) == "A" and after[:1].islower():
             continue  # the article
         if m.group(1) in letters:
@@ -219,8 +230,11 @@ def extract_letter(answer: str, options: Sequence[str]) -> str | None:
     exact = [L for L, o in zip(letters, options) if _norm(o) and _norm(o) == norm]
     if len(exact) == 1:
         return exact[0]
-    inside = [L for L, o in zip(letters, options)
-              if _norm(o) and re.search(r"(?<!\w)" + re.escape(_norm(o)) + r"(?!\w)", norm)]
+    inside = [
+        L
+        for L, o in zip(letters, options)
+        if _norm(o) and re.search(r"(?<!\w)" + re.escape(_norm(o)) + r"(?!\w)", norm)
+    ]
     return inside[0] if len(inside) == 1 else None
 
 
@@ -242,9 +256,16 @@ def score_mc(asked: Sequence[Question], answers: Sequence[str]) -> dict[str, Any
     for cat, ok in groups.values():
         cats.setdefault(cat, []).append(ok)
     hits = [ok for _, ok in groups.values()]
-    return {"kind": "multiple_choice", "accuracy": sum(hits) / len(hits), "count": len(hits),
-            "categories": {c: {"accuracy": sum(v) / len(v), "count": len(v)} for c, v in cats.items()},
-            "circular": any(q["rotation"] for q in asked), "asked": len(asked), "preds": preds, "correct": correct}
+    return {
+        "kind": "multiple_choice",
+        "accuracy": sum(hits) / len(hits),
+        "count": len(hits),
+        "categories": {c: {"accuracy": sum(v) / len(v), "count": len(v)} for c, v in cats.items()},
+        "circular": any(q["rotation"] for q in asked),
+        "asked": len(asked),
+        "preds": preds,
+        "correct": correct,
+    }
 
 
 def format_mc(scores: dict[str, Any]) -> str:
@@ -254,11 +275,22 @@ def format_mc(scores: dict[str, Any]) -> str:
     return title + "\n" + table(["category", "accuracy", "n"], rows)
 
 
-def write_mc_answers(path: str | Path, asked: Sequence[Question], answers: Sequence[str],
-                     scores: dict[str, Any]) -> Path:
-    rows = [{"index": q["index"], "rotation": q["rotation"], "category": q["category"], "prompt": build_prompt(q),
-             "prediction": a, "pred": p, "answer": q["answer"], "correct": ok}
-            for q, a, p, ok in zip(asked, answers, scores["preds"], scores["correct"])]
+def write_mc_answers(
+    path: str | Path, asked: Sequence[Question], answers: Sequence[str], scores: dict[str, Any]
+) -> Path:
+    rows = [
+        {
+            "index": q["index"],
+            "rotation": q["rotation"],
+            "category": q["category"],
+            "prompt": build_prompt(q),
+            "prediction": a,
+            "pred": p,
+            "answer": q["answer"],
+            "correct": ok,
+        }
+        for q, a, p, ok in zip(asked, answers, scores["preds"], scores["correct"])
+    ]
     return write_jsonl_atomic(path, rows)
 
 
@@ -309,12 +341,13 @@ def write_shapes_mc(path: str | Path = SHAPES_MC, n_per_category: int = 20, seed
     index = 0
     for category in ("color", "counting", "object"):
         for _ in range(n_per_category):
-            scene, question, options, gold = draw_until(lambda: _shapes_question(category, g, config), category)
+            scene, question, options, gold = draw_until(lambda c=category: _shapes_question(c, g, config), category)
             if category != "counting":  # counting options stay in increasing order, as numbers are usually listed
                 order = torch.randperm(len(options), generator=g).tolist()
                 options, gold = [options[i] for i in order], order.index(gold)
             cells = options + [""] * (4 - len(options))
-            writer.writerow([index, question, "", *cells, LETTERS[gold], category,
-                             image_to_base64(render(scene, config))])
+            writer.writerow(
+                [index, question, "", *cells, LETTERS[gold], category, image_to_base64(render(scene, config))]
+            )
             index += 1
     return write_text_atomic(path, buf.getvalue())

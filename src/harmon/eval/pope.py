@@ -6,10 +6,10 @@ Questions (``--questions a.json [b.json ...]``): JSON lines, one object per line
     {"question_id": 1, "image": "COCO_val2014_000000310196.jpg", "text": "Is there a snowboard in the image?",
      "label": "yes"}
 
-``image`` is a file name under ``--images`` (or beside the file, or an absolute path); ``text`` may also be called ``question``;
-``label`` is yes/no in any case. The split of a question is its ``category`` field when present (LLaVA's combined
-``llava_pope_test.jsonl`` has one), else the file's stem (``coco_pope_random.json`` -> "coco_pope_random",
-the shipped ``random.json`` -> "random"). A JSON list of the same objects is read too.
+``image`` is a file name under ``--images`` (or beside the file, or an absolute path); ``text`` may also be
+called ``question``; ``label`` is yes/no in any case. The split of a question is its ``category`` field when
+present (LLaVA's combined ``llava_pope_test.jsonl`` has one), else the file's stem (``coco_pope_random.json`` ->
+"coco_pope_random", the shipped ``random.json`` -> "random"). A JSON list of the same objects is read too.
 
 Answers: ``pipe.describe(image, text)``, greedy. Scoring is POPE's: keep the text before the first "."; it is
 "no" when it contains the word "no" or "not", else "yes" (:func:`harmon.world.pope_answer`). Metrics per split
@@ -69,22 +69,25 @@ def read_pope(path: str | Path, images: str | Path | None = None, limit: int | N
     out = []
     records = read_records(path)
     for r in records[:limit] if limit is not None else records:
-        out.append({
-            "question_id": field(r, "question_id", path),
-            "image": str(field(r, "image", path)),
-            "text": str(field(r, ("text", "question"), path)),
-            "label": yes_no(field(r, ("label", "answer"), path), r, path),
-            "split": str(field(r, "category", path, required=False, default=path.stem)),
-            "roots": [images, path.parent],
-            "where": where(path, r["_line"]),
-        })
+        out.append(
+            {
+                "question_id": field(r, "question_id", path),
+                "image": str(field(r, "image", path)),
+                "text": str(field(r, ("text", "question"), path)),
+                "label": yes_no(field(r, ("label", "answer"), path), r, path),
+                "split": str(field(r, "category", path, required=False, default=path.stem)),
+                "roots": [images, path.parent],
+                "where": where(path, r["_line"]),
+            }
+        )
     if not out:
         raise FormatError(f"{path}: no questions")
     return out
 
 
-def answer_pope(pipe: HarmonPipeline, questions: Sequence[dict[str, Any]],
-                max_new_tokens: int | None = None) -> list[str]:
+def answer_pope(
+    pipe: HarmonPipeline, questions: Sequence[dict[str, Any]], max_new_tokens: int | None = None
+) -> list[str]:
     """Greedy answers of ``pipe`` to ``questions``."""
     return answer_all(pipe, questions, lambda q: q["text"], "pope", max_new_tokens)
 
@@ -112,12 +115,23 @@ def format_pope(scores: dict[str, dict[str, float]]) -> str:
     return "POPE (%)\n" + table(["split", "accuracy", "precision", "recall", "F1", "yes %", "n"], rows)
 
 
-def write_pope_answers(path: str | Path, questions: Sequence[dict[str, Any]], answers: Sequence[str],
-                       model_id: str = "harmon") -> Path:
+def write_pope_answers(
+    path: str | Path, questions: Sequence[dict[str, Any]], answers: Sequence[str], model_id: str = "harmon"
+) -> Path:
     """The answers in POPE's answer format (JSON lines; see the module docstring)."""
-    rows = [{"question_id": q["question_id"], "prompt": q["text"], "text": a, "model_id": model_id,
-             "image": q["image"], "category": q["split"], "label": q["label"], "pred": pope_answer(a)}
-            for q, a in zip(questions, answers)]
+    rows = [
+        {
+            "question_id": q["question_id"],
+            "prompt": q["text"],
+            "text": a,
+            "model_id": model_id,
+            "image": q["image"],
+            "category": q["split"],
+            "label": q["label"],
+            "pred": pope_answer(a),
+        }
+        for q, a in zip(questions, answers)
+    ]
     return write_jsonl_atomic(path, rows)
 
 
@@ -147,8 +161,9 @@ def write_shapes_pope(outdir: str | Path = SHAPES_POPE, n_images: int = 50, seed
             neg = negative_pairs(scene, g, config, split, 1)
             for pair, present in ((pos[0], True), (neg[0], False)):
                 q = existence_question(pair, present, split)
-                rows.append({"question_id": len(rows) + 1, "image": name, "text": q["question"],
-                             "label": q["answer"].lower()})
+                rows.append(
+                    {"question_id": len(rows) + 1, "image": name, "text": q["question"], "label": q["answer"].lower()}
+                )
         write_jsonl_atomic(outdir / f"{split}.json", rows)
     return outdir
 

@@ -15,8 +15,9 @@ import torch
 from harmon.pipeline import HarmonPipeline
 
 
-def generation_scores(pipe: HarmonPipeline, n_prompts: int, seed: int = 0, batch_size: int = 16,
-                      world=None, **settings: Any) -> tuple[dict[str, Any], list, list]:
+def generation_scores(
+    pipe: HarmonPipeline, n_prompts: int, seed: int = 0, batch_size: int = 16, world=None, **settings: Any
+) -> tuple[dict[str, Any], list, list]:
     """Generate one image for each of ``n_prompts`` balanced eval prompts and score them."""
     from harmon.world import WorldConfig, sample_eval_prompts, score_generation
 
@@ -25,7 +26,7 @@ def generation_scores(pipe: HarmonPipeline, n_prompts: int, seed: int = 0, batch
     generator = torch.Generator().manual_seed(seed + 1)
     images = []
     for i in range(0, len(prompts), batch_size):
-        chunk = [p["prompt"] for p in prompts[i:i + batch_size]]
+        chunk = [p["prompt"] for p in prompts[i : i + batch_size]]
         images += pipe.generate(chunk, generator=generator, **settings)
     return score_generation(prompts, images, world), prompts, images
 
@@ -37,8 +38,9 @@ def _answers(pipe: HarmonPipeline, items: list, world, max_new_tokens: int) -> l
     return [pipe.describe(render(scene, world), q["question"], max_new_tokens=max_new_tokens) for scene, q in items]
 
 
-def understanding_scores(pipe: HarmonPipeline, n_questions: int, seed: int = 0, world=None,
-                         max_new_tokens: int = 48) -> tuple[dict[str, Any], list, list[str]]:
+def understanding_scores(
+    pipe: HarmonPipeline, n_questions: int, seed: int = 0, world=None, max_new_tokens: int = 48
+) -> tuple[dict[str, Any], list, list[str]]:
     """Answer ``n_questions`` balanced questions about fresh scenes (greedy) and score the answers."""
     from harmon.world import WorldConfig, sample_eval_questions, score_answers
 
@@ -48,8 +50,9 @@ def understanding_scores(pipe: HarmonPipeline, n_questions: int, seed: int = 0, 
     return score_answers(items, answers, world), items, answers
 
 
-def shape_existence_scores(pipe: HarmonPipeline, n: int, seed: int = 0, world=None,
-                           max_new_tokens: int = 48) -> dict[str, float]:
+def shape_existence_scores(
+    pipe: HarmonPipeline, n: int, seed: int = 0, world=None, max_new_tokens: int = 48
+) -> dict[str, float]:
     """POPE metrics of "Is there a <shape> in the image?" (POPE's own template: no colour) over ``n`` fresh scenes,
     half of them without the asked shape. Its own generator (seed + 3): the other tables do not move with ``n``."""
     from harmon.world import WorldConfig, score_answers
@@ -60,8 +63,14 @@ def shape_existence_scores(pipe: HarmonPipeline, n: int, seed: int = 0, world=No
     return score_answers(items, _answers(pipe, items, world, max_new_tokens), world)["pope"]["shape"]
 
 
-def evaluate_shapes(pipe: HarmonPipeline, n_prompts: int = 504, n_questions: int = 1512, seed: int = 0,
-                    n_shape_questions: int = 0, **settings: Any) -> dict[str, Any]:
+def evaluate_shapes(
+    pipe: HarmonPipeline,
+    n_prompts: int = 504,
+    n_questions: int = 1512,
+    seed: int = 0,
+    n_shape_questions: int = 0,
+    **settings: Any,
+) -> dict[str, Any]:
     """Both tables plus wall times. Defaults: >= 500 prompts and >= 1,500 questions, multiples of 6 and 14.
     ``n_shape_questions``: also :func:`shape_existence_scores` on that many items."""
     out: dict[str, Any] = {"seed": seed, "n_prompts": n_prompts, "n_questions": n_questions, "settings": settings}

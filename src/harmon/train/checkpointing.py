@@ -66,15 +66,25 @@ _OPTS = StateDictOptions(ignore_frozen_params=True)
 
 def _state(model: torch.nn.Module, optimizer, ema_state: dict[str, torch.Tensor] | None) -> dict[str, Any]:
     """What a checkpoint holds as tensors (sharded under FSDP2): trainable weights, optimizer, EMA."""
-    state = {"model": _trainable_only(get_model_state_dict(model, options=_OPTS), model),
-             "optim": get_optimizer_state_dict(model, optimizer, options=_OPTS)}
+    state = {
+        "model": _trainable_only(get_model_state_dict(model, options=_OPTS), model),
+        "optim": get_optimizer_state_dict(model, optimizer, options=_OPTS),
+    }
     if ema_state is not None:
         state["ema"] = ema_state
     return state
 
 
-def save_checkpoint(root: str | Path, step: int, model: torch.nn.Module, optimizer, scheduler, extra: dict[str, Any],
-                    ema_state: dict[str, torch.Tensor] | None = None, keep: int = 2) -> Path:
+def save_checkpoint(
+    root: str | Path,
+    step: int,
+    model: torch.nn.Module,
+    optimizer,
+    scheduler,
+    extra: dict[str, Any],
+    ema_state: dict[str, torch.Tensor] | None = None,
+    keep: int = 2,
+) -> Path:
     """Save everything needed to continue at ``step``. Collective: every rank must call it."""
     root = Path(root)
     final = root / f"step_{step:07d}"
@@ -101,8 +111,9 @@ def save_checkpoint(root: str | Path, step: int, model: torch.nn.Module, optimiz
     return final
 
 
-def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer, scheduler,
-                    ema_state: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
+def load_checkpoint(
+    path: str | Path, model: torch.nn.Module, optimizer, scheduler, ema_state: dict[str, torch.Tensor] | None = None
+) -> dict[str, Any]:
     """Restore a checkpoint written by save_checkpoint; returns its ``extra`` dict (with ``step``)."""
     path = Path(path)
     if not (path / MARKER).is_file():

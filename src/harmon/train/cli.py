@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -16,8 +17,14 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--recipe", help="stage1 | stage2 | stage3 | finetune_decoder | shapes_lm | shapes_stage1..3")
     src.add_argument("--config", help="a TrainConfig JSON (e.g. the config.json a run wrote next to its checkpoints)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config field, dotted (optim.lr=3e-4, data.0.path=/data/x.tar, max_steps=10)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, dotted (optim.lr=3e-4, data.0.path=/data/x.tar, max_steps=10)",
+    )
     p.add_argument("--resume", default="auto", help="auto (latest checkpoint in output_dir) | none | a checkpoint path")
     p.add_argument("--device", help="cpu | cuda (default: cuda when available)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
@@ -32,7 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     from harmon.train.recipes import get_recipe
 
     try:
-        base = get_recipe(args.recipe) if args.recipe else TrainConfig.from_dict(json.loads(open(args.config).read()))
+        base = (
+            get_recipe(args.recipe) if args.recipe else TrainConfig.from_dict(json.loads(Path(args.config).read_text()))
+        )
         cfg = apply_overrides(base, args.overrides)
         cfg.validate()
     except ValueError as err:

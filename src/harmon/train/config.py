@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 
-
 def deep_merge(base: dict, update: dict) -> dict:
     """``base`` with ``update`` applied key by key, nested dicts merged (neither input is modified; leaves of
     ``update`` are shared, not copied)."""
@@ -18,6 +17,7 @@ def deep_merge(base: dict, update: dict) -> dict:
     for k, v in update.items():
         out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
+
 
 @dataclass
 class ModelInit:
@@ -47,8 +47,10 @@ class ModelInit:
         if self.llm_weights and not self.llm_folder:
             raise ValueError("model init: llm_weights=True needs llm_folder")
         if self.reinit and not chosen:
-            raise ValueError("model init: reinit applies to a pretrained folder or an official checkpoint; a preset "
-                             "is initialised fresh already")
+            raise ValueError(
+                "model init: reinit applies to a pretrained folder or an official checkpoint; a preset "
+                "is initialised fresh already"
+            )
 
 
 @dataclass
@@ -159,7 +161,7 @@ class TrainConfig:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         d = dict(d)
         d["model"] = ModelInit(**d.get("model", {}))
         d["optim"] = OptimConfig(**{**d.get("optim", {}), "betas": tuple(d.get("optim", {}).get("betas", (0.9, 0.95)))})

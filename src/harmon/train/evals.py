@@ -9,8 +9,7 @@ def shapes_quick(pipe, cfg) -> dict[str, Any]:
     """A small shapes-world eval: 48 prompts and 56 questions, fixed seed, flat numbers for the metrics log."""
     from harmon.eval.shapes import evaluate_shapes
 
-    r = evaluate_shapes(pipe, n_prompts=48, n_questions=56, seed=1234, image_size=cfg.image_size,
-                        **cfg.sample_settings)
+    r = evaluate_shapes(pipe, n_prompts=48, n_questions=56, seed=1234, image_size=cfg.image_size, **cfg.sample_settings)
     g, u = r["generation"], r["understanding"]
     out = {"geneval_overall": g["overall"], "understanding_overall": u["overall"]}
     out.update({f"geneval/{k}": v for k, v in g["accuracy"].items()})

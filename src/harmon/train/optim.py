@@ -54,14 +54,18 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
     if unused:
         raise ValueError(f"optim.lr_scale prefixes {unused} match no trainable parameter")
     return torch.optim.AdamW(
-        [{"params": ps, "weight_decay": cfg.weight_decay if decay else 0.0, "lr": cfg.lr * scale}
-         for (decay, scale), ps in sorted(groups.items(), key=lambda kv: (not kv[0][0], kv[0][1]))],
-        lr=cfg.lr, betas=tuple(cfg.betas))
+        [
+            {"params": ps, "weight_decay": cfg.weight_decay if decay else 0.0, "lr": cfg.lr * scale}
+            for (decay, scale), ps in sorted(groups.items(), key=lambda kv: (not kv[0][0], kv[0][1]))
+        ],
+        lr=cfg.lr,
+        betas=tuple(cfg.betas),
+    )
 
 
 def lr_factor(step: int, max_steps: int, cfg: OptimConfig) -> float:
     """Multiplier of the base lr at ``step``: linear warm-up from ``warmup_start`` to 1, then cosine to min_lr_ratio."""
-    warmup = int(round(cfg.warmup_ratio * max_steps))
+    warmup = round(cfg.warmup_ratio * max_steps)
     if warmup and step < warmup:
         return cfg.warmup_start + (1.0 - cfg.warmup_start) * step / warmup
     progress = min(1.0, (step - warmup) / max(1, max_steps - warmup))

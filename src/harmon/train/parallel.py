@@ -58,8 +58,12 @@ def shutdown_distributed(exit_code: int = 0) -> None:
 
 def blocks_of(model: Harmon) -> list[nn.Module]:
     """The repeated blocks that are sharded / checkpointed one by one."""
-    return [*model.llm.model.layers, *model.mar.encoder_blocks, *model.mar.decoder_blocks,
-            *model.mar.diffloss.net.res_blocks]
+    return [
+        *model.llm.model.layers,
+        *model.mar.encoder_blocks,
+        *model.mar.decoder_blocks,
+        *model.mar.diffloss.net.res_blocks,
+    ]
 
 
 def wrap_model(model: Harmon, mode: str, info: DistInfo, mixed_bf16: bool = False) -> nn.Module:

@@ -18,61 +18,137 @@ from harmon.train.config import ModelInit, OptimConfig, SourceConfig, TrainConfi
 MAR_AND_PROJECTIONS = ("mar.", "proj_in.", "proj_out.")
 EVERYTHING = ("llm.", "mar.", "proj_in.", "proj_out.")
 # "Only the MAR decoder" as for harmon_1.5b-o: the decoder, its tables and mask token, and the diffusion head it feeds.
-MAR_DECODER = ("mar.decoder_embed.", "mar.mask_token", "mar.decoder_pos_embed_learned", "mar.decoder_blocks.",
-               "mar.decoder_norm.", "mar.diffusion_pos_embed_learned", "mar.diffloss.")
+MAR_DECODER = (
+    "mar.decoder_embed.",
+    "mar.mask_token",
+    "mar.decoder_pos_embed_learned",
+    "mar.decoder_blocks.",
+    "mar.decoder_norm.",
+    "mar.diffusion_pos_embed_learned",
+    "mar.diffloss.",
+)
 
 
 def stage1(data_root: str = "data", llm: str = "Qwen2.5-0.5B-Instruct", vae: str = "kl16.ckpt") -> TrainConfig:
     """Stage I: the LLM (Qwen2.5 weights) frozen; MAR and projections learn text-to-image and captioning, 256 px."""
     return TrainConfig(
-        name="stage1", output_dir="runs/stage1",
+        name="stage1",
+        output_dir="runs/stage1",
         model=ModelInit(preset="0.5b", llm_folder=llm, llm_weights=True, vae_weights=vae),
-        data=[SourceConfig("text2image", "webdataset", f"{data_root}/pairs/*.tar", batch_size=32),
-              SourceConfig("image2text_caption", "webdataset", f"{data_root}/pairs/*.tar", batch_size=8,
-                           options={"as_caption": True})],
-        image_size=256, train_modules=MAR_AND_PROJECTIONS, max_steps=100_000, precision="bf16",
-        grad_checkpointing=True, optim=OptimConfig(lr=1e-4), save_every=5000, sample_every=5000)
+        data=[
+            SourceConfig("text2image", "webdataset", f"{data_root}/pairs/*.tar", batch_size=32),
+            SourceConfig(
+                "image2text_caption",
+                "webdataset",
+                f"{data_root}/pairs/*.tar",
+                batch_size=8,
+                options={"as_caption": True},
+            ),
+        ],
+        image_size=256,
+        train_modules=MAR_AND_PROJECTIONS,
+        max_steps=100_000,
+        precision="bf16",
+        grad_checkpointing=True,
+        optim=OptimConfig(lr=1e-4),
+        save_every=5000,
+        sample_every=5000,
+    )
 
 
 def stage2(data_root: str = "data", init: str = "runs/stage1/final") -> TrainConfig:
     """Stage II: everything trains; QA + text-to-image + captioning at 256 px, from stage I's export."""
     return TrainConfig(
-        name="stage2", output_dir="runs/stage2", model=ModelInit(preset=None, pretrained=init),
-        data=[SourceConfig("image2text_qa", "llava", f"{data_root}/qa.json", image_folder=f"{data_root}/qa_images",
-                           batch_size=8),
-              SourceConfig("text2image", "webdataset", f"{data_root}/pairs/*.tar", batch_size=32),
-              SourceConfig("image2text_caption", "webdataset", f"{data_root}/pairs/*.tar", batch_size=8,
-                           options={"as_caption": True})],
-        image_size=256, train_modules=EVERYTHING, max_steps=100_000, precision="bf16", grad_checkpointing=True,
-        optim=OptimConfig(lr=5e-5), save_every=5000, sample_every=5000)
+        name="stage2",
+        output_dir="runs/stage2",
+        model=ModelInit(preset=None, pretrained=init),
+        data=[
+            SourceConfig(
+                "image2text_qa", "llava", f"{data_root}/qa.json", image_folder=f"{data_root}/qa_images", batch_size=8
+            ),
+            SourceConfig("text2image", "webdataset", f"{data_root}/pairs/*.tar", batch_size=32),
+            SourceConfig(
+                "image2text_caption",
+                "webdataset",
+                f"{data_root}/pairs/*.tar",
+                batch_size=8,
+                options={"as_caption": True},
+            ),
+        ],
+        image_size=256,
+        train_modules=EVERYTHING,
+        max_steps=100_000,
+        precision="bf16",
+        grad_checkpointing=True,
+        optim=OptimConfig(lr=5e-5),
+        save_every=5000,
+        sample_every=5000,
+    )
 
 
 def stage3(data_root: str = "data", init: str = "runs/stage2/final") -> TrainConfig:
     """Stage III: high-quality QA : captioning : curated text-to-image = 1 : 3 : 16 per batch, 512 px."""
     return TrainConfig(
-        name="stage3", output_dir="runs/stage3", model=ModelInit(preset=None, pretrained=init),
-        data=[SourceConfig("image2text_qa", "llava", f"{data_root}/hq_qa.json",
-                           image_folder=f"{data_root}/hq_qa_images", batch_size=1),
-              SourceConfig("image2text_caption", "jsonl", f"{data_root}/curated.jsonl", batch_size=3,
-                           options={"kind": "image2text"}),
-              SourceConfig("text2image", "jsonl", f"{data_root}/curated.jsonl", batch_size=16)],
-        image_size=512, max_text_length=512, train_modules=EVERYTHING, max_steps=20_000, precision="bf16",
-        grad_checkpointing=True, optim=OptimConfig(lr=1e-5), save_every=2000, sample_every=2000)
+        name="stage3",
+        output_dir="runs/stage3",
+        model=ModelInit(preset=None, pretrained=init),
+        data=[
+            SourceConfig(
+                "image2text_qa",
+                "llava",
+                f"{data_root}/hq_qa.json",
+                image_folder=f"{data_root}/hq_qa_images",
+                batch_size=1,
+            ),
+            SourceConfig(
+                "image2text_caption",
+                "jsonl",
+                f"{data_root}/curated.jsonl",
+                batch_size=3,
+                options={"kind": "image2text"},
+            ),
+            SourceConfig("text2image", "jsonl", f"{data_root}/curated.jsonl", batch_size=16),
+        ],
+        image_size=512,
+        max_text_length=512,
+        train_modules=EVERYTHING,
+        max_steps=20_000,
+        precision="bf16",
+        grad_checkpointing=True,
+        optim=OptimConfig(lr=1e-5),
+        save_every=2000,
+        sample_every=2000,
+    )
 
 
-def finetune_decoder(data_root: str = "data", checkpoint: str = "harmon_1.5b.pth", vae: str = "kl16.ckpt",
-                     llm: str = "Qwen2.5-1.5B-Instruct") -> TrainConfig:
+def finetune_decoder(
+    data_root: str = "data",
+    checkpoint: str = "harmon_1.5b.pth",
+    vae: str = "kl16.ckpt",
+    llm: str = "Qwen2.5-1.5B-Instruct",
+) -> TrainConfig:
     """Only the MAR decoder side trains (as for the released harmon_1.5b-o), text-to-image at 512 px."""
     return TrainConfig(
-        name="finetune_decoder", output_dir="runs/finetune_decoder",
+        name="finetune_decoder",
+        output_dir="runs/finetune_decoder",
         model=ModelInit(preset=None, official_checkpoint=checkpoint, official_vae=vae, llm_folder=llm),
         data=[SourceConfig("text2image", "jsonl", f"{data_root}/finetune.jsonl", batch_size=16)],
-        image_size=512, train_modules=MAR_DECODER, max_steps=10_000, precision="bf16", grad_checkpointing=True,
-        optim=OptimConfig(lr=1e-5), save_every=1000, sample_every=1000)
+        image_size=512,
+        train_modules=MAR_DECODER,
+        max_steps=10_000,
+        precision="bf16",
+        grad_checkpointing=True,
+        optim=OptimConfig(lr=1e-5),
+        save_every=1000,
+        sample_every=1000,
+    )
 
 
 RECIPES: dict[str, Callable[..., TrainConfig]] = {
-    "stage1": stage1, "stage2": stage2, "stage3": stage3, "finetune_decoder": finetune_decoder,
+    "stage1": stage1,
+    "stage2": stage2,
+    "stage3": stage3,
+    "finetune_decoder": finetune_decoder,
 }
 
 
@@ -94,8 +170,11 @@ def toy(cfg: TrainConfig, tokenizer: str, output_dir: str, steps: int = 2) -> Tr
     toy_sources = []
     for s in cfg.data:
         task = "text2image" if "text2image" in s.name else ("qa" if "qa" in s.name else "caption")
-        toy_sources.append(SourceConfig(s.name, "shapes", batch_size=min(s.batch_size, 2),
-                                        loss_weight=s.loss_weight, options={"task": task}))
+        toy_sources.append(
+            SourceConfig(
+                s.name, "shapes", batch_size=min(s.batch_size, 2), loss_weight=s.loss_weight, options={"task": task}
+            )
+        )
     cfg.data = toy_sources
     cfg.image_size, cfg.max_steps, cfg.output_dir, cfg.max_text_length = 64, steps, output_dir, 512
     cfg.precision, cfg.save_every, cfg.sample_every, cfg.log_every = "fp32", 0, 0, 1

@@ -31,10 +31,15 @@ logger = logging.getLogger("harmon.shapes_pipeline")
 def _record(root: Path, stage: str, seconds: float, device: str) -> None:
     path = root / "pipeline.json"
     data = json.loads(path.read_text()) if path.is_file() else {"stages": {}}
-    data["stages"][stage] = {"seconds": round(seconds, 1), "device": device, "machine": platform.machine(),
-                             "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
-                             "gpu": torch.cuda.get_device_name(0) if device.startswith("cuda") else None,
-                             "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+    data["stages"][stage] = {
+        "seconds": round(seconds, 1),
+        "device": device,
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name(0) if device.startswith("cuda") else None,
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
     data["total_seconds"] = round(sum(s["seconds"] for s in data["stages"].values()), 1)
     path.write_text(json.dumps(data, indent=2) + "\n")
 
@@ -89,13 +94,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
     p.add_argument("--ship", action="store_true", help="copy the result into src/harmon/assets/shapes-tiny")
-    p.add_argument("--default", dest="defaults", action="append", default=[], metavar="KEY=VALUE",
-                   help="sampling default recorded in the shipped config, e.g. x0_clip=3.0 num_sampling_steps=100")
-    p.add_argument("--until", default=None, choices=["tokenizer", "vae", "lm", "stage1", "stage2", "stage3", "decoder"],
-                   help="stop after this stage (a later call with the same --root continues); with --ship, ship "
-                        "this stage's model (stage1-3, decoder)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="STAGE:KEY=VALUE",
-                   help="override a field of one stage's recipe, e.g. stage2:max_steps=100")
+    p.add_argument(
+        "--default",
+        dest="defaults",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="sampling default recorded in the shipped config, e.g. x0_clip=3.0 num_sampling_steps=100",
+    )
+    p.add_argument(
+        "--until",
+        default=None,
+        choices=["tokenizer", "vae", "lm", "stage1", "stage2", "stage3", "decoder"],
+        help="stop after this stage (a later call with the same --root continues); with --ship, ship "
+        "this stage's model (stage1-3, decoder)",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="STAGE:KEY=VALUE",
+        help="override a field of one stage's recipe, e.g. stage2:max_steps=100",
+    )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.threads:
@@ -109,16 +130,31 @@ def main(argv: list[str] | None = None) -> int:
     stages = [
         ("tokenizer", root / "tokenizer" / "tokenizer.json", lambda: train_tokenizer_stage(root)),
         ("vae", root / "stage0_vae" / "vae.safetensors", lambda: _vae(root, args.device, overrides("vae"))),
-        ("lm", root / "lm" / "final" / "model.safetensors",
-         lambda: run_recipe("shapes_lm", root, args.device, overrides("lm"))),
-        ("stage1", root / "stage1" / "final" / "model.safetensors",
-         lambda: run_recipe("shapes_stage1", root, args.device, overrides("stage1"))),
-        ("stage2", root / "stage2" / "final" / "model.safetensors",
-         lambda: run_recipe("shapes_stage2", root, args.device, overrides("stage2"))),
-        ("stage3", root / "stage3" / "final" / "model.safetensors",
-         lambda: run_recipe("shapes_stage3", root, args.device, overrides("stage3"))),
-        ("decoder", root / "decoder" / "decoder_log.json",  # written last
-         lambda: _decoder(root, args.device, overrides("decoder"))),
+        (
+            "lm",
+            root / "lm" / "final" / "model.safetensors",
+            lambda: run_recipe("shapes_lm", root, args.device, overrides("lm")),
+        ),
+        (
+            "stage1",
+            root / "stage1" / "final" / "model.safetensors",
+            lambda: run_recipe("shapes_stage1", root, args.device, overrides("stage1")),
+        ),
+        (
+            "stage2",
+            root / "stage2" / "final" / "model.safetensors",
+            lambda: run_recipe("shapes_stage2", root, args.device, overrides("stage2")),
+        ),
+        (
+            "stage3",
+            root / "stage3" / "final" / "model.safetensors",
+            lambda: run_recipe("shapes_stage3", root, args.device, overrides("stage3")),
+        ),
+        (
+            "decoder",
+            root / "decoder" / "decoder_log.json",  # written last
+            lambda: _decoder(root, args.device, overrides("decoder")),
+        ),
     ]
     for name, done_marker, fn in stages:
         if done_marker.exists():

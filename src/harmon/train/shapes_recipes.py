@@ -26,16 +26,25 @@ SAMPLE_SETTINGS = {"num_iter": 16, "num_sampling_steps": "100", "guidance_scale"
 # ratio trains every number of visible tokens (the truncated normal at 1.0 almost never shows more than 4 of 16).
 # 600 steps of it turned scattered colour blobs into whole, single-coloured shapes; trained from stage I,
 # GenEval-rule overall went from 0.056 to 0.28. Recipes take a deep copy: `--set` edits overrides in place.
-V_UNIFORM = {"mar": {"diffloss": {"prediction": "v"}, "mask_ratio_dist": "uniform", "mask_ratio_min": 0.0},
-             "generation": {"x0_clip": None}}
+V_UNIFORM = {
+    "mar": {"diffloss": {"prediction": "v"}, "mask_ratio_dist": "uniform", "mask_ratio_min": 0.0},
+    "generation": {"x0_clip": None},
+}
 # From stage I on, one MAR token is the 2 x 2 block of latents under a 32 px grid cell (MAR patch size 2: 2 x 2
 # tokens of 64 dims at 64 px), so each object of the world is exactly one token and the diffusion head draws all of
 # it, colour included, in one sample. Seen on the third run (patch size 1, 4 x 4 tokens; throwaway checks in
 # session 8, see artifacts/shapes-run6/README.md): failed "colors" images mostly held one object whose four tokens
 # agreed on a colour, but a neighbour of the asked one, and two-object prompts often got the same shape twice.
 # The LLM stage's MAR was never trained, so stage I starts the MAR afresh at the new sizes.
-PATCH2 = {"mar": {"patch_size": 2, "token_dim": 64, "grid_size": 2, "diffusion_batch_mul": 8,
-                  "diffloss": {"target_channels": 64, "width": 256}}}
+PATCH2 = {
+    "mar": {
+        "patch_size": 2,
+        "token_dim": 64,
+        "grid_size": 2,
+        "diffusion_batch_mul": 8,
+        "diffloss": {"target_channels": 64, "width": 256},
+    }
+}
 
 
 # Relative weights of the GenEval tags among the prompt-style text-to-image captions of stages I-III (the whole-scene
@@ -45,8 +54,14 @@ PATCH2 = {"mar": {"patch_size": 2, "token_dim": 64, "grid_size": 2, "diffusion_b
 # The weak tags get the examples the easy ones do not need. With them and the longer stage II, the eighth run scored
 # GenEval-rule 0.639 against the seventh's 0.595 on seed 0 (colour attribution 0.29 -> 0.39; positions unchanged at
 # 0.11); the two changes were made together (artifacts/shapes-run8/README.md).
-T2I_TAG_WEIGHTS: dict = {"single_object": 0.5, "two_object": 0.5, "counting": 1.5, "colors": 1.0, "position": 2.0,
-                         "color_attr": 2.0}
+T2I_TAG_WEIGHTS: dict = {
+    "single_object": 0.5,
+    "two_object": 0.5,
+    "counting": 1.5,
+    "colors": 1.0,
+    "position": 2.0,
+    "color_attr": 2.0,
+}
 STAGE2_STEPS = 6000  # 42 min at ~0.42 s per step on 2 CPU cores (eighth run); the whole pipeline took 89 min
 # Stage II's conversations also draw from a bare-shape existence pair ("Is there a circle in the image?": POPE's own
 # template). The eighth model never saw a question without a colour: F1 44.3 % on 168 such questions (half "No",
@@ -83,50 +98,95 @@ def _t2i() -> dict:
 def shapes_lm() -> TrainConfig:
     """Stage 0: the small Qwen2 LLM learns the world's language (text only), VAE and tokenizer from stage 0."""
     return TrainConfig(
-        name="shapes_lm", output_dir=f"{ROOT}/lm",
-        model=ModelInit(preset=SHAPES_PRESET, tokenizer=f"{ROOT}/tokenizer",
-                        vae_weights=f"{ROOT}/stage0_vae/vae.safetensors"),
+        name="shapes_lm",
+        output_dir=f"{ROOT}/lm",
+        model=ModelInit(
+            preset=SHAPES_PRESET, tokenizer=f"{ROOT}/tokenizer", vae_weights=f"{ROOT}/stage0_vae/vae.safetensors"
+        ),
         data=[SourceConfig("image2text_text", "shapes", batch_size=64, options={"task": "text"})],
-        image_size=64, train_modules=("llm.",), max_steps=1500, optim=OptimConfig(lr=2e-3, warmup_ratio=0.02),
-        log_every=50, save_every=500)
+        image_size=64,
+        train_modules=("llm.",),
+        max_steps=1500,
+        optim=OptimConfig(lr=2e-3, warmup_ratio=0.02),
+        log_every=50,
+        save_every=500,
+    )
 
 
 def shapes_stage1() -> TrainConfig:
     """Stage I: LLM frozen; MAR + projections learn text-to-image and captioning."""
     return TrainConfig(
-        name="shapes_stage1", output_dir=f"{ROOT}/stage1",
-        model=ModelInit(preset=None, pretrained=f"{ROOT}/lm/final",
-                        overrides=deep_merge(copy.deepcopy(V_UNIFORM), copy.deepcopy(PATCH2)), reinit=["mar."]),
-        data=[SourceConfig("text2image", "shapes", batch_size=32, options=_t2i()),
-              SourceConfig("image2text_caption", "shapes", batch_size=8, options={"task": "caption"})],
-        image_size=64, train_modules=("mar.", "proj_in.", "proj_out."), max_steps=2000,
-        optim=OptimConfig(lr=1e-3, warmup_ratio=0.02), log_every=50, save_every=500, sample_every=1000,
-        sample_settings=dict(SAMPLE_SETTINGS), eval="shapes", eval_every=1000)
+        name="shapes_stage1",
+        output_dir=f"{ROOT}/stage1",
+        model=ModelInit(
+            preset=None,
+            pretrained=f"{ROOT}/lm/final",
+            overrides=deep_merge(copy.deepcopy(V_UNIFORM), copy.deepcopy(PATCH2)),
+            reinit=["mar."],
+        ),
+        data=[
+            SourceConfig("text2image", "shapes", batch_size=32, options=_t2i()),
+            SourceConfig("image2text_caption", "shapes", batch_size=8, options={"task": "caption"}),
+        ],
+        image_size=64,
+        train_modules=("mar.", "proj_in.", "proj_out."),
+        max_steps=2000,
+        optim=OptimConfig(lr=1e-3, warmup_ratio=0.02),
+        log_every=50,
+        save_every=500,
+        sample_every=1000,
+        sample_settings=dict(SAMPLE_SETTINGS),
+        eval="shapes",
+        eval_every=1000,
+    )
 
 
 def shapes_stage2() -> TrainConfig:
     """Stage II: everything trains; text-to-image + QA + captioning."""
     return TrainConfig(
-        name="shapes_stage2", output_dir=f"{ROOT}/stage2",
+        name="shapes_stage2",
+        output_dir=f"{ROOT}/stage2",
         model=ModelInit(preset=None, pretrained=f"{ROOT}/stage1/final"),
-        data=[SourceConfig("text2image", "shapes", batch_size=32, options=_t2i()),
-              SourceConfig("image2text_qa", "shapes", batch_size=8, options=dict(STAGE2_QA_OPTIONS)),
-              SourceConfig("image2text_caption", "shapes", batch_size=4, options={"task": "caption"})],
-        image_size=64, train_modules=("llm.", "mar.", "proj_in.", "proj_out."), max_steps=STAGE2_STEPS,
-        optim=OptimConfig(lr=7e-4, warmup_ratio=0.02), log_every=50, save_every=500, sample_every=2000,
-        sample_settings=dict(SAMPLE_SETTINGS), eval="shapes", eval_every=2000)
+        data=[
+            SourceConfig("text2image", "shapes", batch_size=32, options=_t2i()),
+            SourceConfig("image2text_qa", "shapes", batch_size=8, options=dict(STAGE2_QA_OPTIONS)),
+            SourceConfig("image2text_caption", "shapes", batch_size=4, options={"task": "caption"}),
+        ],
+        image_size=64,
+        train_modules=("llm.", "mar.", "proj_in.", "proj_out."),
+        max_steps=STAGE2_STEPS,
+        optim=OptimConfig(lr=7e-4, warmup_ratio=0.02),
+        log_every=50,
+        save_every=500,
+        sample_every=2000,
+        sample_settings=dict(SAMPLE_SETTINGS),
+        eval="shapes",
+        eval_every=2000,
+    )
 
 
 def shapes_stage3() -> TrainConfig:
     """Stage III: a short generation pass (v-prediction, uniform masks) on a frozen understanding path."""
     return TrainConfig(
-        name="shapes_stage3", output_dir=f"{ROOT}/stage3",
+        name="shapes_stage3",
+        output_dir=f"{ROOT}/stage3",
         model=ModelInit(preset=None, pretrained=f"{ROOT}/stage2/final", overrides=copy.deepcopy(V_UNIFORM)),
         data=[SourceConfig("text2image", "shapes", batch_size=32, options=_t2i())],
-        image_size=64, train_modules=GENERATION_SIDE, max_steps=STAGE3_STEPS,
-        optim=OptimConfig(lr=5e-4, warmup_ratio=0.02), log_every=50, save_every=500,
-        sample_settings=dict(SAMPLE_SETTINGS), eval="shapes", eval_every=0)
+        image_size=64,
+        train_modules=GENERATION_SIDE,
+        max_steps=STAGE3_STEPS,
+        optim=OptimConfig(lr=5e-4, warmup_ratio=0.02),
+        log_every=50,
+        save_every=500,
+        sample_settings=dict(SAMPLE_SETTINGS),
+        eval="shapes",
+        eval_every=0,
+    )
 
 
-RECIPES = {"shapes_lm": shapes_lm, "shapes_stage1": shapes_stage1, "shapes_stage2": shapes_stage2,
-           "shapes_stage3": shapes_stage3}
+RECIPES = {
+    "shapes_lm": shapes_lm,
+    "shapes_stage1": shapes_stage1,
+    "shapes_stage2": shapes_stage2,
+    "shapes_stage3": shapes_stage3,
+}

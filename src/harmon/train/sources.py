@@ -24,9 +24,14 @@ from harmon.train.config import SourceConfig, TrainConfig
 
 def caption_conversation(record: dict, instruction: str) -> dict:
     """A text2image record (image + caption) as a captioning conversation."""
-    return {"kind": "image2text", "image": record["image"],
-            "conversation": [{"role": "user", "content": "<image>\n" + instruction},
-                             {"role": "assistant", "content": record["caption"]}]}
+    return {
+        "kind": "image2text",
+        "image": record["image"],
+        "conversation": [
+            {"role": "user", "content": "<image>\n" + instruction},
+            {"role": "assistant", "content": record["caption"]},
+        ],
+    }
 
 
 class CaptionView:
@@ -81,13 +86,25 @@ def build_dataset(src: SourceConfig, cfg: TrainConfig) -> Any:
 
         task = o.get("task", "text2image" if kind == "text2image" else "qa")
         world = WorldConfig(image_size=o.get("world_image_size", cfg.image_size))
-        fn = functools.partial(shapes_record, task, seed=int(o.get("seed", cfg.seed)), config=world,
-                               tag_weights=o.get("tag_weights"), shape_questions=bool(o.get("shape_questions", False)))
+        fn = functools.partial(
+            shapes_record,
+            task,
+            seed=int(o.get("seed", cfg.seed)),
+            config=world,
+            tag_weights=o.get("tag_weights"),
+            shape_questions=bool(o.get("shape_questions", False)),
+        )
         return ProceduralSource(fn, length=o.get("length"), kind=kind)
     if src.format == "official":
-        ds = OfficialLayout(src.path, src.image_folder or ".", cap_folder=o.get("cap_folder"),
-                            cap_key=o.get("cap_key", "caption"), kind="text2image" if as_caption else kind,
-                            instructions=o.get("instructions", "detailed"), seed=cfg.seed)
+        ds = OfficialLayout(
+            src.path,
+            src.image_folder or ".",
+            cap_folder=o.get("cap_folder"),
+            cap_key=o.get("cap_key", "caption"),
+            kind="text2image" if as_caption else kind,
+            instructions=o.get("instructions", "detailed"),
+            seed=cfg.seed,
+        )
     elif src.format == "jsonl":
         ds = JsonlManifest(src.path, image_root=src.image_folder, kind=o.get("kind", None if as_caption else kind))
     elif src.format == "llava":
@@ -102,21 +119,46 @@ def build_dataset(src: SourceConfig, cfg: TrainConfig) -> Any:
 
 def build_processor(src: SourceConfig, cfg: TrainConfig, tokenizer, model_config: HarmonConfig):
     if "text2image" in src.name:
-        return Text2ImageProcessor(tokenizer, cfg.image_size, max_length=cfg.max_text_length,
-                                   cfg_drop_prob=float(src.options.get("cfg_drop_prob", 0.1)),
-                                   crop=src.options.get("crop", "random"))
+        return Text2ImageProcessor(
+            tokenizer,
+            cfg.image_size,
+            max_length=cfg.max_text_length,
+            cfg_drop_prob=float(src.options.get("cfg_drop_prob", 0.1)),
+            crop=src.options.get("crop", "random"),
+        )
     grid = cfg.image_size // model_config.token_px
     image_tokens = grid * grid + model_config.mar.buffer_size
     text_only = src.options.get("task") == "text" or src.options.get("with_image") is False
     require = not text_only  # a micro-batch is all-image or all-text
-    return Image2TextProcessor(tokenizer, cfg.image_size, image_tokens,
-                               max_text_length=int(src.options.get("max_text_length", max(cfg.max_text_length, 128))),
-                               pad_to_square=bool(src.options.get("pad_to_square", True)), require_image=require)
+    return Image2TextProcessor(
+        tokenizer,
+        cfg.image_size,
+        image_tokens,
+        max_text_length=int(src.options.get("max_text_length", max(cfg.max_text_length, 128))),
+        pad_to_square=bool(src.options.get("pad_to_square", True)),
+        require_image=require,
+    )
 
 
-def build_mixture(cfg: TrainConfig, tokenizer, model_config: HarmonConfig, rank: int = 0, world_size: int = 1,
-                  start_step: int = 0) -> MixtureLoader:
-    specs = [SourceSpec(src.name, build_dataset(src, cfg), build_processor(src, cfg, tokenizer, model_config),
-                        batch_size=src.batch_size, weight=src.loss_weight) for src in cfg.data]
-    return MixtureLoader(specs, seed=cfg.seed, rank=rank, world_size=world_size, accum_steps=cfg.accum_steps,
-                         num_workers=cfg.num_workers, start_step=start_step)
+def build_mixture(
+    cfg: TrainConfig, tokenizer, model_config: HarmonConfig, rank: int = 0, world_size: int = 1, start_step: int = 0
+) -> MixtureLoader:
+    specs = [
+        SourceSpec(
+            src.name,
+            build_dataset(src, cfg),
+            build_processor(src, cfg, tokenizer, model_config),
+            batch_size=src.batch_size,
+            weight=src.loss_weight,
+        )
+        for src in cfg.data
+    ]
+    return MixtureLoader(
+        specs,
+        seed=cfg.seed,
+        rank=rank,
+        world_size=world_size,
+        accum_steps=cfg.accum_steps,
+        num_workers=cfg.num_workers,
+        start_step=start_step,
+    )

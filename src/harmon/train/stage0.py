@@ -28,8 +28,17 @@ def shapes_vae_config(image_size: int = 64) -> VAEConfig:
     cost, and wide at the low levels (32 / 64 channels at 8 / 4 px), where width is nearly free. This is ~3x
     cheaper per step than ch=16, ch_mult=(1, 2, 2, 4, 4).
     """
-    return VAEConfig(ch=8, ch_mult=(1, 1, 2, 4, 8), num_res_blocks=1, attn_resolutions=(), resolution=image_size,
-                     norm_groups=4, z_channels=16, embed_dim=16, scale_factor=1.0)
+    return VAEConfig(
+        ch=8,
+        ch_mult=(1, 1, 2, 4, 8),
+        num_res_blocks=1,
+        attn_resolutions=(),
+        resolution=image_size,
+        norm_groups=4,
+        z_channels=16,
+        embed_dim=16,
+        scale_factor=1.0,
+    )
 
 
 def off_palette_color(generator: torch.Generator, world_config) -> tuple[int, int, int]:
@@ -44,8 +53,9 @@ def off_palette_color(generator: torch.Generator, world_config) -> tuple[int, in
             return (int(rgb[0]), int(rgb[1]), int(rgb[2]))
 
 
-def render_batch(indices: range | list[int], seed: int, world_config, allow_held_out: bool = False,
-                 generic_fraction: float = 0.0) -> torch.Tensor:
+def render_batch(
+    indices: range | list[int], seed: int, world_config, allow_held_out: bool = False, generic_fraction: float = 0.0
+) -> torch.Tensor:
     """Scenes number ``i`` of the world (seeded by (seed, i)) as pixels (B, 3, H, W) in [-1, 1].
 
     With ``generic_fraction`` > 0, that share of the scenes has every object painted in its own
@@ -69,8 +79,15 @@ def render_batch(indices: range | list[int], seed: int, world_config, allow_held
     return x / 127.5 - 1.0
 
 
-def object_weighted_loss(rec: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor,
-                         kl_weight: float, object_weight: float, background: tuple[int, int, int]) -> dict:
+def object_weighted_loss(
+    rec: torch.Tensor,
+    x: torch.Tensor,
+    mean: torch.Tensor,
+    logvar: torch.Tensor,
+    kl_weight: float,
+    object_weight: float,
+    background: tuple[int, int, int],
+) -> dict:
     """``vae_loss`` with the reconstruction term re-weighted: pixels of objects count ``1 + object_weight`` times
     a background pixel (normalised by the mean weight, so the scale matches ``vae_loss``). Objects cover a small
     share of a scene; without the weight the plain white background dominates the loss."""
@@ -84,10 +101,22 @@ def object_weighted_loss(rec: torch.Tensor, x: torch.Tensor, mean: torch.Tensor,
     return {"loss": rec_term + kl_weight * terms["kl"], "rec": rec_term, "kl": terms["kl"]}
 
 
-def train_shapes_vae(out_dir: str | Path, steps: int = 8000, batch_size: int = 8, lr: float = 3e-3,
-                     seed: int = 0, image_size: int = 64, kl_weight: float = 1e-6, log_every: int = 200,
-                     device: str = "cpu", object_weight: float = 4.0, warmup_frac: float = 0.05,
-                     latent_noise: float = 0.0, eval_scenes: int = 256, generic_fraction: float = 0.0) -> Path:
+def train_shapes_vae(
+    out_dir: str | Path,
+    steps: int = 8000,
+    batch_size: int = 8,
+    lr: float = 3e-3,
+    seed: int = 0,
+    image_size: int = 64,
+    kl_weight: float = 1e-6,
+    log_every: int = 200,
+    device: str = "cpu",
+    object_weight: float = 4.0,
+    warmup_frac: float = 0.05,
+    latent_noise: float = 0.0,
+    eval_scenes: int = 256,
+    generic_fraction: float = 0.0,
+) -> Path:
     """Train the small VAE on rendered scenes and save ``vae.safetensors`` + ``vae_config.json``.
 
     Defaults: batch 8 (on CPU more small steps beat fewer large ones at equal wall time), one-cycle LR peaking at
@@ -119,8 +148,9 @@ def train_shapes_vae(out_dir: str | Path, steps: int = 8000, batch_size: int = 8
     log = []
     t0 = time.perf_counter()
     for step in range(steps):
-        x = render_batch(range(step * batch_size, (step + 1) * batch_size), seed, world,
-                         generic_fraction=generic_fraction).to(device)
+        x = render_batch(
+            range(step * batch_size, (step + 1) * batch_size), seed, world, generic_fraction=generic_fraction
+        ).to(device)
         mean, logvar = vae.encode(x)
         z = vae.sample_posterior(mean, logvar, gen)
         if latent_noise > 0:
@@ -134,7 +164,11 @@ def train_shapes_vae(out_dir: str | Path, steps: int = 8000, batch_size: int = 8
         opt.step()
         sched.step()
         if (step + 1) % log_every == 0 or step + 1 == steps:
-            entry = {"step": step + 1, **{k: float(v.detach()) for k, v in terms.items()}, "s": time.perf_counter() - t0}
+            entry = {
+                "step": step + 1,
+                **{k: float(v.detach()) for k, v in terms.items()},
+                "s": time.perf_counter() - t0,
+            }
             log.append(entry)
             logger.info("vae %s", entry)
     train_seconds = time.perf_counter() - t0
@@ -147,22 +181,41 @@ def train_shapes_vae(out_dir: str | Path, steps: int = 8000, batch_size: int = 8
         rec = vae.decode(mean)
     cfg = replace(cfg, scale_factor=round(scale, 5))
     quality = reconstruction_quality(x, rec, world)
-    quality["under_latent_noise"] = noise_robustness(vae, x, world, scale,
-                                                     generator=torch.Generator().manual_seed(seed))
+    quality["under_latent_noise"] = noise_robustness(
+        vae, x, world, scale, generator=torch.Generator().manual_seed(seed)
+    )
     save_safetensors(vae.state_dict(), out / "vae.safetensors")
     (out / "vae_config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
-    summary = {"log": log, "quality": quality, "train_seconds": train_seconds, "steps": steps,
-               "batch_size": batch_size, "lr": lr, "object_weight": object_weight, "latent_noise": latent_noise,
-               "generic_fraction": generic_fraction,
-               "scale_factor": cfg.scale_factor}
+    summary = {
+        "log": log,
+        "quality": quality,
+        "train_seconds": train_seconds,
+        "steps": steps,
+        "batch_size": batch_size,
+        "lr": lr,
+        "object_weight": object_weight,
+        "latent_noise": latent_noise,
+        "generic_fraction": generic_fraction,
+        "scale_factor": cfg.scale_factor,
+    }
     (out / "vae_log.json").write_text(json.dumps(summary, indent=2) + "\n")
     logger.info("vae done: scale %.4f, %s", scale, quality)
     return out
 
 
-def finetune_vae_decoder(vae: AutoencoderKL, steps: int = 3000, batch_size: int = 8, lr: float = 1e-3,
-                         max_noise: float = 0.4, seed: int = 0, image_size: int = 64, object_weight: float = 4.0,
-                         device: str = "cpu", log_every: int = 500, eval_scenes: int = 256) -> dict:
+def finetune_vae_decoder(
+    vae: AutoencoderKL,
+    steps: int = 3000,
+    batch_size: int = 8,
+    lr: float = 1e-3,
+    max_noise: float = 0.4,
+    seed: int = 0,
+    image_size: int = 64,
+    object_weight: float = 4.0,
+    device: str = "cpu",
+    log_every: int = 500,
+    eval_scenes: int = 256,
+) -> dict:
     """Teach a trained VAE's decoder to draw clean scenes from imprecise latents; the encoder is left untouched.
 
     Each training scene is encoded (posterior mean, frozen encoder) and decoded from ``mean + sigma / scale * N(0,
@@ -187,8 +240,9 @@ def finetune_vae_decoder(vae: AutoencoderKL, steps: int = 3000, batch_size: int 
     def quality() -> dict:
         with torch.no_grad():
             out = reconstruction_quality(x_eval, vae.decode(vae.encode(x_eval)[0]), world)
-        out["under_latent_noise"] = noise_robustness(vae, x_eval, world, scale,
-                                                     generator=torch.Generator().manual_seed(seed))
+        out["under_latent_noise"] = noise_robustness(
+            vae, x_eval, world, scale, generator=torch.Generator().manual_seed(seed)
+        )
         return out
 
     vae.eval()
@@ -205,8 +259,9 @@ def finetune_vae_decoder(vae: AutoencoderKL, steps: int = 3000, batch_size: int 
     vae.post_quant_conv.train()
     for step in range(steps):
         # scenes 30M+ are not the ones stage 0 trained on (0..steps*batch) nor the evaluation scenes
-        x = render_batch(range(30_000_000 + step * batch_size, 30_000_000 + (step + 1) * batch_size), seed,
-                         world).to(device)
+        x = render_batch(range(30_000_000 + step * batch_size, 30_000_000 + (step + 1) * batch_size), seed, world).to(
+            device
+        )
         with torch.no_grad():
             mean, logvar = vae.encode(x)
         sigma = torch.rand(x.shape[0], 1, 1, 1, generator=gen) * max_noise / scale
@@ -226,8 +281,16 @@ def finetune_vae_decoder(vae: AutoencoderKL, steps: int = 3000, batch_size: int 
         p.requires_grad_(False)
     train_seconds = time.perf_counter() - t0
     vae.eval()
-    return {"log": log, "before": before, "after": quality(), "train_seconds": train_seconds,
-            "steps": steps, "batch_size": batch_size, "lr": lr, "max_noise": max_noise}
+    return {
+        "log": log,
+        "before": before,
+        "after": quality(),
+        "train_seconds": train_seconds,
+        "steps": steps,
+        "batch_size": batch_size,
+        "lr": lr,
+        "max_noise": max_noise,
+    }
 
 
 def reconstruction_quality(x: torch.Tensor, rec: torch.Tensor, world) -> dict[str, float]:
@@ -245,8 +308,14 @@ def reconstruction_quality(x: torch.Tensor, rec: torch.Tensor, world) -> dict[st
 
 
 @torch.no_grad()
-def noise_robustness(vae: AutoencoderKL, x: torch.Tensor, world, scale: float, sigmas=(0.1, 0.2, 0.3, 0.5),
-                     generator: torch.Generator | None = None) -> dict[str, float]:
+def noise_robustness(
+    vae: AutoencoderKL,
+    x: torch.Tensor,
+    world,
+    scale: float,
+    sigmas=(0.1, 0.2, 0.3, 0.5),
+    generator: torch.Generator | None = None,
+) -> dict[str, float]:
     """Share of scenes the detector still recovers exactly when Gaussian noise of std ``sigma`` is added to the
     unit-variance latents (``mean * scale``) before decoding: how precisely a generator must draw tokens.
 

@@ -56,8 +56,9 @@ def build_model(cfg: TrainConfig) -> tuple[Harmon, Any]:
         pipe = HarmonPipeline.from_pretrained(init.pretrained, device="cpu", dtype=torch.float32)
         model, tok = pipe.model, pipe.tokenizer
     elif init.official_checkpoint:
-        pipe = HarmonPipeline.from_official(init.official_checkpoint, init.official_vae, init.llm_folder,
-                                            device="cpu", dtype=torch.float32)
+        pipe = HarmonPipeline.from_official(
+            init.official_checkpoint, init.official_vae, init.llm_folder, device="cpu", dtype=torch.float32
+        )
         model, tok = pipe.model, pipe.tokenizer
     else:
         tok_path = init.tokenizer or init.llm_folder
@@ -69,7 +70,9 @@ def build_model(cfg: TrainConfig) -> tuple[Harmon, Any]:
         small = init.preset in ("tiny", "shapes")  # vocabulary sized to the trained tokenizer
         config = CONFIGS[init.preset](**({"vocab_size": _round_vocab(len(tok))} if small else {}))
         if int(config.llm["vocab_size"]) < len(tok):
-            raise ValueError(f"tokenizer has {len(tok)} tokens but the {init.preset} LLM only {config.llm['vocab_size']}")
+            raise ValueError(
+                f"tokenizer has {len(tok)} tokens but the {init.preset} LLM only {config.llm['vocab_size']}"
+            )
         vae_config = Path(init.vae_weights).with_name("vae_config.json") if init.vae_weights else None
         if vae_config is not None and vae_config.is_file():  # a trained small VAE records its shape and scale
             config = config.replace(vae=VAEConfig.from_dict(json.loads(vae_config.read_text())))
@@ -82,7 +85,9 @@ def build_model(cfg: TrainConfig) -> tuple[Harmon, Any]:
             load_llm_weights(model, init.llm_folder)
         if init.vae_weights:
             path = Path(init.vae_weights)
-            vae_sd = read_weights(path, entry="model") if path.suffix in (".ckpt", ".pth", ".pt") else read_weights(path)
+            vae_sd = (
+                read_weights(path, entry="model") if path.suffix in (".ckpt", ".pth", ".pt") else read_weights(path)
+            )
             load_checked(model.vae, vae_sd, str(path))
         return model, tok
     if init.overrides or init.reinit:
@@ -192,8 +197,14 @@ class Trainer:
     def build_loader(self, start_step: int):
         from harmon.train.sources import build_mixture
 
-        return build_mixture(self.cfg, self.tokenizer, self.model.config, rank=self.info.rank,
-                             world_size=self.info.world_size, start_step=start_step)
+        return build_mixture(
+            self.cfg,
+            self.tokenizer,
+            self.model.config,
+            rank=self.info.rank,
+            world_size=self.info.world_size,
+            start_step=start_step,
+        )
 
     # -------------------------------------------------------------------------------------- state
     def _extra(self, step: int, loader) -> dict[str, Any]:
@@ -215,8 +226,9 @@ class Trainer:
         if path is None:
             logger.info("no checkpoint under %s: starting fresh", self.ckpt_root)
             return 0, None
-        extra = load_checkpoint(path, self.module, self.optimizer, self.scheduler,
-                                self.ema.shadow if self.ema else None)
+        extra = load_checkpoint(
+            path, self.module, self.optimizer, self.scheduler, self.ema.shadow if self.ema else None
+        )
         if self.info.is_main:
             logger.info("resumed from %s at step %d", path, extra["step"])
         return int(extra["step"]), extra
@@ -226,8 +238,11 @@ class Trainer:
         cfg = self.cfg
         self.module.train()
         totals: dict[str, float] = {}
-        autocast = torch.autocast(self.info.device.type, dtype=torch.bfloat16) if cfg.precision == "bf16" \
+        autocast = (
+            torch.autocast(self.info.device.type, dtype=torch.bfloat16)
+            if cfg.precision == "bf16"
             else contextlib.nullcontext()
+        )
         for micro in range(cfg.accum_steps):
             batch = _to_device(next(batches), self.info.device)
             seed = loader.batch_seed(step, micro)
@@ -302,8 +317,10 @@ class Trainer:
                 self._log(metrics)
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(loss=f"{metrics['loss']:.4f}", **(
-                        {"sps": f"{metrics['samples_per_s']:.1f}"} if "samples_per_s" in metrics else {}))
+                    bar.set_postfix(
+                        loss=f"{metrics['loss']:.4f}",
+                        **({"sps": f"{metrics['samples_per_s']:.1f}"} if "samples_per_s" in metrics else {}),
+                    )
             if cfg.save_every and done % cfg.save_every == 0 and done < end:
                 self.save(done, loader)
             if cfg.sample_every and done % cfg.sample_every == 0:
@@ -330,9 +347,16 @@ class Trainer:
                     self._tb.add_scalar(k, v, metrics["step"])
 
     def save(self, step: int, loader) -> Path:
-        return save_checkpoint(self.ckpt_root, step, self.module, self.optimizer, self.scheduler,
-                               self._extra(step, loader), self.ema.state_dict() if self.ema else None,
-                               keep=self.cfg.keep_checkpoints)
+        return save_checkpoint(
+            self.ckpt_root,
+            step,
+            self.module,
+            self.optimizer,
+            self.scheduler,
+            self._extra(step, loader),
+            self.ema.state_dict() if self.ema else None,
+            keep=self.cfg.keep_checkpoints,
+        )
 
     # -------------------------------------------------------------------------------------- sampling / eval / export
     def pipeline(self) -> HarmonPipeline:
@@ -343,8 +367,9 @@ class Trainer:
     def sample(self, step: int) -> None:
         pipe = self.pipeline()
         settings = {"image_size": self.cfg.image_size, **self.cfg.sample_settings}
-        images = pipe.generate(list(self.cfg.sample_prompts), generator=torch.Generator().manual_seed(self.cfg.seed),
-                               **settings)
+        images = pipe.generate(
+            list(self.cfg.sample_prompts), generator=torch.Generator().manual_seed(self.cfg.seed), **settings
+        )
         if self.info.is_main:
             save_grid(images, self.out / "samples" / f"step_{step:07d}.png")
         self.module.train()
@@ -379,9 +404,15 @@ class Trainer:
             model = build_empty_model(self.model.config, "cpu", torch.float32)
             load_harmon_weights(model, sd, "trained model", include_vae=True)
             HarmonPipeline(model, self.tokenizer).save_pretrained(path)
-            write_json_atomic(path / "training.json", {"recipe": self.cfg.name, "steps": self.cfg.max_steps,
-                                                       "world_size": self.info.world_size,
-                                                       "device": str(self.info.device)})
+            write_json_atomic(
+                path / "training.json",
+                {
+                    "recipe": self.cfg.name,
+                    "steps": self.cfg.max_steps,
+                    "world_size": self.info.world_size,
+                    "device": str(self.info.device),
+                },
+            )
         if dist.is_initialized():
             dist.barrier()
 

@@ -51,9 +51,15 @@ def tag_probabilities(tag_weights: Mapping[str, float]) -> np.ndarray:
     return w / w.sum()
 
 
-def shapes_record(task: str, index: int, seed: int = 0, config: WorldConfig | None = None,
-                  max_turns: int = 6, tag_weights: Mapping[str, float] | None = None,
-                  shape_questions: bool = False) -> dict[str, Any]:
+def shapes_record(
+    task: str,
+    index: int,
+    seed: int = 0,
+    config: WorldConfig | None = None,
+    max_turns: int = 6,
+    tag_weights: Mapping[str, float] | None = None,
+    shape_questions: bool = False,
+) -> dict[str, Any]:
     """Record ``index`` of ``task`` (see the module docstring), in the data layer's record format.
 
     ``shape_questions`` (qa only): the conversation's questions are drawn from a list that also holds a bare-shape
@@ -69,7 +75,9 @@ def shapes_record(task: str, index: int, seed: int = 0, config: WorldConfig | No
     if task == "text2image":
         if float(torch.rand((), generator=g)) < DESCRIBE_FRACTION:
             scene = sample_scene(g, config)
-            caption = describe_scene(scene) if float(torch.rand((), generator=g)) < 0.5 else caption_scene(scene, g, config)
+            caption = (
+                describe_scene(scene) if float(torch.rand((), generator=g)) < 0.5 else caption_scene(scene, g, config)
+            )
         else:
             tag = None if tag_weights is None else TAGS[_categorical(g, tag_probabilities(tag_weights))]
             prompt = sample_prompt(g, tag, config=config)
@@ -78,9 +86,14 @@ def shapes_record(task: str, index: int, seed: int = 0, config: WorldConfig | No
         return {"kind": "text2image", "image": render(scene, config), "caption": caption}
     if task == "caption":
         scene = sample_scene(g, config)
-        return {"kind": "image2text", "image": render(scene, config),
-                "conversation": [{"role": "user", "content": "<image>\n" + _instruction(g)},
-                                 {"role": "assistant", "content": describe_scene(scene)}]}
+        return {
+            "kind": "image2text",
+            "image": render(scene, config),
+            "conversation": [
+                {"role": "user", "content": "<image>\n" + _instruction(g)},
+                {"role": "assistant", "content": describe_scene(scene)},
+            ],
+        }
     if task == "qa":
         scene = sample_scene(g, config)
         questions = sample_questions(scene, g, config, shape_questions=shape_questions)
@@ -96,8 +109,10 @@ def shapes_record(task: str, index: int, seed: int = 0, config: WorldConfig | No
         if float(torch.rand((), generator=g)) < 0.5:
             prompt = sample_prompt(g, config=config)
             drawn = scene_for_prompt(prompt, g, config)  # a scene the prompt describes exactly
-            turns = [{"role": "user", "content": "Describe a scene for: " + prompt["prompt"]},
-                     {"role": "assistant", "content": describe_scene(drawn)}]
+            turns = [
+                {"role": "user", "content": "Describe a scene for: " + prompt["prompt"]},
+                {"role": "assistant", "content": describe_scene(drawn)},
+            ]
         else:
             q = _choice(g, sample_questions(scene, g, config))
             turns = [{"role": "user", "content": q["question"]}, {"role": "assistant", "content": q["answer"]}]

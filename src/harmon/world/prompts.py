@@ -206,7 +206,7 @@ def _normalise(text: str) -> str:
     t = t.rstrip(".").strip()
     for prefix in ("a photo of ", "an image of ", "a picture of "):
         if t.startswith(prefix):
-            t = t[len(prefix):]
+            t = t[len(prefix) :]
             break
     return t
 

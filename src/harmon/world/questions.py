@@ -95,7 +95,7 @@ def negative_pairs(
 
 
 def existence_question(pair: tuple[str, str], present: bool, split: str) -> Question:
-    """"Is there a <colour> <shape> in the image?" with its Yes/No answer."""
+    """ "Is there a <colour> <shape> in the image?" with its Yes/No answer."""
     color, shape = pair
     return {
         "question": f"Is there {noun_phrase(shape, color)} in the image?",
@@ -106,9 +106,13 @@ def existence_question(pair: tuple[str, str], present: bool, split: str) -> Ques
 
 
 def shape_existence_question(shape: str, present: bool) -> Question:
-    """"Is there a <shape> in the image?" (no colour: POPE's own template) with its Yes/No answer."""
-    return {"question": f"Is there {noun_phrase(shape)} in the image?", "answer": _yes_no(present),
-            "type": "existence", "split": "shape"}
+    """ "Is there a <shape> in the image?" (no colour: POPE's own template) with its Yes/No answer."""
+    return {
+        "question": f"Is there {noun_phrase(shape)} in the image?",
+        "answer": _yes_no(present),
+        "type": "existence",
+        "split": "shape",
+    }
 
 
 def shape_existence_pair(scene: Scene, generator: torch.Generator, config: WorldConfig) -> list[Question]:
@@ -122,7 +126,7 @@ def shape_existence_pair(scene: Scene, generator: torch.Generator, config: World
 
 
 def counting_question(scene: Scene, generator: torch.Generator, config: WorldConfig) -> Question:
-    """"How many <shapes> are there?" (a uniformly drawn shape, possibly absent) or "How many objects are there?"."""
+    """ "How many <shapes> are there?" (a uniformly drawn shape, possibly absent) or "How many objects are there?"."""
     target = _choice(generator, [*config.shapes, None])
     if target is None:
         return {"question": "How many objects are there?", "answer": str(len(scene.objects)), "type": "counting"}
@@ -134,7 +138,7 @@ def counting_question(scene: Scene, generator: torch.Generator, config: WorldCon
 
 
 def color_question(scene: Scene, generator: torch.Generator, config: WorldConfig) -> Question | None:
-    """"What color is the <shape>?" for a shape present exactly once; None when no shape is."""
+    """ "What color is the <shape>?" for a shape present exactly once; None when no shape is."""
     unique = [s for s in config.shapes if scene.count(shape=s) == 1]
     if not unique:
         return None
@@ -144,7 +148,7 @@ def color_question(scene: Scene, generator: torch.Generator, config: WorldConfig
 
 
 def position_question(scene: Scene, generator: torch.Generator, positive: bool | None = None) -> Question | None:
-    """"Is the <a> <relation> the <b>?" for two uniquely named objects with exactly one GenEval relation.
+    """ "Is the <a> <relation> the <b>?" for two uniquely named objects with exactly one GenEval relation.
 
     ``positive`` True asks the relation that holds ("Yes"), False its opposite ("No"), None a fair coin.
     Returns None when no pair of objects qualifies.
@@ -173,7 +177,7 @@ def position_question(scene: Scene, generator: torch.Generator, positive: bool |
 
 
 def describe_question(scene: Scene) -> Question:
-    """"Describe the image." answered by the canonical :func:`describe_scene`."""
+    """ "Describe the image." answered by the canonical :func:`describe_scene`."""
     return {"question": "Describe the image.", "answer": describe_scene(scene), "type": "describe"}
 
 
@@ -206,8 +210,9 @@ def sample_questions(
     return questions
 
 
-def sample_shape_existence_items(n: int, generator: torch.Generator, config: WorldConfig | None = None,
-                                 max_scene_attempts: int = 100) -> list[tuple[Scene, Question]]:
+def sample_shape_existence_items(
+    n: int, generator: torch.Generator, config: WorldConfig | None = None, max_scene_attempts: int = 100
+) -> list[tuple[Scene, Question]]:
     """``n`` (scene, bare-shape existence question) items, one fresh scene each, answers alternating Yes/No (item i
     is "Yes" when i is even). A "No" item redraws its scene until some shape is absent from it (a world whose every
     scene holds every shape raises instead of looping)."""

@@ -55,7 +55,7 @@ def plural(shape: str) -> str:
 
 
 def noun_phrase(shape: str, color: str | None = None) -> str:
-    """"a circle", "a red circle", "an orange square"."""
+    """ "a circle", "a red circle", "an orange square"."""
     words = f"{color} {shape}" if color else shape
     return f"{article(words)} {words}"
 
@@ -129,8 +129,10 @@ class WorldConfig:
             if self.grid_cells < 1 or self.image_size % self.grid_cells:
                 raise ValueError(f"image_size {self.image_size} must be a multiple of grid_cells {self.grid_cells}")
             if self.min_size_px > self.cell_px - self.gap_px:
-                raise ValueError(f"objects of {self.min_size_px} px do not fit a {self.cell_px} px cell with a "
-                                 f"{self.gap_px} px gap; lower min_size_frac or grid_cells")
+                raise ValueError(
+                    f"objects of {self.min_size_px} px do not fit a {self.cell_px} px cell with a "
+                    f"{self.gap_px} px gap; lower min_size_frac or grid_cells"
+                )
             if self.max_objects > self.grid_cells**2:
                 raise ValueError(f"max_objects {self.max_objects} exceeds the {self.grid_cells**2} grid cells")
         if not 1 <= self.max_objects <= 8:
@@ -544,4 +546,3 @@ def check_scene(scene: Scene, config: WorldConfig) -> None:
         for j in range(i):
             if not boxes_separated(o.bbox, scene.objects[j].bbox, gap):
                 raise ValueError(f"objects {j} and {i} are closer than {gap} px")
-

@@ -289,8 +289,12 @@ def detect_objects(
             shape, fit = _classify_shape(filled, own.sum() / area, config, detector)
             found.append(
                 DetectedObject(
-                    shape=shape, color=color, bbox=(x0, y0, x1, y1), center=((x0 + x1) / 2, (y0 + y1) / 2),
-                    area=area, fit=fit,
+                    shape=shape,
+                    color=color,
+                    bbox=(x0, y0, x1, y1),
+                    center=((x0 + x1) / 2, (y0 + y1) / 2),
+                    area=area,
+                    fit=fit,
                 )
             )
     found.sort(key=lambda d: (d.center[0], d.center[1]))
@@ -480,8 +484,13 @@ def parse_description(text: str, config: WorldConfig | None = None) -> list[tupl
     """
     config = config or WorldConfig()
     pattern = re.compile(
-        r"\b(an|a|\d+|" + "|".join(NUMBER_WORDS) + r")\s+(" + "|".join(config.color_names) + r")\s+("
-        + "|".join(config.shapes) + r")(s?)\b"
+        r"\b(an|a|\d+|"
+        + "|".join(NUMBER_WORDS)
+        + r")\s+("
+        + "|".join(config.color_names)
+        + r")\s+("
+        + "|".join(config.shapes)
+        + r")(s?)\b"
     )
     found: list[tuple[str, str]] = []
     for m in pattern.finditer(text.lower()):
@@ -550,8 +559,11 @@ def score_answers(
     pope: dict[str, dict[str, float]] = {}
     existence = [(q, a) for q, a in zip(questions, answers) if q["type"] == "existence"]
     for split in (*POPE_SPLITS, "shape", "all"):  # "all": the three POPE splits; "shape": bare-shape questions
-        chosen = [(q, a) for q, a in existence
-                  if q.get("split") == split or (split == "all" and q.get("split") in POPE_SPLITS)]
+        chosen = [
+            (q, a)
+            for q, a in existence
+            if q.get("split") == split or (split == "all" and q.get("split") in POPE_SPLITS)
+        ]
         if chosen:
             pope[split] = _binary_metrics([q["answer"].lower() for q, _ in chosen], [pope_answer(a) for _, a in chosen])
     accuracy, count = {}, {}
