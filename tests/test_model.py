@@ -6,11 +6,10 @@ import pytest
 import torch
 from helpers import tiny_model
 
-from harmon.checkpoint import CheckpointError
 from harmon.config import harmon_0_5b, harmon_1_5b
+from harmon.loading import CheckpointError, infer_mar_config, load_harmon_weights
 from harmon.mar import mar_base, mar_huge, mask_by_order
 from harmon.model import IGNORE_INDEX, IMAGE_PLACEHOLDER, Harmon, truncated_normal_mask_ratio, uniform_mask_ratio
-from harmon.pipeline import infer_mar_config, load_harmon_weights
 
 # Every parameter name and shape of the official checkpoints (a copy of shared/reference's manifest).
 MANIFEST = Path(__file__).resolve().parent / "data" / "official-state-dict-keys.json"

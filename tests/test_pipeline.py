@@ -7,8 +7,8 @@ from helpers import tiny_pipeline
 from PIL import Image
 
 from harmon import cli
-from harmon.checkpoint import CheckpointError, read_weights
 from harmon.images import prepare_for_understanding, to_rgb
+from harmon.loading import CheckpointError, read_weights
 from harmon.pipeline import HarmonPipeline
 from harmon.sampling import SamplingSettings, generate_tokens
 
@@ -240,11 +240,11 @@ def _write_official_files(pipe, folder):
 
 
 def test_from_official_files(pipe, tmp_path, monkeypatch):
-    import harmon.pipeline as P
+    import harmon.loading as L
 
     ckpt, vae, llm = _write_official_files(pipe, tmp_path)
     # The tiny MAR has widths the releases do not use; teach the head-count table about it for this test.
-    monkeypatch.setitem(P.MAR_HEADS_BY_WIDTH, 64, 4)
+    monkeypatch.setitem(L.MAR_HEADS_BY_WIDTH, 64, 4)
     loaded = HarmonPipeline.from_official(ckpt, vae, llm, device="cpu", dtype=torch.float32, vae_config=pipe.config.vae)
     assert loaded.model.config.mar.encoder_depth == pipe.model.config.mar.encoder_depth
     a = pipe.generate("a red circle", generator=gen(3), output_type="pt", **FAST)
@@ -253,14 +253,14 @@ def test_from_official_files(pipe, tmp_path, monkeypatch):
 
 
 def test_checkpoint_with_missing_key_is_refused(pipe, tmp_path, monkeypatch):
-    import harmon.pipeline as P
+    import harmon.loading as L
 
     ckpt, vae, llm = _write_official_files(pipe, tmp_path)
     sd = torch.load(ckpt, weights_only=True)
     sd.pop("mar.decoder_norm.weight")
     sd["llm.surprise"] = torch.zeros(2)
     torch.save(sd, ckpt)
-    monkeypatch.setitem(P.MAR_HEADS_BY_WIDTH, 64, 4)
+    monkeypatch.setitem(L.MAR_HEADS_BY_WIDTH, 64, 4)
     with pytest.raises(CheckpointError, match=r"mar.decoder_norm.weight") as info:
         HarmonPipeline.from_official(ckpt, vae, llm, device="cpu", vae_config=pipe.config.vae)
     assert "llm.surprise" in str(info.value)

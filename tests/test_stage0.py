@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from harmon.checkpoint import read_weights
+from harmon.loading import read_weights
 from harmon.train.stage0 import render_batch, shapes_vae_config, train_shapes_vae
 from harmon.vae import AutoencoderKL, VAEConfig
 from harmon.world.scene import WorldConfig

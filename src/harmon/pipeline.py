@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -10,129 +9,16 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from harmon.checkpoint import TIED_KEYS, check_state_dict, load_checked, read_weights, save_safetensors
 from harmon.config import HarmonConfig
 from harmon.cpu_linear import packed_linears
-from harmon.diffloss import DiffLossConfig
 from harmon.images import load_image, prepare_for_understanding, tensor_to_pil
-from harmon.mar import MARConfig
+from harmon.loading import load_official, load_pretrained, save_pretrained
 from harmon.model import Harmon
 from harmon.prompts import IM_END, generation_prompt, unconditional_prompt, understanding_prompt
 from harmon.sampling import SamplingSettings, decode_text, generate_tokens
-from harmon.tokenizer import load_tokenizer
 from harmon.vae import VAEConfig
 
 logger = logging.getLogger(__name__)
-
-FORMAT_NAME = "harmon"
-FORMAT_VERSION = 1
-WEIGHTS_NAME = "model.safetensors"
-CONFIG_NAME = "config.json"
-# Attention heads are not visible in weight shapes; these are the MAR sizes (width -> heads) of the releases.
-MAR_HEADS_BY_WIDTH = {768: 12, 1024: 16, 1280: 16}
-_LLM_BOOKKEEPING = (
-    "architectures",
-    "transformers_version",
-    "torch_dtype",
-    "dtype",
-    "_name_or_path",
-    "model_type",
-    "use_cache",
-)
-
-
-def default_device() -> torch.device:
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def default_dtype(device: torch.device) -> torch.dtype:
-    return torch.bfloat16 if device.type == "cuda" else torch.float32
-
-
-def build_empty_model(
-    config: HarmonConfig, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
-) -> Harmon:
-    """Build the module tree without spending time on random init (weights are uninitialised memory).
-
-    Non-persistent buffers (the LLM's rotary frequencies) are recomputed; every parameter must then be loaded.
-    """
-    with torch.device("meta"):
-        model = Harmon(config)
-    model = model.to_empty(device=device).to(dtype)
-    model.reset_rotary_buffers()
-    model.llm.tie_weights()
-    return model
-
-
-def load_harmon_weights(
-    model: Harmon, state_dict: dict[str, torch.Tensor], source: str, include_vae: bool, skip: tuple[str, ...] = ()
-) -> None:
-    """Strictly load Harmon weights (official names). ``llm.lm_head.weight`` may be present or absent.
-
-    Parameters named ``skip*`` are neither expected nor loaded (they keep the model's own values).
-    Raises CheckpointError listing missing, unexpected and misshaped keys by name.
-    """
-    skip = skip + (() if include_vae else ("vae.",))
-    expected = {k: v.shape for k, v in model.state_dict().items() if not k.startswith(skip)}
-    tied = bool(model.llm.config.tie_word_embeddings)
-    check_state_dict(expected, state_dict, source, optional=TIED_KEYS if tied else ())
-    state_dict = dict(state_dict)
-    if tied and "llm.lm_head.weight" in state_dict:
-        head = state_dict.pop("llm.lm_head.weight")
-        embed = state_dict["llm.model.embed_tokens.weight"]
-        if head.data_ptr() != embed.data_ptr() and not torch.equal(head, embed):
-            logger.warning(
-                "%s: llm.lm_head.weight differs from the token embedding; the model ties them and keeps the embedding",
-                source,
-            )
-    with torch.no_grad():
-        own = model.state_dict()
-        for name, value in state_dict.items():
-            own[name].copy_(value)
-    model.llm.tie_weights()
-
-
-def infer_mar_config(sd: dict[str, torch.Tensor]) -> MARConfig:
-    """Read the MAR sizes off an official checkpoint's shapes (MAR-Base, -Large, -Huge, the 1.5b-o file...)."""
-    try:
-        enc_dim, token_dim = sd["mar.z_proj.weight"].shape
-        dec_dim = sd["mar.decoder_embed.weight"].shape[0]
-        n_diff = sd["mar.diffusion_pos_embed_learned"].shape[1]
-        n_tab = sd["mar.encoder_pos_embed_learned"].shape[1]
-        width = sd["mar.diffloss.net.input_proj.weight"].shape[0]
-    except KeyError as err:
-        raise ValueError(f"not a Harmon checkpoint: key {err} is missing") from err
-    grid = round(n_diff**0.5)
-
-    def depth(prefix: str) -> int:
-        return len({k.split(".")[2] for k in sd if k.startswith(prefix)})
-
-    if enc_dim not in MAR_HEADS_BY_WIDTH or dec_dim not in MAR_HEADS_BY_WIDTH:
-        raise ValueError(f"unknown MAR width {enc_dim}/{dec_dim}; known: {sorted(MAR_HEADS_BY_WIDTH)}")
-    class_num = sd["mar.class_emb.weight"].shape[0] if "mar.class_emb.weight" in sd else 0
-    diff_depth = len({k.split(".")[4] for k in sd if k.startswith("mar.diffloss.net.res_blocks.")})
-    return MARConfig(
-        token_dim=token_dim,
-        encoder_dim=enc_dim,
-        encoder_depth=depth("mar.encoder_blocks."),
-        encoder_heads=MAR_HEADS_BY_WIDTH[enc_dim],
-        decoder_dim=dec_dim,
-        decoder_depth=depth("mar.decoder_blocks."),
-        decoder_heads=MAR_HEADS_BY_WIDTH[dec_dim],
-        buffer_size=n_tab - n_diff,
-        grid_size=grid,
-        class_num=class_num,
-        diffloss=DiffLossConfig(target_channels=token_dim, z_channels=dec_dim, width=width, depth=diff_depth),
-    )
-
-
-def _resolve(device, dtype) -> tuple[torch.device, torch.dtype]:
-    device = torch.device(device) if device is not None else default_device()
-    return device, dtype if dtype is not None else default_dtype(device)
 
 
 class HarmonPipeline:
@@ -169,56 +55,18 @@ class HarmonPipeline:
             llm: a local Qwen2.5-Instruct folder: config.json and tokenizer files (its weights are not needed).
             vae_config: the VAE's shape; default KL-16 (embed_dim 16, ch_mult (1,1,2,2,4), scale 0.2325).
         """
-        device, dtype = _resolve(device, dtype)
-        llm = Path(llm)
-        if not (llm / "config.json").is_file():
-            raise FileNotFoundError(f"no config.json in the LLM folder {llm}")
-        llm_cfg = {k: v for k, v in json.loads((llm / "config.json").read_text()).items() if k not in _LLM_BOOKKEEPING}
-        sd = read_weights(checkpoint)
-        config = HarmonConfig(llm=llm_cfg, mar=infer_mar_config(sd), vae=vae_config or VAEConfig())
-        model = build_empty_model(config, device, dtype)
-        load_harmon_weights(model, sd, str(checkpoint), include_vae=False)
-        vae_sd = read_weights(vae, entry="model") if Path(vae).suffix != ".safetensors" else read_weights(vae)
-        load_checked(model.vae, vae_sd, str(vae))
-        return cls(model, load_tokenizer(llm, config.image_token))
+        return cls(*load_official(checkpoint, vae, llm, device, dtype, vae_config))
 
     @classmethod
     def from_pretrained(
         cls, path: str | Path, device: torch.device | str | None = None, dtype: torch.dtype | None = None
     ) -> HarmonPipeline:
         """Load our own format: config.json + model.safetensors + tokenizer files."""
-        path = Path(path)
-        if not (path / CONFIG_NAME).is_file() or not (path / WEIGHTS_NAME).is_file():
-            raise FileNotFoundError(f"{path} is not a saved harmon model (needs {CONFIG_NAME} and {WEIGHTS_NAME})")
-        raw = json.loads((path / CONFIG_NAME).read_text())
-        if raw.pop("format", FORMAT_NAME) != FORMAT_NAME:
-            raise ValueError(f"{path / CONFIG_NAME} is not a harmon config")
-        raw.pop("format_version", None)
-        config = HarmonConfig.from_dict(raw)
-        device, dtype = _resolve(device, dtype)
-        model = build_empty_model(config, device, dtype)
-        load_harmon_weights(model, read_weights(path / WEIGHTS_NAME), str(path / WEIGHTS_NAME), include_vae=True)
-        return cls(model, load_tokenizer(path, config.image_token))
+        return cls(*load_pretrained(path, device, dtype))
 
     def save_pretrained(self, path: str | Path, dtype: torch.dtype | None = None) -> None:
         """Write config.json, model.safetensors (tied head stored once) and the tokenizer files."""
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        sd = self.model.state_dict()
-        if self.model.llm.config.tie_word_embeddings:
-            sd.pop("llm.lm_head.weight", None)
-        if dtype is not None:
-            sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}
-        save_safetensors(sd, path / WEIGHTS_NAME, metadata={"format": FORMAT_NAME})
-        (path / CONFIG_NAME).write_text(
-            json.dumps(
-                {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **self.config.to_dict()},
-                indent=2,
-                sort_keys=True,
-            )
-            + "\n"
-        )
-        self.tokenizer.save_pretrained(str(path))
+        save_pretrained(self.model, self.tokenizer, path, dtype)
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> HarmonPipeline:
         self.model.to(device=device, dtype=dtype)

@@ -24,7 +24,7 @@ class StandaloneVAE:
     trip runs on whole latent maps; grouping latents into MAR tokens does not change what is decoded."""
 
     def __init__(self, folder: str | Path, image_size: int = 64) -> None:
-        from harmon.checkpoint import load_checked, read_weights
+        from harmon.loading import load_checked, read_weights
         from harmon.vae import AutoencoderKL, VAEConfig
 
         folder = Path(folder)

@@ -87,7 +87,7 @@ class ConceptProbe:
         """Write the probe to a .safetensors file (atomically): tensors plus concept, input size and accuracy."""
         import json
 
-        from harmon.checkpoint import save_safetensors
+        from harmon.loading import save_safetensors
 
         meta = {
             "format": "harmon-concept-probe",

@@ -5,8 +5,8 @@
 * resolving an ``image`` field that holds a path (absolute, or under one of several folders) or a base64-encoded
   image (MMBench's TSVs embed their images that way);
 * atomic writes (temp file + rename): an interrupted run never leaves a truncated file under its final name.
-  Temp files are hidden (``.<name>.<pid>.tmp``) so that no reader's pattern (GenEval's ``\\d+\\.png``) takes one
-  for a result;
+  Temp files are hidden (``.<name>.<random>.tmp``, :mod:`harmon.atomic`) so that no reader's pattern (GenEval's
+  ``\\d+\\.png``) takes one for a result;
 * POPE's binary metrics with "yes" as the positive class (from :mod:`harmon.world.scoring`);
 * the rank and world size of a torchrun launch, read from the environment (no process group needed).
 """
@@ -28,6 +28,7 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
+from harmon.atomic import write_bytes_atomic, write_text_atomic
 from harmon.world.scoring import _binary_metrics, _table
 
 ASSETS_DIR = Path(__file__).resolve().parents[1] / "assets" / "eval"  # the shipped shapes-world files
@@ -226,36 +227,6 @@ def image_to_base64(image: Image.Image) -> str:
 
 
 # ---- atomic writing -----------------------------------------------------------------------------------------
-
-
-def temp_path(path: Path) -> Path:
-    """A hidden sibling of ``path`` unique to this process: ``.<name>.<pid>.tmp``."""
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
-
-
-def is_temp(path: Path) -> bool:
-    return path.name.startswith(".") and path.name.endswith(".tmp")
-
-
-def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to a temp file, flush it to disk, then rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path(path)
-    try:
-        with tmp.open("wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
-
-
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    return write_bytes_atomic(path, text.encode("utf-8"))
 
 
 def save_image_atomic(image: Image.Image, path: str | Path) -> Path:

@@ -48,12 +48,12 @@ from typing import Any
 import torch
 from PIL import Image
 
+from harmon.atomic import is_temp
 from harmon.data.records import derive_seed
 from harmon.eval.common import (
     ASSETS_DIR,
     FormatError,
     field,
-    is_temp,
     read_jsonl,
     save_image_atomic,
     where,

@@ -25,7 +25,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from harmon.checkpoint import atomic_write
+from harmon.atomic import write_text_atomic
 
 logger = logging.getLogger(__name__)
 _STEP_DIR = re.compile(r"^step_(\d{7})$")
@@ -133,4 +133,4 @@ def load_checkpoint(
 
 
 def write_json_atomic(path: str | Path, data: Any) -> None:
-    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2) + "\n"))
+    write_text_atomic(path, json.dumps(data, indent=2) + "\n")

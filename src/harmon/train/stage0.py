@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from harmon.checkpoint import save_safetensors
+from harmon.loading import save_safetensors
 from harmon.vae import AutoencoderKL, VAEConfig, vae_loss
 
 logger = logging.getLogger(__name__)

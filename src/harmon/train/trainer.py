@@ -14,90 +14,75 @@ import torch
 import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-from harmon.checkpoint import check_state_dict, load_checked, read_weights
 from harmon.config import CONFIGS, HarmonConfig
+from harmon.loading import (
+    load_harmon_weights,
+    load_llm_weights,
+    load_official,
+    load_pretrained,
+    load_vae_weights,
+    model_from_state_dict,
+    read_vae_config,
+    save_pretrained,
+    without_tied_head,
+)
 from harmon.model import Harmon
-from harmon.pipeline import HarmonPipeline, build_empty_model, load_harmon_weights
+from harmon.pipeline import HarmonPipeline  # sample grids and in-training evals run through a pipeline
 from harmon.tokenizer import load_tokenizer
 from harmon.train import parallel
 from harmon.train.checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint, write_json_atomic
 from harmon.train.config import TrainConfig, deep_merge
 from harmon.train.optim import EMA, build_optimizer, build_scheduler, select_trainable
-from harmon.vae import VAEConfig
 
 logger = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------------------------- model building
-def load_llm_weights(model: Harmon, folder: str | Path) -> None:
-    """Load a Hugging Face Qwen2 folder's weights (model.safetensors or sharded) into ``model.llm``, strictly."""
-    folder = Path(folder)
-    files = sorted(folder.glob("model*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"no model*.safetensors in {folder}")
-    sd: dict[str, torch.Tensor] = {}
-    for f in files:
-        sd.update(read_weights(f))
-    sd = {f"llm.{k}": v for k, v in sd.items()}
-    expected = {k: v.shape for k, v in model.state_dict().items() if k.startswith("llm.")}
-    check_state_dict(expected, sd, str(folder), optional=("llm.lm_head.weight",))
-    own = model.state_dict()
-    with torch.no_grad():
-        for k, v in sd.items():
-            if k in own:
-                own[k].copy_(v)
-    model.llm.tie_weights()
-
-
 def build_model(cfg: TrainConfig) -> tuple[Harmon, Any]:
-    """Model (fp32, CPU) and tokenizer as the config's ModelInit says."""
+    """Model (fp32, CPU) and tokenizer as the config's ModelInit says: loaded through harmon.loading, or a preset."""
     init = cfg.model
     if init.pretrained:
-        pipe = HarmonPipeline.from_pretrained(init.pretrained, device="cpu", dtype=torch.float32)
-        model, tok = pipe.model, pipe.tokenizer
+        model, tok = load_pretrained(init.pretrained, device="cpu", dtype=torch.float32)
     elif init.official_checkpoint:
-        pipe = HarmonPipeline.from_official(
+        model, tok = load_official(
             init.official_checkpoint, init.official_vae, init.llm_folder, device="cpu", dtype=torch.float32
         )
-        model, tok = pipe.model, pipe.tokenizer
     else:
-        tok_path = init.tokenizer or init.llm_folder
-        if not tok_path:
-            raise ValueError("a preset model needs model.tokenizer (or model.llm_folder) for its tokenizer")
-        tok = load_tokenizer(tok_path)
-        if init.preset not in CONFIGS:
-            raise ValueError(f"unknown preset {init.preset!r}; known: {sorted(CONFIGS)}")
-        small = init.preset in ("tiny", "shapes")  # vocabulary sized to the trained tokenizer
-        config = CONFIGS[init.preset](**({"vocab_size": _round_vocab(len(tok))} if small else {}))
-        if int(config.llm["vocab_size"]) < len(tok):
-            raise ValueError(
-                f"tokenizer has {len(tok)} tokens but the {init.preset} LLM only {config.llm['vocab_size']}"
-            )
-        vae_config = Path(init.vae_weights).with_name("vae_config.json") if init.vae_weights else None
-        if vae_config is not None and vae_config.is_file():  # a trained small VAE records its shape and scale
-            config = config.replace(vae=VAEConfig.from_dict(json.loads(vae_config.read_text())))
-        if init.overrides:
-            config = HarmonConfig.from_dict(deep_merge(config.to_dict(), init.overrides))
-        torch.manual_seed(cfg.seed)  # the LLM's own init draws from the global RNG
-        model = Harmon(config)
-        model.initialize_weights(torch.Generator().manual_seed(cfg.seed))
-        if init.llm_weights:
-            load_llm_weights(model, init.llm_folder)
-        if init.vae_weights:
-            path = Path(init.vae_weights)
-            vae_sd = (
-                read_weights(path, entry="model") if path.suffix in (".ckpt", ".pth", ".pt") else read_weights(path)
-            )
-            load_checked(model.vae, vae_sd, str(path))
-        return model, tok
+        return _preset_model(cfg)
     if init.overrides or init.reinit:
         merged = HarmonConfig.from_dict(deep_merge(model.config.to_dict(), init.overrides))
         if init.reinit:
             return _reinitialised(model, merged, tuple(init.reinit), cfg.seed, init.pretrained or "official"), tok
         if merged.to_dict() != model.config.to_dict():
-            fresh = build_empty_model(merged, "cpu", torch.float32)
-            load_harmon_weights(fresh, model.state_dict(), "loaded model", include_vae=True)
-            model = fresh
+            model = model_from_state_dict(merged, model.state_dict(), "loaded model")
+    return model, tok
+
+
+def _preset_model(cfg: TrainConfig) -> tuple[Harmon, Any]:
+    """A seeded fresh model of ``cfg.model.preset``, optionally with a Qwen folder's LLM and a trained VAE."""
+    init = cfg.model
+    tok_path = init.tokenizer or init.llm_folder
+    if not tok_path:
+        raise ValueError("a preset model needs model.tokenizer (or model.llm_folder) for its tokenizer")
+    tok = load_tokenizer(tok_path)
+    if init.preset not in CONFIGS:
+        raise ValueError(f"unknown preset {init.preset!r}; known: {sorted(CONFIGS)}")
+    small = init.preset in ("tiny", "shapes")  # vocabulary sized to the trained tokenizer
+    config = CONFIGS[init.preset](**({"vocab_size": _round_vocab(len(tok))} if small else {}))
+    if int(config.llm["vocab_size"]) < len(tok):
+        raise ValueError(f"tokenizer has {len(tok)} tokens but the {init.preset} LLM only {config.llm['vocab_size']}")
+    vae_config = read_vae_config(init.vae_weights) if init.vae_weights else None
+    if vae_config is not None:  # a trained small VAE records its shape and scale
+        config = config.replace(vae=vae_config)
+    if init.overrides:
+        config = HarmonConfig.from_dict(deep_merge(config.to_dict(), init.overrides))
+    torch.manual_seed(cfg.seed)  # the LLM's own init draws from the global RNG
+    model = Harmon(config)
+    model.initialize_weights(torch.Generator().manual_seed(cfg.seed))
+    if init.llm_weights:
+        load_llm_weights(model, init.llm_folder)
+    if init.vae_weights:
+        load_vae_weights(model.vae, init.vae_weights)
     return model, tok
 
 
@@ -360,7 +345,8 @@ class Trainer:
 
     # -------------------------------------------------------------------------------------- sampling / eval / export
     def pipeline(self) -> HarmonPipeline:
-        """A pipeline over the live (unwrapped) model; call ``self.module.train()`` again after using it."""
+        """A pipeline over the live (unwrapped) model, for sample grids and in-training evals (which generate and
+        answer through it); call ``self.module.train()`` again after using it."""
         return HarmonPipeline(parallel.unwrap(self.module), self.tokenizer)
 
     @torch.no_grad()
@@ -393,17 +379,13 @@ class Trainer:
             for name, value in self.ema.shadow.items():
                 full = value.full_tensor() if hasattr(value, "full_tensor") else value
                 sd[name] = full.to("cpu", sd[name].dtype)
-        if self.model.llm.config.tie_word_embeddings:
-            sd.pop("llm.lm_head.weight", None)  # one tensor under two names; the embedding (EMA'd) is the one
-        return sd
+        return without_tied_head(sd, self.model)  # one tensor under two names; the embedding (EMA'd) is the one
 
     def export(self, path: Path) -> None:
         """Write the model in the from_pretrained format (collective under FSDP; rank 0 writes)."""
         sd = self.full_state_dict()
         if self.info.is_main:
-            model = build_empty_model(self.model.config, "cpu", torch.float32)
-            load_harmon_weights(model, sd, "trained model", include_vae=True)
-            HarmonPipeline(model, self.tokenizer).save_pretrained(path)
+            save_pretrained(model_from_state_dict(self.model.config, sd, "trained model"), self.tokenizer, path)
             write_json_atomic(
                 path / "training.json",
                 {
