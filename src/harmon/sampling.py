@@ -219,9 +219,9 @@ def sample_tokens(
     seq_len = grid[0] * grid[1]
     orders = model.sample_orders(n_img, seq_len, generator)  # (n, L)
     if use_cfg:
-        orders = torch.cat([orders, orders])  # unconditional rows follow the conditional ones
-    tokens = torch.zeros(rows, seq_len, model.config.mar.token_dim, device=model.device, dtype=model.dtype)
-    mask = torch.ones(rows, seq_len, dtype=torch.bool, device=model.device)
+        orders = torch.cat([orders, orders])  # (R, L): unconditional rows follow the conditional ones
+    tokens = torch.zeros(rows, seq_len, model.config.mar.token_dim, device=model.device, dtype=model.dtype)  # (R, L, C)
+    mask = torch.ones(rows, seq_len, dtype=torch.bool, device=model.device)  # (R, L), True = unknown
     masked = seq_len
     total = len(mask_schedule(seq_len, settings.num_iter))
     for step in range(settings.num_iter):
@@ -232,10 +232,10 @@ def sample_tokens(
         to_predict = mask if last else mask & ~mask_next  # (R, L)
         scale = step_guidance(settings, seq_len, n_next)
         new = _draw_tokens(sample_head, z[to_predict], settings, scale if use_cfg else 1.0, step, total, generator)
-        half = tokens[:n_img]
+        half = tokens[:n_img]  # (n, L, C), a view: the conditional rows
         half[to_predict[:n_img]] = new.to(tokens.dtype)
         if use_cfg:
-            tokens[n_img:] = half
+            tokens[n_img:] = half  # both halves hold the same image
         mask = mask_next
         masked = 0 if last else n_next
         if last:
