@@ -14,8 +14,8 @@ the timed calls (the best counts), so "fraction of peak" compares like with like
 diffusion MLP at its bandwidth bound (it re-reads its weights on every evaluation; see bench_generate).
 ``--compile`` runs the diffusion MLP compiled (``generate(compile=True)``; the untimed warm-up compiles it and
 its seconds are reported as ``warmup_s``). ``--no-pack`` runs plain Linear layers instead of packed weights;
-``--straightforward`` also samples the diffusion head the straightforward way and runs every row through the prompt
-and the MAR encoder (the reference the fast paths are tested against). One JSON line per result.
+``--straightforward`` also runs generation without harmon.accel's strategies: the diffusion head sampled by
+``DiffLoss.sample`` and every row through the prompt and the MAR encoder. One JSON line per result.
 """
 
 from __future__ import annotations
@@ -48,16 +48,16 @@ def _best_seconds(fn, device: str, repeats: int) -> float:
 
 def measure_peak(dtype: torch.dtype, device: str, n: int = 2048, repeats: int = 5) -> dict[str, float]:
     """Best achieved FLOP/s of an n x n x n matmul (the machine's practical matmul peak), by each route the model
-    can take: the plain matmul and, where harmon.cpu_linear applies (CPU float32), oneDNN with a packed weight.
+    can take: the plain matmul and, where harmon.accel.linear applies (CPU float32), oneDNN with a packed weight.
     ``peak`` is the best of them, so a faster route cannot make the fraction of peak look better than it is."""
-    from harmon import cpu_linear
+    from harmon.accel import linear as accel_linear
 
     a = torch.randn(n, n, dtype=dtype, device=device)
     b = torch.randn(n, n, dtype=dtype, device=device)
     out = {"plain": 2 * n**3 / _best_seconds(lambda: a @ b, device, repeats)}
-    if device == "cpu" and dtype == torch.float32 and cpu_linear.available():
+    if device == "cpu" and dtype == torch.float32 and accel_linear.available():
         layer = torch.nn.Linear(n, n, bias=False)
-        with torch.no_grad(), cpu_linear.packed_linears(layer):
+        with torch.no_grad(), accel_linear.packed_linears(layer):
             out["packed"] = 2 * n**3 / _best_seconds(lambda: layer(a), device, repeats)
     out["peak"] = max(out.values())
     return out
@@ -108,31 +108,40 @@ class PhaseTimer:
 
     @contextlib.contextmanager
     def attach(self, model):
+        from harmon.accel import head
+
+        # The diffusion head is sampled by DiffLoss.sample (straightforward) or harmon.accel.head.sample_fast, which
+        # generate's head sampler looks up when it is built.
         targets = [
             (model.mar, "forward_encoder", "mar_encoder"),
             (model.llm.model, "forward", "llm"),
             (model.mar, "forward_decoder", "mar_decoder"),
             (model.mar.diffloss, "sample", "diffusion_head"),
+            (head, "sample_fast", "diffusion_head"),
             (model.vae, "decode_latents", "vae_decode"),
             (model.vae, "encode_latents", "vae_encode"),
         ]
-        for obj, attr, name in targets:
-            setattr(obj, attr, self.wrap(name, getattr(obj, attr)))
         net = model.mar.diffloss.net
         # Every evaluation of the diffusion MLP (straightforward or with precomputed modulations), and every
         # computation of the modulations (nested inside the head phase; the fast sampler does one per chunk of steps).
         counted = [
-            (net, "forward_embedded", "mlp_evals"),
-            (net, "forward_modulated", "mlp_evals"),
-            (net, "modulations", "modulation_calls"),
+            (net, "forward", "mlp_evals"),
+            (head, "forward_modulated", "mlp_evals"),
+            (head, "modulations", "modulation_calls"),
         ]
+        saved = [(obj, attr, obj.__dict__.get(attr)) for obj, attr, _ in targets + counted]
+        for obj, attr, name in targets:
+            setattr(obj, attr, self.wrap(name, getattr(obj, attr)))
         for obj, attr, field in counted:
             setattr(obj, attr, self._count(field, getattr(obj, attr)))
         try:
             yield self
         finally:
-            for obj, attr, *_ in targets + counted:
-                delattr(obj, attr)  # back to the class method
+            for obj, attr, own in reversed(saved):
+                if own is None:
+                    delattr(obj, attr)  # back to the class method
+                else:
+                    setattr(obj, attr, own)  # a module's own function
 
     def _count(self, field: str, fn):
         def counted(*args, **kwargs):
@@ -176,8 +185,6 @@ def bench_generate(pipe, batch: int, args, dtype, device: str, peak: float, band
     layers count once per precomputation when the sampler computes them ahead for many steps).
     ``fraction_of_roofline`` = sum of ideal times / measured time, so 1.0 means every phase ran at its bound.
     """
-    from torch.utils.flop_counter import FlopCounterMode
-
     settings = {
         "image_size": args.image_size,
         "num_iter": args.num_iter,
@@ -223,37 +230,44 @@ def bench_generate(pipe, batch: int, args, dtype, device: str, peak: float, band
         "warmup_s": round(warmup, 2),
     }
     if args.flops:
-        from harmon import cpu_linear
-
-        counter = FlopCounterMode(display=False)
-        counted = PhaseTimer(device, counter=counter)
-        enabled, cpu_linear.ENABLED = cpu_linear.ENABLED, False  # the counter knows aten matmuls, not oneDNN's op
-        try:  # nor compiled kernels: the count runs the eager layers (the same FLOPs)
-            with counter, counted.attach(pipe.model):
-                pipe.generate(prompts, generator=torch.Generator().manual_seed(0), **settings)
-        finally:
-            cpu_linear.ENABLED = enabled
-        flops = counter.get_total_flops()
-        phase_flops = dict(counted.flops)
-        phase_flops["other"] = max(0, flops - sum(phase_flops.values()))
-        res.update({"flops_per_image": flops / batch, "phases_flops": phase_flops})
-        net = pipe.model.mar.diffloss.net
-        weight_bytes = sum(p.numel() * p.element_size() for p in net.parameters())
-        mod_bytes = sum(p.numel() * p.element_size() for layer in net.modulation_layers() for p in layer.parameters())
-        evals, mod_calls = counted.mlp_evals, counted.modulation_calls
-        # Weight traffic: every evaluation reads the weights; the modulation layers' weights are read once per
-        # evaluation by the straightforward path, once per precomputation by the fast sampler.
-        traffic = evals * (weight_bytes - mod_bytes) + (mod_calls if mod_calls else evals) * mod_bytes
-        res.update(
-            {
-                "diffusion_mlp_evals": evals,
-                "diffusion_modulation_calls": mod_calls,
-                "diffusion_mlp_weight_bytes": weight_bytes,
-                "diffusion_modulation_weight_bytes": mod_bytes,
-                "diffusion_weight_traffic_bytes": traffic,
-            }
-        )
+        res.update(count_flops(pipe, prompts, settings, device))
     return roofline(res, peak, bandwidth)
+
+
+def count_flops(pipe, prompts: list[str], settings: dict, device: str) -> dict:
+    """FLOPs per image and per phase of one eager generation of ``prompts``, with the diffusion MLP's evaluations,
+    its modulation precomputations and the weight traffic they imply (see ``bench_generate``)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from harmon.accel import linear as accel_linear
+
+    counter = FlopCounterMode(display=False)
+    counted = PhaseTimer(device, counter=counter)
+    enabled, accel_linear.ENABLED = accel_linear.ENABLED, False  # the counter knows aten matmuls, not oneDNN's op
+    try:  # nor compiled kernels: the count runs the eager layers (the same FLOPs)
+        with counter, counted.attach(pipe.model):
+            pipe.generate(prompts, generator=torch.Generator().manual_seed(0), **settings)
+    finally:
+        accel_linear.ENABLED = enabled
+    flops = counter.get_total_flops()
+    phase_flops = dict(counted.flops)
+    phase_flops["other"] = max(0, flops - sum(phase_flops.values()))
+    net = pipe.model.mar.diffloss.net
+    weight_bytes = sum(p.numel() * p.element_size() for p in net.parameters())
+    mod_bytes = sum(p.numel() * p.element_size() for layer in net.modulation_layers() for p in layer.parameters())
+    evals, mod_calls = counted.mlp_evals, counted.modulation_calls
+    # Weight traffic: every evaluation reads the weights; the modulation layers' weights are read once per
+    # evaluation by the straightforward path, once per precomputation by the fast sampler.
+    traffic = evals * (weight_bytes - mod_bytes) + (mod_calls if mod_calls else evals) * mod_bytes
+    return {
+        "flops_per_image": flops / len(prompts),
+        "phases_flops": phase_flops,
+        "diffusion_mlp_evals": evals,
+        "diffusion_modulation_calls": mod_calls,
+        "diffusion_mlp_weight_bytes": weight_bytes,
+        "diffusion_modulation_weight_bytes": mod_bytes,
+        "diffusion_weight_traffic_bytes": traffic,
+    }
 
 
 def roofline(res: dict, peak: float, bandwidth: float | None = None) -> dict:
@@ -337,7 +351,19 @@ def compare(a_path: str, b_path: str) -> None:
                 print(f"{key(r)} {metric}: {other[metric] / r[metric]:.2f}x (B/A)")
 
 
-def main() -> int:
+def straightforward_generation() -> None:
+    """Make ``HarmonPipeline.generate`` sample without harmon.accel's strategies: the model's own methods
+    (``DiffLoss.sample``, every row through the prompt and the MAR encoder), as the original does."""
+    import harmon.pipeline
+    from harmon.sampling import generate_tokens
+
+    def plain(*args, sample_head=None, prompt_cache=None, encode_image=None, **kwargs):
+        return generate_tokens(*args, **kwargs)
+
+    harmon.pipeline.generate_tokens = plain
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="tiny", help="tiny | shapes | 0.5b | 1.5b | shapes-shipped")
     p.add_argument("--device", default="cpu")
@@ -360,13 +386,13 @@ def main() -> int:
         "--no-pack",
         dest="pack",
         action="store_false",
-        help="plain Linear layers instead of packed weights (harmon.cpu_linear), for a side-by-side run",
+        help="plain Linear layers instead of packed weights (harmon.accel.linear), for a side-by-side run",
     )
     p.add_argument(
         "--straightforward",
         action="store_true",
-        help="the reference path: plain layers and the diffusion head's straightforward sampler "
-        "(DiffLoss.sample(fast=False)), for a side-by-side run",
+        help="the straightforward path: plain layers, DiffLoss.sample and every row through the prompt and the "
+        "MAR encoder (no harmon.accel strategies), for a side-by-side run",
     )
     p.add_argument(
         "--compile",
@@ -375,6 +401,11 @@ def main() -> int:
     )
     p.add_argument("--out", help="append JSON lines here")
     p.add_argument("--compare", nargs=2, metavar=("A", "B"))
+    return p
+
+
+def main() -> int:
+    p = build_parser()
     args = p.parse_args()
     if args.compare:
         compare(*args.compare)
@@ -383,20 +414,11 @@ def main() -> int:
         p.error("--compile runs the fast sampler; --straightforward is the reference without it")
     if args.threads:
         torch.set_num_threads(args.threads)
-    from harmon import cpu_linear
+    from harmon.accel import linear as accel_linear
 
-    cpu_linear.ENABLED = args.pack and not args.straightforward
+    accel_linear.ENABLED = args.pack and not args.straightforward
     if args.straightforward:
-        import functools
-
-        from harmon.diffloss import DiffLoss
-
-        DiffLoss.sample = functools.partialmethod(DiffLoss.sample, fast=False)
-        import harmon.pipeline
-        from harmon.sampling import generate_tokens
-
-        # every row through the prompt and the MAR encoder, as the original does (no deduplication)
-        harmon.pipeline.generate_tokens = functools.partial(generate_tokens, dedupe=False)
+        straightforward_generation()
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     pipe = build_pipeline(args.config, args.device, dtype)
     before = measure_peak(dtype, args.device)
@@ -412,7 +434,7 @@ def main() -> int:
     for res in results:
         if res["bench"] == "generate":
             roofline(res, peaks["peak"], bandwidth)
-    packed = cpu_linear.ENABLED and cpu_linear.available() and args.device == "cpu" and dtype == torch.float32
+    packed = accel_linear.ENABLED and accel_linear.available() and args.device == "cpu" and dtype == torch.float32
     for res in results:
         res.update({"packed_linears": packed, "straightforward": args.straightforward, "matmul_peaks_flops": peaks})
         line = json.dumps(res)

@@ -9,11 +9,9 @@ transformer: if an oracle-conditioned head cannot draw the scenes, no amount of 
     python scripts/oracle_head.py --vae-model runs/shapes/stage2/final --prediction epsilon --x0-clip 3
     python scripts/oracle_head.py --vae-model runs/shapes/stage2/final --prediction v
 
-Measured with this script on the shapes VAE (2 threads, 600 steps of 2,048 tokens, width 192, depth 3, ~75 s of
-training each): ε-prediction without clipping diverges (token MSE 5.95e5, no scene recovered); v-prediction does
-not (token MSE 0.236, 10 % of scenes recovered; an earlier version of this check gave ~9 % for ε with x0 clipped to
-±3). The remaining error is what the oracle omits (a token's latent also depends on neighbouring objects), which
-the MAR model, seeing the drawn tokens, has to supply.
+It compares predictions (``--prediction``) and clipping (``--x0-clip``) on the head alone. Whatever error remains
+with the best of them is what the oracle omits (a token's latent also depends on neighbouring objects), which the
+MAR model, seeing the drawn tokens, has to supply.
 """
 
 from __future__ import annotations
@@ -26,6 +24,7 @@ import time
 import numpy as np
 import torch
 
+from harmon.accel import sample_fast
 from harmon.diffloss import DiffLoss, DiffLossConfig
 from harmon.pipeline import HarmonPipeline
 from harmon.train.stage0 import reconstruction_quality
@@ -55,7 +54,7 @@ def oracle_batch(n: int, seed: int, world: WorldConfig):
     return x, torch.from_numpy(labels), torch.from_numpy(boxes)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--vae-model", required=True, help="a shapes-world model folder (its VAE encodes the scenes)")
     p.add_argument("--prediction", choices=["epsilon", "v"], default="v")
@@ -66,68 +65,81 @@ def main() -> None:
     p.add_argument("--x0-clip", type=float, default=None)
     p.add_argument("--sampling-steps", default="100")
     p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args()
+    return p.parse_args()
 
+
+class OracleHead(torch.nn.Module):
+    """A fresh DiffLoss head and the oracle condition: embedding of the token's content plus its object's box."""
+
+    def __init__(self, args: argparse.Namespace, world: WorldConfig, token_dim: int, z_dim: int = 128) -> None:
+        super().__init__()
+        self.emb = torch.nn.Embedding(1 + len(world.colors) * len(world.shapes) * 4, z_dim)
+        self.box_proj = torch.nn.Linear(4, z_dim)
+        config = DiffLossConfig(
+            z_channels=z_dim, width=args.width, depth=args.depth, target_channels=token_dim, prediction=args.prediction
+        )
+        self.head = DiffLoss(config)
+        self.head.net.initialize_weights(generator=torch.Generator().manual_seed(args.seed))
+
+    def condition(self, labels: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        """labels (N,), boxes (N, 4) -> conditions (N, z_dim)."""
+        return self.emb(labels) + self.box_proj(boxes)
+
+
+def train(oracle: OracleHead, tokens: torch.Tensor, lab: torch.Tensor, box: torch.Tensor, args) -> float:
+    """Train the head and the condition on (tokens, oracle labels, boxes) with a cosine schedule; the final loss."""
+    opt = torch.optim.AdamW(oracle.parameters(), lr=1e-3, weight_decay=0.0)
+    g = torch.Generator().manual_seed(args.seed + 5)
+    labels, boxes = lab.reshape(-1), box.reshape(-1, 4)
+    for step in range(args.steps):
+        for group in opt.param_groups:
+            group["lr"] = 1e-3 * 0.5 * (1 + math.cos(math.pi * step / args.steps))
+        idx = torch.randint(0, len(tokens), (args.batch,), generator=g)
+        loss = oracle.head(tokens[idx], oracle.condition(labels[idx], boxes[idx]), generator=g)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return float(loss)
+
+
+def main() -> None:
+    args = parse_args()
     model = HarmonPipeline.from_pretrained(args.vae_model, device="cpu", dtype=torch.float32).model
     world = WorldConfig()
     x, lab, box = oracle_batch(4000, args.seed + 1, world)
     with torch.no_grad():
         tokens = torch.cat([model.encode_images(x[i : i + 500]) for i in range(0, len(x), 500)]).reshape(-1, 16)
     torch.manual_seed(args.seed)
-    z_dim = 128
-    emb, box_proj = torch.nn.Embedding(1 + len(world.colors) * len(world.shapes) * 4, z_dim), torch.nn.Linear(4, z_dim)
-    head = DiffLoss(
-        DiffLossConfig(
-            z_channels=z_dim,
-            width=args.width,
-            depth=args.depth,
-            target_channels=tokens.shape[1],
-            prediction=args.prediction,
-        )
-    )
-    head.net.initialize_weights(generator=torch.Generator().manual_seed(args.seed))
-    params = [*emb.parameters(), *box_proj.parameters(), *head.parameters()]
-    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.0)
-    g = torch.Generator().manual_seed(args.seed + 5)
-    labels, boxes = lab.reshape(-1), box.reshape(-1, 4)
+    oracle = OracleHead(args, world, tokens.shape[1])
     start = time.perf_counter()
-    for step in range(args.steps):
-        for group in opt.param_groups:
-            group["lr"] = 1e-3 * 0.5 * (1 + math.cos(math.pi * step / args.steps))
-        idx = torch.randint(0, len(tokens), (args.batch,), generator=g)
-        loss = head(tokens[idx], emb(labels[idx]) + box_proj(boxes[idx]), generator=g)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    final_loss = train(oracle, tokens, lab, box, args)
     train_s = time.perf_counter() - start
 
     xt, labt, boxt = oracle_batch(200, args.seed + 2, world)
     with torch.no_grad():
         truth = model.encode_images(xt)
-        z = emb(labt.reshape(-1)) + box_proj(boxt.reshape(-1, 4))
-        drawn = head.sample(
+        z = oracle.condition(labt.reshape(-1), boxt.reshape(-1, 4))
+        drawn = sample_fast(
+            oracle.head,
             z,
             generator=torch.Generator().manual_seed(args.seed + 3),
             num_steps=args.sampling_steps,
             x0_clip=args.x0_clip,
         ).reshape(truth.shape)
         quality = reconstruction_quality(xt, model.decode_tokens(drawn, (4, 4)), world)
-    print(
-        json.dumps(
-            {
-                "prediction": args.prediction,
-                "width": args.width,
-                "depth": args.depth,
-                "steps": args.steps,
-                "x0_clip": args.x0_clip,
-                "final_loss": round(float(loss), 4),
-                "token_mse": round(float(((drawn - truth) ** 2).mean()), 4),
-                "scenes_recovered": quality["exact_objects"],
-                "mae_0_255": round(quality["mae_0_255"], 1),
-                "train_seconds": round(train_s),
-            }
-        )
-    )
+    result = {
+        "prediction": args.prediction,
+        "width": args.width,
+        "depth": args.depth,
+        "steps": args.steps,
+        "x0_clip": args.x0_clip,
+        "final_loss": round(final_loss, 4),
+        "token_mse": round(float(((drawn - truth) ** 2).mean()), 4),
+        "scenes_recovered": quality["exact_objects"],
+        "mae_0_255": round(quality["mae_0_255"], 1),
+        "train_seconds": round(train_s),
+    }
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

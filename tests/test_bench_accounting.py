@@ -38,12 +38,12 @@ def _tiny_run():
 def test_generate_benchmark_accounting(monkeypatch):
     bench, pipe, args = _tiny_run()
     res = bench.bench_generate(pipe, 2, args, torch.float32, "cpu", peak=1e12, bandwidth=1e6)
-    from harmon import cpu_linear
+    from harmon.accel import linear as accel_linear
 
-    # The timed run packs its Linear layers (harmon.cpu_linear), whose oneDNN op the FLOP counter does not know:
+    # The timed run packs its Linear layers (harmon.accel.linear), whose oneDNN op the FLOP counter does not know:
     # the counting rerun must count the same FLOPs as a run with plain layers, and leave packing switched on.
-    assert cpu_linear.ENABLED
-    monkeypatch.setattr(cpu_linear, "ENABLED", False)
+    assert accel_linear.ENABLED
+    monkeypatch.setattr(accel_linear, "ENABLED", False)
     plain = bench.bench_generate(pipe, 2, args, torch.float32, "cpu", peak=1e12, bandwidth=1e6)
     assert plain["phases_flops"] == res["phases_flops"]
     assert res["compiled"] is False

@@ -293,7 +293,7 @@ def test_zero_net_sampler_against_hand_recursion():
 
     model.net.forward = spy
     z = torch.randn(3, 8)
-    got = model.sample(z, temperature=0.7, generator=torch.Generator().manual_seed(11), fast=False)
+    got = model.sample(z, temperature=0.7, generator=torch.Generator().manual_seed(11))
     kept = [0, 333, 666, 999]
     assert [c[0] for c in calls] == kept[::-1] and all(len(set(c)) == 1 for c in calls)
 
@@ -354,14 +354,15 @@ def test_config_validation_and_roundtrip():
 def test_fast_sampler_matches_straightforward_path(cfg, chunk_elements, pack, monkeypatch):
     """The fast sampler precomputes the adaLN modulations of many steps at once; with a small chunk budget
     (3 steps of 8 rows × (3·2 + 2)·32 values, over a 20-step chain) the chunk boundaries are crossed too. On CPU
-    it runs the layers with packed weights (harmon.cpu_linear), or plainly with packing off."""
-    from harmon import cpu_linear, diffloss
+    it runs the layers with packed weights (harmon.accel.linear), or plainly with packing off."""
+    from harmon.accel import head as fast_head
+    from harmon.accel import linear as accel_linear
     from harmon.diffloss import DiffLoss, DiffLossConfig
 
     if chunk_elements is not None:
-        monkeypatch.setattr(diffloss, "MODULATION_CHUNK_ELEMENTS", chunk_elements)
-    monkeypatch.setattr(cpu_linear, "ENABLED", pack)
-    monkeypatch.setattr(cpu_linear, "MIN_ELEMENTS", 0)  # pack even this test head's small layers
+        monkeypatch.setattr(fast_head, "MODULATION_CHUNK_ELEMENTS", chunk_elements)
+    monkeypatch.setattr(accel_linear, "ENABLED", pack)
+    monkeypatch.setattr(accel_linear, "MIN_ELEMENTS", 0)  # pack even this test head's small layers
     head = DiffLoss(DiffLossConfig(z_channels=24, width=32, depth=2))
     g = torch.Generator().manual_seed(0)
     head.net.initialize_weights(generator=g)
@@ -370,8 +371,8 @@ def test_fast_sampler_matches_straightforward_path(cfg, chunk_elements, pack, mo
             if not p.abs().sum():
                 p.copy_(torch.randn(p.shape, generator=g) * 0.02)
     z = torch.randn(8, 24, generator=g)
-    slow = head.sample(z, cfg=cfg, generator=torch.Generator().manual_seed(1), num_steps="20", fast=False)
-    fast = head.sample(z, cfg=cfg, generator=torch.Generator().manual_seed(1), num_steps="20", fast=True)
+    slow = head.sample(z, cfg=cfg, generator=torch.Generator().manual_seed(1), num_steps="20")
+    fast = fast_head.sample_fast(head, z, cfg=cfg, generator=torch.Generator().manual_seed(1), num_steps="20")
     # An untrained head predicts eps far from the truth, so x0 = sqrt(1/abar) x_t - ... reaches ~1e4 at t=999:
     # compare relatively (fp32 rounding of a 1-row vs N-row matmul, amplified through 20 steps).
     torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-4)

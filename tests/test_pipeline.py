@@ -5,12 +5,13 @@ import pytest
 import torch
 from helpers import tiny_pipeline
 from PIL import Image
+from reference import production_tokens, reference_tokens
 
 from harmon import cli
 from harmon.images import prepare_for_understanding, to_rgb
 from harmon.loading import CheckpointError, read_weights
 from harmon.pipeline import HarmonPipeline
-from harmon.sampling import SamplingSettings, generate_tokens
+from harmon.sampling import SamplingSettings
 
 FAST = dict(num_iter=3, num_sampling_steps="5", image_size=64)
 
@@ -33,6 +34,8 @@ def test_same_seed_same_image_other_seed_other_image(pipe):
 
 
 def test_cached_generation_equals_uncached_reference(pipe):
+    """The production sampler (prompt K/V cached, rows deduplicated, fast head) gives the straightforward
+    reference's tokens (the prompt run with every step, every row, DiffLoss.sample) up to float rounding."""
     texts = [
         "<|im_start|>user\nGenerate an image: a red circle to the left of a blue square<|im_end|>\n",
         "<|im_start|>user\nGenerate an image: a dot<|im_end|>\n",
@@ -41,17 +44,18 @@ def test_cached_generation_equals_uncached_reference(pipe):
     ids, mask = pipe._tokenize(texts + uncond)
     assert not mask.all()  # rows of different lengths: right padding is exercised
     settings = SamplingSettings(num_iter=4, guidance_scale=2.0, num_sampling_steps="4")
-    cached = generate_tokens(pipe.model, ids, mask, (4, 4), settings, generator=gen(0), use_cache=True)
-    uncached = generate_tokens(pipe.model, ids, mask, (4, 4), settings, generator=gen(0), use_cache=False)
+    cached = production_tokens(pipe.model, ids, mask, (4, 4), settings, generator=gen(0))
+    uncached = reference_tokens(pipe.model, ids, mask, (4, 4), settings, generator=gen(0))
     torch.testing.assert_close(cached, uncached, atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("guidance", [3.0, 1.0])
 def test_deduplicated_sampling_equals_every_row_reference(pipe, monkeypatch, guidance):
-    """generate_tokens runs each distinct prompt once and, with guidance, the MAR encoder once per image (both halves
-    hold the same tokens and mask); the tokens equal those of the every-row reference up to float rounding. Two
-    images of each of two prompts (and with guidance the shared unconditional prompt) give repeated rows: with
-    guidance the prompt runs on 3 distinct rows of 8 and the encoder on 4; without, on 2 of 4 and 4."""
+    """The production sampler runs each distinct prompt once and, with guidance, the MAR encoder once per image (both
+    halves hold the same tokens and mask; harmon.accel.dedupe); the tokens equal those of the every-row reference up
+    to float rounding. Two images of each of two prompts (and with guidance the shared unconditional prompt) give
+    repeated rows: with guidance the prompt runs on 3 distinct rows of 8 and the encoder on 4; without, on 2 of 4
+    and 4."""
     cond = ["<|im_start|>user\nGenerate an image: a red circle<|im_end|>\n"] * 2
     cond += ["<|im_start|>user\nGenerate an image: a blue square above a green dot<|im_end|>\n"] * 2
     uncond = ["<|im_start|>user\nGenerate an image.<|im_end|>\n"] * 4 if guidance != 1.0 else []
@@ -68,30 +72,30 @@ def test_deduplicated_sampling_equals_every_row_reference(pipe, monkeypatch, gui
     monkeypatch.setattr(
         model.mar, "forward_encoder", lambda x, *a, **k: seen["encoder"].append(x.shape[0]) or real_enc(x, *a, **k)
     )
-    fast = generate_tokens(model, ids, mask, (4, 4), settings, generator=gen(0))
+    fast = production_tokens(model, ids, mask, (4, 4), settings, generator=gen(0))
     assert seen["prompt"][0] == (3 if guidance != 1.0 else 2) and set(seen["encoder"]) == {4}
     seen["prompt"].clear(), seen["encoder"].clear()
-    reference = generate_tokens(model, ids, mask, (4, 4), settings, generator=gen(0), dedupe=False)
+    reference = reference_tokens(model, ids, mask, (4, 4), settings, generator=gen(0))
     assert seen["prompt"][0] == len(cond + uncond) and set(seen["encoder"]) == {len(cond + uncond)}
     torch.testing.assert_close(fast, reference, atol=1e-4, rtol=1e-4)
 
 
 def test_packed_linears_give_the_plain_layers_images(pipe, monkeypatch):
-    """generate runs its Linear layers with packed weights on CPU float32 (harmon.cpu_linear): the same latents
+    """generate runs its Linear layers with packed weights on CPU float32 (harmon.accel.linear): the same latents
     up to float rounding as with plain layers; describe answers the same either way."""
-    from harmon import cpu_linear
+    from harmon.accel import linear as accel_linear
 
-    if not cpu_linear.available():
+    if not accel_linear.available():
         pytest.skip("torch built without the oneDNN linear ops")
-    monkeypatch.setattr(cpu_linear, "MIN_ELEMENTS", 0)  # this test model's layers are all below the threshold
+    monkeypatch.setattr(accel_linear, "MIN_ELEMENTS", 0)  # this test model's layers are all below the threshold
     calls = []
-    real = cpu_linear._PackedForward.__call__
-    monkeypatch.setattr(cpu_linear._PackedForward, "__call__", lambda self, x: calls.append(1) or real(self, x))
+    real = accel_linear.PackedForward.__call__
+    monkeypatch.setattr(accel_linear.PackedForward, "__call__", lambda self, x: calls.append(1) or real(self, x))
     settings = dict(output_type="latent", **{**FAST, "num_iter": 4})
     packed = pipe.generate("a red circle", generator=gen(0), **settings)
     answer = pipe.describe(Image.new("RGB", (64, 64), (200, 30, 30)), "What colour?", max_new_tokens=6)
     assert calls  # the packed route really ran
-    monkeypatch.setattr(cpu_linear, "ENABLED", False)
+    monkeypatch.setattr(accel_linear, "ENABLED", False)
     calls.clear()
     plain = pipe.generate("a red circle", generator=gen(0), **settings)
     assert pipe.describe(Image.new("RGB", (64, 64), (200, 30, 30)), "What colour?", max_new_tokens=6) == answer
@@ -325,7 +329,7 @@ def test_compiled_generation_gives_the_eager_images_and_follows_weight_changes(p
     (a stale weight moves the latents by far more, as the second half checks)."""
     import shutil
 
-    from harmon import compiling
+    from harmon.accel import compile as compiling
 
     if not (shutil.which("c++") or shutil.which("g++")):
         pytest.skip("torch.compile on CPU needs a C++ compiler")

@@ -8,8 +8,8 @@ keys under ``mar.diffloss.``.
 
 from __future__ import annotations
 
-import contextlib
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -17,8 +17,6 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from harmon import rng
-from harmon.compiling import compiled
-from harmon.cpu_linear import packed_linears, plain_linears
 from harmon.diffusion import PREDICTIONS, GaussianDiffusion, space_timesteps
 
 __all__ = ["DiffLoss", "DiffLossConfig", "SimpleMLPAdaLN", "timestep_embedding"]
@@ -111,7 +109,9 @@ class _ResBlock(nn.Module):
         return self.forward_modulated(x, self.adaLN_modulation(y))
 
     def forward_modulated(self, x: torch.Tensor, mod: torch.Tensor) -> torch.Tensor:
-        """The block given its modulation ``mod`` = adaLN_modulation(y), (N, 3W) = [shift, scale, gate]."""
+        """The block given its modulation ``mod`` = adaLN_modulation(y), (N, 3W) = [shift, scale, gate].
+
+        A separate method so that a sampler may compute the modulations ahead (:mod:`harmon.accel.head`)."""
         shift, scale, gate = mod.chunk(3, dim=-1)  # 3 × (N, W)
         h = _modulate(self.in_ln(x), shift, scale)
         return x + gate * self.mlp(h)  # (N, W)
@@ -191,13 +191,6 @@ class SimpleMLPAdaLN(nn.Module):
         Returns: (N, 2C) = [ε̂, v] in the weight dtype."""
         dtype = self.input_proj.weight.dtype
         y = self.time_embed(t) + self.cond_embed(c.to(dtype))  # (N, W)
-        return self.forward_embedded(x, y)
-
-    def forward_embedded(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The network after the embeddings: x (N, C), y = time_embed(t) + cond_embed(c) (N, W) -> (N, 2C).
-
-        Lets a sampler embed the condition once per token and the timestep once per step."""
-        dtype = self.input_proj.weight.dtype
         h = self.input_proj(x.to(dtype))  # (N, W)
         use_checkpoint = self.grad_checkpointing and self.training and torch.is_grad_enabled()
         for block in self.res_blocks:
@@ -207,27 +200,6 @@ class SimpleMLPAdaLN(nn.Module):
     def modulation_layers(self) -> list[nn.Linear]:
         """The adaLN modulation Linear layers: one per residual block, then the final layer's."""
         return [block.adaLN_modulation[-1] for block in self.res_blocks] + [self.final_layer.adaLN_modulation[-1]]
-
-    @property
-    def modulation_width(self) -> int:
-        """Sum of the widths of all modulations, (3·depth + 2)·W."""
-        return sum(layer.out_features for layer in self.modulation_layers())
-
-    def modulations(self, y: torch.Tensor) -> list[torch.Tensor]:
-        """Every adaLN modulation of the network for embedded conditions y (..., W): one (..., 3W) tensor per
-        residual block, then the final layer's (..., 2W). They depend on y alone, not on x_t."""
-        return [block.adaLN_modulation(y) for block in self.res_blocks] + [self.final_layer.adaLN_modulation(y)]
-
-    def forward_modulated(self, x: torch.Tensor, mods: list[torch.Tensor]) -> torch.Tensor:
-        """The network given precomputed ``modulations(y)`` (each with N rows): x (N, C) -> (N, 2C).
-
-        The same arithmetic as ``forward_embedded``; it lets a sampler compute the modulations, which hold most of
-        the weights (3W² per block of 5W²), for many diffusion steps in one large matmul instead of re-reading those
-        weights at every step."""
-        h = self.input_proj(x.to(self.input_proj.weight.dtype))  # (N, W)
-        for block, mod in zip(self.res_blocks, mods[:-1]):
-            h = block.forward_modulated(h, mod)  # (N, W)
-        return self.final_layer.forward_modulated(h, mods[-1])  # (N, 2C)
 
     def forward_with_cfg(self, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor, cfg_scale: float) -> torch.Tensor:
         """Classifier-free guidance (reference §6): rows [0, N/2) of c are conditional, [N/2, N) unconditional.
@@ -251,45 +223,6 @@ class SimpleMLPAdaLN(nn.Module):
         return torch.cat([torch.cat([eps_guided, eps_guided], dim=0), v], dim=1)  # (N, 2C)
 
 
-# Largest number of modulation values (rows × steps × modulation width) precomputed at once by the fast sampler:
-# 2^24 float32 = 64 MiB. The 0.5B head at 8 rows (4 tokens under guidance) fits all 100 steps in one chunk.
-MODULATION_CHUNK_ELEMENTS = 1 << 24
-
-
-class _StepModulations:
-    """The adaLN modulations of every sampling step, computed ahead in chunks of steps.
-
-    Every modulation depends only on y = time_embed(t) + cond_embed(z), never on x_t, so the modulations of S steps
-    are one (S·N)-row matmul per layer instead of S matmuls of N rows. At small N each of those re-reads the layer's
-    weights (most of the head's weights) from memory; at S·N rows the matmul is compute-bound. Each call returns the
-    modulations of the next step of the chain j = K−1, …, 0, the order in which ``p_sample_loop`` evaluates it.
-    """
-
-    def __init__(self, net: SimpleMLPAdaLN, diffusion: GaussianDiffusion, c_emb: torch.Tensor) -> None:
-        self.net = net
-        self.c_emb = c_emb  # (N, W)
-        timesteps = diffusion.timestep_map.to(c_emb.device)  # (K,) original timesteps of chain j
-        self.t_emb = net.time_embed(timesteps)  # (K, W), once per call
-        per_step = c_emb.shape[0] * net.modulation_width
-        self.chunk = max(1, MODULATION_CHUNK_ELEMENTS // per_step)
-        self.next_j = self.t_emb.shape[0] - 1
-        self.mods: list[torch.Tensor] = []
-        self.index = 0
-
-    def __call__(self) -> list[torch.Tensor]:
-        if self.next_j < 0:
-            raise RuntimeError("the sampling chain asked for more steps than it has")
-        if self.index == (self.mods[0].shape[0] if self.mods else 0):
-            low = max(0, self.next_j - self.chunk + 1)
-            t_emb = self.t_emb[low : self.next_j + 1].flip(0)  # (S, W), chain order j, j−1, …
-            self.mods = self.net.modulations(t_emb[:, None, :] + self.c_emb[None])  # each (S, N, ·)
-            self.index = 0
-        step = [m[self.index] for m in self.mods]  # each (N, ·)
-        self.index += 1
-        self.next_j -= 1
-        return step
-
-
 class DiffLoss(nn.Module):
     """The diffusion head: training loss on tokens and the token sampler (reference §7)."""
 
@@ -309,13 +242,6 @@ class DiffLoss(nn.Module):
         # Respaced sampling chains, one per respacing string; schedule tables are not module state.
         self._sampling_diffusions: dict[str, GaussianDiffusion] = {}
         self.sampling_diffusion(config.num_sampling_steps)
-
-    def compiled_mlp(self):
-        """The MLP of ``sample(compile=True)``: ``forward_modulated`` compiled with dynamic row counts and the weights
-        frozen in, with inductor's C++ GEMM template on CPU (``harmon.compiling``); compiled again when the weights
-        changed since. On this project's 2-core AVX2 host the 0.5B head's time per image at full settings fell from
-        69.5 to 50.5 s (benchmarks/README.md, session 12)."""
-        return compiled(self, "mlp", self.net, self.net.forward_modulated, gemm="CPP", dynamic=True)
 
     def initialize_weights(self, generator: torch.Generator | None = None) -> None:
         self.net.initialize_weights(generator)
@@ -362,11 +288,9 @@ class DiffLoss(nn.Module):
         cfg: float = 1.0,
         generator: torch.Generator | None = None,
         num_steps: str | None = None,
-        fast: bool = True,
         x0_clip: float | None = None,
-        compile: bool = False,
     ) -> torch.Tensor:
-        """Sample one token per condition row.
+        """Sample one token per condition row: the network embeds the condition and the timestep at every step.
 
         With cfg ≠ 1, z holds 2K rows [conditional; unconditional] and only the conditional chain is propagated:
         each step evaluates the network on [x, x] with z, takes the guided ε̂ and the conditional half's own v,
@@ -377,42 +301,39 @@ class DiffLoss(nn.Module):
             z: (N, D) conditions. temperature: scale of the per-step noise. cfg: guidance scale.
             generator: source of the initial and per-step noise (device of z).
             num_steps: respacing string overriding config.num_sampling_steps for this call.
-            fast: embed the conditions once per call, compute the adaLN modulations of many steps in one
-                large matmul (``_StepModulations``) instead of per step, and on CPU float32 run the layers with
-                weights packed once per call (``harmon.cpu_linear``); the same numbers up to float rounding
-                (False = the straightforward path).
             x0_clip: clamp the predicted clean token to [-x0_clip, x0_clip] at every step (None: no clipping, as
                 the official sampler).
-            compile: with ``fast``, run the MLP through ``torch.compile`` (``compiled_mlp``: on CPU inductor's C++
-                GEMM kernels with the weights frozen in); the same numbers up to float rounding. The first call
-                compiles (tens of seconds on a small CPU, and it needs a C++ compiler there); later calls reuse
-                it, for any number of rows, until the weights change.
         Returns:
             (K, C) float32 tokens with cfg ≠ 1, else (N, C).
         """
+
+        def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return self.net(x, t.expand(x.shape[0]), z)  # (rows, 2C)
+
+        return self.sample_with(denoise, z, temperature, cfg, generator, num_steps, x0_clip)
+
+    @torch.no_grad()
+    def sample_with(
+        self,
+        denoise: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        z: torch.Tensor,
+        temperature: float = 1.0,
+        cfg: float = 1.0,
+        generator: torch.Generator | None = None,
+        num_steps: str | None = None,
+        x0_clip: float | None = None,
+    ) -> torch.Tensor:
+        """:meth:`sample` with the network evaluated by ``denoise(x, t)``: x (rows, C) float32 states, t (rows,)
+        original timesteps -> (rows, 2C), where rows = N (cfg = 1) or 2K ([x, x] under the 2K conditions of z).
+
+        The chain, the noise and the guidance are this method's; ``denoise`` only runs the network (a faster
+        evaluation of the same network, such as :mod:`harmon.accel.head`'s, keeps every sampled number in step).
+        """
         diffusion = self.sampling_diffusion(num_steps)
-        net = self.net
-        if compile and not fast:
-            raise ValueError("compile=True needs the fast sampler (fast=True)")
-        if fast:
-            c_emb = net.cond_embed(z.to(net.input_proj.weight.dtype))  # (N, W), once per call
-            next_mods = _StepModulations(net, diffusion, c_emb)
-            mlp = self.compiled_mlp() if compile else net.forward_modulated
-
-            def run(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-                return mlp(x, next_mods())  # the modulations of this step, precomputed
-        else:
-
-            def run(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-                return net(x, t.expand(x.shape[0]), z)
-
         if cfg == 1.0:
             shape = (z.shape[0], self.in_channels)  # (N, C)
             noise = rng.randn(shape, generator, device=z.device)
-
-            def model_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-                return run(x, t)  # (N, 2C)
-
+            model_fn = denoise
         else:
             if z.shape[0] % 2:
                 raise ValueError(f"sampling with cfg={cfg} needs 2K condition rows [cond; uncond], got {z.shape[0]}")
@@ -422,13 +343,6 @@ class DiffLoss(nn.Module):
 
             def model_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
                 both = torch.cat([x, x], dim=0)  # (2K, C): the conditional chain under both conditions
-                return net.guide(run(both, torch.cat([t, t], dim=0)), cfg)[:k]  # (K, 2C)
+                return self.net.guide(denoise(both, torch.cat([t, t], dim=0)), cfg)[:k]  # (K, 2C)
 
-        # compiled: inductor packs the weights its own way, so the layers must be plain when it traces them. The
-        # compiled MLP unpacks them itself on every call; unpacking here, once per call of sample, leaves it
-        # nothing to undo (restoring an outer context's packed layers on every evaluation is not free).
-        layers = plain_linears(net) if compile else packed_linears(net) if fast else contextlib.nullcontext()
-        with layers:
-            return diffusion.p_sample_loop(
-                model_fn, noise, temperature=temperature, generator=generator, x0_clip=x0_clip
-            )
+        return diffusion.p_sample_loop(model_fn, noise, temperature=temperature, generator=generator, x0_clip=x0_clip)

@@ -69,9 +69,7 @@ def build_llm(llm_config: dict) -> Qwen2ForCausalLM:
 
 def _conv_layout(x: torch.Tensor) -> torch.Tensor:
     """The VAE's input in the memory layout its convolutions run fastest in: channels-last on CPU, where oneDNN's
-    convolutions ran 1.2-1.5x faster on it (shipped shapes VAE at 64 px, batch 16: decode 37 vs 55 ms, encode 14 vs
-    19 ms, medians; a KL-16-sized decoder at 256 px: 1.92 vs 2.35 s); as it is elsewhere. Same values up to float
-    rounding."""
+    convolutions avoid reordering the input on every call; as it is elsewhere. Same values up to float rounding."""
     return x.contiguous(memory_format=torch.channels_last) if x.device.type == "cpu" and x.dim() == 4 else x
 
 
@@ -203,7 +201,6 @@ class Harmon(nn.Module):
         text_mask: torch.Tensor,
         input_ids: torch.Tensor | None = None,
         cache=None,
-        shared_halves: bool = False,
     ) -> torch.Tensor:
         """Encoder refined by the LLM after the text prompt (spec §5.2).
 
@@ -212,25 +209,34 @@ class Harmon(nn.Module):
             text_mask: (B, T) attention mask of the (right-padded) prompt.
             input_ids: (B, T) prompt ids; required without ``cache``.
             cache: a transformers cache holding exactly the prompt's K/V; it is restored to that state on return.
-            shared_halves: the second half of ``tokens`` and ``mask`` repeats the first (classifier-free guidance:
-                the same image under two prompts), so the MAR encoder runs on the first half only and its output
-                serves both; the same numbers up to float rounding, half the encoder's work.
         Returns:
             (B, 64+V, D_enc) = x_enc + proj_out(LLM output), buffers first (the decoder's input).
         """
-        if shared_halves:
-            if tokens.shape[0] % 2:
-                raise ValueError(f"shared_halves needs an even batch, got {tokens.shape[0]} rows")
-            half = tokens.shape[0] // 2
-            x_enc, z_enc = (torch.cat([t, t]) for t in self.extract_visual_feature(tokens[:half], mask[:half], grid))
-        else:
-            x_enc, z_enc = self.extract_visual_feature(tokens, mask, grid)
+        x_enc, z_enc = self.extract_visual_feature(tokens, mask, grid)
+        return self.refine_with_llm(x_enc, z_enc, text_mask, input_ids=input_ids, cache=cache)
+
+    def refine_with_llm(
+        self,
+        x_enc: torch.Tensor,
+        z_enc: torch.Tensor,
+        text_mask: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
+        cache=None,
+    ) -> torch.Tensor:
+        """The LLM half of :meth:`forward_mae_encoder`, given ``extract_visual_feature``'s (x_enc, z_enc).
+
+        Args:
+            x_enc: (B, 64+V, D_enc) buffers first; z_enc: (B, V+64, H) buffers last.
+            text_mask, input_ids, cache: as in :meth:`forward_mae_encoder`.
+        Returns:
+            (B, 64+V, D_enc) = x_enc + proj_out(LLM output), buffers first.
+        """
         b, n_img = z_enc.shape[:2]
         full_mask = torch.cat([text_mask.bool(), text_mask.new_ones(b, n_img, dtype=torch.bool)], dim=1)
         positions = (full_mask.long().cumsum(dim=1) - 1).clamp(min=0)  # image tokens follow the real text
         if cache is None:
             if input_ids is None:
-                raise ValueError("forward_mae_encoder needs input_ids when no prompt cache is given")
+                raise ValueError("the LLM needs the prompt: pass input_ids or a prompt cache")
             inputs = torch.cat([self.embed_text(input_ids).to(z_enc.dtype), z_enc], dim=1)  # (B, T+V+64, H)
             hidden = self.llm.model(
                 inputs_embeds=inputs, attention_mask=full_mask, position_ids=positions
@@ -252,23 +258,11 @@ class Harmon(nn.Module):
         z_llm = torch.cat([z_llm[:, -nb:], z_llm[:, :-nb]], dim=1)  # buffers first again
         return x_enc + self.proj_out(z_llm)  # (B, 64+V, D_enc)
 
-    def prompt_cache(self, input_ids: torch.Tensor, text_mask: torch.Tensor, dedupe: bool = False):
+    def prompt_cache(self, input_ids: torch.Tensor, text_mask: torch.Tensor):
         """Run the prompt once and return its K/V cache (spec §9.2 step 4, with mask and positions).
 
-        ``dedupe``: run each distinct (ids, mask) row once and copy its K/V to the rows that repeat it (with
-        guidance every unconditional row is the same prompt); the same cache up to float rounding.
+        Args: input_ids, text_mask: (B, T) right-padded prompts. Returns: a transformers cache of B rows, T positions.
         """
-        if dedupe:
-            # on the CPU: a few hundred ids, and torch.unique(dim=...) is not implemented on every device (MPS)
-            keys = torch.cat([input_ids, text_mask.long()], dim=1).cpu()
-            distinct, inverse = torch.unique(keys, dim=0, return_inverse=True)
-            if distinct.shape[0] < keys.shape[0]:
-                t = input_ids.shape[1]
-                distinct = distinct.to(input_ids.device)
-                cache = self.prompt_cache(distinct[:, :t], distinct[:, t:].bool())
-                if hasattr(cache, "batch_select_indices"):  # else (an old transformers) run every row below
-                    cache.batch_select_indices(inverse.to(input_ids.device))
-                    return cache
         positions = (text_mask.long().cumsum(dim=1) - 1).clamp(min=0)
         out = self.llm.model(
             inputs_embeds=self.embed_text(input_ids),

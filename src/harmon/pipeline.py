@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from PIL import Image
 
+from harmon import accel
 from harmon.config import HarmonConfig
-from harmon.cpu_linear import packed_linears
 from harmon.images import load_image, prepare_for_understanding, tensor_to_pil
 from harmon.loading import load_official, load_pretrained, save_pretrained
 from harmon.model import Harmon
 from harmon.prompts import IM_END, generation_prompt, unconditional_prompt, understanding_prompt
-from harmon.sampling import SamplingSettings, decode_text, generate_tokens
+from harmon.sampling import SamplingSettings, decode_text, generate_tokens, preset_settings
 from harmon.vae import VAEConfig
 
 logger = logging.getLogger(__name__)
@@ -83,6 +84,21 @@ class HarmonPipeline:
         return enc.input_ids.to(self.device), enc.attention_mask.to(self.device).bool()
 
     # ------------------------------------------------------------------ generation
+    @staticmethod
+    def _prompt_list(prompt: str | Sequence[str], num_images_per_prompt: int, output_type: str) -> list[str]:
+        """The prompts of a ``generate`` call as a list, after checking its arguments."""
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if not prompts:
+            raise ValueError("prompt list is empty")
+        for p in prompts:
+            if not isinstance(p, str):
+                raise TypeError(f"prompts must be strings, got {type(p).__name__}")
+        if num_images_per_prompt < 1:
+            raise ValueError(f"num_images_per_prompt must be >= 1, got {num_images_per_prompt}")
+        if output_type not in ("pil", "latent", "pt"):
+            raise ValueError(f"output_type must be 'pil', 'latent' or 'pt', got {output_type!r}")
+        return prompts
+
     @torch.no_grad()
     def generate(
         self,
@@ -108,25 +124,51 @@ class HarmonPipeline:
         ("brisk", "lean", "fast", ...: see :data:`harmon.sampling.PRESETS`) when one is named; explicit settings win.
         Returns a list of PIL images (prompt-major: all images of prompt 0, then prompt 1...), or with
         ``output_type="latent"`` the scaled VAE latents (N, C, h, w), or with ``"pt"`` pixels (N, 3, H, W).
-        ``compile``: run the diffusion head's MLP through ``torch.compile`` (see ``DiffLoss.sample``): the same
+        ``compile``: run the diffusion head's MLP through ``torch.compile`` (see :mod:`harmon.accel.head`): the same
         images up to float rounding; the first call in a process pays the compilation, later calls are faster.
         """
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        if not prompts:
-            raise ValueError("prompt list is empty")
-        for p in prompts:
-            if not isinstance(p, str):
-                raise TypeError(f"prompts must be strings, got {type(p).__name__}")
-        if num_images_per_prompt < 1:
-            raise ValueError(f"num_images_per_prompt must be >= 1, got {num_images_per_prompt}")
-        if output_type not in ("pil", "latent", "pt"):
-            raise ValueError(f"output_type must be 'pil', 'latent' or 'pt', got {output_type!r}")
+        prompts = self._prompt_list(prompt, num_images_per_prompt, output_type)
+        settings, size = self.generation_settings(
+            image_size=image_size,
+            num_iter=num_iter,
+            guidance_scale=guidance_scale,
+            cfg_schedule=cfg_schedule,
+            temperature=temperature,
+            num_sampling_steps=num_sampling_steps,
+            x0_clip=x0_clip,
+            diffusion_steps_final=diffusion_steps_final,
+            preset=preset,
+        )
+        grid = self.model.grid_for(size)
+        guided = settings.guidance_scale != 1.0
+        cond = [generation_prompt(p) for p in prompts for _ in range(num_images_per_prompt)]
+        input_ids, mask = self._tokenize(cond + [unconditional_prompt()] * len(cond) if guided else cond)
+        strategies = accel.generation_strategies(self.model, guidance=guided, compile=compile)
+        with accel.packed_linears(self.model):  # CPU float32: weights packed once per call
+            tokens = generate_tokens(
+                self.model, input_ids, mask, grid, settings, generator=generator, **strategies
+            )  # (N, L, C)
+        if output_type == "latent":
+            return tokens.transpose(1, 2).reshape(tokens.shape[0], -1, *grid)
+        pixels = self.model.decode_tokens(tokens, grid)  # (N, 3, H, W)
+        return pixels if output_type == "pt" else tensor_to_pil(pixels)
+
+    def generation_settings(
+        self,
+        *,
+        image_size: int | None = None,
+        num_iter: int | None = None,
+        guidance_scale: float | None = None,
+        cfg_schedule: str | None = None,
+        temperature: float | None = None,
+        num_sampling_steps: str | int | None = None,
+        x0_clip: float | None = None,
+        diffusion_steps_final: int | None = None,
+        preset: str | None = None,
+    ) -> tuple[SamplingSettings, int]:
+        """The sampling settings and image size :meth:`generate` runs with for these arguments (see there)."""
         d = self.config.generation
         if preset is not None:
-            from dataclasses import replace
-
-            from harmon.sampling import preset_settings
-
             # the preset scales the settings in force (explicit ones, else the defaults); explicit ones still win
             picked = preset_settings(
                 preset,
@@ -147,19 +189,7 @@ class HarmonPipeline:
             x0_clip=d.x0_clip if x0_clip is None else x0_clip,
             diffusion_steps_final=diffusion_steps_final,
         )
-        size = d.image_size if image_size is None else image_size
-        grid = self.model.grid_for(size)
-        cond = [generation_prompt(p) for p in prompts for _ in range(num_images_per_prompt)]
-        texts = cond + [unconditional_prompt()] * len(cond) if settings.guidance_scale != 1.0 else cond
-        input_ids, mask = self._tokenize(texts)
-        with packed_linears(self.model):  # CPU float32: weights packed once per call (harmon.cpu_linear)
-            tokens = generate_tokens(
-                self.model, input_ids, mask, grid, settings, generator=generator, compile=compile
-            )  # (N, L, C)
-        if output_type == "latent":
-            return tokens.transpose(1, 2).reshape(tokens.shape[0], -1, *grid)
-        pixels = self.model.decode_tokens(tokens, grid)  # (N, 3, H, W)
-        return pixels if output_type == "pt" else tensor_to_pil(pixels)
+        return settings, d.image_size if image_size is None else image_size
 
     # ------------------------------------------------------------------ understanding
     def understanding_inputs(
@@ -208,7 +238,7 @@ class HarmonPipeline:
         image_size: int | None = None,
     ) -> str:
         """Answer ``question`` about an image (spec §10). Greedy unless ``do_sample``."""
-        # Plain layers: packed ones (harmon.cpu_linear) made prefill no faster even before the reorder was counted.
+        # Plain layers: packing (harmon.accel.linear) pays for many small calls, not for one large prefill.
         embeds = self.understanding_inputs(image_or_path, question, image_size)
         ids = decode_text(
             self.model,

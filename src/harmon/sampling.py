@@ -2,11 +2,17 @@
 
 The model provides one-step predictions; these functions own the loops and schedules. Every random choice
 (orders, diffusion noise, token sampling) is drawn from the one ``torch.Generator`` passed in.
+
+The loops run the model's own straightforward methods unless given others: :func:`generate_tokens` takes the
+diffusion-head sampler, the prompt-cache builder and the image encoder as arguments (:class:`Strategies`), so that
+faster equivalents (:mod:`harmon.accel`) are applied from outside the model.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Protocol, TypedDict
 
 import torch
 
@@ -123,6 +129,36 @@ def step_guidance(settings: SamplingSettings, seq_len: int, n_next: int) -> floa
     return settings.guidance_scale
 
 
+class HeadSampler(Protocol):
+    """A diffusion-head sampler with ``DiffLoss.sample``'s arguments: z (N, D) -> tokens (N or N/2, C) float32."""
+
+    def __call__(
+        self,
+        z: torch.Tensor,
+        temperature: float = 1.0,
+        cfg: float = 1.0,
+        generator: torch.Generator | None = None,
+        num_steps: str | None = None,
+        x0_clip: float | None = None,
+    ) -> torch.Tensor: ...
+
+
+# (input_ids, text_mask) (B, T) -> a transformers cache holding the prompt's K/V, as ``Harmon.prompt_cache``
+PromptCacheBuilder = Callable[[torch.Tensor, torch.Tensor], Any]
+# (tokens (B, L, C), mask (B, L), grid) -> (x_enc, z_enc), as ``Harmon.extract_visual_feature``
+ImageEncoder = Callable[[torch.Tensor, torch.Tensor, tuple[int, int]], tuple[torch.Tensor, torch.Tensor]]
+# (tokens (B, L, C), mask (B, L)) -> the decoder's input (B, 64+V, D_enc): MAR encoder and LLM after the prompt
+StepEncoder = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class Strategies(TypedDict, total=False):
+    """How :func:`generate_tokens` runs the model's pieces; a piece left out runs the model's own method."""
+
+    sample_head: HeadSampler  # default: model.mar.diffloss.sample
+    prompt_cache: PromptCacheBuilder  # default: model.prompt_cache
+    encode_image: ImageEncoder  # default: model.extract_visual_feature
+
+
 @torch.no_grad()
 def generate_tokens(
     model: Harmon,
@@ -131,85 +167,103 @@ def generate_tokens(
     grid: tuple[int, int],
     settings: SamplingSettings,
     generator: torch.Generator | None = None,
-    use_cache: bool = True,
-    dedupe: bool = True,
-    compile: bool = False,
+    *,
+    sample_head: HeadSampler | None = None,
+    prompt_cache: PromptCacheBuilder | None = None,
+    encode_image: ImageEncoder | None = None,
 ) -> torch.Tensor:
-    """Sample latent tokens by masked autoregression (spec §9.2).
+    """Sample latent tokens by masked autoregression (spec §9.2), the prompt's K/V computed once.
 
     Args:
         input_ids, attention_mask: (R, T) right-padded prompts. With guidance (scale != 1) the first R/2 rows are
             the conditional prompts and the last R/2 the unconditional ones.
         grid: (h, w) token grid, L = h*w.
-        use_cache: reuse the prompt's K/V across steps (default); False recomputes the prompt every step
-            (the uncached reference, identical up to float error).
-        dedupe: skip repeated work (default): the prompt runs once per distinct prompt, and with guidance the MAR
-            encoder once per image, not once per half (both halves hold the same tokens and mask). False runs every
-            row (the reference, identical up to float error).
-        compile: run the diffusion head's MLP compiled (``DiffLoss.sample(compile=True)``, ``harmon.compiling``);
-            identical up to float error, faster after a one-time compilation.
+        sample_head, prompt_cache, encode_image: the pieces of :class:`Strategies`; None runs the model's own.
+    Returns:
+        (R', L, C) tokens in the model dtype, R' = R/2 with guidance else R.
+    """
+    cache = (prompt_cache or model.prompt_cache)(input_ids, attention_mask)
+    encode_image = encode_image or model.extract_visual_feature
+
+    def encode(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x_enc, z_enc = encode_image(tokens, mask, grid)  # (R, 64+V, D_enc), (R, V+64, H)
+        return model.refine_with_llm(x_enc, z_enc, attention_mask, cache=cache)  # (R, 64+V, D_enc)
+
+    head = sample_head or model.mar.diffloss.sample
+    return sample_tokens(model, encode, input_ids.shape[0], grid, settings, generator, head)
+
+
+@torch.no_grad()
+def sample_tokens(
+    model: Harmon,
+    encode: StepEncoder,
+    rows: int,
+    grid: tuple[int, int],
+    settings: SamplingSettings,
+    generator: torch.Generator | None,
+    sample_head: HeadSampler,
+) -> torch.Tensor:
+    """The masked-autoregressive loop (spec §9.2) given the step's encoder (MAR encoder and LLM after the prompt).
+
+    Args:
+        encode: (R, L, C) tokens and (R, L) mask -> the decoder's input (R, 64+V, D_enc).
+        rows: R, the prompt rows (with guidance R/2 conditional, then R/2 unconditional).
+        sample_head: draws the tokens of the positions revealed at a step (``DiffLoss.sample``'s arguments).
     Returns:
         (R', L, C) tokens in the model dtype, R' = R/2 with guidance else R.
     """
     use_cfg = settings.guidance_scale != 1.0
-    rows = input_ids.shape[0]
     if use_cfg and rows % 2:
         raise ValueError("with guidance the batch must hold conditional and unconditional halves")
     n_img = rows // 2 if use_cfg else rows
     seq_len = grid[0] * grid[1]
-    device, dtype = model.device, model.dtype
-    token_dim = model.config.mar.token_dim
-
     orders = model.sample_orders(n_img, seq_len, generator)  # (n, L)
     if use_cfg:
-        orders = torch.cat([orders, orders])  # unconditional rows follow the conditional ones
-    tokens = torch.zeros(rows, seq_len, token_dim, device=device, dtype=dtype)
-    mask = torch.ones(rows, seq_len, dtype=torch.bool, device=device)
-    cache = model.prompt_cache(input_ids, attention_mask, dedupe=dedupe) if use_cache else None
-
+        orders = torch.cat([orders, orders])  # (R, L): unconditional rows follow the conditional ones
+    tokens = torch.zeros(rows, seq_len, model.config.mar.token_dim, device=model.device, dtype=model.dtype)  # (R, L, C)
+    mask = torch.ones(rows, seq_len, dtype=torch.bool, device=model.device)  # (R, L), True = unknown
     masked = seq_len
     total = len(mask_schedule(seq_len, settings.num_iter))
     for step in range(settings.num_iter):
-        x_enc = model.forward_mae_encoder(
-            tokens,
-            mask,
-            grid,
-            attention_mask,
-            input_ids=None if use_cache else input_ids,
-            cache=cache,
-            shared_halves=use_cfg and dedupe,
-        )
-        z = model.mar.forward_decoder(x_enc, mask, grid)  # (R, L, Dd)
+        z = model.mar.forward_decoder(encode(tokens, mask), mask, grid)  # (R, L, Dd)
         n_next = next_mask_len(step, settings.num_iter, seq_len, masked)
         last = step == settings.num_iter - 1 or n_next >= masked
-        if last:
-            to_predict = mask
-            mask_next = torch.zeros_like(mask)
-        else:
-            mask_next = mask_by_order(n_next, orders)
-            to_predict = mask & ~mask_next
-        z_sel = z[to_predict]  # (R*k, Dd), row-major: conditional rows first
+        mask_next = torch.zeros_like(mask) if last else mask_by_order(n_next, orders)
+        to_predict = mask if last else mask & ~mask_next  # (R, L)
         scale = step_guidance(settings, seq_len, n_next)
-        if use_cfg and scale == 1.0:
-            z_sel = z_sel[: z_sel.shape[0] // 2]
-        new = model.mar.diffloss.sample(
-            z_sel,
-            temperature=settings.temperature,
-            cfg=scale if use_cfg else 1.0,
-            generator=generator,
-            num_steps=diffusion_steps(settings, step, total),
-            x0_clip=settings.x0_clip,
-            compile=compile,
-        )
-        half = tokens[:n_img]
-        half[to_predict[:n_img]] = new.to(dtype)
+        new = _draw_tokens(sample_head, z[to_predict], settings, scale if use_cfg else 1.0, step, total, generator)
+        half = tokens[:n_img]  # (n, L, C), a view: the conditional rows
+        half[to_predict[:n_img]] = new.to(tokens.dtype)
         if use_cfg:
-            tokens[n_img:] = half
+            tokens[n_img:] = half  # both halves hold the same image
         mask = mask_next
         masked = 0 if last else n_next
         if last:
             break
     return tokens[:n_img]
+
+
+def _draw_tokens(
+    sample_head: HeadSampler,
+    z_sel: torch.Tensor,
+    settings: SamplingSettings,
+    cfg: float,
+    step: int,
+    total: int,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """The tokens of one step's revealed positions from their decoder outputs z_sel (R·k, Dd), conditional rows
+    first. Under guidance at scale 1 only the conditional rows are sampled. Returns (n·k, C) float32."""
+    if settings.guidance_scale != 1.0 and cfg == 1.0:
+        z_sel = z_sel[: z_sel.shape[0] // 2]  # (n·k, Dd)
+    return sample_head(
+        z_sel,
+        temperature=settings.temperature,
+        cfg=cfg,
+        generator=generator,
+        num_steps=diffusion_steps(settings, step, total),
+        x0_clip=settings.x0_clip,
+    )
 
 
 def _apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:

@@ -1,14 +1,14 @@
-"""Packed-weight Linear layers (harmon.cpu_linear): same numbers as the plain layers, used only where they apply,
+"""Packed-weight Linear layers (harmon.accel.linear): same numbers as the plain layers, used only where they apply,
 and gone after the context."""
 
 import pytest
 import torch
 from torch import nn
 
-from harmon import cpu_linear
-from harmon.cpu_linear import packed_linears
+from harmon.accel import linear as accel_linear
+from harmon.accel.linear import packed_linears
 
-needs_onednn = pytest.mark.skipif(not cpu_linear.available(), reason="torch built without the oneDNN linear ops")
+needs_onednn = pytest.mark.skipif(not accel_linear.available(), reason="torch built without the oneDNN linear ops")
 
 
 def _net(generator: torch.Generator) -> nn.Sequential:
@@ -30,7 +30,7 @@ def test_packed_layers_match_plain_ones(shape):
         with packed_linears(net, min_elements=0):
             packed = net(x)
             assert all(
-                isinstance(m.forward, cpu_linear._PackedForward) and m.forward.packed is not None
+                isinstance(m.forward, accel_linear.PackedForward) and m.forward.packed is not None
                 for m in net
                 if isinstance(m, nn.Linear)
             )  # the packed path really ran
@@ -79,7 +79,7 @@ def test_context_restores_layers_on_error_and_nests():
 
 
 def test_disabled_context_changes_nothing(monkeypatch):
-    monkeypatch.setattr(cpu_linear, "ENABLED", False)
+    monkeypatch.setattr(accel_linear, "ENABLED", False)
     net = _net(torch.Generator().manual_seed(4))
     with packed_linears(net, min_elements=0):
         assert all("forward" not in m.__dict__ for m in net)
@@ -92,14 +92,14 @@ def test_layers_below_the_size_threshold_stay_plain():
     net = nn.Sequential(big, small)
     with packed_linears(net):
         wrapped = {name for name, m in net.named_children() if "forward" in m.__dict__}
-    assert wrapped == ({"0"} if cpu_linear.ENABLED and cpu_linear.available() else set())
-    assert big.weight.numel() >= cpu_linear.MIN_ELEMENTS > small.weight.numel()
+    assert wrapped == ({"0"} if accel_linear.ENABLED and accel_linear.available() else set())
+    assert big.weight.numel() >= accel_linear.MIN_ELEMENTS > small.weight.numel()
 
 
 def test_plain_linears_unpack_inside_and_restore_the_outer_context():
     """plain_linears (used around torch.compile, which packs weights its own way) runs every layer plain inside,
     even layers an outer packed_linears context wrapped, and gives the outer context its packed layers back."""
-    from harmon.cpu_linear import plain_linears
+    from harmon.accel.linear import plain_linears
 
     net = _net(torch.Generator().manual_seed(5))
     with packed_linears(net, min_elements=0):

@@ -1,11 +1,11 @@
 """Packed-weight Linear layers for CPU float32 inference.
 
 A plain ``nn.Linear`` on CPU hands its weight to a GEMM that re-packs it into the kernel's blocked layout on every
-call. With the few hundred rows of a generation step (or the 8 rows of a diffusion step) that re-packing and the
-small-M kernels cost up to half the time. oneDNN can reorder a weight once into its blocked layout and multiply
-many times against it; on the shapes of the 0.5B model this runs 1.3-2x faster than the plain layer
-(``benchmarks/generate.py --no-pack`` runs the plain layers). ``HarmonPipeline.generate`` and the diffusion sampler
-use it; ``describe`` does not (its prefill was no faster packed even before counting the reorder: benchmarks/README).
+call. With the few hundred rows of a generation step (or the few rows of a diffusion step) that re-packing and the
+small-M kernels are a large share of the time. oneDNN can reorder a weight once into its blocked layout and multiply
+many times against it (``benchmarks/generate.py --no-pack`` runs the plain layers for comparison).
+``HarmonPipeline.generate`` and the fast diffusion-head sampler (:mod:`harmon.accel.head`) use it; ``describe`` does
+not (its prefill, one large batch of rows per layer, gains nothing from a weight packed once).
 
 ``packed_linears(module)`` is a context: inside it every ``nn.Linear`` of ``module`` that is called with a CPU
 float32 input, and no gradient to record, runs through oneDNN with its weight reordered on its first call in the
@@ -13,10 +13,8 @@ context; on leaving, the layers are plain again and the packed copies are freed.
 up to float rounding (a different summation order). Layers never called inside the context are never packed (a
 tied LM head costs nothing during image generation). Where torch lacks the ops, the context does nothing.
 
-Only layers with at least ``MIN_ELEMENTS`` weights (512 x 512) are packed. On this project's 2-core AVX2 host, with
-8-32 rows, a packed 1024 x 1024 layer ran 1.4-2.6x faster than the plain one and a 512 x 512 layer 1.3-1.5x, but a
-256 x 256 layer ran at 0.6-0.9x and a 128 x 128 one at 0.4-0.5x, and each reorder costs 0.25-0.4 ms besides: below
-that size oneDNN's fixed cost outweighs the re-packing it saves (the shipped shapes model has no layer that large).
+Only layers with at least ``MIN_ELEMENTS`` weights (512 x 512) are packed: below that size oneDNN's fixed cost per
+call, and the reorder itself, outweigh the re-packing they save.
 """
 
 from __future__ import annotations
@@ -28,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ENABLED", "available", "packed_linears", "plain_linears"]
+__all__ = ["ENABLED", "MIN_ELEMENTS", "PackedForward", "available", "packed_linears", "plain_linears"]
 
 # Global switch (tests and benchmarks compare both paths); the context is a no-op when False.
 ENABLED = True
@@ -46,7 +44,7 @@ def available() -> bool:
     )
 
 
-class _PackedForward:
+class PackedForward:
     """Replacement ``forward`` of one Linear layer inside the context."""
 
     def __init__(self, layer: nn.Linear) -> None:
@@ -98,13 +96,13 @@ def packed_linears(module: nn.Module, min_elements: int | None = None) -> Iterat
             and layer.weight.dtype == torch.float32  # GPU / half-precision layers are left as they are
             and layer.weight.numel() >= least
         ):
-            layer.forward = _PackedForward(layer)
+            layer.forward = PackedForward(layer)
             swapped.append(layer)
     try:
         yield
     finally:
         for layer in swapped:
-            if isinstance(layer.__dict__.get("forward"), _PackedForward):
+            if isinstance(layer.__dict__.get("forward"), PackedForward):
                 del layer.forward  # back to nn.Linear.forward; the packed copy goes with it
 
 
@@ -116,10 +114,10 @@ def plain_linears(module: nn.Module | Iterable[nn.Module]) -> Iterator[None]:
 
     ``module`` may also be a list of its layers, collected once by a caller on a hot path, where walking the module
     tree on every entry would cost more than the layers' own work on a small model."""
-    held: list[tuple[nn.Linear, _PackedForward]] = []
+    held: list[tuple[nn.Linear, PackedForward]] = []
     for layer in module.modules() if isinstance(module, nn.Module) else module:
         forward = layer.__dict__.get("forward")
-        if isinstance(layer, nn.Linear) and isinstance(forward, _PackedForward):
+        if isinstance(layer, nn.Linear) and isinstance(forward, PackedForward):
             held.append((layer, forward))
             del layer.forward
     try:

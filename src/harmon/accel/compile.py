@@ -1,10 +1,10 @@
 """``torch.compile`` of the sampler's hot pieces with their weights frozen in (``generate(compile=True)``).
 
-One piece is compiled: the diffusion head's MLP (``SimpleMLPAdaLN.forward_modulated``), evaluated 100 times per
-masked-autoregressive step on a few rows, where inductor's C++ GEMM template runs the small-row matmuls faster than
-oneDNN or MKL (benchmarks/README.md has the figures). The MAR decoder's blocks were tried too (oneDNN GEMMs with
-fused epilogues): 1.28x alone in a throwaway microbenchmark, but no faster inside whole 0.5B generations
-interleaved with eager ones, so they run eager.
+One piece is compiled: the diffusion head's MLP given precomputed modulations (``forward_modulated`` in
+:mod:`harmon.accel.head`), evaluated once per diffusion step of every masked-autoregressive step on a few rows,
+where inductor's C++ GEMM template runs the small-row matmuls faster than oneDNN or MKL
+(``benchmarks/generate.py --compile`` measures it). The MAR decoder's blocks run eager: compiled, they were no
+faster inside whole generations.
 
 On CPU the weights are frozen into the graph as constants, which is what lets inductor pack them once. A frozen
 graph keeps the weights it was compiled with, and dynamo's guards see neither in-place weight changes nor a new
@@ -21,7 +21,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from harmon.cpu_linear import plain_linears
+from harmon.accel.linear import plain_linears
 
 __all__ = ["FrozenCompiled", "compiled", "options_for"]
 
