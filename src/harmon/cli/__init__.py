@@ -1,0 +1,55 @@
+"""The ``harmon`` command: one module per command group, assembled into one parser here.
+
+Commands import torch, transformers and the model only when they run, so building the parser (and answering
+``--help`` or ``--version``) stays fast. ``python -m harmon.cli ...`` runs the same command (torchrun uses it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from harmon import __version__
+from harmon.cli.analyze import add_analyze
+from harmon.cli.eval import add_eval
+from harmon.cli.generate import add_convert, add_describe, add_generate
+from harmon.cli.train import add_train
+
+# never reach for a hub: everything we load is local (set before any command imports transformers)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+# errors a command raises for bad input (a missing file, a wrong setting): one stderr line, not a traceback
+EXPECTED_ERRORS = (ValueError, FileNotFoundError, TypeError)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="harmon", description="Harmon: one shared encoder for image understanding and generation."
+    )
+    parser.add_argument("--version", action="version", version=f"harmon {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_train(sub)
+    add_generate(sub)
+    add_describe(sub)
+    add_eval(sub)
+    add_analyze(sub)
+    add_convert(sub)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the parsed command; an expected error becomes ``harmon <command>: error: ...`` and exit status 2."""
+    try:
+        return args.func(args)
+    except EXPECTED_ERRORS as err:
+        print(f"harmon {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    return run(args)

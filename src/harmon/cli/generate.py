@@ -1,0 +1,100 @@
+"""``harmon generate`` (text -> image), ``harmon describe`` (image + question -> text) and ``harmon convert``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from harmon.cli.common import (
+    DTYPE_NAMES,
+    add_generation_args,
+    add_model_args,
+    generation_settings,
+    load_pipeline,
+    seeded,
+    torch_dtype,
+)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    pipe = load_pipeline(args)
+    images = pipe.generate(
+        args.prompt,
+        num_images_per_prompt=args.num_images,
+        generator=seeded(args.seed),
+        compile=args.compile,
+        **generation_settings(args),
+    )
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if len(images) == 1:
+        images[0].save(out)
+        print(out)
+        return 0
+    stem, suffix = out.stem, out.suffix or ".png"
+    for i, im in enumerate(images):
+        path = out.with_name(f"{stem}_{i:02d}{suffix}")
+        im.save(path)
+        print(path)
+    return 0
+
+
+def cmd_describe(args: argparse.Namespace) -> int:
+    pipe = load_pipeline(args)
+    answer = pipe.describe(
+        args.image,
+        args.question,
+        max_new_tokens=args.max_new_tokens,
+        do_sample=args.sample,
+        temperature=args.temperature,
+        generator=seeded(args.seed),
+        image_size=args.image_size,
+    )
+    print(answer)
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    pipe = load_pipeline(args)
+    pipe.save_pretrained(args.output, dtype=torch_dtype(args.save_dtype))
+    print(args.output)
+    return 0
+
+
+def add_generate(sub: argparse._SubParsersAction) -> None:
+    g = sub.add_parser("generate", help="text -> image")
+    g.add_argument("prompt", nargs="+", help="one or more prompts")
+    g.add_argument("-o", "--output", default="out.png", help="PNG path (numbered when several images)")
+    g.add_argument("-n", "--num-images", type=int, default=1, help="images per prompt")
+    add_generation_args(g)
+    g.add_argument(
+        "--compile",
+        action="store_true",
+        help="run the diffusion head's MLP through torch.compile: "
+        "the same images, faster once compiled (the compilation takes tens of seconds, so it pays for "
+        "large models or many images; on CPU it needs a C++ compiler)",
+    )
+    g.add_argument("--seed", type=int, default=0)
+    add_model_args(g)
+    g.set_defaults(func=cmd_generate)
+
+
+def add_describe(sub: argparse._SubParsersAction) -> None:
+    d = sub.add_parser("describe", help="image + question -> text")
+    d.add_argument("image")
+    d.add_argument("question", nargs="?", default="Describe the image in detail.")
+    d.add_argument("--max-new-tokens", type=int)
+    d.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    d.add_argument("--temperature", type=float, default=1.0)
+    d.add_argument("--image-size", type=int)
+    d.add_argument("--seed", type=int, default=0)
+    add_model_args(d)
+    d.set_defaults(func=cmd_describe)
+
+
+def add_convert(sub: argparse._SubParsersAction) -> None:
+    c = sub.add_parser("convert", help="official files -> our format (config.json + model.safetensors)")
+    c.add_argument("-o", "--output", required=True, help="output folder")
+    c.add_argument("--save-dtype", choices=sorted(DTYPE_NAMES), help="store weights in this dtype")
+    add_model_args(c)
+    c.set_defaults(func=cmd_convert)

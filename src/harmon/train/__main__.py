@@ -1,5 +1,0 @@
-import sys
-
-from harmon.train.cli import main
-
-sys.exit(main())

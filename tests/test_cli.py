@@ -1,0 +1,106 @@
+"""The ``harmon`` command's shape: fast help without torch, --version, the preset names, train through the CLI."""
+
+import json
+import os
+import subprocess
+import sys
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import pytest
+
+from harmon import cli
+from harmon.cli.common import PRESET_NAMES
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+HELPS = [
+    [],
+    ["train"],
+    ["generate"],
+    ["describe"],
+    ["convert"],
+    ["eval"],
+    *(["eval", s] for s in ("shapes", "geneval", "pope", "mme", "mc")),
+    ["analyze"],
+    *(["analyze", a] for a in ("gradcam", "localisation", "probe", "context", "words", "drawn", "codec", "synergy")),
+]
+
+
+def _python(code: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": SRC}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_help_of_every_command_loads_neither_torch_nor_transformers():
+    code = f"""
+import contextlib, io, sys
+from harmon.cli import build_parser, main
+build_parser()
+for argv in {HELPS!r}:
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        try:
+            main([*argv, "--help"])
+        except SystemExit as done:
+            assert done.code == 0, argv
+    assert "usage: harmon" in out.getvalue(), argv
+heavy = sorted(m for m in ("torch", "transformers", "harmon.sampling", "harmon.pipeline") if m in sys.modules)
+print("heavy:", heavy)
+"""
+    run = _python(code)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "heavy: []"
+
+
+def test_version_is_the_package_version():
+    run = subprocess.run(
+        [sys.executable, "-m", "harmon.cli", "--version"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": SRC},
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    try:
+        expected = version("harmon")
+    except PackageNotFoundError:
+        expected = "0+unknown"
+    assert run.stdout.strip() == f"harmon {expected}"
+
+
+def test_preset_names_are_the_samplers_presets():
+    from harmon.sampling import PRESETS
+
+    assert tuple(PRESETS) == PRESET_NAMES
+
+
+def test_public_api_loads_on_first_use():
+    run = _python(
+        "import sys, harmon\n"
+        "assert 'torch' not in sys.modules\n"
+        "from harmon import HarmonPipeline, Harmon, HarmonConfig, harmon_tiny\n"
+        "assert HarmonPipeline.__module__ == 'harmon.pipeline' and Harmon.__module__ == 'harmon.model'\n"
+        "assert set(harmon.__all__) <= set(dir(harmon))\n"
+        "print(harmon.__version__)"
+    )
+    assert run.returncode == 0, run.stderr
+    with pytest.raises(AttributeError):
+        import harmon
+
+        harmon.no_such_name  # noqa: B018
+
+
+def test_train_prints_a_recipe_with_overrides(capsys):
+    assert cli.main(["train", "--recipe", "stage1", "--set", "max_steps=7", "--print-config"]) == 0
+    assert json.loads(capsys.readouterr().out)["max_steps"] == 7
+
+
+def test_train_config_error_is_one_line(capsys):
+    assert cli.main(["train", "--recipe", "no_such_recipe", "--print-config"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("harmon train: error: ") and err.count("\n") == 1
+
+
+def test_train_needs_a_recipe_or_a_config(capsys):
+    with pytest.raises(SystemExit) as done:
+        cli.main(["train", "--print-config"])
+    assert done.value.code == 2 and "one of the arguments --recipe --config is required" in capsys.readouterr().err
