@@ -38,20 +38,11 @@ def _available_bytes(device: str) -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def run_one(
-    cfg_name: str, batch: int, image_size: int, precision: str, steps: int, device: str, grad_ckpt: bool
-) -> dict:
-    from harmon.config import CONFIGS
-    from harmon.model import IGNORE_INDEX, IMAGE_PLACEHOLDER, Harmon
-    from harmon.train.config import OptimConfig
-    from harmon.train.optim import build_optimizer, select_trainable
+def synthetic_batch(config, batch: int, image_size: int, device: str) -> dict:
+    """A text-to-image and an image-to-text sub-batch of ``batch`` random samples each (64 answer tokens)."""
+    from harmon.data.tasks import Task
+    from harmon.model import IGNORE_INDEX, IMAGE_PLACEHOLDER
 
-    torch.manual_seed(0)
-    config = CONFIGS[cfg_name]()
-    model = Harmon(config).to(device)
-    model.set_gradient_checkpointing(grad_ckpt)
-    select_trainable(model, ("llm.", "mar.", "proj_in.", "proj_out."))
-    opt = build_optimizer(model, OptimConfig())
     g = torch.Generator().manual_seed(0)
     vocab = int(config.llm["vocab_size"])
     grid = image_size // config.vae.stride
@@ -68,19 +59,38 @@ def run_one(
     ).to(device)
     labels = ids.clone()
     labels[:, : 8 + n_img] = IGNORE_INDEX
-    batch_dict = {
+    return {
         "text2image": {
+            "task": Task.TEXT_TO_IMAGE,
             "pixels": pixels,
             "input_ids": t2i_ids,
             "attention_mask": torch.ones_like(t2i_ids, dtype=torch.bool),
         },
         "image2text": {
+            "task": Task.IMAGE_TO_TEXT,
             "pixels": pixels,
             "input_ids": ids,
             "labels": labels,
             "attention_mask": torch.ones_like(ids, dtype=torch.bool),
         },
     }
+
+
+def run_one(
+    cfg_name: str, batch: int, image_size: int, precision: str, steps: int, device: str, grad_ckpt: bool
+) -> dict:
+    from harmon.config import CONFIGS
+    from harmon.model import Harmon
+    from harmon.train.config import OptimConfig
+    from harmon.train.optim import build_optimizer, select_trainable
+
+    torch.manual_seed(0)
+    config = CONFIGS[cfg_name]()
+    model = Harmon(config).to(device)
+    model.set_gradient_checkpointing(grad_ckpt)
+    select_trainable(model, ("llm.", "mar.", "proj_in.", "proj_out."))
+    opt = build_optimizer(model, OptimConfig())
+    batch_dict = synthetic_batch(config, batch, image_size, device)
     autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16")
     model.train()
     times = []
@@ -117,6 +127,20 @@ def run_one(
         "grad_checkpointing": grad_ckpt,
         "threads": torch.get_num_threads(),
     }
+
+
+def _run_child(args: argparse.Namespace, cfg_name: str, precision: str) -> dict:
+    """One (config, precision) measurement in a fresh process, so peak memory is its own."""
+    cmd = [sys.executable, __file__, "--_child", cfg_name, precision, "--batch", str(args.batch)]
+    cmd += ["--image-size", str(args.image_size), "--steps", str(args.steps), "--device", args.device]
+    if args.no_grad_checkpointing:
+        cmd.append("--no-grad-checkpointing")
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
+    if out.returncode == 0 and lines:
+        return json.loads(lines[-1])
+    error = out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit {out.returncode}"
+    return {"bench": "train_step", "config": cfg_name, "precision": precision, "error": error}
 
 
 def main() -> int:
@@ -156,37 +180,7 @@ def main() -> int:
                     f"(fp32) but the device has {have / 2**30:.0f} GiB",
                 }
             else:
-                cmd = [
-                    sys.executable,
-                    __file__,
-                    "--_child",
-                    cfg_name,
-                    precision,
-                    "--batch",
-                    str(args.batch),
-                    "--image-size",
-                    str(args.image_size),
-                    "--steps",
-                    str(args.steps),
-                    "--device",
-                    args.device,
-                ]
-                if args.no_grad_checkpointing:
-                    cmd.append("--no-grad-checkpointing")
-                out = subprocess.run(cmd, capture_output=True, text=True)
-                lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
-                res = (
-                    json.loads(lines[-1])
-                    if out.returncode == 0 and lines
-                    else {
-                        "bench": "train_step",
-                        "config": cfg_name,
-                        "precision": precision,
-                        "error": out.stderr.strip().splitlines()[-1]
-                        if out.stderr.strip()
-                        else f"exit {out.returncode}",
-                    }
-                )
+                res = _run_child(args, cfg_name, precision)
             print(json.dumps(res), flush=True)
             if args.out:
                 with open(args.out, "a") as f:

@@ -1,133 +1,55 @@
-"""Tests of the training data layer: formats, processors, bad samples and the mixture loader's layout guarantees."""
+"""Tests of the training data layer: formats, tasks and processors (the mixture loader: test_mixture.py)."""
 
 from __future__ import annotations
 
-import io
-import itertools
 import json
-import logging
 import tarfile
 
-import numpy as np
 import pytest
 import torch
+from data_helpers import (
+    gradient_image,
+    i2t_record,
+    image_bytes,
+    save_image,
+    t2i_record,
+    write_shard,
+    write_two_shards,
+)
 from helpers import tiny_tokenizer
-from PIL import Image
 
 from harmon.data import (
     BadSample,
+    CaptionView,
     Image2TextProcessor,
     JsonlManifest,
     LlavaConversations,
-    MixtureLoader,
     OfficialLayout,
     ProceduralSource,
-    SourceSpec,
+    Task,
     Text2ImageProcessor,
     WebDatasetShards,
-    caption_conversation,
     collate_image2text,
     collate_text2image,
     expand_braces,
     records,
 )
+from harmon.data.tasks import parse_task
 from harmon.model import IGNORE_INDEX, IMAGE_PLACEHOLDER
 from harmon.prompts import BRIEF_CAPTION_INSTRUCTIONS, DETAILED_CAPTION_INSTRUCTIONS, GENERATE_PREFIX, chat
 
 TAIL = "<|im_end|>\n<|im_start|>assistant\n"
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# fixtures
-def gradient_image(size: tuple[int, int] = (24, 16), seed: int = 0) -> Image.Image:
-    """A non-uniform RGB image (so crops and resizes are visible), (w, h) = size."""
-    w, h = size
-    arr = np.zeros((h, w, 3), dtype=np.uint8)
-    arr[..., 0] = (np.arange(w) * 255 // max(w - 1, 1))[None, :]
-    arr[..., 1] = (np.arange(h) * 255 // max(h - 1, 1))[:, None]
-    arr[..., 2] = (seed * 37) % 256
-    return Image.fromarray(arr, mode="RGB")
-
-
-def save_image(path, size=(24, 16), seed: int = 0, fmt: str | None = None):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    gradient_image(size, seed).save(path, format=fmt)
-    return path
-
-
-def image_bytes(size=(24, 16), seed: int = 0, fmt: str = "PNG") -> bytes:
-    buf = io.BytesIO()
-    gradient_image(size, seed).save(buf, format=fmt)
-    return buf.getvalue()
-
-
-def write_shard(path, samples: list[tuple[str, dict[str, bytes]]]) -> None:
-    with tarfile.open(path, "w") as tar:
-        for key, files in samples:
-            for ext, data in files.items():
-                info = tarfile.TarInfo(f"{key}.{ext}")
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
-
-
 @pytest.fixture
 def shards(tmp_path):
     """Two shards of 6 samples each: jpg + txt, and png + json."""
-    write_shard(
-        tmp_path / "shard-000.tar",
-        [(f"{i:06d}", {"jpg": image_bytes(seed=i, fmt="JPEG"), "txt": f"caption {i}".encode()}) for i in range(6)],
-    )
-    write_shard(
-        tmp_path / "shard-001.tar",
-        [
-            (f"{i:06d}", {"png": image_bytes(seed=i), "json": json.dumps({"caption": f"caption {i}"}).encode()})
-            for i in range(6, 12)
-        ],
-    )
-    return str(tmp_path / "shard-{000..001}.tar")
+    return write_two_shards(tmp_path)
 
 
 @pytest.fixture(scope="module")
 def tok():
     return tiny_tokenizer()
-
-
-def t2i_record(i: int) -> dict:
-    if i == 3:  # one bad index: too small
-        return {"image": gradient_image((4, 4)), "caption": "tiny"}
-    return {"image": gradient_image((20 + 4 * (i % 3), 16), seed=i), "caption": f"a red circle number {i}"}
-
-
-def i2t_record(i: int) -> dict:
-    return {
-        "image": gradient_image((16, 20), seed=i),
-        "conversation": caption_conversation(f"there are {i} circles", "How many circles are there?"),
-    }
-
-
-def map_sources(tok) -> list[SourceSpec]:
-    return [
-        SourceSpec("text2image", ProceduralSource(t2i_record, 7), Text2ImageProcessor(tok, 8), batch_size=3),
-        SourceSpec(
-            "image2text",
-            ProceduralSource(i2t_record, 5, kind="image2text"),
-            Image2TextProcessor(tok, 16, image_tokens=5, max_text_length=64),
-            batch_size=1,
-        ),
-    ]
-
-
-def take(loader, n: int) -> list[dict]:
-    return list(itertools.islice(iter(loader), n))
-
-
-def assert_same_batch(a: dict, b: dict) -> None:
-    assert a.keys() == b.keys()
-    for name, sub in a.items():
-        assert sub.keys() == b[name].keys()
-        for k, x in sub.items():
-            y = b[name][k]
-            assert (x is None and y is None) or torch.equal(x, y), (name, k)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -316,6 +238,34 @@ def test_procedural_source():
         ProceduralSource(lambda i: {"kind": "text2image", **t2i_record(i)}, kind="image2text").record(0)
 
 
+def test_caption_view_serves_pairs_as_captioning_conversations(shards):
+    view = CaptionView(ProceduralSource(t2i_record, 7), seed=2, instructions="brief")
+    rec = view.record(1)
+    assert view.kind == "image2text" and len(view) == 7 and not view.unbounded
+    assert rec["kind"] == "image2text" and rec["image"] == t2i_record(1)["image"]
+    user, answer = rec["conversation"]
+    assert user["content"].startswith("<image>\n") and user["content"][len("<image>\n") :] in BRIEF_CAPTION_INSTRUCTIONS
+    assert answer == {"role": "assistant", "content": "a red circle number 1"}
+    assert view.record(1) == rec  # the instruction is fixed by (seed, index)
+    streamed = CaptionView(WebDatasetShards(shards, seed=0), seed=2)
+    stream = streamed.open_stream(0, 1)
+    rec = next(stream)
+    assert stream.position == (0, 1) and rec["conversation"][1]["content"].startswith("caption ")
+    assert rec["conversation"][0]["content"][len("<image>\n") :] in DETAILED_CAPTION_INSTRUCTIONS
+
+
+def test_tasks_parse_and_reserve_image_edit():
+    assert parse_task("text_only", "source 'x'") is Task.TEXT_ONLY and Task("image2text") is Task.IMAGE_TO_TEXT
+    assert json.dumps({"task": Task.TEXT_TO_IMAGE}) == '{"task": "text2image"}'
+    assert Task.TEXT_ONLY.record_kind == "image2text" and Task.TEXT_TO_IMAGE.record_kind == "text2image"
+    with pytest.raises(ValueError, match=r"source 'x': set a task \(one of text2image, image2text, text_only\)"):
+        parse_task(None, "source 'x'")
+    with pytest.raises(ValueError, match=r"source 'x': unknown task 'qa' \(one of text2image, image2text"):
+        parse_task("qa", "source 'x'")
+    with pytest.raises(ValueError, match=r"image_edit.*not supported yet"):
+        parse_task(Task.IMAGE_EDIT, "source 'x'")
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # processors
 def test_text2image_processor(tok):
@@ -436,133 +386,3 @@ def test_collate(tok):
     assert batch["attention_mask"].sum(dim=1).tolist() == [n, 2 * n]
     with pytest.raises(ValueError):
         collate_image2text([with_image, text_only], pad_id=0)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# bad samples in the loader
-def test_bad_samples_are_skipped_counted_and_bounded(tmp_path, tok, caplog):
-    save_image(tmp_path / "good.png", size=(24, 24))
-    save_image(tmp_path / "tiny.png", size=(4, 4))
-    save_image(tmp_path / "thin.png", size=(400, 30))
-    (tmp_path / "corrupt.png").write_bytes(b"\x89PNG not really")
-    lines = [
-        {"image": "good.png", "caption": "a red circle"},
-        {"image": "missing.png", "caption": "x"},
-        {"image": "corrupt.png", "caption": "x"},
-        {"image": "tiny.png", "caption": "x"},
-        {"image": "thin.png", "caption": "x"},
-        {"image": "good.png", "caption": "word " * 300},
-    ]
-    (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
-    manifest = JsonlManifest(tmp_path / "m.jsonl", kind="image2text")
-    spec = SourceSpec(
-        "image2text", manifest, Image2TextProcessor(tok, 16, image_tokens=4, max_text_length=200), batch_size=2
-    )
-    loader = MixtureLoader([spec], seed=0)
-    with caplog.at_level(logging.WARNING, logger="harmon.data.mixture"):
-        batches = take(loader, 20)
-    assert all(b["image2text"]["input_ids"].shape[0] == 2 for b in batches)
-    assert set(loader.skipped["image2text"]) == {
-        records.MISSING_FILE,
-        records.UNREADABLE_IMAGE,
-        records.IMAGE_TOO_SMALL,
-        records.EXTREME_ASPECT,
-        records.TEXT_TOO_LONG,
-    }
-    assert sum(loader.skipped["image2text"].values()) > 20
-    warned = [r for r in caplog.records if "skipping bad samples" in r.getMessage()]
-    assert len(warned) == 5  # once per reason
-
-    (tmp_path / "bad.jsonl").write_text("\n".join(json.dumps(x) for x in lines[1:5]))  # only broken lines
-    spec = SourceSpec("text2image", JsonlManifest(tmp_path / "bad.jsonl"), Text2ImageProcessor(tok, 8), batch_size=1)
-    with pytest.raises(RuntimeError, match="text2image"):
-        take(MixtureLoader([spec], seed=0, max_tries=8), 1)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# the mixture's layout guarantees
-def test_two_ranks_equal_one_process_with_accumulation(tok):
-    single = take(MixtureLoader(map_sources(tok), seed=5, accum_steps=2), 8)  # 4 steps x 2 micro-batches
-    ranks = [take(MixtureLoader(map_sources(tok), seed=5, rank=r, world_size=2), 4) for r in range(2)]
-    for step in range(4):
-        for g in range(2):
-            assert_same_batch(single[2 * step + g], ranks[g][step])
-    one = MixtureLoader(map_sources(tok), seed=5, accum_steps=2)
-    two = [MixtureLoader(map_sources(tok), seed=5, rank=r, world_size=2) for r in range(2)]
-    assert one.batch_seed(3, 1) == two[1].batch_seed(3, 0) != two[0].batch_seed(3, 0)
-    batch = single[0]
-    assert batch["text2image"]["pixels"].shape == (3, 3, 8, 8)
-    assert batch["image2text"]["pixels"].shape == (1, 3, 16, 16)
-
-
-def test_resume_equals_uninterrupted_run(tok, shards):
-    def sources():
-        return map_sources(tok) + [
-            SourceSpec("text2image_web", WebDatasetShards(shards, seed=1), Text2ImageProcessor(tok, 8), batch_size=2)
-        ]
-
-    full = take(MixtureLoader(sources(), seed=3, accum_steps=2), 12)  # steps 0..5
-    from_step = take(MixtureLoader(map_sources(tok), seed=3, accum_steps=2, start_step=3), 6)
-    for a, b in zip(from_step, full[6:]):
-        assert_same_batch(a, {k: v for k, v in b.items() if k != "text2image_web"})
-
-    first = MixtureLoader(sources(), seed=3, accum_steps=2)
-    take(first, 6)
-    state = json.loads(json.dumps(first.state_dict()))  # survives a JSON round trip
-    assert state["step"] == 3 and state["micro"] == 0
-    resumed = MixtureLoader(sources(), seed=3, accum_steps=2)
-    resumed.load_state_dict(state)
-    assert resumed.skipped == first.skipped
-    for a, b in zip(take(resumed, 6), full[6:]):
-        assert_same_batch(a, b)
-
-
-def test_workers_give_the_same_batches(tok, shards):
-    reference = take(MixtureLoader(map_sources(tok), seed=7, accum_steps=2), 6)
-    rng_state = torch.get_rng_state()
-    loader = MixtureLoader(map_sources(tok), seed=7, accum_steps=2, num_workers=2)
-    for a, b in zip(take(loader, 6), reference):
-        assert_same_batch(a, b)
-    assert loader.skipped == {"text2image": {records.IMAGE_TOO_SMALL: 2}, "image2text": {}}  # index 3, twice
-    assert torch.equal(torch.get_rng_state(), rng_state)  # the global RNG is untouched
-    loader.close()
-
-    # streamed source with workers: resuming from a state taken mid-run reproduces the rest
-    def sources():
-        return [SourceSpec("text2image_web", WebDatasetShards(shards), Text2ImageProcessor(tok, 8), batch_size=2)]
-
-    run = MixtureLoader(sources(), seed=7, num_workers=2)
-    full = take(run, 7)
-    run.close()
-    part = MixtureLoader(sources(), seed=7, num_workers=2)
-    take(part, 3)
-    state = part.state_dict()
-    part.close()
-    resumed = MixtureLoader(sources(), seed=7, num_workers=2)
-    resumed.load_state_dict(state)
-    for a, b in zip(take(resumed, 4), full[3:]):
-        assert_same_batch(a, b)
-    resumed.close()
-
-
-def test_shards_split_across_ranks_and_workers_without_overlap(tok, shards):
-    def key_id(record, generator):  # the sample's identity as its only token
-        key = record["key"].split("/")[1]
-        return {"pixels": torch.zeros(3, 2, 2), "input_ids": torch.tensor([int(key)])}
-
-    def loader(rank: int) -> MixtureLoader:
-        spec = SourceSpec("text2image", WebDatasetShards(shards, seed=0), key_id, batch_size=1, pad_id=0)
-        return MixtureLoader([spec], seed=0, rank=rank, world_size=2, num_workers=2)
-
-    seen, merged = [], {}
-    for rank in range(2):
-        ld = loader(rank)
-        seen += [b["text2image"]["input_ids"].item() for b in take(ld, 6)]  # 4 slots x 3 samples = one pass
-        positions = ld.state_dict()["positions"]["text2image"]
-        assert positions == {str(2 * rank): [0, 3], str(2 * rank + 1): [0, 3]}  # this rank's slots only
-        merged.update(positions)
-        ld.close()
-    assert sorted(seen) == list(range(12))
-    again = loader(1)
-    again.load_state_dict({"step": 6, "positions": {"text2image": merged}, "slots": 4})
-    assert again.state_dict()["positions"]["text2image"] == {"2": [0, 3], "3": [0, 3]}

@@ -7,6 +7,7 @@ import torch
 from helpers import tiny_model
 
 from harmon.config import harmon_0_5b, harmon_1_5b
+from harmon.data.tasks import Task
 from harmon.loading import CheckpointError, infer_mar_config, load_harmon_weights
 from harmon.mar import mar_base, mar_huge, mask_by_order
 from harmon.model import IGNORE_INDEX, IMAGE_PLACEHOLDER, Harmon, truncated_normal_mask_ratio, uniform_mask_ratio
@@ -237,16 +238,32 @@ def test_image_to_text_slot_count_is_checked():
         model.image_to_text_loss(pixels, ids, labels, mask)
 
 
-def test_forward_dispatches_by_source_name():
+def test_forward_dispatches_by_task():
+    """The batch's task picks the loss; the source name only labels it."""
     model = tiny_model()
     pixels, ids, mask = _t2i_batch()
+    i2t_pixels, i2t_ids, labels, i2t_mask = _i2t_batch(model)
+    g = torch.Generator().manual_seed(0)
     out = model(
-        {"text2image": dict(pixels=pixels, input_ids=ids, attention_mask=mask)},
-        generator=torch.Generator().manual_seed(0),
+        {
+            "pictures": dict(task=Task.TEXT_TO_IMAGE, pixels=pixels, input_ids=ids, attention_mask=mask),
+            "questions": dict(
+                task=Task.IMAGE_TO_TEXT, pixels=i2t_pixels, input_ids=i2t_ids, labels=labels, attention_mask=i2t_mask
+            ),
+        },
+        generator=g,
     )
-    assert set(out) == {"loss_text2image"}
-    with pytest.raises(ValueError, match="neither"):
-        model({"something": {}})
+    assert set(out) == {"loss_pictures", "loss_questions"}
+    assert torch.equal(out["loss_questions"], model.image_to_text_loss(i2t_pixels, i2t_ids, labels, i2t_mask))
+    text_ids, text_labels = ids[:, :6], ids[:, :6].clone()
+    text = dict(task="text_only", pixels=None, input_ids=text_ids, labels=text_labels, attention_mask=mask[:, :6])
+    assert torch.equal(
+        model({"chat": text})["loss_chat"], model.image_to_text_loss(None, text_ids, text_labels, mask[:, :6])
+    )
+    with pytest.raises(ValueError, match="has task None; the model trains text2image, image2text, text_only"):
+        model({"text2image": dict(pixels=pixels, input_ids=ids, attention_mask=mask)})
+    with pytest.raises(ValueError, match="a text_only batch has pixels"):
+        model({"chat": {**text, "pixels": pixels}})
 
 
 def test_patch_size_two_tokens_cover_2x2_latent_blocks():

@@ -1,5 +1,6 @@
 """Trainer: recipes at toy size, optimisation pieces, exact resume (also after SIGKILL), DDP/FSDP2 equivalence."""
 
+import dataclasses
 import json
 import math
 import os
@@ -13,11 +14,13 @@ import pytest
 import torch
 from helpers import tiny_model, tiny_tokenizer
 
+from harmon.data import ProceduralSource, Task
 from harmon.pipeline import HarmonPipeline
-from harmon.train.config import OptimConfig, TrainConfig, apply_overrides
+from harmon.train.config import OptimConfig, SourceConfig, TrainConfig, apply_overrides
 from harmon.train.optim import build_optimizer, build_scheduler, lr_factor, select_trainable
 from harmon.train.recipes import RECIPES, toy
 from harmon.train.shapes_recipes import RECIPES as SHAPES_RECIPES
+from harmon.train.sources import FORMAT_INFO, FORMATS, build_dataset, format_options, register_format
 from harmon.train.trainer import Trainer
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -139,6 +142,9 @@ def test_overrides_parse_and_reject_unknown_fields():
             "max_steps=7",
             "train_modules=mar.,proj_in.",
             "model.llm_weights=false",
+            "data.1.task=image2text",
+            "data.1.instructions=brief",
+            "data.0.cfg_drop_prob=0",
         ],
     )
     assert cfg.optim.lr == 3e-4 and cfg.data[0].path == "/d/*.tar" and cfg.max_steps == 7
@@ -147,7 +153,80 @@ def test_overrides_parse_and_reject_unknown_fields():
         apply_overrides(RECIPES["stage1"](), ["optim.lrr=1"])
     with pytest.raises(ValueError, match="index"):
         apply_overrides(RECIPES["stage1"](), ["data.9.path=x"])
+    cfg.validate()
+    assert cfg.data[1].task is Task.IMAGE_TO_TEXT and cfg.data[1].instructions == "brief"
+    assert cfg.data[0].cfg_drop_prob == 0.0 and isinstance(cfg.data[0].cfg_drop_prob, float)
     assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    shapes = apply_overrides(
+        SHAPES_RECIPES["shapes_stage2"](), ["data.1.format_options.seed=3", "data.2.task=text_only"]
+    )
+    assert shapes.data[1].format_options == {"kind": "qa", "shape_questions": True, "seed": 3}
+    saved = json.loads(json.dumps(shapes.to_dict()))
+    assert saved["data"][2]["task"] == "text_only" and TrainConfig.from_dict(saved) == shapes
+
+
+def _source_error(**fields) -> str:
+    cfg = SHAPES_RECIPES["shapes_stage2"]()
+    for key, value in fields.items():
+        setattr(cfg.data[1], key, value)
+    with pytest.raises(ValueError) as err:
+        cfg.validate()
+    return str(err.value)
+
+
+def test_sources_are_typed_and_validated_by_name():
+    """A source's task, generic fields and format options are checked at validate time, naming the source."""
+    assert _source_error(task=None) == "source 'image2text_qa': set a task (one of text2image, image2text, text_only)"
+    assert "source 'image2text_qa': unknown task 'qa' (one of text2image" in _source_error(task="qa")
+    assert "image_edit" in _source_error(task="image_edit") and "not supported yet" in _source_error(task="image_edit")
+    assert "unknown format 'parquet' (registered: " in _source_error(format="parquet")
+    assert "unknown format option(s) ['colour']; known: " in _source_error(format_options={"colour": 1})
+    assert "kind 'text'" in _source_error(format_options={"kind": "text"})
+    assert "crop must be one of" in _source_error(crop="middle")
+    assert "captions_from_pairs makes image2text" in _source_error(task="text2image", captions_from_pairs=True)
+    web = RECIPES["stage1"]()
+    web.data[1].captions_from_pairs = False
+    with pytest.raises(ValueError, match="format webdataset serves text2image, not image2text; for captioning"):
+        web.validate()
+    old = RECIPES["stage1"]().to_dict()
+    old["data"][1]["options"] = {"as_caption": True}
+    with pytest.raises(ValueError, match=r"unknown field\(s\) \['options'\] \(`options` is now task"):
+        TrainConfig.from_dict(old)
+
+
+def test_formats_register_with_typed_options(tmp_path):
+    @dataclasses.dataclass
+    class CountOptions:
+        count: int = 3
+
+        def validate(self, src):
+            if self.count < 1:
+                raise ValueError(f"count must be >= 1, got {self.count}")
+
+    def build(src, cfg):
+        n = format_options(src).count
+        return ProceduralSource(lambda i: {"image": None, "caption": str(i)}, length=n)
+
+    register_format("counting", build, CountOptions, tasks=(Task.TEXT_TO_IMAGE,), needs_path=False)
+    try:
+        cfg = TrainConfig(data=[SourceConfig("numbers", "counting", task=Task.TEXT_TO_IMAGE)])
+        cfg.validate()
+        assert len(build_dataset(cfg.data[0], cfg)) == 3
+        cfg.data[0].format_options = {"count": 0}
+        with pytest.raises(ValueError, match=r"source 'numbers' \(format counting\): count must be >= 1, got 0"):
+            cfg.validate()
+    finally:
+        del FORMATS["counting"], FORMAT_INFO["counting"]
+
+
+def test_toy_keeps_each_source_task():
+    cfg = toy(RECIPES["stage2"](), "tok", "out")
+    assert [(s.name, s.format, s.task, s.format_options) for s in cfg.data] == [
+        ("image2text_qa", "shapes", Task.IMAGE_TO_TEXT, {"kind": "qa"}),
+        ("text2image", "shapes", Task.TEXT_TO_IMAGE, {}),
+        ("image2text_caption", "shapes", Task.IMAGE_TO_TEXT, {"kind": "caption"}),
+    ]
+    assert [s.task for s in toy(SHAPES_RECIPES["shapes_lm"](), "tok", "out").data] == [Task.TEXT_ONLY]
 
 
 def test_weight_decay_groups_follow_the_official_rule():

@@ -17,6 +17,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from harmon import rng
 from harmon.config import HarmonConfig
+from harmon.data.tasks import SUPPORTED_TASKS, Task
 from harmon.mar import MAR, mask_by_order
 from harmon.vae import AutoencoderKL
 
@@ -344,17 +345,29 @@ class Harmon(nn.Module):
         return loss if dummy is None else loss + dummy
 
     def forward(self, batch: dict, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        """Losses for a dict {source_name: batch}; the loss is chosen by the name (text2image / image2text)."""
+        """Losses ``{"loss_<source>": scalar}`` for a micro-batch ``{source name: sub-batch}``.
+
+        Each sub-batch's "task" (:class:`~harmon.data.tasks.Task`) picks its loss: TEXT_TO_IMAGE takes "pixels"
+        (B, 3, H, W), "input_ids" and "attention_mask" (B, T); IMAGE_TO_TEXT takes "pixels", "input_ids", "labels"
+        and "attention_mask" (B, N); TEXT_ONLY the same without pixels.
+        """
         losses = {}
         for name, sub in batch.items():
-            if "text2image" in name:
+            task = sub.get("task")
+            if task == Task.TEXT_TO_IMAGE:
                 losses[f"loss_{name}"] = self.text_to_image_loss(
                     sub["pixels"], sub["input_ids"], sub["attention_mask"], generator=generator
                 )
-            elif "image2text" in name:
+            elif task in (Task.IMAGE_TO_TEXT, Task.TEXT_ONLY):
+                pixels = sub.get("pixels")
+                if (pixels is None) != (task == Task.TEXT_ONLY):
+                    raise ValueError(
+                        f"batch source {name!r}: a {task} batch {'has' if pixels is not None else 'lacks'} pixels"
+                    )
                 losses[f"loss_{name}"] = self.image_to_text_loss(
-                    sub.get("pixels"), sub["input_ids"], sub["labels"], sub["attention_mask"]
+                    pixels, sub["input_ids"], sub["labels"], sub["attention_mask"]
                 )
             else:
-                raise ValueError(f"batch source {name!r} names neither text2image nor image2text")
+                trained = ", ".join(t.value for t in SUPPORTED_TASKS)
+                raise ValueError(f"batch source {name!r} has task {task!r}; the model trains {trained}")
         return losses

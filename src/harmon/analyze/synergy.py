@@ -36,16 +36,15 @@ def synergy_config(
     image_size: int = 64,
 ):
     """The TrainConfig of one run of the study."""
+    from harmon.data.tasks import Task
     from harmon.train.config import ModelInit, OptimConfig, SourceConfig, TrainConfig
 
     if arm not in ARMS:
         raise ValueError(f"unknown arm {arm!r}; known: {ARMS}")
-    data = [SourceConfig("text2image", "shapes", batch_size=t2i_batch, options={"task": "text2image"})]
+    data = [SourceConfig("text2image", "shapes", task=Task.TEXT_TO_IMAGE, batch_size=t2i_batch)]
     if arm == "joint":
         data.append(
-            SourceConfig(
-                "image2text_qa", "shapes", batch_size=und_batch, options={"task": "qa", "max_text_length": 256}
-            )
+            SourceConfig("image2text_qa", "shapes", task=Task.IMAGE_TO_TEXT, batch_size=und_batch, max_text_length=256)
         )
     return TrainConfig(
         name=f"synergy_{arm}_s{seed}",

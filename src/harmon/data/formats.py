@@ -1,29 +1,23 @@
 """Data sources: on-disk formats read into records (see :mod:`harmon.data.records`).
 
 Map-style sources have ``__len__`` and ``record(i)``; ``record`` is cheap (it reads at most a small JSON file, never
-the image) and raises ``BadSample`` for a malformed entry. ``WebDatasetShards`` is streamed instead: it hands out
-``ShardStream`` iterators, one per (rank, worker) slot.
+the image) and raises ``BadSample`` for a malformed entry. Streamed sources (``WebDatasetShards`` in
+:mod:`harmon.data.shards`) hand out iterators instead. ``kind`` on a source is the layout of its records.
 """
 
 from __future__ import annotations
 
-import functools
-import glob
 import json
-import posixpath
-import re
-import tarfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import torch
 
 from harmon.data.records import (
     MALFORMED,
     MISSING_FILE,
     SEVERAL_IMAGES,
-    UNREADABLE_SHARD,
     BadSample,
     caption_conversation,
     derive_seed,
@@ -296,201 +290,58 @@ class ProceduralSource:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-_BRACE = re.compile(r"\{([^{}]*)\}")
+class CaptionView:
+    """Serve the caption records of another source (map-style or streamed) as captioning conversations.
 
-
-def expand_braces(pattern: str) -> list[str]:
-    """Expand ``{000..009}`` (zero-padded numeric ranges) and ``{a,b}`` alternatives, as WebDataset URLs use them."""
-    m = _BRACE.search(pattern)
-    if m is None:
-        return [pattern]
-    body, head, tail = m.group(1), pattern[: m.start()], pattern[m.end() :]
-    rng = re.fullmatch(r"(\d+)\.\.(\d+)", body)
-    if rng:
-        lo, hi = rng.group(1), rng.group(2)
-        width = len(lo) if lo.startswith("0") and len(lo) > 1 else 0
-        choices = [str(n).zfill(width) for n in range(int(lo), int(hi) + 1)]
-    else:
-        choices = body.split(",")
-    return [head + c + rest for c in choices for rest in expand_braces(tail)]
-
-
-def list_shards(urls: str | Sequence[str]) -> list[str]:
-    """Local shard paths from a list or a glob / brace pattern; raises FileNotFoundError naming what is missing."""
-    patterns = [urls] if isinstance(urls, str) else list(urls)
-    shards: list[str] = []
-    for pattern in patterns:
-        for p in expand_braces(str(pattern)):
-            if any(c in p for c in "*?["):
-                found = sorted(glob.glob(p))
-                if not found:
-                    raise FileNotFoundError(f"no shard matches {p}")
-                shards.extend(found)
-            elif Path(p).is_file():
-                shards.append(p)
-            else:
-                raise FileNotFoundError(f"shard not found: {p}")
-    if not shards:
-        raise ValueError(f"no shards in {urls!r}")
-    return list(dict.fromkeys(shards))  # drop repeats, keep order
-
-
-def _sample_groups(tar: tarfile.TarFile) -> Iterator[tuple[str, dict[str, tarfile.TarInfo]]]:
-    """Consecutive files with the same key (path up to the first dot of the basename) form one sample."""
-    key, members = None, {}
-    for info in tar:
-        if not info.isfile():
-            continue
-        folder, base = posixpath.split(info.name)
-        if "." not in base:
-            continue
-        stem, ext = base.split(".", 1)
-        k = posixpath.join(folder, stem)
-        if k != key:
-            if members:
-                yield key, members
-            key, members = k, {}
-        members[ext.lower()] = info
-    if members:
-        yield key, members
-
-
-class WebDatasetShards:
-    """Streamed text2image records from local WebDataset ``.tar`` shards (read with :mod:`tarfile`).
-
-    A sample is the group of consecutive files sharing a key (``000123.jpg`` + ``000123.txt``); the image is the
-    first of ``image_keys`` present (kept as encoded bytes, decoded by the processor), the caption the first of
-    ``caption_keys`` (a ``.json`` holds it under "caption" or "text").
-
-    Splitting: passes over the shards are numbered; pass p reads the shards in an order shuffled from (seed, p).
-    There are ``num_slots`` = world_size x workers slots. With at least as many shards as slots, slot i reads the
-    shards at positions i, i + num_slots, ... of that order (round robin); with fewer, every slot reads every shard
-    and keeps the samples whose running index within the pass is i modulo num_slots. Either way one pass hands
-    every sample to exactly one slot. A slot's position is (pass, samples consumed in that pass), which
-    :meth:`open_stream` resumes from. There is no shuffle inside shards.
+    Record i (or the record at stream position p) is asked with an instruction drawn by (seed, i) (or (seed, p))
+    from ``instructions`` ("detailed", "brief" or a list) and answered by its caption.
     """
 
-    kind = "text2image"
+    kind = "image2text"
 
-    def __init__(
-        self,
-        urls: str | Sequence[str],
-        image_keys: Sequence[str] = ("jpg", "jpeg", "png", "webp"),
-        caption_keys: Sequence[str] = ("txt", "caption", "json"),
-        seed: int = 0,
-        shuffle: bool = True,
-    ) -> None:
-        self.shards = list_shards(urls)
-        self.image_keys = tuple(k.lower() for k in image_keys)
-        self.caption_keys = tuple(k.lower() for k in caption_keys)
-        self.seed = seed
-        self.shuffle = shuffle
+    def __init__(self, dataset: Any, seed: int = 0, instructions: str | Sequence[str] = "detailed") -> None:
+        self.dataset, self.seed = dataset, seed
+        self.instructions = _instruction_list(instructions)
+        if hasattr(dataset, "open_stream"):
+            self.open_stream = self._open_stream
 
-    def shard_order(self, pass_index: int) -> list[int]:
-        """Indices into ``self.shards`` in the reading order of pass ``pass_index``."""
-        if not self.shuffle:
-            return list(range(len(self.shards)))
-        g = torch.Generator().manual_seed(derive_seed(self.seed, "shards", pass_index))
-        return torch.randperm(len(self.shards), generator=g).tolist()
+    def instruction(self, *key: int) -> str:
+        return self.instructions[derive_seed(self.seed, "caption", *key) % len(self.instructions)]
 
-    def open_stream(self, slot: int, num_slots: int, position: tuple[int, int] = (0, 0)) -> ShardStream:
-        """An endless iterator of this slot's records, starting at ``position`` = (pass, consumed)."""
-        if not 0 <= slot < num_slots:
-            raise ValueError(f"slot {slot} outside range({num_slots})")
-        return ShardStream(self, slot, num_slots, position)
+    def __len__(self) -> int:
+        return len(self.dataset)
 
-    def iter_pass(self, pass_index: int, slot: int = 0, num_slots: int = 1) -> Iterator[dict]:
-        """One pass of one slot's records, bad samples left out (for inspection and evaluation)."""
-        for item in self._pass_items(pass_index, slot, num_slots):
-            try:
-                yield item()
-            except BadSample:
-                continue
+    @property
+    def unbounded(self) -> bool:
+        return getattr(self.dataset, "unbounded", False)
 
-    # The items of one pass are thunks: a skipped item (resume) is never read, only walked past.
-    def _pass_items(self, pass_index: int, slot: int, num_slots: int) -> Iterator[Callable[[], dict]]:
-        order = self.shard_order(pass_index)
-        by_shard = len(order) >= num_slots
-        shards = order[slot::num_slots] if by_shard else order
-        j = 0  # running sample index within the pass, over the shards this slot reads
-        for s in shards:
-            path = self.shards[s]
-            try:
-                with tarfile.open(path, "r:*") as tar:
-                    for key, members in _sample_groups(tar):
-                        if by_shard or j % num_slots == slot:
-                            yield functools.partial(self._make_record, tar, path, key, members)
-                        j += 1
-            except (tarfile.TarError, OSError) as err:  # unreadable or truncated shard: one bad item, then go on
-                if by_shard or j % num_slots == slot:
-                    yield _raiser(BadSample(UNREADABLE_SHARD, f"{path}: {err}"))
-                j += 1
+    def as_conversation(self, record: dict, *key: int) -> dict:
+        return {
+            "kind": "image2text",
+            "image": record["image"],
+            "conversation": caption_conversation(record["caption"], self.instruction(*key)),
+        }
 
-    def _make_record(self, tar: tarfile.TarFile, path: str, key: str, members: dict) -> dict:
-        image_ext = next((k for k in self.image_keys if k in members), None)
-        caption_ext = next((k for k in self.caption_keys if k in members), None)
-        if image_ext is None or caption_ext is None:
-            raise BadSample(MALFORMED, f"{path}:{key} has files {sorted(members)}, needs an image and a caption")
-        try:
-            image = tar.extractfile(members[image_ext]).read()
-            raw = tar.extractfile(members[caption_ext]).read()
-        except (tarfile.TarError, OSError) as err:
-            raise BadSample(UNREADABLE_SHARD, f"{path}:{key}: {err}") from err
-        try:
-            if caption_ext == "json":
-                meta = json.loads(raw)
-                caption = meta.get("caption", meta.get("text")) if isinstance(meta, dict) else None
-            else:
-                caption = raw.decode("utf-8")
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise BadSample(MALFORMED, f"{path}:{key}.{caption_ext}: {err}") from err
-        if not isinstance(caption, str):
-            raise BadSample(MALFORMED, f"{path}:{key}.{caption_ext} holds no caption")
-        return {"kind": "text2image", "image": image, "caption": caption.strip(), "key": f"{Path(path).name}/{key}"}
+    def record(self, i: int) -> dict:
+        return self.as_conversation(self.dataset.record(i), i)
+
+    def _open_stream(self, slot: int, num_slots: int, position: tuple[int, int] = (0, 0)) -> CaptionStream:
+        return CaptionStream(self.dataset.open_stream(slot, num_slots, position), self)
 
 
-def _raiser(err: BadSample) -> Callable[[], dict]:
-    def fail() -> dict:
-        raise err
+class CaptionStream:
+    """A stream of caption records served as conversations by a :class:`CaptionView`."""
 
-    return fail
-
-
-class ShardStream:
-    """An endless iterator of one slot's records; ``position`` = (pass, samples consumed in that pass).
-
-    ``next()`` raises ``BadSample`` for a bad sample (the stream stays usable and has moved past it). After the
-    last sample of pass p the position is (p, n); the next call moves on to pass p + 1.
-    """
-
-    def __init__(self, source: WebDatasetShards, slot: int, num_slots: int, position: tuple[int, int]) -> None:
-        self.source, self.slot, self.num_slots = source, slot, num_slots
-        self.pass_index, self.consumed = int(position[0]), int(position[1])
-        self._items = self._generate()
+    def __init__(self, stream, view: CaptionView) -> None:
+        self.stream, self.view = stream, view
 
     @property
     def position(self) -> tuple[int, int]:
-        return self.pass_index, self.consumed
+        return self.stream.position
 
-    def __iter__(self) -> ShardStream:
+    def __iter__(self) -> CaptionStream:
         return self
 
     def __next__(self) -> dict:
-        return next(self._items)()
-
-    def _generate(self) -> Iterator[Callable[[], dict]]:
-        p, skip = self.pass_index, self.consumed
-        while True:
-            n = 0
-            for item in self.source._pass_items(p, self.slot, self.num_slots):
-                n += 1
-                if n <= skip:
-                    continue
-                self.pass_index, self.consumed = p, n
-                yield item
-            if n == 0:
-                raise RuntimeError(
-                    f"slot {self.slot} of {self.num_slots} gets no sample in pass {p} of "
-                    f"{len(self.source.shards)} shards"
-                )
-            p, skip = p + 1, 0
+        record = next(self.stream)
+        return self.view.as_conversation(record, *self.stream.position)

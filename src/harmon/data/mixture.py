@@ -34,10 +34,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from harmon.data.processing import collate_image2text, collate_text2image
 from harmon.data.records import BadSample, derive_seed
+from harmon.data.tasks import Task, parse_task
 
 logger = logging.getLogger(__name__)
-
-KINDS = ("text2image", "image2text")
 
 
 @dataclass
@@ -45,8 +44,11 @@ class SourceSpec:
     """One source of the mixture.
 
     Args:
-        name: batch key; must contain "text2image" or "image2text" (the model picks the loss by name).
-        dataset: a map-style source (``__len__``, ``record(i)``) or a streamed one (``open_stream``).
+        name: batch key and a free label; the model names the loss ``loss_<name>``, the loader seeds by it.
+        task: what the source teaches (:class:`Task`); every collated batch carries it under "task", and the model
+            picks the loss by it.
+        dataset: a map-style source (``__len__``, ``record(i)``) or a streamed one (``open_stream``); its records
+            must have the layout of ``task`` (``task.record_kind``).
         processor: ``processor(record, generator) -> sample dict`` (Text2ImageProcessor, Image2TextProcessor).
         batch_size: samples of this source in every micro-batch (the fixed ratio, e.g. 1 : 3 : 16).
         weight: loss weight, for the trainer; the loader does not use it.
@@ -54,6 +56,7 @@ class SourceSpec:
     """
 
     name: str
+    task: Task
     dataset: Any
     processor: Callable[[dict, torch.Generator | None], dict]
     batch_size: int
@@ -61,9 +64,13 @@ class SourceSpec:
     pad_id: int | None = None
 
     def __post_init__(self) -> None:
-        kinds = [k for k in KINDS if k in self.name]
-        if len(kinds) != 1:
-            raise ValueError(f"source name {self.name!r} must contain exactly one of {KINDS}")
+        self.task = parse_task(self.task, f"source {self.name!r}")
+        kind = getattr(self.dataset, "kind", None)
+        if kind is not None and kind != self.task.record_kind:
+            raise ValueError(
+                f"source {self.name!r}: task {self.task.value} reads {self.task.record_kind} records, "
+                f"the dataset holds {kind} records"
+            )
         if self.batch_size < 1:
             raise ValueError(f"source {self.name!r}: batch_size must be positive, got {self.batch_size}")
         if self.weight < 0:
@@ -76,16 +83,13 @@ class SourceSpec:
             raise TypeError(f"source {self.name!r}: dataset needs record(i) and __len__, or open_stream")
 
     @property
-    def kind(self) -> str:
-        return "text2image" if "text2image" in self.name else "image2text"
-
-    @property
     def streamed(self) -> bool:
         return hasattr(self.dataset, "open_stream")
 
     def collate(self, samples: list[dict]) -> dict:
-        fn = collate_text2image if self.kind == "text2image" else collate_image2text
-        return fn(samples, self.pad_id)
+        """The samples as one batch, tagged with the source's task."""
+        fn = collate_text2image if self.task is Task.TEXT_TO_IMAGE else collate_image2text
+        return {"task": self.task, **fn(samples, self.pad_id)}
 
 
 class _MicroKey(NamedTuple):

@@ -9,6 +9,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harmon.data.tasks import Task, parse_task
+
+_TASK_VALUES = {t.value for t in Task}
+
 
 def deep_merge(base: dict, update: dict) -> dict:
     """``base`` with ``update`` applied key by key, nested dicts merged (neither input is modified; leaves of
@@ -53,27 +57,66 @@ class ModelInit:
             )
 
 
+CROPS = ("random", "center", "stretch")
+INSTRUCTION_SETS = ("detailed", "brief")
+
+
 @dataclass
 class SourceConfig:
-    """One training data source. ``name`` must contain 'text2image' or 'image2text' (it picks the loss)."""
+    """One training data source: where its records come from, what it teaches and how samples are made.
+
+    ``name`` is a free label: the batch key, the loss metric ``loss_<name>`` and the seed of the source's sampling.
+    ``task`` picks the loss. The generic fields below apply to every format; options that only one format
+    understands go in ``format_options``, which the format's options dataclass validates (see
+    ``harmon.train.sources.register_format``).
+    """
 
     name: str
-    format: str  # official | jsonl | llava | webdataset | shapes
-    path: str = ""  # data_info.json / manifest / LLaVA json / shard glob; unused for shapes
+    format: str  # a registered format: official | jsonl | llava | webdataset (the shapes world adds shapes)
+    path: str = ""  # data_info.json / manifest / LLaVA json / shard glob; unused for procedural formats
+    task: Task | None = None  # text2image | image2text | text_only (image_edit is reserved); required
     image_folder: str | None = None
     batch_size: int = 1  # samples of this source in every micro-batch (the fixed mixture ratio)
     loss_weight: float = 1.0
-    options: dict[str, Any] = field(default_factory=dict)  # format-specific (cap_folder, kind, task, ...)
+    # image2text only: read the format's caption records (image + caption) and serve each as a captioning
+    # conversation, an instruction from `instructions` answered by the caption (e.g. web pairs for captioning).
+    captions_from_pairs: bool = False
+    instructions: str = "detailed"  # captioning instruction set: detailed | brief
+    cfg_drop_prob: float = 0.1  # text2image: probability that the prompt becomes the unconditional one
+    crop: str = "random"  # text2image: random | center square crop, or stretch to a square
+    # Most text tokens of a sample; None: the run's max_text_length, at least 128 for image2text and text_only
+    # (whose samples are never cut: a longer one is skipped as a bad sample).
+    max_text_length: int | None = None
+    pad_to_square: bool = True  # image2text: pad to a gray square (official) instead of a random square crop
+    format_options: dict[str, Any] = field(default_factory=dict)  # options of this format only, validated by it
+
+    def __post_init__(self) -> None:
+        if isinstance(self.task, str) and self.task in _TASK_VALUES:  # config.json and --set spell tasks as strings
+            self.task = Task(self.task)
+
+    @property
+    def record_task(self) -> Task:
+        """The task whose records the format reads: text2image when captions_from_pairs turns them into captions."""
+        return Task.TEXT_TO_IMAGE if self.captions_from_pairs else self.task
 
     def validate(self) -> None:
-        if "text2image" not in self.name and "image2text" not in self.name:
-            raise ValueError(f"source name {self.name!r} must contain 'text2image' or 'image2text'")
-        if self.format not in ("official", "jsonl", "llava", "webdataset", "shapes"):
-            raise ValueError(f"source {self.name}: unknown format {self.format!r}")
-        if self.format != "shapes" and not self.path:
-            raise ValueError(f"source {self.name}: format {self.format} needs a path (--set data.N.path=...)")
+        where = f"source {self.name!r}"
+        self.task = parse_task(self.task, where)
         if self.batch_size < 1:
-            raise ValueError(f"source {self.name}: batch_size must be >= 1, got {self.batch_size}")
+            raise ValueError(f"{where}: batch_size must be >= 1, got {self.batch_size}")
+        if self.captions_from_pairs and self.task is not Task.IMAGE_TO_TEXT:
+            raise ValueError(f"{where}: captions_from_pairs makes image2text conversations, not {self.task.value}")
+        if self.instructions not in INSTRUCTION_SETS:
+            raise ValueError(f"{where}: instructions must be one of {INSTRUCTION_SETS}, got {self.instructions!r}")
+        if not 0.0 <= self.cfg_drop_prob <= 1.0:
+            raise ValueError(f"{where}: cfg_drop_prob must lie in [0, 1], got {self.cfg_drop_prob}")
+        if self.crop not in CROPS:
+            raise ValueError(f"{where}: crop must be one of {CROPS}, got {self.crop!r}")
+        if self.max_text_length is not None and self.max_text_length < 1:
+            raise ValueError(f"{where}: max_text_length must be >= 1 or None, got {self.max_text_length}")
+        from harmon.train.sources import check_format  # the registry imports this module
+
+        check_format(self)
 
 
 @dataclass
@@ -165,11 +208,22 @@ class TrainConfig:
         d = dict(d)
         d["model"] = ModelInit(**d.get("model", {}))
         d["optim"] = OptimConfig(**{**d.get("optim", {}), "betas": tuple(d.get("optim", {}).get("betas", (0.9, 0.95)))})
-        d["data"] = [SourceConfig(**s) for s in d.get("data", [])]
+        d["data"] = [_source_from_dict(s) for s in d.get("data", [])]
         for key in ("train_modules", "sample_prompts"):
             if key in d:
                 d[key] = tuple(d[key])
         return cls(**d)
+
+
+def _source_from_dict(d: dict[str, Any]) -> SourceConfig:
+    names = {f.name for f in dataclasses.fields(SourceConfig)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        hint = " (`options` is now task, the typed fields and format_options)" if "options" in unknown else ""
+        raise ValueError(
+            f"data source {d.get('name')!r}: unknown field(s) {unknown}{hint}; known: {', '.join(sorted(names))}"
+        )
+    return SourceConfig(**d)
 
 
 def _parse_value(text: str) -> Any:

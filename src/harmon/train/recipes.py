@@ -11,10 +11,13 @@ Data paths are placeholders under ``data_root``: point them at your data with ``
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
+from harmon.data.tasks import Task
 from harmon.train.config import ModelInit, OptimConfig, SourceConfig, TrainConfig
 
+T2I, I2T = Task.TEXT_TO_IMAGE, Task.IMAGE_TO_TEXT
 MAR_AND_PROJECTIONS = ("mar.", "proj_in.", "proj_out.")
 EVERYTHING = ("llm.", "mar.", "proj_in.", "proj_out.")
 # "Only the MAR decoder" as for harmon_1.5b-o: the decoder, its tables and mask token, and the diffusion head it feeds.
@@ -36,13 +39,14 @@ def stage1(data_root: str = "data", llm: str = "Qwen2.5-0.5B-Instruct", vae: str
         output_dir="runs/stage1",
         model=ModelInit(preset="0.5b", llm_folder=llm, llm_weights=True, vae_weights=vae),
         data=[
-            SourceConfig("text2image", "webdataset", f"{data_root}/pairs/*.tar", batch_size=32),
+            SourceConfig("text2image", "webdataset", f"{data_root}/pairs/*.tar", task=T2I, batch_size=32),
             SourceConfig(
                 "image2text_caption",
                 "webdataset",
                 f"{data_root}/pairs/*.tar",
+                task=I2T,
                 batch_size=8,
-                options={"as_caption": True},
+                captions_from_pairs=True,
             ),
         ],
         image_size=256,
@@ -64,15 +68,21 @@ def stage2(data_root: str = "data", init: str = "runs/stage1/final") -> TrainCon
         model=ModelInit(preset=None, pretrained=init),
         data=[
             SourceConfig(
-                "image2text_qa", "llava", f"{data_root}/qa.json", image_folder=f"{data_root}/qa_images", batch_size=8
+                "image2text_qa",
+                "llava",
+                f"{data_root}/qa.json",
+                task=I2T,
+                image_folder=f"{data_root}/qa_images",
+                batch_size=8,
             ),
-            SourceConfig("text2image", "webdataset", f"{data_root}/pairs/*.tar", batch_size=32),
+            SourceConfig("text2image", "webdataset", f"{data_root}/pairs/*.tar", task=T2I, batch_size=32),
             SourceConfig(
                 "image2text_caption",
                 "webdataset",
                 f"{data_root}/pairs/*.tar",
+                task=I2T,
                 batch_size=8,
-                options={"as_caption": True},
+                captions_from_pairs=True,
             ),
         ],
         image_size=256,
@@ -97,6 +107,7 @@ def stage3(data_root: str = "data", init: str = "runs/stage2/final") -> TrainCon
                 "image2text_qa",
                 "llava",
                 f"{data_root}/hq_qa.json",
+                task=I2T,
                 image_folder=f"{data_root}/hq_qa_images",
                 batch_size=1,
             ),
@@ -104,10 +115,10 @@ def stage3(data_root: str = "data", init: str = "runs/stage2/final") -> TrainCon
                 "image2text_caption",
                 "jsonl",
                 f"{data_root}/curated.jsonl",
+                task=I2T,
                 batch_size=3,
-                options={"kind": "image2text"},
             ),
-            SourceConfig("text2image", "jsonl", f"{data_root}/curated.jsonl", batch_size=16),
+            SourceConfig("text2image", "jsonl", f"{data_root}/curated.jsonl", task=T2I, batch_size=16),
         ],
         image_size=512,
         max_text_length=512,
@@ -132,7 +143,7 @@ def finetune_decoder(
         name="finetune_decoder",
         output_dir="runs/finetune_decoder",
         model=ModelInit(preset=None, official_checkpoint=checkpoint, official_vae=vae, llm_folder=llm),
-        data=[SourceConfig("text2image", "jsonl", f"{data_root}/finetune.jsonl", batch_size=16)],
+        data=[SourceConfig("text2image", "jsonl", f"{data_root}/finetune.jsonl", task=T2I, batch_size=16)],
         image_size=512,
         train_modules=MAR_DECODER,
         max_steps=10_000,
@@ -161,21 +172,29 @@ def get_recipe(name: str) -> TrainConfig:
     return table[name]()
 
 
+def toy_source(src: SourceConfig) -> SourceConfig:
+    """A shapes-world source of the same name, task and loss weight, at most 2 samples per micro-batch: LLaVA
+    conversations become questions about scenes, other image2text sources scene descriptions."""
+    if src.format == "shapes":
+        return dataclasses.replace(src, batch_size=min(src.batch_size, 2), format_options=dict(src.format_options))
+    options = {"kind": "qa" if src.format == "llava" else "caption"} if src.task is Task.IMAGE_TO_TEXT else {}
+    return SourceConfig(
+        src.name,
+        "shapes",
+        task=src.task,
+        batch_size=min(src.batch_size, 2),
+        loss_weight=src.loss_weight,
+        format_options=options,
+    )
+
+
 def toy(cfg: TrainConfig, tokenizer: str, output_dir: str, steps: int = 2) -> TrainConfig:
     """The same recipe at toy size: tiny model, shapes-world data of the same kinds, 64 px, a few steps.
 
     What trains (train_modules), the mixture structure and the loss weights stay as the recipe says.
     """
     cfg.model = ModelInit(preset="tiny", tokenizer=tokenizer)
-    toy_sources = []
-    for s in cfg.data:
-        task = "text2image" if "text2image" in s.name else ("qa" if "qa" in s.name else "caption")
-        toy_sources.append(
-            SourceConfig(
-                s.name, "shapes", batch_size=min(s.batch_size, 2), loss_weight=s.loss_weight, options={"task": task}
-            )
-        )
-    cfg.data = toy_sources
+    cfg.data = [toy_source(s) for s in cfg.data]
     cfg.image_size, cfg.max_steps, cfg.output_dir, cfg.max_text_length = 64, steps, output_dir, 512
     cfg.precision, cfg.save_every, cfg.sample_every, cfg.log_every = "fp32", 0, 0, 1
     return cfg

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 
+from harmon.data.tasks import Task
 from harmon.train.config import ModelInit, OptimConfig, SourceConfig, TrainConfig, deep_merge
 from harmon.train.recipes import MAR_DECODER
 
@@ -67,7 +68,8 @@ STAGE2_STEPS = 6000  # 42 min at ~0.42 s per step on 2 CPU cores (eighth run); t
 # template). The eighth model never saw a question without a colour: F1 44.3 % on 168 such questions (half "No",
 # `harmon eval shapes --seed 0`), "Yes" in 22.6 %. The ninth run, this option added and nothing else, scores 100 %
 # (artifacts/shapes-run9/README.md).
-STAGE2_QA_OPTIONS: dict = {"task": "qa", "max_text_length": 256, "shape_questions": True}
+STAGE2_QA_OPTIONS: dict = {"kind": "qa", "shape_questions": True}
+STAGE2_QA_TEXT_LENGTH = 256
 
 
 # Stage 0 VAE settings (keyword arguments of harmon.train.stage0.train_shapes_vae; `--set vae:KEY=VALUE` wins).
@@ -91,8 +93,25 @@ SHAPES_DECODER: dict = {"steps": 3000, "max_noise": 0.4}
 GENERATION_SIDE = (*MAR_DECODER, "proj_out.")
 
 
-def _t2i() -> dict:
-    return {"task": "text2image", "tag_weights": dict(T2I_TAG_WEIGHTS)}
+def _t2i(batch_size: int) -> SourceConfig:
+    """The world's text-to-image source with the recipe's GenEval tag weights."""
+    return SourceConfig(
+        "text2image",
+        "shapes",
+        task=Task.TEXT_TO_IMAGE,
+        batch_size=batch_size,
+        format_options={"tag_weights": dict(T2I_TAG_WEIGHTS)},
+    )
+
+
+def _captions(batch_size: int) -> SourceConfig:
+    return SourceConfig(
+        "image2text_caption",
+        "shapes",
+        task=Task.IMAGE_TO_TEXT,
+        batch_size=batch_size,
+        format_options={"kind": "caption"},
+    )
 
 
 def shapes_lm() -> TrainConfig:
@@ -103,7 +122,7 @@ def shapes_lm() -> TrainConfig:
         model=ModelInit(
             preset=SHAPES_PRESET, tokenizer=f"{ROOT}/tokenizer", vae_weights=f"{ROOT}/stage0_vae/vae.safetensors"
         ),
-        data=[SourceConfig("image2text_text", "shapes", batch_size=64, options={"task": "text"})],
+        data=[SourceConfig("image2text_text", "shapes", task=Task.TEXT_ONLY, batch_size=64)],
         image_size=64,
         train_modules=("llm.",),
         max_steps=1500,
@@ -125,8 +144,8 @@ def shapes_stage1() -> TrainConfig:
             reinit=["mar."],
         ),
         data=[
-            SourceConfig("text2image", "shapes", batch_size=32, options=_t2i()),
-            SourceConfig("image2text_caption", "shapes", batch_size=8, options={"task": "caption"}),
+            _t2i(32),
+            _captions(8),
         ],
         image_size=64,
         train_modules=("mar.", "proj_in.", "proj_out."),
@@ -148,9 +167,16 @@ def shapes_stage2() -> TrainConfig:
         output_dir=f"{ROOT}/stage2",
         model=ModelInit(preset=None, pretrained=f"{ROOT}/stage1/final"),
         data=[
-            SourceConfig("text2image", "shapes", batch_size=32, options=_t2i()),
-            SourceConfig("image2text_qa", "shapes", batch_size=8, options=dict(STAGE2_QA_OPTIONS)),
-            SourceConfig("image2text_caption", "shapes", batch_size=4, options={"task": "caption"}),
+            _t2i(32),
+            SourceConfig(
+                "image2text_qa",
+                "shapes",
+                task=Task.IMAGE_TO_TEXT,
+                batch_size=8,
+                max_text_length=STAGE2_QA_TEXT_LENGTH,
+                format_options=dict(STAGE2_QA_OPTIONS),
+            ),
+            _captions(4),
         ],
         image_size=64,
         train_modules=("llm.", "mar.", "proj_in.", "proj_out."),
@@ -171,7 +197,7 @@ def shapes_stage3() -> TrainConfig:
         name="shapes_stage3",
         output_dir=f"{ROOT}/stage3",
         model=ModelInit(preset=None, pretrained=f"{ROOT}/stage2/final", overrides=copy.deepcopy(V_UNIFORM)),
-        data=[SourceConfig("text2image", "shapes", batch_size=32, options=_t2i())],
+        data=[_t2i(32)],
         image_size=64,
         train_modules=GENERATION_SIDE,
         max_steps=STAGE3_STEPS,
