@@ -130,7 +130,7 @@ class TrainConfig:
     sample_prompts: tuple[str, ...] = ("a red circle", "a blue square to the left of a green triangle")
     sample_settings: dict[str, Any] = field(default_factory=dict)  # generate() overrides for the sample grids
     eval_every: int = 0  # quick-eval interval (0 = off)
-    eval: str | None = None  # name of a quick eval in harmon.train.evals (e.g. "shapes")
+    eval: str | None = None  # name of a quick eval in harmon.train.hooks.EVALS (e.g. "shapes")
     tensorboard: bool = False
     export: bool = True  # write the final model in the from_pretrained format to output_dir/final
 
@@ -172,7 +172,7 @@ class TrainConfig:
         return cls(**d)
 
 
-def _parse_value(text: str) -> Any:
+def parse_value(text: str) -> Any:
     """'3' -> 3, '1e-4' -> 1e-4, 'true' -> True, 'none' -> None, '[1,2]' -> [1, 2], otherwise the string."""
     lowered = text.strip().lower()
     if lowered in ("true", "false"):
@@ -198,7 +198,7 @@ def apply_overrides(config: TrainConfig, assignments: list[str]) -> TrainConfig:
         if "=" not in item:
             raise ValueError(f"--set expects key=value, got {item!r}")
         key, raw = item.split("=", 1)
-        value = _parse_value(raw)
+        value = parse_value(raw)
         parts = key.strip().split(".")
         obj: Any = config
         for i, part in enumerate(parts):

@@ -153,29 +153,7 @@ RECIPES: dict[str, Callable[..., TrainConfig]] = {
 
 
 def get_recipe(name: str) -> TrainConfig:
-    from harmon.train import shapes_recipes
-
-    table = {**RECIPES, **shapes_recipes.RECIPES}
-    if name not in table:
-        raise ValueError(f"unknown recipe {name!r}; known: {', '.join(sorted(table))}")
-    return table[name]()
-
-
-def toy(cfg: TrainConfig, tokenizer: str, output_dir: str, steps: int = 2) -> TrainConfig:
-    """The same recipe at toy size: tiny model, shapes-world data of the same kinds, 64 px, a few steps.
-
-    What trains (train_modules), the mixture structure and the loss weights stay as the recipe says.
-    """
-    cfg.model = ModelInit(preset="tiny", tokenizer=tokenizer)
-    toy_sources = []
-    for s in cfg.data:
-        task = "text2image" if "text2image" in s.name else ("qa" if "qa" in s.name else "caption")
-        toy_sources.append(
-            SourceConfig(
-                s.name, "shapes", batch_size=min(s.batch_size, 2), loss_weight=s.loss_weight, options={"task": task}
-            )
-        )
-    cfg.data = toy_sources
-    cfg.image_size, cfg.max_steps, cfg.output_dir, cfg.max_text_length = 64, steps, output_dir, 512
-    cfg.precision, cfg.save_every, cfg.sample_every, cfg.log_every = "fp32", 0, 0, 1
-    return cfg
+    """A fresh TrainConfig of the generic recipe ``name`` (an application's recipes live in its own table)."""
+    if name not in RECIPES:
+        raise ValueError(f"unknown recipe {name!r}; known: {', '.join(sorted(RECIPES))}")
+    return RECIPES[name]()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import functools
+from collections.abc import Callable
 from typing import Any
 
 from harmon.config import HarmonConfig
@@ -12,7 +12,6 @@ from harmon.data import (
     LlavaConversations,
     MixtureLoader,
     OfficialLayout,
-    ProceduralSource,
     SourceSpec,
     Text2ImageProcessor,
     WebDatasetShards,
@@ -20,6 +19,14 @@ from harmon.data import (
 from harmon.data.records import derive_seed
 from harmon.prompts import BRIEF_CAPTION_INSTRUCTIONS, DETAILED_CAPTION_INSTRUCTIONS
 from harmon.train.config import SourceConfig, TrainConfig
+
+# Formats that an application adds (``import harmon.world`` registers "shapes"): builder(src, cfg) -> dataset.
+FORMATS: dict[str, Callable[[SourceConfig, TrainConfig], Any]] = {}
+
+
+def register_format(name: str, builder: Callable[[SourceConfig, TrainConfig], Any]) -> None:
+    """Make ``builder(src, cfg)`` build the dataset of every source whose ``format`` is ``name``."""
+    FORMATS[name] = builder
 
 
 def caption_conversation(record: dict, instruction: str) -> dict:
@@ -77,24 +84,11 @@ class _CaptionStream:
 
 
 def build_dataset(src: SourceConfig, cfg: TrainConfig) -> Any:
+    if src.format in FORMATS:
+        return FORMATS[src.format](src, cfg)
     o = dict(src.options)
     kind = "text2image" if "text2image" in src.name else "image2text"
     as_caption = bool(o.pop("as_caption", False))
-    if src.format == "shapes":
-        from harmon.world.data import shapes_record
-        from harmon.world.scene import WorldConfig
-
-        task = o.get("task", "text2image" if kind == "text2image" else "qa")
-        world = WorldConfig(image_size=o.get("world_image_size", cfg.image_size))
-        fn = functools.partial(
-            shapes_record,
-            task,
-            seed=int(o.get("seed", cfg.seed)),
-            config=world,
-            tag_weights=o.get("tag_weights"),
-            shape_questions=bool(o.get("shape_questions", False)),
-        )
-        return ProceduralSource(fn, length=o.get("length"), kind=kind)
     if src.format == "official":
         ds = OfficialLayout(
             src.path,
@@ -112,8 +106,8 @@ def build_dataset(src: SourceConfig, cfg: TrainConfig) -> Any:
         ds = LlavaConversations(src.path, image_folder=src.image_folder, with_image=bool(o.get("with_image", True)))
     elif src.format == "webdataset":
         ds = WebDatasetShards(src.path, seed=cfg.seed)
-    else:  # validated earlier
-        raise ValueError(f"unknown format {src.format!r}")
+    else:  # validated earlier; a registered format whose package was not imported lands here
+        raise ValueError(f"unknown format {src.format!r}; registered: {sorted(FORMATS)}")
     return CaptionView(ds, cfg.seed, brief=o.get("instructions") == "brief") if as_caption else ds
 
 
