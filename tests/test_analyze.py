@@ -8,7 +8,7 @@ from helpers import tiny_pipeline
 from PIL import Image
 
 from harmon.analyze.gradcam import gradcam_plus_plus, heat_inside, overlay
-from harmon.analyze.probe import FEATURES, TASKS, fit_linear_probe, format_probe_table, run_probes
+from harmon.world.analyses.probe import FEATURES, TASKS, fit_linear_probe, format_probe_table, run_probes
 
 
 def test_gradcam_map_shape_range_and_overlay():
@@ -93,8 +93,8 @@ def test_concept_probe_rejects_data_it_cannot_learn_from():
 
 
 def test_world_concept_labels_match_shape_colour_and_both():
-    from harmon.analyze.gradcam import world_concept_labels
     from harmon.world import Scene, WorldConfig, WorldObject
+    from harmon.world.analyses.localisation import world_concept_labels
 
     world = WorldConfig()
     a = Scene((WorldObject("circle", "red", (3, 3, 29, 29)), WorldObject("square", "blue", (35, 35, 61, 61))), 64)
@@ -110,7 +110,7 @@ def test_world_concept_labels_match_shape_colour_and_both():
 
 
 def test_localisation_and_encoder_locality_report_their_figures():
-    from harmon.analyze.gradcam import encoder_locality, localisation
+    from harmon.world.analyses.localisation import encoder_locality, localisation
 
     pipe = tiny_pipeline()
     r = localisation(pipe, "gradcam++", "probe", scenes=3, probe_scenes=40)
@@ -265,8 +265,8 @@ def test_linear_probe_separates_separable_data():
 def test_position_probe_label_is_read_from_the_image():
     """Mirroring a scene left-right flips every position label: the label depends on what is drawn, not on the
     order in which objects were placed (that older label was unlearnable: every feature sat at chance)."""
-    from harmon.analyze.probe import _labels, _scenes
     from harmon.world import Scene, WorldConfig, WorldObject
+    from harmon.world.analyses.probe import _labels, _scenes
 
     world = WorldConfig()
     scenes = _scenes(300, 7, world, two_objects=True)
@@ -299,7 +299,7 @@ def test_probe_runner_reports_every_task_and_feature():
 def test_synergy_study_runs_both_arms_and_resumes(tmp_path):
     import json
 
-    from harmon.analyze.synergy import format_synergy_table, run_synergy, synergy_config
+    from harmon.world.analyses.synergy import format_synergy_table, run_synergy, synergy_config
 
     base = tmp_path / "base"
     tiny_pipeline().save_pretrained(base)
@@ -319,7 +319,7 @@ def test_synergy_study_runs_both_arms_and_resumes(tmp_path):
 
 
 def test_report_writes_tables_verdicts_and_plots(tmp_path):
-    from harmon.analyze.report import compare, main
+    from harmon.world.analyses.report import compare, main
 
     assert compare((0.8, 0.01), (0.6, 0.02)) == "higher" and compare((0.6, 0.1), (0.65, 0.1)) == "tied"
     acc = {t: {f: ([0.9, 0.01] if f.startswith("encoder") else [0.5, 0.02]) for f in FEATURES} for t in TASKS}
@@ -356,7 +356,7 @@ def test_report_writes_tables_verdicts_and_plots(tmp_path):
 def test_report_states_the_localisation_table_and_its_verdict(tmp_path):
     import json
 
-    from harmon.analyze.report import main
+    from harmon.world.analyses.report import main
 
     def row(method, target, ratio):
         r = {
@@ -399,7 +399,7 @@ def test_report_states_the_localisation_table_and_its_verdict(tmp_path):
 
 
 def test_context_curve_reports_loss_per_visible_count():
-    from harmon.analyze.context import context_curve
+    from harmon.world.analyses.context import context_curve
 
     pipe = tiny_pipeline()
     c = context_curve(pipe, n_images=4, repeats=1, image_size=64)
@@ -426,7 +426,7 @@ def test_integrated_gradients_sum_to_the_score_change_and_map_the_image():
 def test_word_binding_table_is_paired_and_consistent():
     """Every word of a row is scored on the same images with the same noise: the table is reproducible from the
     seed, its diagonal gap is zero, and 'bound' says whether the true word has the row's lowest loss."""
-    from harmon.analyze.words import format_word_table, word_binding
+    from harmon.world.analyses.words import format_word_table, word_binding
 
     pipe = tiny_pipeline()
     a = word_binding(pipe, "shape", n_scenes=2, repeats=1, image_size=64)
@@ -441,7 +441,7 @@ def test_word_binding_table_is_paired_and_consistent():
 
 
 def test_colour_latent_distances_are_a_metric_table_with_its_closest_pair():
-    from harmon.analyze.words import colour_latent_distances, format_distance_table
+    from harmon.world.analyses.words import colour_latent_distances, format_distance_table
 
     r = colour_latent_distances(tiny_pipeline(), n_scenes=2, image_size=64)
     d = torch.tensor(r["distance"])
@@ -518,8 +518,8 @@ class _PaintsOneColour:
 
 
 def test_drawn_attributes_tabulates_what_the_detector_reads():
-    from harmon.analyze.words import drawn_attributes, format_drawn_table
     from harmon.world import WorldConfig
+    from harmon.world.analyses.words import drawn_attributes, format_drawn_table
 
     world = WorldConfig()
     pipe = _PaintsOneColour("purple")
@@ -575,8 +575,8 @@ class _RecolourCodec:
 
 
 def test_codec_round_trip_reads_what_the_decoder_paints():
-    from harmon.analyze.codec import codec_round_trip, format_codec_table
     from harmon.world import WorldConfig
+    from harmon.world.analyses.codec import codec_round_trip, format_codec_table
 
     world = WorldConfig()
     r = codec_round_trip(_RecolourCodec("green", "orange"), scenes=3, seed=1)
@@ -599,8 +599,8 @@ def test_codec_check_reads_a_bare_stage0_vae_folder(tmp_path):
     """`harmon analyze codec --stage0-vae DIR`: the folder's own VAE does the round trip (an untrained one draws
     nothing the detector can read), and a folder that is not a stage-0 VAE is refused by name."""
     from harmon import cli
-    from harmon.analyze.codec import StandaloneVAE, codec_round_trip
-    from harmon.train.stage0 import train_shapes_vae
+    from harmon.world.analyses.codec import StandaloneVAE, codec_round_trip
+    from harmon.world.stage0 import train_shapes_vae
 
     out = train_shapes_vae(tmp_path / "vae", steps=1, batch_size=2, eval_scenes=2)
     vae = StandaloneVAE(out)

@@ -18,7 +18,7 @@ from PIL import Image
 
 from harmon import cli
 from harmon.eval import common, geneval, mme, multiple_choice, pope
-from harmon.world import WorldConfig, render, sample_eval_prompts, scene_for_prompt
+from harmon.world import WorldConfig, assets, evaluate, render, sample_eval_prompts, scene_for_prompt
 
 FAST = {"num_iter": 2, "num_sampling_steps": "2", "image_size": 64}
 FAST_CLI = ["--num-iter", "2", "--diffusion-steps", "2", "--image-size", "64", "--device", "cpu"]
@@ -38,7 +38,7 @@ def model_dir(pipe, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def prompts():
-    return geneval.read_prompts(geneval.SHAPES_METADATA, limit=3)
+    return geneval.read_prompts(assets.SHAPES_METADATA, limit=3)
 
 
 def pixels(path: Path) -> np.ndarray:
@@ -151,7 +151,7 @@ def test_geneval_shapes_scoring_of_a_written_folder(tmp_path):
         blank = Image.new("RGB", (64, 64), (255, 255, 255))  # nothing drawn: every prompt fails
         common.save_image_atomic(blank, folder / "samples" / "00001.png")
     (tmp_path / "notes").mkdir()  # not all digits: ignored, as by GenEval
-    result = geneval.score_shapes(tmp_path, n_samples=2)
+    result = evaluate.score_shapes(tmp_path, n_samples=2)
     assert result["n_prompts"] == 6 and result["n_images"] == 12
     assert result["correct"] == [True, False] * 6 and result["overall"] == 0.5
     rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
@@ -159,7 +159,7 @@ def test_geneval_shapes_scoring_of_a_written_folder(tmp_path):
     assert rows[1]["filename"] == "00000/samples/00001.png" and rows[1]["reason"].startswith("expected")
     assert json.loads((tmp_path / "results.json").read_text())["accuracy"]["position"] == 0.5
     with pytest.raises(ValueError, match="3 samples"):
-        geneval.score_shapes(tmp_path, n_samples=3)
+        evaluate.score_shapes(tmp_path, n_samples=3)
 
 
 def test_cli_geneval_scores_the_shipped_prompts(model_dir, tmp_path, capsys):
@@ -370,9 +370,9 @@ def test_cli_pope_on_the_shipped_splits(model_dir, tmp_path, capsys):
             "eval",
             "pope",
             "--questions",
-            str(pope.SHAPES_POPE / "popular.json"),
+            str(assets.SHAPES_POPE / "popular.json"),
             "--images",
-            str(pope.SHAPES_POPE / "images"),
+            str(assets.SHAPES_POPE / "images"),
             "--limit",
             "1",
             "--max-new-tokens",
@@ -710,27 +710,27 @@ def test_cli_mc_on_the_shipped_file(model_dir, tmp_path, capsys):
 
 
 def test_shipped_files_are_what_the_writers_produce(tmp_path):
-    assert sum(p.stat().st_size for p in common.ASSETS_DIR.rglob("*") if p.is_file()) < 1_000_000
-    meta = geneval.write_shapes_metadata(tmp_path / "m.jsonl")
-    assert meta.read_text() == geneval.SHAPES_METADATA.read_text()
+    assert sum(p.stat().st_size for p in assets.ASSETS_DIR.rglob("*") if p.is_file()) < 1_000_000
+    meta = assets.write_shapes_metadata(tmp_path / "m.jsonl")
+    assert meta.read_text() == assets.SHAPES_METADATA.read_text()
     assert len(geneval.read_prompts(meta)) == 120
-    pope.write_shapes_pope(tmp_path / "pope")
-    mme.write_shapes_mme(tmp_path / "mme")
+    assets.write_shapes_pope(tmp_path / "pope")
+    assets.write_shapes_mme(tmp_path / "mme")
     for split in ("random", "popular", "adversarial"):
-        shipped = pope.read_pope(pope.SHAPES_POPE / f"{split}.json")
+        shipped = pope.read_pope(assets.SHAPES_POPE / f"{split}.json")
         assert len(shipped) == 100 and sum(q["label"] == "yes" for q in shipped) == 50
-        assert (tmp_path / "pope" / f"{split}.json").read_text() == (pope.SHAPES_POPE / f"{split}.json").read_text()
-    assert (tmp_path / "mme" / "questions.jsonl").read_text() == (mme.SHAPES_MME / "questions.jsonl").read_text()
+        assert (tmp_path / "pope" / f"{split}.json").read_text() == (assets.SHAPES_POPE / f"{split}.json").read_text()
+    assert (tmp_path / "mme" / "questions.jsonl").read_text() == (assets.SHAPES_MME / "questions.jsonl").read_text()
     for ours, shipped in (
-        (tmp_path / "pope" / "images", pope.SHAPES_POPE / "images"),
-        (tmp_path / "mme" / "images", mme.SHAPES_MME / "images"),
+        (tmp_path / "pope" / "images", assets.SHAPES_POPE / "images"),
+        (tmp_path / "mme" / "images", assets.SHAPES_MME / "images"),
     ):
         names = sorted(p.name for p in shipped.iterdir())
         assert names == sorted(p.name for p in ours.iterdir())
         for n in names:
             np.testing.assert_array_equal(pixels(ours / n), pixels(shipped / n))
-    mc = multiple_choice.read_mc(multiple_choice.write_shapes_mc(tmp_path / "mc.tsv"))
-    shipped_mc = multiple_choice.read_mc(multiple_choice.SHAPES_MC)
+    mc = multiple_choice.read_mc(assets.write_shapes_mc(tmp_path / "mc.tsv"))
+    shipped_mc = multiple_choice.read_mc(assets.SHAPES_MC)
     assert len(shipped_mc) == 60
     for a, b in zip(mc, shipped_mc):
         assert {k: v for k, v in a.items() if k not in ("image", "roots", "where")} == {
@@ -746,7 +746,7 @@ def test_shipped_mc_answers_are_true(tmp_path):
     """The gold option of every shipped question is right about its image (checked with the exact detector)."""
     from harmon.world import detect_objects
 
-    for q in multiple_choice.read_mc(multiple_choice.SHAPES_MC):
+    for q in multiple_choice.read_mc(assets.SHAPES_MC):
         image = common.decode_base64_image(q["image"])
         objs = detect_objects(image)
         gold = q["options"]["ABCD".index(q["answer"])]

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.skipif(shipped_model_path() is None, reason="this check
 
 
 def _attribution_scene():
-    from harmon.analyze.gradcam import demo_scene
+    from harmon.world.analyses.localisation import demo_scene
 
     return demo_scene(64)
 
@@ -67,7 +67,7 @@ def test_shipped_model_answers_fresh_questions():
     """Understanding quality on fresh scenes (the full table is in the README): existence and counting, and POPE's
     bare template "Is there a <shape> in the image?" (half "No"): the ninth run's model scores F1 100 % on 168 such
     questions, the eighth, which never saw a question without a colour, 44.3 %."""
-    from harmon.eval.shapes import shape_existence_scores, understanding_scores
+    from harmon.world.evaluate import shape_existence_scores, understanding_scores
 
     pipe = HarmonPipeline.from_pretrained(shipped_model_path(), device="cpu")
     scores, _items, _ = understanding_scores(pipe, 70, seed=5)
@@ -83,10 +83,11 @@ def test_gradcam_of_the_concept_probe_falls_on_the_asked_shape():
     heat inside the asked shape's boxes is over 1.5x their share of the image (measured: 0.53 against 0.25; other
     seeds: `harmon analyze localisation --seed S --probe-seed P`). A map that ignored the image would score the
     boxes' share; probes fitted on random labels score 0.25x (a throwaway check on the eighth run's model)."""
-    from harmon.analyze.gradcam import ConceptProbe, gradcam_plus_plus, heat_inside, localisation
+    from harmon.analyze.gradcam import gradcam_plus_plus, heat_inside
+    from harmon.world.analyses.localisation import localisation, world_probe
 
     pipe = HarmonPipeline.from_pretrained(shipped_model_path(), device="cpu")
-    probes = {s: ConceptProbe.for_world(pipe, s) for s in ("circle", "square", "triangle")}
+    probes = {s: world_probe(pipe, s) for s in ("circle", "square", "triangle")}
     assert all(p.accuracy > 0.95 for p in probes.values()), probes
     objects, image = _attribution_scene()
     circles = [o.bbox for o in objects if o.shape == "circle"]
@@ -107,7 +108,7 @@ def test_gradcam_of_the_llm_answer_falls_on_the_asked_shape():
     (`harmon analyze localisation`). GradCAM++ of it puts 0.26 there, against the boxes' 0.25 share: its one weight per
     channel, pooled from the answer's gradient, does not pick out the asked object's row. Kept as a strict expected
     failure so that a model on which the answer's GradCAM++ does localise is noticed."""
-    from harmon.analyze.gradcam import localisation
+    from harmon.world.analyses.localisation import localisation
 
     pipe = HarmonPipeline.from_pretrained(shipped_model_path(), device="cpu")
     r = localisation(pipe, "gradcam++", "answer", scenes=30, seed=0)
@@ -137,7 +138,7 @@ def test_shipped_generator_binds_every_colour_word():
     the seventh's +0.0029). A generator that ignored colour words has equal losses under every word (paired noise)
     and fails; so does the sixth run's model, whose green, blue and purple were almost interchangeable (smallest gap
     +0.0004 at this test's size)."""
-    from harmon.analyze.words import word_binding
+    from harmon.world.analyses.words import word_binding
 
     pipe = HarmonPipeline.from_pretrained(shipped_model_path(), device="cpu")
     r = word_binding(pipe, "color", n_scenes=6, repeats=2)
@@ -151,7 +152,7 @@ def test_shipped_vae_carries_every_seen_pair():
     encode -> decode exactly (`harmon analyze codec`). Held-out pairs are not asserted: the stage-0 VAE never saw
     them, and the shipped VAE recovers them only in part (41.7 % at 16 scenes per pair, blue triangles never:
     artifacts/shapes-run8/codec.txt), which caps the held-out generation score whatever the generator learned."""
-    from harmon.analyze.codec import codec_round_trip
+    from harmon.world.analyses.codec import codec_round_trip
 
     pipe = HarmonPipeline.from_pretrained(shipped_model_path(), device="cpu")
     r = codec_round_trip(pipe, scenes=4, seed=3)

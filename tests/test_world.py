@@ -22,6 +22,7 @@ from harmon.world import (
     check_scene,
     describe_scene,
     detect_objects,
+    detection,
     explain_prompt,
     format_tables,
     judge_prompt,
@@ -43,10 +44,10 @@ from harmon.world import (
     scene_for_prompt,
     score_answers,
     score_generation,
-    scoring,
     shape_mask,
 )
-from harmon.world.scene import boxes_separated, sample_content
+from harmon.world.sampling import sample_content
+from harmon.world.scene import boxes_separated
 
 CONFIG = WorldConfig()
 
@@ -287,8 +288,8 @@ def test_labelling_fallback_matches_scipy():
     rng = np.random.default_rng(0)
     for connectivity in (4, 8):
         mask = rng.random((40, 40)) > 0.6
-        a, na = scoring.label_components(mask, connectivity)
-        b, nb = scoring._label_bfs(mask, connectivity)
+        a, na = detection.label_components(mask, connectivity)
+        b, nb = detection._label_bfs(mask, connectivity)
         assert na == nb
         # same partition up to label names
         assert len({(x, y) for x, y in zip(a[mask], b[mask])}) == na

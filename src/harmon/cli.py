@@ -112,8 +112,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
 def cmd_eval_shapes(args: argparse.Namespace) -> int:
     import json
 
-    from harmon.eval.shapes import evaluate_shapes
     from harmon.world import format_tables
+    from harmon.world.evaluate import evaluate_shapes
 
     pipe = load_pipeline(args)
     settings = {
@@ -179,8 +179,9 @@ def _write_json(path: str | None, result: dict) -> None:
 
 def cmd_eval_geneval(args: argparse.Namespace) -> int:
     from harmon.eval.common import rank_and_world
-    from harmon.eval.geneval import generate_geneval, read_prompts, score_shapes
+    from harmon.eval.geneval import generate_geneval, read_prompts
     from harmon.world import format_tables
+    from harmon.world.evaluate import score_shapes
 
     rank, world = rank_and_world()
     prompts = read_prompts(args.prompts, limit=args.limit)
@@ -217,15 +218,8 @@ def cmd_eval_geneval(args: argparse.Namespace) -> int:
 
 def cmd_eval_pope(args: argparse.Namespace) -> int:
     from harmon.eval.common import check_images
-    from harmon.eval.pope import (
-        SHAPES_POPE,
-        answer_pope,
-        format_pope,
-        read_pope,
-        score_pope,
-        shipped_question_files,
-        write_pope_answers,
-    )
+    from harmon.eval.pope import answer_pope, format_pope, read_pope, score_pope, write_pope_answers
+    from harmon.world.assets import SHAPES_POPE, shipped_question_files
 
     files = args.questions or shipped_question_files()
     images = args.images or (SHAPES_POPE / "images" if not args.questions else None)
@@ -243,7 +237,8 @@ def cmd_eval_pope(args: argparse.Namespace) -> int:
 
 def cmd_eval_mme(args: argparse.Namespace) -> int:
     from harmon.eval.common import check_images
-    from harmon.eval.mme import SHAPES_MME, answer_mme, format_mme, read_mme, score_mme, write_mme_answers
+    from harmon.eval.mme import answer_mme, format_mme, read_mme, score_mme, write_mme_answers
+    from harmon.world.assets import SHAPES_MME
 
     items = read_mme(args.data or SHAPES_MME / "questions.jsonl", args.images, limit=args.limit)
     check_images(items)
@@ -259,15 +254,8 @@ def cmd_eval_mme(args: argparse.Namespace) -> int:
 
 def cmd_eval_mc(args: argparse.Namespace) -> int:
     from harmon.eval.common import check_images
-    from harmon.eval.multiple_choice import (
-        SHAPES_MC,
-        answer_mc,
-        expand,
-        format_mc,
-        read_mc,
-        score_mc,
-        write_mc_answers,
-    )
+    from harmon.eval.multiple_choice import answer_mc, expand, format_mc, read_mc, score_mc, write_mc_answers
+    from harmon.world.assets import SHAPES_MC
 
     asked = expand(read_mc(args.data or SHAPES_MC, args.images, limit=args.limit), circular=args.circular)
     check_images(asked)
@@ -340,6 +328,7 @@ def _concept_probe(pipe, args: argparse.Namespace):
 def _fit_concept_probe(pipe, args: argparse.Namespace):
     from harmon.analyze.gradcam import ConceptProbe
     from harmon.eval.mme import IMAGE_SUFFIXES
+    from harmon.world.analyses.localisation import world_probe
 
     if bool(args.positives) != bool(args.negatives):
         raise SystemExit("error: --positives and --negatives go together (images with and without the concept)")
@@ -356,7 +345,7 @@ def _fit_concept_probe(pipe, args: argparse.Namespace):
             labels += [label] * len(files)
         return ConceptProbe.fit(pipe, images, labels, args.concept, generator=torch.Generator().manual_seed(args.seed))
     try:
-        return ConceptProbe.for_world(pipe, args.concept, scenes=args.probe_scenes, seed=args.seed)
+        return world_probe(pipe, args.concept, scenes=args.probe_scenes, seed=args.seed)
     except ValueError as err:
         raise SystemExit(
             f"error: {err}. For other concepts give --positives DIR --negatives DIR (images with and "
@@ -368,12 +357,12 @@ def cmd_localisation(args: argparse.Namespace) -> int:
     import json
     import time
 
-    from harmon.analyze.gradcam import (
-        ConceptProbe,
+    from harmon.world.analyses.localisation import (
         demo_figure,
         encoder_locality,
         format_localisation_table,
         localisation,
+        world_probe,
     )
 
     t0 = time.perf_counter()
@@ -383,7 +372,7 @@ def cmd_localisation(args: argparse.Namespace) -> int:
         from harmon.world import WorldConfig
 
         shapes = WorldConfig(image_size=pipe.config.generation.understanding_image_size).shapes
-        probes = {s: ConceptProbe.for_world(pipe, s, scenes=args.probe_scenes, seed=args.probe_seed) for s in shapes}
+        probes = {s: world_probe(pipe, s, scenes=args.probe_scenes, seed=args.probe_seed) for s in shapes}
     rows = [
         localisation(
             pipe,
@@ -444,7 +433,7 @@ def cmd_localisation(args: argparse.Namespace) -> int:
 def cmd_probe(args: argparse.Namespace) -> int:
     import json
 
-    from harmon.analyze.probe import format_probe_table, run_probes
+    from harmon.world.analyses.probe import format_probe_table, run_probes
 
     pipe = load_pipeline(args)
     result = run_probes(pipe, n_train=args.train, n_test=args.test, seeds=tuple(range(args.seeds)))
@@ -461,7 +450,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 
 def cmd_synergy(args: argparse.Namespace) -> int:
-    from harmon.analyze.synergy import format_synergy_table, run_synergy
+    from harmon.world.analyses.synergy import format_synergy_table, run_synergy
 
     settings = {
         k: v
@@ -496,7 +485,7 @@ def cmd_synergy(args: argparse.Namespace) -> int:
 
 
 def cmd_context(args: argparse.Namespace) -> int:
-    from harmon.analyze.context import context_curve
+    from harmon.world.analyses.context import context_curve
 
     c = context_curve(load_pipeline(args), n_images=args.images, repeats=args.repeats)
     print("| visible tokens | " + " | ".join(str(v) for v in c["visible"]) + " |")
@@ -507,7 +496,12 @@ def cmd_context(args: argparse.Namespace) -> int:
 
 
 def cmd_words(args: argparse.Namespace) -> int:
-    from harmon.analyze.words import colour_latent_distances, format_distance_table, format_word_table, word_binding
+    from harmon.world.analyses.words import (
+        colour_latent_distances,
+        format_distance_table,
+        format_word_table,
+        word_binding,
+    )
 
     pipe = load_pipeline(args)
     result = word_binding(pipe, attribute=args.attribute, n_scenes=args.scenes, repeats=args.repeats, seed=args.seed)
@@ -521,7 +515,7 @@ def cmd_words(args: argparse.Namespace) -> int:
 
 
 def cmd_drawn(args: argparse.Namespace) -> int:
-    from harmon.analyze.words import drawn_attributes, format_drawn_table
+    from harmon.world.analyses.words import drawn_attributes, format_drawn_table
 
     result = drawn_attributes(
         load_pipeline(args),
@@ -537,7 +531,7 @@ def cmd_drawn(args: argparse.Namespace) -> int:
 
 
 def cmd_codec(args: argparse.Namespace) -> int:
-    from harmon.analyze.codec import StandaloneVAE, codec_round_trip, format_codec_table
+    from harmon.world.analyses.codec import StandaloneVAE, codec_round_trip, format_codec_table
 
     source = StandaloneVAE(args.stage0_vae) if args.stage0_vae else load_pipeline(args)
     result = codec_round_trip(source, scenes=args.scenes, seed=args.seed)

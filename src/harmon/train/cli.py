@@ -37,11 +37,17 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="%(message)s")
     from harmon.train.config import TrainConfig, apply_overrides
     from harmon.train.recipes import get_recipe
+    from harmon.world.recipes import RECIPES as WORLD_RECIPES  # importing the world registers its format and eval
 
     try:
-        base = (
-            get_recipe(args.recipe) if args.recipe else TrainConfig.from_dict(json.loads(Path(args.config).read_text()))
-        )
+        if args.recipe in WORLD_RECIPES:
+            base = WORLD_RECIPES[args.recipe]()
+        else:
+            base = (
+                get_recipe(args.recipe)
+                if args.recipe
+                else TrainConfig.from_dict(json.loads(Path(args.config).read_text()))
+            )
         cfg = apply_overrides(base, args.overrides)
         cfg.validate()
     except ValueError as err:
