@@ -235,19 +235,19 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tok_dir, tmp_path):
     cfg.output_dir = str(tmp_path / "killed")
     cfg.save(tmp_path / "cfg.json")
     args = ["-m", "harmon.train", "--config", str(tmp_path / "cfg.json"), "--device", "cpu"]
-    with open(tmp_path / "run1.log", "w") as log:
+    with open(tmp_path / "killed.log", "w") as log:
         proc = _launch(args, log)
         deadline = time.time() + 240
         marker = tmp_path / "killed" / "checkpoints" / "step_0000003" / "COMPLETE"
         while not marker.exists() and time.time() < deadline and proc.poll() is None:
             time.sleep(0.05)
-        assert marker.exists(), (tmp_path / "run1.log").read_text()[-3000:]
+        assert marker.exists(), (tmp_path / "killed.log").read_text()[-3000:]
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     killed_at = max(_metrics(tmp_path / "killed" / "metrics.jsonl"))
     assert killed_at < steps  # it really died mid-run
-    with open(tmp_path / "run2.log", "w") as log:
-        assert _launch(args + ["--resume", "auto"], log).wait(timeout=300) == 0, (tmp_path / "run2.log").read_text()
+    with open(tmp_path / "resumed.log", "w") as log:
+        assert _launch(args + ["--resume", "auto"], log).wait(timeout=300) == 0, (tmp_path / "resumed.log").read_text()
     got = _metrics(tmp_path / "killed" / "metrics.jsonl")  # steps after 3 appear (again) from the resumed run
     for step in range(4, steps + 1):
         assert got[step] == pytest.approx(ref[step - 1], abs=1e-6), step
