@@ -28,7 +28,7 @@ import torch
 
 from harmon.world import recipes, stage0
 
-logger = logging.getLogger("harmon.shapes_pipeline")
+logger = logging.getLogger(__name__)
 
 
 def _record(root: Path, stage: str, seconds: float, device: str) -> None:
