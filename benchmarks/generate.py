@@ -152,6 +152,7 @@ class PhaseTimer:
 
 
 def build_pipeline(config: str, device: str, dtype: torch.dtype):
+    import harmon.world  # noqa: F401 (registers the "shapes" size in CONFIGS)
     from harmon.config import CONFIGS
     from harmon.model import Harmon
     from harmon.pipeline import HarmonPipeline

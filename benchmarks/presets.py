@@ -53,9 +53,9 @@ def main() -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from harmon.eval.shapes import generation_scores
     from harmon.pipeline import HarmonPipeline
     from harmon.shipped import shipped_model_path
+    from harmon.world.evaluate import generation_scores
 
     path = args.model or shipped_model_path()
     if path is None:

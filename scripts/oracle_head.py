@@ -27,9 +27,10 @@ import torch
 from harmon.accel import sample_fast
 from harmon.diffloss import DiffLoss, DiffLossConfig
 from harmon.pipeline import HarmonPipeline
-from harmon.train.stage0 import reconstruction_quality
 from harmon.world import WorldConfig
-from harmon.world.scene import render_array, sample_scene
+from harmon.world.render import render_array
+from harmon.world.sampling import sample_scene
+from harmon.world.stage0 import reconstruction_quality
 
 
 def oracle_batch(n: int, seed: int, world: WorldConfig):

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.skipif(shipped_model_path() is None, reason="this check
 
 
 def _attribution_scene():
-    from harmon.analyze.gradcam import demo_scene
+    from harmon.world.analyses.localisation import demo_scene
 
     return demo_scene(64)
 
@@ -47,9 +47,8 @@ def test_cli_defaults_to_the_shipped_model(tmp_path, capsys):
 
 
 def test_shipped_model_draws_what_it_is_asked():
-    """Quality, not just plumbing: most seeds of easy prompts are judged right by the exact scorer (the ninth run's
-    model: 12 of 16, missing three of the four position images and one of "two triangles"; the eighth run's got 11,
-    the seventh's 10, the sixth's 11, the third's 8)."""
+    """Quality, not just plumbing: most seeds of easy prompts are judged right by the exact scorer (the shipped
+    model: 12 of 16, missing three of the four position images and one of "two triangles")."""
     from harmon.world import WorldConfig, detect_objects, judge_prompt, parse_prompt
 
     pipe = HarmonPipeline.from_pretrained(shipped_model_path(), device="cpu")
@@ -65,9 +64,9 @@ def test_shipped_model_draws_what_it_is_asked():
 
 def test_shipped_model_answers_fresh_questions():
     """Understanding quality on fresh scenes (the full table is in the README): existence and counting, and POPE's
-    bare template "Is there a <shape> in the image?" (half "No"): the ninth run's model scores F1 100 % on 168 such
-    questions, the eighth, which never saw a question without a colour, 44.3 %."""
-    from harmon.eval.shapes import shape_existence_scores, understanding_scores
+    bare template "Is there a <shape> in the image?" (half "No"): the shipped model scores F1 100 % on 168 such
+    questions; a model that never saw a question without a colour scores 44.3 %."""
+    from harmon.world.evaluate import shape_existence_scores, understanding_scores
 
     pipe = HarmonPipeline.from_pretrained(shipped_model_path(), device="cpu")
     scores, _items, _ = understanding_scores(pipe, 70, seed=5)
@@ -82,11 +81,12 @@ def test_gradcam_of_the_concept_probe_falls_on_the_asked_shape():
     the two circles' tokens), and over 30 random scenes (48 (scene, shape) cases, probes fitted on other scenes) the
     heat inside the asked shape's boxes is over 1.5x their share of the image (measured: 0.53 against 0.25; other
     seeds: `harmon analyze localisation --seed S --probe-seed P`). A map that ignored the image would score the
-    boxes' share; probes fitted on random labels score 0.25x (a throwaway check on the eighth run's model)."""
-    from harmon.analyze.gradcam import ConceptProbe, gradcam_plus_plus, heat_inside, localisation
+    boxes' share; probes fitted on random labels score 0.25x."""
+    from harmon.analyze.gradcam import gradcam_plus_plus, heat_inside
+    from harmon.world.analyses.localisation import localisation, world_probe
 
     pipe = HarmonPipeline.from_pretrained(shipped_model_path(), device="cpu")
-    probes = {s: ConceptProbe.for_world(pipe, s) for s in ("circle", "square", "triangle")}
+    probes = {s: world_probe(pipe, s) for s in ("circle", "square", "triangle")}
     assert all(p.accuracy > 0.95 for p in probes.values()), probes
     objects, image = _attribution_scene()
     circles = [o.bbox for o in objects if o.shape == "circle"]
@@ -102,12 +102,12 @@ def test_gradcam_of_the_concept_probe_falls_on_the_asked_shape():
 )
 def test_gradcam_of_the_llm_answer_falls_on_the_asked_shape():
     """The other score GradCAM++ can explain: the LLM's "Yes"/"No" log-odds to "Is there a <shape> in the image?".
-    The ninth run's model answers all 48 of these cases right (the eighth said "Yes" in 27 %: it had never seen a
-    question without a colour), and integrated gradients of the same answer put 0.63 of their heat on the asked shape
+    The shipped model answers all 48 of these cases right (one that never saw a question without a colour said "Yes"
+    in 27 %), and integrated gradients of the same answer put 0.63 of their heat on the asked shape
     (`harmon analyze localisation`). GradCAM++ of it puts 0.26 there, against the boxes' 0.25 share: its one weight per
     channel, pooled from the answer's gradient, does not pick out the asked object's row. Kept as a strict expected
     failure so that a model on which the answer's GradCAM++ does localise is noticed."""
-    from harmon.analyze.gradcam import localisation
+    from harmon.world.analyses.localisation import localisation
 
     pipe = HarmonPipeline.from_pretrained(shipped_model_path(), device="cpu")
     r = localisation(pipe, "gradcam++", "answer", scenes=30, seed=0)
@@ -116,9 +116,9 @@ def test_gradcam_of_the_llm_answer_falls_on_the_asked_shape():
 
 def test_integrated_gradients_of_the_answer_localise_every_shape_of_the_test_scene():
     """Where the answer's evidence sits at the encoder's input: integrated gradients of the LLM's Yes/No put clearly
-    more heat inside each asked shape's boxes than their share of the image (ninth run's model: circles 2.0x, square
-    2.8x, triangle 4.0x). The eighth run's model, which answered "No" to the bare question on this scene, failed on the
-    circles (0.39x)."""
+    more heat inside each asked shape's boxes than their share of the image (the shipped model: circles 2.0x, square
+    2.8x, triangle 4.0x). A model that answered "No" to the bare question on this scene failed on the circles
+    (0.39x)."""
     from harmon.analyze.gradcam import heat_inside, integrated_gradients
 
     pipe = HarmonPipeline.from_pretrained(shipped_model_path(), device="cpu")
@@ -131,13 +131,12 @@ def test_integrated_gradients_of_the_answer_localise_every_shape_of_the_test_sce
 
 
 def test_shipped_generator_binds_every_colour_word():
-    """What the shipped generator has learned of colour words (artifacts/shapes-run9/README.md): on one-object
-    images of each colour, the prompt naming that colour has a lower teacher-forced loss than every other colour
-    word by more than 0.002 (measured: smallest gap +0.0063, green images under "purple"; the eighth run's +0.0053,
-    the seventh's +0.0029). A generator that ignored colour words has equal losses under every word (paired noise)
-    and fails; so does the sixth run's model, whose green, blue and purple were almost interchangeable (smallest gap
-    +0.0004 at this test's size)."""
-    from harmon.analyze.words import word_binding
+    """What the shipped generator has learned of colour words: on one-object images of each colour, the prompt
+    naming that colour has a lower teacher-forced loss than every other colour word by more than 0.002 (measured:
+    smallest gap +0.0063, green images under "purple"). A generator that ignored colour words has equal losses under
+    every word (paired noise) and fails; so does one whose green, blue and purple are almost interchangeable in the
+    VAE's latents (smallest gap +0.0004 at this test's size)."""
+    from harmon.world.analyses.words import word_binding
 
     pipe = HarmonPipeline.from_pretrained(shipped_model_path(), device="cpu")
     r = word_binding(pipe, "color", n_scenes=6, repeats=2)
@@ -149,9 +148,9 @@ def test_shipped_generator_binds_every_colour_word():
 def test_shipped_vae_carries_every_seen_pair():
     """The generator can only draw what the VAE decodes: every (colour, shape) pair of the training world survives
     encode -> decode exactly (`harmon analyze codec`). Held-out pairs are not asserted: the stage-0 VAE never saw
-    them, and the shipped VAE recovers them only in part (41.7 % at 16 scenes per pair, blue triangles never:
-    artifacts/shapes-run8/codec.txt), which caps the held-out generation score whatever the generator learned."""
-    from harmon.analyze.codec import codec_round_trip
+    them, and the shipped VAE recovers them only in part (41.7 % at 16 scenes per pair, blue triangles never), which
+    caps the held-out generation score whatever the generator learned."""
+    from harmon.world.analyses.codec import codec_round_trip
 
     pipe = HarmonPipeline.from_pretrained(shipped_model_path(), device="cpu")
     r = codec_round_trip(pipe, scenes=4, seed=3)

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from harmon.loading import read_weights
-from harmon.train.stage0 import render_batch, shapes_vae_config, train_shapes_vae
 from harmon.vae import AutoencoderKL, VAEConfig
 from harmon.world.scene import WorldConfig
+from harmon.world.stage0 import render_batch, shapes_vae_config, train_shapes_vae
 
 
 def test_shapes_vae_config_is_kl16_shaped():
@@ -61,7 +61,7 @@ def test_latent_noise_changes_training(tmp_path):
 
 
 def test_noise_robustness_adds_sigma_in_unit_variance_latents():
-    from harmon.train.stage0 import noise_robustness
+    from harmon.world.stage0 import noise_robustness
 
     vae = AutoencoderKL(shapes_vae_config(64)).eval()
     x = render_batch(range(4), seed=0, world_config=WorldConfig(image_size=64))
@@ -87,9 +87,9 @@ def test_noise_robustness_adds_sigma_in_unit_variance_latents():
 def test_pipeline_vae_stage_takes_recipe_defaults_and_overrides(tmp_path, monkeypatch):
     import functools
 
-    import harmon.train.stage0 as stage0
-    from harmon.train import shapes_pipeline
-    from harmon.train.shapes_recipes import SHAPES_VAE
+    import harmon.world.stage0 as stage0
+    from harmon.world import pipeline as shapes_pipeline
+    from harmon.world.recipes import SHAPES_VAE
 
     calls = []
     monkeypatch.setattr(
@@ -106,7 +106,7 @@ def test_finetune_vae_decoder_trains_only_the_decoder():
     """The encoder side (and so every latent) must stay bit-identical; the decoder must change; results recorded."""
     import pytest
 
-    from harmon.train.stage0 import finetune_vae_decoder
+    from harmon.world.stage0 import finetune_vae_decoder
 
     torch.manual_seed(0)
     vae = AutoencoderKL(shapes_vae_config(64))
@@ -134,12 +134,12 @@ def test_pipeline_decoder_stage_exports_the_model_with_the_new_decoder(tmp_path,
     """The decoder stage reads stage III's export, applies the recipe (overridable) and writes a loadable model."""
     import functools
 
-    import harmon.train.stage0 as stage0
+    import harmon.world.stage0 as stage0
     from harmon.config import harmon_tiny
     from harmon.model import Harmon
     from harmon.pipeline import HarmonPipeline
     from harmon.tokenizer import train_tokenizer
-    from harmon.train import shapes_pipeline
+    from harmon.world import pipeline as shapes_pipeline
 
     tok = train_tokenizer(["Generate an image: a red circle"] * 4, vocab_size=300)
     model = Harmon(harmon_tiny(vocab_size=320))
@@ -164,8 +164,9 @@ def test_pipeline_decoder_stage_exports_the_model_with_the_new_decoder(tmp_path,
 
 
 def test_generic_scenes_paint_objects_in_colours_the_world_does_not_name():
-    from harmon.world.scene import render_array, sample_scene
-    from harmon.world.scoring import DetectorConfig, classify_pixels, detect_objects
+    from harmon.world.detection import DetectorConfig, classify_pixels, detect_objects
+    from harmon.world.render import render_array
+    from harmon.world.sampling import sample_scene
 
     world = WorldConfig()
     plain = render_batch(range(6), 4, world)

@@ -17,11 +17,13 @@ from helpers import tiny_model, tiny_tokenizer
 from harmon.data import ProceduralSource, Task
 from harmon.pipeline import HarmonPipeline
 from harmon.train.config import OptimConfig, SourceConfig, TrainConfig, apply_overrides
+from harmon.train.formats import FORMAT_INFO, FORMATS, format_options, register_format
 from harmon.train.optim import build_optimizer, build_scheduler, lr_factor, select_trainable
-from harmon.train.recipes import RECIPES, toy
-from harmon.train.shapes_recipes import RECIPES as SHAPES_RECIPES
-from harmon.train.sources import FORMAT_INFO, FORMATS, build_dataset, format_options, register_format
+from harmon.train.recipes import RECIPES
+from harmon.train.sources import build_dataset
 from harmon.train.trainer import Trainer
+from harmon.world.recipes import RECIPES as SHAPES_RECIPES
+from harmon.world.recipes import toy
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -146,7 +147,7 @@ def harmon_1_5b() -> HarmonConfig:
 
 
 def harmon_tiny(vocab_size: int = 512) -> HarmonConfig:
-    """A few-MB Harmon for tests and the shapes world: same code paths, tiny widths, 64 px images (4x4 tokens)."""
+    """A few-MB Harmon for tests: same code paths, tiny widths, 64 px images (4x4 tokens)."""
     llm = dict(
         vocab_size=vocab_size,
         hidden_size=64,
@@ -181,55 +182,19 @@ def harmon_tiny(vocab_size: int = 512) -> HarmonConfig:
     return HarmonConfig(llm=llm, mar=mar, vae=vae, generation=gen)
 
 
-def harmon_shapes(vocab_size: int = 512) -> HarmonConfig:
-    """The shapes-world model's base: a few million parameters, 64 px images as 4x4 tokens of 16 channels.
+CONFIGS: dict[str, Callable[..., HarmonConfig]] = {"0.5b": harmon_0_5b, "1.5b": harmon_1_5b, "tiny": harmon_tiny}
+# Sizes whose LLM vocabulary is sized to a tokenizer trained with the model (``factory(vocab_size=...)``), not to
+# a released LLM's fixed vocabulary.
+TOKENIZER_SIZED: set[str] = {"tiny"}
 
-    Its recipes (``harmon.train.shapes_recipes``) train the LLM on this config, then switch the MAR to patch size 2
-    from stage I on (2x2 tokens of 64 dims): the shipped model's config records the result.
 
-    Sized so the whole recipe trains on a 2-core CPU in under two hours (~0.3 s per optimizer step).
+def register_size(name: str, factory: Callable[..., HarmonConfig], tokenizer_sized: bool = False) -> None:
+    """Add a named size to :data:`CONFIGS` (an application such as :mod:`harmon.world` registers its own).
+
+    ``tokenizer_sized``: the trainer calls ``factory(vocab_size=...)`` with the trained tokenizer's size rounded up.
     """
-    llm = dict(
-        vocab_size=vocab_size,
-        hidden_size=128,
-        intermediate_size=384,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        rope_theta=10000.0,
-        rms_norm_eps=1e-6,
-        tie_word_embeddings=True,
-        hidden_act="silu",
-        attention_dropout=0.0,
-        use_sliding_window=False,
-    )
-    mar = MARConfig(
-        encoder_dim=128,
-        encoder_depth=2,
-        encoder_heads=4,
-        decoder_dim=128,
-        decoder_depth=2,
-        decoder_heads=4,
-        buffer_size=4,
-        grid_size=4,
-        class_num=0,
-        attn_dropout=0.0,
-        proj_dropout=0.0,
-        mask_ratio_min=0.5,  # 16-token grids: train on more visible tokens than MAR-256 does
-        diffloss=DiffLossConfig(z_channels=128, width=192, depth=3),
-    )
-    from harmon.train.stage0 import shapes_vae_config
-
-    gen = GenerationDefaults(
-        image_size=64,
-        num_iter=8,
-        guidance_scale=3.0,
-        understanding_image_size=64,
-        max_new_tokens=48,
-        num_sampling_steps="50",
-    )
-    return HarmonConfig(llm=llm, mar=mar, vae=shapes_vae_config(64), generation=gen)
-
-
-CONFIGS = {"0.5b": harmon_0_5b, "1.5b": harmon_1_5b, "tiny": harmon_tiny, "shapes": harmon_shapes}
+    CONFIGS[name] = factory
+    if tokenizer_sized:
+        TOKENIZER_SIZED.add(name)
+    else:
+        TOKENIZER_SIZED.discard(name)

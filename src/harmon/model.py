@@ -19,10 +19,8 @@ from harmon import rng
 from harmon.config import HarmonConfig
 from harmon.data.tasks import SUPPORTED_TASKS, Task
 from harmon.mar import MAR, mask_by_order
+from harmon.prompts import IGNORE_INDEX, IMAGE_PLACEHOLDER
 from harmon.vae import AutoencoderKL
-
-IMAGE_PLACEHOLDER = -200  # id of an image-token slot in training sequences (the official convention)
-IGNORE_INDEX = -100  # label of tokens that are not supervised
 
 
 class _ScaleGrad(torch.autograd.Function):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+IMAGE_PLACEHOLDER = -200  # id of an image-token slot in training sequences (the official convention)
+IGNORE_INDEX = -100  # label of tokens that are not supervised
+
 CHAT_TEMPLATE = "<|im_start|>user\n{input}<|im_end|>\n<|im_start|>assistant\n"
 IM_START, IM_END, END_OF_TEXT = "<|im_start|>", "<|im_end|>", "<|endoftext|>"
 GENERATE_PREFIX = "Generate an image: "  # conditional text-to-image input, followed by the prompt

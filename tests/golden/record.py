@@ -85,10 +85,10 @@ def training_losses(output_dir: Path) -> list[float]:
     """Ten steps of the shapes world's stage II mix (text-to-image, QA, captioning) from the shipped model."""
     from harmon.shipped import shipped_model_path
     from harmon.train.config import apply_overrides
-    from harmon.train.recipes import get_recipe
     from harmon.train.trainer import Trainer
+    from harmon.world.recipes import shapes_stage2
 
-    cfg = get_recipe("shapes_stage2")
+    cfg = shapes_stage2()
     overrides = [
         f"model.pretrained={shipped_model_path()}",
         f"output_dir={output_dir}",

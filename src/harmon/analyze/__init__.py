@@ -1,1 +1,2 @@
-"""Analyses of a trained model: GradCAM++ on the shared encoder, linear probes of its features."""
+"""Analyses that work on any model: GradCAM++ and integrated gradients on the shared encoder, concept probes
+(the shapes world's own analyses live in :mod:`harmon.world.analyses`)."""

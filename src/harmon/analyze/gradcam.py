@@ -10,33 +10,23 @@ The score S is one of two:
   * a :class:`ConceptProbe`: logistic regression of "the concept is in the image" on the mean-pooled encoder output,
     fitted on labelled images with the whole model frozen. This is the setting of the paper's preliminary study of
     the MAR encoder (linear probes on its frozen features, and the features' response to visual concepts); the map
-    shows which tokens carry the concept in the encoder's own features. On the shapes world the probe's training
-    images are drawn from the world (:meth:`ConceptProbe.for_world`); otherwise the caller gives images with and
-    without the concept (:meth:`ConceptProbe.fit`).
+    shows which tokens carry the concept in the encoder's own features. The caller gives images with and without
+    the concept (:meth:`ConceptProbe.fit`); the shapes world draws and labels them itself
+    (:func:`harmon.world.analyses.localisation.world_probe`).
   * the LLM's answer: the log-odds of "Yes" over "No" at the first answer position of "Is there a <concept> in the
     image?", i.e. which tokens drive what the model says.
 
-:func:`localisation` measures how much of a map's heat falls inside the boxes of the asked objects over random
-shapes-world scenes (``harmon analyze localisation``). On the shipped model the probe's GradCAM++ puts about twice the
-boxes' share of the image inside them; the answer's GradCAM++ stays near that share, though the model answers those
-questions right and integrated gradients of the same answer localise (over 2.5x). The encoder keeps its rows local
-(:func:`encoder_locality`: each output row depends on its own input token several times more than on any other), so
-mixing is not the cause. GradCAM++ pools one weight per channel from the answer's gradient, and on this model those
-weights do not pick out the asked object's row; a probe's gradient is the same for every row, so its map is each
-row's own evidence for the concept.
-
 :func:`integrated_gradients` answers the same question at the encoder's INPUT, the VAE latent tokens: it integrates
 the score's gradient along the straight path from a plain-background image's tokens to the image's own (Sundararajan
-et al., 2017) and keeps each token's positive share.
+et al., 2017) and keeps each token's positive share. :func:`heat_inside` measures how much of a map's heat falls in
+given boxes (:mod:`harmon.world.analyses.localisation` uses it over random shapes-world scenes).
 """
 
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -184,51 +174,6 @@ class ConceptProbe:
         accuracy = float((((x[test] @ w + b) > 0).float() == y[test]).float().mean()) if n_test else None
         return cls(concept, w, b, mean, std, size, accuracy, len(train))
 
-    @classmethod
-    def for_world(
-        cls, pipe: HarmonPipeline, concept: str, scenes: int = 2000, seed: int = 1, world: Any = None
-    ) -> ConceptProbe:
-        """Fit on ``scenes`` random shapes-world scenes (seed ``seed``) labelled exactly by
-        :func:`world_concept_labels`; a quarter is held out for the accuracy."""
-        from harmon.world import WorldConfig, render, sample_scene
-
-        size = pipe.config.generation.understanding_image_size
-        world = world or WorldConfig(image_size=size)
-        g = torch.Generator().manual_seed(seed)
-        drawn = [sample_scene(g, world) for _ in range(scenes)]
-        labels = world_concept_labels(concept, drawn, world)
-        return cls.fit(
-            pipe,
-            [render(s, world) for s in drawn],
-            labels,
-            concept,
-            image_size=size,
-            generator=torch.Generator().manual_seed(seed),
-        )
-
-
-def world_concept_labels(concept: str, scenes: Sequence[Any], world: Any) -> list[bool]:
-    """Whether each shapes-world scene holds an object matching ``concept``: a shape, a colour or both
-    ("circle", "circles", "red", "red circle")."""
-    shapes, colors, unknown = [], [], []
-    for word in concept.lower().split():
-        if word in world.shapes or (word.endswith("s") and word[:-1] in world.shapes):
-            shapes.append(word if word in world.shapes else word[:-1])
-        elif word in world.color_names:
-            colors.append(word)
-        else:
-            unknown.append(word)
-    if unknown or not (shapes or colors) or len(shapes) > 1 or len(colors) > 1:
-        raise ValueError(
-            f"{concept!r} is not a shapes-world concept: give a shape ({', '.join(world.shapes)}), a "
-            f"colour ({', '.join(world.color_names)}) or a colour and a shape"
-        )
-    shape, color = (shapes or [None])[0], (colors or [None])[0]
-    return [
-        any((shape is None or o.shape == shape) and (color is None or o.color == color) for o in s.objects)
-        for s in scenes
-    ]
-
 
 @torch.no_grad()
 def _pooled_encoder_features(
@@ -237,7 +182,7 @@ def _pooled_encoder_features(
     """(N, D) mean over the image-token rows of the MAR encoder output, all tokens visible."""
     nb, out = pipe.model.buffer_size, []
     for i in range(0, len(images), batch_size):
-        rows = _encoder_output(pipe, _image_tokens(pipe, images[i : i + batch_size], size), size)[:, nb:]
+        rows = encoder_output(pipe, image_tokens(pipe, images[i : i + batch_size], size), size)[:, nb:]
         out.append(rows.float().mean(dim=1).cpu())
     return torch.cat(out)
 
@@ -249,7 +194,7 @@ def _score_fn(
     nb = pipe.model.buffer_size
     if probe is None:
         q = question or f"Is there a {concept} in the image?"
-        return lambda x_enc: _yes_no_score(pipe, q, x_enc)
+        return lambda x_enc: yes_no_score(pipe, q, x_enc)
     if question is not None:
         raise ValueError("a question is asked of the LLM; a probe's score has none (drop one of them)")
     if probe.concept.strip().lower() != concept.strip().lower():
@@ -284,10 +229,10 @@ def gradcam_plus_plus(
     if isinstance(image, (str, Path)):
         image = load_image(image)
     score = _score_fn(pipe, concept, question, probe, size)
-    tokens = _image_tokens(pipe, [image], size)  # (1, L, C)
+    tokens = image_tokens(pipe, [image], size)  # (1, L, C)
     nb = model.buffer_size
     with torch.enable_grad():
-        x_enc = _encoder_output(pipe, tokens, size)  # (1, 64+L, D)
+        x_enc = encoder_output(pipe, tokens, size)  # (1, 64+L, D)
         x_enc.retain_grad()
         score(x_enc).backward()
     acts = x_enc.detach()[0, nb:].float()  # (L, D) image-token activations
@@ -343,12 +288,12 @@ def token_attributions(
         raise ValueError(f"steps must be >= 1, got {steps}")
     size = image_size or pipe.config.generation.understanding_image_size
     explained = _score_fn(pipe, concept, question, probe, size)
-    tokens = _image_tokens(pipe, [image], size).float()  # (1, L, C)
+    tokens = image_tokens(pipe, [image], size).float()  # (1, L, C)
     plain = Image.new("RGB", image.size, tuple(int(v) for v in baseline_color))
-    base = _image_tokens(pipe, [plain], size).float()
+    base = image_tokens(pipe, [plain], size).float()
 
     def score(x: torch.Tensor) -> torch.Tensor:
-        return explained(_encoder_output(pipe, x, size))
+        return explained(encoder_output(pipe, x, size))
 
     total = torch.zeros_like(tokens)
     for k in range(steps):
@@ -370,18 +315,18 @@ def _all_visible(tokens: torch.Tensor) -> torch.Tensor:
     return torch.zeros(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
 
 
-def _image_tokens(pipe: HarmonPipeline, images: Sequence[Image.Image | str | Path], size: int) -> torch.Tensor:
+def image_tokens(pipe: HarmonPipeline, images: Sequence[Image.Image | str | Path], size: int) -> torch.Tensor:
     """Images (PIL or paths) prepared as for understanding -> latent tokens (B, L, C) (no grad: the VAE is fixed)."""
     px = torch.cat([prepare_for_understanding(im, size) for im in images]).to(pipe.device)
     return pipe.model.encode_images(px)
 
 
-def _encoder_output(pipe: HarmonPipeline, tokens: torch.Tensor, size: int) -> torch.Tensor:
+def encoder_output(pipe: HarmonPipeline, tokens: torch.Tensor, size: int) -> torch.Tensor:
     """The MAR encoder over ``tokens`` with all of them visible, as in understanding: (B, buffers + L, D)."""
     return pipe.model.mar.forward_encoder(tokens, _all_visible(tokens), pipe.model.grid_for(size))
 
 
-def _yes_no_score(pipe: HarmonPipeline, question: str, x_enc: torch.Tensor) -> torch.Tensor:
+def yes_no_score(pipe: HarmonPipeline, question: str, x_enc: torch.Tensor) -> torch.Tensor:
     """Log-odds of "Yes" over "No" at the first answer position, from the MAR encoder output (buffers first)."""
     embeds = pipe.prompt_embeddings(question, pipe.model.visual_to_llm(x_enc))  # what describe() feeds the LLM
     logits = pipe.model.llm(inputs_embeds=embeds).logits[0, -1].float()
@@ -430,163 +375,8 @@ def heat_inside(cam: np.ndarray, boxes: list[tuple[int, int, int, int]]) -> floa
     return float(cam[inside].sum()) / total if total > 0 else 0.0
 
 
-def localisation(
-    pipe: HarmonPipeline,
-    method: str = "gradcam++",
-    target: str = "probe",
-    scenes: int = 30,
-    seed: int = 0,
-    probe_scenes: int = 2000,
-    probe_seed: int = 1,
-    probes: dict[str, ConceptProbe] | None = None,
-) -> dict[str, Any]:
-    """How much heat a map puts on the asked shape, over ``scenes`` random shapes-world scenes (seed ``seed``).
-
-    For every (scene, shape present) case the concept is the bare shape ("circle"), and the share of the map's heat
-    inside the boxes of that shape's objects is set beside the boxes' share of the image (what a flat map scores).
-    ``method``: "gradcam++" or "integrated-gradients"; ``target``: "probe" (a :class:`ConceptProbe` per shape, fitted
-    on ``probe_scenes`` scenes of seed ``probe_seed``, or taken from ``probes``) or "answer" (the LLM's "Yes"/"No" to
-    "Is there a <shape> in the image?"). Returns the means, their ratio, the share of cases above their boxes' share,
-    the probes' held-out accuracies and, for "answer", how often the model's answer was "Yes" (every asked shape is
-    present, so that is its accuracy on these questions).
-    """
-    from harmon.world import WorldConfig, render, sample_scene
-
-    if method not in ("gradcam++", "integrated-gradients"):
-        raise ValueError(f"method must be 'gradcam++' or 'integrated-gradients', got {method!r}")
-    if target not in ("probe", "answer"):
-        raise ValueError(f"target must be 'probe' or 'answer', got {target!r}")
-    t0 = time.perf_counter()
-    size = pipe.config.generation.understanding_image_size
-    world = WorldConfig(image_size=size)
-    probes = dict(probes or {})
-    if target == "probe":
-        for shape in world.shapes:
-            if shape not in probes:
-                probes[shape] = ConceptProbe.for_world(pipe, shape, scenes=probe_scenes, seed=probe_seed, world=world)
-    explain = gradcam_plus_plus if method == "gradcam++" else integrated_gradients
-    g = torch.Generator().manual_seed(seed)
-    inside, chance, said_yes, asked = [], [], [], []
-    for _ in range(scenes):
-        scene = sample_scene(g, world)
-        image = render(scene, world)
-        for shape in sorted({o.shape for o in scene.objects}):
-            boxes = [o.bbox for o in scene.objects if o.shape == shape]
-            probe = probes[shape] if target == "probe" else None
-            inside.append(heat_inside(explain(pipe, image, shape, probe=probe), boxes))
-            chance.append(sum((x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in boxes) / float(size * size))
-            asked.append(shape)
-            if target == "answer":
-                said_yes.append(_answer_log_odds(pipe, image, f"Is there a {shape} in the image?") > 0)
-    result: dict[str, Any] = {
-        "method": method,
-        "target": target,
-        "scenes": scenes,
-        "seed": seed,
-        "cases": len(inside),
-        "heat_inside": float(np.mean(inside)),
-        "boxes_share": float(np.mean(chance)),
-        "above_share": float(np.mean(np.asarray(inside) > np.asarray(chance))),
-        "seconds": round(time.perf_counter() - t0, 1),
-    }
-    result["ratio"] = result["heat_inside"] / result["boxes_share"]
-    result["by_shape"] = {
-        shape: {
-            "cases": sum(a == shape for a in asked),
-            "heat_inside": float(np.mean([h for h, a in zip(inside, asked) if a == shape])),
-            "boxes_share": float(np.mean([c for c, a in zip(chance, asked) if a == shape])),
-        }
-        for shape in sorted(set(asked))
-    }
-    if target == "probe":
-        result["probe_accuracy"] = {k: v.accuracy for k, v in sorted(probes.items())}
-        result["probe_scenes"], result["probe_seed"] = probe_scenes, probe_seed
-    else:
-        result["answered_yes"] = float(np.mean(said_yes))
-    return result
-
-
 @torch.no_grad()
-def _answer_log_odds(pipe: HarmonPipeline, image: Image.Image, question: str) -> float:
+def answer_log_odds(pipe: HarmonPipeline, image: Image.Image, question: str) -> float:
+    """The LLM's log-odds of "Yes" over "No" as the first answer to ``question`` about ``image``."""
     size = pipe.config.generation.understanding_image_size
-    return float(_yes_no_score(pipe, question, _encoder_output(pipe, _image_tokens(pipe, [image], size), size)))
-
-
-def encoder_locality(pipe: HarmonPipeline, scenes: int = 20, seed: int = 0) -> dict[str, Any]:
-    """How local the MAR encoder's output rows stay (all tokens visible), over random shapes-world scenes.
-
-    ``jacobian`` (L, L): the mean Frobenius norm of d(output row i) / d(input token j); ``own_vs_other``: the mean
-    diagonal entry over the mean off-diagonal one (1 would mean a row depends on any token as much as on its own).
-    """
-    from harmon.world import WorldConfig, render, sample_scene
-
-    size = pipe.config.generation.understanding_image_size
-    nb = pipe.model.buffer_size
-    world = WorldConfig(image_size=size)
-    g = torch.Generator().manual_seed(seed)
-    total = None
-    for _ in range(scenes):
-        image = render(sample_scene(g, world), world)
-        tokens = _image_tokens(pipe, [image], size).float()
-
-        def rows(t: torch.Tensor) -> torch.Tensor:
-            return _encoder_output(pipe, t, size)[0, nb:].float()
-
-        jac = torch.autograd.functional.jacobian(rows, tokens)[:, :, 0]  # (L, D, L, C)
-        norms = jac.pow(2).sum(dim=(1, 3)).sqrt().cpu()
-        total = norms if total is None else total + norms
-    mean = total / scenes
-    n = mean.shape[0]
-    off = (mean.sum() - mean.diagonal().sum()) / max(n * n - n, 1)
-    return {
-        "jacobian": mean.tolist(),
-        "own_vs_other": float(mean.diagonal().mean() / off) if n > 1 else float("inf"),
-        "scenes": scenes,
-        "seed": seed,
-    }
-
-
-def format_localisation_table(rows: list[dict[str, Any]]) -> str:
-    """Markdown table of :func:`localisation` results."""
-    lines = [
-        "| method | explains | heat inside | x boxes' share | cases above it | by shape |",
-        "|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        shapes = ", ".join(f"{k} {v['heat_inside']:.2f}" for k, v in r["by_shape"].items())
-        explains = "concept probe" if r["target"] == "probe" else "LLM answer"
-        lines.append(
-            f"| {r['method']} | {explains} | {r['heat_inside']:.3f} | {r['ratio']:.2f} | "
-            f"{r['above_share']:.0%} | {shapes} |"
-        )
-    return "\n".join(lines)
-
-
-def demo_scene(size: int = 64) -> tuple[list[Any], Image.Image]:
-    """A fixed test scene: red and blue circles on one diagonal, a green square and an orange triangle on the other
-    (one object per grid cell). Returns (objects, rendered image)."""
-    from harmon.world import WorldConfig, WorldObject, render
-    from harmon.world.scene import Scene
-
-    k = size / 64
-    boxes = {"red": (3, 3, 29, 29), "blue": (35, 35, 61, 61), "green": (36, 4, 60, 28), "orange": (4, 36, 28, 60)}
-    shapes = {"red": "circle", "blue": "circle", "green": "square", "orange": "triangle"}
-    objects = [WorldObject(shapes[c], c, tuple(round(v * k) for v in b)) for c, b in boxes.items()]
-    return objects, render(Scene(objects=tuple(objects), image_size=size), WorldConfig(image_size=size))
-
-
-def demo_figure(pipe: HarmonPipeline, probes: dict[str, ConceptProbe], scale: int = 3) -> Image.Image:
-    """The demo scene, then one GradCAM++ overlay per shape: the concept probe's (top row) and the LLM answer's
-    (bottom row)."""
-    size = pipe.config.generation.understanding_image_size
-    _, image = demo_scene(size)
-    tiles = [
-        [image] + [overlay(image, gradcam_plus_plus(pipe, image, s, probe=probes[s])) for s in probes],
-        [image] + [overlay(image, gradcam_plus_plus(pipe, image, s)) for s in probes],
-    ]
-    side, gap = size * scale, 4
-    sheet = Image.new("RGB", (len(tiles[0]) * (side + gap) - gap, 2 * (side + gap) - gap), (255, 255, 255))
-    for r, row in enumerate(tiles):
-        for c, tile in enumerate(row):
-            sheet.paste(tile.resize((side, side), Image.Resampling.NEAREST), (c * (side + gap), r * (side + gap)))
-    return sheet
+    return float(yes_no_score(pipe, question, encoder_output(pipe, image_tokens(pipe, [image], size), size)))

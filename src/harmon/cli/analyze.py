@@ -75,8 +75,10 @@ def _fit_concept_probe(pipe, args: argparse.Namespace):
             images += files
             labels += [label] * len(files)
         return ConceptProbe.fit(pipe, images, labels, args.concept, generator=seeded(args.seed))
+    from harmon.world.analyses.localisation import world_probe
+
     try:
-        return ConceptProbe.for_world(pipe, args.concept, scenes=args.probe_scenes, seed=args.seed)
+        return world_probe(pipe, args.concept, scenes=args.probe_scenes, seed=args.seed)
     except ValueError as err:
         raise SystemExit(
             f"error: {err}. For other concepts give --positives DIR --negatives DIR (images with and "
@@ -88,15 +90,15 @@ def _world_probes(pipe, args: argparse.Namespace) -> dict:
     """One concept probe per shape of the world, when the localisation scores the probe target."""
     if "probe" not in args.targets:
         return {}
-    from harmon.analyze.gradcam import ConceptProbe
     from harmon.world import WorldConfig
+    from harmon.world.analyses.localisation import world_probe
 
     shapes = WorldConfig(image_size=pipe.config.generation.understanding_image_size).shapes
-    return {s: ConceptProbe.for_world(pipe, s, scenes=args.probe_scenes, seed=args.probe_seed) for s in shapes}
+    return {s: world_probe(pipe, s, scenes=args.probe_scenes, seed=args.probe_seed) for s in shapes}
 
 
 def _print_localisation(args: argparse.Namespace, rows: list[dict], probes: dict) -> None:
-    from harmon.analyze.gradcam import format_localisation_table
+    from harmon.world.analyses.localisation import format_localisation_table
 
     print(
         f"heat inside the asked shape's boxes, {args.scenes} scenes (seed {args.seed}), {rows[0]['cases']} cases; "
@@ -118,7 +120,7 @@ def _print_localisation(args: argparse.Namespace, rows: list[dict], probes: dict
 
 
 def cmd_localisation(args: argparse.Namespace) -> int:
-    from harmon.analyze.gradcam import demo_figure, encoder_locality, localisation
+    from harmon.world.analyses.localisation import demo_figure, encoder_locality, localisation
 
     t0 = time.perf_counter()
     pipe = load_pipeline(args)
@@ -150,7 +152,7 @@ def cmd_localisation(args: argparse.Namespace) -> int:
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
-    from harmon.analyze.probe import format_probe_table, run_probes
+    from harmon.world.analyses.probe import format_probe_table, run_probes
 
     pipe = load_pipeline(args)
     result = run_probes(pipe, n_train=args.train, n_test=args.test, seeds=tuple(range(args.seeds)))
@@ -166,7 +168,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 
 def cmd_synergy(args: argparse.Namespace) -> int:
-    from harmon.analyze.synergy import format_synergy_table, run_synergy
+    from harmon.world.analyses.synergy import format_synergy_table, run_synergy
 
     study = run_synergy(
         args.base,
@@ -191,7 +193,7 @@ def cmd_synergy(args: argparse.Namespace) -> int:
 
 
 def cmd_context(args: argparse.Namespace) -> int:
-    from harmon.analyze.context import context_curve
+    from harmon.world.analyses.context import context_curve
 
     c = context_curve(load_pipeline(args), n_images=args.images, repeats=args.repeats)
     print("| visible tokens | " + " | ".join(str(v) for v in c["visible"]) + " |")
@@ -202,7 +204,12 @@ def cmd_context(args: argparse.Namespace) -> int:
 
 
 def cmd_words(args: argparse.Namespace) -> int:
-    from harmon.analyze.words import colour_latent_distances, format_distance_table, format_word_table, word_binding
+    from harmon.world.analyses.words import (
+        colour_latent_distances,
+        format_distance_table,
+        format_word_table,
+        word_binding,
+    )
 
     pipe = load_pipeline(args)
     result = word_binding(pipe, attribute=args.attribute, n_scenes=args.scenes, repeats=args.repeats, seed=args.seed)
@@ -216,7 +223,7 @@ def cmd_words(args: argparse.Namespace) -> int:
 
 
 def cmd_drawn(args: argparse.Namespace) -> int:
-    from harmon.analyze.words import drawn_attributes, format_drawn_table
+    from harmon.world.analyses.words import drawn_attributes, format_drawn_table
 
     result = drawn_attributes(
         load_pipeline(args),
@@ -232,7 +239,7 @@ def cmd_drawn(args: argparse.Namespace) -> int:
 
 
 def cmd_codec(args: argparse.Namespace) -> int:
-    from harmon.analyze.codec import StandaloneVAE, codec_round_trip, format_codec_table
+    from harmon.world.analyses.codec import StandaloneVAE, codec_round_trip, format_codec_table
 
     source = StandaloneVAE(args.stage0_vae) if args.stage0_vae else load_pipeline(args)
     result = codec_round_trip(source, scenes=args.scenes, seed=args.seed)

@@ -18,8 +18,8 @@ SHIPPED_GENEVAL_PROMPTS = Path(__file__).parent.parent / "assets" / "eval" / "sh
 
 
 def cmd_shapes(args: argparse.Namespace) -> int:
-    from harmon.eval.shapes import evaluate_shapes
     from harmon.world import format_tables
+    from harmon.world.evaluate import evaluate_shapes
 
     pipe = load_pipeline(args)
     result = evaluate_shapes(
@@ -51,8 +51,9 @@ def cmd_shapes(args: argparse.Namespace) -> int:
 
 def cmd_geneval(args: argparse.Namespace) -> int:
     from harmon.eval.common import rank_and_world
-    from harmon.eval.geneval import generate_geneval, read_prompts, score_shapes
+    from harmon.eval.geneval import generate_geneval, read_prompts
     from harmon.world import format_tables
+    from harmon.world.evaluate import score_shapes
 
     rank, world = rank_and_world()
     prompts = read_prompts(args.prompts, limit=args.limit)
@@ -122,15 +123,8 @@ def run_answer_suite(args: argparse.Namespace, suite: AnswerSuite) -> int:
 
 
 def cmd_pope(args: argparse.Namespace) -> int:
-    from harmon.eval.pope import (
-        SHAPES_POPE,
-        answer_pope,
-        format_pope,
-        read_pope,
-        score_pope,
-        shipped_question_files,
-        write_pope_answers,
-    )
+    from harmon.eval.pope import answer_pope, format_pope, read_pope, score_pope, write_pope_answers
+    from harmon.world.assets import SHAPES_POPE, shipped_question_files
 
     def read(args: argparse.Namespace) -> list:
         files = args.questions or shipped_question_files()
@@ -151,7 +145,8 @@ def cmd_pope(args: argparse.Namespace) -> int:
 
 
 def cmd_mme(args: argparse.Namespace) -> int:
-    from harmon.eval.mme import SHAPES_MME, answer_mme, format_mme, read_mme, score_mme, write_mme_answers
+    from harmon.eval.mme import answer_mme, format_mme, read_mme, score_mme, write_mme_answers
+    from harmon.world.assets import SHAPES_MME
 
     return run_answer_suite(
         args,
@@ -167,15 +162,8 @@ def cmd_mme(args: argparse.Namespace) -> int:
 
 
 def cmd_mc(args: argparse.Namespace) -> int:
-    from harmon.eval.multiple_choice import (
-        SHAPES_MC,
-        answer_mc,
-        expand,
-        format_mc,
-        read_mc,
-        score_mc,
-        write_mc_answers,
-    )
+    from harmon.eval.multiple_choice import answer_mc, expand, format_mc, read_mc, score_mc, write_mc_answers
+    from harmon.world.assets import SHAPES_MC
 
     def read(args: argparse.Namespace) -> list:
         return expand(read_mc(args.data or SHAPES_MC, args.images, limit=args.limit), circular=args.circular)

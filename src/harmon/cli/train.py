@@ -10,14 +10,20 @@ from pathlib import Path
 
 
 def find_recipe(name: str):
-    """The ``TrainConfig`` of the recipe called ``name``; the one place the CLI looks recipes up."""
-    from harmon.train.recipes import get_recipe
+    """The ``TrainConfig`` of the recipe called ``name``: a generic recipe or one of the shapes world's; the one
+    place the CLI looks recipes up."""
+    from harmon.train.recipes import RECIPES
+    from harmon.world.recipes import RECIPES as WORLD_RECIPES
 
-    return get_recipe(name)
+    table = {**RECIPES, **WORLD_RECIPES}
+    if name not in table:
+        raise ValueError(f"unknown recipe {name!r}; known: {', '.join(sorted(table))}")
+    return table[name]()
 
 
 def resolve_config(args: argparse.Namespace):
     """The run's ``TrainConfig``: the recipe or config file, with the --set overrides applied, validated."""
+    import harmon.world  # noqa: F401  (registers the world's size, data format and eval for saved configs too)
     from harmon.train.config import TrainConfig, apply_overrides
 
     base = find_recipe(args.recipe) if args.recipe else TrainConfig.from_dict(json.loads(Path(args.config).read_text()))

@@ -29,8 +29,16 @@ from harmon.data.records import (
     normalise_conversation,
 )
 from harmon.images import expand_to_square, load_image, pil_to_tensor, to_rgb
-from harmon.model import IGNORE_INDEX, IMAGE_PLACEHOLDER
-from harmon.prompts import CHAT_TEMPLATE, GENERATE_PREFIX, IM_END, IM_START, UNCONDITIONAL_PROMPT, chat
+from harmon.prompts import (
+    CHAT_TEMPLATE,
+    GENERATE_PREFIX,
+    IGNORE_INDEX,
+    IM_END,
+    IM_START,
+    IMAGE_PLACEHOLDER,
+    UNCONDITIONAL_PROMPT,
+    chat,
+)
 
 _READ_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 

@@ -7,7 +7,6 @@
 * atomic writes (temp file + rename): an interrupted run never leaves a truncated file under its final name.
   Temp files are hidden (``.<name>.<random>.tmp``, :mod:`harmon.atomic`) so that no reader's pattern (GenEval's
   ``\\d+\\.png``) takes one for a result;
-* POPE's binary metrics with "yes" as the positive class (from :mod:`harmon.world.scoring`);
 * the rank and world size of a torchrun launch, read from the environment (no process group needed).
 """
 
@@ -29,9 +28,7 @@ from typing import Any
 from PIL import Image, UnidentifiedImageError
 
 from harmon.atomic import write_bytes_atomic, write_text_atomic
-from harmon.world.scoring import _binary_metrics, _table
 
-ASSETS_DIR = Path(__file__).resolve().parents[1] / "assets" / "eval"  # the shipped shapes-world files
 Record = dict[str, Any]
 
 
@@ -240,34 +237,6 @@ def write_jsonl_atomic(path: str | Path, records: Iterable[Record]) -> Path:
     return write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
-# ---- metrics and tables -------------------------------------------------------------------------------------
-
-
-def binary_metrics(gold: Sequence[str], pred: Sequence[str]) -> dict[str, float]:
-    """POPE's metrics with "yes" as the positive class: accuracy, precision, recall, F1, yes-ratio and count.
-
-    ``gold`` holds "yes"/"no"; ``pred`` may also hold anything else (e.g. MME's "other"), which counts as wrong
-    and as neither a yes nor a no. Precision (recall) is 0 when nothing is predicted (labelled) "yes".
-    """
-    if len(gold) != len(pred):
-        raise ValueError(f"got {len(gold)} labels but {len(pred)} predictions")
-    if not gold:
-        raise ValueError("no questions to score")
-    bad = sorted({g for g in gold if g not in ("yes", "no")})
-    if bad:
-        raise ValueError(f"gold labels must be 'yes' or 'no', got {bad}")
-    return _binary_metrics(list(gold), list(pred))
-
-
-def table(header: list[str], rows: list[list[str]]) -> str:
-    """A Markdown table (the same look as :func:`harmon.world.format_tables`)."""
-    return _table(header, rows)
-
-
-def pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.1f}"
-
-
 # ---- distributed launch -------------------------------------------------------------------------------------
 
 
@@ -299,12 +268,3 @@ def answer_all(
         if (n + 1) % 100 == 0:
             log.info("%s: %d/%d answered", label, n + 1, len(items))
     return answers
-
-
-def draw_until(draw: Callable[[], Any], what: str, tries: int = 100) -> Any:
-    """The first non-None result of ``draw()`` within ``tries`` calls (a scene that admits the question)."""
-    for _ in range(tries):
-        got = draw()
-        if got is not None:
-            return got
-    raise RuntimeError(f"no scene in {tries} draws admits a {what} question")

@@ -3,7 +3,7 @@
 Input: GenEval's ``evaluation_metadata.jsonl``, one JSON object per line with at least ``"prompt"`` (GenEval's
 objects also carry ``tag``, ``include`` and, for counting, ``exclude``; ``--score shapes`` needs ``tag``). Prompt
 ``i`` is line ``i`` (0-based, blank lines skipped). The shapes world ships its own file,
-``harmon/assets/eval/shapes_geneval_metadata.jsonl`` (:func:`write_shapes_metadata`).
+``harmon/assets/eval/shapes_geneval_metadata.jsonl`` (:func:`harmon.world.assets.write_shapes_metadata`).
 
 Output (``--outdir DIR``)::
 
@@ -12,7 +12,7 @@ Output (``--outdir DIR``)::
     DIR/00000/samples/00000.png         sample k of prompt 0, k < N (-n, default 4)
     DIR/00000/grid.png                  the N samples side by side (skipped with --no-grid)
     DIR/00001/...
-    DIR/results.json, DIR/results.jsonl written by --score shapes (see below)
+    DIR/results.json, DIR/results.jsonl written by --score shapes (:func:`harmon.world.evaluate.score_shapes`)
 
 GenEval's evaluator takes every all-digit folder, ``json.load``s its ``metadata.jsonl`` and scores every file of
 ``samples/`` whose name matches ``\\d+\\.png`` (``re.match``, anchored at the start only); so temp files are
@@ -25,13 +25,6 @@ under a final name (stray temp files of an owned prompt are removed when it is r
 from ``torch.Generator().manual_seed(derive_seed(seed, "geneval", i))``, so its images do not depend on the
 world size, on resumption or on ``--limit``. A prompt with some samples missing is generated again whole (its
 N images share one generator) and only the missing files are written.
-
-Scoring (``--score shapes``): every image is judged with the shapes world's exact scorer
-(:func:`harmon.world.detect_objects` + GenEval's rules in :func:`harmon.world.judge_prompt`); accuracy per tag,
-overall = mean of the tag accuracies (GenEval's summary). ``results.jsonl`` holds one row per image in the
-columns of GenEval's ``evaluate_images.py`` (filename, tag, prompt, correct, reason, metadata), so its
-``summary_scores.py`` reads it too; ``results.json`` holds the tables. Scoring needs every prompt complete, so a
-multi-process run skips it: rerun once in one process with ``--score shapes`` (nothing is regenerated).
 """
 
 from __future__ import annotations
@@ -51,13 +44,11 @@ from PIL import Image
 from harmon.atomic import is_temp
 from harmon.data.records import derive_seed
 from harmon.eval.common import (
-    ASSETS_DIR,
     FormatError,
     field,
     read_jsonl,
     save_image_atomic,
     where,
-    write_jsonl_atomic,
     write_text_atomic,
 )
 from harmon.images import load_image
@@ -66,7 +57,6 @@ from harmon.prompts import CHAT_TEMPLATE, GENERATE_PREFIX, UNCONDITIONAL_PROMPT
 
 logger = logging.getLogger(__name__)
 
-SHAPES_METADATA = ASSETS_DIR / "shapes_geneval_metadata.jsonl"
 CONFIG_FILE = "generation_config.json"
 SETTINGS = ("image_size", "num_iter", "guidance_scale", "cfg_schedule", "temperature", "num_sampling_steps")
 # keys of generation_config.json that must agree for a resume to continue a run: another model or other settings
@@ -99,17 +89,6 @@ def read_prompts(path: str | Path, limit: int | None = None) -> list[dict[str, A
     if not prompts:
         raise FormatError(f"{path}: no prompts")
     return prompts
-
-
-def write_shapes_metadata(path: str | Path = SHAPES_METADATA, n: int = 120, seed: int = 0, config=None) -> Path:
-    """Write ``n`` shapes-world prompts in GenEval's format (balanced over the six tags, fixed ``seed``).
-
-    The shipped file is ``write_shapes_metadata()`` with the defaults.
-    """
-    from harmon.world import sample_eval_prompts
-
-    prompts = sample_eval_prompts(n, torch.Generator().manual_seed(seed), config)
-    return write_jsonl_atomic(path, prompts)
 
 
 # ---- generation ---------------------------------------------------------------------------------------------
@@ -198,6 +177,13 @@ def _check_metadata(folder: Path, prompt: dict[str, Any]) -> None:
             )
 
 
+def _remove_temp_files(folder: Path) -> None:
+    """Delete the temp files an interrupted write left in a prompt's folder (it is redone whole)."""
+    for stray in [*folder.glob(".*.tmp"), *(folder / "samples").glob(".*.tmp")]:
+        if is_temp(stray):
+            stray.unlink(missing_ok=True)
+
+
 def generate_geneval(
     pipe: HarmonPipeline,
     prompts: list[dict[str, Any]],
@@ -241,9 +227,7 @@ def generate_geneval(
         if is_complete(outdir, i, n_samples):
             skipped.append(i)
             continue
-        for stray in [*folder.glob(".*.tmp"), *(folder / "samples").glob(".*.tmp")]:
-            if is_temp(stray):
-                stray.unlink(missing_ok=True)
+        _remove_temp_files(folder)
         if not (folder / "metadata.jsonl").is_file():
             write_text_atomic(folder / "metadata.jsonl", json.dumps(prompts[i]) + "\n")
         generator = torch.Generator().manual_seed(derive_seed(seed, "geneval", i))
@@ -284,7 +268,7 @@ def read_outputs(outdir: str | Path) -> list[tuple[Path, dict[str, Any], list[Pa
     return out
 
 
-class _LazyImages(Sequence):
+class LazyImages(Sequence):
     """Images read from ``paths`` when indexed, so scoring thousands of samples holds one at a time."""
 
     def __init__(self, paths: list[Path]) -> None:
@@ -297,49 +281,3 @@ class _LazyImages(Sequence):
         if isinstance(i, slice):
             return [load_image(p).convert("RGB") for p in self.paths[i]]
         return load_image(self.paths[i]).convert("RGB")
-
-
-def score_shapes(outdir: str | Path, n_samples: int | None = None, world=None) -> dict[str, Any]:
-    """Score every sample under ``outdir`` with the shapes world's exact scorer; writes results.json(l).
-
-    Args:
-        n_samples: when given, every prompt folder must hold at least this many samples.
-        world: a :class:`harmon.world.WorldConfig`; default the standard world at the images' size.
-    Returns:
-        :func:`harmon.world.score_generation`'s dict (one entry per image) plus ``n_prompts``, ``n_images``.
-    """
-    from harmon.world import WorldConfig, detect_objects, explain_prompt, score_generation
-
-    outdir = Path(outdir)
-    entries = read_outputs(outdir)
-    if not entries:
-        raise ValueError(f"{outdir}: no prompt folders (all-digit names) to score")
-    metas, paths = [], []
-    for folder, meta, files in entries:
-        if "tag" not in meta:
-            raise FormatError(f"{folder / 'metadata.jsonl'}: no 'tag'; scoring needs GenEval metadata")
-        if n_samples is not None and len(files) < n_samples:
-            raise ValueError(f"{folder}: {len(files)} of {n_samples} samples; finish the generation first")
-        metas += [meta] * len(files)
-        paths += files
-    images = _LazyImages(paths)  # one image in memory at a time
-    world = world or WorldConfig(image_size=images[0].width)
-    result = score_generation(metas, images, world)
-    rows = []
-    for meta, path, ok in zip(metas, paths, result["correct"]):
-        reason = "" if ok else "\n".join(explain_prompt(meta, detect_objects(load_image(path), world))[1])
-        rows.append(
-            {
-                "filename": str(path.relative_to(outdir)),
-                "tag": meta["tag"],
-                "prompt": meta["prompt"],
-                "correct": ok,
-                "reason": reason,
-                "metadata": json.dumps(meta),
-            }
-        )
-    result.update(n_prompts=len(entries), n_images=len(paths), scorer="shapes")
-    write_jsonl_atomic(outdir / "results.jsonl", rows)
-    summary = {k: v for k, v in result.items() if k != "correct"}
-    write_text_atomic(outdir / "results.json", json.dumps({**summary, "images": rows}, indent=2) + "\n")
-    return result

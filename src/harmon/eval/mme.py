@@ -32,10 +32,7 @@ Answers (``--answers-out DIR``): MME's ``eval_tool`` results layout, ``DIR/<subt
 ``image<TAB>question<TAB>answer<TAB>prediction`` (newlines and tabs in answers become spaces), which MME's own
 ``calculation.py --results_dir DIR`` reads.
 
-Shipped shapes-world file (:func:`write_shapes_mme`): ``harmon/assets/eval/shapes_mme/questions.jsonl`` (layout 1)
-with images in ``shapes_mme/images/``: sub-tasks existence, count, position, color; 15 images each, a "Yes" and a
-"No" question per image. The questions omit MME's "Please answer yes or no." suffix: the shapes-world model was
-trained on bare questions (:mod:`harmon.world.questions`), and the suffix is part of the data, not the runner.
+The shapes world ships its own file in layout 1 (:func:`harmon.world.assets.write_shapes_mme`).
 """
 
 from __future__ import annotations
@@ -45,28 +42,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from harmon.eval.common import (
-    ASSETS_DIR,
     FormatError,
     answer_all,
-    binary_metrics,
     clean_answer,
-    draw_until,
     field,
     read_records,
-    save_image_atomic,
-    table,
     where,
-    write_jsonl_atomic,
     write_text_atomic,
 )
+from harmon.eval.metrics import binary_metrics, table
 from harmon.pipeline import HarmonPipeline
 
 logger = logging.getLogger(__name__)
 
-SHAPES_MME = ASSETS_DIR / "shapes_mme"
 PERCEPTION = ("existence", "count", "position", "color", "posters", "celebrity", "scene", "landmark", "artwork", "OCR")
 COGNITION = ("commonsense_reasoning", "numerical_calculation", "text_translation", "code_reasoning")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -282,73 +271,4 @@ def write_mme_answers(outdir: str | Path, items: Sequence[Item], answers: Sequen
         lines.setdefault(it["subtask"], []).append("\t".join(cols) + "\n")
     for subtask, rows in lines.items():
         write_text_atomic(outdir / f"{subtask}.txt", "".join(rows))
-    return outdir
-
-
-# ---- the shipped shapes-world file --------------------------------------------------------------------------
-
-
-def _count_phrase(n: int, shape: str) -> str:
-    from harmon.world.scene import NUMBER_WORDS, plural
-
-    return (
-        f"Is there one {shape} in the image?"
-        if n == 1
-        else f"Are there {NUMBER_WORDS[n]} {plural(shape)} in the image?"
-    )
-
-
-def _pair_for(subtask: str, g: torch.Generator, config) -> tuple[Any, tuple[str, str]] | None:
-    """(scene, (yes question, no question)) for one image of ``subtask``; None when the scene does not fit."""
-    from harmon.world import existence_question, negative_pairs, position_question, positive_pairs, sample_scene
-    from harmon.world.scene import _choice, noun_phrase
-
-    scene = sample_scene(g, config)
-    if subtask == "existence":
-        yes = existence_question(positive_pairs(scene, g, 1)[0], True, "random")["question"]
-        no = existence_question(negative_pairs(scene, g, config, "random", 1)[0], False, "random")["question"]
-        return scene, (yes, no)
-    if subtask == "count":
-        shape = _choice(g, [s for s in config.shapes if scene.count(shape=s)])
-        n = scene.count(shape=shape)
-        wrong = n + 1 if n == 1 or bool(torch.randint(0, 2, (1,), generator=g).item()) else n - 1
-        return scene, (_count_phrase(n, shape), _count_phrase(wrong, shape))
-    if subtask == "position":
-        state = g.get_state()
-        yes_q = position_question(scene, g, positive=True)
-        if yes_q is None:
-            return None
-        g.set_state(state)  # the same object pair, asked with the opposite relation
-        return scene, (yes_q["question"], position_question(scene, g, positive=False)["question"])
-    if subtask == "color":
-        unique = [o for o in scene.objects if scene.count(shape=o.shape) == 1]
-        if not unique:
-            return None
-        obj = _choice(g, unique)
-        wrong = _choice(g, [c for c in config.color_names if c != obj.color])
-        return scene, (
-            f"Is there {noun_phrase(obj.shape, obj.color)} in the image?",
-            f"Is there {noun_phrase(obj.shape, wrong)} in the image?",
-        )
-    raise ValueError(f"no shapes-world questions for sub-task {subtask!r}")
-
-
-def write_shapes_mme(outdir: str | Path = SHAPES_MME, n_per_subtask: int = 15, seed: int = 0, config=None) -> Path:
-    """Write the shapes world's MME-style file (layout 1) and its images under ``outdir``."""
-    from harmon.world import WorldConfig, render
-
-    config = config or WorldConfig()
-    outdir = Path(outdir)
-    g = torch.Generator().manual_seed(seed)
-    rows = []
-    for subtask in ("existence", "count", "position", "color"):
-        for i in range(n_per_subtask):
-            scene, (yes, no) = draw_until(lambda s=subtask: _pair_for(s, g, config), subtask)
-            name = f"{subtask}_{i:03d}.png"
-            save_image_atomic(render(scene, config), outdir / "images" / name)
-            rows += [
-                {"subtask": subtask, "image": f"images/{name}", "question": q, "answer": a}
-                for q, a in ((yes, "Yes"), (no, "No"))
-            ]
-    write_jsonl_atomic(outdir / "questions.jsonl", rows)
     return outdir

@@ -40,16 +40,11 @@ skipped.
 Answers (``--answers-out FILE``): JSON lines, one per asked question: index, rotation, category, prompt,
 prediction (the model's text), pred (the extracted letter or null), answer (gold letter as asked), correct.
 
-Shipped shapes-world file (:func:`write_shapes_mc`): ``harmon/assets/eval/shapes_mc.tsv``, MMBench's layout with
-base64 64 px images; categories color ("What color is the circle?", 4 colours), counting ("How many squares are
-there?", 4 consecutive numbers in digits) and object ("Which object is in the image?", 3 objects, so column D
-is empty), 20 each.
+The shapes world ships its own file in MMBench's layout (:func:`harmon.world.assets.write_shapes_mc`).
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import re
 import string
@@ -57,27 +52,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from harmon.eval.common import (
-    ASSETS_DIR,
     FormatError,
     answer_all,
-    draw_until,
     field,
-    image_to_base64,
-    pct,
     read_records,
-    table,
     where,
     write_jsonl_atomic,
-    write_text_atomic,
 )
+from harmon.eval.metrics import pct, table
 from harmon.pipeline import HarmonPipeline
 
 logger = logging.getLogger(__name__)
 
-SHAPES_MC = ASSETS_DIR / "shapes_mc.tsv"
 INSTRUCTION = "Answer with the option's letter from the given choices directly."
 LETTERS = string.ascii_uppercase
 COPY_OFFSET = 1_000_000  # MMBench: row index + k * 1e6 is rotation k of row index
@@ -292,62 +279,3 @@ def write_mc_answers(
         for q, a, p, ok in zip(asked, answers, scores["preds"], scores["correct"])
     ]
     return write_jsonl_atomic(path, rows)
-
-
-# ---- the shipped shapes-world file --------------------------------------------------------------------------
-
-
-def _shuffled(items: list, g: torch.Generator) -> list:
-    return [items[i] for i in torch.randperm(len(items), generator=g).tolist()]
-
-
-def _shapes_question(category: str, g: torch.Generator, config) -> tuple[Any, str, list[str], int] | None:
-    """(scene, question, options, gold position) or None when the scene does not fit the category."""
-    from harmon.world import color_question, counting_question, positive_pairs, sample_scene
-    from harmon.world.scene import noun_phrase
-
-    scene = sample_scene(g, config)
-    if category == "color":
-        q = color_question(scene, g, config)
-        if q is None:
-            return None
-        gold = q["answer"]
-        others = _shuffled([c.capitalize() for c in config.color_names if c.capitalize() != gold], g)[:3]
-        return scene, q["question"], [gold, *others], 0
-    if category == "counting":
-        q = counting_question(scene, g, config)
-        n = int(q["answer"])
-        lo = max(0, min(n - 1, config.max_objects - 3))  # four consecutive numbers holding n
-        return scene, q["question"], [str(k) for k in range(lo, lo + 4)], n - lo  # digits, as trained
-    if category == "object":
-        present = set(scene.pairs)
-        gold = positive_pairs(scene, g, 1)[0]
-        absent = _shuffled([p for p in config.pairs() if p not in present], g)[:2]
-        phrase = [noun_phrase(s, c).split(" ", 1)[1] for c, s in (gold, *absent)]  # "red circle"
-        return scene, "Which object is in the image?", phrase, 0
-    raise ValueError(f"no shapes-world questions for category {category!r}")
-
-
-def write_shapes_mc(path: str | Path = SHAPES_MC, n_per_category: int = 20, seed: int = 0, config=None) -> Path:
-    """Write the shapes world's multiple-choice TSV (MMBench layout, base64 images; see the module docstring)."""
-    from harmon.world import WorldConfig, render
-
-    config = config or WorldConfig()
-    g = torch.Generator().manual_seed(seed)
-    header = ["index", "question", "hint", "A", "B", "C", "D", "answer", "category", "image"]
-    buf = io.StringIO()
-    writer = csv.writer(buf, delimiter="\t", lineterminator="\n")
-    writer.writerow(header)
-    index = 0
-    for category in ("color", "counting", "object"):
-        for _ in range(n_per_category):
-            scene, question, options, gold = draw_until(lambda c=category: _shapes_question(c, g, config), category)
-            if category != "counting":  # counting options stay in increasing order, as numbers are usually listed
-                order = torch.randperm(len(options), generator=g).tolist()
-                options, gold = [options[i] for i in order], order.index(gold)
-            cells = options + [""] * (4 - len(options))
-            writer.writerow(
-                [index, question, "", *cells, LETTERS[gold], category, image_to_base64(render(scene, config))]
-            )
-            index += 1
-    return write_text_atomic(path, buf.getvalue())

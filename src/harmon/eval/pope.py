@@ -12,7 +12,7 @@ present (LLaVA's combined ``llava_pope_test.jsonl`` has one), else the file's st
 "coco_pope_random", the shipped ``random.json`` -> "random"). A JSON list of the same objects is read too.
 
 Answers: ``pipe.describe(image, text)``, greedy. Scoring is POPE's: keep the text before the first "."; it is
-"no" when it contains the word "no" or "not", else "yes" (:func:`harmon.world.pope_answer`). Metrics per split
+"no" when it contains the word "no" or "not", else "yes" (:func:`harmon.eval.metrics.pope_answer`). Metrics per split
 (and over all questions when there are several splits): accuracy, precision, recall, F1 with "yes" as the positive
 class, and the ratio of "yes" answers.
 
@@ -21,10 +21,7 @@ Answers file (``--answers-out FILE``): JSON lines in the answer format of POPE /
     {"question_id": 1, "prompt": "Is there a snowboard in the image?", "text": "<model answer>",
      "model_id": "harmon", "image": "...", "category": "random", "label": "yes", "pred": "no"}
 
-Shipped shapes-world files (:func:`write_shapes_pope`): ``harmon/assets/eval/shapes_pope/{random,popular,
-adversarial}.json`` with 50 rendered 64 px scenes in ``shapes_pope/images/`` shared by the three splits (as
-POPE's 500 COCO images are); per split and image one present object ("yes") and one absent object chosen by
-the split's rule ("no"): 100 questions per split, exactly half "yes".
+The shapes world ships its own files in this format (:func:`harmon.world.assets.write_shapes_pope`).
 """
 
 from __future__ import annotations
@@ -35,28 +32,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from harmon.eval.common import (
-    ASSETS_DIR,
     FormatError,
     answer_all,
-    binary_metrics,
     field,
-    pct,
     read_records,
-    save_image_atomic,
-    table,
     where,
     write_jsonl_atomic,
     yes_no,
 )
+from harmon.eval.metrics import binary_metrics, pct, pope_answer, table
 from harmon.pipeline import HarmonPipeline
-from harmon.world import pope_answer
 
 logger = logging.getLogger(__name__)
 
-SHAPES_POPE = ASSETS_DIR / "shapes_pope"
 METRICS = ("accuracy", "precision", "recall", "f1", "yes_ratio")
 
 
@@ -133,45 +122,6 @@ def write_pope_answers(
         for q, a in zip(questions, answers)
     ]
     return write_jsonl_atomic(path, rows)
-
-
-def write_shapes_pope(outdir: str | Path = SHAPES_POPE, n_images: int = 50, seed: int = 0, config=None) -> Path:
-    """Write the shapes world's POPE splits in POPE's format (see the module docstring) under ``outdir``."""
-    from harmon.world import (
-        POPE_SPLITS,
-        WorldConfig,
-        existence_question,
-        negative_pairs,
-        positive_pairs,
-        render,
-        sample_scene,
-    )
-
-    config = config or WorldConfig()
-    outdir = Path(outdir)
-    g = torch.Generator().manual_seed(seed)
-    scenes = [sample_scene(g, config) for _ in range(n_images)]
-    names = [f"shapes_{i:05d}.png" for i in range(n_images)]
-    for scene, name in zip(scenes, names):
-        save_image_atomic(render(scene, config), outdir / "images" / name)
-    for split in POPE_SPLITS:
-        rows = []
-        for scene, name in zip(scenes, names):
-            pos = positive_pairs(scene, g, 1)
-            neg = negative_pairs(scene, g, config, split, 1)
-            for pair, present in ((pos[0], True), (neg[0], False)):
-                q = existence_question(pair, present, split)
-                rows.append(
-                    {"question_id": len(rows) + 1, "image": name, "text": q["question"], "label": q["answer"].lower()}
-                )
-        write_jsonl_atomic(outdir / f"{split}.json", rows)
-    return outdir
-
-
-def shipped_question_files() -> list[Path]:
-    from harmon.world import POPE_SPLITS
-
-    return [SHAPES_POPE / f"{split}.json" for split in POPE_SPLITS]
 
 
 def results_json(scores: dict[str, Any]) -> str:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from harmon.data.tasks import Task, parse_task
+from harmon.train.formats import check_format
 
 _TASK_VALUES = {t.value for t in Task}
 
@@ -68,7 +69,7 @@ class SourceConfig:
     ``name`` is a free label: the batch key, the loss metric ``loss_<name>`` and the seed of the source's sampling.
     ``task`` picks the loss. The generic fields below apply to every format; options that only one format
     understands go in ``format_options``, which the format's options dataclass validates (see
-    ``harmon.train.sources.register_format``).
+    ``harmon.train.formats.register_format``).
     """
 
     name: str
@@ -114,7 +115,6 @@ class SourceConfig:
             raise ValueError(f"{where}: crop must be one of {CROPS}, got {self.crop!r}")
         if self.max_text_length is not None and self.max_text_length < 1:
             raise ValueError(f"{where}: max_text_length must be >= 1 or None, got {self.max_text_length}")
-        from harmon.train.sources import check_format  # the registry imports this module
 
         check_format(self)
 
@@ -173,7 +173,7 @@ class TrainConfig:
     sample_prompts: tuple[str, ...] = ("a red circle", "a blue square to the left of a green triangle")
     sample_settings: dict[str, Any] = field(default_factory=dict)  # generate() overrides for the sample grids
     eval_every: int = 0  # quick-eval interval (0 = off)
-    eval: str | None = None  # name of a quick eval in harmon.train.evals (e.g. "shapes")
+    eval: str | None = None  # name of a quick eval in harmon.train.hooks.EVALS (e.g. "shapes")
     tensorboard: bool = False
     export: bool = True  # write the final model in the from_pretrained format to output_dir/final
 
@@ -226,7 +226,7 @@ def _source_from_dict(d: dict[str, Any]) -> SourceConfig:
     return SourceConfig(**d)
 
 
-def _parse_value(text: str) -> Any:
+def parse_value(text: str) -> Any:
     """'3' -> 3, '1e-4' -> 1e-4, 'true' -> True, 'none' -> None, '[1,2]' -> [1, 2], otherwise the string."""
     lowered = text.strip().lower()
     if lowered in ("true", "false"):
@@ -252,7 +252,7 @@ def apply_overrides(config: TrainConfig, assignments: list[str]) -> TrainConfig:
         if "=" not in item:
             raise ValueError(f"--set expects key=value, got {item!r}")
         key, raw = item.split("=", 1)
-        value = _parse_value(raw)
+        value = parse_value(raw)
         parts = key.strip().split(".")
         obj: Any = config
         for i, part in enumerate(parts):

@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-from harmon.config import CONFIGS, HarmonConfig
+from harmon.config import CONFIGS, TOKENIZER_SIZED, HarmonConfig
 from harmon.loading import (
     load_harmon_weights,
     load_llm_weights,
@@ -67,7 +67,7 @@ def _preset_model(cfg: TrainConfig) -> tuple[Harmon, Any]:
     tok = load_tokenizer(tok_path)
     if init.preset not in CONFIGS:
         raise ValueError(f"unknown preset {init.preset!r}; known: {sorted(CONFIGS)}")
-    small = init.preset in ("tiny", "shapes")  # vocabulary sized to the trained tokenizer
+    small = init.preset in TOKENIZER_SIZED  # vocabulary sized to the trained tokenizer
     config = CONFIGS[init.preset](**({"vocab_size": _round_vocab(len(tok))} if small else {}))
     if int(config.llm["vocab_size"]) < len(tok):
         raise ValueError(f"tokenizer has {len(tok)} tokens but the {init.preset} LLM only {config.llm['vocab_size']}")
@@ -362,11 +362,11 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, step: int) -> None:
-        from harmon.train import evals
+        from harmon.train import hooks
 
-        fn = evals.EVALS.get(self.cfg.eval)
+        fn = hooks.EVALS.get(self.cfg.eval)
         if fn is None:
-            raise ValueError(f"unknown eval {self.cfg.eval!r}; known: {sorted(evals.EVALS)}")
+            raise ValueError(f"unknown eval {self.cfg.eval!r}; known: {sorted(hooks.EVALS)}")
         result = fn(self.pipeline(), self.cfg)
         self.module.train()
         if self.info.is_main:

@@ -10,8 +10,19 @@ Used to train a tiny Harmon from scratch and to score its generation (GenEval ru
     >>> image = render(scene_for_prompt(prompt, g))
     >>> judge_prompt(prompt, detect_objects(image))
     True
+
+Importing this package also fills the tables generic code reads: the model size "shapes"
+(:func:`harmon.config.register_size`), the training data format "shapes"
+(:func:`harmon.train.sources.register_format`) and the trainer's quick eval "shapes"
+(:func:`harmon.train.hooks.register_eval`). Its training recipes are :data:`harmon.world.recipes.RECIPES`.
 """
 
+from harmon.config import register_size
+from harmon.eval.metrics import RELATIONS, pope_answer, relation
+from harmon.train.formats import register_format
+from harmon.train.hooks import register_eval
+from harmon.world.detection import DetectedObject, DetectorConfig, detect_objects
+from harmon.world.hooks import shapes_quick
 from harmon.world.prompts import (
     PromptMeta,
     caption_scene,
@@ -36,41 +47,29 @@ from harmon.world.questions import (
     sample_eval_questions,
     sample_questions,
 )
-from harmon.world.scene import (
-    DEFAULT_COLORS,
-    SUPPORTED_SHAPES,
-    PairStatistics,
-    Scene,
-    WorldConfig,
-    WorldObject,
-    check_scene,
-    pair_statistics,
-    place_content,
-    render,
-    render_array,
-    sample_scene,
-    shape_mask,
-)
+from harmon.world.recipes import harmon_shapes
+from harmon.world.render import render, render_array, shape_mask
+from harmon.world.sampling import PairStatistics, pair_statistics, place_content, sample_scene
+from harmon.world.scene import DEFAULT_COLORS, SUPPORTED_SHAPES, Scene, WorldConfig, WorldObject, check_scene
 from harmon.world.scoring import (
     POPE_SPLITS,
     QUESTION_TYPES,
-    RELATIONS,
     TAGS,
-    DetectedObject,
-    DetectorConfig,
     answer_correct,
-    detect_objects,
     explain_prompt,
     format_tables,
     judge_prompt,
     parse_color,
     parse_count,
     parse_description,
-    pope_answer,
-    relation,
     score_answers,
     score_generation,
 )
+from harmon.world.sources import ShapesOptions, build_shapes_dataset
+
+register_size("shapes", harmon_shapes, tokenizer_sized=True)
+register_format("shapes", build_shapes_dataset, ShapesOptions, needs_path=False)
+register_eval("shapes", shapes_quick)
 
 __all__ = [
     "DEFAULT_COLORS",

@@ -20,7 +20,9 @@ import torch
 from harmon.prompts import BRIEF_CAPTION_INSTRUCTIONS, DETAILED_CAPTION_INSTRUCTIONS, GENERATE_PREFIX
 from harmon.world.prompts import caption_scene, describe_scene, sample_prompt, scene_for_prompt
 from harmon.world.questions import sample_questions
-from harmon.world.scene import WorldConfig, _categorical, _choice, render, sample_scene
+from harmon.world.render import render
+from harmon.world.sampling import categorical, choice, sample_scene
+from harmon.world.scene import WorldConfig
 from harmon.world.scoring import TAGS
 
 TASKS = ("text2image", "caption", "qa", "text")
@@ -33,7 +35,7 @@ def _generator(seed: int, task: str, index: int) -> torch.Generator:
 
 
 def _instruction(generator: torch.Generator) -> str:
-    return _choice(generator, DETAILED_CAPTION_INSTRUCTIONS + BRIEF_CAPTION_INSTRUCTIONS)
+    return choice(generator, DETAILED_CAPTION_INSTRUCTIONS + BRIEF_CAPTION_INSTRUCTIONS)
 
 
 def tag_probabilities(tag_weights: Mapping[str, float]) -> np.ndarray:
@@ -73,51 +75,67 @@ def shapes_record(
     config = config or WorldConfig()
     g = _generator(seed, task, index)
     if task == "text2image":
-        if float(torch.rand((), generator=g)) < DESCRIBE_FRACTION:
-            scene = sample_scene(g, config)
-            caption = (
-                describe_scene(scene) if float(torch.rand((), generator=g)) < 0.5 else caption_scene(scene, g, config)
-            )
-        else:
-            tag = None if tag_weights is None else TAGS[_categorical(g, tag_probabilities(tag_weights))]
-            prompt = sample_prompt(g, tag, config=config)
-            scene = scene_for_prompt(prompt, g, config)
-            caption = prompt["prompt"]
-        return {"kind": "text2image", "image": render(scene, config), "caption": caption}
+        return _text2image_record(g, config, tag_weights)
     if task == "caption":
-        scene = sample_scene(g, config)
-        return {
-            "kind": "image2text",
-            "image": render(scene, config),
-            "conversation": [
-                {"role": "user", "content": "<image>\n" + _instruction(g)},
-                {"role": "assistant", "content": describe_scene(scene)},
-            ],
-        }
+        return _caption_record(g, config)
     if task == "qa":
-        scene = sample_scene(g, config)
-        questions = sample_questions(scene, g, config, shape_questions=shape_questions)
-        order = torch.randperm(len(questions), generator=g).tolist()[:max_turns]
-        turns: list[dict[str, str]] = []
-        for k, qi in enumerate(order):
-            q = questions[qi]
-            turns.append({"role": "user", "content": ("<image>\n" if k == 0 else "") + q["question"]})
-            turns.append({"role": "assistant", "content": q["answer"]})
-        return {"kind": "image2text", "image": render(scene, config), "conversation": turns}
+        return _qa_record(g, config, max_turns, shape_questions)
     if task == "text":
-        scene = sample_scene(g, config)
-        if float(torch.rand((), generator=g)) < 0.5:
-            prompt = sample_prompt(g, config=config)
-            drawn = scene_for_prompt(prompt, g, config)  # a scene the prompt describes exactly
-            turns = [
-                {"role": "user", "content": "Describe a scene for: " + prompt["prompt"]},
-                {"role": "assistant", "content": describe_scene(drawn)},
-            ]
-        else:
-            q = _choice(g, sample_questions(scene, g, config))
-            turns = [{"role": "user", "content": q["question"]}, {"role": "assistant", "content": q["answer"]}]
-        return {"kind": "image2text", "image": None, "conversation": turns}
+        return _text_record(g, config)
     raise ValueError(f"unknown shapes task {task!r}; known: {TASKS}")
+
+
+def _text2image_record(
+    g: torch.Generator, config: WorldConfig, tag_weights: Mapping[str, float] | None
+) -> dict[str, Any]:
+    if float(torch.rand((), generator=g)) < DESCRIBE_FRACTION:
+        scene = sample_scene(g, config)
+        caption = describe_scene(scene) if float(torch.rand((), generator=g)) < 0.5 else caption_scene(scene, g, config)
+    else:
+        tag = None if tag_weights is None else TAGS[categorical(g, tag_probabilities(tag_weights))]
+        prompt = sample_prompt(g, tag, config=config)
+        scene = scene_for_prompt(prompt, g, config)
+        caption = prompt["prompt"]
+    return {"kind": "text2image", "image": render(scene, config), "caption": caption}
+
+
+def _caption_record(g: torch.Generator, config: WorldConfig) -> dict[str, Any]:
+    scene = sample_scene(g, config)
+    return {
+        "kind": "image2text",
+        "image": render(scene, config),
+        "conversation": [
+            {"role": "user", "content": "<image>\n" + _instruction(g)},
+            {"role": "assistant", "content": describe_scene(scene)},
+        ],
+    }
+
+
+def _qa_record(g: torch.Generator, config: WorldConfig, max_turns: int, shape_questions: bool) -> dict[str, Any]:
+    scene = sample_scene(g, config)
+    questions = sample_questions(scene, g, config, shape_questions=shape_questions)
+    order = torch.randperm(len(questions), generator=g).tolist()[:max_turns]
+    turns: list[dict[str, str]] = []
+    for k, qi in enumerate(order):
+        q = questions[qi]
+        turns.append({"role": "user", "content": ("<image>\n" if k == 0 else "") + q["question"]})
+        turns.append({"role": "assistant", "content": q["answer"]})
+    return {"kind": "image2text", "image": render(scene, config), "conversation": turns}
+
+
+def _text_record(g: torch.Generator, config: WorldConfig) -> dict[str, Any]:
+    scene = sample_scene(g, config)
+    if float(torch.rand((), generator=g)) < 0.5:
+        prompt = sample_prompt(g, config=config)
+        drawn = scene_for_prompt(prompt, g, config)  # a scene the prompt describes exactly
+        turns = [
+            {"role": "user", "content": "Describe a scene for: " + prompt["prompt"]},
+            {"role": "assistant", "content": describe_scene(drawn)},
+        ]
+    else:
+        q = choice(g, sample_questions(scene, g, config))
+        turns = [{"role": "user", "content": q["question"]}, {"role": "assistant", "content": q["answer"]}]
+    return {"kind": "image2text", "image": None, "conversation": turns}
 
 
 def corpus(n: int, seed: int = 0, config: WorldConfig | None = None) -> Iterator[str]:

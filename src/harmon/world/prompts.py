@@ -34,18 +34,10 @@ from typing import Any
 
 import torch
 
-from harmon.world.scene import (
-    NUMBER_WORDS,
-    Scene,
-    WorldConfig,
-    WorldObject,
-    _choice,
-    _randint,
-    noun_phrase,
-    place_objects,
-    plural,
-)
-from harmon.world.scoring import RELATIONS, TAGS, judge_prompt
+from harmon.eval.metrics import RELATIONS
+from harmon.world.sampling import choice, place_objects, randint
+from harmon.world.scene import NUMBER_WORDS, Scene, WorldConfig, WorldObject, noun_phrase, plural
+from harmon.world.scoring import TAGS, judge_prompt
 
 PromptMeta = dict[str, Any]
 
@@ -115,27 +107,27 @@ def sample_prompt(
     the pairs allowed for it, so with ``allow_held_out=False`` no held-out pair is ever named.
     """
     config = config or WorldConfig()
-    tag = tag if tag is not None else _choice(generator, TAGS)
+    tag = tag if tag is not None else choice(generator, TAGS)
     if tag not in TAGS:
         raise ValueError(f"unknown tag {tag!r}; expected one of {TAGS}")
     if tag in ("two_object", "color_attr", "position") and len(config.shapes) < 2:
         raise ValueError(f"tag {tag!r} needs at least two shapes")
 
     def color_for(shape: str) -> str:
-        return _choice(generator, config.colors_for(shape, allow_held_out))
+        return choice(generator, config.colors_for(shape, allow_held_out))
 
     def two_shapes() -> tuple[str, str]:
-        a = _choice(generator, config.shapes)
-        return a, _choice(generator, [s for s in config.shapes if s != a])
+        a = choice(generator, config.shapes)
+        return a, choice(generator, [s for s in config.shapes if s != a])
 
     if tag == "single_object":
-        include = [_entry(_choice(generator, config.shapes))]
+        include = [_entry(choice(generator, config.shapes))]
     elif tag == "colors":
-        shape = _choice(generator, config.shapes)
+        shape = choice(generator, config.shapes)
         include = [_entry(shape, color=color_for(shape))]
     elif tag == "counting":
-        shape = _choice(generator, config.shapes)
-        include = [_entry(shape, count=_randint(generator, 2, min(4, config.max_objects)))]
+        shape = choice(generator, config.shapes)
+        include = [_entry(shape, count=randint(generator, 2, min(4, config.max_objects)))]
     elif tag == "two_object":
         a, b = two_shapes()
         include = [_entry(a), _entry(b)]
@@ -144,7 +136,7 @@ def sample_prompt(
         include = [_entry(a, color=color_for(a)), _entry(b, color=color_for(b))]
     else:  # position: "A rel B" -> include [B, A @ (rel, 0)], as GenEval writes it
         a, b = two_shapes()
-        rel = _choice(generator, RELATIONS)
+        rel = choice(generator, RELATIONS)
         include = [_entry(b, color=color_for(b)), _entry(a, color=color_for(a), position=(rel, 0))]
     return make_prompt(tag, include, config)
 
@@ -188,7 +180,7 @@ def scene_for_prompt(
         )
     for _ in range(config.max_attempts):
         content = [
-            (e.get("color") or _choice(generator, config.colors_for(e["class"], allow_held_out)), e["class"])
+            (e.get("color") or choice(generator, config.colors_for(e["class"], allow_held_out)), e["class"])
             for e in include
             for _ in range(int(e["count"]))
         ]
@@ -319,4 +311,4 @@ def caption_scene(scene: Scene, generator: torch.Generator, config: WorldConfig 
     tags = [tag for tag in TAGS if cands[tag]]
     if not tags:
         raise ValueError("scene has no objects to caption")
-    return _choice(generator, cands[_choice(generator, tags)])["prompt"]
+    return choice(generator, cands[choice(generator, tags)])["prompt"]

@@ -18,12 +18,12 @@ Existence negatives follow POPE. Objects are (colour, shape) pairs:
   * popular: the absent pairs most frequent in training scenes (highest P(pair present));
   * adversarial: the absent pairs that most co-occur with the present ones (highest sum over present pairs i of
     P(i and j both present)).
-Both statistics are exact, computed analytically by :func:`harmon.world.scene.pair_statistics` over
+Both statistics are exact, computed analytically by :func:`harmon.world.sampling.pair_statistics` over
 ``sample_scene``'s training distribution. Because later objects tend to reuse an earlier colour or shape, the
 adversarial negatives are near-misses that share a colour or a shape with a present object. Positives are
 present pairs; every split is balanced 50/50 yes/no.
 
-Position questions use GenEval's relation rule (:func:`harmon.world.scoring.relation`) and are asked only when
+Position questions use GenEval's relation rule (:func:`harmon.eval.metrics.relation`) and are asked only when
 both objects are the only ones of their (colour, shape) and exactly one relation holds between them; the "No"
 question asks the opposite relation, so no answer depends on a borderline case.
 """
@@ -35,9 +35,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from harmon.eval.metrics import relation
 from harmon.world.prompts import OPPOSITE, RELATION_TEXT, describe_scene
-from harmon.world.scene import Scene, WorldConfig, _choice, noun_phrase, pair_statistics, plural, sample_scene
-from harmon.world.scoring import POPE_SPLITS, relation
+from harmon.world.sampling import choice, pair_statistics, sample_scene
+from harmon.world.scene import Scene, WorldConfig, noun_phrase, plural
+from harmon.world.scoring import POPE_SPLITS
 
 Question = dict[str, Any]
 EVAL_KINDS: tuple[tuple[str, str | None], ...] = (
@@ -119,15 +121,15 @@ def shape_existence_pair(scene: Scene, generator: torch.Generator, config: World
     """A "Yes" question about a present shape and, when some shape is absent, a "No" question about an absent one."""
     present = sorted({o.shape for o in scene.objects})
     absent = [s for s in config.shapes if s not in present]
-    out = [shape_existence_question(_choice(generator, present), True)]
+    out = [shape_existence_question(choice(generator, present), True)]
     if absent:
-        out.append(shape_existence_question(_choice(generator, absent), False))
+        out.append(shape_existence_question(choice(generator, absent), False))
     return out
 
 
 def counting_question(scene: Scene, generator: torch.Generator, config: WorldConfig) -> Question:
     """ "How many <shapes> are there?" (a uniformly drawn shape, possibly absent) or "How many objects are there?"."""
-    target = _choice(generator, [*config.shapes, None])
+    target = choice(generator, [*config.shapes, None])
     if target is None:
         return {"question": "How many objects are there?", "answer": str(len(scene.objects)), "type": "counting"}
     return {
@@ -142,7 +144,7 @@ def color_question(scene: Scene, generator: torch.Generator, config: WorldConfig
     unique = [s for s in config.shapes if scene.count(shape=s) == 1]
     if not unique:
         return None
-    shape = _choice(generator, unique)
+    shape = choice(generator, unique)
     color = next(o.color for o in scene.objects if o.shape == shape)
     return {"question": f"What color is the {shape}?", "answer": color.capitalize(), "type": "color"}
 
@@ -165,7 +167,7 @@ def position_question(scene: Scene, generator: torch.Generator, positive: bool |
                 candidates.append((a, b, next(iter(rels))))
     if not candidates:
         return None
-    a, b, rel = _choice(generator, candidates)
+    a, b, rel = choice(generator, candidates)
     if positive is None:
         positive = bool(torch.randint(0, 2, (1,), generator=generator).item())
     asked = rel if positive else OPPOSITE[rel]
@@ -226,7 +228,7 @@ def sample_shape_existence_items(
             present = sorted({o.shape for o in scene.objects})
             pool = present if i % 2 == 0 else [s for s in config.shapes if s not in present]
             if pool:
-                items.append((scene, shape_existence_question(_choice(generator, pool), i % 2 == 0)))
+                items.append((scene, shape_existence_question(choice(generator, pool), i % 2 == 0)))
                 break
         else:
             raise RuntimeError(f"no scene in {max_scene_attempts} draws lacks a shape to ask a 'No' question about")

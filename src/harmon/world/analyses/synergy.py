@@ -21,6 +21,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from harmon.data.tasks import Task
+from harmon.pipeline import HarmonPipeline
+from harmon.train.config import ModelInit, OptimConfig, SourceConfig, TrainConfig
+from harmon.train.trainer import Trainer
+from harmon.world.evaluate import generation_scores
+
 ARMS = ("t2i_only", "joint")
 
 
@@ -36,9 +42,6 @@ def synergy_config(
     image_size: int = 64,
 ):
     """The TrainConfig of one run of the study."""
-    from harmon.data.tasks import Task
-    from harmon.train.config import ModelInit, OptimConfig, SourceConfig, TrainConfig
-
     if arm not in ARMS:
         raise ValueError(f"unknown arm {arm!r}; known: {ARMS}")
     data = [SourceConfig("text2image", "shapes", task=Task.TEXT_TO_IMAGE, batch_size=t2i_batch)]
@@ -84,10 +87,6 @@ def run_synergy(
 
     ``command``: the command line that ran the study, recorded for the report (None leaves any recorded one).
     """
-    from harmon.eval.shapes import generation_scores
-    from harmon.pipeline import HarmonPipeline
-    from harmon.train.trainer import Trainer
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "synergy.json"
@@ -112,11 +111,10 @@ def run_synergy(
             key = f"{arm}/seed{seed}"
             if key in runs:
                 continue
-            run_dir = out / arm / f"seed{seed}"
             cfg = synergy_config(
                 arm,
                 base,
-                run_dir,
+                out / arm / f"seed{seed}",
                 seed,
                 steps,
                 t2i_batch,
@@ -124,23 +122,28 @@ def run_synergy(
                 lr,
                 image_size=int(settings.get("image_size") or 64),
             )
-            t = time.perf_counter()
-            history = Trainer(cfg, device=device).run(resume="auto")
-            train_seconds = time.perf_counter() - t
-            pipe = HarmonPipeline.from_pretrained(run_dir / "final", device=device)
-            t = time.perf_counter()
-            scores, _, _ = generation_scores(pipe, n_prompts, seed=eval_seed, **settings)
-            runs[key] = {
-                "overall": scores["overall"],
-                "accuracy": scores["accuracy"],
-                "final_t2i_loss": history[-1].get("loss_text2image") if history else None,
-                "train_seconds": round(train_seconds, 1),
-                "eval_seconds": round(time.perf_counter() - t, 1),
-            }
+            runs[key] = _train_and_score(cfg, device, n_prompts, eval_seed, settings)
             path.write_text(json.dumps(study, indent=2) + "\n")
     study["summary"] = summarize(study)
     path.write_text(json.dumps(study, indent=2) + "\n")
     return study
+
+
+def _train_and_score(cfg: TrainConfig, device: str, n_prompts: int, eval_seed: int, settings: dict) -> dict[str, Any]:
+    """Train one run of the study, then score its export on ``n_prompts`` fresh prompts (seed ``eval_seed``)."""
+    t = time.perf_counter()
+    history = Trainer(cfg, device=device).run(resume="auto")
+    train_seconds = time.perf_counter() - t
+    pipe = HarmonPipeline.from_pretrained(Path(cfg.output_dir) / "final", device=device)
+    t = time.perf_counter()
+    scores, _, _ = generation_scores(pipe, n_prompts, seed=eval_seed, **settings)
+    return {
+        "overall": scores["overall"],
+        "accuracy": scores["accuracy"],
+        "final_t2i_loss": history[-1].get("loss_text2image") if history else None,
+        "train_seconds": round(train_seconds, 1),
+        "eval_seconds": round(time.perf_counter() - t, 1),
+    }
 
 
 def summarize(study: dict[str, Any]) -> dict[str, Any]:

@@ -25,20 +25,22 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from harmon.eval.metrics import relation
+from harmon.images import pil_to_tensor
+from harmon.world.render import render
+from harmon.world.sampling import sample_scene
+from harmon.world.scene import WorldConfig
+
 FEATURES = ("encoder_mean", "encoder_tokens", "vae", "pixels")
 TASKS = ("count", "shape", "color", "position")
 
 
 def _scenes(n: int, seed: int, world, two_objects: bool = False):
-    from harmon.world import sample_scene
-
     g = torch.Generator().manual_seed(seed)
     return [sample_scene(g, world, num_objects=2 if two_objects else None) for _ in range(n)]
 
 
 def _labels(scenes, task: str, world) -> np.ndarray:
-    from harmon.world import relation
-
     out = []
     for s in scenes:
         largest = max(s.objects, key=lambda o: (o.bbox[2] - o.bbox[0]) * (o.bbox[3] - o.bbox[1]))
@@ -58,8 +60,6 @@ def _labels(scenes, task: str, world) -> np.ndarray:
 @torch.no_grad()
 def features(pipe, images: list, batch_size: int = 64) -> dict[str, torch.Tensor]:
     """All four feature kinds for a list of PIL images of the model's understanding size."""
-    from harmon.images import pil_to_tensor
-
     model = pipe.model
     out: dict[str, list[torch.Tensor]] = {k: [] for k in FEATURES}
     nb = model.buffer_size
@@ -107,8 +107,6 @@ def run_probes(
     pipe, n_train: int = 1000, n_test: int = 500, seeds: tuple[int, ...] = (0, 1, 2), world=None
 ) -> dict[str, Any]:
     """Accuracy table {task: {feature: (mean, std)}} over ``seeds``."""
-    from harmon.world import WorldConfig, render
-
     world = world or WorldConfig(image_size=pipe.config.generation.understanding_image_size)
     acc: dict[str, dict[str, list[float]]] = {t: {f: [] for f in FEATURES} for t in TASKS}
     t0 = time.perf_counter()

@@ -1,4 +1,4 @@
-"""Reproduce the shipped shapes-world model from nothing: ``python -m harmon.train.shapes_pipeline``.
+"""Reproduce the shipped shapes-world model from nothing: ``python -m harmon.world.pipeline``.
 
 Stages (each skipped when its output exists, so an interrupted run continues where it stopped):
     0a tokenizer  byte-level BPE on the world's text (ChatML specials, <image>)
@@ -21,11 +21,14 @@ import os
 import platform
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-logger = logging.getLogger("harmon.shapes_pipeline")
+from harmon.world import recipes, stage0
+
+logger = logging.getLogger(__name__)
 
 
 def _record(root: Path, stage: str, seconds: float, device: str) -> None:
@@ -56,10 +59,9 @@ def train_tokenizer_stage(root: Path, seed: int = 0) -> Path:
 
 def run_recipe(name: str, root: Path, device: str, overrides: list[str]) -> None:
     from harmon.train.config import apply_overrides
-    from harmon.train.recipes import get_recipe
     from harmon.train.trainer import Trainer
 
-    cfg = get_recipe(name)
+    cfg = recipes.RECIPES[name]()
     rel = Path(cfg.output_dir).relative_to("runs/shapes")
     cfg.output_dir = str(root / rel)
     if cfg.model.pretrained:
@@ -88,7 +90,7 @@ def ship(root: Path, target: Path, defaults: dict | None = None, stage: str = "s
     shutil.copy(root / "pipeline.json", target / "pipeline.json")
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", default="runs/shapes", help="working folder of all stages")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -117,63 +119,61 @@ def main(argv: list[str] | None = None) -> int:
         metavar="STAGE:KEY=VALUE",
         help="override a field of one stage's recipe, e.g. stage2:max_steps=100",
     )
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    root = Path(args.root)
-    root.mkdir(parents=True, exist_ok=True)
+    return p
 
-    def overrides(stage: str) -> list[str]:
-        return [o.split(":", 1)[1] for o in args.overrides if o.startswith(stage + ":")]
 
-    stages = [
+def stages(root: Path, device: str, overrides: list[str]) -> list[tuple[str, Path, Callable[[], object]]]:
+    """(name, marker written when the stage is done, run) of every stage, in order; ``overrides`` are
+    ``STAGE:KEY=VALUE`` items, each given to its own stage."""
+
+    def mine(stage: str) -> list[str]:
+        return [o.split(":", 1)[1] for o in overrides if o.startswith(stage + ":")]
+
+    def trained(stage: str, recipe: str) -> tuple[str, Path, Callable[[], object]]:
+        marker = root / stage / "final" / "model.safetensors"
+        return stage, marker, lambda: run_recipe(recipe, root, device, mine(stage))
+
+    return [
         ("tokenizer", root / "tokenizer" / "tokenizer.json", lambda: train_tokenizer_stage(root)),
-        ("vae", root / "stage0_vae" / "vae.safetensors", lambda: _vae(root, args.device, overrides("vae"))),
-        (
-            "lm",
-            root / "lm" / "final" / "model.safetensors",
-            lambda: run_recipe("shapes_lm", root, args.device, overrides("lm")),
-        ),
-        (
-            "stage1",
-            root / "stage1" / "final" / "model.safetensors",
-            lambda: run_recipe("shapes_stage1", root, args.device, overrides("stage1")),
-        ),
-        (
-            "stage2",
-            root / "stage2" / "final" / "model.safetensors",
-            lambda: run_recipe("shapes_stage2", root, args.device, overrides("stage2")),
-        ),
-        (
-            "stage3",
-            root / "stage3" / "final" / "model.safetensors",
-            lambda: run_recipe("shapes_stage3", root, args.device, overrides("stage3")),
-        ),
-        (
-            "decoder",
-            root / "decoder" / "decoder_log.json",  # written last
-            lambda: _decoder(root, args.device, overrides("decoder")),
-        ),
+        ("vae", root / "stage0_vae" / "vae.safetensors", lambda: _vae(root, device, mine("vae"))),
+        trained("lm", "shapes_lm"),
+        trained("stage1", "shapes_stage1"),
+        trained("stage2", "shapes_stage2"),
+        trained("stage3", "shapes_stage3"),
+        ("decoder", root / "decoder" / "decoder_log.json", lambda: _decoder(root, device, mine("decoder"))),  # last
     ]
-    for name, done_marker, fn in stages:
+
+
+def run_stages(root: Path, device: str, overrides: list[str], until: str | None = None) -> None:
+    """Run every stage whose marker is missing, recording its wall time; stop after ``until``."""
+    for name, done_marker, fn in stages(root, device, overrides):
         if done_marker.exists():
             logger.info("stage %s: done already (%s)", name, done_marker)
-            if name == args.until:
+            if name == until:
                 break
             continue
         logger.info("stage %s: starting", name)
         t = time.perf_counter()
         fn()
-        _record(root, name, time.perf_counter() - t, args.device)
-        if name == args.until:
+        _record(root, name, time.perf_counter() - t, device)
+        if name == until:
             logger.info("stopping after stage %s (--until)", name)
             break
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    root = Path(args.root)
+    root.mkdir(parents=True, exist_ok=True)
+    run_stages(root, args.device, args.overrides, args.until)
     if args.ship:
         from harmon.shipped import SHIPPED_DIR
-        from harmon.train.config import _parse_value
+        from harmon.train.config import parse_value
 
-        defaults = {k: _parse_value(v) for k, v in (d.split("=", 1) for d in args.defaults)}
+        defaults = {k: parse_value(v) for k, v in (d.split("=", 1) for d in args.defaults)}
         if "num_sampling_steps" in defaults:
             defaults["num_sampling_steps"] = str(defaults["num_sampling_steps"])
         last = args.until if args.until in ("stage1", "stage2", "stage3", "decoder") else "decoder"
@@ -197,21 +197,18 @@ def _settings(stage: str, fn, recipe: dict, overrides: list[str]) -> dict:
 
 
 def _vae(root: Path, device: str, overrides: list[str]) -> None:
-    from harmon.train.shapes_recipes import SHAPES_VAE
-    from harmon.train.stage0 import train_shapes_vae
-
-    train_shapes_vae(root / "stage0_vae", device=device, **_settings("vae", train_shapes_vae, SHAPES_VAE, overrides))
+    train = stage0.train_shapes_vae  # looked up at call time: tests stand in a fake
+    train(root / "stage0_vae", device=device, **_settings("vae", train, recipes.SHAPES_VAE, overrides))
 
 
 def _decoder(root: Path, device: str, overrides: list[str], source: str = "stage3") -> None:
     """Fine-tune the VAE decoder of ``source``'s export (recipe SHAPES_DECODER) and export the whole model again."""
     from harmon.pipeline import HarmonPipeline
-    from harmon.train.shapes_recipes import SHAPES_DECODER
-    from harmon.train.stage0 import finetune_vae_decoder
 
-    kwargs = _settings("decoder", finetune_vae_decoder, SHAPES_DECODER, overrides)
+    finetune = stage0.finetune_vae_decoder  # looked up at call time: tests stand in a fake
+    kwargs = _settings("decoder", finetune, recipes.SHAPES_DECODER, overrides)
     pipe = HarmonPipeline.from_pretrained(root / source / "final", device=device, dtype=torch.float32)
-    summary = finetune_vae_decoder(pipe.model.vae, device=device, **kwargs)
+    summary = finetune(pipe.model.vae, device=device, **kwargs)
     out = root / "decoder"
     pipe.save_pretrained(out / "final")
     (out / "decoder_log.json").write_text(json.dumps({"source": source, **summary}, indent=2) + "\n")

@@ -17,16 +17,21 @@ from typing import Any
 
 import torch
 
+from harmon.images import pil_to_tensor, tensor_to_pil
+from harmon.loading import load_checked, read_weights
+from harmon.vae import AutoencoderKL, VAEConfig
+from harmon.world.detection import detect_objects
+from harmon.world.render import render
+from harmon.world.sampling import place_content
+from harmon.world.scene import WorldConfig
+
 
 class StandaloneVAE:
-    """A stage-0 VAE folder (``vae.safetensors`` + ``vae_config.json``, as ``harmon.train.stage0`` writes it) in the
+    """A stage-0 VAE folder (``vae.safetensors`` + ``vae_config.json``, as ``harmon.world.stage0`` writes it) in the
     shape :func:`codec_round_trip` reads, so a VAE can be checked before any generator is trained on it. The round
     trip runs on whole latent maps; grouping latents into MAR tokens does not change what is decoded."""
 
     def __init__(self, folder: str | Path, image_size: int = 64) -> None:
-        from harmon.loading import load_checked, read_weights
-        from harmon.vae import AutoencoderKL, VAEConfig
-
         folder = Path(folder)
         missing = [n for n in ("vae.safetensors", "vae_config.json") if not (folder / n).is_file()]
         if missing:
@@ -58,10 +63,6 @@ def codec_round_trip(
     (what the detector read on the failures, as "colour shape" strings with counts; "nothing" when it found no
     object)), and the mean ``seen`` and ``held_out`` shares.
     """
-    from harmon.images import pil_to_tensor, tensor_to_pil
-    from harmon.world import WorldConfig, place_content, render
-    from harmon.world.scoring import detect_objects
-
     if scenes < 1:
         raise ValueError(f"scenes must be >= 1, got {scenes}")
     size = image_size or pipe.config.generation.image_size

@@ -3,24 +3,41 @@
 Generation is judged with GenEval's rules on objects recovered from pixels; answers with POPE's rule and exact
 counting / colour / position / description checks. Everything is drawn from one seed, so a table is reproducible
 from the command that printed it.
+
+``harmon eval geneval --score shapes`` (:func:`score_shapes`): every image of a GenEval output folder is judged with
+the same exact scorer (:func:`harmon.world.detection.detect_objects` + GenEval's rules in
+:func:`harmon.world.scoring.judge_prompt`); accuracy per tag, overall = mean of the tag accuracies (GenEval's
+summary). ``results.jsonl`` holds one row per image in the columns of GenEval's ``evaluate_images.py`` (filename,
+tag, prompt, correct, reason, metadata), so its ``summary_scores.py`` reads it too; ``results.json`` holds the
+tables. Scoring needs every prompt complete, so a multi-process run skips it: rerun once in one process with
+``--score shapes`` (nothing is regenerated).
 """
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from harmon.eval.common import FormatError, write_jsonl_atomic, write_text_atomic
+from harmon.eval.geneval import LazyImages, read_outputs
+from harmon.images import load_image
 from harmon.pipeline import HarmonPipeline
+from harmon.world.detection import detect_objects
+from harmon.world.prompts import sample_eval_prompts
+from harmon.world.questions import sample_eval_questions, sample_shape_existence_items
+from harmon.world.render import render
+from harmon.world.scene import WorldConfig
+from harmon.world.scoring import explain_prompt, score_answers, score_generation
 
 
 def generation_scores(
     pipe: HarmonPipeline, n_prompts: int, seed: int = 0, batch_size: int = 16, world=None, **settings: Any
 ) -> tuple[dict[str, Any], list, list]:
     """Generate one image for each of ``n_prompts`` balanced eval prompts and score them."""
-    from harmon.world import WorldConfig, sample_eval_prompts, score_generation
-
     world = world or WorldConfig(image_size=settings.get("image_size") or pipe.config.generation.image_size)
     prompts = sample_eval_prompts(n_prompts, torch.Generator().manual_seed(seed), world)
     generator = torch.Generator().manual_seed(seed + 1)
@@ -33,8 +50,6 @@ def generation_scores(
 
 def _answers(pipe: HarmonPipeline, items: list, world, max_new_tokens: int) -> list[str]:
     """Greedy answers to (scene, question) items, each scene rendered in ``world``."""
-    from harmon.world import render
-
     return [pipe.describe(render(scene, world), q["question"], max_new_tokens=max_new_tokens) for scene, q in items]
 
 
@@ -42,8 +57,6 @@ def understanding_scores(
     pipe: HarmonPipeline, n_questions: int, seed: int = 0, world=None, max_new_tokens: int = 48
 ) -> tuple[dict[str, Any], list, list[str]]:
     """Answer ``n_questions`` balanced questions about fresh scenes (greedy) and score the answers."""
-    from harmon.world import WorldConfig, sample_eval_questions, score_answers
-
     world = world or WorldConfig(image_size=pipe.config.generation.understanding_image_size)
     items = sample_eval_questions(n_questions, torch.Generator().manual_seed(seed + 2), world)
     answers = _answers(pipe, items, world, max_new_tokens)
@@ -55,9 +68,6 @@ def shape_existence_scores(
 ) -> dict[str, float]:
     """POPE metrics of "Is there a <shape> in the image?" (POPE's own template: no colour) over ``n`` fresh scenes,
     half of them without the asked shape. Its own generator (seed + 3): the other tables do not move with ``n``."""
-    from harmon.world import WorldConfig, score_answers
-    from harmon.world.questions import sample_shape_existence_items
-
     world = world or WorldConfig(image_size=pipe.config.generation.understanding_image_size)
     items = sample_shape_existence_items(n, torch.Generator().manual_seed(seed + 3), world)
     return score_answers(items, _answers(pipe, items, world, max_new_tokens), world)["pope"]["shape"]
@@ -86,3 +96,47 @@ def evaluate_shapes(
         out["shape_existence"] = shape_existence_scores(pipe, n_shape_questions, seed)
         out["n_shape_questions"] = n_shape_questions
     return out
+
+
+def score_shapes(outdir: str | Path, n_samples: int | None = None, world=None) -> dict[str, Any]:
+    """Score every sample under ``outdir`` with the shapes world's exact scorer; writes results.json(l).
+
+    Args:
+        n_samples: when given, every prompt folder must hold at least this many samples.
+        world: a :class:`harmon.world.scene.WorldConfig`; default the standard world at the images' size.
+    Returns:
+        :func:`harmon.world.scoring.score_generation`'s dict (one entry per image) plus ``n_prompts``, ``n_images``.
+    """
+    outdir = Path(outdir)
+    entries = read_outputs(outdir)
+    if not entries:
+        raise ValueError(f"{outdir}: no prompt folders (all-digit names) to score")
+    metas, paths = [], []
+    for folder, meta, files in entries:
+        if "tag" not in meta:
+            raise FormatError(f"{folder / 'metadata.jsonl'}: no 'tag'; scoring needs GenEval metadata")
+        if n_samples is not None and len(files) < n_samples:
+            raise ValueError(f"{folder}: {len(files)} of {n_samples} samples; finish the generation first")
+        metas += [meta] * len(files)
+        paths += files
+    images = LazyImages(paths)  # one image in memory at a time
+    world = world or WorldConfig(image_size=images[0].width)
+    result = score_generation(metas, images, world)
+    rows = []
+    for meta, path, ok in zip(metas, paths, result["correct"]):
+        reason = "" if ok else "\n".join(explain_prompt(meta, detect_objects(load_image(path), world))[1])
+        rows.append(
+            {
+                "filename": str(path.relative_to(outdir)),
+                "tag": meta["tag"],
+                "prompt": meta["prompt"],
+                "correct": ok,
+                "reason": reason,
+                "metadata": json.dumps(meta),
+            }
+        )
+    result.update(n_prompts=len(entries), n_images=len(paths), scorer="shapes")
+    write_jsonl_atomic(outdir / "results.jsonl", rows)
+    summary = {k: v for k, v in result.items() if k != "correct"}
+    write_text_atomic(outdir / "results.json", json.dumps({**summary, "images": rows}, indent=2) + "\n")
+    return result

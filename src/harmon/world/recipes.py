@@ -1,16 +1,22 @@
 """Recipes of the shipped shapes-world model: stage 0 (language model on the world's text), I, II and III.
 
-Run in order by ``python -m harmon.train.shapes_pipeline`` (stage 0 also trains the VAE and the tokenizer, see
-harmon.train.stage0). Every stage reads the previous stage's export.
+Run in order by ``python -m harmon.world.pipeline`` (stage 0 also trains the VAE and the tokenizer, see
+:mod:`harmon.world.stage0`). Every stage reads the previous stage's export. The values were chosen by measuring
+the world's GenEval-rule and understanding scores (``harmon eval shapes``); the comments give the reason for each.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 
+from harmon.config import GenerationDefaults, HarmonConfig
 from harmon.data.tasks import Task
+from harmon.diffloss import DiffLossConfig
+from harmon.mar import MARConfig
 from harmon.train.config import ModelInit, OptimConfig, SourceConfig, TrainConfig, deep_merge
 from harmon.train.recipes import MAR_DECODER
+from harmon.world.stage0 import shapes_vae_config
 
 ROOT = "runs/shapes"
 SHAPES_PRESET = "shapes"
@@ -19,24 +25,22 @@ STAGE3_STEPS = 1800  # ~9 min at ~0.3 s per step on 2 CPU cores: the whole pipel
 # 4 x 4 tokens; the schedule skips steps that would draw nothing).
 SAMPLE_SETTINGS = {"num_iter": 16, "num_sampling_steps": "100", "guidance_scale": 1.5}
 # From stage I on, the diffusion head predicts v and the mask ratio is U[0, 1]; stage III sets them again, so it also
-# converts a model trained with the official settings. Measured on this world (session 3): with the official
-# ε-prediction, the small head's x̂0 error at high noise is amplified by sqrt(1/ᾱ_t − 1) (up to ~2e4 on the cosine
-# chain), the respaced sampler diverges without x0 clipping and, even clipped, an oracle-conditioned head recovers
-# only ~9 % of scenes; the trained model drew colour-mixed parts of shapes. v-prediction keeps x̂0 errors of the
-# order of the v error and weights the loss towards the high-noise steps that decide colour and shape; the uniform
-# ratio trains every number of visible tokens (the truncated normal at 1.0 almost never shows more than 4 of 16).
-# 600 steps of it turned scattered colour blobs into whole, single-coloured shapes; trained from stage I,
-# GenEval-rule overall went from 0.056 to 0.28. Recipes take a deep copy: `--set` edits overrides in place.
+# converts a model trained with the official settings. With the official ε-prediction, the small head's x̂0 error at
+# high noise is amplified by sqrt(1/ᾱ_t − 1) (up to ~2e4 on the cosine chain): the respaced sampler diverges without
+# x0 clipping and, even clipped, an oracle-conditioned head recovers only ~9 % of scenes. v-prediction keeps x̂0
+# errors of the order of the v error and weights the loss towards the high-noise steps that decide colour and shape;
+# the uniform ratio trains every number of visible tokens (the truncated normal at 1.0 almost never shows more than
+# 4 of 16). Measured from one stage-I export: GenEval-rule overall 0.056 -> 0.28 after 600 steps of it, whole
+# single-coloured shapes instead of scattered colour blobs. Recipes take a deep copy: `--set` edits overrides in place.
 V_UNIFORM = {
     "mar": {"diffloss": {"prediction": "v"}, "mask_ratio_dist": "uniform", "mask_ratio_min": 0.0},
     "generation": {"x0_clip": None},
 }
 # From stage I on, one MAR token is the 2 x 2 block of latents under a 32 px grid cell (MAR patch size 2: 2 x 2
 # tokens of 64 dims at 64 px), so each object of the world is exactly one token and the diffusion head draws all of
-# it, colour included, in one sample. Seen on the third run (patch size 1, 4 x 4 tokens; throwaway checks in
-# session 8, see artifacts/shapes-run6/README.md): failed "colors" images mostly held one object whose four tokens
-# agreed on a colour, but a neighbour of the asked one, and two-object prompts often got the same shape twice.
-# The LLM stage's MAR was never trained, so stage I starts the MAR afresh at the new sizes.
+# it, colour included, in one sample. With patch size 1 (4 x 4 tokens per image, four per object) the four tokens of
+# an object agreed on a colour but often a neighbour of the asked one, and two-object prompts often got the same
+# shape twice. The LLM stage's MAR was never trained, so stage I starts the MAR afresh at the new sizes.
 PATCH2 = {
     "mar": {
         "patch_size": 2,
@@ -49,12 +53,10 @@ PATCH2 = {
 
 
 # Relative weights of the GenEval tags among the prompt-style text-to-image captions of stages I-III (the whole-scene
-# captions keep their 30 %). The seventh model (uniform tags) had single and two objects near the ceiling (0.98 /
-# 0.85) and failed at binding: on seen pairs, colour-attribution images often swapped or shared the two colours, and
-# position images with both objects right rarely put them in the asked relation (a throwaway check in session 10).
-# The weak tags get the examples the easy ones do not need. With them and the longer stage II, the eighth run scored
-# GenEval-rule 0.639 against the seventh's 0.595 on seed 0 (colour attribution 0.29 -> 0.39; positions unchanged at
-# 0.11); the two changes were made together (artifacts/shapes-run8/README.md).
+# captions keep their 30 %). With uniform tags, single and two objects sat near the ceiling (0.98 / 0.85) while
+# binding failed: colour-attribution images often swapped or shared the two colours, and position images rarely put
+# both objects in the asked relation. The weak tags get the examples the easy ones do not need; together with the
+# longer stage II this raised GenEval-rule overall from 0.595 to 0.639 on seed 0 (colour attribution 0.29 -> 0.39).
 T2I_TAG_WEIGHTS: dict = {
     "single_object": 0.5,
     "two_object": 0.5,
@@ -63,34 +65,84 @@ T2I_TAG_WEIGHTS: dict = {
     "position": 2.0,
     "color_attr": 2.0,
 }
-STAGE2_STEPS = 6000  # 42 min at ~0.42 s per step on 2 CPU cores (eighth run); the whole pipeline took 89 min
+STAGE2_STEPS = 6000  # 42 min at ~0.42 s per step on 2 CPU cores; the whole pipeline takes ~1.5 h
 # Stage II's conversations also draw from a bare-shape existence pair ("Is there a circle in the image?": POPE's own
-# template). The eighth model never saw a question without a colour: F1 44.3 % on 168 such questions (half "No",
-# `harmon eval shapes --seed 0`), "Yes" in 22.6 %. The ninth run, this option added and nothing else, scores 100 %
-# (artifacts/shapes-run9/README.md).
+# template). A model that never saw a question without a colour answers those poorly (F1 44.3 % on 168 questions,
+# half "No", "Yes" in 22.6 %); with this option, and nothing else changed, it scores 100 %.
 STAGE2_QA_OPTIONS: dict = {"kind": "qa", "shape_questions": True}
 STAGE2_QA_TEXT_LENGTH = 256
 
 
-# Stage 0 VAE settings (keyword arguments of harmon.train.stage0.train_shapes_vae; `--set vae:KEY=VALUE` wins).
+# Stage 0 VAE settings (keyword arguments of harmon.world.stage0.train_shapes_vae; `--set vae:KEY=VALUE` wins).
 # The VAE decodes through latent noise of 0.5 of the latents' spread, which spreads the six colours apart in the
-# latents. With the plain VAE, green sat 2.10 from blue and 2.26 from yellow in the 64-dim tokens while red was 3.3-10.8
-# from every colour (`harmon analyze words --attribute color`, distance table), and the generator learned colour along
+# latents. Without it, green sat 2.10 from blue and 2.26 from yellow in the 64-dim tokens while red was 3.3-10.8 from
+# every colour (`harmon analyze words --attribute color`, distance table), and the generator learned colour along
 # the red-purple axis only: one-object prompts for green, blue or yellow drew purple or blue (`harmon analyze drawn`:
-# 48 % drawn as asked). With noise 0.5 the closest pair is 4.44 apart, 97 % are drawn as asked, and the seventh run
-# scored GenEval-rule 0.595 against the sixth run's 0.446 (artifacts/shapes-run7/README.md). With the patch-1 MAR of
-# session 4, noise 0.25 had not helped (0.274 vs 0.280, artifacts/shapes-run4).
+# 48 % drawn as asked). With noise 0.5 the closest pair is 4.44 apart, 97 % are drawn as asked and GenEval-rule
+# overall rises from 0.446 to 0.595.
 SHAPES_VAE: dict = {"latent_noise": 0.5}
 # Last stage: the VAE decoder alone learns to draw clean scenes from latents perturbed by Gaussian noise of std up to
 # max_noise (unit-variance latents); the encoder, hence the latent space and everything trained on it, is untouched
-# (keyword arguments of harmon.train.stage0.finetune_vae_decoder; `--set decoder:KEY=VALUE` wins). Measured in
-# session 5 on the third model's own generated latents (240 prompts, lean preset, the same latents decoded twice):
-# GenEval-rule overall 0.271 -> 0.333 with max_noise 0.4 (0.317 with 0.8). The generator's tokens land between the
-# colour clusters often enough that the old decoder painted two-coloured objects the judge rejects.
+# (keyword arguments of harmon.world.stage0.finetune_vae_decoder; `--set decoder:KEY=VALUE` wins). The generator's
+# tokens land between the colour clusters often enough that a decoder trained on clean latents paints two-coloured
+# objects the judge rejects; decoding the same generated latents (240 prompts) with the fine-tuned decoder raised
+# GenEval-rule overall from 0.271 to 0.333 with max_noise 0.4 (0.317 with 0.8).
 SHAPES_DECODER: dict = {"steps": 3000, "max_noise": 0.4}
 # Stage III trains only the generation side: the MAR decoder side and proj_out. The MAR encoder, proj_in and the
 # LLM (the whole understanding path) stay frozen, so every understanding answer of stage II is kept exactly.
 GENERATION_SIDE = (*MAR_DECODER, "proj_out.")
+
+
+def harmon_shapes(vocab_size: int = 512) -> HarmonConfig:
+    """The shapes-world model's base: a few million parameters, 64 px images as 4x4 tokens of 16 channels.
+
+    The recipes below train the LLM on this config, then switch the MAR to patch size 2 from stage I on (2x2
+    tokens of 64 dims): the shipped model's config records the result. Registered as the size "shapes".
+
+    Sized so the whole recipe trains on a 2-core CPU in under two hours (~0.3 s per optimizer step).
+    """
+    llm = dict(
+        vocab_size=vocab_size,
+        hidden_size=128,
+        intermediate_size=384,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        rope_theta=10000.0,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=True,
+        hidden_act="silu",
+        attention_dropout=0.0,
+        use_sliding_window=False,
+    )
+    mar = MARConfig(
+        encoder_dim=128,
+        encoder_depth=2,
+        encoder_heads=4,
+        decoder_dim=128,
+        decoder_depth=2,
+        decoder_heads=4,
+        buffer_size=4,
+        grid_size=4,
+        class_num=0,
+        attn_dropout=0.0,
+        proj_dropout=0.0,
+        mask_ratio_min=0.5,  # 16-token grids: train on more visible tokens than MAR-256 does
+        diffloss=DiffLossConfig(z_channels=128, width=192, depth=3),
+    )
+    gen = GenerationDefaults(
+        image_size=64,
+        num_iter=8,
+        guidance_scale=3.0,
+        understanding_image_size=64,
+        max_new_tokens=48,
+        num_sampling_steps="50",
+    )
+    return HarmonConfig(llm=llm, mar=mar, vae=shapes_vae_config(64), generation=gen)
+
+
+# ---- recipes ------------------------------------------------------------------------------------------------
 
 
 def _t2i(batch_size: int) -> SourceConfig:
@@ -216,3 +268,31 @@ RECIPES = {
     "shapes_stage2": shapes_stage2,
     "shapes_stage3": shapes_stage3,
 }
+
+
+def toy_source(src: SourceConfig) -> SourceConfig:
+    """A shapes-world source of the same name, task and loss weight, at most 2 samples per micro-batch: LLaVA
+    conversations become questions about scenes, other image2text sources scene descriptions."""
+    if src.format == "shapes":
+        return dataclasses.replace(src, batch_size=min(src.batch_size, 2), format_options=dict(src.format_options))
+    options = {"kind": "qa" if src.format == "llava" else "caption"} if src.task is Task.IMAGE_TO_TEXT else {}
+    return SourceConfig(
+        src.name,
+        "shapes",
+        task=src.task,
+        batch_size=min(src.batch_size, 2),
+        loss_weight=src.loss_weight,
+        format_options=options,
+    )
+
+
+def toy(cfg: TrainConfig, tokenizer: str, output_dir: str, steps: int = 2) -> TrainConfig:
+    """The same recipe at toy size: tiny model, shapes-world data of the same kinds, 64 px, a few steps.
+
+    What trains (train_modules), the mixture structure and the loss weights stay as the recipe says.
+    """
+    cfg.model = ModelInit(preset="tiny", tokenizer=tokenizer)
+    cfg.data = [toy_source(s) for s in cfg.data]
+    cfg.image_size, cfg.max_steps, cfg.output_dir, cfg.max_text_length = 64, steps, output_dir, 512
+    cfg.precision, cfg.save_every, cfg.sample_every, cfg.log_every = "fp32", 0, 0, 1
+    return cfg

@@ -13,6 +13,12 @@ from typing import Any
 
 import torch
 
+from harmon.data import Text2ImageProcessor
+from harmon.data.processing import collate_text2image
+from harmon.mar import mask_by_order
+from harmon.world.data import shapes_record
+from harmon.world.scene import WorldConfig
+
 
 @torch.no_grad()
 def context_curve(
@@ -28,11 +34,6 @@ def context_curve(
     Returns {"visible": [...], "loss": [...], "shuffled_text_loss": float at 0 visible} — the last compares the
     loss with every prompt swapped for another image's prompt (how much the prompt is used).
     """
-    from harmon.data import Text2ImageProcessor
-    from harmon.data.processing import _pad_id, collate_text2image
-    from harmon.world import WorldConfig
-    from harmon.world.data import shapes_record
-
     model = pipe.model
     size = image_size or pipe.config.generation.image_size
     grid = model.grid_for(size)
@@ -42,7 +43,7 @@ def context_curve(
     world = WorldConfig(image_size=size)
     batch = collate_text2image(
         [proc(shapes_record("text2image", 900_000 + seed * 10_000 + i, config=world)) for i in range(n_images)],
-        _pad_id(pipe.tokenizer),
+        proc.pad_id,
     )
     was_training = model.training
     model.eval()
@@ -73,8 +74,6 @@ def teacher_forced_loss(
     Each seed draws the random orders (which tokens are visible), the timesteps and the noise, so calls with the same
     seeds and different prompts are paired: their difference is the prompts' doing alone.
     """
-    from harmon.mar import mask_by_order
-
     seq = grid[0] * grid[1]
     total = 0.0
     for s in seeds:

@@ -7,8 +7,8 @@ that uses the word has its lowest loss under "green", and the gap to the other w
 them apart. A word whose row is flat is not bound: the sampler can only draw that attribute from the prior, and no
 sampling setting can fix it. Shapes work the same way ("a green circle" vs "a green square" on green circles).
 
-This is the check that explains GenEval-rule colour failures (see artifacts/shapes-run3/README.md): it reads the
-model's conditional distribution directly instead of sampling it.
+This is the check that explains GenEval-rule colour failures: it reads the model's conditional distribution
+directly instead of sampling it.
 """
 
 from __future__ import annotations
@@ -16,6 +16,16 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+
+from harmon.data import Text2ImageProcessor
+from harmon.data.processing import collate_text2image
+from harmon.images import prepare_for_understanding
+from harmon.world.analyses.context import teacher_forced_loss
+from harmon.world.detection import detect_objects
+from harmon.world.prompts import parse_prompt, scene_for_prompt
+from harmon.world.render import render
+from harmon.world.sampling import place_objects
+from harmon.world.scene import Scene, WorldConfig, noun_phrase
 
 ATTRIBUTES = ("color", "shape")
 
@@ -45,26 +55,16 @@ def word_binding(
     the lowest loss) and ``accuracy`` (share of (true value, other attribute) cases whose own word is lowest).
     Held-out (colour, shape) pairs are skipped as true values; every word is tried as a prompt.
     """
-    from harmon.analyze.context import teacher_forced_loss
-    from harmon.data import Text2ImageProcessor
-    from harmon.data.processing import _pad_id, collate_text2image
-    from harmon.world import WorldConfig, parse_prompt
-    from harmon.world.prompts import scene_for_prompt
-    from harmon.world.scene import noun_phrase, render
-
     size = image_size or pipe.config.generation.image_size
     world = WorldConfig(image_size=size)
     words, others = _axes(world, attribute)
     if n_scenes < 1 or repeats < 1:
         raise ValueError(f"n_scenes and repeats must be >= 1, got {n_scenes} and {repeats}")
     model = pipe.model
-    grid = model.grid_for(size)
     seeds = [seed * 7919 + r for r in range(repeats)]
     proc = Text2ImageProcessor(pipe.tokenizer, size, cfg_drop_prob=0.0)
-    pad = _pad_id(pipe.tokenizer)
     was_training = model.training
     model.eval()
-
     sums = torch.zeros(len(words), len(words), dtype=torch.float64)
     counts = torch.zeros(len(words), dtype=torch.float64)
     wins = cases = 0
@@ -76,17 +76,7 @@ def word_binding(
             g = torch.Generator().manual_seed(seed * 1_000_003 + i * 1009 + k)
             meta = parse_prompt(noun_phrase(shape, color), world)
             images = [render(scene_for_prompt(meta, g, world), world) for _ in range(n_scenes)]
-            row = torch.zeros(len(words), dtype=torch.float64)
-            tokens = None
-            for j, word in enumerate(words):
-                c, s = _pair(attribute, word, other)
-                batch = collate_text2image(
-                    [proc({"kind": "text2image", "image": im, "caption": noun_phrase(s, c)}) for im in images], pad
-                )
-                if tokens is None:  # the same images under every word: encode them once
-                    tokens = model.encode_images(batch["pixels"].to(model.device))
-                ids, am = batch["input_ids"].to(model.device), batch["attention_mask"].to(model.device)
-                row[j] = teacher_forced_loss(model, tokens, ids, am, grid, 0, seeds)  # same draws for every word
+            row = _losses_per_word(model, proc, images, attribute, words, other, size, seeds)
             sums[i] += row
             counts[i] += 1
             cases += 1
@@ -108,6 +98,26 @@ def word_binding(
     }
 
 
+def _losses_per_word(
+    model, proc, images: list, attribute: str, words: list[str], other: str, size: int, seeds: list[int]
+) -> torch.Tensor:
+    """(len(words),) float64: the teacher-forced loss of ``images`` under the prompt naming each word (with
+    ``other`` as the other attribute), the same masks, timesteps and noise for every word."""
+    grid = model.grid_for(size)
+    row = torch.zeros(len(words), dtype=torch.float64)
+    tokens = None
+    for j, word in enumerate(words):
+        c, s = _pair(attribute, word, other)
+        batch = collate_text2image(
+            [proc({"kind": "text2image", "image": im, "caption": noun_phrase(s, c)}) for im in images], proc.pad_id
+        )
+        if tokens is None:  # the same images under every word: encode them once
+            tokens = model.encode_images(batch["pixels"].to(model.device))
+        ids, am = batch["input_ids"].to(model.device), batch["attention_mask"].to(model.device)
+        row[j] = teacher_forced_loss(model, tokens, ids, am, grid, 0, seeds)  # same draws for every word
+    return row
+
+
 @torch.no_grad()
 def colour_latent_distances(pipe, n_scenes: int = 32, seed: int = 0, image_size: int | None = None) -> dict[str, Any]:
     """How far apart the VAE puts the world's colours: distances between colour means of object tokens.
@@ -118,10 +128,6 @@ def colour_latent_distances(pipe, n_scenes: int = 32, seed: int = 0, image_size:
     ``closest`` (the nearest pair and its distance). A colour word's training signal grows with these distances:
     neighbours much closer than the rest are the ones a generator learns to tell apart last.
     """
-    from harmon.images import prepare_for_understanding
-    from harmon.world import WorldConfig
-    from harmon.world.scene import Scene, place_objects, render
-
     if n_scenes < 1:
         raise ValueError(f"n_scenes must be >= 1, got {n_scenes}")
     model = pipe.model
@@ -206,10 +212,6 @@ def drawn_attributes(
     Returns ``words``, ``columns`` (the words, then "none", "several" and for shapes "unknown"), ``counts`` (asked x
     column, ints), ``accuracy`` (per asked word: share drawn as asked) and ``overall`` (mean of those).
     """
-    from harmon.world import WorldConfig
-    from harmon.world.scene import noun_phrase
-    from harmon.world.scoring import detect_objects
-
     world = WorldConfig(image_size=pipe.config.generation.image_size)
     words, others = _axes(world, attribute)
     if images < 1:
@@ -230,13 +232,7 @@ def drawn_attributes(
                 generator=g,
             )
             for image in drawn:
-                found = detect_objects(image, world)
-                if len(found) != 1:
-                    col = columns.index("none" if not found else "several")
-                else:
-                    value = found[0].color if attribute == "color" else found[0].shape
-                    col = columns.index(value)  # a palette colour, a world shape or "unknown"
-                counts[i][col] += 1
+                counts[i][columns.index(_drawn_column(image, world, attribute))] += 1
     accuracy = [row[i] / max(1, sum(row)) for i, row in enumerate(counts)]
     return {
         "attribute": attribute,
@@ -250,6 +246,14 @@ def drawn_attributes(
         "preset": preset,
         "guidance_scale": guidance_scale,
     }
+
+
+def _drawn_column(image, world: WorldConfig, attribute: str) -> str:
+    """The confusion-table column an image counts under (see :func:`drawn_attributes`)."""
+    found = detect_objects(image, world)
+    if len(found) != 1:
+        return "none" if not found else "several"
+    return found[0].color if attribute == "color" else found[0].shape  # a palette colour, a world shape or "unknown"
 
 
 def format_drawn_table(result: dict[str, Any]) -> str:

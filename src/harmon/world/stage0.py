@@ -15,8 +15,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from harmon.images import tensor_to_pil
 from harmon.loading import save_safetensors
 from harmon.vae import AutoencoderKL, VAEConfig, vae_loss
+from harmon.world.detection import DetectorConfig, classify_pixels, detect_objects
+from harmon.world.render import render_array, shape_mask
+from harmon.world.sampling import sample_scene
+from harmon.world.scene import WorldConfig
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +49,6 @@ def shapes_vae_config(image_size: int = 64) -> VAEConfig:
 def off_palette_color(generator: torch.Generator, world_config) -> tuple[int, int, int]:
     """A random RGB colour that the scorer's detector reads as no colour of the world (neither a palette colour
     nor a blend of one with the background): objects painted with it are no (colour, shape) pair at all."""
-    from harmon.world.scoring import DetectorConfig, classify_pixels
-
     detector = DetectorConfig()
     while True:
         rgb = torch.randint(0, 256, (3,), generator=generator).tolist()
@@ -63,8 +66,6 @@ def render_batch(
     teach a VAE that shape and colour vary independently without ever showing it a held-out (colour, shape) pair
     as the scorer reads one. With 0 the scenes (and the random draws) are exactly the world's.
     """
-    from harmon.world.scene import render_array, sample_scene, shape_mask
-
     arrays = []
     for i in indices:
         g = torch.Generator().manual_seed(seed * 1_000_003 + int(i))
@@ -134,14 +135,38 @@ def train_shapes_vae(
         raise ValueError(f"latent_noise must be >= 0, got {latent_noise}")
     if not 0.0 <= generic_fraction <= 1.0:
         raise ValueError(f"generic_fraction must be in [0, 1], got {generic_fraction}")
-    from harmon.world.scene import WorldConfig
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    world = WorldConfig(image_size=image_size)
-    cfg = shapes_vae_config(image_size)
+    world, cfg = WorldConfig(image_size=image_size), shapes_vae_config(image_size)
     torch.manual_seed(seed)
     vae = AutoencoderKL(cfg).to(device)
+    settings = {"steps": steps, "batch_size": batch_size, "lr": lr, "object_weight": object_weight}
+    settings |= {"latent_noise": latent_noise, "generic_fraction": generic_fraction}
+    log, seconds = _train_vae(vae, world, seed, device, settings, warmup_frac, kl_weight, log_every)
+    vae.eval()
+    scale, quality = _measure_vae(vae, world, seed, eval_scenes, device)
+    cfg = replace(cfg, scale_factor=round(scale, 5))
+    save_safetensors(vae.state_dict(), out / "vae.safetensors")
+    (out / "vae_config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    summary = {"log": log, "quality": quality, "train_seconds": seconds, **settings, "scale_factor": cfg.scale_factor}
+    (out / "vae_log.json").write_text(json.dumps(summary, indent=2) + "\n")
+    logger.info("vae done: scale %.4f, %s", scale, quality)
+    return out
+
+
+def _train_vae(
+    vae: AutoencoderKL,
+    world: WorldConfig,
+    seed: int,
+    device: str,
+    settings: dict,
+    warmup_frac: float,
+    kl_weight: float,
+    log_every: int,
+) -> tuple[list[dict], float]:
+    """The training loop of :func:`train_shapes_vae` (``settings``: its steps, batch size, lr, object weight,
+    latent noise and generic fraction) over scenes 0, 1, ... in batches; returns (log, seconds)."""
+    steps, batch_size, lr = settings["steps"], settings["batch_size"], settings["lr"]
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=warmup_frac)
     gen = torch.Generator().manual_seed(seed + 1)
@@ -149,15 +174,18 @@ def train_shapes_vae(
     t0 = time.perf_counter()
     for step in range(steps):
         x = render_batch(
-            range(step * batch_size, (step + 1) * batch_size), seed, world, generic_fraction=generic_fraction
+            range(step * batch_size, (step + 1) * batch_size),
+            seed,
+            world,
+            generic_fraction=settings["generic_fraction"],
         ).to(device)
         mean, logvar = vae.encode(x)
         z = vae.sample_posterior(mean, logvar, gen)
-        if latent_noise > 0:
+        if settings["latent_noise"] > 0:
             noise = torch.randn(z.shape, generator=gen).to(device)
-            z = z + latent_noise * mean.detach().std() * noise
+            z = z + settings["latent_noise"] * mean.detach().std() * noise
         rec = vae.decode(z)
-        terms = object_weighted_loss(rec, x, mean, logvar, kl_weight, object_weight, world.background)
+        terms = object_weighted_loss(rec, x, mean, logvar, kl_weight, settings["object_weight"], world.background)
         opt.zero_grad(set_to_none=True)
         terms["loss"].backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
@@ -171,36 +199,26 @@ def train_shapes_vae(
             }
             log.append(entry)
             logger.info("vae %s", entry)
-    train_seconds = time.perf_counter() - t0
-    vae.eval()
-    # Latent scale: 1 / std over held-back scenes, so diffusion sees unit-variance tokens (KL-16 records 0.2325).
+    return log, time.perf_counter() - t0
+
+
+def _measure_vae(
+    vae: AutoencoderKL, world: WorldConfig, seed: int, eval_scenes: int, device: str
+) -> tuple[float, dict]:
+    """(latent scale, reconstruction quality) of a trained VAE on ``eval_scenes`` scenes training never drew.
+
+    The scale is 1 / std of the latents, so diffusion sees unit-variance tokens (KL-16 records 0.2325).
+    """
     with torch.no_grad():
         x = render_batch(range(10_000_000, 10_000_000 + eval_scenes), seed, world).to(device)
         mean, _ = vae.encode(x)
         scale = float(1.0 / mean.float().std())
         rec = vae.decode(mean)
-    cfg = replace(cfg, scale_factor=round(scale, 5))
     quality = reconstruction_quality(x, rec, world)
     quality["under_latent_noise"] = noise_robustness(
         vae, x, world, scale, generator=torch.Generator().manual_seed(seed)
     )
-    save_safetensors(vae.state_dict(), out / "vae.safetensors")
-    (out / "vae_config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
-    summary = {
-        "log": log,
-        "quality": quality,
-        "train_seconds": train_seconds,
-        "steps": steps,
-        "batch_size": batch_size,
-        "lr": lr,
-        "object_weight": object_weight,
-        "latent_noise": latent_noise,
-        "generic_fraction": generic_fraction,
-        "scale_factor": cfg.scale_factor,
-    }
-    (out / "vae_log.json").write_text(json.dumps(summary, indent=2) + "\n")
-    logger.info("vae done: scale %.4f, %s", scale, quality)
-    return out
+    return scale, quality
 
 
 def finetune_vae_decoder(
@@ -228,27 +246,48 @@ def finetune_vae_decoder(
     Returns a summary: the training log and, on ``eval_scenes`` unseen scenes, exact recovery when clean and under
     latent noise (:func:`noise_robustness`) before and after.
     """
-    from harmon.world.scene import WorldConfig
-
     if max_noise < 0:
         raise ValueError(f"max_noise must be >= 0, got {max_noise}")
     world = WorldConfig(image_size=image_size)
     vae = vae.to(device)
     scale = float(vae.config.scale_factor)
     x_eval = render_batch(range(20_000_000, 20_000_000 + eval_scenes), seed, world).to(device)
-
-    def quality() -> dict:
-        with torch.no_grad():
-            out = reconstruction_quality(x_eval, vae.decode(vae.encode(x_eval)[0]), world)
-        out["under_latent_noise"] = noise_robustness(
-            vae, x_eval, world, scale, generator=torch.Generator().manual_seed(seed)
-        )
-        return out
-
     vae.eval()
-    before = quality()
+    before = _decoder_quality(vae, x_eval, world, scale, seed)
     for n, p in vae.named_parameters():
         p.requires_grad_(n.startswith(("decoder.", "post_quant_conv.")))
+    settings = {"steps": steps, "batch_size": batch_size, "lr": lr, "max_noise": max_noise}
+    log, seconds = _train_decoder(vae, world, scale, seed, device, settings, object_weight, log_every)
+    for p in vae.parameters():
+        p.requires_grad_(False)
+    vae.eval()
+    after = _decoder_quality(vae, x_eval, world, scale, seed)
+    return {"log": log, "before": before, "after": after, "train_seconds": seconds, **settings}
+
+
+def _decoder_quality(vae: AutoencoderKL, x_eval: torch.Tensor, world: WorldConfig, scale: float, seed: int) -> dict:
+    """Exact recovery of ``x_eval`` when clean and under latent noise (:func:`noise_robustness`)."""
+    with torch.no_grad():
+        out = reconstruction_quality(x_eval, vae.decode(vae.encode(x_eval)[0]), world)
+    out["under_latent_noise"] = noise_robustness(
+        vae, x_eval, world, scale, generator=torch.Generator().manual_seed(seed)
+    )
+    return out
+
+
+def _train_decoder(
+    vae: AutoencoderKL,
+    world: WorldConfig,
+    scale: float,
+    seed: int,
+    device: str,
+    settings: dict,
+    object_weight: float,
+    log_every: int,
+) -> tuple[list[dict], float]:
+    """The training loop of :func:`finetune_vae_decoder` (``settings``: its steps, batch size, lr and max noise) over
+    the trainable (decoder) parameters; returns (log, seconds)."""
+    steps, batch_size, lr, max_noise = settings["steps"], settings["batch_size"], settings["lr"], settings["max_noise"]
     params = [p for p in vae.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)
@@ -277,27 +316,11 @@ def finetune_vae_decoder(
             entry = {"step": step + 1, "rec": float(terms["rec"].detach()), "s": time.perf_counter() - t0}
             log.append(entry)
             logger.info("vae decoder %s", entry)
-    for p in vae.parameters():
-        p.requires_grad_(False)
-    train_seconds = time.perf_counter() - t0
-    vae.eval()
-    return {
-        "log": log,
-        "before": before,
-        "after": quality(),
-        "train_seconds": train_seconds,
-        "steps": steps,
-        "batch_size": batch_size,
-        "lr": lr,
-        "max_noise": max_noise,
-    }
+    return log, time.perf_counter() - t0
 
 
 def reconstruction_quality(x: torch.Tensor, rec: torch.Tensor, world) -> dict[str, float]:
     """Mean absolute pixel error (0-255) and the share of scenes whose objects the detector recovers exactly."""
-    from harmon.images import tensor_to_pil
-    from harmon.world.scoring import detect_objects
-
     mae = float((rec.clamp(-1, 1) - x).abs().mean() * 127.5)
     ok = 0
     for a, b in zip(tensor_to_pil(x), tensor_to_pil(rec)):
@@ -319,8 +342,8 @@ def noise_robustness(
     """Share of scenes the detector still recovers exactly when Gaussian noise of std ``sigma`` is added to the
     unit-variance latents (``mean * scale``) before decoding: how precisely a generator must draw tokens.
 
-    Measured on the third shipped model's VAE (trained without latent noise): 0.99 / 0.96 / 0.79 at 0.1 / 0.2 /
-    0.3 (300 scenes); its colours lie along one latent direction, in hue order, so neighbouring colours swap first.
+    Measured on a VAE trained without latent noise: 0.99 / 0.96 / 0.79 at 0.1 / 0.2 / 0.3 (300 scenes); its
+    colours lie along one latent direction, in hue order, so neighbouring colours swap first.
     """
     mean, _ = vae.encode(x)
     out = {}

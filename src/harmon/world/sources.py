@@ -1,0 +1,61 @@
+"""The training data format "shapes": procedural shapes-world records, drawn on the fly from (seed, index).
+
+A source of this format needs no path; its ``format_options`` are :class:`ShapesOptions`.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+from harmon.data import ProceduralSource
+from harmon.data.tasks import Task
+from harmon.train.config import SourceConfig, TrainConfig
+from harmon.train.formats import format_options
+from harmon.world.data import shapes_record
+from harmon.world.scene import WorldConfig
+
+
+@dataclass
+class ShapesOptions:
+    """format_options of the shapes world's endless procedural source."""
+
+    kind: str | None = None  # image2text: "qa" (questions about the scene, default) or "caption" (descriptions)
+    seed: int | None = None  # seed of the world's records; None: the run's seed
+    length: int | None = None  # records in the source; None: unbounded (the stream position is the record index)
+    world_image_size: int | None = None  # size the scenes are drawn at; None: the run's image_size
+    tag_weights: dict[str, float] | None = None  # text2image: relative weights of the GenEval prompt tags
+    shape_questions: bool = False  # qa: also ask bare-shape existence questions ("Is there a circle ...?")
+
+    def validate(self, src: SourceConfig) -> None:
+        if self.kind is not None and (src.task is not Task.IMAGE_TO_TEXT or self.kind not in ("qa", "caption")):
+            raise ValueError(f"kind {self.kind!r}: an image2text source draws 'qa' or 'caption'; other tasks set none")
+        if self.tag_weights is not None and not (
+            src.record_task is Task.TEXT_TO_IMAGE and isinstance(self.tag_weights, dict)
+        ):
+            raise ValueError(f"tag_weights is a {{tag: weight}} dict for text2image records, got {self.tag_weights!r}")
+        if self.shape_questions and self.world_task(src.task) != "qa":
+            raise ValueError("shape_questions applies to qa sources only")
+        if self.length is not None and self.length < 1:
+            raise ValueError(f"length must be >= 1 or None, got {self.length}")
+
+    def world_task(self, task: Task) -> str:
+        """The world's record task (harmon.world.data.TASKS) for a source's task."""
+        if task is Task.TEXT_TO_IMAGE:
+            return "text2image"
+        return "text" if task is Task.TEXT_ONLY else self.kind or "qa"
+
+
+def build_shapes_dataset(src: SourceConfig, cfg: TrainConfig) -> ProceduralSource:
+    """The dataset of one "shapes" source (registered by :mod:`harmon.world` under the format name "shapes")."""
+    options = format_options(src)
+    world = WorldConfig(image_size=cfg.image_size if options.world_image_size is None else options.world_image_size)
+    fn = functools.partial(
+        shapes_record,
+        options.world_task(src.record_task),
+        seed=cfg.seed if options.seed is None else int(options.seed),
+        config=world,
+        tag_weights=options.tag_weights,
+        shape_questions=bool(options.shape_questions),
+    )
+    return ProceduralSource(fn, length=options.length, kind=src.record_task.record_kind)

@@ -1,0 +1,392 @@
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+from helpers import tiny_pipeline
+from PIL import Image
+
+from harmon.world.analyses.probe import FEATURES, TASKS, fit_linear_probe, format_probe_table, run_probes
+
+
+def test_world_concept_labels_match_shape_colour_and_both():
+    from harmon.world import Scene, WorldConfig, WorldObject
+    from harmon.world.analyses.localisation import world_concept_labels
+
+    world = WorldConfig()
+    a = Scene((WorldObject("circle", "red", (3, 3, 29, 29)), WorldObject("square", "blue", (35, 35, 61, 61))), 64)
+    b = Scene((WorldObject("triangle", "red", (3, 3, 29, 29)),), 64)
+    assert world_concept_labels("circle", [a, b], world) == [True, False]
+    assert world_concept_labels("Circles", [a, b], world) == [True, False]
+    assert world_concept_labels("red", [a, b], world) == [True, True]
+    assert world_concept_labels("blue square", [a, b], world) == [True, False]
+    assert world_concept_labels("red square", [a, b], world) == [False, False]
+    for bad in ("dog", "red blue", "circle square", ""):
+        with pytest.raises(ValueError, match="not a shapes-world concept"):
+            world_concept_labels(bad, [a], world)
+
+
+def test_localisation_and_encoder_locality_report_their_figures():
+    from harmon.world.analyses.localisation import encoder_locality, localisation
+
+    pipe = tiny_pipeline()
+    r = localisation(pipe, "gradcam++", "probe", scenes=3, probe_scenes=40)
+    assert r["cases"] >= 3 and 0 <= r["heat_inside"] <= 1 and 0 < r["boxes_share"] < 1
+    assert r["ratio"] == pytest.approx(r["heat_inside"] / r["boxes_share"])
+    assert set(r["probe_accuracy"]) == {"circle", "square", "triangle"}
+    assert sum(v["cases"] for v in r["by_shape"].values()) == r["cases"]
+    a = localisation(pipe, "integrated-gradients", "answer", scenes=2)
+    assert 0 <= a["answered_yes"] <= 1 and "probe_accuracy" not in a
+    with pytest.raises(ValueError, match="target"):
+        localisation(pipe, "gradcam++", "caption", scenes=1)
+    loc = encoder_locality(pipe, scenes=1)
+    n = pipe.model.grid_for(64)[0] * pipe.model.grid_for(64)[1]
+    assert len(loc["jacobian"]) == n and loc["own_vs_other"] > 0
+
+
+def test_linear_probe_separates_separable_data():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 5, generator=g)
+    y = (x[:, 0] > 0).long()
+    assert fit_linear_probe(x[:150], y[:150], x[150:], y[150:]) > 0.95
+
+
+def test_position_probe_label_is_read_from_the_image():
+    """Mirroring a scene left-right flips every position label: the label depends on what is drawn, not on the
+    order in which objects were placed (that older label was unlearnable: every feature sat at chance)."""
+    from harmon.world import Scene, WorldConfig, WorldObject
+    from harmon.world.analyses.probe import _labels, _scenes
+
+    world = WorldConfig()
+    scenes = _scenes(300, 7, world, two_objects=True)
+    mirrored = [
+        Scene(
+            tuple(
+                WorldObject(o.shape, o.color, (64 - o.bbox[2], o.bbox[1], 64 - o.bbox[0], o.bbox[3]))
+                for o in sc.objects
+            ),
+            sc.image_size,
+        )
+        for sc in scenes
+    ]
+    y, y_m = _labels(scenes, "position", world), _labels(mirrored, "position", world)
+    kept = y >= 0
+    assert kept.sum() > 50 and 0.3 < (y[kept] == 0).mean() < 0.7
+    assert ((y_m == 1 - y) | ~kept).all() and ((y_m < 0) == ~kept).all()
+    # the same picture with its objects stored in the other order keeps its label
+    swapped = [Scene(tuple(reversed(sc.objects)), sc.image_size) for sc in scenes]
+    assert (_labels(swapped, "position", world) == y).all()
+
+
+def test_probe_runner_reports_every_task_and_feature():
+    result = run_probes(tiny_pipeline(), n_train=24, n_test=12, seeds=(0,))
+    assert set(result["accuracy"]) == set(TASKS)
+    assert all(set(v) == set(FEATURES) for v in result["accuracy"].values())
+    assert "encoder_mean" in format_probe_table(result)
+
+
+def test_synergy_study_runs_both_arms_and_resumes(tmp_path):
+    import json
+
+    from harmon.world.analyses.synergy import format_synergy_table, run_synergy, synergy_config
+
+    base = tmp_path / "base"
+    tiny_pipeline().save_pretrained(base)
+    assert [s.name for s in synergy_config("joint", base, tmp_path / "x", 0, 5).data] == ["text2image", "image2text_qa"]
+    assert [s.name for s in synergy_config("t2i_only", base, tmp_path / "x", 0, 5).data] == ["text2image"]
+    kw = dict(seeds=(0, 1), steps=2, n_prompts=6, t2i_batch=2, und_batch=1, num_iter=2, num_sampling_steps="2")
+    study = run_synergy(base, tmp_path / "syn", **kw)
+    assert set(study["runs"]) == {"t2i_only/seed0", "joint/seed0", "t2i_only/seed1", "joint/seed1"}
+    assert study["summary"]["joint"]["n"] == 2 and 0 <= study["summary"]["joint"]["overall"][0] <= 1
+    assert "t2i_only" in format_synergy_table(study) and "±" in format_synergy_table(study)
+    # a finished study is read back, not retrained: a marker in the file survives a second call
+    saved = json.loads((tmp_path / "syn" / "synergy.json").read_text())
+    saved["runs"]["joint/seed0"]["marker"] = 1
+    (tmp_path / "syn" / "synergy.json").write_text(json.dumps(saved))
+    again = run_synergy(base, tmp_path / "syn", **kw)
+    assert again["runs"]["joint/seed0"]["marker"] == 1
+
+
+def test_report_writes_tables_verdicts_and_plots(tmp_path):
+    from harmon.world.analyses.report import compare, main
+
+    assert compare((0.8, 0.01), (0.6, 0.02)) == "higher" and compare((0.6, 0.1), (0.65, 0.1)) == "tied"
+    acc = {t: {f: ([0.9, 0.01] if f.startswith("encoder") else [0.5, 0.02]) for f in FEATURES} for t in TASKS}
+    probe = {"accuracy": acc, "seeds": [0, 1, 2], "n_train": 10, "n_test": 5, "seconds": 3.0}
+    runs = {
+        f"{arm}/seed{s}": {"overall": base + 0.01 * s, "accuracy": {"counting": base, "colors": base}}
+        for arm, base in (("t2i_only", 0.5), ("joint", 0.7))
+        for s in range(3)
+    }
+    study = {
+        "base": "b",
+        "steps": 10,
+        "t2i_batch": 4,
+        "und_batch": 2,
+        "lr": 1e-3,
+        "n_prompts": 12,
+        "eval_seed": 0,
+        "settings": {},
+        "runs": runs,
+    }
+    import json
+
+    (tmp_path / "p.json").write_text(json.dumps(probe))
+    (tmp_path / "s.json").write_text(json.dumps(study))
+    out = tmp_path / "docs" / "RESULTS.md"
+    main(["--probe", str(tmp_path / "p.json"), "--synergy", str(tmp_path / "s.json"), "--out", str(out)])
+    text = out.read_text()
+    assert "beat VAE latents (beyond the error bars) on 4 of 4" in text and "claim holds" in text
+    assert "0.710 ± 0.010" in text  # joint arm mean ± std over its three seeds
+    assert (tmp_path / "docs" / "results" / "probe.png").stat().st_size > 1000
+    assert (tmp_path / "docs" / "results" / "synergy.png").stat().st_size > 1000
+
+
+def test_report_states_the_localisation_table_and_its_verdict(tmp_path):
+    import json
+
+    from harmon.world.analyses.report import main
+
+    def row(method, target, ratio):
+        r = {
+            "method": method,
+            "target": target,
+            "scenes": 30,
+            "seed": 0,
+            "cases": 48,
+            "heat_inside": 0.25 * ratio,
+            "boxes_share": 0.25,
+            "ratio": ratio,
+            "above_share": 0.5,
+            "by_shape": {"circle": {"heat_inside": 0.4}},
+        }
+        if target == "probe":
+            r.update(probe_accuracy={"circle": 0.99}, probe_scenes=100, probe_seed=1)
+        else:
+            r["answered_yes"] = 0.25
+        return r
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "fig.png")
+    loc = {
+        "rows": [row("gradcam++", "probe", 2.0), row("gradcam++", "answer", 0.9)],
+        "seconds": 5.0,
+        "encoder_locality": {"own_vs_other": 4.0, "scenes": 3},
+        "figure": str(tmp_path / "fig.png"),
+    }
+    (tmp_path / "l.json").write_text(json.dumps(loc))
+    out = tmp_path / "docs" / "RESULTS.md"
+    main(["--localisation", str(tmp_path / "l.json"), "--out", str(out)])
+    text = out.read_text()
+    assert "| gradcam++ | concept probe | 0.500 | 2.00 | 50% | circle 0.40 |" in text
+    assert "LLM's Yes/No answer: 0.23 of the heat" in text and "stays under 1.5x" in text
+    assert "respond precisely to visual concepts) holds" in text and 'answered "Yes" in 25%' in text
+    assert (tmp_path / "docs" / "results" / "gradcam.png").is_file() and "![gradcam]" in text
+    loc["rows"][0]["ratio"] = 1.2
+    (tmp_path / "l.json").write_text(json.dumps(loc))
+    main(["--localisation", str(tmp_path / "l.json"), "--out", str(out)])
+    assert "does not clearly hold at this scale, by GradCAM++" in out.read_text()
+
+
+def test_context_curve_reports_loss_per_visible_count():
+    from harmon.world.analyses.context import context_curve
+
+    pipe = tiny_pipeline()
+    c = context_curve(pipe, n_images=4, repeats=1, image_size=64)
+    assert c["visible"] == [0, 4, 8, 12, 15] and len(c["loss"]) == 5
+    assert all(x > 0 for x in c["loss"]) and c["shuffled_text_loss"] > 0
+
+
+def test_word_binding_table_is_paired_and_consistent():
+    """Every word of a row is scored on the same images with the same noise: the table is reproducible from the
+    seed, its diagonal gap is zero, and 'bound' says whether the true word has the row's lowest loss."""
+    from harmon.world.analyses.words import format_word_table, word_binding
+
+    pipe = tiny_pipeline()
+    a = word_binding(pipe, "shape", n_scenes=2, repeats=1, image_size=64)
+    b = word_binding(pipe, "shape", n_scenes=2, repeats=1, image_size=64)
+    assert a == b and a["words"] == ["circle", "square", "triangle"] and a["cases"] == 3 * 6 - 3  # held-out skipped
+    for i, row in enumerate(a["loss"]):
+        assert a["gap"][i][i] == 0.0 and all(x > 0 for x in row)
+        assert a["bound"][i] == (min(range(len(row)), key=row.__getitem__) == i)
+    assert "| circle |" in format_word_table(a)
+    with pytest.raises(ValueError, match="attribute"):
+        word_binding(pipe, "size")
+
+
+def test_colour_latent_distances_are_a_metric_table_with_its_closest_pair():
+    from harmon.world.analyses.words import colour_latent_distances, format_distance_table
+
+    r = colour_latent_distances(tiny_pipeline(), n_scenes=2, image_size=64)
+    d = torch.tensor(r["distance"])
+    n = len(r["words"])
+    assert d.shape == (n, n) and torch.allclose(d, d.T) and torch.all(d.diagonal() < 1e-4)
+    off = d + torch.eye(n) * 1e9
+    a, b, dist = r["closest"]
+    assert dist == pytest.approx(float(off.min())) and {r["words"].index(a), r["words"].index(b)} == set(
+        (torch.nonzero(off == off.min())[0]).tolist()
+    )
+    assert f"closest: {a}-{b}" in format_distance_table(r)
+
+
+def test_cli_words_prints_both_tables_and_writes_json(tmp_path, capsys):
+    import json
+
+    from helpers import tiny_model, tiny_tokenizer
+
+    from harmon import cli
+    from harmon.pipeline import HarmonPipeline
+
+    HarmonPipeline(tiny_model(0), tiny_tokenizer()).save_pretrained(tmp_path / "m")
+    out = tmp_path / "w.json"
+    assert (
+        cli.main(
+            [
+                "analyze",
+                "words",
+                "--model",
+                str(tmp_path / "m"),
+                "--device",
+                "cpu",
+                "--scenes",
+                "1",
+                "--repeats",
+                "1",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert "| true \\ prompt word | red |" in printed and "closest:" in printed
+    saved = json.loads(out.read_text())
+    assert saved["attribute"] == "color" and len(saved["latent_distance"]["distance"]) == 6
+
+
+class _PaintsOneColour:
+    """A stand-in generator that draws the asked shape in a fixed colour, or two of them for squares."""
+
+    def __init__(self, colour: str) -> None:
+        from harmon.config import HarmonConfig
+
+        self.colour = colour
+        self.config = HarmonConfig()  # generation.image_size is read; this checks the table, not a model
+        self.prompts: list[str] = []
+
+    def generate(self, prompt, num_images_per_prompt=1, generator=None, **_):
+        from harmon.world import WorldConfig, WorldObject, render
+        from harmon.world.scene import Scene
+
+        self.prompts.append(prompt)
+        size = self.config.generation.image_size
+        shape = prompt.split()[-1]
+        objects = [WorldObject(shape, self.colour, (4, 4, 28, 28))]
+        if shape == "square":
+            objects.append(WorldObject(shape, self.colour, (36, 36, 60, 60)))
+        scene = Scene(objects=tuple(objects), image_size=64)
+        return [
+            render(scene, WorldConfig(image_size=64)).resize((size, size), Image.NEAREST)
+            for _ in range(num_images_per_prompt)
+        ]
+
+
+def test_drawn_attributes_tabulates_what_the_detector_reads():
+    from harmon.world import WorldConfig
+    from harmon.world.analyses.words import drawn_attributes, format_drawn_table
+
+    world = WorldConfig()
+    pipe = _PaintsOneColour("purple")
+    r = drawn_attributes(pipe, "color", images=2)
+    columns, words = r["columns"], r["words"]
+    assert columns == [*words, "none", "several"]
+    for i, colour in enumerate(words):
+        shapes = world.shapes_for(colour, allow_held_out=False)
+        row = r["counts"][i]
+        assert sum(row) == 2 * len(shapes)  # every allowed pair, every image, counted once
+        assert row[columns.index("several")] == 2 * ("square" in shapes)  # two squares drawn
+        assert row[columns.index("purple")] == 2 * len([s for s in shapes if s != "square"])
+    purple = words.index("purple")
+    allowed = world.shapes_for("purple", allow_held_out=False)
+    assert r["accuracy"][purple] == pytest.approx(1 - ("square" in allowed) / len(allowed))
+    assert all(a == 0 for i, a in enumerate(r["accuracy"]) if i != purple)
+    assert not any(world.is_held_out(p.split()[-2], p.split()[-1]) for p in pipe.prompts)
+    assert "| purple |" in format_drawn_table(r)
+    shapes = drawn_attributes(pipe, "shape", images=1)  # the stand-in draws the asked shape, two for squares
+    assert shapes["columns"] == [*world.shapes, "none", "several", "unknown"]
+    assert dict(zip(shapes["words"], shapes["accuracy"])) == {
+        "circle": 1.0,
+        "square": 0.0,
+        "triangle": 1.0,
+    }
+    with pytest.raises(ValueError, match="attribute"):
+        drawn_attributes(pipe, "size")
+
+
+class _RecolourCodec:
+    """Stand-in pipeline whose 'VAE' is the identity on pixels, except that it repaints one palette colour as
+    another: every (colour, shape) pair survives the round trip but those of ``source``, read as ``target``."""
+
+    def __init__(self, source: str, target: str, size: int = 64):
+        from harmon.world import WorldConfig
+
+        palette = WorldConfig().palette
+        self.src = torch.tensor(palette[source], dtype=torch.float32).div(255).mul(2).sub(1)
+        self.dst = torch.tensor(palette[target], dtype=torch.float32).div(255).mul(2).sub(1)
+        self.device = torch.device("cpu")
+        self.config = SimpleNamespace(generation=SimpleNamespace(image_size=size))
+        self.model = self
+
+    def grid_for(self, size):
+        return (size // 16, size // 16)
+
+    def encode_images(self, pixels):
+        return pixels.clone()
+
+    def decode_tokens(self, tokens, grid):
+        hit = (tokens - self.src[None, :, None, None]).abs().amax(dim=1, keepdim=True) < 0.02
+        return torch.where(hit, self.dst[None, :, None, None].expand_as(tokens), tokens)
+
+
+def test_codec_round_trip_reads_what_the_decoder_paints():
+    from harmon.world import WorldConfig
+    from harmon.world.analyses.codec import codec_round_trip, format_codec_table
+
+    world = WorldConfig()
+    r = codec_round_trip(_RecolourCodec("green", "orange"), scenes=3, seed=1)
+    rows = {(p["color"], p["shape"]): p for p in r["pairs"]}
+    assert set(rows) == set(world.pairs(allow_held_out=True))  # held-out pairs are checked too
+    for (color, shape), row in rows.items():
+        assert row["held_out"] == world.is_held_out(color, shape)
+        if color == "green":
+            assert row["recovered"] == 0 and row["read_as"] == {f"orange {shape}": 3}
+        else:
+            assert row["recovered"] == 1 and row["read_as"] == {}
+    assert r["held_out"] == 1.0 and r["seen"] == pytest.approx(1 - 3 / 15)  # no held-out pair is green
+    table = format_codec_table(r)
+    assert "| green circle |  | 0% | orange circle ×3 |" in table and "held-out pairs 100.0%" in table
+    with pytest.raises(ValueError, match="scenes"):
+        codec_round_trip(_RecolourCodec("green", "orange"), scenes=0)
+
+
+def test_codec_check_reads_a_bare_stage0_vae_folder(tmp_path):
+    """`harmon analyze codec --stage0-vae DIR`: the folder's own VAE does the round trip (an untrained one draws
+    nothing the detector can read), and a folder that is not a stage-0 VAE is refused by name."""
+    from harmon import cli
+    from harmon.world.analyses.codec import StandaloneVAE, codec_round_trip
+    from harmon.world.stage0 import train_shapes_vae
+
+    out = train_shapes_vae(tmp_path / "vae", steps=1, batch_size=2, eval_scenes=2)
+    vae = StandaloneVAE(out)
+    pixels = torch.rand(2, 3, 64, 64) * 2 - 1
+    latents = vae.encode_images(pixels)
+    assert latents.shape == (2, 16, 4, 4)
+    assert torch.allclose(vae.decode_tokens(latents, (4, 4)), vae.vae.decode_latents(latents))
+    r = codec_round_trip(vae, scenes=1)
+    assert r["seen"] == 0.0 and r["held_out"] == 0.0  # one step of training recovers nothing
+    assert (
+        cli.main(["analyze", "codec", "--stage0-vae", str(out), "--scenes", "1", "--json", str(tmp_path / "c.json")])
+        == 0
+    )
+    assert len(json.loads((tmp_path / "c.json").read_text())["pairs"]) == 18
+    with pytest.raises(FileNotFoundError, match=r"vae_config.json"):
+        StandaloneVAE(tmp_path)
