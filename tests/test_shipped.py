@@ -71,7 +71,7 @@ def test_cli_defaults_to_the_shipped_model(tmp_path, capsys):
 def test_generation_bar_on_a_quick_sample(pipe):
     from harmon.eval.shapes import generation_scores
 
-    scores, _prompts, _images = generation_scores(pipe, 120, seed=0)  # 20 prompts per category
+    scores, _prompts, _images = generation_scores(pipe, 96, seed=0)  # 16 prompts per category
     assert_generation_bar(scores)
 
 
