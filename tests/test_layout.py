@@ -32,7 +32,8 @@ def long_functions(path: Path) -> list[str]:
 
 
 def long_files(paths: list[Path]) -> list[str]:
-    return [f"{p.relative_to(ROOT)}: {n} lines" for p in paths if (n := len(p.read_text().splitlines())) > MAX_FILE_LINES]
+    counts = {p: len(p.read_text().splitlines()) for p in paths}
+    return [f"{p.relative_to(ROOT)}: {n} lines" for p, n in counts.items() if n > MAX_FILE_LINES]
 
 
 def history_lines(paths: list[Path]) -> list[str]:
