@@ -10,3 +10,18 @@ torch.set_num_threads(1)  # tiny workloads: a second thread only adds contention
 @pytest.fixture
 def generator():
     return torch.Generator().manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def eval_shapes_seed0(tmp_path_factory) -> tuple[str, dict]:
+    """``harmon eval shapes --seed 0`` on the shipped model, run once for every test that reads it (about a minute):
+    its printed tables and its ``--json`` result."""
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("eval_shapes") / "seed0.json"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "harmon.cli", "eval", "shapes", "--seed", "0", "--json", str(out)]
+    printed = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True).stdout
+    return printed, json.loads(out.read_text())
