@@ -42,6 +42,18 @@ def qwen25_1_5b_config() -> dict[str, Any]:
     }
 
 
+def check_sampling_settings(num_iter: int, guidance_scale: float, cfg_schedule: str, temperature: float) -> None:
+    """The checks shared by a model's recorded defaults and the settings of one generation call."""
+    if num_iter < 1:
+        raise ValueError(f"num_iter must be >= 1, got {num_iter}")
+    if guidance_scale < 1.0:
+        raise ValueError(f"guidance_scale must be >= 1.0, got {guidance_scale}")
+    if cfg_schedule not in ("constant", "linear"):
+        raise ValueError(f"cfg_schedule must be 'constant' or 'linear', got {cfg_schedule!r}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+
+
 @dataclass(frozen=True)
 class GenerationDefaults:
     """Sampling settings a model ships with; ``generate`` uses them unless told otherwise."""
@@ -57,12 +69,7 @@ class GenerationDefaults:
     max_new_tokens: int = 256
 
     def __post_init__(self) -> None:
-        if self.cfg_schedule not in ("constant", "linear"):
-            raise ValueError(f"cfg_schedule must be 'constant' or 'linear', got {self.cfg_schedule!r}")
-        if self.num_iter < 1:
-            raise ValueError(f"num_iter must be >= 1, got {self.num_iter}")
-        if self.guidance_scale < 1.0:
-            raise ValueError(f"guidance_scale must be >= 1.0, got {self.guidance_scale}")
+        check_sampling_settings(self.num_iter, self.guidance_scale, self.cfg_schedule, self.temperature)
 
 
 @dataclass(frozen=True)

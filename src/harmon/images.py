@@ -68,10 +68,21 @@ def expand_to_square(image: Image.Image, fill: tuple[int, int, int] = GRAY) -> I
 
 
 def center_crop_square(image: Image.Image) -> Image.Image:
+    """The centred square of side min(w, h)."""
     w, h = image.size
     side = min(w, h)
     left, top = (w - side) // 2, (h - side) // 2
     return image.crop((left, top, left + side, top + side))
+
+
+def image_grid(images: list[Image.Image], columns: int) -> Image.Image:
+    """The images tiled row by row, ``columns`` to a row, on white (all of the first image's size)."""
+    rows = -(-len(images) // columns)
+    w, h = images[0].size
+    grid = Image.new("RGB", (columns * w, rows * h), (255, 255, 255))
+    for k, im in enumerate(images):
+        grid.paste(im, ((k % columns) * w, (k // columns) * h))
+    return grid
 
 
 def pil_to_tensor(image: Image.Image) -> torch.Tensor:

@@ -8,6 +8,7 @@ predictions; the sampling loops live in :mod:`harmon.sampling`.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -58,6 +59,11 @@ def truncated_normal_mask_ratio(
 def uniform_mask_ratio(min_ratio: float, generator: torch.Generator | None = None) -> float:
     """One mask ratio ~ U[min_ratio, 1], drawn from ``generator``."""
     return min_ratio + (1.0 - min_ratio) * float(rng.rand((), generator, dtype=torch.float64))
+
+
+def output_cache(out) -> Any:
+    """The K/V cache of a transformers model output: ``.cache`` in transformers 5, ``.past_key_values`` before."""
+    return out.past_key_values if getattr(out, "cache", None) is None else out.cache
 
 
 def build_llm(llm_config: dict) -> Qwen2ForCausalLM:
@@ -269,7 +275,7 @@ class Harmon(nn.Module):
             position_ids=positions,
             use_cache=True,
         )
-        return out.past_key_values if getattr(out, "cache", None) is None else out.cache
+        return output_cache(out)
 
     # ------------------------------------------------------------------ training losses
     def sample_orders(self, batch: int, seq_len: int, generator: torch.Generator | None = None) -> torch.Tensor:

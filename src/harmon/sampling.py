@@ -17,8 +17,9 @@ from typing import Any, Protocol, TypedDict
 import torch
 
 from harmon import rng
+from harmon.config import check_sampling_settings
 from harmon.mar import mask_by_order, next_mask_len
-from harmon.model import Harmon
+from harmon.model import Harmon, output_cache
 
 
 @dataclass(frozen=True)
@@ -44,14 +45,7 @@ class SamplingSettings:
                     "annealed diffusion steps need num_sampling_steps as one number (e.g. '100'), "
                     f"got {self.num_sampling_steps!r}"
                 )
-        if self.num_iter < 1:
-            raise ValueError(f"num_iter must be >= 1, got {self.num_iter}")
-        if self.guidance_scale < 1.0:
-            raise ValueError(f"guidance_scale must be >= 1.0, got {self.guidance_scale}")
-        if self.cfg_schedule not in ("constant", "linear"):
-            raise ValueError(f"cfg_schedule must be 'constant' or 'linear', got {self.cfg_schedule!r}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        check_sampling_settings(self.num_iter, self.guidance_scale, self.cfg_schedule, self.temperature)
 
 
 def mask_schedule(seq_len: int, num_iter: int) -> list[int]:
@@ -295,7 +289,7 @@ def decode_text(
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     llm = model.llm
     out = llm(inputs_embeds=inputs_embeds, use_cache=True, logits_to_keep=1)
-    cache = out.past_key_values if getattr(out, "cache", None) is None else out.cache
+    cache = output_cache(out)
     logits = out.logits[:, -1].float()  # (1, V)
     generated: list[int] = []
     for _ in range(max_new_tokens):
@@ -317,6 +311,6 @@ def decode_text(
             break
         ids = torch.tensor([[next_id]], device=inputs_embeds.device)
         out = llm(input_ids=ids, cache=cache, use_cache=True)
-        cache = out.past_key_values if getattr(out, "cache", None) is None else out.cache
+        cache = output_cache(out)
         logits = out.logits[:, -1].float()
     return generated

@@ -28,7 +28,7 @@ from harmon.data.records import (
     BadSample,
     normalise_conversation,
 )
-from harmon.images import expand_to_square, load_image, pil_to_tensor, to_rgb
+from harmon.images import center_crop_square, expand_to_square, load_image, pil_to_tensor, to_rgb
 from harmon.prompts import (
     CHAT_TEMPLATE,
     GENERATE_PREFIX,
@@ -79,13 +79,6 @@ def random_square_crop(image: Image.Image, generator: torch.Generator | None = N
     side = min(w, h)
     left = int(rng.randint(0, w - side + 1, (1,), generator).item())
     top = int(rng.randint(0, h - side + 1, (1,), generator).item())
-    return image.crop((left, top, left + side, top + side))
-
-
-def _center_square_crop(image: Image.Image) -> Image.Image:
-    w, h = image.size
-    side = min(w, h)
-    left, top = (w - side) // 2, (h - side) // 2
     return image.crop((left, top, left + side, top + side))
 
 
@@ -170,7 +163,7 @@ class Text2ImageProcessor:
         if self.crop == "random":
             image = random_square_crop(image, generator)
         elif self.crop == "center":
-            image = _center_square_crop(image)
+            image = center_crop_square(image)
         image = image.resize((self.image_size, self.image_size), Image.Resampling.BICUBIC)
         text = UNCONDITIONAL_PROMPT if drop else GENERATE_PREFIX + caption.strip()
         return {

@@ -51,7 +51,7 @@ from harmon.eval.common import (
     where,
     write_text_atomic,
 )
-from harmon.images import load_image
+from harmon.images import image_grid, load_image
 from harmon.pipeline import HarmonPipeline
 from harmon.prompts import CHAT_TEMPLATE, GENERATE_PREFIX, UNCONDITIONAL_PROMPT
 
@@ -139,13 +139,7 @@ def is_complete(outdir: str | Path, index: int, n_samples: int) -> bool:
 
 def make_grid(images: list[Image.Image]) -> Image.Image:
     """The images on a near-square grid (ceil(sqrt(N)) columns), row by row."""
-    cols = math.ceil(math.sqrt(len(images)))
-    rows = math.ceil(len(images) / cols)
-    w, h = images[0].size
-    grid = Image.new("RGB", (cols * w, rows * h), (255, 255, 255))
-    for k, im in enumerate(images):
-        grid.paste(im, ((k % cols) * w, (k // cols) * h))
-    return grid
+    return image_grid(images, math.ceil(math.sqrt(len(images))))
 
 
 def _check_config(outdir: Path, config: dict[str, Any]) -> None:

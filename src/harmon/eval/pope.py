@@ -26,7 +26,6 @@ The shapes world ships its own files in this format (:func:`harmon.world.assets.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -122,7 +121,3 @@ def write_pope_answers(
         for q, a in zip(questions, answers)
     ]
     return write_jsonl_atomic(path, rows)
-
-
-def results_json(scores: dict[str, Any]) -> str:
-    return json.dumps({"kind": "pope", "splits": scores}, indent=2) + "\n"

@@ -15,6 +15,7 @@ import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
 from harmon.config import CONFIGS, TOKENIZER_SIZED, HarmonConfig
+from harmon.images import image_grid
 from harmon.loading import (
     load_harmon_weights,
     load_llm_weights,
@@ -136,19 +137,11 @@ def _mean_over_ranks(value: float) -> float:
 
 
 def save_grid(images: list, path: Path, columns: int | None = None) -> None:
-    """Tile PIL images into one PNG."""
-    from PIL import Image
-
+    """Tile PIL images into one PNG (one row unless ``columns`` is given)."""
     if not images:
         return
-    columns = columns or len(images)
-    rows = math.ceil(len(images) / columns)
-    w, h = images[0].size
-    grid = Image.new("RGB", (columns * w, rows * h), (255, 255, 255))
-    for i, im in enumerate(images):
-        grid.paste(im, ((i % columns) * w, (i // columns) * h))
     path.parent.mkdir(parents=True, exist_ok=True)
-    grid.save(path)
+    image_grid(images, columns or len(images)).save(path)
 
 
 # ---------------------------------------------------------------------------------------------- the trainer
