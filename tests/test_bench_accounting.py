@@ -68,6 +68,7 @@ def test_generate_benchmark_accounting(monkeypatch):
     assert res["diffusion_mlp_evals"] == 12 + 8 + 4  # three MAR steps annealed 12 -> 4 (not 3 x 100)
 
 
+@pytest.mark.slow
 def test_compiled_generate_benchmark_counts_the_eager_flops():
     """--compile times generate(compile=True), compiled in the warm-up; the FLOP-counting rerun runs the eager
     layers (the counter does not see inside compiled kernels), so the counts equal an eager run's."""

@@ -320,6 +320,7 @@ def test_bfloat16_on_cpu_runs_and_keeps_fp32_chain():
     assert isinstance(pipe.describe(Image.new("RGB", (64, 64)), "What?", max_new_tokens=3), str)
 
 
+@pytest.mark.slow
 def test_compiled_generation_gives_the_eager_images_and_follows_weight_changes(pipe, monkeypatch):
     """generate(compile=True) runs the diffusion MLP through torch.compile with its weights frozen into the graph:
     the same latents as the eager path up to float rounding. A frozen graph keeps the weights it was compiled with

@@ -94,6 +94,7 @@ def test_acceptance_bars_at_the_issue_size(eval_shapes_seed0):
     assert_understanding_bars(result["understanding"])
 
 
+@pytest.mark.slow
 def test_gradcam_of_the_concept_probe_falls_on_the_asked_shape(pipe):
     """Issue #6. GradCAM++ of a linear "circle" probe on the frozen MAR encoder puts more than half of its heat inside
     the circles' boxes of the test scene. Over 30 random scenes, with probes fitted on other scenes, the heat inside

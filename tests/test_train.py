@@ -308,6 +308,7 @@ def _metrics(path: Path) -> dict[int, float]:
     return out
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_matches_uninterrupted_run(tok_dir, tmp_path):
     steps = 8
     cfg = _toy_config(tok_dir, tmp_path / "ref", steps=steps, save_every=3, optim=OptimConfig(lr=1e-3))
@@ -333,6 +334,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tok_dir, tmp_path):
         assert got[step] == pytest.approx(ref[step - 1], abs=1e-6), step
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])
 def test_two_processes_match_one(mode, tok_dir, tmp_path):
     steps = 3
