@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import tiny_model, tiny_tokenizer
+from PIL import Image
 
 from harmon.data import ProceduralSource, Task
 from harmon.pipeline import HarmonPipeline
@@ -49,6 +50,40 @@ def test_every_recipe_runs_at_toy_size(name, tok_dir, tmp_path):
     assert saved["train_modules"] == list(cfg.train_modules)
     pipe = HarmonPipeline.from_pretrained(tmp_path / name / "final", device="cpu")
     assert pipe.generate("a red circle", num_iter=2, num_sampling_steps="2", image_size=64)[0].size == (64, 64)
+
+
+def test_sample_grids_and_registered_evals_run_on_the_live_model(tok_dir, tmp_path, monkeypatch):
+    """Every sample_every / eval_every steps the trainer draws its sample prompts into a grid and logs the named
+    eval's numbers; both see the model being trained, in eval mode, and training resumes in train mode."""
+    from harmon.train import hooks
+
+    seen = []
+
+    def probe_eval(pipe, cfg):
+        seen.append((pipe.model.training, cfg.name))
+        return {"answer_len": float(len(pipe.describe(Image.new("RGB", (64, 64)), "What?", max_new_tokens=2)))}
+
+    monkeypatch.setitem(hooks.EVALS, "probe", probe_eval)
+    cfg = toy(RECIPES["stage1"](), tok_dir, str(tmp_path / "run"))
+    overrides = [
+        "sample_every=1",
+        "eval=probe",
+        "eval_every=2",
+        'sample_prompts=["a red circle", "a square"]',
+        'sample_settings={"num_iter": 2, "num_sampling_steps": "2"}',
+    ]
+    cfg = apply_overrides(cfg, overrides)
+    trainer = Trainer(cfg, device="cpu")
+    trainer.run(resume="none")
+    assert trainer.model.training
+    grids = sorted((tmp_path / "run" / "samples").glob("*.png"))
+    assert [g.name for g in grids] == ["step_0000001.png", "step_0000002.png"]
+    assert Image.open(grids[0]).size == (128, 64)  # two prompts in one row
+    assert seen == [(False, cfg.name)]
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert any("eval/answer_len" in row for row in logged)
+    with pytest.raises(ValueError, match="unknown eval 'nope'"):
+        hooks.run_eval("nope", trainer.model, trainer.tokenizer, cfg)
 
 
 @pytest.mark.parametrize("name", sorted(SHAPES_RECIPES))

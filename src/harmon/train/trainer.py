@@ -28,9 +28,8 @@ from harmon.loading import (
     without_tied_head,
 )
 from harmon.model import Harmon
-from harmon.pipeline import HarmonPipeline  # sample grids and in-training evals run through a pipeline
 from harmon.tokenizer import load_tokenizer
-from harmon.train import parallel
+from harmon.train import hooks, parallel
 from harmon.train.checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint, write_json_atomic
 from harmon.train.config import TrainConfig, deep_merge
 from harmon.train.optim import EMA, build_optimizer, build_scheduler, select_trainable
@@ -337,30 +336,14 @@ class Trainer:
         )
 
     # -------------------------------------------------------------------------------------- sampling / eval / export
-    def pipeline(self) -> HarmonPipeline:
-        """A pipeline over the live (unwrapped) model, for sample grids and in-training evals (which generate and
-        answer through it); call ``self.module.train()`` again after using it."""
-        return HarmonPipeline(parallel.unwrap(self.module), self.tokenizer)
-
-    @torch.no_grad()
     def sample(self, step: int) -> None:
-        pipe = self.pipeline()
-        settings = {"image_size": self.cfg.image_size, **self.cfg.sample_settings}
-        images = pipe.generate(
-            list(self.cfg.sample_prompts), generator=torch.Generator().manual_seed(self.cfg.seed), **settings
-        )
+        images = hooks.sample_images(parallel.unwrap(self.module), self.tokenizer, self.cfg)
         if self.info.is_main:
             save_grid(images, self.out / "samples" / f"step_{step:07d}.png")
         self.module.train()
 
-    @torch.no_grad()
     def evaluate(self, step: int) -> None:
-        from harmon.train import hooks
-
-        fn = hooks.EVALS.get(self.cfg.eval)
-        if fn is None:
-            raise ValueError(f"unknown eval {self.cfg.eval!r}; known: {sorted(hooks.EVALS)}")
-        result = fn(self.pipeline(), self.cfg)
+        result = hooks.run_eval(self.cfg.eval, parallel.unwrap(self.module), self.tokenizer, self.cfg)
         self.module.train()
         if self.info.is_main:
             self._log({"step": step, **{f"eval/{k}": v for k, v in result.items()}})
