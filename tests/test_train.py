@@ -16,6 +16,7 @@ from helpers import tiny_model, tiny_tokenizer
 from PIL import Image
 
 from harmon.data import ProceduralSource, Task
+from harmon.loading import read_weights
 from harmon.pipeline import HarmonPipeline
 from harmon.train.config import OptimConfig, SourceConfig, TrainConfig, apply_overrides
 from harmon.train.formats import FORMAT_INFO, FORMATS, format_options, register_format
@@ -369,16 +370,8 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tok_dir, tmp_path):
         assert got[step] == pytest.approx(ref[step - 1], abs=1e-6), step
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
-def test_two_processes_match_one(mode, tok_dir, tmp_path):
-    steps = 3
-    single = _toy_config(
-        tok_dir, tmp_path / "single", steps=steps, accum_steps=2, parallel="none", optim=OptimConfig(lr=1e-3)
-    )
-    ref = losses(Trainer(single, device="cpu").run(resume="none"))
-    multi = _toy_config(tok_dir, tmp_path / mode, steps=steps, accum_steps=1, parallel=mode, optim=OptimConfig(lr=1e-3))
-    multi.save(tmp_path / "cfg.json")
+def _torchrun(tmp_path, log_name: str, *extra: str) -> None:
+    """The trainer under torchrun, 2 processes (gloo), on the config saved at tmp_path / cfg.json."""
     args = [
         "-m",
         "torch.distributed.run",
@@ -392,15 +385,38 @@ def test_two_processes_match_one(mode, tok_dir, tmp_path):
         str(tmp_path / "cfg.json"),
         "--device",
         "cpu",
-        "--resume",
-        "none",
+        *extra,
     ]
-    with open(tmp_path / "dist.log", "w") as log:
+    with open(tmp_path / log_name, "w") as log:
         rc = _launch(args, log).wait(timeout=400)
-    assert rc == 0, (tmp_path / "dist.log").read_text()[-4000:]
+    assert rc == 0, (tmp_path / log_name).read_text()[-4000:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_two_processes_match_one_and_resume_exactly(mode, tok_dir, tmp_path):
+    """2 ranks compute what 1 process with accum_steps=2 computes; resumed from the checkpoint of step 2, they
+    continue with the same loss and end with the same weights (the checkpoint holds every trainable weight)."""
+    steps = 3
+    single = _toy_config(
+        tok_dir, tmp_path / "single", steps=steps, accum_steps=2, parallel="none", optim=OptimConfig(lr=1e-3)
+    )
+    ref = losses(Trainer(single, device="cpu").run(resume="none"))
+    multi = _toy_config(
+        tok_dir, tmp_path / mode, steps=steps, accum_steps=1, parallel=mode, save_every=2, optim=OptimConfig(lr=1e-3)
+    )
+    multi.save(tmp_path / "cfg.json")
+    _torchrun(tmp_path, "dist.log", "--resume", "none")
     got = _metrics(tmp_path / mode / "metrics.jsonl")
     assert sorted(got) == list(range(1, steps + 1))
     for step in range(1, steps + 1):
         assert got[step] == pytest.approx(ref[step - 1], rel=1e-4, abs=1e-5), (step, got, ref)
     pipe = HarmonPipeline.from_pretrained(tmp_path / mode / "final", device="cpu")  # export works from shards
     assert pipe.model.mar.encoder_blocks[0].attn.qkv.weight.shape[0] == 3 * pipe.config.mar.encoder_dim
+    uninterrupted = read_weights(tmp_path / mode / "final" / "model.safetensors")
+    _torchrun(tmp_path, "resumed.log", "--resume", str(tmp_path / mode / "checkpoints" / "step_0000002"))
+    assert _metrics(tmp_path / mode / "metrics.jsonl")[steps] == pytest.approx(got[steps], abs=1e-6)
+    resumed = read_weights(tmp_path / mode / "final" / "model.safetensors")
+    assert resumed.keys() == uninterrupted.keys()
+    for name, value in uninterrupted.items():
+        torch.testing.assert_close(resumed[name], value, rtol=0, atol=1e-6, msg=name)

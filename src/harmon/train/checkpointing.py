@@ -55,9 +55,20 @@ def latest_checkpoint(root: str | Path) -> Path | None:
     return dirs[-1] if dirs else None
 
 
+def trainable_names(model: torch.nn.Module) -> set[str]:
+    """Names of the parameters that train, as the state-dict API names them: without a DDP wrapper's ``module.``
+    prefix (FSDP2 shards in place and adds none)."""
+    inner = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+    return {n for n, p in inner.named_parameters() if p.requires_grad}
+
+
 def _trainable_only(sd: dict[str, Any], model: torch.nn.Module) -> dict[str, Any]:
-    """Frozen weights (VAE, a frozen LLM) come back from the model's source; only what trains is saved."""
-    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    """Frozen weights (VAE, a frozen LLM) come back from the model's source; only what trains is saved. Every
+    trainable weight must be there: a checkpoint without them would resume from the initial weights."""
+    trainable = trainable_names(model)
+    missing = sorted(trainable - set(sd))
+    if missing:
+        raise RuntimeError(f"checkpoint state lacks {len(missing)} trainable weights, e.g. {', '.join(missing[:5])}")
     return {k: v for k, v in sd.items() if k in trainable}
 
 
