@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 
 from harmon.config import harmon_tiny
 from harmon.model import Harmon
@@ -44,3 +47,8 @@ def tiny_model(seed: int = 0, **overrides) -> Harmon:
 
 def tiny_pipeline(seed: int = 0) -> HarmonPipeline:
     return HarmonPipeline(tiny_model(seed), tiny_tokenizer())
+
+
+def pixels(path: Path) -> np.ndarray:
+    """An image file's RGB pixels, for comparing written images exactly."""
+    return np.asarray(Image.open(path).convert("RGB"))

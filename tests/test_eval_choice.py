@@ -10,28 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import tiny_pipeline
+from helpers import pixels
 from PIL import Image
 
 from harmon import cli
 from harmon.eval import common, geneval, mme, multiple_choice, pope
 from harmon.world import assets
-
-
-@pytest.fixture(scope="module")
-def pipe():
-    return tiny_pipeline()
-
-
-@pytest.fixture(scope="module")
-def model_dir(pipe, tmp_path_factory):
-    path = tmp_path_factory.mktemp("model")
-    pipe.save_pretrained(path)
-    return path
-
-
-def pixels(path: Path) -> np.ndarray:
-    return np.asarray(Image.open(path).convert("RGB"))
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import tiny_pipeline
+from helpers import pixels
 from PIL import Image
 
 from harmon import cli
@@ -22,24 +22,8 @@ FAST_CLI = ["--num-iter", "2", "--diffusion-steps", "2", "--image-size", "64", "
 
 
 @pytest.fixture(scope="module")
-def pipe():
-    return tiny_pipeline()
-
-
-@pytest.fixture(scope="module")
-def model_dir(pipe, tmp_path_factory):
-    path = tmp_path_factory.mktemp("model")
-    pipe.save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def prompts():
     return geneval.read_prompts(assets.SHAPES_METADATA, limit=3)
-
-
-def pixels(path: Path) -> np.ndarray:
-    return np.asarray(Image.open(path).convert("RGB"))
 
 
 def tree(root: Path) -> dict[str, Path]:
