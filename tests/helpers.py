@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 
+from harmon import cli
 from harmon.config import harmon_tiny
 from harmon.model import Harmon
 from harmon.pipeline import HarmonPipeline
@@ -44,3 +48,13 @@ def tiny_model(seed: int = 0, **overrides) -> Harmon:
 
 def tiny_pipeline(seed: int = 0) -> HarmonPipeline:
     return HarmonPipeline(tiny_model(seed), tiny_tokenizer())
+
+
+def pixels(path: Path) -> np.ndarray:
+    """An image file's RGB pixels, for comparing written images exactly."""
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def harmon_eval(suite: str, model_dir: str | Path, *flags: str) -> int:
+    """``harmon eval SUITE FLAGS... --model MODEL_DIR``: the command's exit status."""
+    return cli.main(["eval", suite, *flags, "--model", str(model_dir)])

@@ -88,10 +88,12 @@ def test_concept_probe_rejects_data_it_cannot_learn_from():
         ConceptProbe.fit(pipe, images, labels, "red", held_out=1.0)
 
 
-def _gradcam_cli_files(tmp_path) -> list[str]:
-    """A saved tiny model, folders of red (pos) and blue (neg) images and a scene; returns the model flags."""
+def _gradcam_cli(tmp_path):
+    """A saved tiny model, folders of red (pos) and blue (neg) images and a scene; returns ``gradcam(concept,
+    *flags)``, which runs ``harmon analyze gradcam`` on the scene with that model, and the folder flags."""
     from helpers import tiny_model, tiny_tokenizer
 
+    from harmon import cli
     from harmon.pipeline import HarmonPipeline
 
     HarmonPipeline(tiny_model(0), tiny_tokenizer()).save_pretrained(tmp_path / "m")
@@ -102,137 +104,50 @@ def _gradcam_cli_files(tmp_path) -> list[str]:
         im.save(tmp_path / ("pos" if red else "neg") / f"{i}.png")
     images[0].save(tmp_path / "scene.png")
     model = ["--model", str(tmp_path / "m"), "--device", "cpu"]
-    return model
+
+    def gradcam(concept: str, *flags: str) -> int:
+        return cli.main(["analyze", "gradcam", str(tmp_path / "scene.png"), concept, *flags, *model])
+
+    return gradcam, ["--positives", str(tmp_path / "pos"), "--negatives", str(tmp_path / "neg")]
 
 
 def test_cli_gradcam_fits_saves_and_reloads_a_probe_on_image_folders(tmp_path, capsys):
-    from harmon import cli
-
-    model = _gradcam_cli_files(tmp_path)
+    gradcam, folders = _gradcam_cli(tmp_path)
     out = tmp_path / "cam.png"
-    assert (
-        cli.main(
-            [
-                "analyze",
-                "gradcam",
-                str(tmp_path / "scene.png"),
-                "red",
-                "--positives",
-                str(tmp_path / "pos"),
-                "--negatives",
-                str(tmp_path / "neg"),
-                "-o",
-                str(out),
-                *model,
-            ]
-        )
-        == 0
-    )
+    assert gradcam("red", *folders, "-o", str(out)) == 0
     assert "probe: ConceptProbe('red', 12 training images" in capsys.readouterr().out
     assert Image.open(out).size == (64, 64)
     saved, again = tmp_path / "red.safetensors", tmp_path / "again.png"
-    assert (
-        cli.main(
-            [
-                "analyze",
-                "gradcam",
-                str(tmp_path / "scene.png"),
-                "red",
-                "--positives",
-                str(tmp_path / "pos"),
-                "--negatives",
-                str(tmp_path / "neg"),
-                "--save-probe",
-                str(saved),
-                "-o",
-                str(out),
-                *model,
-            ]
-        )
-        == 0
-    )
-    assert (
-        cli.main(
-            ["analyze", "gradcam", str(tmp_path / "scene.png"), "red", "--probe", str(saved), "-o", str(again), *model]
-        )
-        == 0
-    )
+    assert gradcam("red", *folders, "--save-probe", str(saved), "-o", str(out)) == 0
+    assert gradcam("red", "--probe", str(saved), "-o", str(again)) == 0
     assert np.array_equal(np.asarray(Image.open(out)), np.asarray(Image.open(again)))
 
 
 def test_cli_gradcam_names_bad_concepts_and_flags(tmp_path):
-    from harmon import cli
     from harmon.analyze.gradcam import ConceptProbe
     from harmon.pipeline import HarmonPipeline
 
-    model = _gradcam_cli_files(tmp_path)
+    gradcam, folders = _gradcam_cli(tmp_path)
     saved = tmp_path / "red.safetensors"
     images, labels = _colour_images(16, 2)
     pipe = HarmonPipeline.from_pretrained(tmp_path / "m", device="cpu")
     ConceptProbe.fit(pipe, images, labels, "red").save(saved)
     with pytest.raises(SystemExit, match="--probe belongs to --target probe"):
-        cli.main(
-            [
-                "analyze",
-                "gradcam",
-                str(tmp_path / "scene.png"),
-                "red",
-                "--target",
-                "answer",
-                "--probe",
-                str(saved),
-                *model,
-            ]
-        )
+        gradcam("red", "--target", "answer", "--probe", str(saved))
     with pytest.raises(SystemExit, match="not both"):
-        cli.main(
-            [
-                "analyze",
-                "gradcam",
-                str(tmp_path / "scene.png"),
-                "red",
-                "--probe",
-                str(saved),
-                "--positives",
-                str(tmp_path / "pos"),
-                "--negatives",
-                str(tmp_path / "neg"),
-                *model,
-            ]
-        )
+        gradcam("red", "--probe", str(saved), *folders)
     with pytest.raises(SystemExit, match=r"not a shapes-world concept.*--positives DIR --negatives DIR"):
-        cli.main(["analyze", "gradcam", str(tmp_path / "scene.png"), "dog", *model])
+        gradcam("dog")
     with pytest.raises(SystemExit, match="--positives and --negatives go together"):
-        cli.main(
-            ["analyze", "gradcam", str(tmp_path / "scene.png"), "red", "--positives", str(tmp_path / "pos"), *model]
-        )
+        gradcam("red", *folders[:2])
     with pytest.raises(SystemExit, match="--target answer"):
-        cli.main(["analyze", "gradcam", str(tmp_path / "scene.png"), "circle", "--question", "Is it?", *model])
+        gradcam("circle", "--question", "Is it?")
 
 
 def test_cli_gradcam_explains_the_llm_answer_to_a_question(tmp_path):
-    from harmon import cli
-
-    model = _gradcam_cli_files(tmp_path)
+    gradcam, _ = _gradcam_cli(tmp_path)
     out = tmp_path / "cam.png"
-    assert (
-        cli.main(
-            [
-                "analyze",
-                "gradcam",
-                str(tmp_path / "scene.png"),
-                "circle",
-                "--target",
-                "answer",
-                "--question",
-                "Is there a circle?",
-                "-o",
-                str(out),
-                *model,
-            ]
-        )
-        == 0
-    )
+    assert gradcam("circle", "--target", "answer", "--question", "Is there a circle?", "-o", str(out)) == 0
 
 
 def test_heat_inside_counts_box_share():

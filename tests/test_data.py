@@ -14,9 +14,7 @@ from data_helpers import (
     save_image,
     t2i_record,
     write_shard,
-    write_two_shards,
 )
-from helpers import tiny_tokenizer
 
 from harmon.data import (
     BadSample,
@@ -39,17 +37,6 @@ from harmon.model import IGNORE_INDEX, IMAGE_PLACEHOLDER
 from harmon.prompts import BRIEF_CAPTION_INSTRUCTIONS, DETAILED_CAPTION_INSTRUCTIONS, GENERATE_PREFIX, chat
 
 TAIL = "<|im_end|>\n<|im_start|>assistant\n"
-
-
-@pytest.fixture
-def shards(tmp_path):
-    """Two shards of 6 samples each: jpg + txt, and png + json."""
-    return write_two_shards(tmp_path)
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return tiny_tokenizer()
 
 
 # ---------------------------------------------------------------------------------------------------------------

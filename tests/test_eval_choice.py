@@ -10,28 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import tiny_pipeline
+from helpers import harmon_eval, pixels
 from PIL import Image
 
-from harmon import cli
 from harmon.eval import common, geneval, mme, multiple_choice, pope
 from harmon.world import assets
-
-
-@pytest.fixture(scope="module")
-def pipe():
-    return tiny_pipeline()
-
-
-@pytest.fixture(scope="module")
-def model_dir(pipe, tmp_path_factory):
-    path = tmp_path_factory.mktemp("model")
-    pipe.save_pretrained(path)
-    return path
-
-
-def pixels(path: Path) -> np.ndarray:
-    return np.asarray(Image.open(path).convert("RGB"))
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -132,20 +115,7 @@ def test_mme_folder_layouts_and_answers_roundtrip(tmp_path):
 
 
 def test_cli_mme_on_the_shipped_file(model_dir, tmp_path, capsys):
-    rc = cli.main(
-        [
-            "eval",
-            "mme",
-            "--limit",
-            "1",
-            "--max-new-tokens",
-            "3",
-            "--answers-out",
-            str(tmp_path / "r"),
-            "--model",
-            str(model_dir),
-        ]
-    )
+    rc = harmon_eval("mme", model_dir, "--limit", "1", "--max-new-tokens", "3", "--answers-out", str(tmp_path / "r"))
     assert rc == 0
     text = capsys.readouterr().out
     assert all(s in text for s in ("existence", "count", "position", "color", "perception (sum)"))
@@ -320,21 +290,7 @@ def test_mc_errors_name_file_and_line(tmp_path):
 
 def test_cli_mc_on_the_shipped_file(model_dir, tmp_path, capsys):
     out = tmp_path / "mc.jsonl"
-    rc = cli.main(
-        [
-            "eval",
-            "mc",
-            "--limit",
-            "2",
-            "--circular",
-            "--max-new-tokens",
-            "2",
-            "--answers-out",
-            str(out),
-            "--model",
-            str(model_dir),
-        ]
-    )
+    rc = harmon_eval("mc", model_dir, "--limit", "2", "--circular", "--max-new-tokens", "2", "--answers-out", str(out))
     assert rc == 0
     assert "Multiple choice, circular" in capsys.readouterr().out
     rows = [json.loads(line) for line in out.read_text().splitlines()]
@@ -344,19 +300,15 @@ def test_cli_mc_on_the_shipped_file(model_dir, tmp_path, capsys):
     img_dir = tmp_path / "imgs"
     img_dir.mkdir()
     Image.new("RGB", (64, 64), (255, 255, 255)).save(img_dir / "x.png")
-    rc = cli.main(
-        [
-            "eval",
-            "mc",
-            "--data",
-            str(write_jsonl(tmp_path / "q.jsonl", mc_rows())),
-            "--images",
-            str(img_dir),
-            "--max-new-tokens",
-            "2",
-            "--model",
-            str(model_dir),
-        ]
+    rc = harmon_eval(
+        "mc",
+        model_dir,
+        "--data",
+        str(write_jsonl(tmp_path / "q.jsonl", mc_rows())),
+        "--images",
+        str(img_dir),
+        "--max-new-tokens",
+        "2",
     )
     assert rc == 0 and "overall" in capsys.readouterr().out
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import tiny_pipeline
+from helpers import harmon_eval, pixels
 from PIL import Image
 
 from harmon import cli
@@ -22,24 +22,8 @@ FAST_CLI = ["--num-iter", "2", "--diffusion-steps", "2", "--image-size", "64", "
 
 
 @pytest.fixture(scope="module")
-def pipe():
-    return tiny_pipeline()
-
-
-@pytest.fixture(scope="module")
-def model_dir(pipe, tmp_path_factory):
-    path = tmp_path_factory.mktemp("model")
-    pipe.save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def prompts():
     return geneval.read_prompts(assets.SHAPES_METADATA, limit=3)
-
-
-def pixels(path: Path) -> np.ndarray:
-    return np.asarray(Image.open(path).convert("RGB"))
 
 
 def tree(root: Path) -> dict[str, Path]:
@@ -160,22 +144,8 @@ def test_geneval_shapes_scoring_of_a_written_folder(tmp_path):
 
 
 def test_cli_geneval_scores_the_shipped_prompts(model_dir, tmp_path, capsys):
-    rc = cli.main(
-        [
-            "eval",
-            "geneval",
-            "--outdir",
-            str(tmp_path),
-            "--limit",
-            "2",
-            "-n",
-            "1",
-            "--score",
-            "shapes",
-            "--model",
-            str(model_dir),
-            *FAST_CLI,
-        ]
+    rc = harmon_eval(
+        "geneval", model_dir, "--outdir", str(tmp_path), "--limit", "2", "-n", "1", "--score", "shapes", *FAST_CLI
     )
     assert rc == 0
     text = capsys.readouterr().out
@@ -193,22 +163,7 @@ def test_cli_geneval_compile_reaches_generate(model_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(
         HarmonPipeline, "generate", lambda self, *a, compile=False, **k: seen.append(compile) or real(self, *a, **k)
     )
-    rc = cli.main(
-        [
-            "eval",
-            "geneval",
-            "--outdir",
-            str(tmp_path),
-            "--limit",
-            "1",
-            "-n",
-            "1",
-            "--compile",
-            "--model",
-            str(model_dir),
-            *FAST_CLI,
-        ]
-    )
+    rc = harmon_eval("geneval", model_dir, "--outdir", str(tmp_path), "--limit", "1", "-n", "1", "--compile", *FAST_CLI)
     assert rc == 0 and seen == [True]
 
 
@@ -222,21 +177,8 @@ def test_cli_eval_shapes_scores_bare_shape_questions_apart(model_dir, capsys, mo
     monkeypatch.setattr(
         HarmonPipeline, "describe", lambda self, image, q, **k: asked.append(q) or real(self, image, q, **k)
     )
-    rc = cli.main(
-        [
-            "eval",
-            "shapes",
-            "--prompts",
-            "0",
-            "--questions",
-            "14",
-            "--shape-questions",
-            "6",
-            "--model",
-            str(model_dir),
-            "--device",
-            "cpu",
-        ]
+    rc = harmon_eval(
+        "shapes", model_dir, "--prompts", "0", "--questions", "14", "--shape-questions", "6", "--device", "cpu"
     )
     out = capsys.readouterr().out
     assert rc == 0 and "Bare-shape existence" in out and "n 6" in out
@@ -244,21 +186,8 @@ def test_cli_eval_shapes_scores_bare_shape_questions_apart(model_dir, capsys, mo
     first = asked[:14]
     asked.clear()
     assert (
-        cli.main(
-            [
-                "eval",
-                "shapes",
-                "--prompts",
-                "0",
-                "--questions",
-                "14",
-                "--shape-questions",
-                "0",
-                "--model",
-                str(model_dir),
-                "--device",
-                "cpu",
-            ]
+        harmon_eval(
+            "shapes", model_dir, "--prompts", "0", "--questions", "14", "--shape-questions", "0", "--device", "cpu"
         )
         == 0
     )
@@ -337,23 +266,19 @@ def test_pope_errors_name_file_and_line(tmp_path, capsys):
 
 def test_cli_pope_on_the_shipped_splits(model_dir, tmp_path, capsys):
     out = tmp_path / "answers.jsonl"
-    rc = cli.main(
-        [
-            "eval",
-            "pope",
-            "--limit",
-            "2",
-            "--max-new-tokens",
-            "3",
-            "--answers-out",
-            str(out),
-            "--json",
-            str(tmp_path / "s.json"),
-            "--model",
-            str(model_dir),
-            "--device",
-            "cpu",
-        ]
+    rc = harmon_eval(
+        "pope",
+        model_dir,
+        "--limit",
+        "2",
+        "--max-new-tokens",
+        "3",
+        "--answers-out",
+        str(out),
+        "--json",
+        str(tmp_path / "s.json"),
+        "--device",
+        "cpu",
     )
     assert rc == 0
     text = capsys.readouterr().out
@@ -362,20 +287,16 @@ def test_cli_pope_on_the_shipped_splits(model_dir, tmp_path, capsys):
     assert len(rows) == 6 and {"question_id", "prompt", "text", "category", "label", "pred"} <= set(rows[0])
     assert json.loads((tmp_path / "s.json").read_text())["splits"]["random"]["count"] == 2
     # explicit files and image folder, as for COCO
-    rc = cli.main(
-        [
-            "eval",
-            "pope",
-            "--questions",
-            str(assets.SHAPES_POPE / "popular.json"),
-            "--images",
-            str(assets.SHAPES_POPE / "images"),
-            "--limit",
-            "1",
-            "--max-new-tokens",
-            "2",
-            "--model",
-            str(model_dir),
-        ]
+    rc = harmon_eval(
+        "pope",
+        model_dir,
+        "--questions",
+        str(assets.SHAPES_POPE / "popular.json"),
+        "--images",
+        str(assets.SHAPES_POPE / "images"),
+        "--limit",
+        "1",
+        "--max-new-tokens",
+        "2",
     )
     assert rc == 0 and "popular" in capsys.readouterr().out

@@ -14,9 +14,7 @@ from data_helpers import (
     save_image,
     t2i_record,
     take,
-    write_two_shards,
 )
-from helpers import tiny_tokenizer
 
 from harmon.data import (
     Image2TextProcessor,
@@ -29,17 +27,6 @@ from harmon.data import (
     WebDatasetShards,
     records,
 )
-
-
-@pytest.fixture
-def shards(tmp_path):
-    """Two shards of 6 samples each: jpg + txt, and png + json."""
-    return write_two_shards(tmp_path)
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return tiny_tokenizer()
 
 
 def test_batches_carry_their_task_and_names_are_free_labels(tok):

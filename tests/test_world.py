@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageDraw, ImageFilter
+from world_helpers import CONFIG, found, gen, truth
 
 from harmon.world import (
-    DetectedObject,
     Scene,
     WorldConfig,
     caption_scene,
@@ -30,21 +30,6 @@ from harmon.world import (
 )
 from harmon.world.sampling import sample_content
 from harmon.world.scene import boxes_separated
-
-CONFIG = WorldConfig()
-
-
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def truth(scene: Scene) -> list[tuple[str, str, tuple[int, ...]]]:
-    return sorted((o.color, o.shape, o.bbox) for o in scene.objects)
-
-
-def found(detections: list[DetectedObject]) -> list[tuple[str, str, tuple[int, ...]]]:
-    return sorted((d.color, d.shape, d.bbox) for d in detections)
-
 
 # ---- config and determinism ---------------------------------------------------------------------------------
 

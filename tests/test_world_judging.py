@@ -9,6 +9,7 @@ from collections import Counter
 import pytest
 import torch
 from PIL import Image
+from world_helpers import CONFIG, gen
 
 from harmon.world import (
     POPE_SPLITS,
@@ -43,21 +44,6 @@ from harmon.world import (
     score_generation,
 )
 from harmon.world.scene import boxes_separated
-
-CONFIG = WorldConfig()
-
-
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def truth(scene: Scene) -> list[tuple[str, str, tuple[int, ...]]]:
-    return sorted((o.color, o.shape, o.bbox) for o in scene.objects)
-
-
-def found(detections: list[DetectedObject]) -> list[tuple[str, str, tuple[int, ...]]]:
-    return sorted((d.color, d.shape, d.bbox) for d in detections)
-
 
 # ---- GenEval relation rule and judge ------------------------------------------------------------------------
 

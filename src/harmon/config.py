@@ -42,6 +42,27 @@ def qwen25_1_5b_config() -> dict[str, Any]:
     }
 
 
+def small_qwen2_config(
+    vocab_size: int, hidden_size: int, intermediate_size: int, num_hidden_layers: int
+) -> dict[str, Any]:
+    """A small Qwen2 architecture for a model trained from scratch with its own tokenizer (4 heads, 2 KV heads)."""
+    return dict(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_hidden_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        rope_theta=10000.0,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=True,
+        hidden_act="silu",
+        attention_dropout=0.0,
+        use_sliding_window=False,
+    )
+
+
 def check_sampling_settings(num_iter: int, guidance_scale: float, cfg_schedule: str, temperature: float) -> None:
     """The checks shared by a model's recorded defaults and the settings of one generation call."""
     if num_iter < 1:
@@ -155,21 +176,7 @@ def harmon_1_5b() -> HarmonConfig:
 
 def harmon_tiny(vocab_size: int = 512) -> HarmonConfig:
     """A few-MB Harmon for tests: same code paths, tiny widths, 64 px images (4x4 tokens)."""
-    llm = dict(
-        vocab_size=vocab_size,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        rope_theta=10000.0,
-        rms_norm_eps=1e-6,
-        tie_word_embeddings=True,
-        hidden_act="silu",
-        attention_dropout=0.0,
-        use_sliding_window=False,
-    )
+    llm = small_qwen2_config(vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2)
     mar = MARConfig(
         encoder_dim=64,
         encoder_depth=2,

@@ -52,14 +52,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from harmon.eval.common import (
-    FormatError,
-    answer_all,
-    field,
-    read_records,
-    where,
-    write_jsonl_atomic,
-)
+from harmon.eval.common import FormatError, answer_all, field, read_records, where, write_jsonl_atomic
 from harmon.eval.metrics import pct, table
 from harmon.pipeline import HarmonPipeline
 

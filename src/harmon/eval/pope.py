@@ -31,15 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from harmon.eval.common import (
-    FormatError,
-    answer_all,
-    field,
-    read_records,
-    where,
-    write_jsonl_atomic,
-    yes_no,
-)
+from harmon.eval.common import FormatError, answer_all, field, read_records, where, write_jsonl_atomic, yes_no
 from harmon.eval.metrics import binary_metrics, pct, pope_answer, table
 from harmon.pipeline import HarmonPipeline
 

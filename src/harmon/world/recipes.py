@@ -10,12 +10,12 @@ from __future__ import annotations
 import copy
 import dataclasses
 
-from harmon.config import GenerationDefaults, HarmonConfig
+from harmon.config import GenerationDefaults, HarmonConfig, small_qwen2_config
 from harmon.data.tasks import Task
 from harmon.diffloss import DiffLossConfig
 from harmon.mar import MARConfig
 from harmon.train.config import ModelInit, OptimConfig, SourceConfig, TrainConfig, deep_merge
-from harmon.train.recipes import MAR_DECODER
+from harmon.train.recipes import EVERYTHING, MAR_AND_PROJECTIONS, MAR_DECODER
 from harmon.world.stage0 import shapes_vae_config
 
 ROOT = "runs/shapes"
@@ -101,21 +101,7 @@ def harmon_shapes(vocab_size: int = 512) -> HarmonConfig:
 
     Sized so the whole recipe trains on a 2-core CPU in under two hours (~0.3 s per optimizer step).
     """
-    llm = dict(
-        vocab_size=vocab_size,
-        hidden_size=128,
-        intermediate_size=384,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        rope_theta=10000.0,
-        rms_norm_eps=1e-6,
-        tie_word_embeddings=True,
-        hidden_act="silu",
-        attention_dropout=0.0,
-        use_sliding_window=False,
-    )
+    llm = small_qwen2_config(vocab_size, hidden_size=128, intermediate_size=384, num_hidden_layers=3)
     mar = MARConfig(
         encoder_dim=128,
         encoder_depth=2,
@@ -184,80 +170,72 @@ def shapes_lm() -> TrainConfig:
     )
 
 
+def _stage(stage: str, lr: float, **fields) -> TrainConfig:
+    """One of stages I-III at the settings they share: 64 px, warm-up over 2 % of the steps, logs every 50 steps and
+    checkpoints every 500, the world's sampling for grids and its quick eval; ``fields`` are the stage's own."""
+    return TrainConfig(
+        name=f"shapes_{stage}",
+        output_dir=f"{ROOT}/{stage}",
+        image_size=64,
+        optim=OptimConfig(lr=lr, warmup_ratio=0.02),
+        log_every=50,
+        save_every=500,
+        sample_settings=dict(SAMPLE_SETTINGS),
+        eval="shapes",
+        **fields,
+    )
+
+
 def shapes_stage1() -> TrainConfig:
     """Stage I: LLM frozen; MAR + projections learn text-to-image and captioning."""
-    return TrainConfig(
-        name="shapes_stage1",
-        output_dir=f"{ROOT}/stage1",
+    return _stage(
+        "stage1",
+        lr=1e-3,
         model=ModelInit(
             preset=None,
             pretrained=f"{ROOT}/lm/final",
             overrides=deep_merge(copy.deepcopy(V_UNIFORM), copy.deepcopy(PATCH2)),
             reinit=["mar."],
         ),
-        data=[
-            _t2i(32),
-            _captions(8),
-        ],
-        image_size=64,
-        train_modules=("mar.", "proj_in.", "proj_out."),
+        data=[_t2i(32), _captions(8)],
+        train_modules=MAR_AND_PROJECTIONS,
         max_steps=2000,
-        optim=OptimConfig(lr=1e-3, warmup_ratio=0.02),
-        log_every=50,
-        save_every=500,
         sample_every=1000,
-        sample_settings=dict(SAMPLE_SETTINGS),
-        eval="shapes",
         eval_every=1000,
     )
 
 
 def shapes_stage2() -> TrainConfig:
     """Stage II: everything trains; text-to-image + QA + captioning."""
-    return TrainConfig(
-        name="shapes_stage2",
-        output_dir=f"{ROOT}/stage2",
+    qa = SourceConfig(
+        "image2text_qa",
+        "shapes",
+        task=Task.IMAGE_TO_TEXT,
+        batch_size=8,
+        max_text_length=STAGE2_QA_TEXT_LENGTH,
+        format_options=dict(STAGE2_QA_OPTIONS),
+    )
+    return _stage(
+        "stage2",
+        lr=7e-4,
         model=ModelInit(preset=None, pretrained=f"{ROOT}/stage1/final"),
-        data=[
-            _t2i(32),
-            SourceConfig(
-                "image2text_qa",
-                "shapes",
-                task=Task.IMAGE_TO_TEXT,
-                batch_size=8,
-                max_text_length=STAGE2_QA_TEXT_LENGTH,
-                format_options=dict(STAGE2_QA_OPTIONS),
-            ),
-            _captions(4),
-        ],
-        image_size=64,
-        train_modules=("llm.", "mar.", "proj_in.", "proj_out."),
+        data=[_t2i(32), qa, _captions(4)],
+        train_modules=EVERYTHING,
         max_steps=STAGE2_STEPS,
-        optim=OptimConfig(lr=7e-4, warmup_ratio=0.02),
-        log_every=50,
-        save_every=500,
         sample_every=2000,
-        sample_settings=dict(SAMPLE_SETTINGS),
-        eval="shapes",
         eval_every=2000,
     )
 
 
 def shapes_stage3() -> TrainConfig:
     """Stage III: a short generation pass (v-prediction, uniform masks) on a frozen understanding path."""
-    return TrainConfig(
-        name="shapes_stage3",
-        output_dir=f"{ROOT}/stage3",
+    return _stage(
+        "stage3",
+        lr=5e-4,
         model=ModelInit(preset=None, pretrained=f"{ROOT}/stage2/final", overrides=copy.deepcopy(V_UNIFORM)),
         data=[_t2i(32)],
-        image_size=64,
         train_modules=GENERATION_SIDE,
         max_steps=STAGE3_STEPS,
-        optim=OptimConfig(lr=5e-4, warmup_ratio=0.02),
-        log_every=50,
-        save_every=500,
-        sample_settings=dict(SAMPLE_SETTINGS),
-        eval="shapes",
         eval_every=0,
     )
 
