@@ -11,9 +11,6 @@ import hashlib
 import importlib.util
 import io
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -54,14 +51,7 @@ def test_training_losses_are_the_recorded_ones(tmp_path):
 
 
 @pytest.mark.slow
-def test_eval_shapes_prints_the_recorded_tables():
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    out = subprocess.run(
-        [sys.executable, "-m", "harmon.cli", "eval", "shapes", "--seed", "0"],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=True,
-    ).stdout
+def test_eval_shapes_prints_the_recorded_tables(eval_shapes_seed0):
+    out, _ = eval_shapes_seed0  # harmon eval shapes --seed 0 (tests/conftest.py)
     lines = [line for line in out.splitlines(keepends=True) if "seconds:" not in line]
     assert "".join(lines) == (GOLDEN / "eval_shapes_seed0.txt").read_text()
