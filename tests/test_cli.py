@@ -104,3 +104,52 @@ def test_train_needs_a_recipe_or_a_config(capsys):
     with pytest.raises(SystemExit) as done:
         cli.main(["train", "--print-config"])
     assert done.value.code == 2 and "one of the arguments --recipe --config is required" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("output", "phrase"),
+    [
+        ("picture", "no file extension"),
+        ("picture.xyz", "extension '.xyz'"),
+        ("folder.png", "is a folder"),
+    ],
+)
+def test_generate_refuses_a_bad_output_before_any_work(output, phrase, tmp_path, monkeypatch, capsys):
+    (tmp_path / "folder.png").mkdir()
+    monkeypatch.setattr(
+        "harmon.cli.generate.load_pipeline", lambda args: pytest.fail("loaded a model for an unusable output")
+    )
+    assert cli.main(["generate", "a red circle", "-o", str(tmp_path / output)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and phrase in err, err
+
+
+@pytest.mark.parametrize(
+    ("flags", "phrase"),
+    [
+        (["--guidance-scale", "nan"], "guidance_scale must be a finite number"),
+        (["--guidance-scale", "inf"], "guidance_scale must be a finite number"),
+        (["--temperature", "inf"], "temperature must be a finite number"),
+        (["--temperature", "-1"], "temperature must be a finite number"),
+        (["--x0-clip", "-1"], "x0_clip must be a finite number > 0"),
+        (["--device", "cuda"], "no CUDA device is available"),
+        (["--device", "gpu"], "device 'gpu'"),
+    ],
+)
+def test_generate_names_a_bad_setting_in_one_line(flags, phrase, tmp_path, capsys):
+    if "cuda" in flags:
+        pytest.importorskip("torch")
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("this machine has CUDA")
+    out = tmp_path / "x.png"
+    assert cli.main(["generate", "a red circle", "-o", str(out), *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("harmon generate: error: ") and err.count("\n") == 1 and phrase in err, err
+    assert not out.exists()
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    with pytest.raises(ValueError, match="no file extension"):
+        cli.main(["--debug", "generate", "a red circle", "-o", str(tmp_path / "picture")])

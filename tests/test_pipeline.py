@@ -1,4 +1,5 @@
 import json
+import re
 
 import numpy as np
 import pytest
@@ -365,3 +366,20 @@ def test_compiled_generation_gives_the_eager_images_and_follows_weight_changes(p
         with torch.no_grad():
             for p, old in zip(changed, saved):
                 p.copy_(old)
+
+
+@pytest.mark.parametrize(
+    ("setting", "phrase"),
+    [
+        ({"temperature": -0.5}, "temperature must be a finite number >= 0"),
+        ({"temperature": float("inf")}, "temperature must be a finite number >= 0"),
+        ({"top_p": 0.0}, "top_p must be in (0, 1]"),
+        ({"top_p": 2.0}, "top_p must be in (0, 1]"),
+        ({"repetition_penalty": 0.0}, "repetition_penalty must be a finite number > 0"),
+        ({"repetition_penalty": float("nan")}, "repetition_penalty must be a finite number > 0"),
+        ({"max_new_tokens": 0}, "max_new_tokens must be >= 1"),
+    ],
+)
+def test_describe_names_a_bad_decoding_setting(pipe, setting, phrase):
+    with pytest.raises(ValueError, match=re.escape(phrase)):
+        pipe.describe(Image.new("RGB", (64, 64)), "What?", do_sample=True, **setting)

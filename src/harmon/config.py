@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -63,16 +64,21 @@ def small_qwen2_config(
     )
 
 
-def check_sampling_settings(num_iter: int, guidance_scale: float, cfg_schedule: str, temperature: float) -> None:
-    """The checks shared by a model's recorded defaults and the settings of one generation call."""
+def check_sampling_settings(
+    num_iter: int, guidance_scale: float, cfg_schedule: str, temperature: float, x0_clip: float | None = None
+) -> None:
+    """The checks shared by a model's recorded defaults and the settings of one generation call. NaN and infinity
+    fail every range check here: a NaN guidance scale or an infinite temperature would draw garbage silently."""
     if num_iter < 1:
         raise ValueError(f"num_iter must be >= 1, got {num_iter}")
-    if guidance_scale < 1.0:
-        raise ValueError(f"guidance_scale must be >= 1.0, got {guidance_scale}")
+    if not 1.0 <= guidance_scale < math.inf:
+        raise ValueError(f"guidance_scale must be a finite number >= 1.0, got {guidance_scale}")
     if cfg_schedule not in ("constant", "linear"):
         raise ValueError(f"cfg_schedule must be 'constant' or 'linear', got {cfg_schedule!r}")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if not 0.0 <= temperature < math.inf:
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
+    if x0_clip is not None and not 0.0 < x0_clip < math.inf:
+        raise ValueError(f"x0_clip must be a finite number > 0 (or None: no clipping), got {x0_clip}")
 
 
 @dataclass(frozen=True)
@@ -90,7 +96,7 @@ class GenerationDefaults:
     max_new_tokens: int = 256
 
     def __post_init__(self) -> None:
-        check_sampling_settings(self.num_iter, self.guidance_scale, self.cfg_schedule, self.temperature)
+        check_sampling_settings(self.num_iter, self.guidance_scale, self.cfg_schedule, self.temperature, self.x0_clip)
 
 
 @dataclass(frozen=True)

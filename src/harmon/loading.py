@@ -71,8 +71,16 @@ def default_dtype(device: torch.device) -> torch.dtype:
 
 
 def resolve_device(device: torch.device | str | None, dtype: torch.dtype | None) -> tuple[torch.device, torch.dtype]:
-    """Fill a None device or dtype with :func:`default_device` / :func:`default_dtype`."""
-    device = torch.device(device) if device is not None else default_device()
+    """Fill a None device or dtype with :func:`default_device` / :func:`default_dtype`; a device this torch cannot
+    use is refused by name before anything loads."""
+    try:
+        device = torch.device(device) if device is not None else default_device()
+    except RuntimeError as err:  # torch's message lists the device types it knows
+        raise ValueError(f"device {device!r}: {err}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device}: no CUDA device is available to this torch ({torch.__version__})")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError(f"device {device}: Apple MPS is not available to this torch ({torch.__version__})")
     return device, dtype if dtype is not None else default_dtype(device)
 
 

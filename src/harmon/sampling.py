@@ -10,6 +10,7 @@ faster equivalents (:mod:`harmon.accel`) are applied from outside the model.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypedDict
@@ -45,7 +46,7 @@ class SamplingSettings:
                     "annealed diffusion steps need num_sampling_steps as one number (e.g. '100'), "
                     f"got {self.num_sampling_steps!r}"
                 )
-        check_sampling_settings(self.num_iter, self.guidance_scale, self.cfg_schedule, self.temperature)
+        check_sampling_settings(self.num_iter, self.guidance_scale, self.cfg_schedule, self.temperature, self.x0_clip)
 
 
 def mask_schedule(seq_len: int, num_iter: int) -> list[int]:
@@ -268,6 +269,18 @@ def _apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty:
 
 
 @torch.no_grad()
+def check_decoding_settings(max_new_tokens: int, temperature: float, top_p: float, repetition_penalty: float) -> None:
+    """Text decoding settings in range, each named (NaN fails every check)."""
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if not 0.0 <= temperature < math.inf:
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if not 0.0 < repetition_penalty < math.inf:
+        raise ValueError(f"repetition_penalty must be a finite number > 0, got {repetition_penalty}")
+
+
 def decode_text(
     model: Harmon,
     inputs_embeds: torch.Tensor,
@@ -285,8 +298,7 @@ def decode_text(
     Greedy by default; with ``do_sample`` draws from softmax(logits / temperature), nucleus ``top_p``, using
     ``generator``. Stops at ``eos_token_id`` (included in the result) or after ``max_new_tokens``.
     """
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    check_decoding_settings(max_new_tokens, temperature, top_p, repetition_penalty)
     llm = model.llm
     out = llm(inputs_embeds=inputs_embeds, use_cache=True, logits_to_keep=1)
     cache = output_cache(out)

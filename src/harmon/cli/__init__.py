@@ -20,8 +20,9 @@ from harmon.cli.train import add_train
 # never reach for a hub: everything we load is local (set before any command imports transformers)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-# errors a command raises for bad input (a missing file, a wrong setting): one stderr line, not a traceback
-EXPECTED_ERRORS = (ValueError, FileNotFoundError, TypeError)
+# errors a command raises for bad input (an unreadable or missing file, a wrong setting, a bad image): one stderr
+# line naming the problem, not a traceback (--debug shows it)
+EXPECTED_ERRORS = (ValueError, OSError, TypeError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"harmon {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error, not one line")
     sub = parser.add_subparsers(dest="command", required=True)
     add_train(sub)
     add_generate(sub)
@@ -45,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         return args.func(args)
     except EXPECTED_ERRORS as err:
+        if getattr(args, "debug", False):
+            raise
         print(f"harmon {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -114,6 +115,24 @@ def load_pipeline(args: argparse.Namespace):
     if path is None:
         raise SystemExit("no shipped model is installed in this copy of harmon; pass --model or official weights")
     return HarmonPipeline.from_pretrained(path, device=args.device, dtype=dtype)
+
+
+def image_output(path: str) -> Path:
+    """The image path ``-o`` names, checked before any sampling work: an image extension Pillow writes, not a
+    folder, in a folder that exists (made here) and can be written."""
+    from PIL import Image
+
+    out = Path(path)
+    writable = {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.SAVE}
+    if out.suffix.lower() not in writable:
+        shown = f"extension {out.suffix!r}" if out.suffix else "no file extension"
+        raise ValueError(f"output {out}: {shown}; use an image extension such as .png or .jpg")
+    if out.is_dir():
+        raise ValueError(f"output {out} is a folder; name an image file in it, e.g. {out / 'out.png'}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if not os.access(out.parent, os.W_OK):
+        raise PermissionError(f"output folder {out.parent} is not writable")
+    return out
 
 
 def seeded(seed: int):

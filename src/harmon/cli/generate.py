@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from harmon.cli.common import (
     DTYPE_NAMES,
     add_generation_args,
     add_model_args,
     generation_settings,
+    image_output,
     load_pipeline,
     seeded,
     torch_dtype,
@@ -17,6 +17,7 @@ from harmon.cli.common import (
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    out = image_output(args.output)  # before loading and sampling, which can take minutes on a large model
     pipe = load_pipeline(args)
     images = pipe.generate(
         args.prompt,
@@ -25,8 +26,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
         compile=args.compile,
         **generation_settings(args),
     )
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
     if len(images) == 1:
         images[0].save(out)
         print(out)
