@@ -153,3 +153,10 @@ def test_generate_names_a_bad_setting_in_one_line(flags, phrase, tmp_path, capsy
 def test_debug_shows_the_traceback(tmp_path):
     with pytest.raises(ValueError, match="no file extension"):
         cli.main(["--debug", "generate", "a red circle", "-o", str(tmp_path / "picture")])
+
+
+def test_convert_refuses_to_write_over_its_source(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("harmon.cli.generate.load_pipeline", lambda args: pytest.fail("loaded before the check"))
+    (tmp_path / "model").mkdir()
+    assert cli.main(["convert", "--model", str(tmp_path / "model"), "-o", str(tmp_path / "model")]) == 2
+    assert "is (or holds) a file being converted" in capsys.readouterr().err

@@ -285,6 +285,7 @@ def test_cli_pope_on_the_shipped_splits(model_dir, tmp_path, capsys):
     assert all(s in text for s in ("random", "popular", "adversarial", "all"))
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 6 and {"question_id", "prompt", "text", "category", "label", "pred"} <= set(rows[0])
+    assert rows[0]["question"] == rows[0]["prompt"] and rows[0]["answer"] == rows[0]["text"]  # POPE's evaluate.py
     assert json.loads((tmp_path / "s.json").read_text())["splits"]["random"]["count"] == 2
     # explicit files and image folder, as for COCO
     rc = harmon_eval(

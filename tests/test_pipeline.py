@@ -9,7 +9,7 @@ from PIL import Image
 from reference import production_tokens, reference_tokens
 
 from harmon import cli
-from harmon.images import prepare_for_understanding, to_rgb
+from harmon.images import load_image, prepare_for_understanding, to_rgb
 from harmon.loading import CheckpointError, read_weights
 from harmon.pipeline import HarmonPipeline
 from harmon.sampling import SamplingSettings
@@ -197,9 +197,18 @@ def test_any_image_mode_converts_to_rgb(mode):
     assert x.shape == (1, 3, 64, 64) and x.min() >= -1 and x.max() <= 1
 
 
-def test_transparent_pixels_become_gray():
+def test_transparent_pixels_become_white():
     im = Image.new("RGBA", (4, 4), (255, 0, 0, 0))
-    assert np.asarray(to_rgb(im))[0, 0].tolist() == [127, 127, 127]
+    assert np.asarray(to_rgb(im))[0, 0].tolist() == [255, 255, 255]
+    half = Image.new("LA", (4, 4), (0, 128))  # black at half opacity over white
+    assert np.asarray(to_rgb(half))[0, 0].tolist() == [127, 127, 127]
+
+
+def test_an_image_over_pillows_limit_is_named(tmp_path, monkeypatch):
+    Image.new("RGB", (64, 64)).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 64 x 64 is over twice the limit: Pillow refuses it
+    with pytest.raises(ValueError, match=r"big\.png is larger than Pillow's safety limit"):
+        load_image(tmp_path / "big.png")
 
 
 def test_padding_to_square_is_centered_gray():

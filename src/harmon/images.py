@@ -9,6 +9,9 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 GRAY = (127, 127, 127)  # padding colour of understanding inputs (spec §10)
+# Transparent pixels are shown on white, as image viewers and browsers show them (and as the shapes world draws its
+# background); grey let the edges of a transparent object read as shapes of their own.
+WHITE = (255, 255, 255)
 
 
 def load_image(path: str | Path) -> Image.Image:
@@ -20,11 +23,15 @@ def load_image(path: str | Path) -> Image.Image:
         with Image.open(path) as im:
             im.load()
             return ImageOps.exif_transpose(im)
+    except Image.DecompressionBombError as err:
+        raise ValueError(
+            f"image {path} is larger than Pillow's safety limit of {Image.MAX_IMAGE_PIXELS} pixels: {err}"
+        ) from err
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise ValueError(f"cannot read image {path}: {err}") from err
 
 
-def to_rgb(image: Image.Image, background: tuple[int, int, int] = GRAY) -> Image.Image:
+def to_rgb(image: Image.Image, background: tuple[int, int, int] = WHITE) -> Image.Image:
     """Convert any PIL mode to 8-bit RGB without surprises.
 
     Transparency is composited onto ``background`` (instead of exposing whatever colour hides under alpha 0);

@@ -235,7 +235,7 @@ def _add_answer_suites(esub: argparse._SubParsersAction) -> None:
     ep = esub.add_parser("pope", help="POPE yes/no object questions (POPE's JSON-lines files)")
     ep.add_argument("--questions", nargs="+", help="POPE files, one split each (default: the shipped shapes splits)")
     ep.add_argument("--images", help="folder of the images named in the files")
-    _add_answer_args(ep, "write the answers here (POPE's answer JSON lines)")
+    _add_answer_args(ep, "write the answers here (JSON lines for POPE's evaluate.py and LLaVA's POPE scorer)")
     ep.set_defaults(func=cmd_pope)
 
     em = esub.add_parser("mme", help="MME-style paired yes/no questions per sub-task")

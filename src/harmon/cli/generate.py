@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from harmon.cli.common import (
     DTYPE_NAMES,
@@ -54,6 +55,10 @@ def cmd_describe(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
+    sources = [Path(p).resolve() for p in (args.model, args.checkpoint, args.vae, args.llm) if p]
+    out = Path(args.output).resolve()
+    if any(out == s or out in s.parents for s in sources):
+        raise ValueError(f"output {args.output} is (or holds) a file being converted; write to a new folder")
     pipe = load_pipeline(args)
     pipe.save_pretrained(args.output, dtype=torch_dtype(args.save_dtype))
     print(args.output)

@@ -16,10 +16,12 @@ Answers: ``pipe.describe(image, text)``, greedy. Scoring is POPE's: keep the tex
 (and over all questions when there are several splits): accuracy, precision, recall, F1 with "yes" as the positive
 class, and the ratio of "yes" answers.
 
-Answers file (``--answers-out FILE``): JSON lines in the answer format of POPE / LLaVA's ``model_vqa``::
+Answers file (``--answers-out FILE``): JSON lines that POPE's own ``evaluate.py`` (``question``, ``answer``) and
+LLaVA's POPE scorer (``question_id``, ``prompt``, ``text``) both read::
 
-    {"question_id": 1, "prompt": "Is there a snowboard in the image?", "text": "<model answer>",
-     "model_id": "harmon", "image": "...", "category": "random", "label": "yes", "pred": "no"}
+    {"question": "Is there a snowboard in the image?", "answer": "<model answer>", "question_id": 1,
+     "prompt": "Is there a snowboard in the image?", "text": "<model answer>", "model_id": "harmon",
+     "image": "...", "category": "random", "label": "yes", "pred": "no"}
 
 The shapes world ships its own files in this format (:func:`harmon.world.assets.write_shapes_pope`).
 """
@@ -98,9 +100,12 @@ def format_pope(scores: dict[str, dict[str, float]]) -> str:
 def write_pope_answers(
     path: str | Path, questions: Sequence[dict[str, Any]], answers: Sequence[str], model_id: str = "harmon"
 ) -> Path:
-    """The answers in POPE's answer format (JSON lines; see the module docstring)."""
+    """The answers as JSON lines that both common scorers read: POPE's own ``evaluate.py`` (``question``,
+    ``answer``) and LLaVA's POPE scorer (``question_id``, ``prompt``, ``text``)."""
     rows = [
         {
+            "question": q["text"],
+            "answer": a,
             "question_id": q["question_id"],
             "prompt": q["text"],
             "text": a,
