@@ -13,7 +13,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 MAX_FILE_LINES = 450
 MAX_FUNCTION_LINES = 60
-HISTORY = re.compile(r"session [0-9]|ninth|eighth|run[0-9]", re.IGNORECASE)
+HISTORY = re.compile(r"session [0-9]|(nin|eigh)th|run[0-9]", re.IGNORECASE)
 
 
 def python_files(folder: str) -> list[Path]:
