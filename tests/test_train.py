@@ -420,3 +420,22 @@ def test_two_processes_match_one_and_resume_exactly(mode, tok_dir, tmp_path):
     assert resumed.keys() == uninterrupted.keys()
     for name, value in uninterrupted.items():
         torch.testing.assert_close(resumed[name], value, rtol=0, atol=1e-6, msg=name)
+
+
+def test_resume_refuses_other_settings_and_trims_the_metrics(tok_dir, tmp_path):
+    """A checkpoint resumed under other settings (here max_steps, which moves the schedule) is refused with the
+    field named, unless resume_override; neutral fields (log_every) may change. metrics.jsonl keeps each step once."""
+    cfg = _toy_config(tok_dir, tmp_path / "run", steps=4, save_every=2, optim=OptimConfig(lr=1e-3))
+    Trainer(cfg, device="cpu").run(resume="none")
+    ckpt = str(tmp_path / "run" / "checkpoints" / "step_0000002")
+    longer = _toy_config(tok_dir, tmp_path / "run", steps=6, save_every=2, optim=OptimConfig(lr=1e-3))
+    with pytest.raises(ValueError, match=r"max_steps: 4 -> 6.*resume_override=true"):
+        Trainer(longer, device="cpu").run(resume=ckpt)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["max_steps"] == 4  # not overwritten
+    chatty = _toy_config(tok_dir, tmp_path / "run", steps=4, save_every=2, log_every=1, optim=OptimConfig(lr=1e-3))
+    Trainer(chatty, device="cpu").run(resume=ckpt)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [s for s in steps if s] == sorted({s for s in steps if s}) == [1, 2, 3, 4]
+    longer.resume_override = True
+    history = Trainer(longer, device="cpu").run(resume=ckpt)
+    assert [h["step"] for h in history] == [3, 4, 5, 6]

@@ -176,6 +176,9 @@ class TrainConfig:
     eval: str | None = None  # name of a quick eval in harmon.train.hooks.EVALS (e.g. "shapes")
     tensorboard: bool = False
     export: bool = True  # write the final model in the from_pretrained format to output_dir/final
+    # Resume a checkpoint whose run had other settings (batch sizes, max_steps, ...). Off: such a resume is refused
+    # with the differing fields named, since it would silently change the schedule and the data order.
+    resume_override: bool = False
 
     def validate(self) -> None:
         self.model.validate()
@@ -224,6 +227,41 @@ def _source_from_dict(d: dict[str, Any]) -> SourceConfig:
             f"data source {d.get('name')!r}: unknown field(s) {unknown}{hint}; known: {', '.join(sorted(names))}"
         )
     return SourceConfig(**d)
+
+
+# Fields a resumed run may change freely: they decide what is logged, kept or written, not what is computed.
+RUN_NEUTRAL_FIELDS = frozenset(
+    {
+        "output_dir",
+        "num_workers",
+        "log_every",
+        "save_every",
+        "keep_checkpoints",
+        "sample_every",
+        "sample_prompts",
+        "sample_settings",
+        "eval_every",
+        "eval",
+        "tensorboard",
+        "export",
+        "resume_override",
+    }
+)
+
+
+def resume_differences(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted names of the fields where ``current`` (a TrainConfig's ``to_dict``) differs from ``saved``, the
+    run-length-neutral top-level fields aside."""
+    out = []
+    for key in sorted(set(saved) | set(current)):
+        if not prefix and key in RUN_NEUTRAL_FIELDS:
+            continue
+        a, b = saved.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += resume_differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return out
 
 
 def parse_value(text: str) -> Any:

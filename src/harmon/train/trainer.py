@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
+from harmon.atomic import write_text_atomic
 from harmon.config import CONFIGS, TOKENIZER_SIZED, HarmonConfig
 from harmon.images import image_grid
 from harmon.loading import (
@@ -31,7 +32,7 @@ from harmon.model import Harmon
 from harmon.tokenizer import load_tokenizer
 from harmon.train import hooks, parallel
 from harmon.train.checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint, write_json_atomic
-from harmon.train.config import TrainConfig, deep_merge
+from harmon.train.config import TrainConfig, deep_merge, resume_differences
 from harmon.train.optim import EMA, build_optimizer, build_scheduler, select_trainable
 
 logger = logging.getLogger(__name__)
@@ -155,7 +156,6 @@ class Trainer:
         self.ckpt_root = self.out / "checkpoints"
         if self.info.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-            cfg.save(self.out / "config.json")  # the resolved config, next to the checkpoints
         model, self.tokenizer = build_model(cfg)
         self.trainable = select_trainable(model, cfg.train_modules)
         model.to(self.info.device)
@@ -194,7 +194,18 @@ class Trainer:
                 for name, slots in other["positions"].items():
                     state["positions"].setdefault(name, {}).update(slots)
             state["skipped"] = _sum_counts([s["skipped"] for s in states])
-        return {"step": step, "data": state, "config_name": self.cfg.name}
+        return {"step": step, "data": state, "config_name": self.cfg.name, "config": self.cfg.to_dict()}
+
+    def check_resumable(self, path: Path) -> None:
+        """Refuse a checkpoint written under other settings (see ``TrainConfig.resume_override``)."""
+        saved = json.loads((path / "extra.json").read_text()).get("config") if (path / "extra.json").is_file() else None
+        current = json.loads(json.dumps(self.cfg.to_dict()))  # as the checkpoint stored it (lists, not tuples)
+        diff = resume_differences(saved, current) if saved is not None else []
+        if diff and not self.cfg.resume_override:
+            raise ValueError(
+                f"checkpoint {path} was written under other settings: {'; '.join(diff)}. Resume with the same "
+                "config, or pass --set resume_override=true to continue with the new one"
+            )
 
     def resume(self, resume: str | None) -> tuple[int, dict | None]:
         if not resume or resume == "none":
@@ -203,9 +214,14 @@ class Trainer:
         if path is None:
             logger.info("no checkpoint under %s: starting fresh", self.ckpt_root)
             return 0, None
+        self.check_resumable(path)
         extra = load_checkpoint(
             path, self.module, self.optimizer, self.scheduler, self.ema.shadow if self.ema else None
         )
+        if self.info.is_main and self.metrics_path.is_file():  # the steps after the checkpoint are logged again
+            lines = self.metrics_path.read_text().splitlines(keepends=True)
+            keep = [line for line in lines if json.loads(line).get("step", 0) <= extra["step"]]
+            write_text_atomic(self.metrics_path, "".join(keep))
         if self.info.is_main:
             logger.info("resumed from %s at step %d", path, extra["step"])
         return int(extra["step"]), extra
@@ -264,6 +280,8 @@ class Trainer:
         """Train from the start or a checkpoint to ``max_steps`` (or pause after ``stop_at`` with a checkpoint)."""
         cfg = self.cfg
         start, extra = self.resume(resume)
+        if self.info.is_main:  # written once the config is known to suit the checkpoint it resumes
+            cfg.save(self.out / "config.json")  # the resolved config, next to the checkpoints
         loader = self.build_loader(start)
         if extra is not None and "data" in extra:
             loader.load_state_dict(extra["data"])
