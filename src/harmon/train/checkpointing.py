@@ -26,6 +26,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from harmon.atomic import write_text_atomic
+from harmon.train.parallel import unwrap
 
 logger = logging.getLogger(__name__)
 _STEP_DIR = re.compile(r"^step_(\d{7})$")
@@ -58,8 +59,7 @@ def latest_checkpoint(root: str | Path) -> Path | None:
 def trainable_names(model: torch.nn.Module) -> set[str]:
     """Names of the parameters that train, as the state-dict API names them: without a DDP wrapper's ``module.``
     prefix (FSDP2 shards in place and adds none)."""
-    inner = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
-    return {n for n, p in inner.named_parameters() if p.requires_grad}
+    return {n for n, p in unwrap(model).named_parameters() if p.requires_grad}
 
 
 def _trainable_only(sd: dict[str, Any], model: torch.nn.Module) -> dict[str, Any]:
