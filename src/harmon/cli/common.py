@@ -143,10 +143,11 @@ def seeded(seed: int):
 
 
 def write_json(path: str | None, result: dict) -> None:
-    """Write ``result`` as indented JSON to ``path`` (its folder made), when a path is given."""
+    """Write ``result`` as indented JSON to ``path`` (its folder made, atomically), when a path is given."""
     if path:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(result, indent=2, default=str) + "\n")
+        from harmon.atomic import write_text_atomic
+
+        write_text_atomic(path, json.dumps(result, indent=2, default=str) + "\n")
 
 
 def command_line(fallback: str | None) -> str | None:
