@@ -89,6 +89,16 @@ def test_no_history_in_code_or_tests():
     assert history_lines([p for p in python_files("src") + python_files("tests") if p != this]) == []
 
 
+def test_ci_runs_the_readmes_own_install_and_test_commands():
+    """CI must run what a new user types, so a missing install step fails in CI first."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("```bash\n", 1)[1].split("```", 1)[0]
+    install, test = (line.split("  #")[0].strip() for line in block.strip().splitlines()[:2])
+    assert install.startswith("pip install") and "+cpu" in install and "whl/cpu" in install
+    ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    assert install in ci and test in ci and ci.index(install) < ci.index(test)
+
+
 if __name__ == "__main__":
     files = [Path(a).resolve() for a in sys.argv[1:]] or python_files("src")
     problems = long_files(files) + [f for p in files for f in long_functions(p)] + history_lines(files)
