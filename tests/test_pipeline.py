@@ -386,7 +386,7 @@ def test_compiled_generation_gives_the_eager_images_and_follows_weight_changes(p
         ({"top_p": 2.0}, "top_p must be in (0, 1]"),
         ({"repetition_penalty": 0.0}, "repetition_penalty must be a finite number > 0"),
         ({"repetition_penalty": float("nan")}, "repetition_penalty must be a finite number > 0"),
-        ({"max_new_tokens": 0}, "max_new_tokens must be >= 1"),
+        ({"max_new_tokens": 0}, "max_new_tokens must be an integer >= 1"),
     ],
 )
 def test_describe_names_a_bad_decoding_setting(pipe, setting, phrase):

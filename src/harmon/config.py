@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -12,6 +11,18 @@ from typing import Any
 from harmon.diffloss import DiffLossConfig
 from harmon.mar import MARConfig, mar_base, mar_huge
 from harmon.vae import VAEConfig
+from harmon.validate import check_fields, check_number, read_json_object
+
+# The LLM entries that shape the network: a config without them cannot be built as the file meant.
+LLM_REQUIRED = (
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+)
+SECTIONS = ("llm", "mar", "vae", "generation")  # a saved config.json has every one; none falls back to a default
 
 
 def qwen25_0_5b_config() -> dict[str, Any]:
@@ -69,16 +80,28 @@ def check_sampling_settings(
 ) -> None:
     """The checks shared by a model's recorded defaults and the settings of one generation call. NaN and infinity
     fail every range check here: a NaN guidance scale or an infinite temperature would draw garbage silently."""
-    if num_iter < 1:
-        raise ValueError(f"num_iter must be >= 1, got {num_iter}")
-    if not 1.0 <= guidance_scale < math.inf:
-        raise ValueError(f"guidance_scale must be a finite number >= 1.0, got {guidance_scale}")
+    check_number("num_iter", num_iter, low=1, integer=True)
+    check_number("guidance_scale", guidance_scale, low=1.0)
     if cfg_schedule not in ("constant", "linear"):
         raise ValueError(f"cfg_schedule must be 'constant' or 'linear', got {cfg_schedule!r}")
-    if not 0.0 <= temperature < math.inf:
-        raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
-    if x0_clip is not None and not 0.0 < x0_clip < math.inf:
-        raise ValueError(f"x0_clip must be a finite number > 0 (or None: no clipping), got {x0_clip}")
+    check_number("temperature", temperature, low=0.0)
+    if x0_clip is not None:
+        check_number("x0_clip", x0_clip, above=0)  # None: no clipping
+
+
+def check_llm_section(llm: dict[str, Any]) -> None:
+    """The ``llm`` section names every size that shapes the network, as a positive integer."""
+    missing = [k for k in LLM_REQUIRED if k not in llm]
+    if missing:
+        raise ValueError(f"config.llm lacks {', '.join(missing)} (a Qwen2 config.json has them)")
+    for k in (*LLM_REQUIRED, "max_position_embeddings"):
+        v = llm.get(k, 1)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ValueError(f"config.llm.{k} must be a positive integer, got {v!r}")
+    if llm["hidden_size"] % llm["num_attention_heads"] or llm["num_attention_heads"] % llm["num_key_value_heads"]:
+        raise ValueError(
+            "config.llm: hidden_size must divide into num_attention_heads, and those into num_key_value_heads"
+        )
 
 
 @dataclass(frozen=True)
@@ -96,7 +119,11 @@ class GenerationDefaults:
     max_new_tokens: int = 256
 
     def __post_init__(self) -> None:
+        check_fields(self, "generation")
         check_sampling_settings(self.num_iter, self.guidance_scale, self.cfg_schedule, self.temperature, self.x0_clip)
+        for name in ("image_size", "understanding_image_size", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"generation.{name} must be >= 1, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)
@@ -115,8 +142,8 @@ class HarmonConfig:
             value = getattr(self, name)
             if isinstance(value, dict):
                 object.__setattr__(self, name, cls.from_dict(value) if hasattr(cls, "from_dict") else cls(**value))
-        if "hidden_size" not in self.llm:
-            raise ValueError("HarmonConfig.llm must contain at least 'hidden_size'")
+        check_fields(self, "config")
+        check_llm_section(self.llm)
         p = self.mar.patch_size
         if self.vae.embed_dim * p * p != self.mar.token_dim:
             raise ValueError(
@@ -150,12 +177,23 @@ class HarmonConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> HarmonConfig:
+        """The inverse of :meth:`to_dict`. Every section must be present: a missing one would silently build
+        another model (the 0.5B architecture, 512 px sampling) than the file describes."""
+        if not isinstance(d, dict):
+            raise ValueError(f"a harmon config is a JSON object, found {type(d).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown HarmonConfig fields: {sorted(unknown)}")
+        missing = [s for s in SECTIONS if s not in d]
+        if missing:
+            names = ", ".join(repr(m) for m in missing)
+            raise ValueError(f"config has no {names} section (a saved model's config.json has {', '.join(SECTIONS)})")
         d = dict(d)
-        if "generation" in d and isinstance(d["generation"], dict):
+        if isinstance(d["generation"], dict):
+            unknown = set(d["generation"]) - {f.name for f in fields(GenerationDefaults)}
+            if unknown:
+                raise ValueError(f"unknown generation fields: {sorted(unknown)}")
             d["generation"] = GenerationDefaults(**d["generation"])
         return cls(**d)
 
@@ -164,7 +202,10 @@ class HarmonConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> HarmonConfig:
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        try:
+            return cls.from_dict(read_json_object(path, "harmon config"))
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}" if str(path) not in str(err) else str(err)) from None
 
     def replace(self, **changes: Any) -> HarmonConfig:
         return replace(self, **changes)

@@ -18,6 +18,7 @@ from torch.utils.checkpoint import checkpoint
 
 from harmon import rng
 from harmon.diffusion import PREDICTIONS, GaussianDiffusion, space_timesteps
+from harmon.validate import check_fields
 
 __all__ = ["DiffLoss", "DiffLossConfig", "SimpleMLPAdaLN", "timestep_embedding"]
 
@@ -36,6 +37,7 @@ class DiffLossConfig:
     prediction: str = "epsilon"  # "epsilon" (official) or "v" (see harmon.diffusion.PREDICTIONS)
 
     def __post_init__(self) -> None:
+        check_fields(self)
         for name in ("target_channels", "z_channels", "width", "depth", "num_train_steps"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:

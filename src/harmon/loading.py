@@ -32,6 +32,7 @@ from harmon.mar import MARConfig
 from harmon.model import Harmon
 from harmon.tokenizer import load_tokenizer
 from harmon.vae import VAEConfig
+from harmon.validate import read_json_object
 
 logger = logging.getLogger(__name__)
 
@@ -102,13 +103,40 @@ class CheckpointError(ValueError):
 
 
 def _load_pickle(path: Path) -> Any:
+    errors = (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError, EOFError, ValueError)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError) as err:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as err:  # files in torch's legacy (non-zip) layout cannot be memory-mapped
+            if "mmap" not in str(err):
+                raise
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except errors as err:
         raise ValueError(
-            f"refusing to load {path}: it is not a plain tensor checkpoint (it may contain pickled code); "
-            f"only weights_only-safe files are read. Underlying error: {err}"
-        ) from err
+            f"refusing to load {path}: it is not a readable plain tensor checkpoint (it may be truncated or "
+            f"corrupt, or contain pickled code; only weights_only-safe files are read): {_pickle_reason(path, err)}"
+        ) from None
+
+
+def _pickle_reason(path: Path, err: Exception) -> str:
+    """The one informative line of torch.load's error (its weights_only message is a page of advice)."""
+    if path.stat().st_size == 0:
+        return "the file is empty"
+    text = str(err)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """A .safetensors file's tensors; a truncated or corrupt file is named (safetensors' own error does not)."""
+    try:
+        return load_file(str(path))
+    except Exception as err:  # safetensors raises its own SafetensorError (not an OSError) for bad headers and sizes
+        if isinstance(err, (MemoryError, KeyboardInterrupt)):
+            raise
+        raise ValueError(f"{path} is not a readable .safetensors file (truncated or corrupt?): {err}") from None
 
 
 def _tensors_only(sd: Any, path: Path) -> dict[str, torch.Tensor]:
@@ -122,6 +150,8 @@ def _tensors_only(sd: Any, path: Path) -> dict[str, torch.Tensor]:
 
 def _existing(path: str | Path) -> Path:
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder, not a checkpoint file")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     return path
@@ -136,7 +166,7 @@ def read_weights(path: str | Path, entry: str | None = None) -> dict[str, torch.
     """
     path = _existing(path)
     if path.suffix == ".safetensors":
-        return _tensors_only(load_file(str(path)), path)
+        return _tensors_only(_read_safetensors(path), path)
     sd = _load_pickle(path)
     if entry is not None:
         if not isinstance(sd, Mapping) or entry not in sd:
@@ -278,7 +308,12 @@ def load_vae_weights(vae: torch.nn.Module, path: str | Path) -> None:
 def read_vae_config(weights: str | Path) -> VAEConfig | None:
     """The :data:`VAE_CONFIG_NAME` beside a VAE weights file (a trained small VAE's shape and scale), if any."""
     path = Path(weights).with_name(VAE_CONFIG_NAME)
-    return VAEConfig.from_dict(json.loads(path.read_text())) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        return VAEConfig.from_dict(read_json_object(path, "VAE config"))
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{path}: {err}") from None
 
 
 def model_from_state_dict(
@@ -335,7 +370,7 @@ def read_llm_config(folder: str | Path) -> dict[str, Any]:
     path = Path(folder) / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"no config.json in the LLM folder {folder}")
-    return {k: v for k, v in json.loads(path.read_text()).items() if k not in LLM_BOOKKEEPING}
+    return {k: v for k, v in read_json_object(path, "LLM config").items() if k not in LLM_BOOKKEEPING}
 
 
 def load_official(
@@ -363,11 +398,16 @@ def read_config(path: str | Path) -> HarmonConfig:
     path = Path(path)
     if not (path / CONFIG_NAME).is_file() or not (path / WEIGHTS_NAME).is_file():
         raise FileNotFoundError(f"{path} is not a saved harmon model (needs {CONFIG_NAME} and {WEIGHTS_NAME})")
-    raw = json.loads((path / CONFIG_NAME).read_text())
+    raw = read_json_object(path / CONFIG_NAME, "harmon config")
     if raw.pop("format", FORMAT_NAME) != FORMAT_NAME:
         raise ValueError(f"{path / CONFIG_NAME} is not a harmon config")
-    raw.pop("format_version", None)
-    return HarmonConfig.from_dict(raw)
+    version = raw.pop("format_version", FORMAT_VERSION)
+    if version != FORMAT_VERSION:
+        raise ValueError(f"{path / CONFIG_NAME}: format_version {version!r}; this harmon reads {FORMAT_VERSION}")
+    try:
+        return HarmonConfig.from_dict(raw)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{path / CONFIG_NAME}: {err}") from None
 
 
 def load_pretrained(

@@ -20,6 +20,7 @@ from torch.utils.checkpoint import checkpoint
 
 from harmon import rng
 from harmon.diffloss import DiffLoss, DiffLossConfig
+from harmon.validate import check_fields
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,9 @@ class MARConfig:
     diffloss: DiffLossConfig = field(default_factory=DiffLossConfig)
 
     def __post_init__(self) -> None:
+        if isinstance(self.diffloss, dict):
+            object.__setattr__(self, "diffloss", DiffLossConfig.from_dict(self.diffloss))
+        check_fields(self)
         for name in (
             "token_dim",
             "patch_size",
@@ -76,8 +80,6 @@ class MARConfig:
             raise ValueError(f"mask_ratio_min must lie in [0, 1], got {self.mask_ratio_min}")
         if self.mask_ratio_dist not in ("truncnorm", "uniform"):
             raise ValueError(f"mask_ratio_dist must be 'truncnorm' or 'uniform', got {self.mask_ratio_dist!r}")
-        if isinstance(self.diffloss, dict):
-            object.__setattr__(self, "diffloss", DiffLossConfig.from_dict(self.diffloss))
         if self.diffloss.z_channels != self.decoder_dim:
             raise ValueError(
                 f"diffloss.z_channels ({self.diffloss.z_channels}) must equal decoder_dim ({self.decoder_dim})"

@@ -10,7 +10,6 @@ faster equivalents (:mod:`harmon.accel`) are applied from outside the model.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypedDict
@@ -21,6 +20,7 @@ from harmon import rng
 from harmon.config import check_sampling_settings
 from harmon.mar import mask_by_order, next_mask_len
 from harmon.model import Harmon, output_cache
+from harmon.validate import check_number
 
 
 @dataclass(frozen=True)
@@ -271,14 +271,11 @@ def _apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty:
 @torch.no_grad()
 def check_decoding_settings(max_new_tokens: int, temperature: float, top_p: float, repetition_penalty: float) -> None:
     """Text decoding settings in range, each named (NaN fails every check)."""
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    if not 0.0 <= temperature < math.inf:
-        raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
-    if not 0.0 < top_p <= 1.0:
+    check_number("max_new_tokens", max_new_tokens, low=1, integer=True)
+    check_number("temperature", temperature, low=0.0)
+    if not 0.0 < check_number("top_p", top_p) <= 1.0:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    if not 0.0 < repetition_penalty < math.inf:
-        raise ValueError(f"repetition_penalty must be a finite number > 0, got {repetition_penalty}")
+    check_number("repetition_penalty", repetition_penalty, above=0)
 
 
 def decode_text(

@@ -26,6 +26,7 @@ from einops import rearrange
 from torch import nn
 
 from harmon import rng
+from harmon.validate import check_fields
 
 __all__ = [
     "AttnBlock",
@@ -64,6 +65,7 @@ class VAEConfig:
         # Accept lists (e.g. from JSON) but store tuples so the config stays hashable and immutable.
         object.__setattr__(self, "ch_mult", tuple(self.ch_mult))
         object.__setattr__(self, "attn_resolutions", tuple(self.attn_resolutions))
+        check_fields(self)
         for name in (
             "in_channels",
             "out_channels",

@@ -1,0 +1,185 @@
+"""Checks at the edges, shared by configs, loaders and entry points: typed dataclass fields, JSON files that name
+themselves when they cannot be read, and text that a user typed.
+
+Every check raises ``ValueError`` (``TypeError`` for a wrong Python type passed to the API, ``FileNotFoundError``
+for a missing file) with the field, file or argument named, before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import math
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+
+# ---------------------------------------------------------------------------------------------- typed fields
+def check_fields(obj: Any, where: str | None = None) -> None:
+    """Check every field of the dataclass instance ``obj`` against its annotation; raise ValueError naming the
+    first field that does not fit (``where.field must be ..., got ...``).
+
+    Lenient only where JSON cannot say better: an int for a float field becomes a float, a list for a tuple field
+    a tuple, a string for an Enum field its member. Floats must be finite. Nested dataclasses are checked in turn.
+    """
+    where = where or type(obj).__name__
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        ok, fixed = _conform(value, hints[f.name], f"{where}.{f.name}")
+        if not ok:
+            raise ValueError(f"{where}.{f.name} must be {describe_type(hints[f.name])}, got {value!r}")
+        if fixed is not value:
+            object.__setattr__(obj, f.name, fixed)
+
+
+def _conform(value: Any, hint: Any, where: str) -> tuple[bool, Any]:
+    """(fits, value converted where JSON spells it differently) for one value and its annotation."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True, value
+    if origin in (typing.Union, types.UnionType):
+        for arg in args:
+            ok, fixed = _conform(value, arg, where)
+            if ok:
+                return True, fixed
+        return False, value
+    if hint is type(None):
+        return value is None, value
+    if hint is bool:
+        return isinstance(value, bool), value
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            return True, float(value) if isinstance(value, int) else value
+        return False, value
+    if hint is str:
+        return isinstance(value, str), value
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        if isinstance(value, hint):
+            return True, value
+        known = {m.value: m for m in hint}
+        return (True, known[value]) if isinstance(value, str) and value in known else (False, value)
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        if isinstance(value, hint):
+            check_fields(value, where)
+            return True, value
+        return False, value
+    if origin in (tuple, list):
+        return _conform_sequence(value, origin, args, where)
+    if origin is dict:
+        if not isinstance(value, dict):
+            return False, value
+        for k, v in value.items():
+            if not (_conform(k, args[0], where)[0] and _conform(v, args[1], where)[0]):
+                return False, value
+        return True, value
+    raise TypeError(f"check_fields: unsupported annotation {hint!r} at {where}")
+
+
+def _conform_sequence(value: Any, origin: type, args: tuple, where: str) -> tuple[bool, Any]:
+    if not isinstance(value, (list, tuple)):
+        return False, value
+    if origin is tuple and args and args[-1] is not Ellipsis:
+        if len(value) != len(args):
+            return False, value
+        items = [_conform(v, a, where) for v, a in zip(value, args)]
+    else:
+        items = [_conform(v, args[0] if args else Any, where) for v in value]
+    if not all(ok for ok, _ in items):
+        return False, value
+    return True, origin(v for _, v in items)
+
+
+def describe_type(hint: Any) -> str:
+    """An annotation in words, for messages: ``int | None`` -> 'an integer or null'."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(describe_type(a) for a in args)
+    words = {type(None): "null", bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}
+    if hint in words:
+        return words[hint]
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        return "one of " + ", ".join(repr(m.value) for m in hint)
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        return f"an object of {hint.__name__} fields"
+    if origin in (tuple, list):
+        inner = describe_type(args[0]) if args else "anything"
+        if origin is tuple and args[-1] is not Ellipsis:
+            return f"a list of {len(args)} items, each {inner}"
+        return f"a list, each {inner}"
+    if origin is dict:
+        return f"an object of {describe_type(args[1])} values"
+    return "anything" if hint is Any else str(hint)
+
+
+def check_number(
+    name: str,
+    value: Any,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    above: float | None = None,
+    integer: bool = False,
+) -> Any:
+    """``value`` as a number in [low, high] (or > ``above``), finite, an integer when asked; else ValueError naming
+    ``name`` and the range."""
+    kind = "an integer" if integer else "a finite number"
+    if above is not None:
+        kind += f" > {above}"
+    elif low is not None or high is not None:
+        kind += f" >= {low}" if high is None else f" <= {high}" if low is None else f" in [{low}, {high}]"
+    fits = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if isinstance(value, bool) or not fits or not math.isfinite(value):
+        raise ValueError(f"{name} must be {kind}, got {value!r}")
+    out_of_range = (low is not None and value < low) or (high is not None and value > high)
+    if out_of_range or (above is not None and not value > above):
+        raise ValueError(f"{name} must be {kind}, got {value!r}")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------- files
+def read_json(path: str | Path, what: str = "JSON file") -> Any:
+    """Parse a JSON file; every failure names the file (missing, a folder, not UTF-8, not JSON and where)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder, not a {what}")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} not found: {path}") from None
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path} is not UTF-8 text (byte {err.object[err.start]:#04x} at {err.start})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON: {err.msg} (line {err.lineno}, column {err.colno})") from None
+
+
+def read_json_object(path: str | Path, what: str = "JSON file") -> dict[str, Any]:
+    """:func:`read_json` for files whose top level must be an object."""
+    data = read_json(path, what)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a {what} holds a JSON object at the top level, found {type(data).__name__}")
+    return data
+
+
+# ---------------------------------------------------------------------------------------------- user text
+def check_text(text: Any, name: str, *, allow_empty: bool = False) -> str:
+    """``text`` as a string a tokenizer can take: a ``str`` (bytes are refused: decode them first), valid
+    Unicode (a command line with invalid UTF-8 bytes arrives with lone surrogates), non-empty unless allowed."""
+    if not isinstance(text, str):
+        raise TypeError(f"{name} must be a string, got {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ValueError(
+            f"{name} is not valid UTF-8 text (an undecodable byte at character {err.start}); re-encode it as UTF-8"
+        ) from None
+    if not allow_empty and not text.strip():
+        raise ValueError(f"{name} is empty")
+    return text
