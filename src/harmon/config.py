@@ -94,9 +94,15 @@ class GenerationDefaults:
     x0_clip: float | None = None  # clamp of the predicted clean token while sampling (None = official: none)
     understanding_image_size: int = 512  # pixels fed to the encoder for describe() (1024 + 64 image tokens)
     max_new_tokens: int = 256
+    # describe()'s repetition penalty: official weights take it from the Qwen folder's generation_config.json,
+    # which the original's from_pretrained merges into its greedy generate (1.0 = none, what files without it ran)
+    repetition_penalty: float = 1.0
 
     def __post_init__(self) -> None:
         check_sampling_settings(self.num_iter, self.guidance_scale, self.cfg_schedule, self.temperature, self.x0_clip)
+        penalty = self.repetition_penalty
+        if isinstance(penalty, bool) or not isinstance(penalty, (int, float)) or not 0.0 < penalty < math.inf:
+            raise ValueError(f"generation.repetition_penalty must be a finite number > 0, got {penalty!r}")
 
 
 @dataclass(frozen=True)
