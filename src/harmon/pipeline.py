@@ -233,13 +233,18 @@ class HarmonPipeline:
         do_sample: bool = False,
         temperature: float = 1.0,
         top_p: float = 1.0,
-        repetition_penalty: float = 1.0,
+        repetition_penalty: float | None = None,
         generator: torch.Generator | None = None,
         image_size: int | None = None,
     ) -> str:
-        """Answer ``question`` about an image (spec §10). Greedy unless ``do_sample``."""
+        """Answer ``question`` about an image (spec §10). Greedy unless ``do_sample``.
+
+        ``repetition_penalty`` None takes the model's (``config.generation.repetition_penalty``: for official
+        weights the Qwen folder's generation_config.json value, which the original applies to its greedy answers).
+        """
         # Plain layers: packing (harmon.accel.linear) pays for many small calls, not for one large prefill.
         embeds = self.understanding_inputs(image_or_path, question, image_size)
+        penalty = self.config.generation.repetition_penalty if repetition_penalty is None else repetition_penalty
         ids = decode_text(
             self.model,
             embeds,
@@ -248,7 +253,7 @@ class HarmonPipeline:
             do_sample=do_sample,
             temperature=temperature,
             top_p=top_p,
-            repetition_penalty=repetition_penalty,
+            repetition_penalty=penalty,
             generator=generator,
         )
         if ids and ids[-1] == self.eos_token_id:
