@@ -53,7 +53,8 @@ class HarmonPipeline:
         Args:
             checkpoint: harmon_0.5b.pth / harmon_1.5b.pth (flat state dict with llm., mar., proj_in., proj_out.).
             vae: kl16.ckpt (its "model" entry is the VAE state dict).
-            llm: a local Qwen2.5-Instruct folder: config.json and tokenizer files (its weights are not needed).
+            llm: a local Qwen2.5-Instruct folder: config.json and tokenizer files (its weights are not needed);
+                its generation_config.json, if any, gives describe's repetition penalty, as in the original.
             vae_config: the VAE's shape; default KL-16 (embed_dim 16, ch_mult (1,1,2,2,4), scale 0.2325).
         """
         return cls(*load_official(checkpoint, vae, llm, device, dtype, vae_config))
