@@ -117,6 +117,9 @@ class GenerationDefaults:
     x0_clip: float | None = None  # clamp of the predicted clean token while sampling (None = official: none)
     understanding_image_size: int = 512  # pixels fed to the encoder for describe() (1024 + 64 image tokens)
     max_new_tokens: int = 256
+    # describe()'s repetition penalty: official weights take it from the Qwen folder's generation_config.json,
+    # which the original's from_pretrained merges into its greedy generate (1.0 = none, what files without it ran)
+    repetition_penalty: float = 1.0
 
     def __post_init__(self) -> None:
         check_fields(self, "generation")
@@ -124,6 +127,7 @@ class GenerationDefaults:
         for name in ("image_size", "understanding_image_size", "max_new_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"generation.{name} must be >= 1, got {getattr(self, name)}")
+        check_number("generation.repetition_penalty", self.repetition_penalty, above=0)
 
 
 @dataclass(frozen=True)

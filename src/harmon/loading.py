@@ -1,8 +1,8 @@
 """Every way weights get into (and out of) a Harmon model, with strict checks that name each key that does not fit.
 
 * Official releases: ``harmon_0.5b.pth`` / ``harmon_1.5b.pth`` (flat state dict; the MAR sizes are read off its
-  shapes by :func:`infer_mar_config`), the ``kl16.ckpt`` VAE, and a Qwen2.5 folder for the LLM config and tokenizer:
-  :func:`load_official`.
+  shapes by :func:`infer_mar_config`), the ``kl16.ckpt`` VAE, and a Qwen2.5 folder for the LLM config, tokenizer
+  and generation_config.json (its repetition penalty): :func:`load_official`.
 * Our format: ``config.json`` + ``model.safetensors`` (tied LM head stored once) + tokenizer files:
   :func:`load_pretrained` / :func:`save_pretrained`.
 * Pieces for training: a Qwen2.5 folder's LLM weights (:func:`load_llm_weights`), a VAE file
@@ -26,8 +26,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from harmon.atomic import atomic_write, write_text_atomic
-from harmon.config import HarmonConfig
+from harmon.config import GenerationDefaults, HarmonConfig
 from harmon.diffloss import DiffLossConfig
+from harmon.hf_generation import read_generation_config
 from harmon.mar import MARConfig
 from harmon.model import Harmon
 from harmon.tokenizer import load_tokenizer
@@ -384,8 +385,9 @@ def load_official(
     """Released Harmon weights as (model in eval mode, tokenizer); see ``HarmonPipeline.from_official``."""
     device, dtype = resolve_device(device, dtype)
     llm_cfg = read_llm_config(llm)
+    generation = GenerationDefaults(**read_generation_config(llm))  # what the original's from_pretrained merges
     sd = read_weights(checkpoint)
-    config = HarmonConfig(llm=llm_cfg, mar=infer_mar_config(sd), vae=vae_config or VAEConfig())
+    config = HarmonConfig(llm=llm_cfg, mar=infer_mar_config(sd), vae=vae_config or VAEConfig(), generation=generation)
     model = build_empty_model(config, device, dtype)
     load_harmon_weights(model, sd, str(checkpoint), include_vae=False)
     load_vae_weights(model.vae, vae)

@@ -53,7 +53,8 @@ class HarmonPipeline:
         Args:
             checkpoint: harmon_0.5b.pth / harmon_1.5b.pth (flat state dict with llm., mar., proj_in., proj_out.).
             vae: kl16.ckpt (its "model" entry is the VAE state dict).
-            llm: a local Qwen2.5-Instruct folder: config.json and tokenizer files (its weights are not needed).
+            llm: a local Qwen2.5-Instruct folder: config.json and tokenizer files (its weights are not needed);
+                its generation_config.json, if any, gives describe's repetition penalty, as in the original.
             vae_config: the VAE's shape; default KL-16 (embed_dim 16, ch_mult (1,1,2,2,4), scale 0.2325).
         """
         return cls(*load_official(checkpoint, vae, llm, device, dtype, vae_config))
@@ -233,13 +234,18 @@ class HarmonPipeline:
         do_sample: bool = False,
         temperature: float = 1.0,
         top_p: float = 1.0,
-        repetition_penalty: float = 1.0,
+        repetition_penalty: float | None = None,
         generator: torch.Generator | None = None,
         image_size: int | None = None,
     ) -> str:
-        """Answer ``question`` about an image (spec §10). Greedy unless ``do_sample``."""
+        """Answer ``question`` about an image (spec §10). Greedy unless ``do_sample``.
+
+        ``repetition_penalty`` None takes the model's (``config.generation.repetition_penalty``: for official
+        weights the Qwen folder's generation_config.json value, which the original applies to its greedy answers).
+        """
         # Plain layers: packing (harmon.accel.linear) pays for many small calls, not for one large prefill.
         embeds = self.understanding_inputs(image_or_path, question, image_size)
+        penalty = self.config.generation.repetition_penalty if repetition_penalty is None else repetition_penalty
         ids = decode_text(
             self.model,
             embeds,
@@ -248,7 +254,7 @@ class HarmonPipeline:
             do_sample=do_sample,
             temperature=temperature,
             top_p=top_p,
-            repetition_penalty=repetition_penalty,
+            repetition_penalty=penalty,
             generator=generator,
         )
         if ids and ids[-1] == self.eos_token_id:

@@ -47,6 +47,7 @@ def cmd_describe(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens,
         do_sample=args.sample,
         temperature=args.temperature,
+        repetition_penalty=args.repetition_penalty,
         generator=seeded(args.seed),
         image_size=args.image_size,
     )
@@ -90,6 +91,12 @@ def add_describe(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--max-new-tokens", type=int)
     d.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     d.add_argument("--temperature", type=float, default=1.0)
+    d.add_argument(
+        "--repetition-penalty",
+        type=float,
+        help="divide the logits of tokens already generated (default: the model's, which official weights take "
+        "from the Qwen folder's generation_config.json; 1.0 = none)",
+    )
     d.add_argument("--image-size", type=int)
     d.add_argument("--seed", type=int, default=0)
     add_model_args(d)
