@@ -155,7 +155,7 @@ def test_configs_without_the_field_load_with_no_penalty():
 
 @pytest.mark.parametrize("value", [0, -1.1, float("inf"), float("nan"), True, "1.1"])
 def test_a_bad_recorded_penalty_is_refused_by_name(value):
-    with pytest.raises(ValueError, match=r"generation\.repetition_penalty must be a finite number > 0"):
+    with pytest.raises(ValueError, match=r"generation\.repetition_penalty must be a finite number"):
         GenerationDefaults(repetition_penalty=value)
 
 
