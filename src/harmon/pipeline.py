@@ -16,8 +16,10 @@ from harmon.images import load_image, prepare_for_understanding, tensor_to_pil
 from harmon.loading import load_official, load_pretrained, save_pretrained
 from harmon.model import Harmon
 from harmon.prompts import IM_END, generation_prompt, unconditional_prompt, understanding_prompt
-from harmon.sampling import SamplingSettings, decode_text, generate_tokens, preset_settings
+from harmon.sampling import SamplingSettings, check_decoding_settings, decode_text, generate_tokens, preset_settings
+from harmon.tokenizer import USER_TEXT, encode_template
 from harmon.vae import VAEConfig
+from harmon.validate import check_number, check_text
 
 logger = logging.getLogger(__name__)
 
@@ -80,22 +82,56 @@ class HarmonPipeline:
         return self.model.device
 
     # ------------------------------------------------------------------ text helpers
-    def _tokenize(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        enc = self.tokenizer(list(texts), add_special_tokens=False, padding=True, return_tensors="pt")
-        return enc.input_ids.to(self.device), enc.attention_mask.to(self.device).bool()
+    def _encode(self, template: str, user_text: str = "") -> list[int]:
+        """Ids of a prompt template filled with the user's text, which is never read as control tokens."""
+        return encode_template(self.tokenizer, template, user_text, self.config.image_token)
+
+    def _padded(self, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Right-padded ids (N, T) and their attention mask."""
+        width = max(map(len, seqs))
+        ids = torch.full((len(seqs), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros(len(seqs), width, dtype=torch.bool)
+        for i, seq in enumerate(seqs):
+            ids[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+            mask[i, : len(seq)] = True
+        return ids.to(self.device), mask.to(self.device)
+
+    @property
+    def context_length(self) -> int | None:
+        """Positions the LLM was built for (``llm.max_position_embeddings``); None when the config has none."""
+        return self.config.llm.get("max_position_embeddings")
+
+    def check_context(self, text_tokens: int, image_tokens: int, new_tokens: int, what: str) -> None:
+        """Refuse a sequence longer than the LLM's context: beyond it answers and images are undefined, and
+        the work is wasted. Raises ValueError naming the parts and the limit."""
+        limit = self.context_length
+        total = text_tokens + image_tokens + new_tokens
+        if limit is not None and total > limit:
+            parts = f"{text_tokens} text + {image_tokens} image tokens" + (f" + {new_tokens} new" if new_tokens else "")
+            raise ValueError(
+                f"{what}: {parts} = {total} tokens exceed the model's context of {limit} "
+                "(llm.max_position_embeddings); shorten it or use a smaller image size"
+            )
+
+    def image_tokens(self, image_size: object, name: str = "image_size") -> tuple[tuple[int, int], int]:
+        """The token grid of ``image_size`` and the LLM positions it takes (tokens + buffers); a size that is not
+        a positive multiple of the token size is refused by name."""
+        check_number(name, image_size, low=self.config.token_px, integer=True)
+        grid = self.model.grid_for(image_size)
+        return grid, grid[0] * grid[1] + self.config.mar.buffer_size
 
     # ------------------------------------------------------------------ generation
     @staticmethod
     def _prompt_list(prompt: str | Sequence[str], num_images_per_prompt: int, output_type: str) -> list[str]:
         """The prompts of a ``generate`` call as a list, after checking its arguments."""
+        if isinstance(prompt, (bytes, bytearray)):
+            raise TypeError("prompt must be a string, got bytes (decode it first)")
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts:
             raise ValueError("prompt list is empty")
-        for p in prompts:
-            if not isinstance(p, str):
-                raise TypeError(f"prompts must be strings, got {type(p).__name__}")
-        if num_images_per_prompt < 1:
-            raise ValueError(f"num_images_per_prompt must be >= 1, got {num_images_per_prompt}")
+        for i, p in enumerate(prompts):
+            check_text(p, "prompt" if isinstance(prompt, str) else f"prompt {i}")
+        check_number("num_images_per_prompt", num_images_per_prompt, low=1, integer=True)
         if output_type not in ("pil", "latent", "pt"):
             raise ValueError(f"output_type must be 'pil', 'latent' or 'pt', got {output_type!r}")
         return prompts
@@ -140,10 +176,13 @@ class HarmonPipeline:
             diffusion_steps_final=diffusion_steps_final,
             preset=preset,
         )
-        grid = self.model.grid_for(size)
+        grid, n_image = self.image_tokens(size)
         guided = settings.guidance_scale != 1.0
-        cond = [generation_prompt(p) for p in prompts for _ in range(num_images_per_prompt)]
-        input_ids, mask = self._tokenize(cond + [unconditional_prompt()] * len(cond) if guided else cond)
+        seqs = [self._encode(generation_prompt(USER_TEXT), p.strip()) for p in prompts]
+        longest = max(range(len(seqs)), key=lambda i: len(seqs[i]))
+        self.check_context(len(seqs[longest]), n_image, 0, f"prompt {longest}" if len(seqs) > 1 else "prompt")
+        seqs = [seq for seq in seqs for _ in range(num_images_per_prompt)]
+        input_ids, mask = self._padded(seqs + [self._encode(unconditional_prompt())] * len(seqs) if guided else seqs)
         strategies = accel.generation_strategies(self.model, guidance=guided, compile=compile)
         with accel.packed_linears(self.model):  # CPU float32: weights packed once per call
             tokens = generate_tokens(
@@ -194,13 +233,15 @@ class HarmonPipeline:
 
     # ------------------------------------------------------------------ understanding
     def understanding_inputs(
-        self, image: Image.Image | str | Path, question: str, image_size: int | None = None
+        self, image: Image.Image | str | Path, question: str, image_size: int | None = None, new_tokens: int = 0
     ) -> torch.Tensor:
-        """Prompt embeddings with the image slots filled by the shared encoder: (1, N, H_llm)."""
-        if not isinstance(question, str) or not question.strip():
-            raise ValueError("question must be a non-empty string")
+        """Prompt embeddings with the image slots filled by the shared encoder: (1, N, H_llm). ``new_tokens``:
+        the answer's length the context must also hold."""
+        check_text(question, "question")
         size = self.config.generation.understanding_image_size if image_size is None else image_size
-        grid = self.model.grid_for(size)
+        grid, n_image = self.image_tokens(size)
+        n_text = len(self._encode(understanding_prompt(USER_TEXT, self.config.image_token), question.strip())) - 1
+        self.check_context(n_text, n_image, new_tokens, "question")
         if isinstance(image, (str, Path)):
             image = load_image(image)
         pixels = prepare_for_understanding(image, size).to(self.device)
@@ -211,10 +252,9 @@ class HarmonPipeline:
     def prompt_embeddings(self, question: str, z_enc: torch.Tensor) -> torch.Tensor:
         """The understanding prompt of ``question`` embedded, with the image slots filled by ``z_enc``
         (1, L+64, H_llm; buffers last): (1, N, H_llm)."""
-        image_token = self.config.image_token
-        before, after = understanding_prompt(question, image_token).split(image_token)
-        ids_before = self.tokenizer(before, add_special_tokens=False).input_ids
-        ids_after = self.tokenizer(after, add_special_tokens=False).input_ids
+        ids = self._encode(understanding_prompt(USER_TEXT, self.config.image_token), question)
+        slot = ids.index(self.image_token_id)  # the template's one slot; the question cannot add another
+        ids_before, ids_after = ids[:slot], ids[slot + 1 :]
         embed = self.model.embed_text
         dev = self.device
         parts = [
@@ -243,13 +283,16 @@ class HarmonPipeline:
         ``repetition_penalty`` None takes the model's (``config.generation.repetition_penalty``: for official
         weights the Qwen folder's generation_config.json value, which the original applies to its greedy answers).
         """
+        d = self.config.generation
+        max_new_tokens = d.max_new_tokens if max_new_tokens is None else max_new_tokens
+        penalty = d.repetition_penalty if repetition_penalty is None else repetition_penalty
+        check_decoding_settings(max_new_tokens, temperature, top_p, penalty)  # before any work
         # Plain layers: packing (harmon.accel.linear) pays for many small calls, not for one large prefill.
-        embeds = self.understanding_inputs(image_or_path, question, image_size)
-        penalty = self.config.generation.repetition_penalty if repetition_penalty is None else repetition_penalty
+        embeds = self.understanding_inputs(image_or_path, question, image_size, new_tokens=max_new_tokens)
         ids = decode_text(
             self.model,
             embeds,
-            max_new_tokens=self.config.generation.max_new_tokens if max_new_tokens is None else max_new_tokens,
+            max_new_tokens=max_new_tokens,
             eos_token_id=self.eos_token_id,
             do_sample=do_sample,
             temperature=temperature,

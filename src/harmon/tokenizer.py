@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -10,6 +11,27 @@ from transformers import PreTrainedTokenizerFast
 from harmon.prompts import END_OF_TEXT, IM_END, IM_START
 
 SPECIAL_TOKENS = (END_OF_TEXT, IM_START, IM_END)
+USER_TEXT = "\ue000"  # marks where the user's text goes in a template (a private-use character no template holds)
+
+
+def encode_template(tok: PreTrainedTokenizerFast, template: str, user_text: str = "", image_token: str = "<image>"):
+    """Token ids of ``template`` with :data:`USER_TEXT` replaced by ``user_text``.
+
+    Control tokens (the chat template's ``<|im_start|>``/``<|im_end|>`` and the image placeholder) become tokens
+    only where the template has them. The user's text is encoded as plain text even where it spells a control
+    token, so typed text is never injected into the template. The ids equal those of tokenizing the filled-in
+    string in one call whenever the user's text holds no control token (the tokenizer splits at control tokens
+    either way).
+    """
+    controls = (IM_START, IM_END, END_OF_TEXT, image_token)
+    ids: list[int] = []
+    for piece in re.split("(" + "|".join(re.escape(c) for c in controls) + ")", template):
+        if piece in controls:
+            ids.append(tok.convert_tokens_to_ids(piece))
+        elif piece:
+            text = piece.replace(USER_TEXT, user_text)
+            ids += tok(text, add_special_tokens=False, split_special_tokens=True).input_ids
+    return ids
 
 
 def load_tokenizer(path: str | Path, image_token: str = "<image>") -> PreTrainedTokenizerFast:
