@@ -16,7 +16,8 @@ from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 from train_helpers import kill_torchrun, launch, logged_steps, step_losses, torchrun, torchrun_args, toy_config
 
 from harmon.loading import read_weights
-from harmon.train.checkpointing import latest_checkpoint
+from harmon.train import checkpointing
+from harmon.train.checkpointing import latest_checkpoint, save_checkpoint
 from harmon.train.config import OptimConfig
 
 STEPS = 6
@@ -116,3 +117,22 @@ def test_sigkilled_torchrun_resumes_to_the_uninterrupted_result(mode, tok_dir, t
         rc = launch(torchrun_args(tmp_path / "run.json", "--resume", "auto"), log).wait(timeout=400)
     assert rc == 0, (tmp_path / "resumed.log").read_text()[-4000:]
     _assert_same_run(tmp_path / "ref", tmp_path / "run")
+
+
+def test_a_checkpoint_killed_while_being_replaced_is_not_resumed(tmp_path, monkeypatch):
+    """Saving a step whose checkpoint exists (a finished run resumed) deletes the old folder first; a process killed
+    during that deletion must leave nothing auto-resume takes for complete."""
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    for step in (2, 4):
+        save_checkpoint(tmp_path, step, model, optimizer, scheduler, {})
+
+    def killed_midway(path: Path, ignore_errors: bool = False) -> None:
+        (Path(path) / "trainer.pt").unlink()  # the first file is gone when the process dies
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpointing.shutil, "rmtree", killed_midway)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(tmp_path, 4, model, optimizer, scheduler, {})
+    assert latest_checkpoint(tmp_path).name == "step_0000002"
