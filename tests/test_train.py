@@ -3,17 +3,14 @@
 import dataclasses
 import json
 import math
-import os
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 from helpers import tiny_model, tiny_tokenizer
 from PIL import Image
+from train_helpers import launch, step_losses, torchrun, toy_config
 
 from harmon.data import ProceduralSource, Task
 from harmon.loading import read_weights
@@ -26,8 +23,6 @@ from harmon.train.sources import build_dataset
 from harmon.train.trainer import Trainer
 from harmon.world.recipes import RECIPES as SHAPES_RECIPES
 from harmon.world.recipes import toy
-
-SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
 @pytest.fixture(scope="module")
@@ -311,49 +306,27 @@ def test_lr_schedule_warmup_then_cosine():
     assert lr_factor(100, 100, cfg) == pytest.approx(0.0, abs=1e-12)
 
 
-def _toy_config(tok_dir, out, steps=4, **kw) -> TrainConfig:
-    cfg = toy(RECIPES["stage2"](), tok_dir, str(out), steps=steps)
-    for key, value in kw.items():
-        setattr(cfg, key, value)
-    return cfg
-
-
 def test_resume_continues_exactly(tok_dir, tmp_path):
-    full = Trainer(
-        _toy_config(tok_dir, tmp_path / "full", optim=OptimConfig(lr=1e-3, ema_decay=0.9)), device="cpu"
-    ).run(resume="none")
-    first = _toy_config(tok_dir, tmp_path / "cut", optim=OptimConfig(lr=1e-3, ema_decay=0.9))
+    whole = toy_config(tok_dir, tmp_path / "full", optim=OptimConfig(lr=1e-3, ema_decay=0.9))
+    full = Trainer(whole, device="cpu").run(resume="none")
+    first = toy_config(tok_dir, tmp_path / "cut", optim=OptimConfig(lr=1e-3, ema_decay=0.9))
     Trainer(first, device="cpu").run(resume="none", stop_at=2)  # pause after the checkpoint of step 2 ...
-    rest = _toy_config(tok_dir, tmp_path / "cut", optim=OptimConfig(lr=1e-3, ema_decay=0.9))
+    rest = toy_config(tok_dir, tmp_path / "cut", optim=OptimConfig(lr=1e-3, ema_decay=0.9))
     resumed = Trainer(rest, device="cpu").run(resume="auto")  # ... and continue to step 4
     assert [h["step"] for h in resumed] == [3, 4]
     torch.testing.assert_close(torch.tensor(losses(resumed)), torch.tensor(losses(full)[2:]), rtol=0, atol=1e-6)
 
 
-def _launch(args, log, env=None):
-    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", **(env or {})}
-    return subprocess.Popen([sys.executable, *args], stdout=log, stderr=subprocess.STDOUT, env=env)
-
-
-def _metrics(path: Path) -> dict[int, float]:
-    out = {}
-    for line in path.read_text().splitlines():
-        rec = json.loads(line)
-        if "loss" in rec:
-            out[rec["step"]] = rec["loss"]
-    return out
-
-
 @pytest.mark.slow
 def test_sigkill_then_resume_matches_uninterrupted_run(tok_dir, tmp_path):
     steps = 8
-    cfg = _toy_config(tok_dir, tmp_path / "ref", steps=steps, save_every=3, optim=OptimConfig(lr=1e-3))
+    cfg = toy_config(tok_dir, tmp_path / "ref", steps=steps, save_every=3, optim=OptimConfig(lr=1e-3))
     ref = losses(Trainer(cfg, device="cpu").run(resume="none"))
     cfg.output_dir = str(tmp_path / "killed")
     cfg.save(tmp_path / "cfg.json")
     args = ["-m", "harmon.cli", "train", "--config", str(tmp_path / "cfg.json"), "--device", "cpu"]
     with open(tmp_path / "killed.log", "w") as log:
-        proc = _launch(args, log)
+        proc = launch(args, log)
         deadline = time.time() + 240
         marker = tmp_path / "killed" / "checkpoints" / "step_0000003" / "COMPLETE"
         while not marker.exists() and time.time() < deadline and proc.poll() is None:
@@ -361,35 +334,13 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tok_dir, tmp_path):
         assert marker.exists(), (tmp_path / "killed.log").read_text()[-3000:]
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    killed_at = max(_metrics(tmp_path / "killed" / "metrics.jsonl"))
+    killed_at = max(step_losses(tmp_path / "killed" / "metrics.jsonl"))
     assert killed_at < steps  # it really died mid-run
     with open(tmp_path / "resumed.log", "w") as log:
-        assert _launch(args + ["--resume", "auto"], log).wait(timeout=300) == 0, (tmp_path / "resumed.log").read_text()
-    got = _metrics(tmp_path / "killed" / "metrics.jsonl")  # steps after 3 appear (again) from the resumed run
+        assert launch(args + ["--resume", "auto"], log).wait(timeout=300) == 0, (tmp_path / "resumed.log").read_text()
+    got = step_losses(tmp_path / "killed" / "metrics.jsonl")  # steps after 3 appear (again) from the resumed run
     for step in range(4, steps + 1):
         assert got[step] == pytest.approx(ref[step - 1], abs=1e-6), step
-
-
-def _torchrun(tmp_path, log_name: str, *extra: str) -> None:
-    """The trainer under torchrun, 2 processes (gloo), on the config saved at tmp_path / cfg.json."""
-    args = [
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "harmon.cli",
-        "train",
-        "--config",
-        str(tmp_path / "cfg.json"),
-        "--device",
-        "cpu",
-        *extra,
-    ]
-    with open(tmp_path / log_name, "w") as log:
-        rc = _launch(args, log).wait(timeout=400)
-    assert rc == 0, (tmp_path / log_name).read_text()[-4000:]
 
 
 @pytest.mark.slow
@@ -398,41 +349,41 @@ def test_two_processes_match_one_and_resume_exactly(mode, tok_dir, tmp_path):
     """2 ranks compute what 1 process with accum_steps=2 computes; resumed from the checkpoint of step 2, they
     continue with the same loss and end with the same weights (the checkpoint holds every trainable weight)."""
     steps = 3
-    single = _toy_config(
+    single = toy_config(
         tok_dir, tmp_path / "single", steps=steps, accum_steps=2, parallel="none", optim=OptimConfig(lr=1e-3)
     )
     ref = losses(Trainer(single, device="cpu").run(resume="none"))
-    multi = _toy_config(
+    multi = toy_config(
         tok_dir, tmp_path / mode, steps=steps, accum_steps=1, parallel=mode, save_every=2, optim=OptimConfig(lr=1e-3)
     )
     multi.save(tmp_path / "cfg.json")
-    _torchrun(tmp_path, "dist.log", "--resume", "none")
-    got = _metrics(tmp_path / mode / "metrics.jsonl")
+    torchrun(tmp_path, "dist.log", "--resume", "none")
+    got = step_losses(tmp_path / mode / "metrics.jsonl")
     assert sorted(got) == list(range(1, steps + 1))
     for step in range(1, steps + 1):
         assert got[step] == pytest.approx(ref[step - 1], rel=1e-4, abs=1e-5), (step, got, ref)
     pipe = HarmonPipeline.from_pretrained(tmp_path / mode / "final", device="cpu")  # export works from shards
     assert pipe.model.mar.encoder_blocks[0].attn.qkv.weight.shape[0] == 3 * pipe.config.mar.encoder_dim
     uninterrupted = read_weights(tmp_path / mode / "final" / "model.safetensors")
-    _torchrun(tmp_path, "resumed.log", "--resume", str(tmp_path / mode / "checkpoints" / "step_0000002"))
-    assert _metrics(tmp_path / mode / "metrics.jsonl")[steps] == pytest.approx(got[steps], abs=1e-6)
+    torchrun(tmp_path, "resumed.log", "--resume", str(tmp_path / mode / "checkpoints" / "step_0000002"))
+    assert step_losses(tmp_path / mode / "metrics.jsonl")[steps] == pytest.approx(got[steps], abs=1e-6)
     resumed = read_weights(tmp_path / mode / "final" / "model.safetensors")
     assert resumed.keys() == uninterrupted.keys()
     for name, value in uninterrupted.items():
         torch.testing.assert_close(resumed[name], value, rtol=0, atol=1e-6, msg=name)
 
 
-def test_resume_refuses_other_settings_and_trims_the_metrics(tok_dir, tmp_path):
+def test_resume_refuses_other_settings_and_trims_thestep_losses(tok_dir, tmp_path):
     """A checkpoint resumed under other settings (here max_steps, which moves the schedule) is refused with the
     field named, unless resume_override; neutral fields (log_every) may change. metrics.jsonl keeps each step once."""
-    cfg = _toy_config(tok_dir, tmp_path / "run", steps=4, save_every=2, optim=OptimConfig(lr=1e-3))
+    cfg = toy_config(tok_dir, tmp_path / "run", steps=4, save_every=2, optim=OptimConfig(lr=1e-3))
     Trainer(cfg, device="cpu").run(resume="none")
     ckpt = str(tmp_path / "run" / "checkpoints" / "step_0000002")
-    longer = _toy_config(tok_dir, tmp_path / "run", steps=6, save_every=2, optim=OptimConfig(lr=1e-3))
+    longer = toy_config(tok_dir, tmp_path / "run", steps=6, save_every=2, optim=OptimConfig(lr=1e-3))
     with pytest.raises(ValueError, match=r"max_steps: 4 -> 6.*resume_override=true"):
         Trainer(longer, device="cpu").run(resume=ckpt)
     assert json.loads((tmp_path / "run" / "config.json").read_text())["max_steps"] == 4  # not overwritten
-    chatty = _toy_config(tok_dir, tmp_path / "run", steps=4, save_every=2, log_every=1, optim=OptimConfig(lr=1e-3))
+    chatty = toy_config(tok_dir, tmp_path / "run", steps=4, save_every=2, log_every=1, optim=OptimConfig(lr=1e-3))
     Trainer(chatty, device="cpu").run(resume=ckpt)
     steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [s for s in steps if s] == sorted({s for s in steps if s}) == [1, 2, 3, 4]

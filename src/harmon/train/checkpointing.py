@@ -86,6 +86,13 @@ def _state(model: torch.nn.Module, optimizer, ema_state: dict[str, torch.Tensor]
     return state
 
 
+def _remove(path: Path, ignore_errors: bool = False) -> None:
+    """Delete a checkpoint, its marker first: a process killed part-way through leaves a folder that resume
+    ignores, never one that looks complete with files missing."""
+    (path / MARKER).unlink(missing_ok=True)
+    shutil.rmtree(path, ignore_errors=ignore_errors)
+
+
 def save_checkpoint(
     root: str | Path,
     step: int,
@@ -113,11 +120,11 @@ def save_checkpoint(
         torch.save({"scheduler": scheduler.state_dict(), "rng": rng, "step": step}, tmp / "trainer.pt")
         (tmp / "extra.json").write_text(json.dumps(extra, indent=2))
         (tmp / MARKER).write_text(f"{step}\n")
-        if final.exists():
-            shutil.rmtree(final)
+        if final.exists():  # the same step saved again (e.g. a finished run resumed)
+            _remove(final)
         os.replace(tmp, final)
         for old in checkpoint_dirs(root)[:-keep] if keep > 0 else []:
-            shutil.rmtree(old, ignore_errors=True)
+            _remove(old, ignore_errors=True)
     _barrier()
     return final
 
