@@ -13,7 +13,6 @@ from PIL import Image
 from train_helpers import launch, step_losses, torchrun, toy_config
 
 from harmon.data import ProceduralSource, Task
-from harmon.loading import read_weights
 from harmon.pipeline import HarmonPipeline
 from harmon.train.config import OptimConfig, SourceConfig, TrainConfig, apply_overrides
 from harmon.train.formats import FORMAT_INFO, FORMATS, format_options, register_format
@@ -345,9 +344,9 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tok_dir, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])
-def test_two_processes_match_one_and_resume_exactly(mode, tok_dir, tmp_path):
-    """2 ranks compute what 1 process with accum_steps=2 computes; resumed from the checkpoint of step 2, they
-    continue with the same loss and end with the same weights (the checkpoint holds every trainable weight)."""
+def test_two_processes_match_one(mode, tok_dir, tmp_path):
+    """2 ranks compute what 1 process with accum_steps=2 computes, and export from their shards (kill and resume
+    under torchrun: tests/test_train_resume.py)."""
     steps = 3
     single = toy_config(
         tok_dir, tmp_path / "single", steps=steps, accum_steps=2, parallel="none", optim=OptimConfig(lr=1e-3)
@@ -364,16 +363,9 @@ def test_two_processes_match_one_and_resume_exactly(mode, tok_dir, tmp_path):
         assert got[step] == pytest.approx(ref[step - 1], rel=1e-4, abs=1e-5), (step, got, ref)
     pipe = HarmonPipeline.from_pretrained(tmp_path / mode / "final", device="cpu")  # export works from shards
     assert pipe.model.mar.encoder_blocks[0].attn.qkv.weight.shape[0] == 3 * pipe.config.mar.encoder_dim
-    uninterrupted = read_weights(tmp_path / mode / "final" / "model.safetensors")
-    torchrun(tmp_path, "resumed.log", "--resume", str(tmp_path / mode / "checkpoints" / "step_0000002"))
-    assert step_losses(tmp_path / mode / "metrics.jsonl")[steps] == pytest.approx(got[steps], abs=1e-6)
-    resumed = read_weights(tmp_path / mode / "final" / "model.safetensors")
-    assert resumed.keys() == uninterrupted.keys()
-    for name, value in uninterrupted.items():
-        torch.testing.assert_close(resumed[name], value, rtol=0, atol=1e-6, msg=name)
 
 
-def test_resume_refuses_other_settings_and_trims_thestep_losses(tok_dir, tmp_path):
+def test_resume_refuses_other_settings_and_trims_the_metrics(tok_dir, tmp_path):
     """A checkpoint resumed under other settings (here max_steps, which moves the schedule) is refused with the
     field named, unless resume_override; neutral fields (log_every) may change. metrics.jsonl keeps each step once."""
     cfg = toy_config(tok_dir, tmp_path / "run", steps=4, save_every=2, optim=OptimConfig(lr=1e-3))

@@ -91,8 +91,9 @@ def _assert_same_run(ref: Path, run: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])
 def test_sigkilled_torchrun_resumes_to_the_uninterrupted_result(mode, tok_dir, tmp_path):
-    """Killed once between checkpoints and once while rank 0 writes one, then resumed with ``--resume auto``: the
-    same loss at every step, each step logged once, the same weights, optimizer state and data position."""
+    """SIGKILLed (launcher and ranks) while rank 0 writes a checkpoint, after an earlier one completed, then resumed
+    with ``--resume auto``: the same loss at every step, each step logged once, the same weights, optimizer state
+    and data position."""
     cfg = toy_config(tok_dir, tmp_path / "ref", steps=STEPS, parallel=mode, save_every=2, optim=OptimConfig(lr=1e-3))
     cfg.save(tmp_path / "cfg.json")
     torchrun(tmp_path, "ref.log", "--resume", "none")
@@ -100,18 +101,14 @@ def test_sigkilled_torchrun_resumes_to_the_uninterrupted_result(mode, tok_dir, t
     cfg.save(tmp_path / "run.json")
     metrics, ckpts = tmp_path / "run" / "metrics.jsonl", tmp_path / "run" / "checkpoints"
 
-    # step 3 is logged only once every rank has finished the checkpoint of step 2
-    args = torchrun_args(tmp_path / "run.json", "--resume", "none")
-    _kill_when(args, tmp_path / "between.log", lambda: max(logged_steps(metrics), default=0) >= 3)
-    assert max(logged_steps(metrics)) < STEPS and not (tmp_path / "run" / "final").exists()
-    assert latest_checkpoint(ckpts) is not None
-
+    # killed while rank 0 writes the checkpoint of step 4, the one of step 2 complete on disk
     ready = tmp_path / "stalled"
-    args = torchrun_args(tmp_path / "run.json", "--resume", "auto", entry=(STALL,))
-    _kill_when(args, tmp_path / "inside.log", ready.exists, env={"STALL_READY": str(ready)})
+    args = torchrun_args(tmp_path / "run.json", "--resume", "none", entry=(STALL,))
+    _kill_when(args, tmp_path / "killed.log", ready.exists, env={"STALL_READY": str(ready), "STALL_STEP": "4"})
+    assert max(logged_steps(metrics)) < STEPS and not (tmp_path / "run" / "final").exists()
     (half,) = [p for p in ckpts.iterdir() if p.suffix == ".tmp"]
     assert (half / "trainer.pt").is_file() and not (half / "COMPLETE").exists()
-    assert latest_checkpoint(ckpts).name < half.stem  # auto-resume must pass over the half-written one
+    assert latest_checkpoint(ckpts).name == "step_0000002"  # auto-resume passes over the half-written one
 
     with open(tmp_path / "resumed.log", "w") as log:
         rc = launch(torchrun_args(tmp_path / "run.json", "--resume", "auto"), log).wait(timeout=400)
