@@ -87,9 +87,9 @@ def _conform_sequence(value: Any, origin: type, args: tuple, where: str) -> tupl
     if origin is tuple and args and args[-1] is not Ellipsis:
         if len(value) != len(args):
             return False, value
-        items = [_conform(v, a, where) for v, a in zip(value, args)]
+        items = [_conform(v, a, f"{where}.{i}") for i, (v, a) in enumerate(zip(value, args))]
     else:
-        items = [_conform(v, args[0] if args else Any, where) for v in value]
+        items = [_conform(v, args[0] if args else Any, f"{where}.{i}") for i, v in enumerate(value)]
     if not all(ok for ok, _ in items):
         return False, value
     return True, origin(v for _, v in items)

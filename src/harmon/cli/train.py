@@ -6,7 +6,6 @@ import argparse
 import json
 import logging
 import os
-from pathlib import Path
 
 
 def find_recipe(name: str):
@@ -25,8 +24,15 @@ def resolve_config(args: argparse.Namespace):
     """The run's ``TrainConfig``: the recipe or config file, with the --set overrides applied, validated."""
     import harmon.world  # noqa: F401  (registers the world's size, data format and eval for saved configs too)
     from harmon.train.config import TrainConfig, apply_overrides
+    from harmon.validate import read_json_object
 
-    base = find_recipe(args.recipe) if args.recipe else TrainConfig.from_dict(json.loads(Path(args.config).read_text()))
+    if args.recipe:
+        base = find_recipe(args.recipe)
+    else:
+        try:
+            base = TrainConfig.from_dict(read_json_object(args.config, "training config"))
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"{args.config}: {err}" if args.config not in str(err) else str(err)) from None
     cfg = apply_overrides(base, args.overrides)
     cfg.validate()
     return cfg

@@ -11,6 +11,7 @@ from typing import Any
 
 from harmon.data.tasks import Task, parse_task
 from harmon.train.formats import check_format
+from harmon.validate import check_fields, check_number
 
 _TASK_VALUES = {t.value for t in Task}
 
@@ -103,6 +104,7 @@ class SourceConfig:
     def validate(self) -> None:
         where = f"source {self.name!r}"
         self.task = parse_task(self.task, where)
+        check_fields(self, where)
         if self.batch_size < 1:
             raise ValueError(f"{where}: batch_size must be >= 1, got {self.batch_size}")
         if self.captions_from_pairs and self.task is not Task.IMAGE_TO_TEXT:
@@ -136,8 +138,9 @@ class OptimConfig:
     lr_scale: dict[str, float] = field(default_factory=dict)
 
     def validate(self) -> None:
-        if self.lr <= 0:
-            raise ValueError(f"optim.lr must be > 0, got {self.lr}")
+        check_number("optim.lr", self.lr, above=0)
+        check_number("optim.grad_clip", self.grad_clip, low=0)
+        check_number("optim.weight_decay", self.weight_decay, low=0)
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ValueError(f"optim.warmup_ratio must lie in [0, 1), got {self.warmup_ratio}")
         if not 0.0 <= self.ema_decay < 1.0:
@@ -181,23 +184,28 @@ class TrainConfig:
     resume_override: bool = False
 
     def validate(self) -> None:
-        self.model.validate()
-        self.optim.validate()
         if not self.data:
             raise ValueError("no data sources configured")
+        if not isinstance(self.data, list) or not all(isinstance(s, SourceConfig) for s in self.data):
+            raise ValueError(f"config.data must be a list of sources, got {self.data!r}")
+        for s in self.data:
+            s.validate()  # each names its source
         names = [s.name for s in self.data]
         if len(set(names)) != len(names):
             raise ValueError(f"data source names must be unique, got {names}")
-        for s in self.data:
-            s.validate()
-        if self.image_size % 16:
-            raise ValueError(f"image_size {self.image_size} is not a multiple of 16")
+        check_fields(self, "config")  # types first: a --set max_steps=ten is named, not a comparison error
+        self.model.validate()
+        self.optim.validate()
+        if self.image_size < 16 or self.image_size % 16:
+            raise ValueError(f"image_size must be a positive multiple of 16, got {self.image_size}")
         if self.precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be fp32 or bf16, got {self.precision!r}")
         if self.parallel not in ("auto", "none", "ddp", "fsdp"):
             raise ValueError(f"parallel must be auto, none, ddp or fsdp, got {self.parallel!r}")
-        if self.max_steps < 1 or self.accum_steps < 1:
-            raise ValueError("max_steps and accum_steps must be >= 1")
+        for name in ("max_steps", "accum_steps", "max_text_length"):
+            check_number(name, getattr(self, name), low=1, integer=True)
+        for name in ("num_workers", "log_every", "save_every", "keep_checkpoints", "sample_every", "eval_every"):
+            check_number(name, getattr(self, name), low=0, integer=True)
 
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict[str, Any]:
@@ -208,14 +216,30 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        d = dict(d)
-        d["model"] = ModelInit(**d.get("model", {}))
-        d["optim"] = OptimConfig(**{**d.get("optim", {}), "betas": tuple(d.get("optim", {}).get("betas", (0.9, 0.95)))})
-        d["data"] = [_source_from_dict(s) for s in d.get("data", [])]
+        """A config from its JSON form; unknown fields and sections of the wrong kind are refused by name."""
+        d = dict(_known_fields(cls, d, "config"))
+        d["model"] = ModelInit(**_known_fields(ModelInit, d.get("model", {}), "model"))
+        optim = _known_fields(OptimConfig, d.get("optim", {}), "optim")
+        d["optim"] = OptimConfig(**{**optim, "betas": tuple(optim.get("betas", (0.9, 0.95)))})
+        if not isinstance(d.get("data", []), list):
+            raise ValueError(f"config.data must be a list of sources, got {d['data']!r}")
+        d["data"] = [_source_from_dict(_known_fields(SourceConfig, s, "data source")) for s in d.get("data", [])]
         for key in ("train_modules", "sample_prompts"):
             if key in d:
                 d[key] = tuple(d[key])
         return cls(**d)
+
+
+def _known_fields(cls: type, d: Any, where: str) -> dict[str, Any]:
+    """``d`` as a dict of ``cls``'s fields, or ValueError naming the unknown ones (``options`` gets its own hint
+    from :func:`_source_from_dict`)."""
+    if not isinstance(d, dict):
+        raise ValueError(f"{where} must be a JSON object, got {d!r}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names - ({"options"} if cls is SourceConfig else set()))
+    if unknown:
+        raise ValueError(f"{where}: unknown field(s) {unknown}; known: {', '.join(sorted(names))}")
+    return d
 
 
 def _source_from_dict(d: dict[str, Any]) -> SourceConfig:
