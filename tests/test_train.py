@@ -382,3 +382,13 @@ def test_resume_refuses_other_settings_and_trims_the_metrics(tok_dir, tmp_path):
     longer.resume_override = True
     history = Trainer(longer, device="cpu").run(resume=ckpt)
     assert [h["step"] for h in history] == [3, 4, 5, 6]
+
+
+def test_progress_is_logged_when_not_on_a_terminal(tok_dir, tmp_path, caplog):
+    """tqdm stays silent without a terminal (pytest's capture is none): a log line per logged step stands in."""
+    cfg = toy_config(tok_dir, tmp_path / "run", steps=2, log_every=1, save_every=0, export=False)
+    with caplog.at_level("INFO", logger="harmon.train.trainer"):
+        Trainer(cfg, device="cpu").run(resume="none")
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
+    assert [line.split("  ")[0] for line in lines] == ["step 1/2", "step 2/2"]
+    assert all("loss " in line and "samples/s" in line for line in lines)

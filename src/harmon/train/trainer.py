@@ -310,12 +310,7 @@ class Trainer:
             history.append(metrics)
             if self.info.is_main:
                 self._log(metrics)
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(
-                        loss=f"{metrics['loss']:.4f}",
-                        **({"sps": f"{metrics['samples_per_s']:.1f}"} if "samples_per_s" in metrics else {}),
-                    )
+                self._report(metrics, bar)
             if cfg.save_every and done % cfg.save_every == 0 and done < end:
                 self.save(done, loader)
             if cfg.sample_every and done % cfg.sample_every == 0:
@@ -328,6 +323,23 @@ class Trainer:
         if cfg.export and end == cfg.max_steps:
             self.export(self.out / "final")
         return history
+
+    def _report(self, metrics: dict[str, Any], bar) -> None:
+        """Progress for a person: the bar on a terminal; elsewhere (a log file, a job scheduler) a log line at each
+        logged step, since tqdm stays silent when stderr is not a terminal."""
+        if bar is not None and not bar.disable:
+            bar.update(1)
+            sps = {"sps": f"{metrics['samples_per_s']:.1f}"} if "samples_per_s" in metrics else {}
+            bar.set_postfix(loss=f"{metrics['loss']:.4f}", **sps)
+        elif "samples_per_s" in metrics:
+            logger.info(
+                "step %d/%d  loss %.4f  lr %.3g  %.1f samples/s",
+                metrics["step"],
+                self.cfg.max_steps,
+                metrics["loss"],
+                metrics["lr"],
+                metrics["samples_per_s"],
+            )
 
     def _log(self, metrics: dict[str, Any]) -> None:
         with open(self.metrics_path, "a") as f:
