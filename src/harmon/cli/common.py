@@ -70,7 +70,12 @@ def add_generation_args(p: argparse.ArgumentParser, *, image_size: bool = True, 
     checks on resume only the settings before them).
     """
     if image_size:
-        p.add_argument("--image-size", type=int, help="pixels, a multiple of 16 (default: the model's)")
+        p.add_argument(
+            "--image-size",
+            type=int,
+            help="pixels: a multiple of the model's token size (16 for the releases, 32 for the shipped model), "
+            "with the prompt within the LLM's context (default: the model's)",
+        )
     p.add_argument("--num-iter", type=int, help="masked-autoregressive steps")
     p.add_argument("--guidance-scale", type=float, help="classifier-free guidance (>= 1)")
     p.add_argument("--cfg-schedule", choices=["constant", "linear"])

@@ -97,7 +97,7 @@ def add_describe(sub: argparse._SubParsersAction) -> None:
         help="divide the logits of tokens already generated (default: the model's, which official weights take "
         "from the Qwen folder's generation_config.json; 1.0 = none)",
     )
-    d.add_argument("--image-size", type=int)
+    d.add_argument("--image-size", type=int, help="pixels the encoder sees (default: the model's understanding size)")
     d.add_argument("--seed", type=int, default=0)
     add_model_args(d)
     d.set_defaults(func=cmd_describe)
