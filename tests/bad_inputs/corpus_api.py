@@ -6,8 +6,8 @@ from __future__ import annotations
 import math
 
 import torch
-from corpus import Case, Ctx, api
-from makers import folder, text
+from corpus_case import Case, Ctx, api
+from corpus_files import folder, text
 from PIL import Image
 
 from harmon.images import load_image

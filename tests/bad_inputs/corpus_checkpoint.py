@@ -7,8 +7,8 @@ A refusal must name the file (and the key, for a key that does not fit).
 from __future__ import annotations
 
 import torch
-from corpus import Case, Ctx, api, cli
-from makers import (
+from corpus_case import Case, Ctx, api, cli
+from corpus_files import (
     both,
     file_bytes,
     folder,

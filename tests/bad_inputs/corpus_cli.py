@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from corpus import Case, as_root, cli
-from makers import both, folder, llm_folder, model_copy, png, text, torch_file
+from corpus_case import Case, as_root, cli
+from corpus_files import both, folder, llm_folder, model_copy, png, text, torch_file
 
 
 def gen(*flags: str) -> list[str]:
@@ -12,7 +12,7 @@ def gen(*flags: str) -> list[str]:
 
 
 def describe(*flags: str, question: str = "What is in the image?") -> list[str]:
-    """``harmon describe`` of the case's img.png (made by :func:`makers.png`), a short answer at most."""
+    """``harmon describe`` of the case's img.png (made by :func:`corpus_files.png`), a short answer at most."""
     return ["describe", "{ws}/img.png", question, "--model", "{model}", "--max-new-tokens", "2", *flags]
 
 

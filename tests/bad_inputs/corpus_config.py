@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 import math
 
-from corpus import Case, Ctx, api, cli
-from makers import folder, with_config, with_config_bytes
+from corpus_case import Case, Ctx, api, cli
+from corpus_files import folder, with_config, with_config_bytes
 
 from harmon.config import HarmonConfig
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 
-from corpus import Case, cli
-from makers import both, folder, png, text
+from corpus_case import Case, cli
+from corpus_files import both, folder, png, text
 
 MODEL = ["--model", "{model}"]
 POPE_LINE = {"question_id": 1, "image": "img.png", "text": "Is there a circle?", "label": "yes"}

@@ -5,8 +5,19 @@ transparent: composited on white, issue item 14), tiny or empty images, and imag
 from __future__ import annotations
 
 import numpy as np
-from corpus import Case, Ctx, api, cli
-from makers import animated_gif, bomb_png, cmyk_jpeg, file_bytes, folder, png, png16, text, transparent, truncated_png
+from corpus_case import Case, Ctx, api, cli
+from corpus_files import (
+    animated_gif,
+    bomb_png,
+    cmyk_jpeg,
+    file_bytes,
+    folder,
+    png,
+    png16,
+    text,
+    transparent,
+    truncated_png,
+)
 from PIL import Image
 
 from harmon.images import load_image, prepare_for_understanding, to_rgb

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from corpus import Case, Ctx, api, cli
-from makers import file_bytes, png, text
+from corpus_case import Case, Ctx, api, cli
+from corpus_files import file_bytes, png, text
 from PIL import Image
 
 from harmon.prompts import END_OF_TEXT, IM_END, IM_START
@@ -121,7 +121,7 @@ LENGTH = [
         lambda ctx: ctx.pipe.generate(["a red circle", BEYOND_CONTEXT]),
         ValueError,
         ("prompt", "too long"),
-        xfail="no length check: the LLM runs on 2212 positions, context 512",
+        xfail="no length check: the LLM runs on 2212 positions, context 512; two images are returned",
     ),
     api(
         "prompt-api-question-beyond-context",

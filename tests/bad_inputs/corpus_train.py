@@ -4,8 +4,8 @@ named and leaves the run's files alone."""
 
 from __future__ import annotations
 
-from corpus import Case, Ctx, cli
-from makers import file_bytes, folder, run_copy, text, train_config
+from corpus_case import Case, Ctx, cli
+from corpus_files import file_bytes, folder, run_copy, text, train_config
 
 CONFIG = "{ws}/train.json"
 CHECKPOINT = "{ws}/run/checkpoints/step_0000002"

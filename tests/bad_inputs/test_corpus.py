@@ -14,16 +14,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from corpus import AREAS, Case, Ctx, expand
 from corpus_api import CASES as API_CASES
+from corpus_case import AREAS, Case, Ctx, expand
 from corpus_checkpoint import CASES as CHECKPOINT_CASES
 from corpus_cli import CASES as CLI_CASES
 from corpus_config import CASES as CONFIG_CASES
 from corpus_eval import CASES as EVAL_CASES
+from corpus_guards import Outcome, ReachedModel, install_tripwires, run_call, run_cli, snapshot, stats
 from corpus_image import CASES as IMAGE_CASES
 from corpus_prompt import CASES as PROMPT_CASES
 from corpus_train import CASES as TRAIN_CASES
-from guards import Outcome, ReachedModel, install_tripwires, run_call, run_cli, snapshot, stats
 
 from harmon.pipeline import HarmonPipeline
 from harmon.shipped import shipped_model_path

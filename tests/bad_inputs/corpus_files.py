@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from corpus import Ctx
+from corpus_case import Ctx
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
