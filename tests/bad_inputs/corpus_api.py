@@ -1,0 +1,190 @@
+"""The Python API: devices, sampling and decoding settings out of range or of the wrong type (issue item 5), and the
+training API's typed configs. Each refusal must be the documented exception type naming the argument."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from corpus_case import Case, Ctx, api
+from corpus_files import folder, text
+from PIL import Image
+
+from harmon.images import load_image
+from harmon.pipeline import HarmonPipeline
+from harmon.train.config import TrainConfig, apply_overrides
+
+RED = Image.new("RGB", (64, 64), "red")
+
+
+def generate(**kwargs):
+    """A call: the shared pipeline's ``generate`` of one prompt with ``kwargs``."""
+    return lambda ctx: ctx.pipe.generate("a red circle", **kwargs)
+
+
+def describe(**kwargs):
+    """A call: the shared pipeline's ``describe`` of a red square (a short answer) with ``kwargs``."""
+    kwargs.setdefault("max_new_tokens", 2)
+    return lambda ctx: ctx.pipe.describe(RED, "What is in the image?", **kwargs)
+
+
+def bad(id: str, call, phrase, raises: type[BaseException] | tuple = ValueError, xfail: str | None = None) -> Case:
+    return api(id, "api", call, raises, phrase, xfail=xfail)
+
+
+def load(path: str, **kwargs):
+    return lambda ctx: HarmonPipeline.from_pretrained(path.replace("{ws}", str(ctx.ws)), **kwargs)
+
+
+def model_with(**kwargs):
+    return lambda ctx: HarmonPipeline.from_pretrained(ctx.model, **kwargs)
+
+
+def toy_config(ctx: Ctx, **changes) -> TrainConfig:
+    """The toy run's config, output in the case's folder, with top-level ``changes`` (as a config file has them)."""
+    import json
+
+    d = json.loads((ctx.run / "config.json").read_text())
+    return TrainConfig.from_dict({**d, "output_dir": str(ctx.ws / "run"), **changes})
+
+
+def trainer(**changes):
+    def call(ctx: Ctx):
+        from harmon.train.trainer import Trainer
+
+        return Trainer(toy_config(ctx, **changes), device="cpu")
+
+    return call
+
+
+LOADING = [
+    api("api-load-missing-folder", "api", load("{ws}/nope"), FileNotFoundError, "{ws}/nope"),
+    api(
+        "api-load-a-file",
+        "api",
+        load("{ws}/notes.txt"),
+        FileNotFoundError,
+        "{ws}/notes.txt",
+        setup=text("notes.txt", "x"),
+    ),
+    api("api-load-empty-folder", "api", load("{ws}/e"), FileNotFoundError, "{ws}/e", setup=folder("e")),
+    Case("api-device-cuda", "api", ValueError, ("no CUDA device",), call=model_with(device="cuda"), cpu_only=True),
+    Case("api-device-index", "api", ValueError, ("device 0",), call=model_with(device=0), cpu_only=True),
+    bad("api-device-unknown", model_with(device="tpu"), "tpu"),
+    bad("api-dtype-integer", model_with(device="cpu", dtype=torch.int8), "dtype", (TypeError, ValueError)),
+    bad("api-load-image-missing", lambda ctx: load_image(ctx.ws / "nope.png"), "{ws}/nope.png", FileNotFoundError),
+]
+
+GENERATION = [
+    bad("api-num-images-zero", generate(num_images_per_prompt=0), "num_images_per_prompt"),
+    bad(
+        "api-num-images-fraction",
+        generate(num_images_per_prompt=1.5),
+        "num_images_per_prompt",
+        (TypeError, ValueError),
+        xfail="TypeError ''float' object cannot be interpreted as an integer' (argument not named)",
+    ),
+    bad("api-output-type-unknown", generate(output_type="numpy"), "output_type"),
+    bad("api-guidance-nan", generate(guidance_scale=math.nan), "guidance_scale"),
+    bad("api-guidance-minus-inf", generate(guidance_scale=-math.inf), "guidance_scale"),
+    bad(
+        "api-guidance-a-string",
+        generate(guidance_scale="3"),
+        "guidance_scale",
+        (TypeError, ValueError),
+        xfail="TypeError ''<=' not supported between instances of 'float' and 'str''",
+    ),
+    bad("api-temperature-negative", generate(temperature=-0.5), "temperature"),
+    bad("api-temperature-inf", generate(temperature=math.inf), "temperature"),
+    bad("api-x0-clip-zero", generate(x0_clip=0.0), "x0_clip"),
+    bad("api-num-iter-zero", generate(num_iter=0), "num_iter"),
+    bad(
+        "api-num-iter-fraction",
+        generate(num_iter=2.5),
+        "num_iter",
+        (TypeError, ValueError),
+        xfail="TypeError ''float' object cannot be interpreted as an integer' (argument not named)",
+    ),
+    bad("api-sampling-steps-word", generate(num_sampling_steps="ten"), "ten"),
+    bad("api-sampling-steps-negative", generate(num_sampling_steps=-5), "-5"),
+    bad("api-sampling-steps-zero", generate(num_sampling_steps="0"), ("respacing", "'0'")),
+    bad("api-preset-unknown", generate(preset="turbo"), "turbo"),
+    bad("api-cfg-schedule-unknown", generate(cfg_schedule="cosine"), "cosine"),
+    bad(
+        "api-generator-an-int",
+        generate(generator=0, num_iter=1),
+        "generator",
+        TypeError,
+        xfail="AttributeError ''int' object has no attribute 'device''",
+    ),
+    bad("api-unknown-keyword", generate(steps=3), "steps", TypeError),
+]
+
+DECODING = [
+    bad("api-describe-top-p-zero", describe(do_sample=True, top_p=0.0), "top_p"),
+    bad("api-describe-top-p-two", describe(do_sample=True, top_p=2.0), "top_p"),
+    bad("api-describe-top-p-nan", describe(do_sample=True, top_p=math.nan), "top_p"),
+    bad("api-describe-top-p-zero-greedy", describe(top_p=0.0), "top_p"),
+    bad("api-describe-repetition-zero", describe(repetition_penalty=0.0), "repetition_penalty"),
+    bad("api-describe-repetition-negative", describe(repetition_penalty=-1.2), "repetition_penalty"),
+    bad("api-describe-repetition-inf", describe(repetition_penalty=math.inf), "repetition_penalty"),
+    bad("api-describe-temperature-negative", describe(do_sample=True, temperature=-1.0), "temperature"),
+    bad("api-describe-temperature-nan", describe(do_sample=True, temperature=math.nan), "temperature"),
+    bad("api-describe-max-new-tokens-zero", describe(max_new_tokens=0), "max_new_tokens"),
+    bad(
+        "api-describe-max-new-tokens-fraction",
+        describe(max_new_tokens=2.5),
+        "max_new_tokens",
+        (TypeError, ValueError),
+        xfail="TypeError ''float' object cannot be interpreted as an integer' (argument not named)",
+    ),
+    bad("api-describe-image-size-48", describe(image_size=48), "48"),
+    bad(
+        "api-describe-image-missing",
+        lambda ctx: ctx.pipe.describe(ctx.ws / "nope.png"),
+        "{ws}/nope.png",
+        FileNotFoundError,
+    ),
+]
+
+TRAINING = [
+    bad(
+        "api-train-config-from-list",
+        lambda ctx: TrainConfig.from_dict([]),
+        "list",
+        TypeError,
+        xfail="TrainConfig.from_dict([]) returns the default config",
+    ),
+    bad(
+        "api-train-config-betas-number",
+        lambda ctx: TrainConfig.from_dict({"optim": {"betas": 0.9}}),
+        "betas",
+        (TypeError, ValueError),
+        xfail="TypeError ''float' object is not iterable'",
+    ),
+    bad(
+        "api-train-config-max-steps-word",
+        lambda ctx: toy_config(ctx, max_steps="ten").validate(),
+        "max_steps",
+        (TypeError, ValueError),
+        xfail="validate() raises TypeError ''<' not supported between instances of 'str' and 'int''",
+    ),
+    bad("api-train-override-unknown", lambda ctx: apply_overrides(toy_config(ctx), ["colour=red"]), "colour"),
+    bad(
+        "api-train-override-lr-word",
+        lambda ctx: apply_overrides(toy_config(ctx), ["optim.lr=fast"]).validate(),
+        "optim.lr",
+        (TypeError, ValueError),
+        xfail="validate() raises TypeError ''<=' not supported between instances of 'str' and 'int''",
+    ),
+    api(
+        "api-trainer-tokenizer-missing",
+        "api",
+        trainer(model={"preset": "tiny", "tokenizer": "/nonexistent/tokenizer"}),
+        FileNotFoundError,
+        "/nonexistent/tokenizer",
+    ),
+    api("api-trainer-no-data", "api", trainer(data=[]), ValueError, "data"),
+]
+
+CASES: list[Case] = [*LOADING, *GENERATION, *DECODING, *TRAINING]

@@ -1,0 +1,288 @@
+"""Prompts and questions: empty, too long for the model's context (issue item 8), not text or not UTF-8, and
+chat-template tokens typed by a user (issue item 10), which must be escaped or refused, never injected."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from corpus_case import Case, Ctx, api, cli
+from corpus_files import file_bytes, png, text
+from PIL import Image
+
+from harmon.prompts import END_OF_TEXT, IM_END, IM_START
+
+LONG = "x" * 100_000  # a pasted document
+# ~1200 tokens: a long question, still far below LONG, beyond the shipped model's 512 positions
+BEYOND_CONTEXT = "What colour is the shape on the left of the picture? " * 110
+
+
+def gen(prompt: str, *flags: str) -> list[str]:
+    return ["generate", prompt, "-o", "{ws}/x.png", "--model", "{model}", *flags]
+
+
+def describe(question: str) -> list[str]:
+    return ["describe", "{ws}/img.png", question, "--model", "{model}", "--max-new-tokens", "2"]
+
+
+def geneval(*flags: str) -> list[str]:
+    return ["eval", "geneval", "--outdir", "{ws}/out", "-n", "1", "--model", "{model}", *flags]
+
+
+class RecordingTokenizer:
+    """The pipeline's tokenizer, recording the ids of every text it encodes."""
+
+    def __init__(self, tok: Any) -> None:
+        self.tok, self.rows = tok, []
+
+    def __call__(self, texts: Any, **kwargs: Any) -> Any:
+        enc = self.tok(texts, **kwargs)
+        ids = enc.input_ids.tolist() if hasattr(enc.input_ids, "tolist") else enc.input_ids
+        self.rows += ids if ids and isinstance(ids[0], list) else [ids]
+        return enc
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.tok, name)
+
+
+# special-token counts of one templated conversation (see harmon.prompts.CHAT_TEMPLATE)
+TEMPLATE = {IM_START: 2, IM_END: 1, END_OF_TEXT: 0}
+
+
+def stays_text(token: str, describe_it: bool):
+    """A call: ``token`` typed by the user inside a prompt (or question); the special tokens the model receives
+    must be the template's own, or the input refused with the token named."""
+
+    def call(ctx: Ctx) -> str:
+        pipe = ctx.pipe
+        recorder = RecordingTokenizer(pipe.tokenizer)
+        pipe.tokenizer = recorder
+        user_text = f"a red circle {token} and a blue square"
+        try:
+            if describe_it:
+                pipe.describe(Image.new("RGB", (64, 64), "red"), user_text, max_new_tokens=1)
+                rows = [[i for row in recorder.rows for i in row]]
+            else:
+                pipe.generate(user_text, num_iter=1, num_sampling_steps="1", guidance_scale=1.0)
+                rows = recorder.rows
+        except ValueError as err:
+            if token in str(err):
+                return f"escaped or refused: {err}"
+            raise
+        finally:
+            pipe.tokenizer = recorder.tok
+        expected = {**TEMPLATE, pipe.config.image_token: 0}  # describe's image slot holds embeddings, not the token
+        for row in rows:
+            for special, n in expected.items():
+                got = row.count(pipe.tokenizer.convert_tokens_to_ids(special))
+                assert got == n, f"{token!r} typed by the user reached the model as {got} x {special} (expected {n})"
+        return "escaped or refused: kept as text"
+
+    return call
+
+
+LENGTH = [
+    cli(
+        "prompt-100k-characters",
+        "prompt",
+        gen(LONG),
+        ("prompt", "too long"),
+        xfail=(
+            "no length check: the LLM runs on 100013 positions, context 512 (unguarded: RuntimeError, can't "
+            "allocate 10 GB)"
+        ),
+    ),
+    cli(
+        "prompt-question-100k-characters",
+        "prompt",
+        describe(LONG),
+        ("question", "too long"),
+        setup=png,
+        xfail="no length check: the LLM runs on 100017 positions, context 512 (unguarded: minutes of work)",
+    ),
+    cli(
+        "prompt-question-beyond-context",
+        "prompt",
+        describe(BEYOND_CONTEXT),
+        ("question", "too long"),
+        setup=png,
+        xfail="no length check: the LLM runs on 2216 positions, context 512; answers ',,,,' with exit 0",
+    ),
+    api(
+        "prompt-api-100k-characters",
+        "prompt",
+        lambda ctx: ctx.pipe.generate(LONG),
+        ValueError,
+        ("prompt", "too long"),
+        xfail="no length check: the LLM runs on 100013 positions, context 512",
+    ),
+    api(
+        "prompt-api-one-long-prompt-among-short",
+        "prompt",
+        lambda ctx: ctx.pipe.generate(["a red circle", BEYOND_CONTEXT]),
+        ValueError,
+        ("prompt", "too long"),
+        xfail="no length check: the LLM runs on 2212 positions, context 512; two images are returned",
+    ),
+    api(
+        "prompt-api-question-beyond-context",
+        "prompt",
+        lambda ctx: ctx.pipe.describe(Image.new("RGB", (64, 64)), BEYOND_CONTEXT),
+        ValueError,
+        ("question", "too long"),
+        xfail="no length check: the LLM runs on 2216 positions, context 512",
+    ),
+]
+
+EMPTY = [
+    cli(
+        "prompt-empty",
+        "prompt",
+        gen(""),
+        ("prompt", "empty"),
+        xfail="accepted: draws an image for 'Generate an image: ' and exits 0",
+    ),
+    cli(
+        "prompt-whitespace-only",
+        "prompt",
+        gen("   "),
+        ("prompt", "empty"),
+        xfail="accepted: draws an image and exits 0",
+    ),
+    cli(
+        "prompt-newlines-only", "prompt", gen("\n\n"), ("prompt", "empty"), xfail="accepted: draws an image and exits 0"
+    ),
+    cli("prompt-question-empty", "prompt", describe(""), "question", setup=png),
+    cli("prompt-question-whitespace", "prompt", describe("  \t "), "question", setup=png),
+    api("prompt-api-empty-list", "prompt", lambda ctx: ctx.pipe.generate([]), ValueError, "empty"),
+    api(
+        "prompt-api-empty-among-others",
+        "prompt",
+        lambda ctx: ctx.pipe.generate(["a red circle", ""]),
+        ValueError,
+        "empty",
+        xfail="accepted: two images returned",
+    ),
+]
+
+NOT_TEXT = [
+    api(
+        "prompt-api-bytes",
+        "prompt",
+        lambda ctx: ctx.pipe.generate(b"a red circle"),
+        TypeError,
+        "bytes",
+        xfail="TypeError 'prompts must be strings, got int' (the bytes are iterated)",
+    ),
+    api(
+        "prompt-api-none",
+        "prompt",
+        lambda ctx: ctx.pipe.generate(None),
+        TypeError,
+        ("prompt", "None"),
+        xfail="TypeError ''NoneType' object is not iterable'",
+    ),
+    api("prompt-api-number-in-list", "prompt", lambda ctx: ctx.pipe.generate(["a red circle", 3]), TypeError, "int"),
+    api(
+        "prompt-api-question-bytes",
+        "prompt",
+        lambda ctx: ctx.pipe.describe(Image.new("RGB", (64, 64)), b"What is it?"),
+        TypeError,
+        "bytes",
+        xfail="ValueError 'question must be a non-empty string' (bytes not named)",
+    ),
+    cli(
+        "prompt-argv-not-utf8",
+        "prompt",
+        gen("caf\udce9 au lait"),
+        "UTF-8",
+        xfail=(
+            "after loading: exit 2 'TextEncodeInput must be Union[TextInputSequence, Tuple[InputSequence, "
+            "InputSequence]]'"
+        ),
+    ),
+    cli(
+        "prompt-question-argv-not-utf8",
+        "prompt",
+        describe("qu'est-ce que c'est \udce9"),
+        "UTF-8",
+        setup=png,
+        xfail=(
+            "after loading: exit 2 'TextEncodeInput must be Union[TextInputSequence, Tuple[InputSequence, "
+            "InputSequence]]'"
+        ),
+    ),
+    cli(
+        "prompt-file-not-utf8",
+        "prompt",
+        geneval("--prompts", "{ws}/p.jsonl"),
+        ("{ws}/p.jsonl", "UTF-8"),
+        setup=file_bytes("p.jsonl", b'{"prompt": "caf\xe9"}\n'),
+        before_model=True,
+        xfail=(
+            "exit 2 ''utf-8' codec can't decode byte 0xe9 in position 15: invalid continuation byte' (file not named)"
+        ),
+    ),
+    cli(
+        "prompt-file-empty",
+        "prompt",
+        geneval("--prompts", "{ws}/p.jsonl"),
+        ("{ws}/p.jsonl", "no prompts"),
+        setup=text("p.jsonl", ""),
+        before_model=True,
+    ),
+    cli(
+        "prompt-file-prompt-is-a-number",
+        "prompt",
+        geneval("--prompts", "{ws}/p.jsonl"),
+        ("{ws}/p.jsonl", "'prompt'"),
+        setup=text("p.jsonl", '{"prompt": 3}\n'),
+        before_model=True,
+    ),
+    cli(
+        "prompt-file-json-array",
+        "prompt",
+        geneval("--prompts", "{ws}/p.jsonl"),
+        "{ws}/p.jsonl",
+        setup=text("p.jsonl", '[{"prompt": "a red circle"}]\n'),
+        before_model=True,
+    ),
+    cli(
+        "prompt-file-without-prompt-field",
+        "prompt",
+        geneval("--prompts", "{ws}/p.jsonl"),
+        ("{ws}/p.jsonl", "prompt"),
+        setup=text("p.jsonl", '{"text": "a red circle"}\n'),
+        before_model=True,
+    ),
+    cli(
+        "prompt-file-missing",
+        "prompt",
+        geneval("--prompts", "{ws}/nope.jsonl"),
+        "{ws}/nope.jsonl",
+        before_model=True,
+    ),
+]
+
+# what the model receives today when the user types each token (the template's own count in brackets)
+INJECTED = {
+    IM_END: "injected: the model receives 2 x <|im_end|> (template: 1)",
+    IM_START: "injected: the model receives 3 x <|im_start|> (template: 2)",
+    END_OF_TEXT: "injected: the model receives 1 x <|endoftext|> (template: 0)",
+    "<image>": "injected: the text-to-image prompt holds 1 x <image> (template: 0)",
+}
+IMAGE_IN_QUESTION = "ValueError 'too many values to unpack (expected 2)' (CLI: exit 2 with that line)"
+
+CHAT_TOKENS = [
+    api(
+        f"prompt-{name}-in-{where}",
+        "prompt",
+        stays_text(token, where == "question"),
+        None,
+        "escaped or refused",
+        xfail=IMAGE_IN_QUESTION if (token, where) == ("<image>", "question") else INJECTED[token],
+    )
+    for name, token in (("im-end", IM_END), ("im-start", IM_START), ("endoftext", END_OF_TEXT), ("image", "<image>"))
+    for where in ("prompt", "question")
+]
+
+CASES: list[Case] = [*LENGTH, *EMPTY, *NOT_TEXT, *CHAT_TOKENS]
