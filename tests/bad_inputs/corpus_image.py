@@ -205,7 +205,6 @@ SIZES = [
         lambda ctx: ctx.pipe.generate("a red circle", image_size="64"),
         (TypeError, ValueError),
         "image_size",
-        xfail="TypeError 'not all arguments converted during string formatting'",
     ),
     api(
         "img-api-generate-size-rectangular-tuple",

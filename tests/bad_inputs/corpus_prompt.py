@@ -139,18 +139,14 @@ EMPTY = [
         "prompt",
         gen(""),
         ("prompt", "empty"),
-        xfail="accepted: draws an image for 'Generate an image: ' and exits 0",
     ),
     cli(
         "prompt-whitespace-only",
         "prompt",
         gen("   "),
         ("prompt", "empty"),
-        xfail="accepted: draws an image and exits 0",
     ),
-    cli(
-        "prompt-newlines-only", "prompt", gen("\n\n"), ("prompt", "empty"), xfail="accepted: draws an image and exits 0"
-    ),
+    cli("prompt-newlines-only", "prompt", gen("\n\n"), ("prompt", "empty")),
     cli("prompt-question-empty", "prompt", describe(""), "question", setup=png),
     cli("prompt-question-whitespace", "prompt", describe("  \t "), "question", setup=png),
     api("prompt-api-empty-list", "prompt", lambda ctx: ctx.pipe.generate([]), ValueError, "empty"),
@@ -160,7 +156,6 @@ EMPTY = [
         lambda ctx: ctx.pipe.generate(["a red circle", ""]),
         ValueError,
         "empty",
-        xfail="accepted: two images returned",
     ),
 ]
 
@@ -171,7 +166,6 @@ NOT_TEXT = [
         lambda ctx: ctx.pipe.generate(b"a red circle"),
         TypeError,
         "bytes",
-        xfail="TypeError 'prompts must be strings, got int' (the bytes are iterated)",
     ),
     api(
         "prompt-api-none",
@@ -188,17 +182,12 @@ NOT_TEXT = [
         lambda ctx: ctx.pipe.describe(Image.new("RGB", (64, 64)), b"What is it?"),
         TypeError,
         "bytes",
-        xfail="ValueError 'question must be a non-empty string' (bytes not named)",
     ),
     cli(
         "prompt-argv-not-utf8",
         "prompt",
         gen("caf\udce9 au lait"),
         "UTF-8",
-        xfail=(
-            "after loading: exit 2 'TextEncodeInput must be Union[TextInputSequence, Tuple[InputSequence, "
-            "InputSequence]]'"
-        ),
     ),
     cli(
         "prompt-question-argv-not-utf8",
@@ -206,10 +195,6 @@ NOT_TEXT = [
         describe("qu'est-ce que c'est \udce9"),
         "UTF-8",
         setup=png,
-        xfail=(
-            "after loading: exit 2 'TextEncodeInput must be Union[TextInputSequence, Tuple[InputSequence, "
-            "InputSequence]]'"
-        ),
     ),
     cli(
         "prompt-file-not-utf8",
