@@ -63,6 +63,8 @@ def official(tmp_path_factory):
     torch.save({"model": model.vae.state_dict()}, folder / "kl16.ckpt")
     llm = folder / "qwen"
     model.llm.save_pretrained(str(llm))  # config.json + model.safetensors, as a Qwen folder holds them
+    config = json.loads((llm / "config.json").read_text())  # Qwen2.5's context: room for the 512 px images
+    (llm / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 32768}))
     tiny_tokenizer().save_pretrained(str(llm))
     (llm / "generation_config.json").write_text(json.dumps(qwen_generation_config(), indent=2) + "\n")
     return folder / "harmon.pth", folder / "kl16.ckpt", llm

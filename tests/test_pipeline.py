@@ -267,6 +267,7 @@ def _write_official_files(pipe, folder):
         json.dumps(
             {
                 **pipe.model.config.llm,
+                "max_position_embeddings": 32768,  # Qwen2.5's context: room for the 512 px default images
                 "architectures": ["Qwen2ForCausalLM"],
                 "model_type": "qwen2",
                 "torch_dtype": "bfloat16",

@@ -148,17 +148,38 @@ class HarmonConfig:
                 object.__setattr__(self, name, cls.from_dict(value) if hasattr(cls, "from_dict") else cls(**value))
         check_fields(self, "config")
         check_llm_section(self.llm)
+        if not self.image_token.strip():
+            raise ValueError("config.image_token must be a non-empty token such as '<image>'")
         p = self.mar.patch_size
         if self.vae.embed_dim * p * p != self.mar.token_dim:
             raise ValueError(
                 f"mar.token_dim ({self.mar.token_dim}) must equal vae.embed_dim ({self.vae.embed_dim}) x "
                 f"mar.patch_size**2 ({p * p})"
             )
-        if self.generation.image_size % self.token_px:
-            raise ValueError(
-                f"generation.image_size {self.generation.image_size} is not a multiple of the token "
-                f"size {self.token_px} px (VAE stride x MAR patch size)"
-            )
+        self._check_image_sizes()
+
+    def _check_image_sizes(self) -> None:
+        """The recorded image sizes are whole tokens."""
+        for name in ("image_size", "understanding_image_size"):
+            size = getattr(self.generation, name)
+            if size % self.token_px:
+                raise ValueError(
+                    f"generation.{name} {size} is not a multiple of the token size {self.token_px} px "
+                    "(VAE stride x MAR patch size)"
+                )
+
+    def check_context(self) -> None:
+        """The recorded image sizes, with their buffers, fit the LLM's context: a saved model whose defaults
+        could never run is refused when read (a call with its own sizes is checked by the pipeline)."""
+        context = self.llm.get("max_position_embeddings")
+        for name in ("image_size", "understanding_image_size"):
+            size = getattr(self.generation, name)
+            tokens = (size // self.token_px) ** 2 + self.mar.buffer_size
+            if context is not None and tokens >= context:
+                raise ValueError(
+                    f"generation.{name} {size} takes {tokens} image tokens, beyond the LLM's context of {context} "
+                    "(llm.max_position_embeddings)"
+                )
 
     @property
     def token_px(self) -> int:
@@ -184,7 +205,7 @@ class HarmonConfig:
         """The inverse of :meth:`to_dict`. Every section must be present: a missing one would silently build
         another model (the 0.5B architecture, 512 px sampling) than the file describes."""
         if not isinstance(d, dict):
-            raise ValueError(f"a harmon config is a JSON object, found {type(d).__name__}")
+            raise TypeError(f"a harmon config is a dict (a JSON object), got {type(d).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
@@ -199,7 +220,9 @@ class HarmonConfig:
             if unknown:
                 raise ValueError(f"unknown generation fields: {sorted(unknown)}")
             d["generation"] = GenerationDefaults(**d["generation"])
-        return cls(**d)
+        config = cls(**d)
+        config.check_context()
+        return config
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")

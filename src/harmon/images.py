@@ -17,6 +17,8 @@ WHITE = (255, 255, 255)
 def load_image(path: str | Path) -> Image.Image:
     """Open an image file fully, raising a ValueError that names the file if it cannot be read."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder, not an image file")
     if not path.is_file():
         raise FileNotFoundError(f"image file not found: {path}")
     try:

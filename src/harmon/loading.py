@@ -17,15 +17,13 @@ from __future__ import annotations
 
 import json
 import logging
-import pickle
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 
-from harmon.atomic import atomic_write, write_text_atomic
+from harmon.atomic import write_text_atomic
 from harmon.config import GenerationDefaults, HarmonConfig
 from harmon.diffloss import DiffLossConfig
 from harmon.hf_generation import read_generation_config
@@ -34,6 +32,7 @@ from harmon.model import Harmon
 from harmon.tokenizer import load_tokenizer
 from harmon.vae import VAEConfig
 from harmon.validate import read_json_object
+from harmon.weightfiles import read_vae_weights, read_weights, save_safetensors
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +82,23 @@ def resolve_device(device: torch.device | str | None, dtype: torch.dtype | None)
         raise ValueError(f"device {device}: no CUDA device is available to this torch ({torch.__version__})")
     if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise ValueError(f"device {device}: Apple MPS is not available to this torch ({torch.__version__})")
-    return device, dtype if dtype is not None else default_dtype(device)
+    return device, _as_dtype(dtype) if dtype is not None else default_dtype(device)
+
+
+# dtype names a caller may pass instead of a torch.dtype
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+DTYPES.update({"fp16": torch.float16, "float16": torch.float16})
+
+
+def _as_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    """A floating torch dtype, from a dtype or its name ("bf16", "float32", ...); anything else is refused."""
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype {dtype!r}: use one of {', '.join(DTYPES)} or a torch.dtype")
+        return DTYPES[dtype]
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating torch.dtype such as torch.bfloat16, got {dtype!r}")
+    return dtype
 
 
 # ---------------------------------------------------------------------------------------------- weight files
@@ -101,101 +116,6 @@ class CheckpointError(ValueError):
             shown = ", ".join(f"{k} (checkpoint {tuple(a)} vs model {tuple(b)})" for k, a, b in self.mismatched)
             parts.append(f"  misshaped keys ({len(self.mismatched)}): {shown}")
         super().__init__("\n".join(parts))
-
-
-def _load_pickle(path: Path) -> Any:
-    errors = (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError, EOFError, ValueError)
-    try:
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as err:  # files in torch's legacy (non-zip) layout cannot be memory-mapped
-            if "mmap" not in str(err):
-                raise
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except errors as err:
-        raise ValueError(
-            f"refusing to load {path}: it is not a readable plain tensor checkpoint (it may be truncated or "
-            f"corrupt, or contain pickled code; only weights_only-safe files are read): {_pickle_reason(path, err)}"
-        ) from None
-
-
-def _pickle_reason(path: Path, err: Exception) -> str:
-    """The one informative line of torch.load's error (its weights_only message is a page of advice)."""
-    if path.stat().st_size == 0:
-        return "the file is empty"
-    text = str(err)
-    if "WeightsUnpickler error:" in text:
-        text = text.split("WeightsUnpickler error:", 1)[1]
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[0] if lines else type(err).__name__
-
-
-def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    """A .safetensors file's tensors; a truncated or corrupt file is named (safetensors' own error does not)."""
-    try:
-        return load_file(str(path))
-    except Exception as err:  # safetensors raises its own SafetensorError (not an OSError) for bad headers and sizes
-        if isinstance(err, (MemoryError, KeyboardInterrupt)):
-            raise
-        raise ValueError(f"{path} is not a readable .safetensors file (truncated or corrupt?): {err}") from None
-
-
-def _tensors_only(sd: Any, path: Path) -> dict[str, torch.Tensor]:
-    if not isinstance(sd, Mapping):
-        raise ValueError(f"{path} does not hold a state dict (found {type(sd).__name__})")
-    bad = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
-    if bad:
-        raise ValueError(f"{path}: entries that are not tensors: {', '.join(map(str, bad[:20]))}")
-    return dict(sd)
-
-
-def _existing(path: str | Path) -> Path:
-    path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"{path} is a folder, not a checkpoint file")
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    return path
-
-
-def read_weights(path: str | Path, entry: str | None = None) -> dict[str, torch.Tensor]:
-    """Load a flat {name: tensor} dict from .safetensors or a torch pickle (``weights_only=True``).
-
-    ``entry`` selects a sub-dict of a pickle (e.g. ``"model"`` for kl16.ckpt); without it a top-level
-    ``"state_dict"`` entry is unwrapped. A pickle that carries code or objects other than tensors and plain
-    containers is refused with a ValueError naming the file.
-    """
-    path = _existing(path)
-    if path.suffix == ".safetensors":
-        return _tensors_only(_read_safetensors(path), path)
-    sd = _load_pickle(path)
-    if entry is not None:
-        if not isinstance(sd, Mapping) or entry not in sd:
-            keys = list(sd)[:10] if isinstance(sd, Mapping) else type(sd).__name__
-            raise ValueError(f"{path} has no {entry!r} entry (top level: {keys})")
-        sd = sd[entry]
-    elif isinstance(sd, Mapping) and "state_dict" in sd and isinstance(sd["state_dict"], Mapping):
-        sd = sd["state_dict"]
-    return _tensors_only(sd, path)
-
-
-def read_vae_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """A VAE state dict: kl16.ckpt keeps it under ``"model"``; a .safetensors file or a plain pickle is it."""
-    path = _existing(path)
-    if path.suffix == ".safetensors":
-        return read_weights(path)
-    raw = _load_pickle(path)
-    if isinstance(raw, Mapping) and isinstance(raw.get("model"), Mapping):
-        return _tensors_only(raw["model"], path)
-    if isinstance(raw, Mapping) and isinstance(raw.get("state_dict"), Mapping):
-        return _tensors_only(raw["state_dict"], path)
-    return _tensors_only(raw, path)
-
-
-def save_safetensors(tensors: Mapping[str, torch.Tensor], path: str | Path, metadata: dict | None = None) -> None:
-    """Write tensors (detached, contiguous, on the CPU) to a .safetensors file atomically."""
-    contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    atomic_write(path, lambda tmp: save_file(contiguous, tmp, metadata=metadata))
 
 
 # ---------------------------------------------------------------------------------------------- strict checks
@@ -220,10 +140,20 @@ def check_state_dict(
         raise CheckpointError(source, missing, unexpected, mismatched)
 
 
+def check_dtypes(own: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor], source: str) -> None:
+    """Floating-point weights come as floating point (an integer or boolean tensor would be copied in silently)."""
+    wrong = [
+        f"{k} ({v.dtype})" for k, v in found.items() if k in own and v.is_floating_point() != own[k].is_floating_point()
+    ]
+    if wrong:
+        raise ValueError(f"{source}: tensors of the wrong dtype (floating point expected): {', '.join(wrong)}")
+
+
 def load_checked(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
     """Load ``state_dict`` into ``module`` after :func:`check_state_dict` against the module's own names and
     shapes, so a wrong file names its missing, unexpected and misshaped keys."""
     check_state_dict({k: v.shape for k, v in module.state_dict().items()}, state_dict, source)
+    check_dtypes(module.state_dict(), state_dict, source)
     module.load_state_dict(state_dict, strict=True)
 
 
@@ -247,6 +177,7 @@ def _copy_checked(model: Harmon, state_dict: Mapping[str, torch.Tensor], source:
             )
     with torch.no_grad():
         own = model.state_dict()
+        check_dtypes(own, state_dict, source)
         for name, value in state_dict.items():
             own[name].copy_(value)
     model.llm.tie_weights()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -19,7 +20,7 @@ from harmon.prompts import IM_END, generation_prompt, unconditional_prompt, unde
 from harmon.sampling import SamplingSettings, check_decoding_settings, decode_text, generate_tokens, preset_settings
 from harmon.tokenizer import USER_TEXT, encode_template
 from harmon.vae import VAEConfig
-from harmon.validate import check_number, check_text
+from harmon.validate import check_generator, check_number, check_text
 
 logger = logging.getLogger(__name__)
 
@@ -109,23 +110,34 @@ class HarmonPipeline:
         if limit is not None and total > limit:
             parts = f"{text_tokens} text + {image_tokens} image tokens" + (f" + {new_tokens} new" if new_tokens else "")
             raise ValueError(
-                f"{what}: {parts} = {total} tokens exceed the model's context of {limit} "
+                f"{what} is too long: {parts} = {total} tokens exceed the model's context of {limit} "
                 "(llm.max_position_embeddings); shorten it or use a smaller image size"
             )
 
-    def image_tokens(self, image_size: object, name: str = "image_size") -> tuple[tuple[int, int], int]:
-        """The token grid of ``image_size`` and the LLM positions it takes (tokens + buffers); a size that is not
-        a positive multiple of the token size is refused by name."""
-        check_number(name, image_size, low=self.config.token_px, integer=True)
-        grid = self.model.grid_for(image_size)
-        return grid, grid[0] * grid[1] + self.config.mar.buffer_size
+    def image_tokens(self, image_size: object, name: str = "image_size") -> int:
+        """The LLM positions an image of ``image_size`` takes (its tokens and the buffers); a size that is not a
+        positive multiple of the token size is refused by name. Nothing is built, so a size that the context
+        check refuses costs nothing."""
+        px = self.config.token_px
+        check_number(name, image_size, low=px, integer=True)
+        if image_size % px:
+            raise ValueError(f"{name} {image_size} is not a multiple of {px} px (the VAE stride x MAR patch size)")
+        tokens = (image_size // px) ** 2 + self.config.mar.buffer_size
+        limit = self.context_length
+        if limit is not None and tokens >= limit:
+            largest = px * math.isqrt(max(limit - 1 - self.config.mar.buffer_size, 0))
+            raise ValueError(
+                f"{name} {image_size} takes {tokens} image tokens, beyond the model's context of {limit} "
+                f"(llm.max_position_embeddings); the largest size that fits is {largest}"
+            )
+        return tokens
 
     # ------------------------------------------------------------------ generation
     @staticmethod
     def _prompt_list(prompt: str | Sequence[str], num_images_per_prompt: int, output_type: str) -> list[str]:
         """The prompts of a ``generate`` call as a list, after checking its arguments."""
-        if isinstance(prompt, (bytes, bytearray)):
-            raise TypeError("prompt must be a string, got bytes (decode it first)")
+        if not isinstance(prompt, (str, list, tuple)):
+            raise TypeError(f"prompt must be a string or a list of strings, got {type(prompt).__name__}")
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts:
             raise ValueError("prompt list is empty")
@@ -165,6 +177,7 @@ class HarmonPipeline:
         images up to float rounding; the first call in a process pays the compilation, later calls are faster.
         """
         prompts = self._prompt_list(prompt, num_images_per_prompt, output_type)
+        check_generator(generator)
         settings, size = self.generation_settings(
             image_size=image_size,
             num_iter=num_iter,
@@ -176,13 +189,14 @@ class HarmonPipeline:
             diffusion_steps_final=diffusion_steps_final,
             preset=preset,
         )
-        grid, n_image = self.image_tokens(size)
+        n_image = self.image_tokens(size)
         guided = settings.guidance_scale != 1.0
         seqs = [self._encode(generation_prompt(USER_TEXT), p.strip()) for p in prompts]
         longest = max(range(len(seqs)), key=lambda i: len(seqs[i]))
         self.check_context(len(seqs[longest]), n_image, 0, f"prompt {longest}" if len(seqs) > 1 else "prompt")
         seqs = [seq for seq in seqs for _ in range(num_images_per_prompt)]
         input_ids, mask = self._padded(seqs + [self._encode(unconditional_prompt())] * len(seqs) if guided else seqs)
+        grid = self.model.grid_for(size)
         strategies = accel.generation_strategies(self.model, guidance=guided, compile=compile)
         with accel.packed_linears(self.model):  # CPU float32: weights packed once per call
             tokens = generate_tokens(
@@ -239,9 +253,10 @@ class HarmonPipeline:
         the answer's length the context must also hold."""
         check_text(question, "question")
         size = self.config.generation.understanding_image_size if image_size is None else image_size
-        grid, n_image = self.image_tokens(size)
+        n_image = self.image_tokens(size)
         n_text = len(self._encode(understanding_prompt(USER_TEXT, self.config.image_token), question.strip())) - 1
         self.check_context(n_text, n_image, new_tokens, "question")
+        grid = self.model.grid_for(size)
         if isinstance(image, (str, Path)):
             image = load_image(image)
         pixels = prepare_for_understanding(image, size).to(self.device)
@@ -287,6 +302,7 @@ class HarmonPipeline:
         max_new_tokens = d.max_new_tokens if max_new_tokens is None else max_new_tokens
         penalty = d.repetition_penalty if repetition_penalty is None else repetition_penalty
         check_decoding_settings(max_new_tokens, temperature, top_p, penalty)  # before any work
+        check_generator(generator)
         # Plain layers: packing (harmon.accel.linear) pays for many small calls, not for one large prefill.
         embeds = self.understanding_inputs(image_or_path, question, image_size, new_tokens=max_new_tokens)
         ids = decode_text(

@@ -42,7 +42,14 @@ def load_tokenizer(path: str | Path, image_token: str = "<image>") -> PreTrained
     path = Path(path)
     if not (path / "tokenizer.json").is_file():
         raise FileNotFoundError(f"no tokenizer.json in {path} (a Qwen2.5 folder or a saved harmon model is needed)")
-    tok = PreTrainedTokenizerFast.from_pretrained(str(path), local_files_only=True)
+    try:
+        tok = PreTrainedTokenizerFast.from_pretrained(str(path), local_files_only=True)
+    except (ValueError, OSError, TypeError, KeyError) as err:  # a corrupt tokenizer.json or tokenizer_config.json
+        raise ValueError(f"cannot read the tokenizer in {path} ({path / 'tokenizer.json'}): {err}") from None
+    except Exception as err:  # the tokenizers library raises its own exception type for a broken tokenizer.json
+        if type(err).__module__.split(".")[0] not in ("tokenizers", "builtins"):
+            raise
+        raise ValueError(f"cannot read the tokenizer in {path} ({path / 'tokenizer.json'}): {err}") from None
     return ensure_special_tokens(tok, image_token)
 
 

@@ -143,17 +143,25 @@ def check_number(
 
 
 # ---------------------------------------------------------------------------------------------- files
-def read_json(path: str | Path, what: str = "JSON file") -> Any:
-    """Parse a JSON file; every failure names the file (missing, a folder, not UTF-8, not JSON and where)."""
+def read_text(path: str | Path, what: str = "file") -> str:
+    """A UTF-8 text file's content; a missing file, a folder or bytes that are not UTF-8 are named with the file."""
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"{path} is a folder, not a {what}")
     try:
-        text = path.read_bytes().decode("utf-8")
+        return path.read_bytes().decode("utf-8")
     except FileNotFoundError:
         raise FileNotFoundError(f"{what} not found: {path}") from None
     except UnicodeDecodeError as err:
-        raise ValueError(f"{path} is not UTF-8 text (byte {err.object[err.start]:#04x} at {err.start})") from None
+        line = err.object.count(b"\n", 0, err.start) + 1
+        raise ValueError(
+            f"{path} is not UTF-8 text (byte {err.object[err.start]:#04x} on line {line}); re-encode it as UTF-8"
+        ) from None
+
+
+def read_json(path: str | Path, what: str = "JSON file") -> Any:
+    """Parse a JSON file; every failure names the file (missing, a folder, not UTF-8, not JSON and where)."""
+    text = read_text(path, what)
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:
@@ -183,3 +191,14 @@ def check_text(text: Any, name: str, *, allow_empty: bool = False) -> str:
     if not allow_empty and not text.strip():
         raise ValueError(f"{name} is empty")
     return text
+
+
+def check_generator(generator: Any) -> None:
+    """Every random draw goes through a ``torch.Generator``; anything else (a seed number) is refused by name."""
+    import torch
+
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(
+            f"generator must be a torch.Generator (e.g. torch.Generator().manual_seed(0)) or None, "
+            f"got {type(generator).__name__}"
+        )

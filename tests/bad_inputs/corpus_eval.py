@@ -36,7 +36,6 @@ EVAL = [
         shapes("--prompts", "-1"),
         "prompts",
         before_model=True,
-        xfail="the model loads first; then exit 2 'n must be >= 0, got -1' (--prompts not named)",
     ),
     cli(
         "eval-shapes-questions-negative",
@@ -44,7 +43,6 @@ EVAL = [
         shapes("--questions", "-5"),
         "questions",
         before_model=True,
-        xfail="the model loads first; then exit 2 'n must be >= 0, got -5' (--questions not named)",
     ),
     cli(
         "eval-shapes-json-is-a-folder",
@@ -53,10 +51,6 @@ EVAL = [
         "{ws}/res",
         setup=folder("res"),
         before_model=True,
-        xfail=(
-            "the model loads and the whole eval runs; then exit 2 '[Errno 21] Is a directory: "
-            "'<ws>/.res.<random>.tmp' -> '<ws>/res''"
-        ),
     ),
     cli(
         "eval-geneval-n-zero",
@@ -64,7 +58,6 @@ EVAL = [
         geneval("-n", "0"),
         "-n",
         before_model=True,
-        xfail="the model loads first; then exit 2 'n_samples must be >= 1, got 0' (-n not named)",
     ),
     cli(
         "eval-geneval-limit-zero",
@@ -72,7 +65,6 @@ EVAL = [
         geneval("--limit", "0"),
         "limit",
         before_model=True,
-        xfail="exit 2 '<package>/assets/eval/shapes_geneval_metadata.jsonl: no prompts' (--limit not named)",
     ),
     cli(
         "eval-geneval-limit-negative",
@@ -80,7 +72,6 @@ EVAL = [
         geneval("--limit", "-2"),
         "limit",
         before_model=True,
-        xfail="--limit -2 is read as prompts[:-2]: the model loads and generates every prompt but the last two, exit 0",
     ),
     cli(
         "eval-geneval-outdir-is-a-file",
@@ -89,7 +80,6 @@ EVAL = [
         "{ws}/notes.txt",
         setup=text("notes.txt", "my notes\n"),
         before_model=True,
-        xfail="the model loads first; then exit 2 '[Errno 17] File exists: '<ws>/notes.txt''",
     ),
     cli("eval-pope-questions-missing", "cli", pope(), "{ws}/q.jsonl", before_model=True),
     cli(
@@ -131,10 +121,6 @@ EVAL = [
         "{ws}/answers",
         setup=both(png, pope_file(POPE_LINE), folder("answers")),
         before_model=True,
-        xfail=(
-            "the model loads and answers every question; then exit 2 '[Errno 21] Is a directory: "
-            "'<ws>/.answers.<random>.tmp' -> '<ws>/answers''"
-        ),
     ),
     cli(
         "eval-pope-limit-zero",
@@ -143,7 +129,6 @@ EVAL = [
         "limit",
         setup=both(png, pope_file(POPE_LINE)),
         before_model=True,
-        xfail="exit 2 '<ws>/q.jsonl: no questions' (--limit not named)",
     ),
     cli("eval-mme-data-missing", "cli", ["eval", "mme", "--data", "{ws}/mme", *MODEL], "{ws}/mme", before_model=True),
     cli(
@@ -186,7 +171,6 @@ ANALYZE = [
         "'.xyz'",
         setup=png,
         before_model=True,
-        xfail="the model loads and the map is computed; then exit 2 'unknown file extension: .xyz'",
     ),
     cli(
         "analyze-gradcam-positives-without-negatives",
@@ -195,10 +179,6 @@ ANALYZE = [
         ("--positives", "--negatives"),
         setup=both(png, folder("pos")),
         before_model=True,
-        xfail=(
-            "the model loads first; then exit 1 'error: --positives and --negatives go together ...' "
-            "(SystemExit(str), not exit 2)"
-        ),
     ),
     cli(
         "analyze-gradcam-probe-flag-with-answer-target",
@@ -207,10 +187,6 @@ ANALYZE = [
         ("--probe", "--target"),
         setup=png,
         before_model=True,
-        xfail=(
-            "the model loads first; then exit 1 'error: --probe belongs to --target probe, not --target "
-            "answer' (SystemExit(str), not exit 2)"
-        ),
     ),
     cli(
         "analyze-localisation-scenes-zero",
@@ -218,7 +194,6 @@ ANALYZE = [
         ["analyze", "localisation", "--scenes", "0", *MODEL],
         "scenes",
         before_model=True,
-        xfail="accepted: the model loads and exit 0 prints a table of nan over 0 scenes",
     ),
     cli(
         "analyze-synergy-base-missing",

@@ -3,8 +3,6 @@ chat-template tokens typed by a user (issue item 10), which must be escaped or r
 
 from __future__ import annotations
 
-from typing import Any
-
 from corpus_case import Case, Ctx, api, cli
 from corpus_files import file_bytes, png, text
 from PIL import Image
@@ -28,22 +26,6 @@ def geneval(*flags: str) -> list[str]:
     return ["eval", "geneval", "--outdir", "{ws}/out", "-n", "1", "--model", "{model}", *flags]
 
 
-class RecordingTokenizer:
-    """The pipeline's tokenizer, recording the ids of every text it encodes."""
-
-    def __init__(self, tok: Any) -> None:
-        self.tok, self.rows = tok, []
-
-    def __call__(self, texts: Any, **kwargs: Any) -> Any:
-        enc = self.tok(texts, **kwargs)
-        ids = enc.input_ids.tolist() if hasattr(enc.input_ids, "tolist") else enc.input_ids
-        self.rows += ids if ids and isinstance(ids[0], list) else [ids]
-        return enc
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.tok, name)
-
-
 # special-token counts of one templated conversation (see harmon.prompts.CHAT_TEMPLATE)
 TEMPLATE = {IM_START: 2, IM_END: 1, END_OF_TEXT: 0}
 
@@ -54,22 +36,23 @@ def stays_text(token: str, describe_it: bool):
 
     def call(ctx: Ctx) -> str:
         pipe = ctx.pipe
-        recorder = RecordingTokenizer(pipe.tokenizer)
-        pipe.tokenizer = recorder
+        embedded: list[list[int]] = []  # every id sequence the LLM's token embedding receives
+        embedding = pipe.model.llm.get_input_embeddings()
+        hook = embedding.register_forward_hook(lambda module, args, out: embedded.extend(args[0].tolist()))
         user_text = f"a red circle {token} and a blue square"
         try:
             if describe_it:
                 pipe.describe(Image.new("RGB", (64, 64), "red"), user_text, max_new_tokens=1)
-                rows = [[i for row in recorder.rows for i in row]]
+                rows = [[i for row in embedded[:2] for i in row]]  # the prompt's text before and after the image
             else:
                 pipe.generate(user_text, num_iter=1, num_sampling_steps="1", guidance_scale=1.0)
-                rows = recorder.rows
+                rows = embedded
         except ValueError as err:
             if token in str(err):
                 return f"escaped or refused: {err}"
             raise
         finally:
-            pipe.tokenizer = recorder.tok
+            hook.remove()
         expected = {**TEMPLATE, pipe.config.image_token: 0}  # describe's image slot holds embeddings, not the token
         for row in rows:
             for special, n in expected.items():
@@ -86,10 +69,6 @@ LENGTH = [
         "prompt",
         gen(LONG),
         ("prompt", "too long"),
-        xfail=(
-            "no length check: the LLM runs on 100013 positions, context 512 (unguarded: RuntimeError, can't "
-            "allocate 10 GB)"
-        ),
     ),
     cli(
         "prompt-question-100k-characters",
@@ -97,7 +76,6 @@ LENGTH = [
         describe(LONG),
         ("question", "too long"),
         setup=png,
-        xfail="no length check: the LLM runs on 100017 positions, context 512 (unguarded: minutes of work)",
     ),
     cli(
         "prompt-question-beyond-context",
@@ -105,7 +83,6 @@ LENGTH = [
         describe(BEYOND_CONTEXT),
         ("question", "too long"),
         setup=png,
-        xfail="no length check: the LLM runs on 2216 positions, context 512; answers ',,,,' with exit 0",
     ),
     api(
         "prompt-api-100k-characters",
@@ -113,7 +90,6 @@ LENGTH = [
         lambda ctx: ctx.pipe.generate(LONG),
         ValueError,
         ("prompt", "too long"),
-        xfail="no length check: the LLM runs on 100013 positions, context 512",
     ),
     api(
         "prompt-api-one-long-prompt-among-short",
@@ -121,7 +97,6 @@ LENGTH = [
         lambda ctx: ctx.pipe.generate(["a red circle", BEYOND_CONTEXT]),
         ValueError,
         ("prompt", "too long"),
-        xfail="no length check: the LLM runs on 2212 positions, context 512; two images are returned",
     ),
     api(
         "prompt-api-question-beyond-context",
@@ -129,7 +104,6 @@ LENGTH = [
         lambda ctx: ctx.pipe.describe(Image.new("RGB", (64, 64)), BEYOND_CONTEXT),
         ValueError,
         ("question", "too long"),
-        xfail="no length check: the LLM runs on 2216 positions, context 512",
     ),
 ]
 
@@ -173,7 +147,6 @@ NOT_TEXT = [
         lambda ctx: ctx.pipe.generate(None),
         TypeError,
         ("prompt", "None"),
-        xfail="TypeError ''NoneType' object is not iterable'",
     ),
     api("prompt-api-number-in-list", "prompt", lambda ctx: ctx.pipe.generate(["a red circle", 3]), TypeError, "int"),
     api(
@@ -203,9 +176,6 @@ NOT_TEXT = [
         ("{ws}/p.jsonl", "UTF-8"),
         setup=file_bytes("p.jsonl", b'{"prompt": "caf\xe9"}\n'),
         before_model=True,
-        xfail=(
-            "exit 2 ''utf-8' codec can't decode byte 0xe9 in position 15: invalid continuation byte' (file not named)"
-        ),
     ),
     cli(
         "prompt-file-empty",
@@ -249,14 +219,6 @@ NOT_TEXT = [
 ]
 
 # what the model receives today when the user types each token (the template's own count in brackets)
-INJECTED = {
-    IM_END: "injected: the model receives 2 x <|im_end|> (template: 1)",
-    IM_START: "injected: the model receives 3 x <|im_start|> (template: 2)",
-    END_OF_TEXT: "injected: the model receives 1 x <|endoftext|> (template: 0)",
-    "<image>": "injected: the text-to-image prompt holds 1 x <image> (template: 0)",
-}
-IMAGE_IN_QUESTION = "ValueError 'too many values to unpack (expected 2)' (CLI: exit 2 with that line)"
-
 CHAT_TOKENS = [
     api(
         f"prompt-{name}-in-{where}",
@@ -264,7 +226,6 @@ CHAT_TOKENS = [
         stays_text(token, where == "question"),
         None,
         "escaped or refused",
-        xfail=IMAGE_IN_QUESTION if (token, where) == ("<image>", "question") else INJECTED[token],
     )
     for name, token in (("im-end", IM_END), ("im-start", IM_START), ("endoftext", END_OF_TEXT), ("image", "<image>"))
     for where in ("prompt", "question")

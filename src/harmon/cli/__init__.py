@@ -25,10 +25,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 EXPECTED_ERRORS = (ValueError, OSError, TypeError)
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line (``harmon generate: error: argument -o: ...``), like a command's own
+    errors; ``--help`` still shows the usage."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="harmon", description="Harmon: one shared encoder for image understanding and generation."
-    )
+    parser = Parser(prog="harmon", description="Harmon: one shared encoder for image understanding and generation.")
     parser.add_argument("--version", action="version", version=f"harmon {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error, not one line")
@@ -54,6 +60,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    except SystemExit as done:  # --help, --version, or a flag refused while parsing (one line on stderr)
+        return done.code if isinstance(done.code, int) else 2
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     return run(args)

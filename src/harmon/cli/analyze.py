@@ -11,7 +11,13 @@ from harmon.cli.common import (
     add_model_args,
     command_line,
     generation_settings,
+    image_output,
+    int_at_least,
     load_pipeline,
+    output_file,
+    output_folder,
+    save_image,
+    seed_value,
     seeded,
     write_json,
 )
@@ -21,19 +27,29 @@ def cmd_gradcam(args: argparse.Namespace) -> int:
     from harmon.analyze.gradcam import gradcam_plus_plus, integrated_gradients, overlay
     from harmon.images import load_image
 
-    pipe = load_pipeline(args)
+    _check_gradcam_flags(args)  # before the model loads
     image = load_image(args.image)
-    probe_flags = [f for f in ("positives", "negatives", "probe", "save_probe") if getattr(args, f)]
-    if args.target == "answer" and probe_flags:
-        raise SystemExit(f"error: --{probe_flags[0].replace('_', '-')} belongs to --target probe, not --target answer")
+    pipe = load_pipeline(args)
     probe = _concept_probe(pipe, args) if args.target == "probe" else None
     if probe is not None:
         print(f"probe: {probe}")
     method = gradcam_plus_plus if args.method == "gradcam++" else integrated_gradients
     cam = method(pipe, image, args.concept, question=args.question, upsample=args.upsample, probe=probe)
-    overlay(image, cam).save(args.output)
-    print(args.output)
+    print(save_image(overlay(image, cam), args.output))
     return 0
+
+
+def _check_gradcam_flags(args: argparse.Namespace) -> None:
+    """Flags that do not go together, refused by name before any work."""
+    probe_flags = [f for f in ("positives", "negatives", "probe", "save_probe") if getattr(args, f)]
+    if args.target == "answer" and probe_flags:
+        raise ValueError(f"--{probe_flags[0].replace('_', '-')} belongs to --target probe, not --target answer")
+    if args.target == "probe" and args.question:
+        raise ValueError("--question is asked of the LLM: use it with --target answer")
+    if args.probe and (args.positives or args.negatives):
+        raise ValueError("--probe loads a fitted probe; --positives/--negatives fit a new one (not both)")
+    if bool(args.positives) != bool(args.negatives):
+        raise ValueError("--positives and --negatives go together (images with and without the concept)")
 
 
 def _concept_probe(pipe, args: argparse.Namespace):
@@ -41,15 +57,8 @@ def _concept_probe(pipe, args: argparse.Namespace):
     shapes-world scenes when the concept is a word of that world, or read from --probe."""
     from harmon.analyze.gradcam import ConceptProbe
 
-    if args.question:
-        raise SystemExit("error: --question is asked of the LLM: use it with --target answer")
     if args.probe:
-        if args.positives or args.negatives:
-            raise SystemExit("error: --probe loads a fitted probe; --positives/--negatives fit a new one (not both)")
-        try:
-            return ConceptProbe.load(args.probe)
-        except (OSError, ValueError) as err:
-            raise SystemExit(f"error: {err}") from err
+        return ConceptProbe.load(args.probe)
     probe = _fit_concept_probe(pipe, args)
     if args.save_probe:
         probe.save(args.save_probe)
@@ -61,17 +70,15 @@ def _fit_concept_probe(pipe, args: argparse.Namespace):
     from harmon.analyze.gradcam import ConceptProbe
     from harmon.eval.mme import IMAGE_SUFFIXES
 
-    if bool(args.positives) != bool(args.negatives):
-        raise SystemExit("error: --positives and --negatives go together (images with and without the concept)")
     if args.positives:
         images, labels = [], []
         for folder, label in ((args.positives, True), (args.negatives, False)):
             path = Path(folder)
             if not path.is_dir():
-                raise SystemExit(f"error: not a folder: {path}")
+                raise ValueError(f"not a folder: {path}")
             files = sorted(f for f in path.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
             if not files:
-                raise SystemExit(f"error: no images ({', '.join(IMAGE_SUFFIXES)}) in {path}")
+                raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {path}")
             images += files
             labels += [label] * len(files)
         return ConceptProbe.fit(pipe, images, labels, args.concept, generator=seeded(args.seed))
@@ -80,10 +87,10 @@ def _fit_concept_probe(pipe, args: argparse.Namespace):
     try:
         return world_probe(pipe, args.concept, scenes=args.probe_scenes, seed=args.seed)
     except ValueError as err:
-        raise SystemExit(
-            f"error: {err}. For other concepts give --positives DIR --negatives DIR (images with and "
+        raise ValueError(
+            f"{err}. For other concepts give --positives DIR --negatives DIR (images with and "
             "without it), or use --target answer"
-        ) from err
+        ) from None
 
 
 def _world_probes(pipe, args: argparse.Namespace) -> dict:
@@ -122,6 +129,8 @@ def _print_localisation(args: argparse.Namespace, rows: list[dict], probes: dict
 def cmd_localisation(args: argparse.Namespace) -> int:
     from harmon.world.analyses.localisation import demo_figure, encoder_locality, localisation
 
+    if args.figure and "probe" not in args.targets:
+        raise ValueError("--figure shows the probe's maps beside the answer's: keep 'probe' in --targets")
     t0 = time.perf_counter()
     pipe = load_pipeline(args)
     probes = _world_probes(pipe, args)
@@ -141,9 +150,7 @@ def cmd_localisation(args: argparse.Namespace) -> int:
         )
         result["encoder_locality"] = loc
     if args.figure:
-        if not probes:
-            raise SystemExit("error: --figure shows the probe's maps beside the answer's: keep 'probe' in --targets")
-        demo_figure(pipe, probes).save(args.figure)
+        save_image(demo_figure(pipe, probes), args.figure)
         result["figure"] = str(args.figure)
         print(f"figure: {args.figure}")
     result["seconds"] = round(time.perf_counter() - t0, 1)
@@ -262,12 +269,16 @@ def _add_gradcam(asub: argparse._SubParsersAction) -> None:
     )
     gc.add_argument("--positives", help="folder of images showing the concept (with --negatives: the probe's data)")
     gc.add_argument("--negatives", help="folder of images without the concept")
-    gc.add_argument("--probe-scenes", type=int, default=2000, help="shapes-world scenes to fit the probe on")
-    gc.add_argument("--save-probe", metavar="FILE", help="write the fitted probe here (.safetensors), for --probe")
+    gc.add_argument(
+        "--probe-scenes", type=int_at_least(1), default=2000, help="shapes-world scenes to fit the probe on"
+    )
+    gc.add_argument(
+        "--save-probe", metavar="FILE", type=output_file, help="write the fitted probe here (.safetensors), for --probe"
+    )
     gc.add_argument("--probe", metavar="FILE", help="use a probe saved by --save-probe instead of fitting one")
-    gc.add_argument("--seed", type=int, default=1, help="seed of the probe's scenes and held-out split")
+    gc.add_argument("--seed", type=seed_value, default=1, help="seed of the probe's scenes and held-out split")
     gc.add_argument("--question", help='with --target answer; default: "Is there a <concept> in the image?"')
-    gc.add_argument("-o", "--output", default="gradcam.png")
+    gc.add_argument("-o", "--output", type=image_output, default="gradcam.png")
     gc.add_argument(
         "--upsample",
         choices=["nearest", "bilinear"],
@@ -297,32 +308,33 @@ def _add_localisation(asub: argparse._SubParsersAction) -> None:
         default=["gradcam++", "integrated-gradients"],
     )
     lo.add_argument("--targets", nargs="+", choices=["probe", "answer"], default=["probe", "answer"])
-    lo.add_argument("--scenes", type=int, default=30)
-    lo.add_argument("--seed", type=int, default=0, help="seed of the scored scenes")
-    lo.add_argument("--probe-scenes", type=int, default=2000)
-    lo.add_argument("--probe-seed", type=int, default=1, help="seed of the probes' scenes")
+    lo.add_argument("--scenes", type=int_at_least(1), default=30)
+    lo.add_argument("--seed", type=seed_value, default=0, help="seed of the scored scenes")
+    lo.add_argument("--probe-scenes", type=int_at_least(1), default=2000)
+    lo.add_argument("--probe-seed", type=seed_value, default=1, help="seed of the probes' scenes")
     lo.add_argument("--locality", action="store_true", help="also measure how local the encoder's output rows are")
     lo.add_argument(
         "--figure",
+        type=image_output,
         help="also write a PNG: a fixed scene with each shape's GradCAM++ overlays (probe above, answer below)",
     )
-    lo.add_argument("--json", help="also write the results here")
+    lo.add_argument("--json", type=output_file, help="also write the results here")
     add_model_args(lo)
     lo.set_defaults(func=cmd_localisation)
 
 
 def _add_probe_context_words(asub: argparse._SubParsersAction) -> None:
     pr = asub.add_parser("probe", help="linear probes: encoder features vs VAE latents vs pixels (shapes world)")
-    pr.add_argument("--train", type=int, default=1000)
-    pr.add_argument("--test", type=int, default=500)
-    pr.add_argument("--seeds", type=int, default=3)
-    pr.add_argument("--json")
+    pr.add_argument("--train", type=int_at_least(1), default=1000)
+    pr.add_argument("--test", type=int_at_least(1), default=500)
+    pr.add_argument("--seeds", type=int_at_least(1), default=3)
+    pr.add_argument("--json", type=output_file)
     add_model_args(pr)
     pr.set_defaults(func=cmd_probe)
 
     cx = asub.add_parser("context", help="teacher-forced loss vs visible tokens: does the generator use context?")
-    cx.add_argument("--images", type=int, default=64)
-    cx.add_argument("--repeats", type=int, default=3)
+    cx.add_argument("--images", type=int_at_least(1), default=64)
+    cx.add_argument("--repeats", type=int_at_least(1), default=3)
     add_model_args(cx)
     cx.set_defaults(func=cmd_context)
 
@@ -332,10 +344,10 @@ def _add_probe_context_words(asub: argparse._SubParsersAction) -> None:
         "the generator binds (shapes world)",
     )
     wb.add_argument("--attribute", choices=["color", "shape"], default="color")
-    wb.add_argument("--scenes", type=int, default=24, help="images per (true value, other attribute) case")
-    wb.add_argument("--repeats", type=int, default=6, help="noise draws per image, shared by every word")
-    wb.add_argument("--seed", type=int, default=0)
-    wb.add_argument("--json")
+    wb.add_argument("--scenes", type=int_at_least(1), default=24, help="images per (true value, other attribute) case")
+    wb.add_argument("--repeats", type=int_at_least(1), default=6, help="noise draws per image, shared by every word")
+    wb.add_argument("--seed", type=seed_value, default=0)
+    wb.add_argument("--json", type=output_file)
     add_model_args(wb)
     wb.set_defaults(func=cmd_words)
 
@@ -347,11 +359,11 @@ def _add_drawn_codec(asub: argparse._SubParsersAction) -> None:
         "of one-object prompts (shapes world)",
     )
     dr.add_argument("--attribute", choices=["color", "shape"], default="color")
-    dr.add_argument("--images", type=int, default=16, help="images per (colour, shape) prompt")
-    dr.add_argument("--seed", type=int, default=0)
+    dr.add_argument("--images", type=int_at_least(1), default=16, help="images per (colour, shape) prompt")
+    dr.add_argument("--seed", type=seed_value, default=0)
     dr.add_argument("--preset", choices=list(PRESET_NAMES), help="speed preset (default: the model's settings)")
     dr.add_argument("--guidance-scale", type=float)
-    dr.add_argument("--json")
+    dr.add_argument("--json", type=output_file)
     add_model_args(dr)
     dr.set_defaults(func=cmd_drawn)
 
@@ -360,9 +372,9 @@ def _add_drawn_codec(asub: argparse._SubParsersAction) -> None:
         help="can the VAE carry every (colour, shape) pair, held-out ones included? "
         "encode -> decode round trips read by the detector (shapes world)",
     )
-    cd.add_argument("--scenes", type=int, default=16, help="one-object scenes per (colour, shape) pair")
-    cd.add_argument("--seed", type=int, default=0)
-    cd.add_argument("--json")
+    cd.add_argument("--scenes", type=int_at_least(1), default=16, help="one-object scenes per (colour, shape) pair")
+    cd.add_argument("--seed", type=seed_value, default=0)
+    cd.add_argument("--json", type=output_file)
     cd.add_argument(
         "--stage0-vae",
         help="check a bare stage-0 VAE folder (vae.safetensors + vae_config.json, e.g. "
@@ -375,15 +387,22 @@ def _add_drawn_codec(asub: argparse._SubParsersAction) -> None:
 def _add_synergy(asub: argparse._SubParsersAction) -> None:
     sy = asub.add_parser("synergy", help="same steps, text-to-image only vs + understanding data, several seeds")
     sy.add_argument("--base", required=True, help="model folder every run starts from (e.g. a stage-I export)")
-    sy.add_argument("--outdir", required=True, help="runs and synergy.json go here (an interrupted study resumes)")
-    sy.add_argument("--seeds", type=int, default=3)
-    sy.add_argument("--steps", type=int, default=500, help="optimizer steps per run")
-    sy.add_argument("--prompts", type=int, default=120, help="fresh GenEval-style prompts per scored model")
-    sy.add_argument("--eval-seed", type=int, default=0)
-    sy.add_argument("--t2i-batch", type=int, default=32)
-    sy.add_argument("--und-batch", type=int, default=8, help="question-answering conversations per step (joint arm)")
+    sy.add_argument(
+        "--outdir",
+        required=True,
+        type=output_folder,
+        help="runs and synergy.json go here (an interrupted study resumes)",
+    )
+    sy.add_argument("--seeds", type=int_at_least(1), default=3)
+    sy.add_argument("--steps", type=int_at_least(1), default=500, help="optimizer steps per run")
+    sy.add_argument("--prompts", type=int_at_least(1), default=120, help="fresh GenEval-style prompts per scored model")
+    sy.add_argument("--eval-seed", type=seed_value, default=0)
+    sy.add_argument("--t2i-batch", type=int_at_least(1), default=32)
+    sy.add_argument(
+        "--und-batch", type=int_at_least(1), default=8, help="question-answering conversations per step (joint arm)"
+    )
     sy.add_argument("--lr", type=float, default=3e-4)
-    sy.add_argument("--num-iter", type=int)
+    sy.add_argument("--num-iter", type=int_at_least(1))
     sy.add_argument("--guidance-scale", type=float)
     sy.add_argument("--diffusion-steps")
     sy.add_argument("--x0-clip", type=float)

@@ -76,7 +76,7 @@ def add_generation_args(p: argparse.ArgumentParser, *, image_size: bool = True, 
             help="pixels: a multiple of the model's token size (16 for the releases, 32 for the shipped model), "
             "with the prompt within the LLM's context (default: the model's)",
         )
-    p.add_argument("--num-iter", type=int, help="masked-autoregressive steps")
+    p.add_argument("--num-iter", type=int_at_least(1), help="masked-autoregressive steps")
     p.add_argument("--guidance-scale", type=float, help="classifier-free guidance (>= 1)")
     p.add_argument("--cfg-schedule", choices=["constant", "linear"])
     p.add_argument("--temperature", type=float)
@@ -86,7 +86,7 @@ def add_generation_args(p: argparse.ArgumentParser, *, image_size: bool = True, 
     p.add_argument("--x0-clip", type=float, help="clamp the predicted clean latent token (default: the model's)")
     p.add_argument(
         "--diffusion-steps-final",
-        type=int,
+        type=int_at_least(1),
         help="annealed diffusion steps: the last MAR step uses "
         "this many, the first --diffusion-steps, linear in between",
     )
@@ -110,7 +110,9 @@ def load_pipeline(args: argparse.Namespace):
     if args.checkpoint or args.vae or args.llm:
         missing = [n for n in ("checkpoint", "vae", "llm") if not getattr(args, n)]
         if missing:
-            raise SystemExit(f"official weights need --checkpoint, --vae and --llm; missing: {', '.join(missing)}")
+            raise ValueError(f"official weights need --checkpoint, --vae and --llm; missing: --{', --'.join(missing)}")
+        if args.model:
+            raise ValueError("--model and --checkpoint/--vae/--llm name two models; pass one of them")
         return HarmonPipeline.from_official(args.checkpoint, args.vae, args.llm, device=args.device, dtype=dtype)
     if args.model:
         return HarmonPipeline.from_pretrained(args.model, device=args.device, dtype=dtype)
@@ -118,26 +120,102 @@ def load_pipeline(args: argparse.Namespace):
 
     path = shipped_model_path()
     if path is None:
-        raise SystemExit("no shipped model is installed in this copy of harmon; pass --model or official weights")
+        raise ValueError("no shipped model is installed in this copy of harmon; pass --model or official weights")
     return HarmonPipeline.from_pretrained(path, device=args.device, dtype=dtype)
 
 
-def image_output(path: str) -> Path:
-    """The image path ``-o`` names, checked before any sampling work: an image extension Pillow writes, not a
-    folder, in a folder that exists (made here) and can be written."""
+def _writable_place(out: Path, what: str, folder: bool) -> Path:
+    """``out`` if it can be written: a file path that is not a folder (or a folder path that is not a file), under
+    the nearest existing folder, which is probed with a real temporary file (permission bits do not stop root, a
+    read-only or virtual file system does)."""
+    import tempfile
+
+    if folder and out.exists() and not out.is_dir():
+        raise ValueError(f"{what} {out} exists and is not a folder")
+    if not folder and out.is_dir():
+        raise ValueError(f"{what} {out} is a folder; name a file in it")
+    existing = out if folder else out.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"{what} {out}: {existing} is not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".harmon-write-check-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise ValueError(f"{what} {out}: cannot write in {existing} ({err.strerror or err})") from None
+    return out
+
+
+def _argument_type(check):
+    """An argparse type from a check that raises ValueError: argparse shows the check's own message (it hides
+    a ValueError's text behind 'invalid ... value')."""
+
+    def parse(text: str):
+        try:
+            return check(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    parse.__name__ = check.__name__
+    return parse
+
+
+@_argument_type
+def output_file(text: str) -> Path:
+    """argparse type of a file a command writes (JSON, answers): checked when the command line is parsed."""
+    return _writable_place(Path(text), "output", folder=False)
+
+
+@_argument_type
+def output_folder(text: str) -> Path:
+    """argparse type of a folder a command writes into."""
+    return _writable_place(Path(text), "output folder", folder=True)
+
+
+@_argument_type
+def image_output(text: str) -> Path:
+    """argparse type of an image path ``-o`` names: an extension Pillow writes, not a folder, in a place that can be
+    written; checked before any model work (which can take minutes on a large model)."""
     from PIL import Image
 
-    out = Path(path)
+    out = Path(text)
     writable = {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.SAVE}
     if out.suffix.lower() not in writable:
         shown = f"extension {out.suffix!r}" if out.suffix else "no file extension"
         raise ValueError(f"output {out}: {shown}; use an image extension such as .png or .jpg")
-    if out.is_dir():
-        raise ValueError(f"output {out} is a folder; name an image file in it, e.g. {out / 'out.png'}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if not os.access(out.parent, os.W_OK):
-        raise PermissionError(f"output folder {out.parent} is not writable")
-    return out
+    return _writable_place(out, "output", folder=False)
+
+
+def save_image(image, path: Path) -> Path:
+    """Write a PIL image atomically (a crash never leaves a truncated file under the asked name)."""
+    from PIL import Image
+
+    from harmon.atomic import atomic_write
+
+    fmt = Image.registered_extensions()[path.suffix.lower()]
+    return atomic_write(path, lambda tmp: image.save(tmp, format=fmt))
+
+
+def int_at_least(low: int, high: int | None = None):
+    """argparse type: an integer in [low, high], refused at parse time with the flag named by argparse."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low or (high is not None and value > high):
+            bound = f">= {low}" if high is None else f"in [{low}, {high}]"
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {value}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+seed_value = int_at_least(0, 2**64 - 1)  # what torch.Generator.manual_seed takes
 
 
 def seeded(seed: int):

@@ -12,7 +12,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harmon.cli.common import add_generation_args, add_model_args, generation_settings, load_pipeline, write_json
+from harmon.cli.common import (
+    add_generation_args,
+    add_model_args,
+    generation_settings,
+    int_at_least,
+    load_pipeline,
+    output_file,
+    output_folder,
+    seed_value,
+    write_json,
+)
 
 SHIPPED_GENEVAL_PROMPTS = Path(__file__).parent.parent / "assets" / "eval" / "shapes_geneval_metadata.jsonl"
 
@@ -183,18 +193,20 @@ def cmd_mc(args: argparse.Namespace) -> int:
 
 def _add_shapes(esub: argparse._SubParsersAction) -> None:
     es = esub.add_parser("shapes", help="fresh shapes-world prompts and questions, scored exactly")
-    es.add_argument("--prompts", type=int, default=504, help="generation prompts (balanced over 6 categories)")
-    es.add_argument("--questions", type=int, default=1512, help="questions (balanced over 7 kinds)")
+    es.add_argument(
+        "--prompts", type=int_at_least(0), default=504, help="generation prompts (balanced over 6 categories)"
+    )
+    es.add_argument("--questions", type=int_at_least(0), default=1512, help="questions (balanced over 7 kinds)")
     es.add_argument(
         "--shape-questions",
-        type=int,
+        type=int_at_least(0),
         default=168,
         help='bare-shape existence questions ("Is there a circle in the image?", half "No"), scored apart '
         "so the other tables do not depend on them; 0 skips them",
     )
-    es.add_argument("--seed", type=int, default=0)
+    es.add_argument("--seed", type=seed_value, default=0)
     add_generation_args(es, image_size=False)
-    es.add_argument("--json", help="also write the full result here")
+    es.add_argument("--json", type=output_file, help="also write the full result here")
     add_model_args(es)
     es.set_defaults(func=cmd_shapes)
 
@@ -206,10 +218,15 @@ def _add_geneval(esub: argparse._SubParsersAction) -> None:
         default=str(SHIPPED_GENEVAL_PROMPTS),
         help="evaluation_metadata.jsonl (default: the shipped shapes-world prompts)",
     )
-    eg.add_argument("--outdir", required=True, help="output folder: <index:05d>/metadata.jsonl, samples/<k:05d>.png")
-    eg.add_argument("-n", type=int, default=4, help="images per prompt")
-    eg.add_argument("--seed", type=int, default=0, help="prompt i draws from a generator seeded by (seed, i)")
-    eg.add_argument("--limit", type=int, help="only the first N prompts")
+    eg.add_argument(
+        "--outdir",
+        required=True,
+        type=output_folder,
+        help="output folder: <index:05d>/metadata.jsonl, samples/<k:05d>.png",
+    )
+    eg.add_argument("-n", type=int_at_least(1), default=4, help="images per prompt")
+    eg.add_argument("--seed", type=seed_value, default=0, help="prompt i draws from a generator seeded by (seed, i)")
+    eg.add_argument("--limit", type=int_at_least(1), help="only the first N prompts")
     eg.add_argument("--no-grid", action="store_true", help="skip grid.png")
     eg.add_argument(
         "--compile",
@@ -224,10 +241,10 @@ def _add_geneval(esub: argparse._SubParsersAction) -> None:
 
 
 def _add_answer_args(p: argparse.ArgumentParser, answers_help: str) -> None:
-    p.add_argument("--max-new-tokens", type=int, help="answer length limit (default: the model's)")
-    p.add_argument("--limit", type=int, help="only the first N items (a quick check)")
-    p.add_argument("--answers-out", help=answers_help)
-    p.add_argument("--json", help="also write the scores here")
+    p.add_argument("--max-new-tokens", type=int_at_least(1), help="answer length limit (default: the model's)")
+    p.add_argument("--limit", type=int_at_least(1), help="only the first N items (a quick check)")
+    p.add_argument("--answers-out", type=output_file, help=answers_help)
+    p.add_argument("--json", type=output_file, help="also write the scores here")
     add_model_args(p)
 
 

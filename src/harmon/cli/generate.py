@@ -11,14 +11,18 @@ from harmon.cli.common import (
     add_model_args,
     generation_settings,
     image_output,
+    int_at_least,
     load_pipeline,
+    output_folder,
+    save_image,
+    seed_value,
     seeded,
     torch_dtype,
 )
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    out = image_output(args.output)  # before loading and sampling, which can take minutes on a large model
+    out = args.output  # checked when parsed (image_output), before minutes of loading and sampling
     pipe = load_pipeline(args)
     images = pipe.generate(
         args.prompt,
@@ -28,14 +32,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
         **generation_settings(args),
     )
     if len(images) == 1:
-        images[0].save(out)
-        print(out)
+        print(save_image(images[0], out))
         return 0
-    stem, suffix = out.stem, out.suffix or ".png"
     for i, im in enumerate(images):
-        path = out.with_name(f"{stem}_{i:02d}{suffix}")
-        im.save(path)
-        print(path)
+        print(save_image(im, out.with_name(f"{out.stem}_{i:02d}{out.suffix}")))
     return 0
 
 
@@ -69,8 +69,10 @@ def cmd_convert(args: argparse.Namespace) -> int:
 def add_generate(sub: argparse._SubParsersAction) -> None:
     g = sub.add_parser("generate", help="text -> image")
     g.add_argument("prompt", nargs="+", help="one or more prompts")
-    g.add_argument("-o", "--output", default="out.png", help="PNG path (numbered when several images)")
-    g.add_argument("-n", "--num-images", type=int, default=1, help="images per prompt")
+    g.add_argument(
+        "-o", "--output", type=image_output, default="out.png", help="PNG path (numbered when several images)"
+    )
+    g.add_argument("-n", "--num-images", type=int_at_least(1), default=1, help="images per prompt")
     add_generation_args(g)
     g.add_argument(
         "--compile",
@@ -79,7 +81,7 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
         "the same images, faster once compiled (the compilation takes tens of seconds, so it pays for "
         "large models or many images; on CPU it needs a C++ compiler)",
     )
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=seed_value, default=0)
     add_model_args(g)
     g.set_defaults(func=cmd_generate)
 
@@ -88,7 +90,7 @@ def add_describe(sub: argparse._SubParsersAction) -> None:
     d = sub.add_parser("describe", help="image + question -> text")
     d.add_argument("image")
     d.add_argument("question", nargs="?", default="Describe the image in detail.")
-    d.add_argument("--max-new-tokens", type=int)
+    d.add_argument("--max-new-tokens", type=int_at_least(1))
     d.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     d.add_argument("--temperature", type=float, default=1.0)
     d.add_argument(
@@ -98,14 +100,14 @@ def add_describe(sub: argparse._SubParsersAction) -> None:
         "from the Qwen folder's generation_config.json; 1.0 = none)",
     )
     d.add_argument("--image-size", type=int, help="pixels the encoder sees (default: the model's understanding size)")
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--seed", type=seed_value, default=0)
     add_model_args(d)
     d.set_defaults(func=cmd_describe)
 
 
 def add_convert(sub: argparse._SubParsersAction) -> None:
     c = sub.add_parser("convert", help="official files -> our format (config.json + model.safetensors)")
-    c.add_argument("-o", "--output", required=True, help="output folder")
+    c.add_argument("-o", "--output", type=output_folder, required=True, help="output folder")
     c.add_argument("--save-dtype", choices=sorted(DTYPE_NAMES), help="store weights in this dtype")
     add_model_args(c)
     c.set_defaults(func=cmd_convert)

@@ -28,6 +28,7 @@ from typing import Any
 from PIL import Image, UnidentifiedImageError
 
 from harmon.atomic import write_bytes_atomic, write_text_atomic
+from harmon.validate import read_text
 
 Record = dict[str, Any]
 
@@ -54,17 +55,16 @@ def read_jsonl(path: str | Path) -> list[Record]:
     if not path.is_file():
         raise FileNotFoundError(f"no such file: {path}")
     records = []
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise FormatError(f"{where(path, n)}: not valid JSON ({err.msg} at column {err.colno})") from err
-            if not isinstance(obj, dict):
-                raise FormatError(f"{where(path, n)}: expected a JSON object, got {type(obj).__name__}")
-            records.append({**obj, "_line": n})
+    for n, line in enumerate(read_text(path, "JSON-lines file").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise FormatError(f"{where(path, n)}: not valid JSON ({err.msg} at column {err.colno})") from err
+        if not isinstance(obj, dict):
+            raise FormatError(f"{where(path, n)}: expected a JSON object, got {type(obj).__name__}")
+        records.append({**obj, "_line": n})
     return records
 
 
@@ -77,7 +77,7 @@ def read_tsv(path: str | Path) -> list[Record]:
     if not path.is_file():
         raise FileNotFoundError(f"no such file: {path}")
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # MMBench rows carry whole images
-    with path.open(encoding="utf-8", newline="") as f:
+    with io.StringIO(read_text(path, "TSV file"), newline="") as f:
         reader = csv.reader(f, delimiter="\t")
         try:
             header = next(reader)
@@ -103,7 +103,7 @@ def read_records(path: str | Path) -> list[Record]:
         return read_tsv(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such file: {path}")
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path, "question file")
     head = text.lstrip()[:1]
     items = None
     if head == "[":

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harmon.config import CONFIGS, HarmonConfig
 from harmon.data.tasks import Task, parse_task
 from harmon.train.formats import check_format
 from harmon.validate import check_fields, check_number
@@ -48,6 +49,8 @@ class ModelInit:
             raise ValueError(f"model init: choose one of pretrained / official_checkpoint, got {chosen}")
         if not chosen and not self.preset:
             raise ValueError("model init: set a preset, a pretrained folder or an official checkpoint")
+        if not chosen and self.preset not in CONFIGS:
+            raise ValueError(f"model.preset {self.preset!r} is not a known size; known: {', '.join(sorted(CONFIGS))}")
         if self.official_checkpoint and not (self.official_vae and self.llm_folder):
             raise ValueError("model init: official_checkpoint needs official_vae and llm_folder")
         if self.llm_weights and not self.llm_folder:
@@ -196,6 +199,8 @@ class TrainConfig:
         check_fields(self, "config")  # types first: a --set max_steps=ten is named, not a comparison error
         self.model.validate()
         self.optim.validate()
+        if self.model.preset and not (self.model.pretrained or self.model.official_checkpoint):
+            self.check_fits(CONFIGS[self.model.preset]())  # other models are checked once built
         if self.image_size < 16 or self.image_size % 16:
             raise ValueError(f"image_size must be a positive multiple of 16, got {self.image_size}")
         if self.precision not in ("fp32", "bf16"):
@@ -204,8 +209,24 @@ class TrainConfig:
             raise ValueError(f"parallel must be auto, none, ddp or fsdp, got {self.parallel!r}")
         for name in ("max_steps", "accum_steps", "max_text_length"):
             check_number(name, getattr(self, name), low=1, integer=True)
-        for name in ("num_workers", "log_every", "save_every", "keep_checkpoints", "sample_every", "eval_every"):
+        for name in ("log_every", "keep_checkpoints"):  # a division by the one; no checkpoint to resume with the other
+            check_number(name, getattr(self, name), low=1, integer=True)
+        for name in ("num_workers", "save_every", "sample_every", "eval_every"):
             check_number(name, getattr(self, name), low=0, integer=True)
+
+    def check_fits(self, model: HarmonConfig) -> None:
+        """The training image size suits the model: whole tokens, and its tokens with their buffers within the LLM's
+        context with room for text (samples longer than the context are skipped as bad samples)."""
+        px = model.token_px
+        if self.image_size % px:
+            raise ValueError(f"image_size {self.image_size} is not a multiple of the model's token size {px} px")
+        tokens = (self.image_size // px) ** 2 + model.mar.buffer_size
+        context = model.llm.get("max_position_embeddings")
+        if context is not None and tokens >= context:
+            raise ValueError(
+                f"image_size {self.image_size}: {tokens} image tokens leave no room for text in the model's context "
+                f"of {context} (llm.max_position_embeddings)"
+            )
 
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict[str, Any]:
@@ -220,7 +241,10 @@ class TrainConfig:
         d = dict(_known_fields(cls, d, "config"))
         d["model"] = ModelInit(**_known_fields(ModelInit, d.get("model", {}), "model"))
         optim = _known_fields(OptimConfig, d.get("optim", {}), "optim")
-        d["optim"] = OptimConfig(**{**optim, "betas": tuple(optim.get("betas", (0.9, 0.95)))})
+        betas = optim.get("betas", (0.9, 0.95))
+        d["optim"] = OptimConfig(**{**optim, "betas": tuple(betas) if isinstance(betas, (list, tuple)) else betas})
+        check_fields(d["optim"], "config.optim")
+        check_fields(d["model"], "config.model")
         if not isinstance(d.get("data", []), list):
             raise ValueError(f"config.data must be a list of sources, got {d['data']!r}")
         d["data"] = [_source_from_dict(_known_fields(SourceConfig, s, "data source")) for s in d.get("data", [])]
@@ -234,7 +258,7 @@ def _known_fields(cls: type, d: Any, where: str) -> dict[str, Any]:
     """``d`` as a dict of ``cls``'s fields, or ValueError naming the unknown ones (``options`` gets its own hint
     from :func:`_source_from_dict`)."""
     if not isinstance(d, dict):
-        raise ValueError(f"{where} must be a JSON object, got {d!r}")
+        raise TypeError(f"{where} must be a dict (a JSON object), got {type(d).__name__}: {d!r}")
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - names - ({"options"} if cls is SourceConfig else set()))
     if unknown:
@@ -281,6 +305,8 @@ def resume_differences(saved: dict[str, Any], current: dict[str, Any], prefix: s
         if not prefix and key in RUN_NEUTRAL_FIELDS:
             continue
         a, b = saved.get(key), current.get(key)
+        if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):  # e.g. the data sources, by index
+            a, b = dict(enumerate(a)), dict(enumerate(b))
         if isinstance(a, dict) and isinstance(b, dict):
             out += resume_differences(a, b, f"{prefix}{key}.")
         elif a != b:

@@ -157,6 +157,7 @@ class Trainer:
         if self.info.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
         model, self.tokenizer = build_model(cfg)
+        cfg.check_fits(model.config)
         self.trainable = select_trainable(model, cfg.train_modules)
         model.to(self.info.device)
         model.reset_rotary_buffers()
@@ -280,9 +281,9 @@ class Trainer:
         """Train from the start or a checkpoint to ``max_steps`` (or pause after ``stop_at`` with a checkpoint)."""
         cfg = self.cfg
         start, extra = self.resume(resume)
-        if self.info.is_main:  # written once the config is known to suit the checkpoint it resumes
+        loader = self.build_loader(start)  # a missing data file is refused before anything is written
+        if self.info.is_main:  # written once the config suits the checkpoint it resumes and its data can be read
             cfg.save(self.out / "config.json")  # the resolved config, next to the checkpoints
-        loader = self.build_loader(start)
         if extra is not None and "data" in extra:
             loader.load_state_dict(extra["data"])
         batches = iter(loader)
