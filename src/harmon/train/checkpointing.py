@@ -137,6 +137,9 @@ def load_checkpoint(
     if not (path / MARKER).is_file():
         raise FileNotFoundError(f"{path} is not a complete checkpoint (no {MARKER} marker)")
     state = _state(model, optimizer, ema_state)
+    # Strict where it matters: ``state`` names every trainable weight (_trainable_only) and dcp.load refuses a
+    # checkpoint that lacks any of them (no partial loads); the model's frozen weights are absent by design, hence
+    # strict=False below, which would otherwise demand them too.
     dcp.load(state, checkpoint_id=str(path))  # in place, into the tensors of ``state``
     set_model_state_dict(model, state["model"], options=StateDictOptions(strict=False))
     set_optimizer_state_dict(model, optimizer, state["optim"], options=_OPTS)
