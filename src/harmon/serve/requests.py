@@ -102,16 +102,15 @@ def check_model(body: dict, served: Served) -> None:
 
 
 def _text(value: Any, name: str, budget: list[int], empty_ok: bool = False) -> str:
-    """``value`` as text, its characters taken from the request's budget (``budget[0]`` characters left)."""
+    """``value`` as text, its characters taken from the request's budget ([characters left, limit])."""
     if not isinstance(value, str):
         raise ApiError(400, f"{name} must be a string, got {type(value).__name__}", name)
     if not empty_ok and not value.strip():
         raise ApiError(400, f"{name} is empty", name)
     budget[0] -= len(value)
     if budget[0] < 0:
-        raise ApiError(
-            400, f"{name}: the request's text is over the limit of its characters (--max-prompt-chars)", name
-        )
+        limit = f"the limit of {budget[1]} characters (--max-prompt-chars)"
+        raise ApiError(400, f"{name}: the request's text is over {limit}", name)
     return value
 
 
@@ -135,7 +134,7 @@ def parse_generation(body: dict, served: Served, presets: tuple[str, ...]) -> Ge
     guidance_scale, num_iter, num_sampling_steps, preset."""
     check_model(body, served)
     lim = served.limits
-    prompt = _text(body.get("prompt"), "prompt", [lim.max_prompt_chars])
+    prompt = _text(body.get("prompt"), "prompt", [lim.max_prompt_chars] * 2)
     n = _number(body, "n", 1, lim.max_n, integer=True)
     if body.get("response_format", "b64_json") not in ("b64_json", None):
         raise ApiError(400, "response_format must be 'b64_json': this server keeps no files to link", "response_format")
@@ -217,7 +216,7 @@ def _content(content: Any, where: str, served: Served, budget: list[int], images
 def parse_messages(messages: Any, served: Served) -> list[dict[str, Any]]:
     if not isinstance(messages, list) or not messages:
         raise ApiError(400, "messages must be a non-empty list", "messages")
-    budget, images, out = [served.limits.max_prompt_chars], [0], []
+    budget, images, out = [served.limits.max_prompt_chars] * 2, [0], []
     for i, message in enumerate(messages):
         where = f"messages[{i}]"
         role = message.get("role") if isinstance(message, dict) else None
@@ -228,6 +227,13 @@ def parse_messages(messages: Any, served: Served) -> list[dict[str, Any]]:
     if out[-1]["role"] != "user":
         raise ApiError(400, f"the last message must be the user's, got {out[-1]['role']!r}", "messages")
     return out
+
+
+def _top_p(body: dict) -> float:
+    value = _number(body, "top_p", 0.0, 1.0)
+    if value == 0:
+        raise ApiError(400, "top_p must be in (0, 1], got 0", "top_p")
+    return 1.0 if value is None else value
 
 
 def parse_chat(body: dict, served: Served) -> ChatRequest:
@@ -247,7 +253,7 @@ def parse_chat(body: dict, served: Served) -> ChatRequest:
         messages=parse_messages(body.get("messages"), served),
         max_new_tokens=tokens or min(served.max_new_tokens, lim.max_new_tokens),
         temperature=_number(body, "temperature", 0.0, 2.0),
-        top_p=_number(body, "top_p", 0.0, 1.0) or 1.0,
+        top_p=_top_p(body),
         seed=_number(body, "seed", 0, 2**63 - 1, integer=True),
         stream=_flag(body, "stream"),
         include_usage=isinstance(options, dict) and options.get("include_usage") is True,
