@@ -4,6 +4,8 @@ as the test says (no model): what the shipped model finishes too fast to show.""
 from __future__ import annotations
 
 import contextlib
+import http.client
+import json
 import socket
 import threading
 import time
@@ -144,15 +146,16 @@ def test_a_request_over_its_time_gets_504_and_its_work_stops():
         assert worker.stats["timed_out"] == 1
 
 
-def test_a_chat_client_that_leaves_mid_stream_stops_the_answer():
-    import http.client
-    import json
+def send(url: str, path: str, body: dict) -> http.client.HTTPConnection:
+    conn = http.client.HTTPConnection("127.0.0.1", int(url.rsplit(":", 1)[1]), timeout=30)
+    conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
+    return conn
 
+
+def test_a_chat_client_that_leaves_mid_stream_stops_the_answer():
     pipe = StandIn(seconds=0.05)
     with serving(pipe) as (url, worker):
-        conn = http.client.HTTPConnection(url.removeprefix("http://").split(":")[0], int(url.rsplit(":", 1)[1]))
-        body = {"messages": [{"role": "user", "content": "hi"}], "stream": True}
-        conn.request("POST", "/v1/chat/completions", json.dumps(body), {"Content-Type": "application/json"})
+        conn = send(url, "/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "stream": True})
         response = conn.getresponse()
         lines = [response.readline() for _ in range(4)]  # the role chunk and the first piece
         assert b'"word "' in b"".join(lines)
@@ -160,6 +163,16 @@ def test_a_chat_client_that_leaves_mid_stream_stops_the_answer():
         conn.close()
         wait_for(lambda: worker.stats["stopped"] == 1, seconds=5)  # long before the 40 pieces (2 s) were written
         assert worker.stats["cancelled"] == 1 and pipe.log == ["closed"]
+
+
+def test_a_client_that_leaves_before_its_images_are_ready_stops_the_work():
+    with serving(StandIn(seconds=0.2)) as (url, worker):
+        conn = send(url, "/v1/images/generations", {"prompt": "a red circle"})  # no stream: one answer at the end
+        wait_for(lambda: worker.stats["batches"] == 1)
+        conn.sock.close()
+        conn.close()
+        wait_for(lambda: worker.stats["stopped"] == 1, seconds=5)
+        assert worker.stats["cancelled"] == 1 and worker.stats.get("done", 0) == 0
 
 
 def test_a_busy_server_answers_429_with_retry_after():

@@ -141,15 +141,18 @@ class Api:
         self.worker.cancel(job, "timed_out")
         raise ApiError(504, f"the request took longer than {self.limits.timeout:g} s (--timeout); its work was stopped")
 
-    async def events(self, job: Job, queue: asyncio.Queue, first: tuple | None = None) -> AsyncIterator[tuple]:
-        """``first`` (when given), then the job's events until "done" or "error"; stopping early abandons the job."""
+    async def events(
+        self, job: Job, queue: asyncio.Queue, first: tuple | None = None, request: Request | None = None
+    ) -> AsyncIterator[tuple]:
+        """``first`` (when given), then the job's events until "done" or "error", watching ``request``'s connection
+        when given (see :meth:`next_event`); stopping early abandons the job."""
         try:
-            event = first or await self.next_event(job, queue)
+            event = first or await self.next_event(job, queue, request)
             while True:
                 yield event
                 if event[0] in ("done", "error"):
                     return
-                event = await self.next_event(job, queue)
+                event = await self.next_event(job, queue, request)
         finally:
             if not job.finished:
                 self.worker.cancel(job, "cancelled")
@@ -185,7 +188,7 @@ class Api:
             if work.stream:
                 return EventStream(self.image_stream(job, queue, first))
             data = []
-            async for event in self.events(job, queue, first):
+            async for event in self.events(job, queue, first, request):
                 if event[0] == "image":
                     data.append({"b64_json": base64.b64encode(event[1]).decode()})
                 elif event[0] == "error":
@@ -224,7 +227,7 @@ class Api:
             if work.stream:
                 return EventStream(self.chat_stream(job, queue, first, work, reply_id, created))
             pieces, info = [], {}
-            async for event in self.events(job, queue, first):
+            async for event in self.events(job, queue, first, request):
                 if event[0] == "piece":
                     pieces.append(event[1])
                 elif event[0] == "done":
