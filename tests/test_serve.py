@@ -141,7 +141,6 @@ def burst(server, count: int) -> list[tuple[int, dict, object]]:
         return list(pool.map(one, range(count)))
 
 
-@pytest.mark.slow
 def test_fifty_requests_at_once_are_answered_or_refused_and_memory_returns(server):
     burst(server, 50)  # the first burst fills the allocator's pools; the second must not grow the process
     before = server.rss()

@@ -31,6 +31,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ImportError as err:
         missing = f"harmon serve needs the serve extra ({err.name} is missing): pip install 'harmon[serve]'"
         raise SystemExit(missing) from None
+    from harmon.validate import check_number
+
+    check_number("--port", args.port, low=0, high=65535, integer=True)
     fields = {name: getattr(args, name) for name in ServeLimits.__dataclass_fields__}
     limits = ServeLimits(**fields)  # checked before the model loads
     pipe = load_pipeline(args)
@@ -61,6 +64,6 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--model-name", help="the name clients call the model by (default: the model folder's name)")
     g = s.add_argument_group("limits")
     for flag, kind, default, text in ServeLimits.flags():
-        g.add_argument(flag, type=kind, default=default, help=f"{text} (default: {default})")
+        g.add_argument(flag, type=kind, default=default, metavar="N", help=f"{text} (default: {default})")
     add_model_args(s)
     s.set_defaults(func=cmd_serve)

@@ -31,7 +31,11 @@ class ServeLimits:
     def __post_init__(self) -> None:
         check_fields(self)
         for f in fields(self):
-            check_number(f"--{f.name.replace('_', '-')}", getattr(self, f.name), above=0)
+            flag, value = f"--{f.name.replace('_', '-')}", getattr(self, f.name)
+            if isinstance(value, int):
+                check_number(flag, value, low=1, integer=True)
+            else:
+                check_number(flag, value, above=0)
 
     @classmethod
     def flags(cls) -> list[tuple[str, type, object, str]]:
