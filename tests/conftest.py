@@ -58,3 +58,15 @@ def shards(tmp_path):
     from data_helpers import write_two_shards
 
     return write_two_shards(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory):
+    """One ``harmon serve`` process on the shipped model for every server test (tests/serve_helpers.py)."""
+    pytest.importorskip("starlette")
+    pytest.importorskip("uvicorn")
+    from serve_helpers import start_server
+
+    running = start_server(tmp_path_factory.mktemp("serve") / "serve.log")
+    yield running
+    running.stop()

@@ -18,6 +18,8 @@ HELPS = [
     ["train"],
     ["generate"],
     ["describe"],
+    ["chat"],
+    ["serve"],
     ["convert"],
     ["eval"],
     *(["eval", s] for s in ("shapes", "geneval", "pope", "mme", "mc")),

@@ -16,8 +16,8 @@ from helpers import tiny_model, tiny_tokenizer
 from PIL import Image
 from transformers import GenerationConfig, Qwen2ForCausalLM
 
+import harmon.chat as C
 import harmon.loading as L
-import harmon.pipeline as P
 from harmon import cli
 from harmon.config import GenerationDefaults, HarmonConfig, harmon_tiny
 from harmon.hf_generation import NEUTRAL, NO_EFFECT, SUPPORTED, read_generation_config
@@ -27,6 +27,7 @@ from harmon.prompts import END_OF_TEXT, IM_END
 from harmon.shipped import shipped_model_path
 
 MAX_NEW = 12
+SIZE = 64  # the tiny model's size: the releases' 512 px understanding default overflows its 512-position context
 QUESTIONS = ("What colour?", "How many circles are there?", "Describe the image in detail.", "Is there a square?")
 
 
@@ -98,17 +99,19 @@ def test_describe_reproduces_the_originals_greedy_answers(official, monkeypatch)
     ref = original_llm(checkpoint, llm)
     assert ref.generation_config.repetition_penalty == 1.1  # transformers merged the file, as in the original
     decoded: list[list[int]] = []  # the token ids describe decodes, before they become text
-    decode_text = P.decode_text
+    iter_decode = C.iter_decode
 
     def recording(*args, **kwargs):
-        decoded.append(decode_text(*args, **kwargs))
-        return decoded[-1]
+        decoded.append([])
+        for token in iter_decode(*args, **kwargs):
+            decoded[-1].append(token)
+            yield token
 
-    monkeypatch.setattr(P, "decode_text", recording)
+    monkeypatch.setattr(C, "iter_decode", recording)
     changed = 0
     for image, question in cases():
-        text = pipe.describe(image, question, max_new_tokens=MAX_NEW)
-        embeds = pipe.understanding_inputs(image, question)
+        text = pipe.describe(image, question, max_new_tokens=MAX_NEW, image_size=SIZE)
+        embeds = pipe.understanding_inputs(image, question, image_size=SIZE)
         with torch.no_grad():
             kw = dict(inputs_embeds=embeds, do_sample=False, max_new_tokens=MAX_NEW, eos_token_id=pipe.eos_token_id)
             theirs = ref.generate(**kw, pad_token_id=pipe.eos_token_id)[0].tolist()
@@ -133,15 +136,15 @@ def test_convert_keeps_the_penalty_and_describe_flags_follow_it(official, tmp_pa
     image, question = next(
         (im, q)
         for im, q in cases()
-        if pipe.describe(im, q, max_new_tokens=MAX_NEW)
-        != pipe.describe(im, q, max_new_tokens=MAX_NEW, repetition_penalty=1.0)
+        if pipe.describe(im, q, max_new_tokens=MAX_NEW, image_size=SIZE)
+        != pipe.describe(im, q, max_new_tokens=MAX_NEW, image_size=SIZE, repetition_penalty=1.0)
     )
     image.save(tmp_path / "image.png")
     capsys.readouterr()
     for flags, penalty in (([], None), (["--repetition-penalty", "1"], 1.0), (["--repetition-penalty", "1.1"], 1.1)):
         command = ["describe", str(tmp_path / "image.png"), question, "--model", str(out), "--device", "cpu"]
-        assert cli.main([*command, "--max-new-tokens", str(MAX_NEW), *flags]) == 0
-        expected = pipe.describe(image, question, max_new_tokens=MAX_NEW, repetition_penalty=penalty)
+        assert cli.main([*command, "--max-new-tokens", str(MAX_NEW), "--image-size", str(SIZE), *flags]) == 0
+        expected = pipe.describe(image, question, max_new_tokens=MAX_NEW, image_size=SIZE, repetition_penalty=penalty)
         assert capsys.readouterr().out.strip() == expected, flags
 
 

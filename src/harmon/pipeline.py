@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
 
 from harmon import accel
+from harmon.chat import ChatStream, PromptCache
+from harmon.chat import chat as run_chat
 from harmon.config import HarmonConfig
 from harmon.images import load_image, prepare_for_understanding, tensor_to_pil
 from harmon.loading import load_official, load_pretrained, save_pretrained
 from harmon.model import Harmon
 from harmon.prompts import IM_END, generation_prompt, unconditional_prompt, understanding_prompt
-from harmon.sampling import SamplingSettings, check_decoding_settings, decode_text, generate_tokens, preset_settings
+from harmon.sampling import SamplingSettings, StepCallback, generate_tokens, preset_settings
 from harmon.tokenizer import USER_TEXT, encode_template
 from harmon.vae import VAEConfig
 from harmon.validate import check_generator, check_number, check_text
@@ -39,6 +42,7 @@ class HarmonPipeline:
         self.eos_token_id = tokenizer.convert_tokens_to_ids(IM_END)
         if self.image_token_id is None or self.image_token_id == tokenizer.unk_token_id:
             raise ValueError(f"tokenizer has no {self.config.image_token!r} token")
+        self.chat_cache = PromptCache()  # the last conversation's K/V, reused by the next turn of :meth:`chat`
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -76,6 +80,7 @@ class HarmonPipeline:
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> HarmonPipeline:
         self.model.to(device=device, dtype=dtype)
         self.model.reset_rotary_buffers()
+        self.chat_cache.clear()
         return self
 
     @property
@@ -166,6 +171,7 @@ class HarmonPipeline:
         generator: torch.Generator | None = None,
         compile: bool = False,
         output_type: str = "pil",
+        callback: StepCallback | None = None,
     ) -> list[Image.Image] | torch.Tensor:
         """Draw images for one prompt or several.
 
@@ -175,6 +181,8 @@ class HarmonPipeline:
         ``output_type="latent"`` the scaled VAE latents (N, C, h, w), or with ``"pt"`` pixels (N, 3, H, W).
         ``compile``: run the diffusion head's MLP through ``torch.compile`` (see :mod:`harmon.accel.head`): the same
         images up to float rounding; the first call in a process pays the compilation, later calls are faster.
+        ``callback(step, total)``: called after each masked-autoregressive step (progress; raising stops the call);
+        the images do not depend on it.
         """
         prompts = self._prompt_list(prompt, num_images_per_prompt, output_type)
         check_generator(generator)
@@ -200,7 +208,7 @@ class HarmonPipeline:
         strategies = accel.generation_strategies(self.model, guidance=guided, compile=compile)
         with accel.packed_linears(self.model):  # CPU float32: weights packed once per call
             tokens = generate_tokens(
-                self.model, input_ids, mask, grid, settings, generator=generator, **strategies
+                self.model, input_ids, mask, grid, settings, generator=generator, callback=callback, **strategies
             )  # (N, L, C)
         if output_type == "latent":
             return tokens.transpose(1, 2).reshape(tokens.shape[0], -1, *grid)
@@ -279,7 +287,43 @@ class HarmonPipeline:
         ]
         return torch.cat(parts, dim=1)
 
-    @torch.no_grad()
+    def chat(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        max_new_tokens: int | None = None,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        repetition_penalty: float | None = None,
+        generator: torch.Generator | None = None,
+        image_size: int | None = None,
+        stream: bool = False,
+        reuse_cache: bool = True,
+    ) -> str | ChatStream:
+        """The assistant's next answer in a conversation about any number of images (see :mod:`harmon.chat`).
+
+        ``messages``: ``[{"role": "system" | "user" | "assistant", "content": str | [part, ...]}, ...]``, the last
+        the user's; a part is ``{"type": "text", "text": str}`` or ``{"type": "image", "image": PIL image | path}``.
+        Decoding as :meth:`describe`. ``stream``: return a :class:`harmon.chat.ChatStream`, an iterator of text
+        pieces as the model writes them, ending at the end of the turn. ``reuse_cache``: run only the positions
+        after the prefix this conversation shares with the previous call's (:attr:`chat_cache`); False runs the
+        whole prompt and leaves the cache alone.
+        """
+        return run_chat(
+            self,
+            messages,
+            max_new_tokens=max_new_tokens,
+            do_sample=do_sample,
+            temperature=temperature,
+            top_p=top_p,
+            repetition_penalty=repetition_penalty,
+            generator=generator,
+            image_size=image_size,
+            stream=stream,
+            cache=self.chat_cache if reuse_cache else None,
+        )
+
     def describe(
         self,
         image_or_path: Image.Image | str | Path,
@@ -295,30 +339,31 @@ class HarmonPipeline:
     ) -> str:
         """Answer ``question`` about an image (spec §10). Greedy unless ``do_sample``.
 
-        ``repetition_penalty`` None takes the model's (``config.generation.repetition_penalty``: for official
-        weights the Qwen folder's generation_config.json value, which the original applies to its greedy answers).
+        A one-turn :meth:`chat` (the image, then the question) that neither uses nor fills the prompt cache, so
+        an answer never depends on earlier calls. ``repetition_penalty`` None takes the model's
+        (``config.generation.repetition_penalty``: for official weights the Qwen folder's generation_config.json
+        value, which the original applies to its greedy answers).
         """
-        d = self.config.generation
-        max_new_tokens = d.max_new_tokens if max_new_tokens is None else max_new_tokens
-        penalty = d.repetition_penalty if repetition_penalty is None else repetition_penalty
-        check_decoding_settings(max_new_tokens, temperature, top_p, penalty)  # before any work
-        check_generator(generator)
+        check_text(question, "question")
+        if not isinstance(image_or_path, (Image.Image, str, Path)):
+            raise TypeError(f"expected a PIL image or a path, got {type(image_or_path).__name__}")
+        turn = {
+            "role": "user",
+            "content": [{"type": "image", "image": image_or_path}, {"type": "text", "text": question.strip()}],
+        }
         # Plain layers: packing (harmon.accel.linear) pays for many small calls, not for one large prefill.
-        embeds = self.understanding_inputs(image_or_path, question, image_size, new_tokens=max_new_tokens)
-        ids = decode_text(
-            self.model,
-            embeds,
+        return run_chat(
+            self,
+            [turn],
             max_new_tokens=max_new_tokens,
-            eos_token_id=self.eos_token_id,
             do_sample=do_sample,
             temperature=temperature,
             top_p=top_p,
-            repetition_penalty=penalty,
+            repetition_penalty=repetition_penalty,
             generator=generator,
+            image_size=image_size,
+            name="question",
         )
-        if ids and ids[-1] == self.eos_token_id:
-            ids = ids[:-1]
-        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
 
     def __repr__(self) -> str:  # pragma: no cover - cosmetic
         n = sum(p.numel() for p in self.model.parameters())

@@ -10,7 +10,7 @@ faster equivalents (:mod:`harmon.accel`) are applied from outside the model.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol, TypedDict
 
@@ -144,6 +144,8 @@ PromptCacheBuilder = Callable[[torch.Tensor, torch.Tensor], Any]
 ImageEncoder = Callable[[torch.Tensor, torch.Tensor, tuple[int, int]], tuple[torch.Tensor, torch.Tensor]]
 # (tokens (B, L, C), mask (B, L)) -> the decoder's input (B, 64+V, D_enc): MAR encoder and LLM after the prompt
 StepEncoder = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# (step, total) after each masked-autoregressive step, 1-based: progress reports and cancellation
+StepCallback = Callable[[int, int], None]
 
 
 class Strategies(TypedDict, total=False):
@@ -166,6 +168,7 @@ def generate_tokens(
     sample_head: HeadSampler | None = None,
     prompt_cache: PromptCacheBuilder | None = None,
     encode_image: ImageEncoder | None = None,
+    callback: StepCallback | None = None,
 ) -> torch.Tensor:
     """Sample latent tokens by masked autoregression (spec §9.2), the prompt's K/V computed once.
 
@@ -174,6 +177,7 @@ def generate_tokens(
             the conditional prompts and the last R/2 the unconditional ones.
         grid: (h, w) token grid, L = h*w.
         sample_head, prompt_cache, encode_image: the pieces of :class:`Strategies`; None runs the model's own.
+        callback: see :func:`sample_tokens`.
     Returns:
         (R', L, C) tokens in the model dtype, R' = R/2 with guidance else R.
     """
@@ -185,7 +189,7 @@ def generate_tokens(
         return model.refine_with_llm(x_enc, z_enc, attention_mask, cache=cache)  # (R, 64+V, D_enc)
 
     head = sample_head or model.mar.diffloss.sample
-    return sample_tokens(model, encode, input_ids.shape[0], grid, settings, generator, head)
+    return sample_tokens(model, encode, input_ids.shape[0], grid, settings, generator, head, callback)
 
 
 @torch.no_grad()
@@ -197,6 +201,7 @@ def sample_tokens(
     settings: SamplingSettings,
     generator: torch.Generator | None,
     sample_head: HeadSampler,
+    callback: StepCallback | None = None,
 ) -> torch.Tensor:
     """The masked-autoregressive loop (spec §9.2) given the step's encoder (MAR encoder and LLM after the prompt).
 
@@ -204,6 +209,9 @@ def sample_tokens(
         encode: (R, L, C) tokens and (R, L) mask -> the decoder's input (R, 64+V, D_enc).
         rows: R, the prompt rows (with guidance R/2 conditional, then R/2 unconditional).
         sample_head: draws the tokens of the positions revealed at a step (``DiffLoss.sample``'s arguments).
+        callback: called as ``callback(step, total)`` after each step (1-based, ``total`` the steps that run); it
+            draws nothing, so the tokens are the same with or without it. An exception it raises stops the loop
+            (how a server cancels the work of a request whose client left).
     Returns:
         (R', L, C) tokens in the model dtype, R' = R/2 with guidance else R.
     """
@@ -233,6 +241,8 @@ def sample_tokens(
             tokens[n_img:] = half  # both halves hold the same image
         mask = mask_next
         masked = 0 if last else n_next
+        if callback is not None:
+            callback(step + 1, total)
         if last:
             break
     return tokens[:n_img]
@@ -296,8 +306,48 @@ def decode_text(
     ``generator``. Stops at ``eos_token_id`` (included in the result) or after ``max_new_tokens``.
     """
     check_decoding_settings(max_new_tokens, temperature, top_p, repetition_penalty)
+    return list(
+        iter_decode(
+            model,
+            inputs_embeds,
+            max_new_tokens=max_new_tokens,
+            eos_token_id=eos_token_id,
+            do_sample=do_sample,
+            temperature=temperature,
+            top_p=top_p,
+            repetition_penalty=repetition_penalty,
+            generator=generator,
+        )
+    )
+
+
+@torch.no_grad()
+def iter_decode(
+    model: Harmon,
+    inputs_embeds: torch.Tensor,
+    *,
+    max_new_tokens: int,
+    eos_token_id: int,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    repetition_penalty: float = 1.0,
+    generator: torch.Generator | None = None,
+    cache: Any = None,
+) -> Iterator[int]:
+    """:func:`decode_text` one token id at a time, each yielded as soon as it is chosen (for streaming).
+
+    Args:
+        inputs_embeds: (1, N, H_llm) the positions to run before the first new token.
+        cache: a transformers cache already holding the K/V of the positions before ``inputs_embeds`` (the
+            reused prefix of a conversation), extended in place: when the iterator stops it holds those positions,
+            ``inputs_embeds`` and every id fed back (all yielded ids but the last). None starts an empty one.
+    Settings are checked at the first ``next``; closing the iterator early stops the work.
+    """
+    check_decoding_settings(max_new_tokens, temperature, top_p, repetition_penalty)
     llm = model.llm
-    out = llm(inputs_embeds=inputs_embeds, use_cache=True, logits_to_keep=1)
+    prefix = {} if cache is None else {"cache": cache}
+    out = llm(inputs_embeds=inputs_embeds, use_cache=True, logits_to_keep=1, **prefix)
     cache = output_cache(out)
     logits = out.logits[:, -1].float()  # (1, V)
     generated: list[int] = []
@@ -316,10 +366,10 @@ def decode_text(
         else:
             next_id = int(logits.argmax(dim=-1))
         generated.append(next_id)
-        if next_id == eos_token_id:
-            break
+        yield next_id
+        if next_id == eos_token_id or len(generated) == max_new_tokens:
+            return
         ids = torch.tensor([[next_id]], device=inputs_embeds.device)
         out = llm(input_ids=ids, cache=cache, use_cache=True)
         cache = output_cache(out)
         logits = out.logits[:, -1].float()
-    return generated

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from transformers import PreTrainedTokenizerFast
@@ -14,24 +14,38 @@ SPECIAL_TOKENS = (END_OF_TEXT, IM_START, IM_END)
 USER_TEXT = "\ue000"  # marks where the user's text goes in a template (a private-use character no template holds)
 
 
-def encode_template(tok: PreTrainedTokenizerFast, template: str, user_text: str = "", image_token: str = "<image>"):
+def encode_template(
+    tok: PreTrainedTokenizerFast, template: str, user_text: str | Sequence[str] = "", image_token: str = "<image>"
+) -> list[int]:
     """Token ids of ``template`` with :data:`USER_TEXT` replaced by ``user_text``.
 
     Control tokens (the chat template's ``<|im_start|>``/``<|im_end|>`` and the image placeholder) become tokens
     only where the template has them. The user's text is encoded as plain text even where it spells a control
     token, so typed text is never injected into the template. The ids equal those of tokenizing the filled-in
     string in one call whenever the user's text holds no control token (the tokenizer splits at control tokens
-    either way).
+    either way). A sequence of texts fills the template's markers in order (a conversation's messages), one text
+    per marker.
     """
     controls = (IM_START, IM_END, END_OF_TEXT, image_token)
+    texts = iter([user_text] * template.count(USER_TEXT) if isinstance(user_text, str) else user_text)
     ids: list[int] = []
     for piece in re.split("(" + "|".join(re.escape(c) for c in controls) + ")", template):
         if piece in controls:
             ids.append(tok.convert_tokens_to_ids(piece))
         elif piece:
-            text = piece.replace(USER_TEXT, user_text)
+            # markers are replaced in the template only, so a text that holds the marker character stays as typed
+            text = "".join((_next_text(texts) if i else "") + part for i, part in enumerate(piece.split(USER_TEXT)))
             ids += tok(text, add_special_tokens=False, split_special_tokens=True).input_ids
+    if next(texts, None) is not None:
+        raise ValueError("more texts than the template has places for")
     return ids
+
+
+def _next_text(texts: Iterator[str]) -> str:
+    text = next(texts, None)
+    if text is None:
+        raise ValueError("fewer texts than the template has places for")
+    return text
 
 
 def load_tokenizer(path: str | Path, image_token: str = "<image>") -> PreTrainedTokenizerFast:

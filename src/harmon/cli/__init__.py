@@ -13,8 +13,10 @@ import sys
 
 from harmon import __version__
 from harmon.cli.analyze import add_analyze
+from harmon.cli.chat import add_chat
 from harmon.cli.eval import add_eval
 from harmon.cli.generate import add_convert, add_describe, add_generate
+from harmon.cli.serve import add_serve
 from harmon.cli.train import add_train
 
 # never reach for a hub: everything we load is local (set before any command imports transformers)
@@ -42,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_train(sub)
     add_generate(sub)
     add_describe(sub)
+    add_chat(sub)
+    add_serve(sub)
     add_eval(sub)
     add_analyze(sub)
     add_convert(sub)
