@@ -17,12 +17,15 @@ pytorch-fid's and clean-fid's statistics files (so either tool reads ours for th
 FIDs and KID need the features; a file with only ``mu`` and ``sigma`` (pytorch-fid's ``--save-stats``) gives the
 overall FID.
 
-Fréchet distance (Heusel et al. 2017, §3): d² = |μ1 − μ2|² + tr(Σ1 + Σ2 − 2 (Σ1 Σ2)^½), in float64, the square root
+Fréchet distance (Heusel et al. 2017): d² = |μ1 − μ2|² + tr(Σ1 + Σ2 − 2 (Σ1 Σ2)^½), in float64, the square root
 by ``scipy.linalg.sqrtm``. When the product is too close to singular for a finite root, ε = 1e-6 is added to both
-diagonals (pytorch-fid's ε); an imaginary part left by rounding is dropped, but one on the diagonal above 1e-3 is an
-error (pytorch-fid's rule). KID (Bińkowski et al. 2018, §4): the unbiased MMD² estimate with the kernel
-k(x, y) = (xᵀy / D + 1)³, averaged over random subsets of up to 1000 images per side (clean-fid's and
-torch-fidelity's sizes); it has no small-sample bias, so it is the number to read for small sets.
+diagonals (pytorch-fid's ε). An imaginary part left by rounding is dropped, but one on the diagonal above
+1e-3 x max(1, largest real diagonal entry) is an error: pytorch-fid's rule (bound 1e-3) wherever the root's diagonal
+stays below 1, as it does for Inception features, and relative for features of a larger scale.
+
+KID (Bińkowski et al. 2018): the unbiased MMD² estimate with the kernel k(x, y) = (xᵀy / D + 1)³, averaged over
+random subsets of up to 1000 images per side (clean-fid's and torch-fidelity's sizes); it has no small-sample bias,
+so it is the number to read for small sets.
 """
 
 from __future__ import annotations
@@ -224,7 +227,9 @@ def frechet_distance(
         offset = np.eye(d) * eps
         covmean = linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
     if np.iscomplexobj(covmean):
-        if not np.allclose(np.diagonal(covmean).imag, 0, atol=IMAG_TOLERANCE):
+        # pytorch-fid's absolute bound, made relative for features whose scale is far above Inception's
+        scale = max(1.0, float(np.abs(np.diagonal(covmean).real).max()))
+        if not np.allclose(np.diagonal(covmean).imag, 0, atol=IMAG_TOLERANCE * scale):
             raise ValueError(f"fid: sqrtm left an imaginary component of {np.max(np.abs(covmean.imag)):.3g}")
         covmean = covmean.real
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean))
