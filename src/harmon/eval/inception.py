@@ -245,14 +245,15 @@ def load_fid_inception(path: str | Path, device: torch.device | str | None = Non
             f"{path} is a TorchScript archive (clean-fid's inception-2015-12-05.pt?); harmon builds the network "
             f"itself and reads pytorch-fid's state dict: {weights_help()}"
         )
-    model = FIDInceptionV3()
+    with torch.device("meta"):  # no random init of 24M parameters that the file replaces
+        model = FIDInceptionV3()
     expected = {k: v.shape for k, v in model.state_dict().items()}
     state = read_weights(path)
     optional = tuple(k for k in expected if k.endswith("num_batches_tracked"))
     check_state_dict(expected, state, str(path), optional=optional)
     for k in optional:
-        state.setdefault(k, model.state_dict()[k])
-    model.load_state_dict(state, strict=True)
+        state.setdefault(k, torch.zeros((), dtype=torch.long))
+    model.load_state_dict(state, strict=True, assign=True)
     model.sha256 = file_sha256(path)
     model.standard = model.sha256 == WEIGHTS_SHA256
     if not model.standard:
