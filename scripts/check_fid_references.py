@@ -8,11 +8,13 @@ compiled operators do not load beside the CPU torch wheel (``operator torchvisio
 parts both packages use (the Inception-v3 model code, ``ToTensor``) are plain Python: the module that registers
 the compiled operators is replaced by an empty one before torchvision is imported.
 
-Compared, on random weights in pytorch-fid's layout: the network's pool3 features (pytorch-fid's ``InceptionV3``);
-the whole folder -> features path in legacy mode (pytorch-fid's ``get_activations``) and in clean mode (clean-fid's
-``get_folder_features`` with our network in place of its TorchScript file); the Fréchet distance of the same
-feature arrays (pytorch-fid's ``calculate_frechet_distance``, clean-fid's ``frechet_distance``); KID (clean-fid's
-``kernel_distance``, subsets = the whole sets so that its global-RNG draw does not matter). Prints a markdown table.
+Compared, on random weights in pytorch-fid's layout (its module loads our state dict with a strict
+``load_state_dict``; ours reads the same file through :func:`harmon.eval.inception.load_fid_inception`): the
+network's pool3 features (pytorch-fid's ``InceptionV3``); the whole folder -> features path in legacy mode
+(pytorch-fid's ``get_activations``) and in clean mode (clean-fid's ``get_folder_features`` with our network in
+place of its TorchScript file); the Fréchet distance of the same feature arrays (pytorch-fid's
+``calculate_frechet_distance``, clean-fid's ``frechet_distance``); KID (clean-fid's ``kernel_distance``, subsets =
+the whole sets so that its global-RNG draw does not matter). Prints a markdown table.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import torch
 from PIL import Image
 
 from harmon.eval import fid
-from harmon.eval.inception import FIDInceptionV3
+from harmon.eval.inception import FIDInceptionV3, load_fid_inception
 
 
 def unpack(wheels: Path, into: Path) -> None:
@@ -137,9 +139,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         unpack(args.wheels, Path(tmp) / "site")
         state = random_state_dict()
-        ours = FIDInceptionV3()
-        ours.load_state_dict(state)
-        ours.eval()
+        torch.save(state, Path(tmp) / "random.pth")  # pytorch-fid's module loads the same dict strictly below
+        ours = load_fid_inception(Path(tmp) / "random.pth")
         rows = network_rows(ours, state, Path(tmp))
         rows += distance_rows()
     print("| what | reference | max abs difference |\n|---|---|---|")

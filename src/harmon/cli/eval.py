@@ -7,6 +7,7 @@ command only names its reader, answerer, scorer, table and answer writer in an :
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -164,9 +165,9 @@ def cmd_fid(args: argparse.Namespace) -> int:
         raise ValueError("give --prompts FILE --outdir DIR to generate, or --images DIR to score images made elsewhere")
     if args.prompts and not args.outdir:
         raise ValueError("--prompts needs --outdir (where the images go)")
-    if bool(args.reference) != bool(args.inception):
-        raise ValueError(f"scoring needs both --reference and --inception; for the weights: {weights_help()}")
-    for path in (args.inception, args.reference):
+    if args.reference and not args.inception:
+        raise ValueError(f"scoring needs --inception PATH (or $HARMON_FID_INCEPTION): {weights_help()}")
+    for path in (args.inception if args.reference else None, args.reference):
         if path and not Path(path).exists():
             raise FileNotFoundError(
                 f"no such file or folder: {path}" + (f"; {weights_help()}" if path == args.inception else "")
@@ -337,7 +338,12 @@ def _add_fid(esub: argparse._SubParsersAction) -> None:
     ef.add_argument("--outdir", help="where generated images go: images/<category>/<id>.png")
     ef.add_argument("--images", help="score this folder of images instead of generating (categories: sub-folders)")
     ef.add_argument("--reference", help="reference images folder (e.g. mjhq30k_imgs) or a statistics .npz")
-    ef.add_argument("--inception", help="FID Inception weights, pt_inception-2015-12-05-6726825d.pth (pytorch-fid's)")
+    ef.add_argument(
+        "--inception",
+        default=os.environ.get("HARMON_FID_INCEPTION"),
+        help="FID Inception weights: pytorch-fid's pt_inception-2015-12-05-6726825d.pth "
+        "(default: $HARMON_FID_INCEPTION)",
+    )
     ef.add_argument(
         "--resize",
         choices=["clean", "legacy"],
