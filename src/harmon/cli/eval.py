@@ -135,8 +135,8 @@ def _fid_score(args: argparse.Namespace, images: Path) -> dict:
 
     model = load_fid_inception(args.inception, device=args.device or default_device())
     batch = args.inception_batch_size
-    ref = reference_set(args.reference, model, args.resize, batch, save=args.save_reference_stats)
-    gen = folder_features(images, model, args.resize, batch)
+    ref = reference_set(args.reference, model, args.resize, batch, args.save_reference_stats, args.workers)
+    gen = folder_features(images, model, args.resize, batch, args.workers)
     if args.save_stats:
         gen.save(args.save_stats)
     result = compare_sets(gen, ref, args.kid_subsets, args.kid_subset_size, seed=args.seed)
@@ -359,6 +359,12 @@ def _add_fid(esub: argparse._SubParsersAction) -> None:
     ef.add_argument("--limit", type=int, help="only the first N prompts")
     ef.add_argument("--compile", action="store_true", help="generate with the diffusion head's MLP compiled")
     ef.add_argument("--inception-batch-size", type=int, default=50, help="images per Inception forward")
+    ef.add_argument(
+        "--workers",
+        type=int,
+        default=min(8, os.cpu_count() or 1),
+        help="processes that read and resize images for Inception (default: min(8, CPU cores))",
+    )
     ef.add_argument("--kid-subsets", type=int, default=100, help="KID: number of random subsets")
     ef.add_argument("--kid-subset-size", type=int, default=1000, help="KID: images per side in a subset")
     add_generation_args(ef, annealing=False)

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from harmon.atomic import atomic_write, is_temp
 from harmon.eval.inception import INPUT_SIZE, FIDInceptionV3
@@ -102,21 +102,50 @@ def category_of(relative: str) -> str:
     return parts[0] if len(parts) > 1 else ""
 
 
+def _open_rgb(item: Image.Image | str | Path) -> Image.Image:
+    """An image as both references read files: ``Image.open(path).convert("RGB")``, no EXIF rotation."""
+    if isinstance(item, Image.Image):
+        return item
+    try:
+        with Image.open(item) as im:
+            return im.convert("RGB")
+    except (UnidentifiedImageError, OSError) as err:
+        raise ValueError(f"cannot read image {item}: {err}") from err
+
+
+class _Inputs(torch.utils.data.Dataset):
+    """Network inputs (3, 299, 299) of images or files, one per item, so DataLoader workers can resize in parallel."""
+
+    def __init__(self, items: Sequence[Image.Image | str | Path], resize: str) -> None:
+        self.items, self.resize = items, resize
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return inception_input([_open_rgb(self.items[i])], self.resize)[0]
+
+
 @torch.no_grad()
 def image_features(
     images: Sequence[Image.Image | str | Path],
     model: FIDInceptionV3,
     resize: str = "clean",
     batch_size: int = 50,
+    num_workers: int = 0,
 ) -> np.ndarray:
-    """Pool3 features (N, 2048) float32 of PIL images or image files, ``batch_size`` at a time."""
+    """Pool3 features (N, 2048) float32 of PIL images or image files, ``batch_size`` at a time.
+
+    ``num_workers``: processes that read and resize in parallel (the clean resize of a 1024 px image costs more
+    than the network's forward on a GPU).
+    """
     device = next(model.parameters()).device
+    loader = torch.utils.data.DataLoader(_Inputs(images, resize), batch_size=batch_size, num_workers=num_workers)
     out = []
-    for start in range(0, len(images), batch_size):
-        chunk = [im if isinstance(im, Image.Image) else Image.open(im) for im in images[start : start + batch_size]]
-        out.append(model(inception_input(chunk, resize).to(device)).float().cpu().numpy())  # (b, 2048)
-        if (start // batch_size + 1) % 20 == 0:
-            logger.info("fid: %d/%d images encoded", start + len(chunk), len(images))
+    for n, x in enumerate(loader):  # x: (b, 3, 299, 299)
+        out.append(model(x.to(device)).float().cpu().numpy())  # (b, 2048)
+        if (n + 1) % 20 == 0:
+            logger.info("fid: %d/%d images encoded", min((n + 1) * batch_size, len(images)), len(images))
     return np.concatenate(out, axis=0)
 
 
@@ -298,16 +327,21 @@ def format_fid_table(result: dict[str, Any]) -> str:
 
 
 def folder_features(
-    folder: str | Path, model: FIDInceptionV3, resize: str = "clean", batch_size: int = 50
+    folder: str | Path, model: FIDInceptionV3, resize: str = "clean", batch_size: int = 50, num_workers: int = 0
 ) -> FeatureSet:
     """Encode every image under ``folder`` (categories from the first sub-folder, MJHQ-30K's layout)."""
     files = list_images(folder)
-    features = image_features([Path(folder) / f for f in files], model, resize, batch_size)
+    features = image_features([Path(folder) / f for f in files], model, resize, batch_size, num_workers)
     return FeatureSet.from_features(features, files, None, resize, getattr(model, "sha256", None))
 
 
 def reference_set(
-    reference: str | Path, model: FIDInceptionV3, resize: str = "clean", batch_size: int = 50, save: str | None = None
+    reference: str | Path,
+    model: FIDInceptionV3,
+    resize: str = "clean",
+    batch_size: int = 50,
+    save: str | None = None,
+    num_workers: int = 0,
 ) -> FeatureSet:
     """The reference statistics: a ``.npz`` read as is, or a folder encoded (and saved to ``save`` when given)."""
     reference = Path(reference)
@@ -316,7 +350,7 @@ def reference_set(
         if not stats.resize:
             logger.warning("fid: %s does not record its resize or network; assuming they match this run", reference)
         return stats
-    stats = folder_features(reference, model, resize, batch_size)
+    stats = folder_features(reference, model, resize, batch_size, num_workers)
     if save:
         stats.save(save)
         logger.info("fid: reference statistics of %d images saved to %s", stats.n, save)
