@@ -160,11 +160,24 @@ def _fid_score(args: argparse.Namespace, images: Path) -> dict:
 def cmd_fid(args: argparse.Namespace) -> int:
     from harmon.eval.common import rank_and_world
     from harmon.eval.inception import weights_help
+    from harmon.validate import check_number
 
+    lows = {
+        "-n": (args.n, 1),
+        "--batch-size": (args.batch_size, 1),
+        "--inception-batch-size": (args.inception_batch_size, 1),
+        "--workers": (args.workers, 0),
+        "--kid-subsets": (args.kid_subsets, 1),
+        "--kid-subset-size": (args.kid_subset_size, 2),
+    }
+    for name, (value, low) in lows.items():
+        check_number(name, value, low=low, integer=True)
     if bool(args.prompts) == bool(args.images):
         raise ValueError("give --prompts FILE --outdir DIR to generate, or --images DIR to score images made elsewhere")
     if args.prompts and not args.outdir:
         raise ValueError("--prompts needs --outdir (where the images go)")
+    if args.images and not args.reference:
+        raise ValueError("--images needs --reference (a folder of images or a statistics .npz) to score against")
     if args.reference and not args.inception:
         raise ValueError(f"scoring needs --inception PATH (or $HARMON_FID_INCEPTION): {weights_help()}")
     for path in (args.inception if args.reference else None, args.reference):
@@ -177,7 +190,7 @@ def cmd_fid(args: argparse.Namespace) -> int:
     if not args.reference:
         return 0
     if world > 1:
-        print(f"[rank {rank}/{world}] scoring skipped under torchrun: rerun in one process once all ranks end")
+        print(f"[rank {rank}/{world}] scoring skipped under torchrun: once all ranks end, score in one process")
         return 0
     result = _fid_score(args, images)
     json_path = args.json or (str(Path(args.outdir) / "fid_results.json") if args.prompts else None)
