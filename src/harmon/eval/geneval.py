@@ -142,13 +142,13 @@ def make_grid(images: list[Image.Image]) -> Image.Image:
     return image_grid(images, math.ceil(math.sqrt(len(images))))
 
 
-def _check_config(outdir: Path, config: dict[str, Any]) -> None:
-    """Write generation_config.json, or check that a resumed run uses the recorded settings."""
+def check_config(outdir: Path, config: dict[str, Any], resume_keys: tuple[str, ...] = RESUME_KEYS) -> None:
+    """Write generation_config.json, or check that a resumed run uses the recorded settings (``resume_keys``)."""
     path = outdir / CONFIG_FILE
     text = json.dumps(config, indent=2) + "\n"
     if path.is_file():
         old = json.loads(path.read_text())
-        diff = [k for k in RESUME_KEYS if old.get(k) != config.get(k)]
+        diff = [k for k in resume_keys if old.get(k) != config.get(k)]
         if diff:
             raise ValueError(
                 f"{path} was written with other settings ({', '.join(diff)}: {old.get(diff[0])!r} "
@@ -212,7 +212,7 @@ def generate_geneval(
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     resolved = resolve_settings(pipe, **settings)
-    _check_config(outdir, generation_config(resolved, n_samples, seed, **(extra_config or {})))
+    check_config(outdir, generation_config(resolved, n_samples, seed, **(extra_config or {})))
     generated, skipped = [], []
     mine = [i for i in range(len(prompts)) if i % world_size == rank]
     for done, i in enumerate(mine):

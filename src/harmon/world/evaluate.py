@@ -28,6 +28,7 @@ from harmon.images import load_image
 from harmon.pipeline import HarmonPipeline
 from harmon.world.detection import detect_objects
 from harmon.world.prompts import sample_eval_prompts
+from harmon.world.quality import world_distance
 from harmon.world.questions import sample_eval_questions, sample_shape_existence_items
 from harmon.world.render import render
 from harmon.world.scene import WorldConfig
@@ -79,15 +80,20 @@ def evaluate_shapes(
     n_questions: int = 1512,
     seed: int = 0,
     n_shape_questions: int = 0,
+    world_fid: bool = False,
     **settings: Any,
 ) -> dict[str, Any]:
     """Both tables plus wall times. Defaults: >= 500 prompts and >= 1,500 questions, multiples of 6 and 14.
-    ``n_shape_questions``: also :func:`shape_existence_scores` on that many items."""
+    ``n_shape_questions``: also :func:`shape_existence_scores` on that many items. ``world_fid``: also the world's
+    distribution distance of the generated images (:func:`harmon.world.quality.world_distance`)."""
     out: dict[str, Any] = {"seed": seed, "n_prompts": n_prompts, "n_questions": n_questions, "settings": settings}
     if n_prompts:
         t = time.perf_counter()
-        out["generation"], _, _ = generation_scores(pipe, n_prompts, seed, **settings)
+        out["generation"], prompts, images = generation_scores(pipe, n_prompts, seed, **settings)
         out["generation_seconds"] = time.perf_counter() - t
+        if world_fid:
+            world = WorldConfig(image_size=settings.get("image_size") or pipe.config.generation.image_size)
+            out["world_distance"] = world_distance(images, prompts, seed, world)
     if n_questions:
         t = time.perf_counter()
         out["understanding"], _, _ = understanding_scores(pipe, n_questions, seed)
