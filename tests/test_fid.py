@@ -279,7 +279,7 @@ def test_cli_fid_scores_overall_and_per_category(model_dir, prompt_file, incepti
     )
     assert rc == 0 and json.loads((tmp_path / "again.json").read_text())["rows"] == first["rows"]
     assert cli.main(["eval", "fid", "--images", str(out / "images"), "--kid-subset-size", "1"]) == 2
-    assert "--kid-subset-size must be an integer >= 2, got 1" in capsys.readouterr().err
+    assert "argument --kid-subset-size: must be >= 2, got 1" in capsys.readouterr().err
     monkeypatch.delenv("HARMON_FID_INCEPTION", raising=False)
     assert cli.main(["eval", "fid", "--images", str(out / "images"), "--reference", str(tmp_path / "ref")]) == 2
     assert "pt_inception-2015-12-05-6726825d.pth from https://" in capsys.readouterr().err

@@ -397,7 +397,7 @@ def _add_fid(esub: argparse._SubParsersAction) -> None:
     ef.add_argument("--inception-batch-size", type=int_at_least(1), default=50, help="images per Inception forward")
     ef.add_argument(
         "--workers",
-        type=int_at_least(1),
+        type=int_at_least(0),
         default=min(8, os.cpu_count() or 1),
         help="processes that read and resize images for Inception (default: min(8, CPU cores))",
     )
