@@ -14,7 +14,9 @@ Used to train a tiny Harmon from scratch and to score its generation (GenEval ru
 Importing this package also fills the tables generic code reads: the model size "shapes"
 (:func:`harmon.config.register_size`), the training data format "shapes"
 (:func:`harmon.train.sources.register_format`) and the trainer's quick eval "shapes"
-(:func:`harmon.train.hooks.register_eval`). Its training recipes are :data:`harmon.world.recipes.RECIPES`.
+and "shapes_v2" (:func:`harmon.train.hooks.register_eval`). Its training recipes are
+:data:`harmon.world.recipes.RECIPES` and, for world v2 (:mod:`harmon.world.free`, :mod:`harmon.world.grammar`),
+:data:`harmon.world.recipes_v2.RECIPES_V2`.
 """
 
 from harmon.config import register_size
@@ -22,7 +24,7 @@ from harmon.eval.metrics import RELATIONS, pope_answer, relation
 from harmon.train.formats import register_format
 from harmon.train.hooks import register_eval
 from harmon.world.detection import DetectedObject, DetectorConfig, detect_objects
-from harmon.world.hooks import shapes_quick
+from harmon.world.hooks import shapes_quick, shapes_v2_quick
 from harmon.world.prompts import (
     PromptMeta,
     caption_scene,
@@ -70,6 +72,7 @@ from harmon.world.sources import ShapesOptions, build_shapes_dataset
 register_size("shapes", harmon_shapes, tokenizer_sized=True)
 register_format("shapes", build_shapes_dataset, ShapesOptions, needs_path=False)
 register_eval("shapes", shapes_quick)
+register_eval("shapes_v2", shapes_v2_quick)
 
 __all__ = [
     "DEFAULT_COLORS",

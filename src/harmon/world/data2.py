@@ -14,13 +14,19 @@ The tasks are those of :mod:`harmon.world.data` (text2image, caption, qa, text).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
 
-from harmon.prompts import BRIEF_CAPTION_INSTRUCTIONS, DETAILED_CAPTION_INSTRUCTIONS
-from harmon.world.data import DESCRIBE_FRACTION, TASKS, shapes_record, tag_probabilities
+from harmon.prompts import (
+    BRIEF_CAPTION_INSTRUCTIONS,
+    DETAILED_CAPTION_INSTRUCTIONS,
+    GENERATE_PREFIX,
+    UNCONDITIONAL_PROMPT,
+    chat,
+)
+from harmon.world.data import DESCRIBE_FRACTION, TASKS, chat_text, shapes_record, tag_probabilities
 from harmon.world.free import level_scene_for_prompt, level_world, sample_level_scene
 from harmon.world.language import phrase_description, sample_prompt_v2
 from harmon.world.prompts import describe_scene
@@ -142,3 +148,18 @@ def texts_v2(record: dict[str, Any]) -> list[str]:
         if turn["role"] == "user":
             out.append(turn["content"].removeprefix("<image>\n").removeprefix(TEXT_PREFIX))
     return out
+
+
+def corpus_v2(n: int, seed: int = 0, image_size: int = 64) -> Iterator[str]:
+    """Every kind of text a world-v2 model reads or writes, for training its tokenizer: the chat prompts, then the
+    texts of ``n`` records each of text2image, qa and text (mixed levels, seen phrasings)."""
+    yield chat(UNCONDITIONAL_PROMPT)
+    for instruction in DETAILED_CAPTION_INSTRUCTIONS + BRIEF_CAPTION_INSTRUCTIONS:
+        yield chat("<image>\n" + instruction)
+    for i in range(n):
+        for task in ("text2image", "qa", "text"):
+            rec = record_v2(task, i, seed, image_size, level="mixed")
+            if rec["kind"] == "text2image":
+                yield chat_text([{"role": "user", "content": GENERATE_PREFIX + rec["caption"]}])
+            else:
+                yield chat_text(rec["conversation"])

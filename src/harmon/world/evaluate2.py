@@ -56,7 +56,7 @@ def binding_outcomes(prompt: dict[str, Any], detections) -> tuple[bool, bool] | 
     """(asked binding holds, opposite binding holds) when the prompt's objects are drawn right up to the binding;
     None otherwise or for other tags. Position: the objects are drawn right (judge without the relation) and the
     asked / opposite relation holds. Colour attribution: both shapes are drawn in the two asked colours in some
-    assignment, bound right / swapped."""
+    assignment, bound right / swapped (prompts naming one colour twice bind nothing: None)."""
     if prompt["tag"] == "position":
         plain = copy.deepcopy(prompt)
         rel = plain["include"][1].pop("position")
@@ -68,6 +68,8 @@ def binding_outcomes(prompt: dict[str, Any], detections) -> tuple[bool, bool] | 
     if prompt["tag"] == "color_attr":
         swapped = copy.deepcopy(prompt)
         a, b = swapped["include"]
+        if a["color"] == b["color"]:
+            return None  # one colour for both: nothing to bind
         a["color"], b["color"] = b["color"], a["color"]
         right, wrong = judge_prompt(prompt, detections), judge_prompt(swapped, detections)
         return (right, wrong) if right or wrong else None
@@ -156,13 +158,20 @@ def score_understanding_v2(items: list, answers: list[str], world: WorldConfig) 
 
 
 def evaluate_levels(
-    pipe, levels: tuple[str, ...], n_prompts: int = 504, n_questions: int = 1512, seed: int = 0, **settings: Any
+    pipe,
+    levels: tuple[str, ...],
+    n_prompts: int = 504,
+    n_questions: int = 1512,
+    seed: int = 0,
+    splits: tuple[str, ...] = SPLITS,
+    **settings: Any,
 ) -> dict[str, Any]:
-    """The v2 report's numbers: ``{level: {split: {"generation": ..., "understanding": ...}}}``."""
+    """The v2 report's numbers: ``{"levels": {level: {split: {"generation": ..., "understanding": ...}}}}``, for
+    ``n_prompts`` prompts and ``n_questions`` questions of each (level, phrasing split)."""
     out: dict[str, Any] = {"seed": seed, "n_prompts": n_prompts, "n_questions": n_questions, "levels": {}}
     for level in levels:
         out["levels"][level] = {}
-        for split in SPLITS:
+        for split in splits:
             entry: dict[str, Any] = {}
             if n_prompts:
                 entry["generation"] = generation_split(pipe, level, split, n_prompts, seed, **settings)
