@@ -121,3 +121,22 @@ def test_level_report_prints_every_level_phrasing_and_chance(monkeypatch, tmp_pa
     again = evaluate_levels(pipe, ("free",), 6, 0, seed=0, splits=("seen",), num_iter=2, num_sampling_steps="2")
     assert again["levels"]["free"]["seen"]["generation"] == result["levels"]["free"]["seen"]["generation"]
     assert "Understanding" not in format_levels(again)
+
+
+def test_relation_probe_runs_and_reports_its_three_measurements():
+    from harmon.world import WorldConfig, sample_prompt
+    from harmon.world.analyses import relations, scorer_check
+
+    pipe = tiny_pipeline()
+    world = WorldConfig()
+    g = torch.Generator().manual_seed(0)
+    prompts = [sample_prompt(g, "position", config=world) for _ in range(18)]
+    result = {
+        "sensitivity": relations.sensitivity(pipe, prompts[:6], world, 0),
+        "content": relations.content_probes(pipe, prompts, world, 12, probe_steps=5),
+        "placement": relations.placement_probe(pipe, prompts, world, 12, 0, probe_steps=20),
+    }
+    assert set(result["sensitivity"]) == {"relation", "colour", "shape", "two outcomes"}
+    assert all(0.0 <= v <= 1.0 for v in result["placement"].values())
+    assert "(c) may the reference object go" in relations.format_report(result)
+    assert scorer_check.recovery("free", 4, 0) == {"render": 1.0, "render2": 1.0}
