@@ -54,6 +54,12 @@ def test_grid_level_is_todays_world_draw_for_draw():
         assert sample_level_scene(gen(seed), level_world("grid")) == sample_scene(gen(seed))
     with pytest.raises(ValueError, match="unknown world level"):
         level_world("wild")
+    star = {"tag": "single_object", "include": [{"class": "star", "count": 1}], "prompt": "a star"}
+    with pytest.raises(ValueError, match="outside the world"):
+        level_scene_for_prompt(star, gen(0), FREE)
+    blue_triangle = {"tag": "colors", "include": [{"class": "triangle", "count": 1, "color": "blue"}], "prompt": "x"}
+    with pytest.raises(ValueError, match="held-out pair"):
+        level_scene_for_prompt(blue_triangle, gen(0), FREE)
 
 
 def test_a_background_gradient_reaches_its_colours_at_the_corners():

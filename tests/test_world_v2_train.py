@@ -121,6 +121,11 @@ def test_level_report_prints_every_level_phrasing_and_chance(monkeypatch, tmp_pa
     again = evaluate_levels(pipe, ("free",), 6, 0, seed=0, splits=("seen",), num_iter=2, num_sampling_steps="2")
     assert again["levels"]["free"]["seen"]["generation"] == result["levels"]["free"]["seen"]["generation"]
     assert "Understanding" not in format_levels(again)
+    from harmon.world import hooks
+
+    monkeypatch.setattr(hooks, "evaluate_levels", lambda *args, **kwargs: result)  # the trainer's quick eval
+    quick = hooks.shapes_v2_quick(pipe, TrainConfig(name="q", output_dir="unused", image_size=64))
+    assert {"free/geneval_overall", "free/pope_f1/random", "free/position_bound"} <= set(quick)
 
 
 def test_relation_probe_runs_and_reports_its_three_measurements():

@@ -150,11 +150,14 @@ def level_scene_for_prompt(
     on a background of the world's kind.
 
     Raises:
-        ValueError: the prompt names a held-out pair while ``allow_held_out`` is False, needs more objects than the
-            world holds, or no placement satisfies it in ``config.max_attempts`` attempts.
+        ValueError: the prompt names an object outside the world, or a held-out pair while ``allow_held_out`` is
+            False, needs more objects than the world holds, or no placement satisfies it in ``config.max_attempts``
+            attempts.
     """
     include = prompt.get("include", [])
     for e in include:
+        if e["class"] not in config.shapes or (e.get("color") is not None and e["color"] not in config.palette):
+            raise ValueError(f"prompt {prompt.get('prompt')!r} names an object outside the world: {e}")
         if not allow_held_out and config.is_held_out(e.get("color"), e["class"]):
             raise ValueError(f"prompt {prompt.get('prompt')!r} names held-out pair {(e.get('color'), e['class'])}")
     total = sum(int(e["count"]) for e in include)

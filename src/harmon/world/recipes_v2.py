@@ -27,7 +27,7 @@ ROOT = "runs/shapes_v2"
 # format_options shared by every v2 source (harmon.world.sources.ShapesOptions)
 V2_DATA: dict = {"level": "mixed", "phrasings": "varied", "antialiased": 0.25}
 LM_STEPS, STAGE1_STEPS, STAGE2_STEPS, STAGE3_STEPS = 1500, 2500, 8000, 2000
-QA_TEXT_LENGTH = 320  # six turns of v2 questions run longer than today's templates
+QA_TEXT_LENGTH = 256  # six turns of v2 questions: at most ~145 tokens of the v2 tokenizer (400 records)
 # Stage-0 VAE and final decoder stage (keyword arguments of harmon.world.stage0.train_shapes_vae /
 # finetune_vae_decoder): today's settings on free-level scenes, whose tints, gradients and small objects the
 # scorer's v2 detector reads.
