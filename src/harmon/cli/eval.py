@@ -32,6 +32,10 @@ def cmd_shapes(args: argparse.Namespace) -> int:
     from harmon.world import format_tables
     from harmon.world.evaluate import evaluate_shapes
 
+    if args.level is not None:
+        if args.fid:
+            raise ValueError("--fid applies to the default report, not to --level")
+        return _shapes_levels(args)
     pipe = load_pipeline(args)
     result = evaluate_shapes(
         pipe,
@@ -61,6 +65,19 @@ def cmd_shapes(args: argparse.Namespace) -> int:
     for k in ("generation_seconds", "understanding_seconds"):
         if k in result:
             print(f"{k.replace('_', ' ')}: {result[k]:.1f}")
+    write_json(args.json, result)
+    return 0
+
+
+def _shapes_levels(args: argparse.Namespace) -> int:
+    """``harmon eval shapes --level ...``: world v2's report (level x phrasing x pair, with chance levels)."""
+    from harmon.world.evaluate2 import evaluate_levels, format_levels
+    from harmon.world.free import LEVELS
+
+    levels = LEVELS if args.level == "all" else (args.level,)
+    pipe = load_pipeline(args)
+    result = evaluate_levels(pipe, levels, args.prompts, args.questions, args.seed, **generation_settings(args))
+    print(format_levels(result))
     write_json(args.json, result)
     return 0
 
@@ -322,6 +339,13 @@ def _add_shapes(esub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="also the world's FID-style distance: the generated images vs renders of the same prompts, on the "
         "shipped VAE encoder's features (no download)",
+    )
+    es.add_argument(
+        "--level",
+        choices=["grid", "free", "all"],
+        help="world v2's report instead: for each level, fresh prompts and questions in seen and in held-out "
+        "phrasings (--prompts and --questions of each), seen and held-out pairs apart, chance levels beside "
+        "position and binding; --shape-questions does not apply",
     )
     add_generation_args(es, image_size=False)
     es.add_argument("--json", type=output_file, help="also write the full result here")

@@ -13,8 +13,9 @@ def find_recipe(name: str):
     place the CLI looks recipes up."""
     from harmon.train.recipes import RECIPES
     from harmon.world.recipes import RECIPES as WORLD_RECIPES
+    from harmon.world.recipes_v2 import RECIPES_V2
 
-    table = {**RECIPES, **WORLD_RECIPES}
+    table = {**RECIPES, **WORLD_RECIPES, **RECIPES_V2}
     if name not in table:
         raise ValueError(f"unknown recipe {name!r}; known: {', '.join(sorted(table))}")
     return table[name]()
@@ -58,7 +59,11 @@ def add_train(sub: argparse._SubParsersAction) -> None:
         "train", help="train with a recipe (see `harmon train --help`)", description="Train Harmon with a recipe."
     )
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--recipe", help="stage1 | stage2 | stage3 | finetune_decoder | shapes_lm | shapes_stage1..3")
+    src.add_argument(
+        "--recipe",
+        help="stage1 | stage2 | stage3 | finetune_decoder | shapes_lm | shapes_stage1..3 | shapes_v2_lm | "
+        "shapes_v2_stage1..3",
+    )
     src.add_argument("--config", help="a TrainConfig JSON (e.g. the config.json a run wrote next to its checkpoints)")
     p.add_argument(
         "--set",

@@ -10,6 +10,9 @@ Stages (each skipped when its output exists, so an interrupted run continues whe
     decoder       the VAE decoder of stage III's model learns to draw clean scenes from noisy latents (encoder frozen)
     ship          copy the last stage's export into the package (bf16 weights) with tuned sampling defaults
 Wall time and machine of every stage are recorded in ``<root>/pipeline.json``.
+
+``--world v2`` trains the same stages on world v2 (:mod:`harmon.world.recipes_v2`: free and grid levels, varied
+phrasings, MAR patch size 1), by default under ``runs/shapes_v2``.
 """
 
 from __future__ import annotations
@@ -21,14 +24,48 @@ import os
 import platform
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from harmon.world import recipes, stage0
+from harmon.world import data, data2, recipes, recipes_v2, stage0
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorldRecipes:
+    """What the pipeline trains for one world: its recipes (named per stage), stage-0 and decoder settings and the
+    text its tokenizer learns from."""
+
+    root: str  # the folder the recipes' paths start with; the pipeline moves them under --root
+    recipes: dict[str, Callable]  # recipe name -> TrainConfig factory
+    stages: tuple[str, str, str, str]  # recipe names of lm, stage1, stage2, stage3
+    vae: dict  # keyword arguments of stage0.train_shapes_vae (read at call time)
+    decoder: dict  # keyword arguments of stage0.finetune_vae_decoder (read at call time)
+    corpus: Callable[..., Iterator[str]]  # corpus(n, seed=...) -> texts for the tokenizer
+
+
+WORLDS = {
+    "v1": WorldRecipes(
+        recipes.ROOT,
+        recipes.RECIPES,
+        ("shapes_lm", "shapes_stage1", "shapes_stage2", "shapes_stage3"),
+        recipes.SHAPES_VAE,
+        recipes.SHAPES_DECODER,
+        data.corpus,
+    ),
+    "v2": WorldRecipes(
+        recipes_v2.ROOT,
+        recipes_v2.RECIPES_V2,
+        ("shapes_v2_lm", "shapes_v2_stage1", "shapes_v2_stage2", "shapes_v2_stage3"),
+        recipes_v2.SHAPES_V2_VAE,
+        recipes_v2.SHAPES_V2_DECODER,
+        data2.corpus_v2,
+    ),
+}
 
 
 def _record(root: Path, stage: str, seconds: float, device: str) -> None:
@@ -47,29 +84,27 @@ def _record(root: Path, stage: str, seconds: float, device: str) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n")
 
 
-def train_tokenizer_stage(root: Path, seed: int = 0) -> Path:
+def train_tokenizer_stage(root: Path, seed: int = 0, world: WorldRecipes = WORLDS["v1"], texts: int = 3000) -> Path:
     from harmon.tokenizer import train_tokenizer
-    from harmon.world.data import corpus
 
     out = root / "tokenizer"
-    tok = train_tokenizer(corpus(3000, seed=seed), vocab_size=512)
+    tok = train_tokenizer(world.corpus(texts, seed=seed), vocab_size=512)
     tok.save_pretrained(str(out))
     return out
 
 
-def run_recipe(name: str, root: Path, device: str, overrides: list[str]) -> None:
+def run_recipe(name: str, root: Path, device: str, overrides: list[str], world: WorldRecipes = WORLDS["v1"]) -> None:
     from harmon.train.config import apply_overrides
     from harmon.train.trainer import Trainer
 
-    cfg = recipes.RECIPES[name]()
-    rel = Path(cfg.output_dir).relative_to("runs/shapes")
-    cfg.output_dir = str(root / rel)
+    cfg = world.recipes[name]()
+    cfg.output_dir = str(root / Path(cfg.output_dir).relative_to(world.root))
     if cfg.model.pretrained:
-        cfg.model.pretrained = str(root / Path(cfg.model.pretrained).relative_to("runs/shapes"))
+        cfg.model.pretrained = str(root / Path(cfg.model.pretrained).relative_to(world.root))
     for field in ("tokenizer", "vae_weights"):
         value = getattr(cfg.model, field)
         if value:
-            setattr(cfg.model, field, str(root / Path(value).relative_to("runs/shapes")))
+            setattr(cfg.model, field, str(root / Path(value).relative_to(world.root)))
     cfg = apply_overrides(cfg, overrides)
     Trainer(cfg, device=device).run(resume="auto")
 
@@ -92,7 +127,10 @@ def ship(root: Path, target: Path, defaults: dict | None = None, stage: str = "s
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--root", default="runs/shapes", help="working folder of all stages")
+    p.add_argument(
+        "--root", default=None, help="working folder of all stages (default: runs/shapes, v2: runs/shapes_v2)"
+    )
+    p.add_argument("--world", choices=sorted(WORLDS), default="v1", help="v1: the shipped model's world; v2: world v2")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
     p.add_argument("--ship", action="store_true", help="copy the result into src/harmon/assets/shapes-tiny")
@@ -122,31 +160,45 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def stages(root: Path, device: str, overrides: list[str]) -> list[tuple[str, Path, Callable[[], object]]]:
+def stages(
+    root: Path, device: str, overrides: list[str], world: WorldRecipes = WORLDS["v1"]
+) -> list[tuple[str, Path, Callable[[], object]]]:
     """(name, marker written when the stage is done, run) of every stage, in order; ``overrides`` are
-    ``STAGE:KEY=VALUE`` items, each given to its own stage."""
+    ``STAGE:KEY=VALUE`` items, each given to its own stage (``tokenizer:texts=N`` sets the tokenizer's corpus)."""
 
     def mine(stage: str) -> list[str]:
         return [o.split(":", 1)[1] for o in overrides if o.startswith(stage + ":")]
 
     def trained(stage: str, recipe: str) -> tuple[str, Path, Callable[[], object]]:
         marker = root / stage / "final" / "model.safetensors"
-        return stage, marker, lambda: run_recipe(recipe, root, device, mine(stage))
+        return stage, marker, lambda: run_recipe(recipe, root, device, mine(stage), world)
 
+    def tokenizer() -> Path:
+        return train_tokenizer_stage(
+            root, world=world, **_settings("tokenizer", _tokenizer_options, {}, mine("tokenizer"))
+        )
+
+    lm, s1, s2, s3 = world.stages
     return [
-        ("tokenizer", root / "tokenizer" / "tokenizer.json", lambda: train_tokenizer_stage(root)),
-        ("vae", root / "stage0_vae" / "vae.safetensors", lambda: _vae(root, device, mine("vae"))),
-        trained("lm", "shapes_lm"),
-        trained("stage1", "shapes_stage1"),
-        trained("stage2", "shapes_stage2"),
-        trained("stage3", "shapes_stage3"),
-        ("decoder", root / "decoder" / "decoder_log.json", lambda: _decoder(root, device, mine("decoder"))),  # last
+        ("tokenizer", root / "tokenizer" / "tokenizer.json", tokenizer),
+        ("vae", root / "stage0_vae" / "vae.safetensors", lambda: _vae(root, device, mine("vae"), world)),
+        trained("lm", lm),
+        trained("stage1", s1),
+        trained("stage2", s2),
+        trained("stage3", s3),
+        (
+            "decoder",
+            root / "decoder" / "decoder_log.json",
+            lambda: _decoder(root, device, mine("decoder"), world=world),
+        ),
     ]
 
 
-def run_stages(root: Path, device: str, overrides: list[str], until: str | None = None) -> None:
+def run_stages(
+    root: Path, device: str, overrides: list[str], until: str | None = None, world: WorldRecipes = WORLDS["v1"]
+) -> None:
     """Run every stage whose marker is missing, recording its wall time; stop after ``until``."""
-    for name, done_marker, fn in stages(root, device, overrides):
+    for name, done_marker, fn in stages(root, device, overrides, world):
         if done_marker.exists():
             logger.info("stage %s: done already (%s)", name, done_marker)
             if name == until:
@@ -166,9 +218,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
-    root = Path(args.root)
+    world = WORLDS[args.world]
+    root = Path(args.root or world.root)
     root.mkdir(parents=True, exist_ok=True)
-    run_stages(root, args.device, args.overrides, args.until)
+    run_stages(root, args.device, args.overrides, args.until, world)
     if args.ship:
         from harmon.shipped import SHIPPED_DIR
         from harmon.train.config import parse_value
@@ -196,17 +249,23 @@ def _settings(stage: str, fn, recipe: dict, overrides: list[str]) -> dict:
     return kwargs
 
 
-def _vae(root: Path, device: str, overrides: list[str]) -> None:
+def _tokenizer_options(seed: int = 0, texts: int = 3000) -> None:
+    """The settings ``--set tokenizer:KEY=VALUE`` may change (keyword arguments of train_tokenizer_stage)."""
+
+
+def _vae(root: Path, device: str, overrides: list[str], world: WorldRecipes = WORLDS["v1"]) -> None:
     train = stage0.train_shapes_vae  # looked up at call time: tests stand in a fake
-    train(root / "stage0_vae", device=device, **_settings("vae", train, recipes.SHAPES_VAE, overrides))
+    train(root / "stage0_vae", device=device, **_settings("vae", train, world.vae, overrides))
 
 
-def _decoder(root: Path, device: str, overrides: list[str], source: str = "stage3") -> None:
-    """Fine-tune the VAE decoder of ``source``'s export (recipe SHAPES_DECODER) and export the whole model again."""
+def _decoder(
+    root: Path, device: str, overrides: list[str], source: str = "stage3", world: WorldRecipes = WORLDS["v1"]
+) -> None:
+    """Fine-tune the VAE decoder of ``source``'s export (the world's decoder recipe) and export the whole model."""
     from harmon.pipeline import HarmonPipeline
 
     finetune = stage0.finetune_vae_decoder  # looked up at call time: tests stand in a fake
-    kwargs = _settings("decoder", finetune, recipes.SHAPES_DECODER, overrides)
+    kwargs = _settings("decoder", finetune, world.decoder, overrides)
     pipe = HarmonPipeline.from_pretrained(root / source / "final", device=device, dtype=torch.float32)
     summary = finetune(pipe.model.vae, device=device, **kwargs)
     out = root / "decoder"

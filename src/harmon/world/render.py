@@ -1,4 +1,9 @@
-"""Drawing a scene: flat colours, no anti-aliasing, so every pixel is exactly a palette colour or the background."""
+"""Drawing a scene: flat colours, no anti-aliasing, so every pixel is exactly a palette colour or the background.
+
+A scene with its own :class:`harmon.world.scene.Background` gets that tint or gradient, evaluated at pixel centres
+and rounded; :mod:`harmon.world.render2` is a second, independently written renderer (supersampled, anti-aliased)
+that the scorer must read as well.
+"""
 
 from __future__ import annotations
 
@@ -38,12 +43,17 @@ def shape_mask(shape: str, width: int, height: int) -> np.ndarray:
 
 
 def render_array(scene: Scene, config: WorldConfig | None = None) -> np.ndarray:
-    """Render ``scene`` as uint8 (H, W, 3); every pixel is exactly a palette colour or the background."""
+    """Render ``scene`` as uint8 (H, W, 3); every pixel is exactly a palette colour or the background (the world's,
+    or the scene's own tint or gradient)."""
     config = config or WorldConfig()
     palette = config.palette
     n = scene.image_size
     image = np.empty((n, n, 3), dtype=np.uint8)
-    image[:] = np.array(config.background, dtype=np.uint8)
+    if scene.background is None:
+        image[:] = np.array(config.background, dtype=np.uint8)
+    else:
+        centres = np.arange(n, dtype=np.float64) + 0.5
+        image[:] = np.rint(scene.background.at(centres[None, :], centres[:, None], n)).astype(np.uint8)  # (n, n, 3)
     for obj in scene.objects:
         x0, y0, x1, y1 = obj.bbox
         mask = shape_mask(obj.shape, x1 - x0, y1 - y0)

@@ -84,6 +84,10 @@ class WorldConfig:
     shape_weights: tuple[float, ...] = (0.40, 0.33, 0.27)
     reuse_prob: float = 0.5  # chance a later object copies an earlier object's colour or shape (co-occurrence)
     max_attempts: int = 200  # placement restarts before sample_scene gives up with an error
+    # "white": every scene on `background`. "varied": scenes may carry their own light tint or linear gradient
+    # (:class:`Background`, drawn by harmon.world.free.sample_background), so "background" is not one colour; such
+    # scenes are read by the background-estimating detector of harmon.world.detect2.
+    backgrounds: str = "white"
 
     def __post_init__(self) -> None:
         self._check_palette()
@@ -131,6 +135,8 @@ class WorldConfig:
             raise ValueError(f"objects of {self.min_size_px} px are too small to classify; raise min_size_frac")
         if self.layout not in ("grid", "free"):
             raise ValueError(f"layout must be 'grid' or 'free', got {self.layout!r}")
+        if self.backgrounds not in ("white", "varied"):
+            raise ValueError(f"backgrounds must be 'white' or 'varied', got {self.backgrounds!r}")
         if self.layout == "grid":
             if self.grid_cells < 1 or self.image_size % self.grid_cells:
                 raise ValueError(f"image_size {self.image_size} must be a multiple of grid_cells {self.grid_cells}")
@@ -253,11 +259,42 @@ class WorldObject:
 
 
 @dataclass(frozen=True)
+class Background:
+    """A scene's own background: a linear gradient from ``start`` to ``end`` along the direction ``angle`` (degrees;
+    0 runs left to right, 90 top to bottom), reaching ``start`` and ``end`` exactly at the two extreme corners. Flat
+    (a tint) when ``start == end``. The colour at a point is linear in its coordinates, so a plane fitted to the
+    background pixels recovers it (harmon.world.detect2)."""
+
+    start: RGB
+    end: RGB
+    angle: float = 0.0
+
+    def at(self, x: np.ndarray, y: np.ndarray, size: int) -> np.ndarray:
+        """Float RGB (..., 3) at image coordinates ``x``, ``y`` (pixels; a pixel's centre is at +0.5)."""
+        a = np.deg2rad(self.angle)
+        c, s = float(np.cos(a)), float(np.sin(a))
+        t = 0.5 + ((x - size / 2) * c + (y - size / 2) * s) / (size * (abs(c) + abs(s)))  # 0..1 corner to corner
+        start, end = np.array(self.start, dtype=np.float64), np.array(self.end, dtype=np.float64)
+        return start + (end - start) * np.clip(t, 0.0, 1.0)[..., None]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"start": list(self.start), "end": list(self.end), "angle": self.angle}
+
+    @staticmethod
+    def from_dict(data: dict[str, Any]) -> Background:
+        start = tuple(int(v) for v in data["start"])
+        end = tuple(int(v) for v in data["end"])
+        return Background(start=start, end=end, angle=float(data["angle"]))  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
 class Scene:
-    """A list of non-overlapping objects in an ``image_size`` x ``image_size`` image."""
+    """A list of non-overlapping objects in an ``image_size`` x ``image_size`` image, on the world's background
+    unless the scene carries its own (``background``, worlds with ``backgrounds="varied"``)."""
 
     objects: tuple[WorldObject, ...]
     image_size: int
+    background: Background | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "objects", tuple(self.objects))
@@ -272,12 +309,16 @@ class Scene:
         return sum((shape is None or o.shape == shape) and (color is None or o.color == color) for o in self.objects)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"image_size": self.image_size, "objects": [o.to_dict() for o in self.objects]}
+        out: dict[str, Any] = {"image_size": self.image_size, "objects": [o.to_dict() for o in self.objects]}
+        if self.background is not None:
+            out["background"] = self.background.to_dict()
+        return out
 
     @staticmethod
     def from_dict(data: dict[str, Any]) -> Scene:
         objects = tuple(WorldObject.from_dict(o) for o in data["objects"])
-        return Scene(objects=objects, image_size=int(data["image_size"]))
+        background = Background.from_dict(data["background"]) if data.get("background") else None
+        return Scene(objects=objects, image_size=int(data["image_size"]), background=background)
 
 
 # ---- rules --------------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from harmon.data.tasks import Task
 from harmon.train.config import SourceConfig, TrainConfig
 from harmon.train.formats import format_options
 from harmon.world.data import shapes_record
+from harmon.world.data2 import check_options, record_v2
 from harmon.world.scene import WorldConfig
 
 
@@ -26,6 +27,12 @@ class ShapesOptions:
     world_image_size: int | None = None  # size the scenes are drawn at; None: the run's image_size
     tag_weights: dict[str, float] | None = None  # text2image: relative weights of the GenEval prompt tags
     shape_questions: bool = False  # qa: also ask bare-shape existence questions ("Is there a circle ...?")
+    # World v2 (harmon.world.data2): "grid", "free" or "mixed" scenes; "canonical" (today's templates, grid only)
+    # or "varied" (the grammar's seen phrasings, bare-shape questions always asked); the share of images drawn by
+    # the anti-aliasing renderer. The defaults give today's records exactly.
+    level: str = "grid"
+    phrasings: str = "canonical"
+    antialiased: float = 0.0
 
     def validate(self, src: SourceConfig) -> None:
         if self.kind is not None and (src.task is not Task.IMAGE_TO_TEXT or self.kind not in ("qa", "caption")):
@@ -38,6 +45,14 @@ class ShapesOptions:
             raise ValueError("shape_questions applies to qa sources only")
         if self.length is not None and self.length < 1:
             raise ValueError(f"length must be >= 1 or None, got {self.length}")
+        check_options(self.level, self.phrasings, float(self.antialiased))
+        if self.shape_questions and self.phrasings != "canonical":
+            raise ValueError("shape_questions is for canonical phrasings; varied qa always asks bare-shape questions")
+
+    @property
+    def canonical(self) -> bool:
+        """Whether the source draws today's records (grid level, canonical phrasings)."""
+        return self.level == "grid" and self.phrasings == "canonical"
 
     def world_task(self, task: Task) -> str:
         """The world's record task (harmon.world.data.TASKS) for a source's task."""
@@ -49,12 +64,26 @@ class ShapesOptions:
 def build_shapes_dataset(src: SourceConfig, cfg: TrainConfig) -> ProceduralSource:
     """The dataset of one "shapes" source (registered by :mod:`harmon.world` under the format name "shapes")."""
     options = format_options(src)
-    world = WorldConfig(image_size=cfg.image_size if options.world_image_size is None else options.world_image_size)
+    task = options.world_task(src.record_task)
+    seed = cfg.seed if options.seed is None else int(options.seed)
+    size = cfg.image_size if options.world_image_size is None else options.world_image_size
+    if not options.canonical:
+        fn = functools.partial(
+            record_v2,
+            task,
+            seed=seed,
+            image_size=size,
+            level=options.level,
+            phrasings=options.phrasings,
+            antialiased=float(options.antialiased),
+            tag_weights=options.tag_weights,
+        )
+        return ProceduralSource(fn, length=options.length, kind=src.record_task.record_kind)
     fn = functools.partial(
         shapes_record,
-        options.world_task(src.record_task),
-        seed=cfg.seed if options.seed is None else int(options.seed),
-        config=world,
+        task,
+        seed=seed,
+        config=WorldConfig(image_size=size),
         tag_weights=options.tag_weights,
         shape_questions=bool(options.shape_questions),
     )

@@ -18,10 +18,11 @@ import torch
 from harmon.images import tensor_to_pil
 from harmon.loading import save_safetensors
 from harmon.vae import AutoencoderKL, VAEConfig, vae_loss
+from harmon.world.detect2 import detect_objects_v2
 from harmon.world.detection import DetectorConfig, classify_pixels, detect_objects
+from harmon.world.free import level_world, sample_level_scene
 from harmon.world.render import render_array, shape_mask
-from harmon.world.sampling import sample_scene
-from harmon.world.scene import WorldConfig
+from harmon.world.scene import Scene, WorldConfig
 
 logger = logging.getLogger(__name__)
 
@@ -64,20 +65,42 @@ def render_batch(
     With ``generic_fraction`` > 0, that share of the scenes has every object painted in its own
     :func:`off_palette_color` instead of its palette colour: shapes in colours the world does not name, which
     teach a VAE that shape and colour vary independently without ever showing it a held-out (colour, shape) pair
-    as the scorer reads one. With 0 the scenes (and the random draws) are exactly the world's.
+    as the scorer reads one. With 0 the scenes (and the random draws) are exactly the world's. Worlds with varied
+    backgrounds draw each scene's background after its objects (:func:`harmon.world.free.sample_level_scene`).
     """
-    arrays = []
+    return render_batch_with_masks(indices, seed, world_config, allow_held_out, generic_fraction)[0]
+
+
+def render_batch_with_masks(
+    indices: range | list[int], seed: int, world_config, allow_held_out: bool = False, generic_fraction: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`render_batch` and its object masks (B, 1, H, W) in {0, 1}: pixels where a scene differs from its own
+    background drawn without objects."""
+    arrays, masks = [], []
     for i in indices:
         g = torch.Generator().manual_seed(seed * 1_000_003 + int(i))
-        scene = sample_scene(g, world_config, allow_held_out=allow_held_out)
+        scene = sample_level_scene(g, world_config, allow_held_out=allow_held_out)
         array = render_array(scene, world_config)
         if generic_fraction > 0 and float(torch.rand((), generator=g)) < generic_fraction:
             for obj in scene.objects:
                 x0, y0, x1, y1 = obj.bbox
                 array[y0:y1, x0:x1][shape_mask(obj.shape, x1 - x0, y1 - y0)] = off_palette_color(g, world_config)
+        empty = render_array(Scene(objects=(), image_size=scene.image_size, background=scene.background), world_config)
         arrays.append(array)
+        masks.append((array != empty).any(-1))
     x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().contiguous()  # NCHW: fast GroupNorm
-    return x / 127.5 - 1.0
+    mask = torch.from_numpy(np.stack(masks))[:, None].float()  # (B, 1, H, W)
+    return x / 127.5 - 1.0, mask
+
+
+def _training_batch(
+    indices: range, seed: int, world: WorldConfig, generic_fraction: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(pixels, object masks) of a training batch; the masks are None on a plain background, where the loss finds
+    the objects itself (so the grid world trains exactly as before)."""
+    if world.backgrounds != "varied":
+        return render_batch(indices, seed, world, generic_fraction=generic_fraction), None
+    return render_batch_with_masks(indices, seed, world, generic_fraction=generic_fraction)
 
 
 def object_weighted_loss(
@@ -88,15 +111,19 @@ def object_weighted_loss(
     kl_weight: float,
     object_weight: float,
     background: tuple[int, int, int],
+    mask: torch.Tensor | None = None,
 ) -> dict:
     """``vae_loss`` with the reconstruction term re-weighted: pixels of objects count ``1 + object_weight`` times
     a background pixel (normalised by the mean weight, so the scale matches ``vae_loss``). Objects cover a small
-    share of a scene; without the weight the plain white background dominates the loss."""
+    share of a scene; without the weight the plain white background dominates the loss. Object pixels are those
+    of ``mask`` (B, 1, H, W) when given, else those that differ from the plain ``background``."""
     terms = vae_loss(rec, x, mean, logvar, kl_weight=kl_weight)
     if object_weight <= 0:
         return terms
-    bg = torch.tensor(background, dtype=x.dtype, device=x.device).view(1, 3, 1, 1) / 127.5 - 1.0
-    weight = 1.0 + object_weight * ((x - bg).abs().sum(1, keepdim=True) > 0.01).to(x.dtype)  # (B, 1, H, W)
+    if mask is None:
+        bg = torch.tensor(background, dtype=x.dtype, device=x.device).view(1, 3, 1, 1) / 127.5 - 1.0
+        mask = ((x - bg).abs().sum(1, keepdim=True) > 0.01).to(x.dtype)  # (B, 1, H, W)
+    weight = 1.0 + object_weight * mask.to(device=x.device, dtype=x.dtype)  # (B, 1, H, W)
     diff = rec - x
     rec_term = ((diff.abs() + diff.pow(2)) * weight).mean() / weight.mean()
     return {"loss": rec_term + kl_weight * terms["kl"], "rec": rec_term, "kl": terms["kl"]}
@@ -117,6 +144,7 @@ def train_shapes_vae(
     latent_noise: float = 0.0,
     eval_scenes: int = 256,
     generic_fraction: float = 0.0,
+    level: str = "grid",
 ) -> Path:
     """Train the small VAE on rendered scenes and save ``vae.safetensors`` + ``vae_config.json``.
 
@@ -129,7 +157,8 @@ def train_shapes_vae(
     Reports the mean absolute reconstruction error, the per-scene exact-recovery rate of the object detector, and
     that rate under latent noise, on ``eval_scenes`` scenes that training never drew. ``generic_fraction`` of the
     training scenes have their objects painted in colours outside the world's palette (:func:`render_batch`); the
-    evaluation scenes are always the world's own.
+    evaluation scenes are always the world's own. ``level``: the world's level ("grid" or "free",
+    :func:`harmon.world.free.level_world`) its scenes come from.
     """
     if latent_noise < 0:
         raise ValueError(f"latent_noise must be >= 0, got {latent_noise}")
@@ -137,7 +166,7 @@ def train_shapes_vae(
         raise ValueError(f"generic_fraction must be in [0, 1], got {generic_fraction}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    world, cfg = WorldConfig(image_size=image_size), shapes_vae_config(image_size)
+    world, cfg = level_world(level, image_size), shapes_vae_config(image_size)
     torch.manual_seed(seed)
     vae = AutoencoderKL(cfg).to(device)
     settings = {"steps": steps, "batch_size": batch_size, "lr": lr, "object_weight": object_weight}
@@ -173,19 +202,17 @@ def _train_vae(
     log = []
     t0 = time.perf_counter()
     for step in range(steps):
-        x = render_batch(
-            range(step * batch_size, (step + 1) * batch_size),
-            seed,
-            world,
-            generic_fraction=settings["generic_fraction"],
-        ).to(device)
+        x, mask = _training_batch(
+            range(step * batch_size, (step + 1) * batch_size), seed, world, settings["generic_fraction"]
+        )
+        x = x.to(device)
         mean, logvar = vae.encode(x)
         z = vae.sample_posterior(mean, logvar, gen)
         if settings["latent_noise"] > 0:
             noise = torch.randn(z.shape, generator=gen).to(device)
             z = z + settings["latent_noise"] * mean.detach().std() * noise
         rec = vae.decode(z)
-        terms = object_weighted_loss(rec, x, mean, logvar, kl_weight, settings["object_weight"], world.background)
+        terms = object_weighted_loss(rec, x, mean, logvar, kl_weight, settings["object_weight"], world.background, mask)
         opt.zero_grad(set_to_none=True)
         terms["loss"].backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
@@ -233,6 +260,7 @@ def finetune_vae_decoder(
     device: str = "cpu",
     log_every: int = 500,
     eval_scenes: int = 256,
+    level: str = "grid",
 ) -> dict:
     """Teach a trained VAE's decoder to draw clean scenes from imprecise latents; the encoder is left untouched.
 
@@ -243,12 +271,12 @@ def finetune_vae_decoder(
     and everything the encoder feeds (image understanding, the generator's training targets), stays exactly as it
     was: a model trained on this VAE's latents can take the new decoder without retraining.
 
-    Returns a summary: the training log and, on ``eval_scenes`` unseen scenes, exact recovery when clean and under
-    latent noise (:func:`noise_robustness`) before and after.
+    Returns a summary: the training log and, on ``eval_scenes`` unseen scenes of ``level``, exact recovery when
+    clean and under latent noise (:func:`noise_robustness`) before and after.
     """
     if max_noise < 0:
         raise ValueError(f"max_noise must be >= 0, got {max_noise}")
-    world = WorldConfig(image_size=image_size)
+    world = level_world(level, image_size)
     vae = vae.to(device)
     scale = float(vae.config.scale_factor)
     x_eval = render_batch(range(20_000_000, 20_000_000 + eval_scenes), seed, world).to(device)
@@ -298,15 +326,16 @@ def _train_decoder(
     vae.post_quant_conv.train()
     for step in range(steps):
         # scenes 30M+ are not the ones stage 0 trained on (0..steps*batch) nor the evaluation scenes
-        x = render_batch(range(30_000_000 + step * batch_size, 30_000_000 + (step + 1) * batch_size), seed, world).to(
-            device
+        x, mask = _training_batch(
+            range(30_000_000 + step * batch_size, 30_000_000 + (step + 1) * batch_size), seed, world
         )
+        x = x.to(device)
         with torch.no_grad():
             mean, logvar = vae.encode(x)
         sigma = torch.rand(x.shape[0], 1, 1, 1, generator=gen) * max_noise / scale
         z = mean + sigma.to(device) * torch.randn(mean.shape, generator=gen).to(device)
         rec = vae.decode(z)
-        terms = object_weighted_loss(rec, x, mean, logvar, 0.0, object_weight, world.background)
+        terms = object_weighted_loss(rec, x, mean, logvar, 0.0, object_weight, world.background, mask)
         opt.zero_grad(set_to_none=True)
         terms["loss"].backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -323,9 +352,10 @@ def reconstruction_quality(x: torch.Tensor, rec: torch.Tensor, world) -> dict[st
     """Mean absolute pixel error (0-255) and the share of scenes whose objects the detector recovers exactly."""
     mae = float((rec.clamp(-1, 1) - x).abs().mean() * 127.5)
     ok = 0
+    detect = detect_objects_v2 if world.backgrounds == "varied" else detect_objects
     for a, b in zip(tensor_to_pil(x), tensor_to_pil(rec)):
-        want = sorted((o.shape, o.color) for o in detect_objects(a, world))
-        got = sorted((o.shape, o.color) for o in detect_objects(b, world))
+        want = sorted((o.shape, o.color) for o in detect(a, world))
+        got = sorted((o.shape, o.color) for o in detect(b, world))
         ok += want == got
     return {"mae_0_255": mae, "exact_objects": ok / len(x)}
 

@@ -1,0 +1,165 @@
+"""Training records of world v2: record ``i`` of a task is a pure function of (seed, i, options).
+
+The tasks are those of :mod:`harmon.world.data` (text2image, caption, qa, text). Options:
+
+    level       "grid" (today's world), "free" (:func:`harmon.world.free.free_world`) or "mixed": each record draws
+                the free level with probability FREE_SHARE, else the grid level, so a model trained on it keeps
+                the grid world's skills.
+    phrasings   "canonical": today's templates (grid level only; the records are exactly
+                :func:`harmon.world.data.shapes_record`'s); "varied": the grammar's seen split
+                (:mod:`harmon.world.grammar`). Training never draws a held-out phrasing or a held-out pair.
+    antialiased share of images drawn by the second, anti-aliasing renderer (:mod:`harmon.world.render2`), so a
+                model does not learn one rasteriser's edges.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import torch
+
+from harmon.prompts import (
+    BRIEF_CAPTION_INSTRUCTIONS,
+    DETAILED_CAPTION_INSTRUCTIONS,
+    GENERATE_PREFIX,
+    UNCONDITIONAL_PROMPT,
+    chat,
+)
+from harmon.world.data import DESCRIBE_FRACTION, TASKS, chat_text, shapes_record, tag_probabilities
+from harmon.world.free import level_scene_for_prompt, level_world, sample_level_scene
+from harmon.world.language import phrase_description, sample_prompt_v2
+from harmon.world.prompts import describe_scene
+from harmon.world.questions2 import sample_questions_v2
+from harmon.world.render import render
+from harmon.world.render2 import render2
+from harmon.world.sampling import categorical, choice
+from harmon.world.scene import Scene, WorldConfig
+from harmon.world.scoring import TAGS
+
+RECORD_LEVELS = ("grid", "free", "mixed")
+PHRASINGS = ("canonical", "varied")
+FREE_SHARE = 0.75  # "mixed": share of free-level records; the rest keep the grid world in view
+
+
+def check_options(level: str, phrasings: str, antialiased: float = 0.0) -> None:
+    """Raise ValueError naming a bad ``level`` / ``phrasings`` / ``antialiased`` option (or combination)."""
+    if level not in RECORD_LEVELS:
+        raise ValueError(f"level must be one of {RECORD_LEVELS}, got {level!r}")
+    if phrasings not in PHRASINGS:
+        raise ValueError(f"phrasings must be one of {PHRASINGS}, got {phrasings!r}")
+    if phrasings == "canonical" and level != "grid":
+        raise ValueError(f"canonical phrasings exist for the grid level only; level {level!r} needs phrasings 'varied'")
+    if not 0.0 <= antialiased <= 1.0:
+        raise ValueError(f"antialiased must be in [0, 1], got {antialiased}")
+    if phrasings == "canonical" and antialiased > 0:
+        raise ValueError("antialiased images come with phrasings 'varied'; canonical records are today's exactly")
+
+
+def _generator(seed: int, task: str, index: int) -> torch.Generator:
+    salt = TASKS.index(task) + 11  # other streams than the canonical records' (salts 1-4)
+    return torch.Generator().manual_seed(((seed * 1_000_003 + index) * 16 + salt) % (2**63 - 1))
+
+
+def record_v2(
+    task: str,
+    index: int,
+    seed: int = 0,
+    image_size: int = 64,
+    level: str = "free",
+    phrasings: str = "varied",
+    antialiased: float = 0.0,
+    max_turns: int = 6,
+    tag_weights: Mapping[str, float] | None = None,
+) -> dict[str, Any]:
+    """Record ``index`` of ``task`` in the data layer's record format (see the module docstring for the options;
+    ``tag_weights``: relative weights of the GenEval tags of text2image prompts, None for uniform)."""
+    check_options(level, phrasings, antialiased)
+    if task not in TASKS:
+        raise ValueError(f"unknown shapes task {task!r}; known: {TASKS}")
+    if phrasings == "canonical":
+        world = WorldConfig(image_size=image_size)
+        return shapes_record(task, index, seed, world, max_turns, tag_weights, shape_questions=task == "qa")
+    g = _generator(seed, task, index)
+    if level == "mixed":
+        level = "free" if float(torch.rand((), generator=g)) < FREE_SHARE else "grid"
+    world = level_world(level, image_size)
+
+    def draw(scene: Scene):
+        use2 = antialiased > 0 and float(torch.rand((), generator=g)) < antialiased
+        return render2(scene, world) if use2 else render(scene, world)
+
+    if task == "text2image":
+        scene, caption = _text2image(g, world, tag_weights)
+        return {"kind": "text2image", "image": draw(scene), "caption": caption}
+    if task == "text":
+        return {"kind": "image2text", "image": None, "conversation": _text_turns(g, world)}
+    scene = sample_level_scene(g, world)
+    if task == "caption":
+        instruction = choice(g, DETAILED_CAPTION_INSTRUCTIONS + BRIEF_CAPTION_INSTRUCTIONS)
+        turns = [
+            {"role": "user", "content": "<image>\n" + instruction},
+            {"role": "assistant", "content": describe_scene(scene)},
+        ]
+        return {"kind": "image2text", "image": draw(scene), "conversation": turns}
+    questions = sample_questions_v2(scene, g, world)
+    order = torch.randperm(len(questions), generator=g).tolist()[:max_turns]
+    turns = []
+    for k, qi in enumerate(order):
+        turns.append({"role": "user", "content": ("<image>\n" if k == 0 else "") + questions[qi]["question"]})
+        turns.append({"role": "assistant", "content": questions[qi]["answer"]})
+    return {"kind": "image2text", "image": draw(scene), "conversation": turns}
+
+
+def _text2image(g: torch.Generator, world: WorldConfig, tag_weights: Mapping[str, float] | None) -> tuple[Scene, str]:
+    """(scene, caption): a whole-scene description (DESCRIBE_FRACTION of the time) or a GenEval-category prompt."""
+    if float(torch.rand((), generator=g)) < DESCRIBE_FRACTION:
+        scene = sample_level_scene(g, world)
+        return scene, phrase_description(scene, g)
+    tag = None if tag_weights is None else TAGS[categorical(g, tag_probabilities(tag_weights))]
+    prompt = sample_prompt_v2(g, tag, world)
+    return level_scene_for_prompt(prompt, g, world), prompt["prompt"]
+
+
+TEXT_PREFIX = "Describe a scene for: "
+
+
+def _text_turns(g: torch.Generator, world: WorldConfig) -> list[dict[str, str]]:
+    """Text without an image for the language model: a prompt and a description of a scene it asks for, or a
+    question about an (unseen) scene and its answer."""
+    if float(torch.rand((), generator=g)) < 0.5:
+        prompt = sample_prompt_v2(g, None, world)
+        drawn = level_scene_for_prompt(prompt, g, world)
+        return [
+            {"role": "user", "content": TEXT_PREFIX + prompt["prompt"]},
+            {"role": "assistant", "content": describe_scene(drawn)},
+        ]
+    q = choice(g, sample_questions_v2(sample_level_scene(g, world), g, world))
+    return [{"role": "user", "content": q["question"]}, {"role": "assistant", "content": q["answer"]}]
+
+
+def texts_v2(record: dict[str, Any]) -> list[str]:
+    """The phrased texts of a record (captions, questions, prompts of text records), without chat markup: what the
+    held-out-phrasing guarantee is checked on."""
+    if record["kind"] == "text2image":
+        return [record["caption"]]
+    out = []
+    for turn in record["conversation"]:
+        if turn["role"] == "user":
+            out.append(turn["content"].removeprefix("<image>\n").removeprefix(TEXT_PREFIX))
+    return out
+
+
+def corpus_v2(n: int, seed: int = 0, image_size: int = 64) -> Iterator[str]:
+    """Every kind of text a world-v2 model reads or writes, for training its tokenizer: the chat prompts, then the
+    texts of ``n`` records each of text2image, qa and text (mixed levels, seen phrasings)."""
+    yield chat(UNCONDITIONAL_PROMPT)
+    for instruction in DETAILED_CAPTION_INSTRUCTIONS + BRIEF_CAPTION_INSTRUCTIONS:
+        yield chat("<image>\n" + instruction)
+    for i in range(n):
+        for task in ("text2image", "qa", "text"):
+            rec = record_v2(task, i, seed, image_size, level="mixed")
+            if rec["kind"] == "text2image":
+                yield chat_text([{"role": "user", "content": GENERATE_PREFIX + rec["caption"]}])
+            else:
+                yield chat_text(rec["conversation"])
