@@ -23,6 +23,7 @@ square"), on the given model:
 from __future__ import annotations
 
 import argparse
+import logging
 import time
 
 import numpy as np
@@ -36,6 +37,8 @@ from harmon.world.analyses.probe import fit_linear_probe
 from harmon.world.prompts import OPPOSITE, RELATION_TEXT, sample_prompt, scene_for_prompt
 from harmon.world.render import render
 from harmon.world.scene import WorldConfig
+
+logger = logging.getLogger(__name__)
 
 FLIP = {RELATION_TEXT[r]: RELATION_TEXT[OPPOSITE[r]] for r in RELATION_TEXT}
 
@@ -236,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompts", type=int, default=600, help="position prompts; 2/3 fit the probes, 1/3 test them")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     t = time.perf_counter()
     pipe = HarmonPipeline.from_pretrained(args.model or shipped_model_path(), device="cpu", dtype=torch.float32)
     pipe.model.eval()
@@ -248,8 +252,8 @@ def main(argv: list[str] | None = None) -> int:
         "content": content_probes(pipe, prompts, world, n_train),
         "placement": placement_probe(pipe, prompts, world, n_train, args.seed),
     }
-    print(format_report(result))
-    print(f"\n{args.prompts} position prompts (seed {args.seed}), {time.perf_counter() - t:.0f} s")
+    logger.info("%s", format_report(result))
+    logger.info("\n%d position prompts (seed %d), %.0f s", args.prompts, args.seed, time.perf_counter() - t)
     return 0
 
 

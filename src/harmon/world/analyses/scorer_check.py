@@ -11,6 +11,7 @@ The acceptance bar of world v2 is >= 99 % for each.
 from __future__ import annotations
 
 import argparse
+import logging
 import time
 
 import torch
@@ -23,6 +24,8 @@ from harmon.world.language import sample_eval_prompts_v2
 from harmon.world.render import render_array
 from harmon.world.render2 import render2_array
 from harmon.world.scoring import judge_prompt
+
+logger = logging.getLogger(__name__)
 
 RENDERERS = {"render": render_array, "render2": render2_array}
 
@@ -65,14 +68,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--level", choices=["grid", "free", "all"], default="all")
     args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     for level in ("grid", "free") if args.level == "all" else (args.level,):
         t = time.perf_counter()
         rec, acc = recovery(level, args.scenes, args.seed), acceptance(level, args.prompts, args.seed)
-        print(f"level {level} (seed {args.seed}, {time.perf_counter() - t:.0f} s):")
+        logger.info("level %s (seed %d, %.0f s):", level, args.seed, time.perf_counter() - t)
         for name in RENDERERS:
-            print(
-                f"  {name}: exact recovery {100 * rec[name]:.2f} % of {args.scenes} scenes, "
-                f"judge accepts {100 * acc[name]:.2f} % of {args.prompts // 2 * 2} prompt scenes"
+            logger.info(
+                "  %s: exact recovery %.2f %% of %d scenes, judge accepts %.2f %% of %d prompt scenes",
+                name,
+                100 * rec[name],
+                args.scenes,
+                100 * acc[name],
+                args.prompts // 2 * 2,
             )
     return 0
 
