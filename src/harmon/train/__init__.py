@@ -1,1 +1,1 @@
-"""Training: typed configs, recipes, data mixture, DDP/FSDP2, exact resume (see README "Train")."""
+"""Training: typed configs, recipes, data mixture, DDP/FSDP2, exact resume (see docs/training.md)."""
