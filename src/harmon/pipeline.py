@@ -15,8 +15,10 @@ from PIL import Image
 from harmon import accel
 from harmon.chat import ChatStream, PromptCache
 from harmon.chat import chat as run_chat
+from harmon.chat import embed as embed_chat
+from harmon.chat import render as render_chat
 from harmon.config import HarmonConfig
-from harmon.images import load_image, prepare_for_understanding, tensor_to_pil
+from harmon.images import tensor_to_pil
 from harmon.loading import load_official, load_pretrained, save_pretrained
 from harmon.model import Harmon
 from harmon.prompts import IM_END, generation_prompt, unconditional_prompt, understanding_prompt
@@ -257,20 +259,23 @@ class HarmonPipeline:
     def understanding_inputs(
         self, image: Image.Image | str | Path, question: str, image_size: int | None = None, new_tokens: int = 0
     ) -> torch.Tensor:
-        """Prompt embeddings with the image slots filled by the shared encoder: (1, N, H_llm). ``new_tokens``:
-        the answer's length the context must also hold."""
+        """Prompt embeddings with the image slots filled by the shared encoder: (1, N, H_llm), as :meth:`describe`
+        feeds the LLM (the same one-turn conversation, rendered by :mod:`harmon.chat`). ``new_tokens``: the
+        answer's length the context must also hold."""
+        prompt = render_chat(self, [self._question_turn(image, question)], image_size)
+        self.check_context(prompt.text_tokens, prompt.image_positions, new_tokens, "question")
+        return embed_chat(self, prompt.items)
+
+    @staticmethod
+    def _question_turn(image: Image.Image | str | Path, question: str) -> dict[str, Any]:
+        """The user turn of :meth:`describe`: the image, then the question."""
         check_text(question, "question")
-        size = self.config.generation.understanding_image_size if image_size is None else image_size
-        n_image = self.image_tokens(size)
-        n_text = len(self._encode(understanding_prompt(USER_TEXT, self.config.image_token), question.strip())) - 1
-        self.check_context(n_text, n_image, new_tokens, "question")
-        grid = self.model.grid_for(size)
-        if isinstance(image, (str, Path)):
-            image = load_image(image)
-        pixels = prepare_for_understanding(image, size).to(self.device)
-        tokens = self.model.encode_images(pixels)  # (1, L, C)
-        _, z_enc = self.model.extract_visual_feature(tokens, None, grid)  # (1, L+64, H)
-        return self.prompt_embeddings(question.strip(), z_enc)
+        if not isinstance(image, (Image.Image, str, Path)):
+            raise TypeError(f"expected a PIL image or a path, got {type(image).__name__}")
+        return {
+            "role": "user",
+            "content": [{"type": "image", "image": image}, {"type": "text", "text": question.strip()}],
+        }
 
     def prompt_embeddings(self, question: str, z_enc: torch.Tensor) -> torch.Tensor:
         """The understanding prompt of ``question`` embedded, with the image slots filled by ``z_enc``
@@ -344,13 +349,7 @@ class HarmonPipeline:
         (``config.generation.repetition_penalty``: for official weights the Qwen folder's generation_config.json
         value, which the original applies to its greedy answers).
         """
-        check_text(question, "question")
-        if not isinstance(image_or_path, (Image.Image, str, Path)):
-            raise TypeError(f"expected a PIL image or a path, got {type(image_or_path).__name__}")
-        turn = {
-            "role": "user",
-            "content": [{"type": "image", "image": image_or_path}, {"type": "text", "text": question.strip()}],
-        }
+        turn = self._question_turn(image_or_path, question)
         # Plain layers: packing (harmon.accel.linear) pays for many small calls, not for one large prefill.
         return run_chat(
             self,
