@@ -30,8 +30,8 @@ import functools
 import torch
 
 from harmon.eval.metrics import RELATIONS, relation
-from harmon.world.prompts import PromptMeta
-from harmon.world.sampling import choice, place_objects, randint, sample_scene
+from harmon.world.prompts import PromptMeta, objects_for_prompt
+from harmon.world.sampling import place_objects, randint, sample_scene
 from harmon.world.scene import Background, BBox, Scene, WorldConfig
 from harmon.world.scoring import judge_prompt
 
@@ -154,28 +154,10 @@ def level_scene_for_prompt(
             False, needs more objects than the world holds, or no placement satisfies it in ``config.max_attempts``
             attempts.
     """
-    include = prompt.get("include", [])
-    for e in include:
-        if e["class"] not in config.shapes or (e.get("color") is not None and e["color"] not in config.palette):
-            raise ValueError(f"prompt {prompt.get('prompt')!r} names an object outside the world: {e}")
-        if not allow_held_out and config.is_held_out(e.get("color"), e["class"]):
-            raise ValueError(f"prompt {prompt.get('prompt')!r} names held-out pair {(e.get('color'), e['class'])}")
-    total = sum(int(e["count"]) for e in include)
-    if not 1 <= total <= config.max_objects:
-        raise ValueError(
-            f"prompt {prompt.get('prompt')!r} needs {total} objects; the world holds 1..{config.max_objects}"
-        )
-    for _ in range(config.max_attempts):
-        content = [
-            (e.get("color") or choice(generator, config.colors_for(e["class"], allow_held_out)), e["class"])
-            for e in include
-            for _ in range(int(e["count"]))
-        ]
-        objects = place_objects(content, generator, config)
-        if objects is not None and prompt_holds_clearly(prompt, objects, config):
-            scene = Scene(objects=tuple(objects), image_size=config.image_size)
-            return with_background(scene, generator, config)
-    raise ValueError(f"could not build a scene for prompt {prompt.get('prompt')!r} in {config.max_attempts} attempts")
+    holds = functools.partial(prompt_holds_clearly, config=config)
+    objects = objects_for_prompt(prompt, generator, config, allow_held_out, holds)
+    scene = Scene(objects=tuple(objects), image_size=config.image_size)
+    return with_background(scene, generator, config)
 
 
 @functools.lru_cache(maxsize=8)

@@ -30,6 +30,7 @@ Relations are "to the left of", "to the right of", "above", "below".
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -167,6 +168,24 @@ def scene_for_prompt(
             ``max_objects`` objects, or cannot be satisfied within ``config.max_attempts`` attempts.
     """
     config = config or WorldConfig()
+    objects = objects_for_prompt(prompt, generator, config, allow_held_out, judge_prompt)
+    return Scene(objects=tuple(objects), image_size=config.image_size)
+
+
+def objects_for_prompt(
+    prompt: PromptMeta,
+    generator: torch.Generator,
+    config: WorldConfig,
+    allow_held_out: bool,
+    holds: Callable[[PromptMeta, list[WorldObject]], bool],
+) -> list[WorldObject]:
+    """Objects placed by the world's sampler that satisfy ``prompt`` as ``holds`` judges it, drawn again until they
+    do (at most ``config.max_attempts`` times); the shared core of every level's ``scene_for_prompt``.
+
+    Raises:
+        ValueError: the prompt names an object outside the world or a held-out pair while ``allow_held_out`` is
+            False, needs more objects than the world holds, or no draw satisfies it.
+    """
     include = prompt.get("include", [])
     for e in include:
         if e["class"] not in config.shapes or (e.get("color") is not None and e["color"] not in config.palette):
@@ -185,8 +204,8 @@ def scene_for_prompt(
             for _ in range(int(e["count"]))
         ]
         objects = place_objects(content, generator, config)
-        if objects is not None and judge_prompt(prompt, objects):
-            return Scene(objects=tuple(objects), image_size=config.image_size)
+        if objects is not None and holds(prompt, objects):
+            return objects
     raise ValueError(f"could not build a scene for prompt {prompt.get('prompt')!r} in {config.max_attempts} attempts")
 
 
