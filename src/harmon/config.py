@@ -174,12 +174,16 @@ class HarmonConfig:
         context = self.llm.get("max_position_embeddings")
         for name in ("image_size", "understanding_image_size"):
             size = getattr(self.generation, name)
-            tokens = (size // self.token_px) ** 2 + self.mar.buffer_size
+            tokens = self.image_positions(size)
             if context is not None and tokens >= context:
                 raise ValueError(
                     f"generation.{name} {size} takes {tokens} image tokens, beyond the LLM's context of {context} "
                     "(llm.max_position_embeddings)"
                 )
+
+    def image_positions(self, size: int) -> int:
+        """LLM positions a ``size`` x ``size`` image takes: one per token, plus the MAR buffers."""
+        return (size // self.token_px) ** 2 + self.mar.buffer_size
 
     @property
     def token_px(self) -> int:

@@ -129,7 +129,7 @@ class HarmonPipeline:
         check_number(name, image_size, low=px, integer=True)
         if image_size % px:
             raise ValueError(f"{name} {image_size} is not a multiple of {px} px (the VAE stride x MAR patch size)")
-        tokens = (image_size // px) ** 2 + self.config.mar.buffer_size
+        tokens = self.config.image_positions(image_size)
         limit = self.context_length
         if limit is not None and tokens >= limit:
             largest = px * math.isqrt(max(limit - 1 - self.config.mar.buffer_size, 0))

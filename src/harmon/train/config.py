@@ -220,7 +220,7 @@ class TrainConfig:
         px = model.token_px
         if self.image_size % px:
             raise ValueError(f"image_size {self.image_size} is not a multiple of the model's token size {px} px")
-        tokens = (self.image_size // px) ** 2 + model.mar.buffer_size
+        tokens = model.image_positions(self.image_size)
         context = model.llm.get("max_position_embeddings")
         if context is not None and tokens >= context:
             raise ValueError(
