@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from harmon import cli
-from harmon.cli.common import PRESET_NAMES
+from harmon.cli.common import DTYPE_NAMES, PRESET_NAMES
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 HELPS = [
@@ -73,6 +73,12 @@ def test_preset_names_are_the_samplers_presets():
     from harmon.sampling import PRESETS
 
     assert tuple(PRESETS) == PRESET_NAMES
+
+
+def test_dtype_names_are_the_loaders_dtypes():
+    from harmon.loading import DTYPES
+
+    assert set(DTYPE_NAMES) == set(DTYPES)
 
 
 def test_public_api_loads_on_first_use():

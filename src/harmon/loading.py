@@ -82,7 +82,7 @@ def resolve_device(device: torch.device | str | None, dtype: torch.dtype | None)
         raise ValueError(f"device {device}: no CUDA device is available to this torch ({torch.__version__})")
     if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise ValueError(f"device {device}: Apple MPS is not available to this torch ({torch.__version__})")
-    return device, _as_dtype(dtype) if dtype is not None else default_dtype(device)
+    return device, as_dtype(dtype) if dtype is not None else default_dtype(device)
 
 
 # dtype names a caller may pass instead of a torch.dtype
@@ -90,7 +90,7 @@ DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat1
 DTYPES.update({"fp16": torch.float16, "float16": torch.float16})
 
 
-def _as_dtype(dtype: torch.dtype | str) -> torch.dtype:
+def as_dtype(dtype: torch.dtype | str) -> torch.dtype:
     """A floating torch dtype, from a dtype or its name ("bf16", "float32", ...); anything else is refused."""
     if isinstance(dtype, str):
         if dtype not in DTYPES:

@@ -12,15 +12,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-# --dtype / --save-dtype names -> torch dtype attribute names (resolved in torch_dtype, when a command runs)
-DTYPE_NAMES = {
-    "fp32": "float32",
-    "float32": "float32",
-    "bf16": "bfloat16",
-    "bfloat16": "bfloat16",
-    "fp16": "float16",
-    "float16": "float16",
-}
+# --dtype / --save-dtype choices, named here so that parsing imports no torch; harmon.loading.DTYPES maps them
+# (tests/test_cli.py checks that the two agree)
+DTYPE_NAMES = ("fp32", "float32", "bf16", "bfloat16", "fp16", "float16")
 
 # The names of harmon.sampling.PRESETS, in its order, for --preset choices without importing the sampler (and so
 # torch) at parse time; tests/test_cli.py checks that the two agree.
@@ -47,9 +41,9 @@ def torch_dtype(name: str | None):
     """The torch dtype a --dtype / --save-dtype name stands for; None stays None (the command's default)."""
     if name is None:
         return None
-    import torch
+    from harmon.loading import as_dtype
 
-    return getattr(torch, DTYPE_NAMES[name])
+    return as_dtype(name)
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
