@@ -58,10 +58,9 @@ def load_tokenizer(path: str | Path, image_token: str = "<image>") -> PreTrained
         raise FileNotFoundError(f"no tokenizer.json in {path} (a Qwen2.5 folder or a saved harmon model is needed)")
     try:
         tok = PreTrainedTokenizerFast.from_pretrained(str(path), local_files_only=True)
-    except (ValueError, OSError, TypeError, KeyError) as err:  # a corrupt tokenizer.json or tokenizer_config.json
-        raise ValueError(f"cannot read the tokenizer in {path} ({path / 'tokenizer.json'}): {err}") from None
-    except Exception as err:  # the tokenizers library raises its own exception type for a broken tokenizer.json
-        if type(err).__module__.split(".")[0] not in ("tokenizers", "builtins"):
+    except Exception as err:  # a broken file: a parse error, or the tokenizers library's own exception type
+        broken = isinstance(err, (ValueError, OSError, TypeError, KeyError))
+        if not broken and type(err).__module__.split(".")[0] not in ("tokenizers", "builtins"):
             raise
         raise ValueError(f"cannot read the tokenizer in {path} ({path / 'tokenizer.json'}): {err}") from None
     return ensure_special_tokens(tok, image_token)
