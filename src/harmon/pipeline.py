@@ -11,11 +11,19 @@ import torch
 from PIL import Image
 
 from harmon import accel
+from harmon.conditioning import ImageInput, embed_with_images, generation_ids, image_features, padded_rows
 from harmon.config import HarmonConfig
-from harmon.images import load_image, prepare_for_understanding, tensor_to_pil
+from harmon.images import tensor_to_pil
 from harmon.loading import load_official, load_pretrained, save_pretrained
 from harmon.model import Harmon
-from harmon.prompts import IM_END, generation_prompt, unconditional_prompt, understanding_prompt
+from harmon.prompts import (
+    IM_END,
+    edit_prompt,
+    generation_prompt,
+    image_only_prompt,
+    unconditional_prompt,
+    understanding_prompt,
+)
 from harmon.sampling import SamplingSettings, check_decoding_settings, decode_text, generate_tokens, preset_settings
 from harmon.tokenizer import USER_TEXT, encode_template
 from harmon.vae import VAEConfig
@@ -82,9 +90,10 @@ class HarmonPipeline:
         return self.model.device
 
     # ------------------------------------------------------------------ text helpers
-    def _encode(self, template: str, user_text: str = "") -> list[int]:
-        """Ids of a prompt template filled with the user's text, which is never read as control tokens."""
-        return encode_template(self.tokenizer, template, user_text, self.config.image_token)
+    def _encode(self, template: str, user_text: str = "", image_slots: bool = False) -> list[int]:
+        """Ids of a prompt template filled with the user's text, which is never read as control tokens (but for
+        the image marks it spells, with ``image_slots``)."""
+        return encode_template(self.tokenizer, template, user_text, self.config.image_token, image_slots)
 
     def _padded(self, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Right-padded ids (N, T) and their attention mask."""
@@ -141,6 +150,8 @@ class HarmonPipeline:
         self,
         prompt: str | Sequence[str],
         *,
+        images: Sequence[ImageInput] | None = None,
+        understanding_image_size: int | None = None,
         num_images_per_prompt: int = 1,
         image_size: int | None = None,
         num_iter: int | None = None,
@@ -163,6 +174,12 @@ class HarmonPipeline:
         ``output_type="latent"`` the scaled VAE latents (N, C, h, w), or with ``"pt"`` pixels (N, 3, H, W).
         ``compile``: run the diffusion head's MLP through ``torch.compile`` (see :mod:`harmon.accel.head`): the same
         images up to float rounding; the first call in a process pays the compilation, later calls are faster.
+
+        ``images`` (PIL images or paths; None: text only, the released path unchanged): every prompt is conditioned
+        on them. Their understanding features (:mod:`harmon.conditioning`, at ``understanding_image_size``, default
+        the model's understanding size) fill the ``<image>`` marks of the prompt in order; a prompt without marks
+        gets them first, one per line (``<image>\nGenerate an image: {prompt}``). Guidance contrasts that prompt with
+        the plain unconditional one (no images): the images count as part of the condition.
         """
         prompts = self._prompt_list(prompt, num_images_per_prompt, output_type)
         settings, size = self.generation_settings(
@@ -178,20 +195,123 @@ class HarmonPipeline:
         )
         grid, n_image = self.image_tokens(size)
         guided = settings.guidance_scale != 1.0
+        if images is not None:
+            seqs = generation_ids(self.tokenizer, prompts, images, self.config.image_token)
+            seqs += [self._encode(unconditional_prompt())] * (len(seqs) if guided else 0)
+            batch = self._embedded_batch(seqs, images, understanding_image_size, n_image)
+            return self._draw(*batch, grid, settings, generator, compile, output_type, num_images_per_prompt)
         seqs = [self._encode(generation_prompt(USER_TEXT), p.strip()) for p in prompts]
         longest = max(range(len(seqs)), key=lambda i: len(seqs[i]))
         self.check_context(len(seqs[longest]), n_image, 0, f"prompt {longest}" if len(seqs) > 1 else "prompt")
         seqs = [seq for seq in seqs for _ in range(num_images_per_prompt)]
         input_ids, mask = self._padded(seqs + [self._encode(unconditional_prompt())] * len(seqs) if guided else seqs)
-        strategies = accel.generation_strategies(self.model, guidance=guided, compile=compile)
+        return self._draw(input_ids, mask, grid, settings, generator, compile, output_type)
+
+    def _draw(
+        self,
+        prompt: torch.Tensor,
+        mask: torch.Tensor,
+        grid: tuple[int, int],
+        settings: SamplingSettings,
+        generator: torch.Generator | None,
+        compile: bool,
+        output_type: str,
+        repeat: int = 1,
+    ) -> list[Image.Image] | torch.Tensor:
+        """Sample a prompt batch ((R, T) ids or (R, T, H) embeddings, ``settings.groups`` row groups of distinct
+        prompts, each row ``repeat`` times) and return the images as ``output_type`` says."""
+        if repeat > 1:
+            prompt, mask = prompt.repeat_interleave(repeat, dim=0), mask.repeat_interleave(repeat, dim=0)
+        groups = settings.groups
+        strategies = accel.generation_strategies(self.model, guidance=groups > 1, compile=compile, groups=groups)
         with accel.packed_linears(self.model):  # CPU float32: weights packed once per call
             tokens = generate_tokens(
-                self.model, input_ids, mask, grid, settings, generator=generator, **strategies
+                self.model, prompt, mask, grid, settings, generator=generator, **strategies
             )  # (N, L, C)
         if output_type == "latent":
             return tokens.transpose(1, 2).reshape(tokens.shape[0], -1, *grid)
         pixels = self.model.decode_tokens(tokens, grid)  # (N, 3, H, W)
         return pixels if output_type == "pt" else tensor_to_pil(pixels)
+
+    # ------------------------------------------------------------------ image-conditioned generation
+    def _embedded_batch(
+        self,
+        seqs: list[list[int]],
+        images: Sequence[ImageInput],
+        understanding_image_size: int | None,
+        n_image: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompt ids whose image slots take the features of ``images`` (each row holds all of them or none) as a
+        padded batch of embeddings (R, T, H) and mask (R, T); the context is checked before any image is encoded."""
+        size = self.config.generation.understanding_image_size
+        size = size if understanding_image_size is None else understanding_image_size
+        _, per_image = self.image_tokens(size, "understanding_image_size")
+        for seq in seqs:
+            slots = seq.count(self.image_token_id)
+            self.check_context(len(seq) - slots, n_image + slots * per_image, 0, "prompt with its images")
+        features = [image_features(self.model, im, size) for im in images]  # each (1, L_c+64, H)
+        rows = [
+            embed_with_images(self.model, seq, self.image_token_id, features if self.image_token_id in seq else [])
+            for seq in seqs
+        ]
+        return padded_rows(self.model, rows, self.tokenizer.pad_token_id)
+
+    @torch.no_grad()
+    def edit(
+        self,
+        image: ImageInput,
+        instruction: str,
+        *,
+        image_guidance_scale: float | None = None,
+        guidance_scale: float | None = None,
+        num_images_per_prompt: int = 1,
+        generator: torch.Generator | None = None,
+        understanding_image_size: int | None = None,
+        image_size: int | None = None,
+        num_iter: int | None = None,
+        cfg_schedule: str | None = None,
+        temperature: float | None = None,
+        num_sampling_steps: str | int | None = None,
+        x0_clip: float | None = None,
+        diffusion_steps_final: int | None = None,
+        preset: str | None = None,
+        compile: bool = False,
+        output_type: str = "pil",
+    ) -> list[Image.Image] | torch.Tensor:
+        """Edit ``image`` as ``instruction`` says: generation after the prompt "<image>\nEdit the image:
+        {instruction}", whose slot holds the image's understanding features (padded to a gray square and resized to
+        ``understanding_image_size``, as ``describe`` sees it). Needs a model trained to edit (the ``edit`` recipe).
+
+        Guidance (InstructPix2Pix, arXiv 2211.09800, eq. 3): ``guidance_scale`` s_T (default the model's) pushes
+        from the image without the instruction ("<image>\nGenerate an image.") towards the instruction;
+        ``image_guidance_scale`` s_I pushes from the plain unconditional prompt towards the image. With s_I = 1 (the
+        default) the unconditional branch drops out: two prompt rows per image instead of three, and the image-only
+        branch alone anchors the result to the source. Whether s_I > 1 helps is for each model to show; the
+        default runs the cheaper guidance. Other settings as :meth:`generate`.
+        """
+        self._prompt_list(instruction, num_images_per_prompt, output_type)  # the same checks as a prompt
+        settings, size = self.generation_settings(
+            image_size=image_size,
+            num_iter=num_iter,
+            guidance_scale=guidance_scale,
+            cfg_schedule=cfg_schedule,
+            temperature=temperature,
+            num_sampling_steps=num_sampling_steps,
+            x0_clip=x0_clip,
+            diffusion_steps_final=diffusion_steps_final,
+            preset=preset,
+        )
+        if image_guidance_scale is not None and check_number("image_guidance_scale", image_guidance_scale) != 1.0:
+            settings = replace(settings, image_guidance_scale=image_guidance_scale)  # checked there
+        grid, n_image = self.image_tokens(size)
+        mark = self.config.image_token
+        branches = [
+            self._encode(edit_prompt(USER_TEXT, mark), instruction.strip()),
+            self._encode(image_only_prompt(1, mark)),
+            self._encode(unconditional_prompt()),
+        ][: settings.groups]
+        batch = self._embedded_batch(branches, [image], understanding_image_size, n_image)
+        return self._draw(*batch, grid, settings, generator, compile, output_type, num_images_per_prompt)
 
     def generation_settings(
         self,
@@ -233,36 +353,23 @@ class HarmonPipeline:
 
     # ------------------------------------------------------------------ understanding
     def understanding_inputs(
-        self, image: Image.Image | str | Path, question: str, image_size: int | None = None, new_tokens: int = 0
+        self, image: ImageInput, question: str, image_size: int | None = None, new_tokens: int = 0
     ) -> torch.Tensor:
         """Prompt embeddings with the image slots filled by the shared encoder: (1, N, H_llm). ``new_tokens``:
         the answer's length the context must also hold."""
         check_text(question, "question")
         size = self.config.generation.understanding_image_size if image_size is None else image_size
-        grid, n_image = self.image_tokens(size)
+        _, n_image = self.image_tokens(size)
         n_text = len(self._encode(understanding_prompt(USER_TEXT, self.config.image_token), question.strip())) - 1
         self.check_context(n_text, n_image, new_tokens, "question")
-        if isinstance(image, (str, Path)):
-            image = load_image(image)
-        pixels = prepare_for_understanding(image, size).to(self.device)
-        tokens = self.model.encode_images(pixels)  # (1, L, C)
-        _, z_enc = self.model.extract_visual_feature(tokens, None, grid)  # (1, L+64, H)
+        z_enc = image_features(self.model, image, size)  # (1, L+64, H)
         return self.prompt_embeddings(question.strip(), z_enc)
 
     def prompt_embeddings(self, question: str, z_enc: torch.Tensor) -> torch.Tensor:
         """The understanding prompt of ``question`` embedded, with the image slots filled by ``z_enc``
-        (1, L+64, H_llm; buffers last): (1, N, H_llm)."""
+        (1, L+64, H_llm; buffers last): (1, N, H_llm). The question cannot add a slot (typed marks stay text)."""
         ids = self._encode(understanding_prompt(USER_TEXT, self.config.image_token), question)
-        slot = ids.index(self.image_token_id)  # the template's one slot; the question cannot add another
-        ids_before, ids_after = ids[:slot], ids[slot + 1 :]
-        embed = self.model.embed_text
-        dev = self.device
-        parts = [
-            embed(torch.tensor([ids_before], device=dev)),
-            z_enc.to(self.model.dtype),
-            embed(torch.tensor([ids_after], device=dev)),
-        ]
-        return torch.cat(parts, dim=1)
+        return embed_with_images(self.model, ids, self.image_token_id, [z_enc])
 
     @torch.no_grad()
     def describe(

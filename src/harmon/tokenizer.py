@@ -14,7 +14,13 @@ SPECIAL_TOKENS = (END_OF_TEXT, IM_START, IM_END)
 USER_TEXT = "\ue000"  # marks where the user's text goes in a template (a private-use character no template holds)
 
 
-def encode_template(tok: PreTrainedTokenizerFast, template: str, user_text: str = "", image_token: str = "<image>"):
+def encode_template(
+    tok: PreTrainedTokenizerFast,
+    template: str,
+    user_text: str = "",
+    image_token: str = "<image>",
+    image_slots: bool = False,
+) -> list[int]:
     """Token ids of ``template`` with :data:`USER_TEXT` replaced by ``user_text``.
 
     Control tokens (the chat template's ``<|im_start|>``/``<|im_end|>`` and the image placeholder) become tokens
@@ -22,15 +28,23 @@ def encode_template(tok: PreTrainedTokenizerFast, template: str, user_text: str 
     token, so typed text is never injected into the template. The ids equal those of tokenizing the filled-in
     string in one call whenever the user's text holds no control token (the tokenizer splits at control tokens
     either way).
+
+    ``image_slots``: the one exception, asked for explicitly: each ``image_token`` the user's text spells becomes
+    the image placeholder (a prompt that names where given images go); every other control token stays text.
     """
     controls = (IM_START, IM_END, END_OF_TEXT, image_token)
+    image_id = tok.convert_tokens_to_ids(image_token)
     ids: list[int] = []
     for piece in re.split("(" + "|".join(re.escape(c) for c in controls) + ")", template):
         if piece in controls:
             ids.append(tok.convert_tokens_to_ids(piece))
         elif piece:
             text = piece.replace(USER_TEXT, user_text)
-            ids += tok(text, add_special_tokens=False, split_special_tokens=True).input_ids
+            for k, part in enumerate(text.split(image_token) if image_slots else [text]):
+                if k:
+                    ids.append(image_id)
+                if part:
+                    ids += tok(part, add_special_tokens=False, split_special_tokens=True).input_ids
     return ids
 
 

@@ -14,7 +14,7 @@ import sys
 from harmon import __version__
 from harmon.cli.analyze import add_analyze
 from harmon.cli.eval import add_eval
-from harmon.cli.generate import add_convert, add_describe, add_generate
+from harmon.cli.generate import add_convert, add_describe, add_edit, add_generate
 from harmon.cli.train import add_train
 
 # never reach for a hub: everything we load is local (set before any command imports transformers)
@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     add_train(sub)
     add_generate(sub)
+    add_edit(sub)
     add_describe(sub)
     add_eval(sub)
     add_analyze(sub)

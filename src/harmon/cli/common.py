@@ -140,6 +140,16 @@ def image_output(path: str) -> Path:
     return out
 
 
+def save_image(image, path: Path) -> None:
+    """Write a PIL image to ``path`` atomically, in the format its extension names."""
+    from PIL import Image
+
+    from harmon.atomic import atomic_write
+
+    fmt = Image.registered_extensions()[path.suffix.lower()]
+    atomic_write(path, lambda tmp: image.save(tmp, format=fmt))
+
+
 def seeded(seed: int):
     """A CPU ``torch.Generator`` seeded with ``seed``."""
     import torch
