@@ -221,7 +221,9 @@ def test_sources_are_typed_and_validated_by_name():
     assert "captions_from_pairs makes image2text" in _source_error(task="text2image", captions_from_pairs=True)
     web = RECIPES["stage1"]()
     web.data[1].captions_from_pairs = False
-    with pytest.raises(ValueError, match="format webdataset serves text2image, image_edit, not image2text; for captioning"):
+    with pytest.raises(
+        ValueError, match="format webdataset serves text2image, image_edit, not image2text; for captioning"
+    ):
         web.validate()
     old = RECIPES["stage1"]().to_dict()
     old["data"][1]["options"] = {"as_caption": True}

@@ -126,7 +126,10 @@ class HarmonPipeline:
         """The token grid of ``image_size`` and the LLM positions it takes (tokens + buffers); a size that is not
         a positive multiple of the token size is refused by name."""
         check_number(name, image_size, low=self.config.token_px, integer=True)
-        grid = self.model.grid_for(image_size)
+        try:
+            grid = self.model.grid_for(image_size)
+        except ValueError as err:
+            raise ValueError(f"{name}: {err}") from None
         return grid, grid[0] * grid[1] + self.config.mar.buffer_size
 
     # ------------------------------------------------------------------ generation
