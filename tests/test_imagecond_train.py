@@ -118,6 +118,21 @@ def test_guidance_drops_and_templates_come_from_the_sample_generator():
     assert (small - sample["cond_pixels"]).abs().mean() < 0.05  # the condition is the target itself
 
 
+def test_image_conditioned_fields_are_validated_by_name():
+    def error(**fields) -> str:
+        src = SourceConfig("x", **{"format": "jsonl", "path": "a.jsonl", **fields})
+        with pytest.raises(ValueError) as err:
+            src.validate()
+        return str(err.value)
+
+    assert "apply to image_edit and reconstruction" in error(task=Task.TEXT_TO_IMAGE, text_drop_prob=0.1)
+    assert "cfg_drop_prob + text_drop_prob <= 1" in error(task=Task.IMAGE_EDIT, text_drop_prob=0.95)
+    assert "cond_image_size must be a positive multiple of 16" in error(task=Task.RECONSTRUCTION, cond_image_size=40)
+    assert "format llava serves image2text, text_only, not text2image" in error(
+        task=Task.RECONSTRUCTION, format="llava"
+    )  # reconstruction reads caption records
+
+
 def edit_toy(tok_dir: str, out, edits: str, **fields):
     """The edit recipe at toy size: its edit source reads ``edits``, the others become shapes-world sources."""
     cfg = toy(RECIPES["edit"](), tok_dir, str(out))

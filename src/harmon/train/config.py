@@ -128,6 +128,8 @@ class SourceConfig:
             raise ValueError(f"{where}: text_drop_prob must be >= 0 with cfg_drop_prob + text_drop_prob <= 1")
         if self.cond_image_size is not None and (self.cond_image_size < 16 or self.cond_image_size % 16):
             raise ValueError(f"{where}: cond_image_size must be a positive multiple of 16, got {self.cond_image_size}")
+        if not self.task.image_conditioned and (self.text_drop_prob or self.cond_image_size is not None):
+            raise ValueError(f"{where}: text_drop_prob and cond_image_size apply to image_edit and reconstruction")
         if self.crop not in CROPS:
             raise ValueError(f"{where}: crop must be one of {CROPS}, got {self.crop!r}")
         if self.max_text_length is not None and self.max_text_length < 1:
