@@ -336,21 +336,22 @@ class Harmon(nn.Module):
                 condition was dropped for classifier-free guidance (its cond_pixels row is then unused).
             attention_mask: (B, T). generator: as in :meth:`text_to_image_loss`.
         The gradient into the condition's features is scaled by ``config.grad_scale``, as for understanding (RecA's
-        public code does the same).
+        public code does the same). The features of every row are computed, dropped or not, so that every process
+        of a sharded run calls the encoder alike whatever its drops.
         """
         slots = input_ids == image_token_id
         embeds = self.embed_text(input_ids.masked_fill(slots, 0))  # (B, T, H)
+        grid = self.grid_for((cond_pixels.shape[-2], cond_pixels.shape[-1]))
+        _, z_cond = self.extract_visual_feature(self.encode_images(cond_pixels), None, grid)  # (B, L_c+64, H)
+        z_cond = scale_grad(z_cond, self.config.grad_scale)
         rows = slots.any(dim=1)  # (B,) rows that keep their condition
-        if bool(rows.any()):
-            cond = cond_pixels[rows]  # (B', 3, S, S)
-            grid = self.grid_for((cond.shape[-2], cond.shape[-1]))
-            _, z_cond = self.extract_visual_feature(self.encode_images(cond), None, grid)  # (B', L_c+64, H)
-            z_cond = scale_grad(z_cond, self.config.grad_scale)
-            per_row = slots[rows].sum(dim=1)
-            if not bool((per_row == z_cond.shape[1]).all()):
-                raise ValueError(f"each conditioned row needs {z_cond.shape[1]} image slots, got {per_row.tolist()}")
-            embeds = embeds.masked_scatter(slots.unsqueeze(-1), z_cond.to(embeds.dtype))
-        return self.text_to_image_loss(pixels, embeds, attention_mask, generator=generator)
+        per_row = slots[rows].sum(dim=1)
+        if not bool((per_row == z_cond.shape[1]).all()):
+            raise ValueError(f"each conditioned row needs {z_cond.shape[1]} image slots, got {per_row.tolist()}")
+        embeds = embeds.masked_scatter(slots.unsqueeze(-1), z_cond[rows].to(embeds.dtype))
+        loss = self.text_to_image_loss(pixels, embeds, attention_mask, generator=generator)
+        # every condition dropped: keep the encoder in the graph, as image_to_text_loss does without images
+        return loss if bool(rows.any()) else loss + 0.0 * z_cond.mean()
 
     def image_to_text_loss(
         self,
