@@ -124,7 +124,7 @@ def test_typed_marks_are_slots_only_with_images_and_other_control_tokens_stay_te
     [
         (dict(image_guidance_scale=0.5), ValueError, "image_guidance_scale"),
         (dict(understanding_image_size=20), ValueError, "understanding_image_size"),
-        (dict(instruction="  "), ValueError, "prompt"),
+        (dict(instruction="  "), ValueError, "instruction"),
         (dict(num_images_per_prompt=0), ValueError, "num_images_per_prompt"),
     ],
 )

@@ -333,7 +333,7 @@ class Harmon(nn.Module):
             pixels: (B, 3, H, W) targets in [-1, 1]; cond_pixels: (B, 3, S, S) the condition images, any multiple of
                 the token size (the features' resolution).
             input_ids: (B, T) prompts; a row holds exactly (S/p)² + 64 ``image_token_id`` slots, or none when its
-                condition was dropped for classifier-free guidance (its cond_pixels row is then unused).
+                condition was dropped for classifier-free guidance (its features are then left out).
             attention_mask: (B, T). generator: as in :meth:`text_to_image_loss`.
         The gradient into the condition's features is scaled by ``config.grad_scale``, as for understanding (RecA's
         public code does the same). The features of every row are computed, dropped or not, so that every process

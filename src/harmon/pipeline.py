@@ -292,7 +292,8 @@ class HarmonPipeline:
         branch alone anchors the result to the source. Whether s_I > 1 helps is for each model to show; the
         default runs the cheaper guidance. Other settings as :meth:`generate`.
         """
-        self._prompt_list(instruction, num_images_per_prompt, output_type)  # the same checks as a prompt
+        check_text(instruction, "instruction")
+        self._prompt_list(instruction, num_images_per_prompt, output_type)  # the other checks of generate
         settings, size = self.generation_settings(
             image_size=image_size,
             num_iter=num_iter,
