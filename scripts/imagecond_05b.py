@@ -5,8 +5,8 @@ recipe's accumulation, whose losses must match (the same micro-batches, :mod:`ha
     python scripts/imagecond_05b.py --recipe reca --steps 1            # one process: ~13 GB of memory
     python scripts/imagecond_05b.py --recipe edit --steps 1 --nproc 2  # then 2 FSDP ranks, ~9 GB each
 
-Two ranks of reca took over 11.5 GB each (its understanding source and accumulation 2): more than a 23 GB machine
-shared with other work holds.
+Two ranks of reca take over 11 GB each (its understanding source and accumulation 2): they ran with 21 GB free,
+and one attempt on the same machine, then shared with other work, was killed for memory.
 
 Too slow and too large for the test suite (building the 0.7 B-parameter model alone takes ~20 s on 2 CPU cores;
 AdamW holds four copies of its weights), which runs the same recipes on the tiny model instead
@@ -84,8 +84,10 @@ def main() -> int:
     p.add_argument("--nproc", type=int, choices=[1, 2], default=1)
     p.add_argument("--parallel", choices=["ddp", "fsdp"], default="fsdp", help="of the 2 ranks (fsdp: half the memory)")
     p.add_argument("--skip-single", action="store_true", help="only the 2 ranks (compare with an earlier run)")
+    p.add_argument("--root", help="work folder (default: a new temporary one); each run ends with a ~8 GB checkpoint")
     args = p.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="imagecond05b-"))
+    root = Path(args.root or tempfile.mkdtemp(prefix="imagecond05b-"))
+    root.mkdir(parents=True, exist_ok=True)
     train_tokenizer(["Generate an image: a red circle", "Edit the image: change it"] * 8).save_pretrained(root / "tok")
     result: dict = {"recipe": args.recipe}
     if not args.skip_single:  # each run in its own processes: this one never holds a model
