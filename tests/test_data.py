@@ -241,16 +241,16 @@ def test_caption_view_serves_pairs_as_captioning_conversations(shards):
     assert rec["conversation"][0]["content"][len("<image>\n") :] in DETAILED_CAPTION_INSTRUCTIONS
 
 
-def test_tasks_parse_and_reserve_image_edit():
+def test_tasks_parse_and_name_their_record_layouts():
     assert parse_task("text_only", "source 'x'") is Task.TEXT_ONLY and Task("image2text") is Task.IMAGE_TO_TEXT
     assert json.dumps({"task": Task.TEXT_TO_IMAGE}) == '{"task": "text2image"}'
     assert Task.TEXT_ONLY.record_kind == "image2text" and Task.TEXT_TO_IMAGE.record_kind == "text2image"
-    with pytest.raises(ValueError, match=r"source 'x': set a task \(one of text2image, image2text, text_only\)"):
+    assert Task.IMAGE_EDIT.record_kind == "image_edit" and Task.RECONSTRUCTION.record_kind == "text2image"
+    assert parse_task("reconstruction", "source 'x'").image_conditioned and not Task.TEXT_TO_IMAGE.image_conditioned
+    with pytest.raises(ValueError, match=r"source 'x': set a task \(one of text2image, image2text, text_only, image_"):
         parse_task(None, "source 'x'")
     with pytest.raises(ValueError, match=r"source 'x': unknown task 'qa' \(one of text2image, image2text"):
         parse_task("qa", "source 'x'")
-    with pytest.raises(ValueError, match=r"image_edit.*not supported yet"):
-        parse_task(Task.IMAGE_EDIT, "source 'x'")
 
 
 # ---------------------------------------------------------------------------------------------------------------

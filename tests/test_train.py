@@ -35,7 +35,8 @@ def losses(history):
     return [h["loss"] for h in history]
 
 
-@pytest.mark.parametrize("name", sorted(RECIPES))
+# The shapes world has no edit records yet: the edit recipe runs on edit files in tests/test_imagecond_train.py.
+@pytest.mark.parametrize("name", sorted(set(RECIPES) - {"edit"}))
 def test_every_recipe_runs_at_toy_size(name, tok_dir, tmp_path):
     cfg = toy(RECIPES[name](), tok_dir, str(tmp_path / name))
     history = Trainer(cfg, device="cpu").run(resume="none")
@@ -208,9 +209,11 @@ def _source_error(**fields) -> str:
 
 def test_sources_are_typed_and_validated_by_name():
     """A source's task, generic fields and format options are checked at validate time, naming the source."""
-    assert _source_error(task=None) == "source 'image2text_qa': set a task (one of text2image, image2text, text_only)"
+    assert _source_error(task=None) == (
+        "source 'image2text_qa': set a task (one of text2image, image2text, text_only, image_edit, reconstruction)"
+    )
     assert "source 'image2text_qa': unknown task 'qa' (one of text2image" in _source_error(task="qa")
-    assert "image_edit" in _source_error(task="image_edit") and "not supported yet" in _source_error(task="image_edit")
+    assert "format shapes serves text2image, image2text, text_only, not image_edit" in _source_error(task="image_edit")
     assert "unknown format 'parquet' (registered: " in _source_error(format="parquet")
     assert "unknown format option(s) ['colour']; known: " in _source_error(format_options={"colour": 1})
     assert "kind 'text'" in _source_error(format_options={"kind": "text"})
@@ -218,7 +221,9 @@ def test_sources_are_typed_and_validated_by_name():
     assert "captions_from_pairs makes image2text" in _source_error(task="text2image", captions_from_pairs=True)
     web = RECIPES["stage1"]()
     web.data[1].captions_from_pairs = False
-    with pytest.raises(ValueError, match="format webdataset serves text2image, not image2text; for captioning"):
+    with pytest.raises(
+        ValueError, match="format webdataset serves text2image, image_edit, not image2text; for captioning"
+    ):
         web.validate()
     old = RECIPES["stage1"]().to_dict()
     old["data"][1]["options"] = {"as_caption": True}

@@ -26,6 +26,7 @@ import torch
 from PIL import Image
 from transformers import DynamicCache
 
+from harmon.conditioning import pixel_features
 from harmon.images import load_image, prepare_for_understanding
 from harmon.prompts import IM_END, IM_START
 from harmon.sampling import check_decoding_settings, iter_decode
@@ -192,10 +193,7 @@ def embed(pipe: HarmonPipeline, items: Sequence[Item]) -> torch.Tensor:
             parts.append(model.embed_text(torch.tensor([run], device=dev)))  # (1, T, H)
             run = []
         if isinstance(item, ImageSlot):
-            grid = model.grid_for(item.pixels.shape[-1])
-            tokens = model.encode_images(item.pixels.to(dev))  # (1, L, C)
-            _, z_enc = model.extract_visual_feature(tokens, None, grid)  # (1, L+64, H)
-            parts.append(z_enc.to(model.dtype))
+            parts.append(pixel_features(model, item.pixels).to(model.dtype))  # (1, L+64, H)
     return torch.cat(parts, dim=1)
 
 

@@ -20,6 +20,15 @@ from harmon import rng
 from harmon.diffusion import PREDICTIONS, GaussianDiffusion, space_timesteps
 from harmon.validate import check_fields
 
+# A guidance setting: one scale for [conditional; unconditional] rows, or G − 1 scales for G row groups (DiffLoss.guide)
+Guidance = float | tuple[float, ...]
+
+
+def guidance_scales(cfg: Guidance) -> tuple[float, ...]:
+    """The scales of a guidance setting as a tuple: one per group but the last."""
+    return tuple(cfg) if isinstance(cfg, (tuple, list)) else (cfg,)
+
+
 __all__ = ["DiffLoss", "DiffLossConfig", "SimpleMLPAdaLN", "timestep_embedding"]
 
 
@@ -217,12 +226,22 @@ class SimpleMLPAdaLN(nn.Module):
         out = self.forward(torch.cat([half, half], dim=0), t, c)  # (N, 2C)
         return self.guide(out, cfg_scale)
 
-    def guide(self, out: torch.Tensor, cfg_scale: float) -> torch.Tensor:
-        """Guided ε in both halves of a [cond; uncond] output (N, 2C); each half keeps its own v."""
+    def guide(self, out: torch.Tensor, cfg_scale: Guidance) -> torch.Tensor:
+        """Guided ε in every group of an output (N, 2C) of G row groups; each group keeps its own v.
+
+        ``cfg_scale`` s: two groups [cond; uncond], ε = ε_1 + s·(ε_0 − ε_1). A tuple of G − 1 scales (s_0, …):
+        ε = ε_{G−1} + Σ_k s_k·(ε_k − ε_{k+1}), applied from the last group up. With three groups [image and text;
+        image only; unconditional] this is InstructPix2Pix's eq. 3 (arXiv 2211.09800), s_0 the text scale and s_1
+        the image scale.
+        """
+        scales = guidance_scales(cfg_scale)
+        groups = len(scales) + 1
         eps, v = out[:, : self.in_channels], out[:, self.in_channels :]
-        eps_cond, eps_uncond = eps.chunk(2, dim=0)  # 2 × (N/2, C)
-        eps_guided = eps_uncond + cfg_scale * (eps_cond - eps_uncond)
-        return torch.cat([torch.cat([eps_guided, eps_guided], dim=0), v], dim=1)  # (N, 2C)
+        chunks = eps.chunk(groups, dim=0)  # G × (N/G, C)
+        eps_guided = chunks[-1]
+        for k in reversed(range(groups - 1)):
+            eps_guided = eps_guided + scales[k] * (chunks[k] - chunks[k + 1])
+        return torch.cat([torch.cat([eps_guided] * groups, dim=0), v], dim=1)  # (N, 2C)
 
 
 class DiffLoss(nn.Module):
@@ -287,7 +306,7 @@ class DiffLoss(nn.Module):
         self,
         z: torch.Tensor,
         temperature: float = 1.0,
-        cfg: float = 1.0,
+        cfg: Guidance = 1.0,
         generator: torch.Generator | None = None,
         num_steps: str | None = None,
         x0_clip: float | None = None,
@@ -297,16 +316,17 @@ class DiffLoss(nn.Module):
         With cfg ≠ 1, z holds 2K rows [conditional; unconditional] and only the conditional chain is propagated:
         each step evaluates the network on [x, x] with z, takes the guided ε̂ and the conditional half's own v,
         and steps the K conditional rows (reference §14 quirk 5: same distribution as the original, which also
-        steps a discarded unconditional copy).
+        steps a discarded unconditional copy). With a tuple of G − 1 scales, z holds G groups of K rows and the
+        chain is evaluated under each (:meth:`SimpleMLPAdaLN.guide`).
 
         Args:
-            z: (N, D) conditions. temperature: scale of the per-step noise. cfg: guidance scale.
+            z: (N, D) conditions. temperature: scale of the per-step noise. cfg: guidance scale(s).
             generator: source of the initial and per-step noise (device of z).
             num_steps: respacing string overriding config.num_sampling_steps for this call.
             x0_clip: clamp the predicted clean token to [-x0_clip, x0_clip] at every step (None: no clipping, as
                 the official sampler).
         Returns:
-            (K, C) float32 tokens with cfg ≠ 1, else (N, C).
+            (K, C) float32 tokens with cfg ≠ 1 (K = N / G), else (N, C).
         """
 
         def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -320,13 +340,13 @@ class DiffLoss(nn.Module):
         denoise: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
         z: torch.Tensor,
         temperature: float = 1.0,
-        cfg: float = 1.0,
+        cfg: Guidance = 1.0,
         generator: torch.Generator | None = None,
         num_steps: str | None = None,
         x0_clip: float | None = None,
     ) -> torch.Tensor:
         """:meth:`sample` with the network evaluated by ``denoise(x, t)``: x (rows, C) float32 states, t (rows,)
-        original timesteps -> (rows, 2C), where rows = N (cfg = 1) or 2K ([x, x] under the 2K conditions of z).
+        original timesteps -> (rows, 2C), where rows = N (cfg = 1) or GK ([x; …; x] under the G·K conditions of z).
 
         The chain, the noise and the guidance are this method's; ``denoise`` only runs the network (a faster
         evaluation of the same network, such as :mod:`harmon.accel.head`'s, keeps every sampled number in step).
@@ -337,14 +357,18 @@ class DiffLoss(nn.Module):
             noise = rng.randn(shape, generator, device=z.device)
             model_fn = denoise
         else:
-            if z.shape[0] % 2:
-                raise ValueError(f"sampling with cfg={cfg} needs 2K condition rows [cond; uncond], got {z.shape[0]}")
-            k = z.shape[0] // 2
+            groups = len(guidance_scales(cfg)) + 1
+            if z.shape[0] % groups:
+                raise ValueError(
+                    f"sampling with cfg={cfg} needs {groups}K condition rows, one group per guidance branch, "
+                    f"got {z.shape[0]}"
+                )
+            k = z.shape[0] // groups
             shape = (k, self.in_channels)  # (K, C): noise only for the conditional chain
             noise = rng.randn(shape, generator, device=z.device)
 
             def model_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-                both = torch.cat([x, x], dim=0)  # (2K, C): the conditional chain under both conditions
-                return self.net.guide(denoise(both, torch.cat([t, t], dim=0)), cfg)[:k]  # (K, 2C)
+                rows = torch.cat([x] * groups, dim=0)  # (GK, C): the conditional chain under every condition
+                return self.net.guide(denoise(rows, torch.cat([t] * groups, dim=0)), cfg)[:k]  # (K, 2C)
 
         return diffusion.p_sample_loop(model_fn, noise, temperature=temperature, generator=generator, x0_clip=x0_clip)

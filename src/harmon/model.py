@@ -176,6 +176,11 @@ class Harmon(nn.Module):
     def embed_text(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.llm.get_input_embeddings()(input_ids)
 
+    def embed_prompt(self, prompt: torch.Tensor) -> torch.Tensor:
+        """A prompt as the LLM reads it: (B, T) ids are embedded; (B, T, H) embeddings (a prompt whose image
+        slots hold understanding features) are returned as they are."""
+        return prompt if prompt.is_floating_point() else self.embed_text(prompt)
+
     def extract_visual_feature(
         self, tokens: torch.Tensor, mask: torch.Tensor | None, grid: tuple[int, int]
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -212,7 +217,8 @@ class Harmon(nn.Module):
         Args:
             tokens: (B, L, C); mask: (B, L) bool; grid: (h, w).
             text_mask: (B, T) attention mask of the (right-padded) prompt.
-            input_ids: (B, T) prompt ids; required without ``cache``.
+            input_ids: (B, T) prompt ids, or (B, T, H) prompt embeddings (:meth:`embed_prompt`); required without
+                ``cache``.
             cache: a transformers cache holding exactly the prompt's K/V; it is restored to that state on return.
         Returns:
             (B, 64+V, D_enc) = x_enc + proj_out(LLM output), buffers first (the decoder's input).
@@ -242,7 +248,7 @@ class Harmon(nn.Module):
         if cache is None:
             if input_ids is None:
                 raise ValueError("the LLM needs the prompt: pass input_ids or a prompt cache")
-            inputs = torch.cat([self.embed_text(input_ids).to(z_enc.dtype), z_enc], dim=1)  # (B, T+V+64, H)
+            inputs = torch.cat([self.embed_prompt(input_ids).to(z_enc.dtype), z_enc], dim=1)  # (B, T+V+64, H)
             hidden = self.llm.model(
                 inputs_embeds=inputs, attention_mask=full_mask, position_ids=positions
             ).last_hidden_state
@@ -263,14 +269,15 @@ class Harmon(nn.Module):
         z_llm = torch.cat([z_llm[:, -nb:], z_llm[:, :-nb]], dim=1)  # buffers first again
         return x_enc + self.proj_out(z_llm)  # (B, 64+V, D_enc)
 
-    def prompt_cache(self, input_ids: torch.Tensor, text_mask: torch.Tensor):
+    def prompt_cache(self, prompt: torch.Tensor, text_mask: torch.Tensor):
         """Run the prompt once and return its K/V cache (spec §9.2 step 4, with mask and positions).
 
-        Args: input_ids, text_mask: (B, T) right-padded prompts. Returns: a transformers cache of B rows, T positions.
+        Args: prompt: (B, T) right-padded ids or (B, T, H) embeddings (:meth:`embed_prompt`); text_mask: (B, T).
+        Returns: a transformers cache of B rows, T positions.
         """
         positions = (text_mask.long().cumsum(dim=1) - 1).clamp(min=0)
         out = self.llm.model(
-            inputs_embeds=self.embed_text(input_ids),
+            inputs_embeds=self.embed_prompt(prompt),
             attention_mask=text_mask.bool(),
             position_ids=positions,
             use_cache=True,
@@ -292,7 +299,8 @@ class Harmon(nn.Module):
         """Masked-token diffusion loss conditioned on the prompt (spec §11.2).
 
         Args:
-            pixels: (B, 3, H, W) in [-1, 1]; input_ids, attention_mask: (B, T) right-padded chat prompts.
+            pixels: (B, 3, H, W) in [-1, 1]; input_ids, attention_mask: (B, T) right-padded chat prompts (or
+                input_ids as (B, T, H) prompt embeddings, see :meth:`image_conditioned_loss`).
             generator: draws the orders, the batch's mask ratio, the timesteps and the noise.
         """
         grid = self.grid_for((pixels.shape[-2], pixels.shape[-1]))
@@ -308,6 +316,42 @@ class Harmon(nn.Module):
         x_enc = self.forward_mae_encoder(tokens, mask, grid, attention_mask, input_ids=input_ids)
         z = self.mar.forward_decoder(x_enc, mask, grid)  # (B, L, Dd)
         return self.mar.forward_loss(z, tokens, mask, generator=generator)
+
+    def image_conditioned_loss(
+        self,
+        pixels: torch.Tensor,
+        cond_pixels: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        generator: torch.Generator | None = None,
+        image_token_id: int = IMAGE_PLACEHOLDER,
+    ) -> torch.Tensor:
+        """The text-to-image loss on ``pixels`` with a prompt that holds an image: its slots take the understanding
+        features of ``cond_pixels`` (all tokens visible, as in §10), the rest is text (editing, RecA).
+
+        Args:
+            pixels: (B, 3, H, W) targets in [-1, 1]; cond_pixels: (B, 3, S, S) the condition images, any multiple of
+                the token size (the features' resolution).
+            input_ids: (B, T) prompts; a row holds exactly (S/p)² + 64 ``image_token_id`` slots, or none when its
+                condition was dropped for classifier-free guidance (its features are then left out).
+            attention_mask: (B, T). generator: as in :meth:`text_to_image_loss`.
+        The gradient into the condition's features is scaled by ``config.grad_scale``, as for understanding (RecA's
+        public code does the same). The features of every row are computed, dropped or not, so that every process
+        of a sharded run calls the encoder alike whatever its drops.
+        """
+        slots = input_ids == image_token_id
+        embeds = self.embed_text(input_ids.masked_fill(slots, 0))  # (B, T, H)
+        grid = self.grid_for((cond_pixels.shape[-2], cond_pixels.shape[-1]))
+        _, z_cond = self.extract_visual_feature(self.encode_images(cond_pixels), None, grid)  # (B, L_c+64, H)
+        z_cond = scale_grad(z_cond, self.config.grad_scale)
+        rows = slots.any(dim=1)  # (B,) rows that keep their condition
+        per_row = slots[rows].sum(dim=1)
+        if not bool((per_row == z_cond.shape[1]).all()):
+            raise ValueError(f"each conditioned row needs {z_cond.shape[1]} image slots, got {per_row.tolist()}")
+        embeds = embeds.masked_scatter(slots.unsqueeze(-1), z_cond[rows].to(embeds.dtype))
+        loss = self.text_to_image_loss(pixels, embeds, attention_mask, generator=generator)
+        # every condition dropped: keep the encoder in the graph, as image_to_text_loss does without images
+        return loss if bool(rows.any()) else loss + 0.0 * z_cond.mean()
 
     def image_to_text_loss(
         self,
@@ -353,7 +397,8 @@ class Harmon(nn.Module):
 
         Each sub-batch's "task" (:class:`~harmon.data.tasks.Task`) picks its loss: TEXT_TO_IMAGE takes "pixels"
         (B, 3, H, W), "input_ids" and "attention_mask" (B, T); IMAGE_TO_TEXT takes "pixels", "input_ids", "labels"
-        and "attention_mask" (B, N); TEXT_ONLY the same without pixels.
+        and "attention_mask" (B, N); TEXT_ONLY the same without pixels; IMAGE_EDIT and RECONSTRUCTION take "pixels"
+        (targets), "cond_pixels" (B, 3, S, S), "input_ids" and "attention_mask" (:meth:`image_conditioned_loss`).
         """
         losses = {}
         for name, sub in batch.items():
@@ -361,6 +406,10 @@ class Harmon(nn.Module):
             if task == Task.TEXT_TO_IMAGE:
                 losses[f"loss_{name}"] = self.text_to_image_loss(
                     sub["pixels"], sub["input_ids"], sub["attention_mask"], generator=generator
+                )
+            elif task in (Task.IMAGE_EDIT, Task.RECONSTRUCTION):
+                losses[f"loss_{name}"] = self.image_conditioned_loss(
+                    sub["pixels"], sub["cond_pixels"], sub["input_ids"], sub["attention_mask"], generator=generator
                 )
             elif task in (Task.IMAGE_TO_TEXT, Task.TEXT_ONLY):
                 pixels = sub.get("pixels")

@@ -17,12 +17,20 @@ from harmon.chat import ChatStream, PromptCache
 from harmon.chat import chat as run_chat
 from harmon.chat import embed as embed_chat
 from harmon.chat import render as render_chat
+from harmon.conditioning import ImageInput, conditioned_batch, embed_with_images, generation_ids
 from harmon.config import HarmonConfig
 from harmon.images import tensor_to_pil
 from harmon.loading import load_official, load_pretrained, save_pretrained
 from harmon.model import Harmon
-from harmon.prompts import IM_END, generation_prompt, unconditional_prompt, understanding_prompt
-from harmon.sampling import SamplingSettings, StepCallback, generate_tokens, preset_settings
+from harmon.prompts import (
+    IM_END,
+    edit_prompt,
+    generation_prompt,
+    image_only_prompt,
+    unconditional_prompt,
+    understanding_prompt,
+)
+from harmon.sampling import SamplingSettings, StepCallback, generate_tokens, settings_from_defaults
 from harmon.tokenizer import USER_TEXT, encode_template
 from harmon.vae import VAEConfig
 from harmon.validate import check_generator, check_number, check_text
@@ -141,8 +149,11 @@ class HarmonPipeline:
 
     # ------------------------------------------------------------------ generation
     @staticmethod
-    def _prompt_list(prompt: str | Sequence[str], num_images_per_prompt: int, output_type: str) -> list[str]:
+    def _prompt_list(
+        prompt: str | Sequence[str], num_images_per_prompt: int, output_type: str, generator: object = None
+    ) -> list[str]:
         """The prompts of a ``generate`` call as a list, after checking its arguments."""
+        check_generator(generator)
         if not isinstance(prompt, (str, list, tuple)):
             raise TypeError(f"prompt must be a string or a list of strings, got {type(prompt).__name__}")
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
@@ -160,6 +171,8 @@ class HarmonPipeline:
         self,
         prompt: str | Sequence[str],
         *,
+        images: Sequence[ImageInput] | None = None,
+        understanding_image_size: int | None = None,
         num_images_per_prompt: int = 1,
         image_size: int | None = None,
         num_iter: int | None = None,
@@ -181,13 +194,15 @@ class HarmonPipeline:
         ("brisk", "lean", "fast", ...: see :data:`harmon.sampling.PRESETS`) when one is named; explicit settings win.
         Returns a list of PIL images (prompt-major: all images of prompt 0, then prompt 1...), or with
         ``output_type="latent"`` the scaled VAE latents (N, C, h, w), or with ``"pt"`` pixels (N, 3, H, W).
-        ``compile``: run the diffusion head's MLP through ``torch.compile`` (see :mod:`harmon.accel.head`): the same
-        images up to float rounding; the first call in a process pays the compilation, later calls are faster.
-        ``callback(step, total)``: called after each masked-autoregressive step (progress; raising stops the call);
-        the images do not depend on it.
+        ``compile``: the diffusion head's MLP through ``torch.compile`` (:mod:`harmon.accel.head`), the same images
+        up to float rounding. ``callback(step, total)``: called after each masked-autoregressive step (progress;
+        raising stops the call); the images do not depend on it.
+
+        ``images`` (PIL images or paths; None: text only, the released path): their understanding features
+        (:mod:`harmon.conditioning`, at ``understanding_image_size``) fill the prompts' ``<image>`` marks in order,
+        or come first, one per line, in a prompt without marks. Guidance contrasts with the plain unconditional one.
         """
-        prompts = self._prompt_list(prompt, num_images_per_prompt, output_type)
-        check_generator(generator)
+        prompts = self._prompt_list(prompt, num_images_per_prompt, output_type, generator)
         settings, size = self.generation_settings(
             image_size=image_size,
             num_iter=num_iter,
@@ -201,21 +216,105 @@ class HarmonPipeline:
         )
         n_image = self.image_tokens(size)
         guided = settings.guidance_scale != 1.0
+        draw = {"generator": generator, "compile": compile, "output_type": output_type, "callback": callback}
+        if images is not None:
+            seqs = generation_ids(self.tokenizer, prompts, images, self.config.image_token)
+            seqs += [self._encode(unconditional_prompt())] * (len(seqs) if guided else 0)
+            batch = conditioned_batch(self, seqs, images, understanding_image_size, n_image)
+            return self._draw(*batch, size, settings, repeat=num_images_per_prompt, **draw)
         seqs = [self._encode(generation_prompt(USER_TEXT), p.strip()) for p in prompts]
         longest = max(range(len(seqs)), key=lambda i: len(seqs[i]))
         self.check_context(len(seqs[longest]), n_image, 0, f"prompt {longest}" if len(seqs) > 1 else "prompt")
-        seqs = [seq for seq in seqs for _ in range(num_images_per_prompt)]
         input_ids, mask = self._padded(seqs + [self._encode(unconditional_prompt())] * len(seqs) if guided else seqs)
-        grid = self.model.grid_for(size)
-        strategies = accel.generation_strategies(self.model, guidance=guided, compile=compile)
+        return self._draw(input_ids, mask, size, settings, repeat=num_images_per_prompt, **draw)
+
+    def _draw(
+        self,
+        prompt: torch.Tensor,
+        mask: torch.Tensor,
+        image_size: int,
+        settings: SamplingSettings,
+        *,
+        generator: torch.Generator | None,
+        compile: bool,
+        output_type: str,
+        callback: StepCallback | None = None,
+        repeat: int = 1,
+    ) -> list[Image.Image] | torch.Tensor:
+        """Sample a prompt batch ((R, T) ids or (R, T, H) embeddings, ``settings.groups`` row groups of distinct
+        prompts, each row ``repeat`` times) and return the images as ``output_type`` says."""
+        grid = self.model.grid_for(image_size)
+        if repeat > 1:
+            prompt, mask = prompt.repeat_interleave(repeat, dim=0), mask.repeat_interleave(repeat, dim=0)
+        groups = settings.groups
+        strategies = accel.generation_strategies(self.model, guidance=groups > 1, compile=compile, groups=groups)
         with accel.packed_linears(self.model):  # CPU float32: weights packed once per call
             tokens = generate_tokens(
-                self.model, input_ids, mask, grid, settings, generator=generator, callback=callback, **strategies
+                self.model, prompt, mask, grid, settings, generator=generator, callback=callback, **strategies
             )  # (N, L, C)
         if output_type == "latent":
             return tokens.transpose(1, 2).reshape(tokens.shape[0], -1, *grid)
         pixels = self.model.decode_tokens(tokens, grid)  # (N, 3, H, W)
         return pixels if output_type == "pt" else tensor_to_pil(pixels)
+
+    @torch.no_grad()
+    def edit(
+        self,
+        image: ImageInput,
+        instruction: str,
+        *,
+        image_guidance_scale: float | None = None,
+        guidance_scale: float | None = None,
+        num_images_per_prompt: int = 1,
+        generator: torch.Generator | None = None,
+        understanding_image_size: int | None = None,
+        image_size: int | None = None,
+        num_iter: int | None = None,
+        cfg_schedule: str | None = None,
+        temperature: float | None = None,
+        num_sampling_steps: str | int | None = None,
+        x0_clip: float | None = None,
+        diffusion_steps_final: int | None = None,
+        preset: str | None = None,
+        compile: bool = False,
+        output_type: str = "pil",
+        callback: StepCallback | None = None,
+    ) -> list[Image.Image] | torch.Tensor:
+        """Edit ``image`` as ``instruction`` says: generation after the prompt "<image>\nEdit the image:
+        {instruction}", whose slot holds the image's understanding features (padded to a gray square and resized to
+        ``understanding_image_size``, as ``describe`` sees it). Needs a model trained to edit (the ``edit`` recipe).
+
+        Guidance (InstructPix2Pix, arXiv 2211.09800, eq. 3): ``guidance_scale`` s_T (default the model's) pushes
+        from the image without the instruction ("<image>\nGenerate an image.") towards the instruction;
+        ``image_guidance_scale`` s_I pushes from the plain unconditional prompt towards the image. s_I = 1 (the
+        default) drops the unconditional branch: two prompt rows per image, not three; the image-only branch alone
+        anchors the result to the source. Other settings as :meth:`generate`.
+        """
+        check_text(instruction, "instruction")
+        self._prompt_list(instruction, num_images_per_prompt, output_type, generator)  # the other checks of generate
+        settings, size = self.generation_settings(
+            image_size=image_size,
+            num_iter=num_iter,
+            guidance_scale=guidance_scale,
+            cfg_schedule=cfg_schedule,
+            temperature=temperature,
+            num_sampling_steps=num_sampling_steps,
+            x0_clip=x0_clip,
+            diffusion_steps_final=diffusion_steps_final,
+            preset=preset,
+        )
+        if image_guidance_scale is not None and check_number("image_guidance_scale", image_guidance_scale) != 1.0:
+            settings = replace(settings, image_guidance_scale=image_guidance_scale)  # checked there
+        n_image = self.image_tokens(size)
+        mark = self.config.image_token
+        branches = [
+            self._encode(edit_prompt(USER_TEXT, mark), instruction.strip()),
+            self._encode(image_only_prompt(1, mark)),
+            self._encode(unconditional_prompt()),
+        ][: settings.groups]
+        batch = conditioned_batch(self, branches, [image], understanding_image_size, n_image)
+        draw = {"generator": generator, "compile": compile, "output_type": output_type, "callback": callback}
+        return self._draw(*batch, size, settings, repeat=num_images_per_prompt, **draw)
 
     def generation_settings(
         self,
@@ -231,29 +330,18 @@ class HarmonPipeline:
         preset: str | None = None,
     ) -> tuple[SamplingSettings, int]:
         """The sampling settings and image size :meth:`generate` runs with for these arguments (see there)."""
-        d = self.config.generation
-        if preset is not None:
-            # the preset scales the settings in force (explicit ones, else the defaults); explicit ones still win
-            picked = preset_settings(
-                preset,
-                d.num_iter if num_iter is None else num_iter,
-                d.num_sampling_steps if num_sampling_steps is None else str(num_sampling_steps),
-                scale_iter=num_iter is None,
-                scale_steps=num_sampling_steps is None,
-            )
-            d = replace(d, **{k: v for k, v in picked.items() if k != "diffusion_steps_final"})
-            if diffusion_steps_final is None:
-                diffusion_steps_final = picked.get("diffusion_steps_final")  # type: ignore[assignment]
-        settings = SamplingSettings(
-            num_iter=d.num_iter if num_iter is None else num_iter,
-            guidance_scale=d.guidance_scale if guidance_scale is None else guidance_scale,
-            cfg_schedule=d.cfg_schedule if cfg_schedule is None else cfg_schedule,
-            temperature=d.temperature if temperature is None else temperature,
-            num_sampling_steps=str(num_sampling_steps if num_sampling_steps is not None else d.num_sampling_steps),
-            x0_clip=d.x0_clip if x0_clip is None else x0_clip,
+        return settings_from_defaults(
+            self.config.generation,
+            image_size=image_size,
+            num_iter=num_iter,
+            guidance_scale=guidance_scale,
+            cfg_schedule=cfg_schedule,
+            temperature=temperature,
+            num_sampling_steps=num_sampling_steps,
+            x0_clip=x0_clip,
             diffusion_steps_final=diffusion_steps_final,
+            preset=preset,
         )
-        return settings, d.image_size if image_size is None else image_size
 
     # ------------------------------------------------------------------ understanding
     def understanding_inputs(
@@ -281,16 +369,7 @@ class HarmonPipeline:
         """The understanding prompt of ``question`` embedded, with the image slots filled by ``z_enc``
         (1, L+64, H_llm; buffers last): (1, N, H_llm)."""
         ids = self._encode(understanding_prompt(USER_TEXT, self.config.image_token), question)
-        slot = ids.index(self.image_token_id)  # the template's one slot; the question cannot add another
-        ids_before, ids_after = ids[:slot], ids[slot + 1 :]
-        embed = self.model.embed_text
-        dev = self.device
-        parts = [
-            embed(torch.tensor([ids_before], device=dev)),
-            z_enc.to(self.model.dtype),
-            embed(torch.tensor([ids_after], device=dev)),
-        ]
-        return torch.cat(parts, dim=1)
+        return embed_with_images(self.model, ids, self.image_token_id, [z_enc])  # typed marks stay text: one slot
 
     def chat(
         self,

@@ -11,13 +11,14 @@ faster equivalents (:mod:`harmon.accel`) are applied from outside the model.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol, TypedDict
 
 import torch
 
 from harmon import rng
-from harmon.config import check_sampling_settings
+from harmon.config import GenerationDefaults, check_sampling_settings
+from harmon.diffloss import Guidance
 from harmon.mar import mask_by_order, next_mask_len
 from harmon.model import Harmon, output_cache
 from harmon.validate import check_number
@@ -36,6 +37,9 @@ class SamplingSettings:
     # Annealed diffusion steps: the first MAR step samples with num_sampling_steps, the last with this many, linear
     # in between (few tokens are known early, so early tokens get the most careful sampling). None = constant.
     diffusion_steps_final: int | None = None
+    # Three-group guidance (editing): rows [image and text; image only; unconditional], ε = ε_∅ + s_I·(ε_I − ε_∅) +
+    # s_T·(ε_IT − ε_I) with s_T = guidance_scale and s_I this (InstructPix2Pix eq. 3). None = the usual two groups.
+    image_guidance_scale: float | None = None
 
     def __post_init__(self) -> None:
         if self.diffusion_steps_final is not None:
@@ -47,6 +51,21 @@ class SamplingSettings:
                     f"got {self.num_sampling_steps!r}"
                 )
         check_sampling_settings(self.num_iter, self.guidance_scale, self.cfg_schedule, self.temperature, self.x0_clip)
+        if self.image_guidance_scale is not None:
+            check_number("image_guidance_scale", self.image_guidance_scale, low=1.0)
+
+    @property
+    def scales(self) -> tuple[float, ...]:
+        """The guidance scales, one per row group but the last: () without guidance, (s,) for [conditional;
+        unconditional], (s_T, s_I) for the three groups of image guidance."""
+        if self.image_guidance_scale is not None:
+            return (self.guidance_scale, self.image_guidance_scale)
+        return () if self.guidance_scale == 1.0 else (self.guidance_scale,)
+
+    @property
+    def groups(self) -> int:
+        """Row groups a generation batch holds under these settings (1, 2 or 3)."""
+        return len(self.scales) + 1
 
 
 def mask_schedule(seq_len: int, num_iter: int) -> list[int]:
@@ -117,28 +136,75 @@ def preset_settings(
     return out
 
 
-def step_guidance(settings: SamplingSettings, seq_len: int, n_next: int) -> float:
-    """Guidance scale of one step: constant, or linear in the fraction of revealed tokens (spec §9.2 step 8)."""
+def settings_from_defaults(
+    d: GenerationDefaults,
+    *,
+    image_size: int | None = None,
+    num_iter: int | None = None,
+    guidance_scale: float | None = None,
+    cfg_schedule: str | None = None,
+    temperature: float | None = None,
+    num_sampling_steps: str | int | None = None,
+    x0_clip: float | None = None,
+    diffusion_steps_final: int | None = None,
+    preset: str | None = None,
+) -> tuple[SamplingSettings, int]:
+    """The settings and image size of a generation call: the arguments given, the model's defaults ``d`` for
+    those left None, both scaled by ``preset`` when one is named (explicit settings still win)."""
+    if preset is not None:
+        picked = preset_settings(
+            preset,
+            d.num_iter if num_iter is None else num_iter,
+            d.num_sampling_steps if num_sampling_steps is None else str(num_sampling_steps),
+            scale_iter=num_iter is None,
+            scale_steps=num_sampling_steps is None,
+        )
+        d = replace(d, **{k: v for k, v in picked.items() if k != "diffusion_steps_final"})
+        if diffusion_steps_final is None:
+            diffusion_steps_final = picked.get("diffusion_steps_final")  # type: ignore[assignment]
+    settings = SamplingSettings(
+        num_iter=d.num_iter if num_iter is None else num_iter,
+        guidance_scale=d.guidance_scale if guidance_scale is None else guidance_scale,
+        cfg_schedule=d.cfg_schedule if cfg_schedule is None else cfg_schedule,
+        temperature=d.temperature if temperature is None else temperature,
+        num_sampling_steps=str(num_sampling_steps if num_sampling_steps is not None else d.num_sampling_steps),
+        x0_clip=d.x0_clip if x0_clip is None else x0_clip,
+        diffusion_steps_final=diffusion_steps_final,
+    )
+    return settings, d.image_size if image_size is None else image_size
+
+
+def step_guidance(settings: SamplingSettings, seq_len: int, n_next: int, scale: float | None = None) -> float:
+    """Guidance scale of one step: constant, or linear in the fraction of revealed tokens (spec §9.2 step 8).
+
+    ``scale``: the scale to schedule (default ``settings.guidance_scale``)."""
+    scale = settings.guidance_scale if scale is None else scale
     if settings.cfg_schedule == "linear":
-        return 1.0 + (settings.guidance_scale - 1.0) * (seq_len - n_next) / seq_len
-    return settings.guidance_scale
+        return 1.0 + (scale - 1.0) * (seq_len - n_next) / seq_len
+    return scale
+
+
+def step_scales(settings: SamplingSettings, seq_len: int, n_next: int) -> tuple[float, ...]:
+    """Every guidance scale of one step (:attr:`SamplingSettings.scales`), each on the settings' schedule."""
+    return tuple(step_guidance(settings, seq_len, n_next, s) for s in settings.scales)
 
 
 class HeadSampler(Protocol):
-    """A diffusion-head sampler with ``DiffLoss.sample``'s arguments: z (N, D) -> tokens (N or N/2, C) float32."""
+    """A diffusion-head sampler with ``DiffLoss.sample``'s arguments: z (N, D) -> tokens (N or N/G, C) float32."""
 
     def __call__(
         self,
         z: torch.Tensor,
         temperature: float = 1.0,
-        cfg: float = 1.0,
+        cfg: Guidance = 1.0,
         generator: torch.Generator | None = None,
         num_steps: str | None = None,
         x0_clip: float | None = None,
     ) -> torch.Tensor: ...
 
 
-# (input_ids, text_mask) (B, T) -> a transformers cache holding the prompt's K/V, as ``Harmon.prompt_cache``
+# (prompt: (B, T) ids or (B, T, H) embeddings, text_mask (B, T)) -> a transformers cache holding the prompt's K/V,
+# as ``Harmon.prompt_cache``
 PromptCacheBuilder = Callable[[torch.Tensor, torch.Tensor], Any]
 # (tokens (B, L, C), mask (B, L), grid) -> (x_enc, z_enc), as ``Harmon.extract_visual_feature``
 ImageEncoder = Callable[[torch.Tensor, torch.Tensor, tuple[int, int]], tuple[torch.Tensor, torch.Tensor]]
@@ -159,7 +225,7 @@ class Strategies(TypedDict, total=False):
 @torch.no_grad()
 def generate_tokens(
     model: Harmon,
-    input_ids: torch.Tensor,
+    prompt: torch.Tensor,
     attention_mask: torch.Tensor,
     grid: tuple[int, int],
     settings: SamplingSettings,
@@ -173,15 +239,18 @@ def generate_tokens(
     """Sample latent tokens by masked autoregression (spec §9.2), the prompt's K/V computed once.
 
     Args:
-        input_ids, attention_mask: (R, T) right-padded prompts. With guidance (scale != 1) the first R/2 rows are
-            the conditional prompts and the last R/2 the unconditional ones.
+        prompt: (R, T) right-padded prompt ids, or (R, T, H) their embeddings (image-conditioned prompts, whose
+            image slots hold understanding features: :mod:`harmon.conditioning`). The rows form
+            ``settings.groups`` equal groups: the conditional prompts first, then each guidance branch's (with
+            plain guidance R/2 conditional rows, then R/2 unconditional ones).
+        attention_mask: (R, T) True on the prompt's real positions.
         grid: (h, w) token grid, L = h*w.
         sample_head, prompt_cache, encode_image: the pieces of :class:`Strategies`; None runs the model's own.
         callback: see :func:`sample_tokens`.
     Returns:
-        (R', L, C) tokens in the model dtype, R' = R/2 with guidance else R.
+        (R', L, C) tokens in the model dtype, R' = R / settings.groups.
     """
-    cache = (prompt_cache or model.prompt_cache)(input_ids, attention_mask)
+    cache = (prompt_cache or model.prompt_cache)(prompt, attention_mask)
     encode_image = encode_image or model.extract_visual_feature
 
     def encode(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -189,7 +258,7 @@ def generate_tokens(
         return model.refine_with_llm(x_enc, z_enc, attention_mask, cache=cache)  # (R, 64+V, D_enc)
 
     head = sample_head or model.mar.diffloss.sample
-    return sample_tokens(model, encode, input_ids.shape[0], grid, settings, generator, head, callback)
+    return sample_tokens(model, encode, prompt.shape[0], grid, settings, generator, head, callback)
 
 
 @torch.no_grad()
@@ -207,22 +276,23 @@ def sample_tokens(
 
     Args:
         encode: (R, L, C) tokens and (R, L) mask -> the decoder's input (R, 64+V, D_enc).
-        rows: R, the prompt rows (with guidance R/2 conditional, then R/2 unconditional).
+        rows: R, the prompt rows: ``settings.groups`` groups, the conditional one first. Every group holds the same
+            image tokens; only the first group's are drawn, under the guidance of all.
         sample_head: draws the tokens of the positions revealed at a step (``DiffLoss.sample``'s arguments).
         callback: called as ``callback(step, total)`` after each step (1-based, ``total`` the steps that run); it
             draws nothing, so the tokens are the same with or without it. An exception it raises stops the loop
             (how a server cancels the work of a request whose client left).
     Returns:
-        (R', L, C) tokens in the model dtype, R' = R/2 with guidance else R.
+        (R', L, C) tokens in the model dtype, R' = R / settings.groups.
     """
-    use_cfg = settings.guidance_scale != 1.0
-    if use_cfg and rows % 2:
-        raise ValueError("with guidance the batch must hold conditional and unconditional halves")
-    n_img = rows // 2 if use_cfg else rows
+    groups = settings.groups
+    if rows % groups:
+        raise ValueError(f"with guidance the batch must hold {groups} equal groups of rows, got {rows} rows")
+    n_img = rows // groups
     seq_len = grid[0] * grid[1]
     orders = model.sample_orders(n_img, seq_len, generator)  # (n, L)
-    if use_cfg:
-        orders = torch.cat([orders, orders])  # (R, L): unconditional rows follow the conditional ones
+    if groups > 1:
+        orders = torch.cat([orders] * groups)  # (R, L): every guidance group follows the conditional one
     tokens = torch.zeros(rows, seq_len, model.config.mar.token_dim, device=model.device, dtype=model.dtype)  # (R, L, C)
     mask = torch.ones(rows, seq_len, dtype=torch.bool, device=model.device)  # (R, L), True = unknown
     masked = seq_len
@@ -233,12 +303,12 @@ def sample_tokens(
         last = step == settings.num_iter - 1 or n_next >= masked
         mask_next = torch.zeros_like(mask) if last else mask_by_order(n_next, orders)
         to_predict = mask if last else mask & ~mask_next  # (R, L)
-        scale = step_guidance(settings, seq_len, n_next)
-        new = _draw_tokens(sample_head, z[to_predict], settings, scale if use_cfg else 1.0, step, total, generator)
-        half = tokens[:n_img]  # (n, L, C), a view: the conditional rows
-        half[to_predict[:n_img]] = new.to(tokens.dtype)
-        if use_cfg:
-            tokens[n_img:] = half  # both halves hold the same image
+        scales = step_scales(settings, seq_len, n_next)
+        new = _draw_tokens(sample_head, z[to_predict], settings, scales, step, total, generator)
+        first = tokens[:n_img]  # (n, L, C), a view: the conditional rows
+        first[to_predict[:n_img]] = new.to(tokens.dtype)
+        for g in range(1, groups):
+            tokens[g * n_img : (g + 1) * n_img] = first  # every group holds the same image
         mask = mask_next
         masked = 0 if last else n_next
         if callback is not None:
@@ -252,15 +322,20 @@ def _draw_tokens(
     sample_head: HeadSampler,
     z_sel: torch.Tensor,
     settings: SamplingSettings,
-    cfg: float,
+    scales: tuple[float, ...],
     step: int,
     total: int,
     generator: torch.Generator | None,
 ) -> torch.Tensor:
-    """The tokens of one step's revealed positions from their decoder outputs z_sel (R·k, Dd), conditional rows
-    first. Under guidance at scale 1 only the conditional rows are sampled. Returns (n·k, C) float32."""
-    if settings.guidance_scale != 1.0 and cfg == 1.0:
-        z_sel = z_sel[: z_sel.shape[0] // 2]  # (n·k, Dd)
+    """The tokens of one step's revealed positions from their decoder outputs z_sel (R·k, Dd), the conditional
+    group first, under this step's guidance ``scales``. When every scale is 1 only the conditional rows are
+    sampled. Returns (n·k, C) float32."""
+    groups = len(scales) + 1
+    cfg: Guidance = 1.0
+    if all(s == 1.0 for s in scales):
+        z_sel = z_sel[: z_sel.shape[0] // groups]  # (n·k, Dd)
+    else:
+        cfg = scales[0] if groups == 2 else scales
     return sample_head(
         z_sel,
         temperature=settings.temperature,

@@ -15,7 +15,11 @@ USER_TEXT = "\ue000"  # marks where the user's text goes in a template (a privat
 
 
 def encode_template(
-    tok: PreTrainedTokenizerFast, template: str, user_text: str | Sequence[str] = "", image_token: str = "<image>"
+    tok: PreTrainedTokenizerFast,
+    template: str,
+    user_text: str | Sequence[str] = "",
+    image_token: str = "<image>",
+    image_slots: bool = False,
 ) -> list[int]:
     """Token ids of ``template`` with :data:`USER_TEXT` replaced by ``user_text``.
 
@@ -25,8 +29,12 @@ def encode_template(
     string in one call whenever the user's text holds no control token (the tokenizer splits at control tokens
     either way). A sequence of texts fills the template's markers in order (a conversation's messages), one text
     per marker.
+
+    ``image_slots``: the one exception, asked for explicitly: each ``image_token`` the user's text spells becomes
+    the image placeholder (a prompt that names where given images go); every other control token stays text.
     """
     controls = (IM_START, IM_END, END_OF_TEXT, image_token)
+    image_id = tok.convert_tokens_to_ids(image_token)
     texts = iter([user_text] * template.count(USER_TEXT) if isinstance(user_text, str) else user_text)
     ids: list[int] = []
     for piece in re.split("(" + "|".join(re.escape(c) for c in controls) + ")", template):
@@ -35,7 +43,11 @@ def encode_template(
         elif piece:
             # markers are replaced in the template only, so a text that holds the marker character stays as typed
             text = "".join((_next_text(texts) if i else "") + part for i, part in enumerate(piece.split(USER_TEXT)))
-            ids += tok(text, add_special_tokens=False, split_special_tokens=True).input_ids
+            for k, part in enumerate(text.split(image_token) if image_slots else [text]):
+                if k:
+                    ids.append(image_id)
+                if part:
+                    ids += tok(part, add_special_tokens=False, split_special_tokens=True).input_ids
     if next(texts, None) is not None:
         raise ValueError("more texts than the template has places for")
     return ids

@@ -31,14 +31,15 @@ __all__ = [
 ]
 
 
-def generation_strategies(model: Harmon, guidance: bool, compile: bool = False) -> Strategies:
+def generation_strategies(model: Harmon, guidance: bool, compile: bool = False, groups: int = 2) -> Strategies:
     """Every strategy of ``harmon.sampling.generate_tokens`` for ``model``: the fast head sampler (compiled MLP with
-    ``compile``), the deduplicated prompt cache and, with ``guidance`` (a [conditional; unconditional] batch), the
-    MAR encoder once per image. Run it inside :func:`packed_linears` on CPU float32."""
+    ``compile``), the deduplicated prompt cache and, with ``guidance`` (a batch of ``groups`` row groups, 2 for
+    [conditional; unconditional]), the MAR encoder once per image. Run it inside :func:`packed_linears` on CPU
+    float32."""
     strategies = Strategies(
         sample_head=fast_head_sampler(model.mar.diffloss, compile=compile),
         prompt_cache=functools.partial(deduplicated_prompt_cache, model),
     )
     if guidance:
-        strategies["encode_image"] = functools.partial(encode_halves_once, model)
+        strategies["encode_image"] = functools.partial(encode_halves_once, model, groups=groups)
     return strategies

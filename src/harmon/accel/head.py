@@ -21,7 +21,7 @@ import torch
 
 from harmon.accel.compile import FrozenCompiled, compiled
 from harmon.accel.linear import packed_linears, plain_linears
-from harmon.diffloss import DiffLoss, SimpleMLPAdaLN
+from harmon.diffloss import DiffLoss, Guidance, SimpleMLPAdaLN
 from harmon.diffusion import GaussianDiffusion
 from harmon.sampling import HeadSampler
 
@@ -106,7 +106,7 @@ def sample_fast(
     head: DiffLoss,
     z: torch.Tensor,
     temperature: float = 1.0,
-    cfg: float = 1.0,
+    cfg: Guidance = 1.0,
     generator: torch.Generator | None = None,
     num_steps: str | None = None,
     x0_clip: float | None = None,

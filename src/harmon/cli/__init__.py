@@ -15,7 +15,7 @@ from harmon import __version__
 from harmon.cli.analyze import add_analyze
 from harmon.cli.chat import add_chat
 from harmon.cli.eval import add_eval
-from harmon.cli.generate import add_convert, add_describe, add_generate
+from harmon.cli.generate import add_convert, add_describe, add_edit, add_generate
 from harmon.cli.serve import add_serve
 from harmon.cli.train import add_train
 
@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     add_train(sub)
     add_generate(sub)
+    add_edit(sub)
     add_describe(sub)
     add_chat(sub)
     add_serve(sub)

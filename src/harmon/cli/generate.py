@@ -1,4 +1,5 @@
-"""``harmon generate`` (text -> image), ``harmon describe`` (image + question -> text) and ``harmon convert``."""
+"""``harmon generate`` (text -> image), ``harmon edit`` (image + instruction -> image), ``harmon describe`` (image +
+question -> text) and ``harmon convert``."""
 
 from __future__ import annotations
 
@@ -36,6 +37,30 @@ def cmd_generate(args: argparse.Namespace) -> int:
         return 0
     for i, im in enumerate(images):
         print(save_image(im, out.with_name(f"{out.stem}_{i:02d}{out.suffix}")))
+    return 0
+
+
+def cmd_edit(args: argparse.Namespace) -> int:
+    from harmon.images import load_image
+
+    out = args.output  # checked when parsed (image_output), before minutes of loading and sampling
+    source = load_image(args.image)  # a missing or unreadable image is named before that too
+    pipe = load_pipeline(args)
+    images = pipe.edit(
+        source,
+        args.instruction,
+        image_guidance_scale=args.image_guidance_scale,
+        understanding_image_size=args.understanding_image_size,
+        num_images_per_prompt=args.num_images,
+        generator=seeded(args.seed),
+        compile=args.compile,
+        **generation_settings(args),
+    )
+    paths = (
+        [out] if len(images) == 1 else [out.with_name(f"{out.stem}_{i:02d}{out.suffix}") for i in range(len(images))]
+    )
+    for im, path in zip(images, paths):
+        print(save_image(im, path))
     return 0
 
 
@@ -84,6 +109,32 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--seed", type=seed_value, default=0)
     add_model_args(g)
     g.set_defaults(func=cmd_generate)
+
+
+def add_edit(sub: argparse._SubParsersAction) -> None:
+    e = sub.add_parser("edit", help="image + instruction -> edited image (a model trained to edit)")
+    e.add_argument("image", help="the image to edit")
+    e.add_argument("instruction", help='what to change, e.g. "make the circle blue"')
+    e.add_argument(
+        "-o", "--output", type=image_output, default="edited.png", help="PNG path (numbered when several images)"
+    )
+    e.add_argument("-n", "--num-images", type=int_at_least(1), default=1, help="edited images to draw")
+    e.add_argument(
+        "--image-guidance-scale",
+        type=float,
+        help="guidance towards the source image, against the prompt without it (>= 1; default 1: off, two prompt "
+        "rows instead of three); --guidance-scale guides towards the instruction",
+    )
+    e.add_argument(
+        "--understanding-image-size",
+        type=int_at_least(16),
+        help="pixels the encoder sees of the source (default: the model's)",
+    )
+    add_generation_args(e)
+    e.add_argument("--compile", action="store_true", help="run the diffusion head's MLP through torch.compile")
+    e.add_argument("--seed", type=seed_value, default=0)
+    add_model_args(e)
+    e.set_defaults(func=cmd_edit)
 
 
 def add_describe(sub: argparse._SubParsersAction) -> None:

@@ -30,6 +30,7 @@ from harmon.data.records import (
 from harmon.data.tasks import Task
 
 if TYPE_CHECKING:
+    from harmon.data.conditioned import ImageConditionedProcessor, collate_conditioned
     from harmon.data.formats import CaptionView, JsonlManifest, LlavaConversations, OfficialLayout, ProceduralSource
     from harmon.data.mixture import MixtureLoader, SourceSpec
     from harmon.data.processing import (
@@ -41,9 +42,10 @@ if TYPE_CHECKING:
         open_image,
         pad_right,
     )
-    from harmon.data.shards import ShardStream, WebDatasetShards, expand_braces, list_shards
+    from harmon.data.shards import ShardStream, WebDatasetEdits, WebDatasetShards, expand_braces, list_shards
 
 _LAZY = {
+    "harmon.data.conditioned": ("ImageConditionedProcessor", "collate_conditioned"),
     "harmon.data.formats": ("CaptionView", "JsonlManifest", "LlavaConversations", "OfficialLayout", "ProceduralSource"),
     "harmon.data.mixture": ("MixtureLoader", "SourceSpec"),
     "harmon.data.processing": (
@@ -55,7 +57,7 @@ _LAZY = {
         "open_image",
         "pad_right",
     ),
-    "harmon.data.shards": ("ShardStream", "WebDatasetShards", "expand_braces", "list_shards"),
+    "harmon.data.shards": ("ShardStream", "WebDatasetEdits", "WebDatasetShards", "expand_braces", "list_shards"),
 }
 _HOME = {name: module for module, names in _LAZY.items() for name in names}
 
@@ -71,6 +73,7 @@ __all__ = [
     "BadSample",
     "CaptionView",
     "Image2TextProcessor",
+    "ImageConditionedProcessor",
     "JsonlManifest",
     "LlavaConversations",
     "MixtureLoader",
@@ -80,9 +83,11 @@ __all__ = [
     "SourceSpec",
     "Task",
     "Text2ImageProcessor",
+    "WebDatasetEdits",
     "WebDatasetShards",
     "caption_conversation",
     "check_image",
+    "collate_conditioned",
     "collate_image2text",
     "collate_text2image",
     "derive_seed",

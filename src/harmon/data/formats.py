@@ -25,7 +25,7 @@ from harmon.data.records import (
 )
 from harmon.prompts import BRIEF_CAPTION_INSTRUCTIONS, DETAILED_CAPTION_INSTRUCTIONS
 
-KINDS = ("text2image", "image2text")
+KINDS = ("text2image", "image2text", "image_edit")
 
 
 def _check_kind(kind: str) -> str:
@@ -63,6 +63,15 @@ def _image_path(root: Path, value) -> Path | None:
         raise BadSample(MALFORMED, f"image field is {value!r}")
     path = Path(value)
     return path if path.is_absolute() else root / path
+
+
+def edit_record(obj: dict, root: Path, where: str) -> dict:
+    """An edit record from {"source": path, "instruction": str, "target": path} (paths relative to ``root``)."""
+    source, target = _image_path(root, obj.get("source")), _image_path(root, obj.get("target"))
+    instruction = obj.get("instruction")
+    if source is None or target is None or not isinstance(instruction, str) or not instruction.strip():
+        raise BadSample(MALFORMED, f"{where} needs a source, a target and a non-empty instruction")
+    return {"kind": "image_edit", "source": source, "instruction": instruction, "target": target}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -137,13 +146,17 @@ class OfficialLayout:
 
 # ---------------------------------------------------------------------------------------------------------------
 class JsonlManifest:
-    """One JSON object per line: {"image", "caption"} or {"image" (optional), "conversations" | "conversation"}.
+    """One JSON object per line: {"image", "caption"}, {"image" (optional), "conversations" | "conversation"} or
+    an edit {"source", "instruction", "target"}.
 
     Args:
         path: the manifest. image_root: root of relative image paths (default: the manifest's folder).
-        kind: "text2image" or "image2text"; None infers it from the first line (a "caption" line -> text2image,
-            a conversation line -> image2text). As image2text, caption lines become captioning conversations with
-            an instruction drawn from ``instructions`` by (seed, index), as in :class:`OfficialLayout`.
+        kind: "text2image", "image2text" or "image_edit"; None infers it from the first line (a "caption" line ->
+            text2image, a conversation line -> image2text, a "source" + "target" line -> image_edit). As image2text,
+            caption lines become captioning conversations with an instruction drawn from ``instructions`` by
+            (seed, index), as in :class:`OfficialLayout`.
+        captions: text2image lines need a caption; False accepts lines with only an image (reconstruction data,
+            which uses the image alone).
 
     Only line offsets are kept in memory; a line is parsed when its record is asked for.
     """
@@ -155,11 +168,12 @@ class JsonlManifest:
         kind: str | None = None,
         instructions: str | Sequence[str] = "detailed",
         seed: int = 0,
+        captions: bool = True,
     ) -> None:
         self.path = Path(path)
         self.image_root = Path(image_root) if image_root is not None else self.path.parent
         self.instructions = _instruction_list(instructions)
-        self.seed = seed
+        self.seed, self.captions = seed, captions
         offsets, pos = [], 0
         with open(self.path, "rb") as f:
             for line in f:
@@ -172,6 +186,7 @@ class JsonlManifest:
                 raise ValueError(f"{self.path} is empty: cannot infer its kind")
             first = self._parse(0)
             kind = "image2text" if ("conversations" in first or "conversation" in first) else "text2image"
+            kind = "image_edit" if "source" in first and "target" in first else kind
         self.kind = _check_kind(kind)
 
     def __len__(self) -> int:
@@ -191,11 +206,13 @@ class JsonlManifest:
 
     def record(self, i: int) -> dict:
         obj = self._parse(i)
+        if self.kind == "image_edit":
+            return edit_record(obj, self.image_root, f"{self.path} line {i}")
         image = _image_path(self.image_root, obj.get("image"))
         turns = obj.get("conversations", obj.get("conversation"))
         caption = obj.get("caption")
         if self.kind == "text2image":
-            if image is None or not isinstance(caption, str):
+            if image is None or not (isinstance(caption, str) or (caption is None and not self.captions)):
                 raise BadSample(MALFORMED, f"{self.path} line {i} lacks an image or a caption")
             return {"kind": "text2image", "image": image, "caption": caption}
         if turns is not None:

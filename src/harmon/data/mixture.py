@@ -32,6 +32,7 @@ from typing import Any, NamedTuple
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from harmon.data.conditioned import collate_conditioned
 from harmon.data.processing import collate_image2text, collate_text2image
 from harmon.data.records import BadSample, derive_seed
 from harmon.data.tasks import Task, parse_task
@@ -49,7 +50,8 @@ class SourceSpec:
             picks the loss by it.
         dataset: a map-style source (``__len__``, ``record(i)``) or a streamed one (``open_stream``); its records
             must have the layout of ``task`` (``task.record_kind``).
-        processor: ``processor(record, generator) -> sample dict`` (Text2ImageProcessor, Image2TextProcessor).
+        processor: ``processor(record, generator) -> sample dict`` (Text2ImageProcessor, Image2TextProcessor,
+            ImageConditionedProcessor).
         batch_size: samples of this source in every micro-batch (the fixed ratio, e.g. 1 : 3 : 16).
         weight: loss weight, for the trainer; the loader does not use it.
         pad_id: id for right-padding; None takes ``processor.pad_id``.
@@ -88,7 +90,10 @@ class SourceSpec:
 
     def collate(self, samples: list[dict]) -> dict:
         """The samples as one batch, tagged with the source's task."""
-        fn = collate_text2image if self.task is Task.TEXT_TO_IMAGE else collate_image2text
+        if self.task.image_conditioned:
+            fn = collate_conditioned
+        else:
+            fn = collate_text2image if self.task is Task.TEXT_TO_IMAGE else collate_image2text
         return {"task": self.task, **fn(samples, self.pad_id)}
 
 

@@ -3,7 +3,8 @@
 A text2image record is ``{"kind": "text2image", "image": <path | PIL.Image | bytes>, "caption": str}``; an
 image2text record is ``{"kind": "image2text", "image": <path | PIL.Image | bytes | None>, "conversation": [{"role":
 "user" | "assistant", "content": str}, ...]}`` where the user turn holding the image contains the literal
-``<image>``. ``bytes`` are an encoded image file (what a tar shard holds). Records may carry more keys (``"key"``
+``<image>``. An image_edit record is ``{"kind": "image_edit", "source": <image>, "instruction": str, "target":
+<image>}``. ``bytes`` are an encoded image file (what a tar shard holds). Records may carry more keys (``"key"``
 for streamed samples); processors ignore them.
 """
 

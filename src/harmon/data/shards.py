@@ -101,12 +101,14 @@ class WebDatasetShards:
         caption_keys: Sequence[str] = ("txt", "caption", "json"),
         seed: int = 0,
         shuffle: bool = True,
+        captions: bool = True,
     ) -> None:
         self.shards = list_shards(urls)
         self.image_keys = tuple(k.lower() for k in image_keys)
         self.caption_keys = tuple(k.lower() for k in caption_keys)
         self.seed = seed
         self.shuffle = shuffle
+        self.captions = captions  # False: a sample may hold only an image (reconstruction data)
 
     def shard_order(self, pass_index: int) -> list[int]:
         """Indices into ``self.shards`` in the reading order of pass ``pass_index``."""
@@ -151,24 +153,74 @@ class WebDatasetShards:
     def _make_record(self, tar: tarfile.TarFile, path: str, key: str, members: dict) -> dict:
         image_ext = next((k for k in self.image_keys if k in members), None)
         caption_ext = next((k for k in self.caption_keys if k in members), None)
-        if image_ext is None or caption_ext is None:
+        if image_ext is None or (caption_ext is None and self.captions):
             raise BadSample(MALFORMED, f"{path}:{key} has files {sorted(members)}, needs an image and a caption")
-        try:
-            image = tar.extractfile(members[image_ext]).read()
-            raw = tar.extractfile(members[caption_ext]).read()
-        except (tarfile.TarError, OSError) as err:
-            raise BadSample(UNREADABLE_SHARD, f"{path}:{key}: {err}") from err
-        try:
-            if caption_ext == "json":
-                meta = json.loads(raw)
-                caption = meta.get("caption", meta.get("text")) if isinstance(meta, dict) else None
-            else:
-                caption = raw.decode("utf-8")
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise BadSample(MALFORMED, f"{path}:{key}.{caption_ext}: {err}") from err
-        if not isinstance(caption, str):
+        image = _read(tar, path, key, members[image_ext])
+        caption = (
+            None if caption_ext is None else _text(_read(tar, path, key, members[caption_ext]), path, key, caption_ext)
+        )
+        if caption is None and self.captions:
             raise BadSample(MALFORMED, f"{path}:{key}.{caption_ext} holds no caption")
-        return {"kind": "text2image", "image": image, "caption": caption.strip(), "key": f"{Path(path).name}/{key}"}
+        caption = caption.strip() if caption is not None else None
+        return {"kind": "text2image", "image": image, "caption": caption, "key": f"{Path(path).name}/{key}"}
+
+
+class WebDatasetEdits(WebDatasetShards):
+    """Streamed image_edit records from WebDataset shards: each sample holds the source image (``src.jpg``, or
+    another ``src.`` image extension), the target (``tgt.jpg``, ...) and the instruction (``txt``, or a ``json``
+    with it under "instruction", "caption" or "text"). Splitting and resuming as :class:`WebDatasetShards`."""
+
+    kind = "image_edit"
+
+    def __init__(
+        self,
+        urls: str | Sequence[str],
+        image_extensions: Sequence[str] = ("jpg", "jpeg", "png", "webp"),
+        seed: int = 0,
+        shuffle: bool = True,
+    ) -> None:
+        super().__init__(urls, image_keys=tuple(image_extensions), seed=seed, shuffle=shuffle)
+
+    def _make_record(self, tar: tarfile.TarFile, path: str, key: str, members: dict) -> dict:
+        found = {
+            side: next((f"{side}.{ext}" for ext in self.image_keys if f"{side}.{ext}" in members), None)
+            for side in ("src", "tgt")
+        }
+        text_ext = next((k for k in self.caption_keys if k in members), None)
+        if found["src"] is None or found["tgt"] is None or text_ext is None:
+            raise BadSample(MALFORMED, f"{path}:{key} has files {sorted(members)}, needs src.jpg, tgt.jpg and txt")
+        instruction = _text(_read(tar, path, key, members[text_ext]), path, key, text_ext, "instruction")
+        if instruction is None or not instruction.strip():
+            raise BadSample(MALFORMED, f"{path}:{key}.{text_ext} holds no instruction")
+        return {
+            "kind": "image_edit",
+            "source": _read(tar, path, key, members[found["src"]]),
+            "instruction": instruction.strip(),
+            "target": _read(tar, path, key, members[found["tgt"]]),
+            "key": f"{Path(path).name}/{key}",
+        }
+
+
+def _read(tar: tarfile.TarFile, path: str, key: str, member: tarfile.TarInfo) -> bytes:
+    """A member's bytes; a read failure is a bad sample."""
+    try:
+        return tar.extractfile(member).read()
+    except (tarfile.TarError, OSError) as err:
+        raise BadSample(UNREADABLE_SHARD, f"{path}:{key}: {err}") from err
+
+
+def _text(raw: bytes, path: str, key: str, ext: str, *json_keys: str) -> str | None:
+    """The text of a ``txt``-like member, or of a ``json`` member under the first of ``json_keys`` ("caption",
+    "text") it has; None when a json holds none."""
+    try:
+        if ext != "json":
+            return raw.decode("utf-8")
+        meta = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise BadSample(MALFORMED, f"{path}:{key}.{ext}: {err}") from err
+    keys = (*json_keys, "caption", "text")
+    found = next((meta[k] for k in keys if isinstance(meta, dict) and k in meta), None)
+    return found if isinstance(found, str) else None
 
 
 def _raiser(err: BadSample) -> Callable[[], dict]:

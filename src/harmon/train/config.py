@@ -79,7 +79,7 @@ class SourceConfig:
     name: str
     format: str  # a registered format: official | jsonl | llava | webdataset (the shapes world adds shapes)
     path: str = ""  # data_info.json / manifest / LLaVA json / shard glob; unused for procedural formats
-    task: Task | None = None  # text2image | image2text | text_only (image_edit is reserved); required
+    task: Task | None = None  # text2image | image2text | text_only | image_edit | reconstruction; required
     image_folder: str | None = None
     batch_size: int = 1  # samples of this source in every micro-batch (the fixed mixture ratio)
     loss_weight: float = 1.0
@@ -87,12 +87,20 @@ class SourceConfig:
     # conversation, an instruction from `instructions` answered by the caption (e.g. web pairs for captioning).
     captions_from_pairs: bool = False
     instructions: str = "detailed"  # captioning instruction set: detailed | brief
-    cfg_drop_prob: float = 0.1  # text2image: probability that the prompt becomes the unconditional one
-    crop: str = "random"  # text2image: random | center square crop, or stretch to a square
+    # text2image, image_edit, reconstruction: probability that the prompt becomes the unconditional one (no image)
+    cfg_drop_prob: float = 0.1
+    # image_edit, reconstruction: probability that the text is dropped and the image kept (the "image without
+    # instruction" guidance branch; harmon.data.conditioned)
+    text_drop_prob: float = 0.0
+    # image_edit, reconstruction: side in pixels of the condition image whose understanding features fill the prompt;
+    # None: the run's image_size
+    cond_image_size: int | None = None
+    crop: str = "random"  # text2image (and image-conditioned without pad_to_square): random | center, or stretch
     # Most text tokens of a sample; None: the run's max_text_length, at least 128 for image2text and text_only
     # (whose samples are never cut: a longer one is skipped as a bad sample).
     max_text_length: int | None = None
-    pad_to_square: bool = True  # image2text: pad to a gray square (official) instead of a random square crop
+    # image2text, image_edit, reconstruction: pad to a gray square (official understanding input) instead of `crop`
+    pad_to_square: bool = True
     format_options: dict[str, Any] = field(default_factory=dict)  # options of this format only, validated by it
 
     def __post_init__(self) -> None:
@@ -101,8 +109,11 @@ class SourceConfig:
 
     @property
     def record_task(self) -> Task:
-        """The task whose records the format reads: text2image when captions_from_pairs turns them into captions."""
-        return Task.TEXT_TO_IMAGE if self.captions_from_pairs else self.task
+        """The task whose records the format reads: text2image when captions_from_pairs turns them into captions,
+        and for reconstruction, which reads caption records for their image."""
+        if self.captions_from_pairs or self.task is Task.RECONSTRUCTION:
+            return Task.TEXT_TO_IMAGE
+        return self.task
 
     def validate(self) -> None:
         where = f"source {self.name!r}"
@@ -116,6 +127,12 @@ class SourceConfig:
             raise ValueError(f"{where}: instructions must be one of {INSTRUCTION_SETS}, got {self.instructions!r}")
         if not 0.0 <= self.cfg_drop_prob <= 1.0:
             raise ValueError(f"{where}: cfg_drop_prob must lie in [0, 1], got {self.cfg_drop_prob}")
+        if not (self.text_drop_prob >= 0.0 and self.cfg_drop_prob + self.text_drop_prob <= 1.0):
+            raise ValueError(f"{where}: text_drop_prob must be >= 0 with cfg_drop_prob + text_drop_prob <= 1")
+        if self.cond_image_size is not None and (self.cond_image_size < 16 or self.cond_image_size % 16):
+            raise ValueError(f"{where}: cond_image_size must be a positive multiple of 16, got {self.cond_image_size}")
+        if not self.task.image_conditioned and (self.text_drop_prob or self.cond_image_size is not None):
+            raise ValueError(f"{where}: text_drop_prob and cond_image_size apply to image_edit and reconstruction")
         if self.crop not in CROPS:
             raise ValueError(f"{where}: crop must be one of {CROPS}, got {self.crop!r}")
         if self.max_text_length is not None and self.max_text_length < 1:

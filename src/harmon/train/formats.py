@@ -8,8 +8,8 @@ A *format* turns a :class:`SourceConfig` into a dataset of records. Formats regi
 ``captions_from_pairs`` is set: :func:`build_dataset` then serves them as captioning conversations). ``options``
 is a dataclass that ``src.format_options`` is validated into when the config is validated (unknown keys are refused
 by name; an options class may define ``validate(self, src)``); the builder reads it with :func:`format_options`.
-``tasks`` are the tasks the format's records can serve. The generic formats (official, jsonl, llava, webdataset)
-register below.
+``tasks`` are the tasks the format's records can serve (default: caption records and conversations). The generic
+formats (official, jsonl, llava, webdataset) register below.
 """
 
 from __future__ import annotations
@@ -20,8 +20,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from harmon.data.formats import JsonlManifest, LlavaConversations, OfficialLayout
-from harmon.data.shards import WebDatasetShards
-from harmon.data.tasks import SUPPORTED_TASKS, Task
+from harmon.data.shards import WebDatasetEdits, WebDatasetShards
+from harmon.data.tasks import Task
+
+# The record tasks a format serves unless it says otherwise: caption records and conversations. (Reconstruction
+# reads caption records, so every format that serves text2image serves it too: SourceConfig.record_task.)
+CAPTIONS_AND_CONVERSATIONS = (Task.TEXT_TO_IMAGE, Task.IMAGE_TO_TEXT, Task.TEXT_ONLY)
 
 if TYPE_CHECKING:  # the configs validate against this registry, so it reads them as types only
     from harmon.train.config import SourceConfig, TrainConfig
@@ -46,7 +50,7 @@ def register_format(
     name: str,
     builder: Builder,
     options: type | None = None,
-    tasks: tuple[Task, ...] = SUPPORTED_TASKS,
+    tasks: tuple[Task, ...] = CAPTIONS_AND_CONVERSATIONS,
     needs_path: bool = True,
 ) -> None:
     """Make ``format=name`` build its datasets with ``builder(src, cfg)`` (a later registration replaces one)."""
@@ -122,7 +126,11 @@ def build_official(src: SourceConfig, cfg: TrainConfig) -> Any:
 
 def build_jsonl(src: SourceConfig, cfg: TrainConfig) -> Any:
     return JsonlManifest(
-        src.path, image_root=src.image_folder, kind=src.record_task.record_kind, instructions=src.instructions
+        src.path,
+        image_root=src.image_folder,
+        kind=src.record_task.record_kind,
+        instructions=src.instructions,
+        captions=src.task is not Task.RECONSTRUCTION,  # reconstruction lines may hold only an image
     )
 
 
@@ -132,10 +140,13 @@ def build_llava(src: SourceConfig, cfg: TrainConfig) -> Any:
 
 
 def build_webdataset(src: SourceConfig, cfg: TrainConfig) -> Any:
-    return WebDatasetShards(src.path, seed=cfg.seed)
+    """Caption shards (``jpg`` + ``txt``), or edit shards (``src.jpg`` + ``tgt.jpg`` + ``txt``) for image_edit."""
+    if src.task is Task.IMAGE_EDIT:
+        return WebDatasetEdits(src.path, seed=cfg.seed)
+    return WebDatasetShards(src.path, seed=cfg.seed, captions=src.task is not Task.RECONSTRUCTION)
 
 
 register_format("official", build_official, OfficialOptions, tasks=(Task.TEXT_TO_IMAGE, Task.IMAGE_TO_TEXT))
-register_format("jsonl", build_jsonl)
+register_format("jsonl", build_jsonl, tasks=(*CAPTIONS_AND_CONVERSATIONS, Task.IMAGE_EDIT))
 register_format("llava", build_llava, tasks=(Task.IMAGE_TO_TEXT, Task.TEXT_ONLY))
-register_format("webdataset", build_webdataset, tasks=(Task.TEXT_TO_IMAGE,))
+register_format("webdataset", build_webdataset, tasks=(Task.TEXT_TO_IMAGE, Task.IMAGE_EDIT))

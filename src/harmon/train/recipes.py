@@ -143,11 +143,114 @@ def finetune_decoder(
     )
 
 
+# ---- image-conditioned post-training -------------------------------------------------------------------------
+# RecA (reconstruction alignment, arXiv 2509.07295) for Harmon. Each value names its source: [code] = the authors'
+# public repository HorizonWind2004/reconstruction-alignment at commit b250aa1 (Harmon/configs/examples/reca.py,
+# Harmon/configs/datasets/qwen2_5_1_5b/*.py, Harmon/src/models/harmon_dev.py, Harmon/src/datasets/text2image/),
+# [paper] = the paper as issue 24 summarises it, [guide] = the repository's REPRODUCE_GUIDE.md, [ours] = our choice.
+RECA_STEPS = 5000  # [paper] ~5k steps (27 A100-hours for 1.5B); [code] schedules 50,000 iterations (micro-batches)
+RECA_BATCH = 48  # [code] samples per source per micro-batch for 1.5B ("96 for 0.5B")
+# [guide] feed the understanding path the lowest resolution the model was trained to understand (higher resolution
+# invites pixel copying; the paper's ablation prefers 224/256 px to 512); Harmon's stages I-II understand at 256 px.
+# [code] itself feeds the 512 px image.
+RECA_UNDERSTANDING_SIZE = 256
+
+
+def reca(
+    data_root: str = "data",
+    checkpoint: str = "harmon_1.5b.pth",
+    vae: str = "kl16.ckpt",
+    llm: str = "Qwen2.5-1.5B-Instruct",
+) -> TrainConfig:
+    """RecA post-training of released weights: reconstruct unlabelled images from the model's own understanding
+    features plus a template, mixed 1 : 1 with LLaVA understanding data so understanding is kept.
+
+    Per optimizer step and GPU: 2 micro-batches of 48 reconstructions + 48 conversations ([code]: repeat [2, 2, 0]
+    over single-source micro-batches, accumulation 4, the same samples). Reconstruction: images stretched to a square
+    ([code] crop_image=False) at 512 px ([code]), the condition at 256 px ([guide], see RECA_UNDERSTANDING_SIZE),
+    10 % of prompts with the template dropped and the image kept ([code] unconditional=0.1), templates drawn from
+    our own list ([code] uses its own ~30). The gradient into the condition's features is scaled by 0.1 ([code]
+    grad_scale; our model's config.grad_scale). Optimiser: AdamW lr 1e-5, betas (0.9, 0.95), weight decay 0.02,
+    clipping 1.0, linear warm-up from 1e-5 x lr over 1 %, cosine to 0 (all [code]); bf16 and gradient checkpointing
+    ([code]); everything trains ([code] freeze_llm=False); checkpoints every 1,000 steps ([code]). For Harmon-0.5B
+    pass its files and set ``data.0.batch_size=96 data.1.batch_size=96`` ([code]).
+    """
+    recon = SourceConfig(
+        "reconstruction",
+        "webdataset",
+        f"{data_root}/recon/*.tar",  # [code] Midjourney-v6 or BLIP3o-60k images; any unlabelled images will do
+        task=Task.RECONSTRUCTION,
+        batch_size=RECA_BATCH,
+        cfg_drop_prob=0.0,
+        text_drop_prob=0.1,
+        cond_image_size=RECA_UNDERSTANDING_SIZE,
+        crop="stretch",
+        pad_to_square=False,
+    )
+    understanding = SourceConfig(
+        "image2text_qa",
+        "llava",
+        f"{data_root}/llava_v1_5_mix665k.json",  # [code] LLaVA-Instruct mix665k
+        task=I2T,
+        image_folder=f"{data_root}/llava_images",
+        batch_size=RECA_BATCH,
+        max_text_length=2048 - 576,  # [code] max_length
+        pad_to_square=False,  # [code] pad_image_to_square=False
+    )
+    return _recipe(
+        "reca",
+        lr=1e-5,
+        every=1000,
+        model=ModelInit(preset=None, official_checkpoint=checkpoint, official_vae=vae, llm_folder=llm),
+        data=[recon, understanding],
+        image_size=512,
+        accum_steps=2,
+        train_modules=EVERYTHING,
+        max_steps=RECA_STEPS,
+    )
+
+
+def edit(
+    data_root: str = "data",
+    checkpoint: str = "harmon_1.5b.pth",
+    vae: str = "kl16.ckpt",
+    llm: str = "Qwen2.5-1.5B-Instruct",
+) -> TrainConfig:
+    """Fine-tuning on edit triples (source, instruction, target) from released weights, with text-to-image pairs
+    so that plain generation is kept. Our choices throughout: the official fine-tuning example's optimiser (lr 1e-5,
+    512 px, everything trains), the condition at the training size (preservation needs detail, unlike RecA's
+    reconstruction), and InstructPix2Pix's drops (5 % instruction dropped, 5 % everything dropped), which train the
+    two guidance branches of :meth:`harmon.pipeline.HarmonPipeline.edit`.
+    """
+    edits = SourceConfig(
+        "image_edit",
+        "jsonl",
+        f"{data_root}/edits.jsonl",  # {"source", "instruction", "target"} per line; or webdataset src.jpg/tgt.jpg/txt
+        task=Task.IMAGE_EDIT,
+        batch_size=16,
+        cfg_drop_prob=0.05,
+        text_drop_prob=0.05,
+    )
+    pairs = SourceConfig("text2image", "jsonl", f"{data_root}/finetune.jsonl", task=T2I, batch_size=4)
+    return _recipe(
+        "edit",
+        lr=1e-5,
+        every=1000,
+        model=ModelInit(preset=None, official_checkpoint=checkpoint, official_vae=vae, llm_folder=llm),
+        data=[edits, pairs],
+        image_size=512,
+        train_modules=EVERYTHING,
+        max_steps=10_000,
+    )
+
+
 RECIPES: dict[str, Callable[..., TrainConfig]] = {
     "stage1": stage1,
     "stage2": stage2,
     "stage3": stage3,
     "finetune_decoder": finetune_decoder,
+    "reca": reca,
+    "edit": edit,
 }
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from harmon.config import HarmonConfig
+from harmon.data.conditioned import ImageConditionedProcessor
 from harmon.data.formats import CaptionView
 from harmon.data.mixture import MixtureLoader, SourceSpec
 from harmon.data.processing import Image2TextProcessor, Text2ImageProcessor
@@ -24,6 +25,27 @@ def build_dataset(src: SourceConfig, cfg: TrainConfig) -> Any:
 
 def build_processor(src: SourceConfig, cfg: TrainConfig, tokenizer, model_config: HarmonConfig):
     """The record -> sample processor of ``src``'s task."""
+    if src.task.image_conditioned:
+        cond_size = cfg.image_size if src.cond_image_size is None else src.cond_image_size
+        side = cond_size // model_config.token_px
+        if cond_size % model_config.token_px:
+            raise ValueError(
+                f"source {src.name!r}: cond_image_size {cond_size} is not a multiple of the token size "
+                f"{model_config.token_px} px"
+            )
+        return ImageConditionedProcessor(
+            tokenizer,
+            src.task,
+            cfg.image_size,
+            cond_size,
+            image_tokens=side * side + model_config.mar.buffer_size,
+            max_length=cfg.max_text_length if src.max_text_length is None else src.max_text_length,
+            cfg_drop_prob=src.cfg_drop_prob,
+            text_drop_prob=src.text_drop_prob,
+            crop=src.crop,
+            pad_to_square=src.pad_to_square,
+            image_token=model_config.image_token,
+        )
     if src.task is Task.TEXT_TO_IMAGE:
         return Text2ImageProcessor(
             tokenizer,
