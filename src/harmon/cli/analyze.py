@@ -10,17 +10,16 @@ from harmon.cli.common import (
     PRESET_NAMES,
     add_model_args,
     command_line,
-    generation_settings,
     image_output,
     int_at_least,
     load_pipeline,
     output_file,
-    output_folder,
     save_image,
     seed_value,
     seeded,
     write_json,
 )
+from harmon.cli.studies import add_studies
 
 
 def cmd_gradcam(args: argparse.Namespace) -> int:
@@ -171,31 +170,6 @@ def cmd_probe(args: argparse.Namespace) -> int:
         f"{result['seconds']:.0f} s"
     )
     write_json(args.json, result)
-    return 0
-
-
-def cmd_synergy(args: argparse.Namespace) -> int:
-    from harmon.world.analyses.synergy import format_synergy_table, run_synergy
-
-    study = run_synergy(
-        args.base,
-        args.outdir,
-        seeds=tuple(range(args.seeds)),
-        steps=args.steps,
-        n_prompts=args.prompts,
-        eval_seed=args.eval_seed,
-        device=args.device or "cpu",
-        t2i_batch=args.t2i_batch,
-        und_batch=args.und_batch,
-        lr=args.lr,
-        command=command_line(None),
-        **generation_settings(args),  # the sampling flags synergy takes: --num-iter ... --x0-clip
-    )
-    print(format_synergy_table(study))
-    print(
-        f"{study['steps']} steps per run from {study['base']}; {study['n_prompts']} prompts, eval seed "
-        f"{study['eval_seed']}; results in {Path(args.outdir) / 'synergy.json'}"
-    )
     return 0
 
 
@@ -384,32 +358,6 @@ def _add_drawn_codec(asub: argparse._SubParsersAction) -> None:
     cd.set_defaults(func=cmd_codec)
 
 
-def _add_synergy(asub: argparse._SubParsersAction) -> None:
-    sy = asub.add_parser("synergy", help="same steps, text-to-image only vs + understanding data, several seeds")
-    sy.add_argument("--base", required=True, help="model folder every run starts from (e.g. a stage-I export)")
-    sy.add_argument(
-        "--outdir",
-        required=True,
-        type=output_folder,
-        help="runs and synergy.json go here (an interrupted study resumes)",
-    )
-    sy.add_argument("--seeds", type=int_at_least(1), default=3)
-    sy.add_argument("--steps", type=int_at_least(1), default=500, help="optimizer steps per run")
-    sy.add_argument("--prompts", type=int_at_least(1), default=120, help="fresh GenEval-style prompts per scored model")
-    sy.add_argument("--eval-seed", type=seed_value, default=0)
-    sy.add_argument("--t2i-batch", type=int_at_least(1), default=32)
-    sy.add_argument(
-        "--und-batch", type=int_at_least(1), default=8, help="question-answering conversations per step (joint arm)"
-    )
-    sy.add_argument("--lr", type=float, default=3e-4)
-    sy.add_argument("--num-iter", type=int_at_least(1))
-    sy.add_argument("--guidance-scale", type=float)
-    sy.add_argument("--diffusion-steps")
-    sy.add_argument("--x0-clip", type=float)
-    sy.add_argument("--device")
-    sy.set_defaults(func=cmd_synergy)
-
-
 def add_analyze(sub: argparse._SubParsersAction) -> None:
     a = sub.add_parser("analyze", help="GradCAM++, linear probes and the synergy study")
     asub = a.add_subparsers(dest="analysis", required=True)
@@ -417,4 +365,4 @@ def add_analyze(sub: argparse._SubParsersAction) -> None:
     _add_localisation(asub)
     _add_probe_context_words(asub)
     _add_drawn_codec(asub)
-    _add_synergy(asub)
+    add_studies(asub)

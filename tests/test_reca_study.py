@@ -1,0 +1,50 @@
+"""The RecA study's bookkeeping: its run configs, summary and verdict (the runs themselves are too slow here)."""
+
+from __future__ import annotations
+
+import pytest
+
+from harmon.data.tasks import Task
+from harmon.world.analyses.reca import format_reca_table, reca_config, summarize, verdict
+
+
+def _study(base: list[float], reca: list[float], pope_drop: float = 0.0) -> dict:
+    runs = {}
+    for arm, values in (("base", base), ("reca", reca)):
+        for seed, overall in enumerate(values):
+            pope = 0.95 - (pope_drop if arm == "reca" else 0.0)
+            runs[f"{arm}/seed{seed}"] = {"overall": overall, "position": 0.3, "pope_f1": pope, "counting": 0.9}
+    return {"runs": runs}
+
+
+def test_a_clear_gain_with_understanding_kept_replicates():
+    v = verdict(summarize(_study([0.60, 0.61, 0.62], [0.70, 0.71, 0.69])))["reca"]
+    assert v["gain"] == pytest.approx(0.09) and v["replicates"]
+
+
+@pytest.mark.parametrize(
+    ("base", "reca", "pope_drop", "why"),
+    [
+        ([0.60, 0.61, 0.62], [0.64, 0.65, 0.66], 0.0, "gain below 0.05"),
+        ([0.50, 0.60, 0.70], [0.55, 0.70, 0.80], 0.0, "gain within two standard errors"),
+        ([0.60, 0.61, 0.62], [0.70, 0.71, 0.69], 0.02, "understanding lost"),
+        ([0.60, 0.61], [0.70, 0.71], 0.0, "fewer than three runs"),
+    ],
+)
+def test_no_replication_without_every_condition(base, reca, pope_drop, why):
+    v = verdict(summarize(_study(base, reca, pope_drop)))["reca"]
+    assert not v["replicates"], why
+
+
+def test_the_table_says_when_runs_are_too_few():
+    study = _study([0.6], [0.7])
+    assert "cannot be judged" in format_reca_table(study)
+
+
+def test_reca_config_feeds_images_only_and_keeps_understanding(tmp_path):
+    cfg = reca_config("base", tmp_path, seed=3, steps=10, cond_image_size=32, lr=1e-4, batch=4)
+    cfg.validate()
+    recon, qa = cfg.data
+    assert recon.task is Task.RECONSTRUCTION and recon.cond_image_size == 32 and recon.text_drop_prob == 0.1
+    assert qa.task is Task.IMAGE_TO_TEXT and qa.batch_size == recon.batch_size == 4
+    assert cfg.seed == 3 and not any(m.startswith("vae") for m in cfg.train_modules)
