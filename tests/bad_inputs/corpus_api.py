@@ -142,6 +142,34 @@ DECODING = [
     ),
 ]
 
+
+def edit(**kwargs):
+    """A call: the shared pipeline's ``edit`` of a red square with ``kwargs`` (one cheap step at most)."""
+    kwargs.setdefault("num_iter", 1)
+    instruction = kwargs.pop("instruction", "make the square blue")
+    image = kwargs.pop("image", RED)
+    return lambda ctx: ctx.pipe.edit(image, instruction, **kwargs)
+
+
+EDITING = [
+    bad("api-edit-instruction-empty", edit(instruction="  "), "instruction"),
+    bad("api-edit-instruction-bytes", edit(instruction=b"make it blue"), "instruction", TypeError),
+    bad("api-edit-image-guidance-below-one", edit(image_guidance_scale=0.5), "image_guidance_scale"),
+    bad("api-edit-image-guidance-nan", edit(image_guidance_scale=math.nan), "image_guidance_scale"),
+    bad("api-edit-understanding-size-48", edit(understanding_image_size=48), "understanding_image_size"),
+    bad("api-edit-generator-an-int", edit(generator=1), "generator", TypeError),
+    bad("api-edit-image-missing", lambda ctx: ctx.pipe.edit(ctx.ws / "nope.png", "make it blue"), "nope.png", OSError),
+    bad("api-edit-image-a-number", edit(image=7), "image", TypeError),
+    bad("api-images-empty", generate(images=[], num_iter=1), "images is empty"),
+    bad("api-images-a-path-not-a-list", generate(images="circle.png", num_iter=1), "images must be a list", TypeError),
+    bad(
+        "api-images-marks-mismatch",
+        lambda ctx: ctx.pipe.generate("a <image> beside a <image>", images=[RED], num_iter=1),
+        "2 <image> marks for 1 images",
+    ),
+]
+
+
 TRAINING = [
     bad(
         "api-train-config-from-list",
@@ -178,4 +206,4 @@ TRAINING = [
     api("api-trainer-no-data", "api", trainer(data=[]), ValueError, "data"),
 ]
 
-CASES: list[Case] = [*LOADING, *GENERATION, *DECODING, *TRAINING]
+CASES: list[Case] = [*LOADING, *GENERATION, *DECODING, *EDITING, *TRAINING]

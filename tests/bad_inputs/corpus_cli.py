@@ -203,4 +203,21 @@ OFFICIAL_FLAGS = [
     ),
 ]
 
-CASES: list[Case] = [*ARGPARSE, *DEVICES, *OUTPUTS, *SETTINGS, *CONVERT, *OFFICIAL_FLAGS]
+
+def edit(*flags: str) -> list[str]:
+    """``harmon edit`` of the case's img.png (made by :func:`corpus_files.png`)."""
+    return ["edit", "{ws}/img.png", "make the square blue", "-o", "{ws}/e.png", "--model", "{model}", *flags]
+
+
+EDIT = [
+    cli("cli-edit-without-instruction", "cli", ["edit", "{ws}/img.png"], "required: instruction", setup=png),
+    cli("cli-edit-image-missing", "cli", edit(), "img.png", before_model=True),
+    cli("cli-edit-num-images-zero", "cli", edit("-n", "0"), "--num-images", setup=png, before_model=True),
+    cli("cli-edit-seed-negative", "cli", edit("--seed", "-1"), "--seed", setup=png, before_model=True),
+    cli("cli-edit-understanding-size-8", "cli", edit("--understanding-image-size", "8"), "8", setup=png),
+    cli("cli-edit-output-not-an-image", "cli", edit("-o", "{ws}/e.txt"), "e.txt", setup=png, before_model=True),
+    cli("cli-edit-image-guidance-word", "cli", edit("--image-guidance-scale", "lots"), "'lots'", setup=png),
+]
+
+
+CASES: list[Case] = [*ARGPARSE, *DEVICES, *OUTPUTS, *SETTINGS, *CONVERT, *OFFICIAL_FLAGS, *EDIT]
