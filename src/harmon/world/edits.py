@@ -13,7 +13,7 @@ Scoring: :mod:`harmon.world.edit_scoring`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -146,7 +146,10 @@ def _unique(scene: Scene) -> list[int]:
     return [i for i, o in enumerate(scene.objects) if scene.pairs.count(o.pair) == 1]
 
 
-def _allowed(config: WorldConfig, allow_held_out: bool):
+PairRule = Callable[[str, str], bool]  # (colour, shape) -> whether the edit may use the pair
+
+
+def _allowed(config: WorldConfig, allow_held_out: bool) -> PairRule:
     return lambda color, shape: allow_held_out or not config.is_held_out(color, shape)
 
 
@@ -159,7 +162,9 @@ def _object_counts(edit_type: str, config: WorldConfig) -> tuple[int, int]:
     return 1, config.max_objects
 
 
-def _swap(g, scene, config, ok) -> tuple[tuple[int, ...], tuple[WorldObject, ...]] | None:
+def _swap(g: torch.Generator, scene: Scene, ok: PairRule) -> tuple[tuple[int, ...], tuple[WorldObject, ...]] | None:
+    """(the two swapped objects' indices, the objects after the swap), or None when no two unique objects of
+    different colours can swap them within the allowed pairs."""
     objs = scene.objects
     pairs = [
         (i, j)
@@ -178,11 +183,11 @@ def _swap(g, scene, config, ok) -> tuple[tuple[int, ...], tuple[WorldObject, ...
     return (i, j), tuple(out)
 
 
-def _build(g: torch.Generator, edit_type: str, scene: Scene, config: WorldConfig, ok) -> dict | None:
+def _build(g: torch.Generator, edit_type: str, scene: Scene, config: WorldConfig, ok: PairRule) -> dict | None:
     """The edit's target objects and its meta on ``scene``, or None when this scene cannot carry it."""
     objs, unique = list(scene.objects), _unique(scene)
     if edit_type == "swap_colors":
-        found = _swap(g, scene, config, ok)
+        found = _swap(g, scene, ok)
         return None if found is None else {"index": found[0], "objects": found[1]}
     if edit_type == "add":
         place = choice(g, places_for(config))
