@@ -82,6 +82,26 @@ def _shapes_levels(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_shapes_edit(args: argparse.Namespace) -> int:
+    """``harmon eval shapes-edit``: fresh edits per type and phrasing split, edited by the model, scored exactly."""
+    from harmon.world.evaluate_edits import evaluate_edits, format_edits, pipeline_edit_fn
+
+    splits = ("seen", "held_out") if args.phrasing == "both" else (args.phrasing,)
+    pipe = load_pipeline(args)
+    settings = generation_settings(args)
+    edit_fn = pipeline_edit_fn(
+        pipe,
+        image_guidance_scale=args.image_guidance_scale,
+        understanding_image_size=args.understanding_image_size,
+        **settings,
+    )
+    size = pipe.config.generation.image_size
+    result = evaluate_edits(edit_fn, size, n=args.edits, seed=args.seed, splits=splits, level=args.level)
+    print(format_edits(result))
+    write_json(args.json, result | {"settings": settings | {"image_guidance_scale": args.image_guidance_scale}})
+    return 0
+
+
 def cmd_geneval(args: argparse.Namespace) -> int:
     from harmon.eval.common import rank_and_world
     from harmon.eval.geneval import generate_geneval, read_prompts
@@ -247,6 +267,36 @@ def _add_shapes(esub: argparse._SubParsersAction) -> None:
     es.set_defaults(func=cmd_shapes)
 
 
+def _add_shapes_edit(esub: argparse._SubParsersAction) -> None:
+    ee = esub.add_parser(
+        "shapes-edit", help="fresh shapes-world edits (recolour, remove, add, move, swap colours, change shape), scored"
+    )
+    ee.add_argument("--edits", type=int_at_least(1), default=50, help="edits per edit type and phrasing split")
+    ee.add_argument("--seed", type=seed_value, default=0)
+    ee.add_argument(
+        "--phrasing",
+        choices=["seen", "held_out", "both"],
+        default="both",
+        help="instructions in the phrasings training uses, in the held-out ones, or both (one column each)",
+    )
+    ee.add_argument("--level", choices=["free", "grid"], default="free", help="the world v2 level of the scenes")
+    ee.add_argument(
+        "--image-guidance-scale",
+        type=float,
+        help="guidance towards the source image (>= 1; default 1: off); --guidance-scale guides towards the "
+        "instruction",
+    )
+    ee.add_argument(
+        "--understanding-image-size",
+        type=int_at_least(16),
+        help="pixels the encoder sees of the source (default: the model's)",
+    )
+    add_generation_args(ee, image_size=False)
+    ee.add_argument("--json", type=output_file, help="also write the full result here")
+    add_model_args(ee)
+    ee.set_defaults(func=cmd_shapes_edit)
+
+
 def _add_geneval(esub: argparse._SubParsersAction) -> None:
     eg = esub.add_parser("geneval", help="images for GenEval prompts in GenEval's folder layout (torchrun-ready)")
     eg.add_argument(
@@ -319,6 +369,7 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
     )
     esub = e.add_subparsers(dest="suite", required=True)
     _add_shapes(esub)
+    _add_shapes_edit(esub)
     _add_geneval(esub)
     add_fid(esub)
     _add_answer_suites(esub)

@@ -1,7 +1,8 @@
 """The synthetic shapes world: scenes, GenEval-format prompts, POPE-style questions and exact scorers.
 
 Used to train a tiny Harmon from scratch and to score its generation (GenEval rules) and understanding
-(POPE, counting, colour, position, description) exactly.
+(POPE, counting, colour, position, description) exactly, and edits (:mod:`harmon.world.edits`: source scene,
+instruction, exact target; scored by :func:`harmon.world.edit_scoring.score_edit`).
 
     >>> import torch
     >>> from harmon.world import WorldConfig, sample_prompt, scene_for_prompt, render, detect_objects, judge_prompt
@@ -20,11 +21,15 @@ and "shapes_v2" (:func:`harmon.train.hooks.register_eval`). Its training recipes
 """
 
 from harmon.config import register_size
+from harmon.data.tasks import Task
 from harmon.eval.metrics import RELATIONS, pope_answer, relation
-from harmon.train.formats import register_format
+from harmon.train.formats import CAPTIONS_AND_CONVERSATIONS, register_format
 from harmon.train.hooks import register_eval
 from harmon.world.detect2 import DetectorV2Config, detect_objects_v2
 from harmon.world.detection import DetectedObject, DetectorConfig, detect_objects
+from harmon.world.edit_grammar import EDIT_TYPES, is_held_out_edit_phrasing
+from harmon.world.edit_scoring import EditScore, score_edit
+from harmon.world.edits import Edit, sample_edit
 from harmon.world.free import LEVELS, free_world, level_scene_for_prompt, level_world, sample_level_scene
 from harmon.world.grammar import is_held_out_phrasing
 from harmon.world.hooks import shapes_quick, shapes_v2_quick
@@ -84,12 +89,19 @@ from harmon.world.scoring import (
 from harmon.world.sources import ShapesOptions, build_shapes_dataset
 
 register_size("shapes", harmon_shapes, tokenizer_sized=True)
-register_format("shapes", build_shapes_dataset, ShapesOptions, needs_path=False)
+register_format(
+    "shapes",
+    build_shapes_dataset,
+    ShapesOptions,
+    tasks=(*CAPTIONS_AND_CONVERSATIONS, Task.IMAGE_EDIT),
+    needs_path=False,
+)
 register_eval("shapes", shapes_quick)
 register_eval("shapes_v2", shapes_v2_quick)
 
 __all__ = [
     "DEFAULT_COLORS",
+    "EDIT_TYPES",
     "LEVELS",
     "POPE_SPLITS",
     "QUESTION_TYPES",
@@ -100,6 +112,8 @@ __all__ = [
     "DetectedObject",
     "DetectorConfig",
     "DetectorV2Config",
+    "Edit",
+    "EditScore",
     "PairStatistics",
     "PromptMeta",
     "Question",
@@ -120,6 +134,7 @@ __all__ = [
     "format_prompt",
     "format_tables",
     "free_world",
+    "is_held_out_edit_phrasing",
     "is_held_out_phrasing",
     "judge_prompt",
     "level_scene_for_prompt",
@@ -140,6 +155,7 @@ __all__ = [
     "render2",
     "render2_array",
     "render_array",
+    "sample_edit",
     "sample_eval_prompts",
     "sample_eval_prompts_v2",
     "sample_eval_questions",
@@ -152,6 +168,7 @@ __all__ = [
     "sample_scene",
     "scene_for_prompt",
     "score_answers",
+    "score_edit",
     "score_generation",
     "shape_mask",
     "true_captions",

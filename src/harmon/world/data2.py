@@ -1,6 +1,7 @@
 """Training records of world v2: record ``i`` of a task is a pure function of (seed, i, options).
 
-The tasks are those of :mod:`harmon.world.data` (text2image, caption, qa, text). Options:
+The tasks are those of :mod:`harmon.world.data` (text2image, caption, qa, text) and edits (:func:`edit_record_v2`,
+records of :class:`harmon.data.Task` IMAGE_EDIT). Options:
 
     level       "grid" (today's world), "free" (:func:`harmon.world.free.free_world`) or "mixed": each record draws
                 the free level with probability FREE_SHARE, else the grid level, so a model trained on it keeps
@@ -27,6 +28,8 @@ from harmon.prompts import (
     chat,
 )
 from harmon.world.data import DESCRIBE_FRACTION, TASKS, chat_text, shapes_record, tag_probabilities
+from harmon.world.edit_grammar import EDIT_TYPES
+from harmon.world.edits import edit_type_probabilities, sample_edit
 from harmon.world.free import level_scene_for_prompt, level_world, sample_level_scene
 from harmon.world.language import phrase_description, sample_prompt_v2
 from harmon.world.prompts import describe_scene
@@ -56,8 +59,11 @@ def check_options(level: str, phrasings: str, antialiased: float = 0.0) -> None:
         raise ValueError("antialiased images come with phrasings 'varied'; canonical records are today's exactly")
 
 
+EDIT_SALT = 11 + len(TASKS)  # the edit records' stream, apart from the other v2 tasks' (salts 11-14)
+
+
 def _generator(seed: int, task: str, index: int) -> torch.Generator:
-    salt = TASKS.index(task) + 11  # other streams than the canonical records' (salts 1-4)
+    salt = EDIT_SALT if task == "edit" else TASKS.index(task) + 11  # apart from the canonical records' (salts 1-4)
     return torch.Generator().manual_seed(((seed * 1_000_003 + index) * 16 + salt) % (2**63 - 1))
 
 
@@ -111,6 +117,34 @@ def record_v2(
     return {"kind": "image2text", "image": draw(scene), "conversation": turns}
 
 
+def edit_record_v2(
+    index: int,
+    seed: int = 0,
+    image_size: int = 64,
+    level: str = "free",
+    phrasings: str = "varied",
+    antialiased: float = 0.0,
+    edit_weights: Mapping[str, float] | None = None,
+) -> dict[str, Any]:
+    """Edit record ``index``: ``{"kind": "image_edit", "source": PIL image, "instruction": str, "target": PIL
+    image}``, the layout :class:`harmon.data.ImageConditionedProcessor` reads. The edit type is drawn from
+    ``edit_weights`` (relative weights per :data:`harmon.world.edit_grammar.EDIT_TYPES`, None for uniform), the edit
+    by :func:`harmon.world.edits.sample_edit` in seen phrasings without held-out pairs; one renderer draws both
+    images (anti-aliased with probability ``antialiased``)."""
+    check_options(level, phrasings, antialiased)
+    if phrasings == "canonical":
+        raise ValueError("edit records have no canonical phrasing; set phrasings 'varied'")
+    probs = edit_type_probabilities(edit_weights)
+    g = _generator(seed, "edit", index)
+    if level == "mixed":
+        level = "free" if float(torch.rand((), generator=g)) < FREE_SHARE else "grid"
+    world = level_world(level, image_size)
+    edit = sample_edit(g, world, EDIT_TYPES[categorical(g, probs)])
+    draw = render2 if antialiased > 0 and float(torch.rand((), generator=g)) < antialiased else render
+    source, target = draw(edit.source, world), draw(edit.target, world)
+    return {"kind": "image_edit", "source": source, "instruction": edit.instruction, "target": target}
+
+
 def _text2image(g: torch.Generator, world: WorldConfig, tag_weights: Mapping[str, float] | None) -> tuple[Scene, str]:
     """(scene, caption): a whole-scene description (DESCRIBE_FRACTION of the time) or a GenEval-category prompt."""
     if float(torch.rand((), generator=g)) < DESCRIBE_FRACTION:
@@ -143,6 +177,8 @@ def texts_v2(record: dict[str, Any]) -> list[str]:
     held-out-phrasing guarantee is checked on."""
     if record["kind"] == "text2image":
         return [record["caption"]]
+    if record["kind"] == "image_edit":
+        return [record["instruction"]]
     out = []
     for turn in record["conversation"]:
         if turn["role"] == "user":

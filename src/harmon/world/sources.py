@@ -13,7 +13,8 @@ from harmon.data.tasks import Task
 from harmon.train.config import SourceConfig, TrainConfig
 from harmon.train.formats import format_options
 from harmon.world.data import shapes_record
-from harmon.world.data2 import check_options, record_v2
+from harmon.world.data2 import check_options, edit_record_v2, record_v2
+from harmon.world.edits import edit_type_probabilities
 from harmon.world.scene import WorldConfig
 
 
@@ -33,6 +34,9 @@ class ShapesOptions:
     level: str = "grid"
     phrasings: str = "canonical"
     antialiased: float = 0.0
+    # image_edit sources (harmon.world.data2.edit_record_v2; need phrasings "varied"): relative weights of the edit
+    # types, e.g. {"recolor": 2, "move": 1}; None draws the six types uniformly.
+    edit_weights: dict[str, float] | None = None
 
     def validate(self, src: SourceConfig) -> None:
         if self.kind is not None and (src.task is not Task.IMAGE_TO_TEXT or self.kind not in ("qa", "caption")):
@@ -46,6 +50,12 @@ class ShapesOptions:
         if self.length is not None and self.length < 1:
             raise ValueError(f"length must be >= 1 or None, got {self.length}")
         check_options(self.level, self.phrasings, float(self.antialiased))
+        if self.world_task(src.task) == "edit":
+            if self.phrasings == "canonical":
+                raise ValueError("edit records have no canonical phrasing; set phrasings 'varied'")
+            edit_type_probabilities(self.edit_weights)
+        elif self.edit_weights is not None:
+            raise ValueError("edit_weights applies to image_edit sources only")
         if self.shape_questions and self.phrasings != "canonical":
             raise ValueError("shape_questions is for canonical phrasings; varied qa always asks bare-shape questions")
 
@@ -55,9 +65,11 @@ class ShapesOptions:
         return self.level == "grid" and self.phrasings == "canonical"
 
     def world_task(self, task: Task) -> str:
-        """The world's record task (harmon.world.data.TASKS) for a source's task."""
+        """The world's record task (harmon.world.data.TASKS, or "edit") for a source's task."""
         if task is Task.TEXT_TO_IMAGE:
             return "text2image"
+        if task is Task.IMAGE_EDIT:
+            return "edit"
         return "text" if task is Task.TEXT_ONLY else self.kind or "qa"
 
 
@@ -67,6 +79,17 @@ def build_shapes_dataset(src: SourceConfig, cfg: TrainConfig) -> ProceduralSourc
     task = options.world_task(src.record_task)
     seed = cfg.seed if options.seed is None else int(options.seed)
     size = cfg.image_size if options.world_image_size is None else options.world_image_size
+    if task == "edit":
+        fn = functools.partial(
+            edit_record_v2,
+            seed=seed,
+            image_size=size,
+            level=options.level,
+            phrasings=options.phrasings,
+            antialiased=float(options.antialiased),
+            edit_weights=options.edit_weights,
+        )
+        return ProceduralSource(fn, length=options.length, kind=src.record_task.record_kind)
     if not options.canonical:
         fn = functools.partial(
             record_v2,
