@@ -97,11 +97,13 @@ def test_pipeline_v2_runs_the_v2_recipes_under_its_root(tmp_path, monkeypatch):
     monkeypatch.setattr("harmon.train.trainer.Trainer", Recorder)
     world = pipeline.WORLDS["v2"]
     names = [n for n, _, _ in pipeline.stages(tmp_path, "cpu", [], world)]
-    assert names == ["tokenizer", "vae", "lm", "stage1", "stage2", "stage3", "decoder"]
-    for stage in ("stage1", "stage2"):
+    assert names == ["tokenizer", "vae", "lm", "stage1", "stage2", "stage3", "decoder", "edit"]
+    for stage in ("stage1", "stage2", "edit"):
         pipeline.run_recipe(f"shapes_v2_{stage}", tmp_path, "cpu", ["max_steps=3"], world)
-    assert [c.output_dir for c in seen] == [str(tmp_path / "stage1"), str(tmp_path / "stage2")]
+    assert [c.output_dir for c in seen] == [str(tmp_path / s) for s in ("stage1", "stage2", "edit")]
     assert seen[0].model.pretrained == str(tmp_path / "lm" / "final") and seen[1].max_steps == 3
+    assert seen[2].model.pretrained == str(tmp_path / "decoder" / "final")
+    assert seen[2].data[0].task is Task.IMAGE_EDIT and seen[2].data[0].format_options["level"] == "mixed"
     assert pipeline.build_parser().parse_args(["--world", "v2"]).world == "v2"
 
 

@@ -8,6 +8,7 @@ Stages (each skipped when its output exists, so an interrupted run continues whe
     II            everything: text-to-image + QA + captioning (shapes_stage2)
     III           generation side only (MAR decoder, diffusion head, proj_out): text-to-image (shapes_stage3)
     decoder       the VAE decoder of stage III's model learns to draw clean scenes from noisy latents (encoder frozen)
+    edit          IV: the model learns to edit images, keeping generation and understanding (shapes_edit)
     ship          copy the last stage's export into the package (bf16 weights) with tuned sampling defaults
 Wall time and machine of every stage are recorded in ``<root>/pipeline.json``.
 
@@ -46,6 +47,7 @@ class WorldRecipes:
     vae: dict  # keyword arguments of stage0.train_shapes_vae (read at call time)
     decoder: dict  # keyword arguments of stage0.finetune_vae_decoder (read at call time)
     corpus: Callable[..., Iterator[str]]  # corpus(n, seed=...) -> texts for the tokenizer
+    edit: str | None = None  # recipe name of the editing stage after the decoder stage; None: the chain ends there
 
 
 WORLDS = {
@@ -56,6 +58,7 @@ WORLDS = {
         recipes.SHAPES_VAE,
         recipes.SHAPES_DECODER,
         data.corpus,
+        "shapes_edit",
     ),
     "v2": WorldRecipes(
         recipes_v2.ROOT,
@@ -64,6 +67,7 @@ WORLDS = {
         recipes_v2.SHAPES_V2_VAE,
         recipes_v2.SHAPES_V2_DECODER,
         data2.corpus_v2,
+        "shapes_v2_edit",
     ),
 }
 
@@ -145,9 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--until",
         default=None,
-        choices=["tokenizer", "vae", "lm", "stage1", "stage2", "stage3", "decoder"],
+        choices=["tokenizer", "vae", "lm", "stage1", "stage2", "stage3", "decoder", "edit"],
         help="stop after this stage (a later call with the same --root continues); with --ship, ship "
-        "this stage's model (stage1-3, decoder)",
+        "this stage's model (stage1-3, decoder, edit)",
     )
     p.add_argument(
         "--set",
@@ -179,6 +183,7 @@ def stages(
         )
 
     lm, s1, s2, s3 = world.stages
+    edit = [trained("edit", world.edit)] if world.edit else []
     return [
         ("tokenizer", root / "tokenizer" / "tokenizer.json", tokenizer),
         ("vae", root / "stage0_vae" / "vae.safetensors", lambda: _vae(root, device, mine("vae"), world)),
@@ -191,6 +196,7 @@ def stages(
             root / "decoder" / "decoder_log.json",
             lambda: _decoder(root, device, mine("decoder"), world=world),
         ),
+        *edit,
     ]
 
 
@@ -229,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
         defaults = {k: parse_value(v) for k, v in (d.split("=", 1) for d in args.defaults)}
         if "num_sampling_steps" in defaults:
             defaults["num_sampling_steps"] = str(defaults["num_sampling_steps"])
-        last = args.until if args.until in ("stage1", "stage2", "stage3", "decoder") else "decoder"
+        trained = ("stage1", "stage2", "stage3", "decoder", "edit")
+        last = args.until if args.until in trained else ("edit" if world.edit else "decoder")
         ship(root, SHIPPED_DIR, defaults, stage=last)
         logger.info("shipped to %s", SHIPPED_DIR)
     return 0

@@ -17,11 +17,12 @@ changed with ``--set STAGE:max_steps=N``.
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 from harmon.data.tasks import Task
 from harmon.train.config import ModelInit, OptimConfig, SourceConfig, TrainConfig
 from harmon.train.recipes import EVERYTHING, MAR_AND_PROJECTIONS
-from harmon.world.recipes import GENERATION_SIDE, SAMPLE_SETTINGS, SHAPES_PRESET, T2I_TAG_WEIGHTS, V_UNIFORM
+from harmon.world.recipes import EDIT_STEPS, GENERATION_SIDE, SAMPLE_SETTINGS, SHAPES_PRESET, T2I_TAG_WEIGHTS, V_UNIFORM
 
 ROOT = "runs/shapes_v2"
 # format_options shared by every v2 source (harmon.world.sources.ShapesOptions)
@@ -128,9 +129,25 @@ def shapes_v2_stage3() -> TrainConfig:
     )
 
 
+def shapes_v2_edit() -> TrainConfig:
+    """Stage IV: editing of mixed-level scenes (the v2 data options), keeping text-to-image and questions; as
+    :func:`harmon.world.recipes.shapes_edit` on world v2."""
+    edits = dataclasses.replace(_source("image_edit", Task.IMAGE_EDIT, 16), cfg_drop_prob=0.05, text_drop_prob=0.1)
+    return _stage(
+        "edit",
+        lr=3e-4,
+        model=ModelInit(preset=None, pretrained=f"{ROOT}/decoder/final"),
+        data=[edits, _t2i(16), _qa(8)],
+        train_modules=EVERYTHING,
+        max_steps=EDIT_STEPS,
+        eval_every=0,
+    )
+
+
 RECIPES_V2 = {
     "shapes_v2_lm": shapes_v2_lm,
     "shapes_v2_stage1": shapes_v2_stage1,
     "shapes_v2_stage2": shapes_v2_stage2,
     "shapes_v2_stage3": shapes_v2_stage3,
+    "shapes_v2_edit": shapes_v2_edit,
 }
