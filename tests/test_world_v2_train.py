@@ -71,7 +71,23 @@ def test_v2_recipes_validate_on_v2_data(name):
     cfg = RECIPES_V2[name]()
     cfg.validate()
     assert all(s.format_options["phrasings"] == "varied" for s in cfg.data)
-    assert cfg.model.overrides.get("mar", {}).get("patch_size", 1) == 1
+    # the LLM stage sets the stride-8 VAE's MAR (patch 2); later stages inherit it from the previous export
+    assert cfg.model.overrides.get("mar", {}).get("patch_size") == (2 if name == "shapes_v2_lm" else None)
+
+
+def test_v2_model_reads_stride8_latents_as_4x4_tokens_of_64_dims():
+    from harmon.config import HarmonConfig
+    from harmon.model import Harmon
+    from harmon.train.config import deep_merge
+    from harmon.world.recipes import harmon_shapes
+    from harmon.world.recipes_v2 import SHAPES_V2_VAE, STRIDE8_MAR
+    from harmon.world.stage0 import shapes_vae_config
+
+    vae = shapes_vae_config(64, SHAPES_V2_VAE["stride"])
+    config = HarmonConfig.from_dict(deep_merge(harmon_shapes().replace(vae=vae).to_dict(), STRIDE8_MAR))
+    model = Harmon(config)
+    pixels = torch.zeros(1, 3, 64, 64)
+    assert model.grid_for(64) == (4, 4) and model.encode_images(pixels).shape == (1, 16, 64)
 
 
 def test_v2_stage2_runs_at_toy_size(tmp_path):

@@ -1,4 +1,4 @@
-"""Recipes of the world-v2 model: the shipped model's four stages, on world v2's data, at MAR patch size 1.
+"""Recipes of the world-v2 model: the shipped model's stages, on world v2's data, over a stride-8 VAE.
 
 ``python -m harmon.world.pipeline --world v2`` runs them in order after stage 0 (tokenizer on v2 text, VAE on
 free-level scenes). What differs from :mod:`harmon.world.recipes`, and why:
@@ -6,8 +6,10 @@ free-level scenes). What differs from :mod:`harmon.world.recipes`, and why:
 * data: every source draws "mixed" records (3/4 free level, 1/4 grid level) in the grammar's seen phrasings, a
   quarter of the images from the anti-aliasing renderer (:mod:`harmon.world.data2`); held-out phrasings and pairs
   never appear;
-* the MAR keeps the base config's patch size 1: 16 tokens of 16 dims at 64 px, so an object's place is one of 16,
-  not one of 4 quadrants (the shipped model's one-token-per-object layout cannot express free positions);
+* the stage-0 VAE has stride 8 (8 x 8 latents at 64 px) and the MAR patch size 2: 16 tokens of 64 dims, so an
+  object's place is one of 16, not one of 4 quadrants (the shipped model's one-token-per-object layout cannot
+  express free positions). A stride-16 VAE read back 12.9 % of free scenes exactly after its 8,000 steps; the
+  stride-8 one 41 % after 1,500 (docs/world-v2.md);
 * the quick eval during training is the free level's (``eval="shapes_v2"``).
 
 Step counts are sized for the 3-hour, 2-core budget from measured seconds per step (docs/world-v2.md); each can be
@@ -32,7 +34,19 @@ QA_TEXT_LENGTH = 256  # six turns of v2 questions: at most ~145 tokens of the v2
 # Stage-0 VAE and final decoder stage (keyword arguments of harmon.world.stage0.train_shapes_vae /
 # finetune_vae_decoder): today's settings on free-level scenes, whose tints, gradients and small objects the
 # scorer's v2 detector reads.
-SHAPES_V2_VAE: dict = {"latent_noise": 0.5, "level": "free"}
+SHAPES_V2_VAE: dict = {"latent_noise": 0.5, "level": "free", "stride": 8}
+# The MAR over the stride-8 VAE's 8 x 8 latents: patch size 2, so 4 x 4 tokens of 64 dims (as many tokens as patch
+# size 1 on stride-16 latents, each carrying 4x the detail); the diffusion head as the shipped model's for 64 dims.
+# Set from the LLM stage on (the preset's model must match the VAE); stage I starts the MAR afresh at these sizes.
+STRIDE8_MAR: dict = {
+    "mar": {
+        "patch_size": 2,
+        "token_dim": 64,
+        "grid_size": 4,
+        "diffusion_batch_mul": 8,
+        "diffloss": {"target_channels": 64, "width": 256},
+    }
+}
 SHAPES_V2_DECODER: dict = {"steps": 3000, "max_noise": 0.4, "level": "free"}
 
 
@@ -60,7 +74,10 @@ def shapes_v2_lm() -> TrainConfig:
         name="shapes_v2_lm",
         output_dir=f"{ROOT}/lm",
         model=ModelInit(
-            preset=SHAPES_PRESET, tokenizer=f"{ROOT}/tokenizer", vae_weights=f"{ROOT}/stage0_vae/vae.safetensors"
+            preset=SHAPES_PRESET,
+            tokenizer=f"{ROOT}/tokenizer",
+            vae_weights=f"{ROOT}/stage0_vae/vae.safetensors",
+            overrides=copy.deepcopy(STRIDE8_MAR),
         ),
         data=[_source("image2text_text", Task.TEXT_ONLY, 64)],
         image_size=64,

@@ -27,16 +27,21 @@ from harmon.world.scene import Scene, WorldConfig
 logger = logging.getLogger(__name__)
 
 
-def shapes_vae_config(image_size: int = 64) -> VAEConfig:
+def shapes_vae_config(image_size: int = 64, stride: int = 16) -> VAEConfig:
     """Stride 16 and 16 latent channels like KL-16, at ~0.7 M parameters.
 
     Narrow at full resolution (8 channels at 64 and 32 px), where GroupNorm, swish and 3x3 convs dominate the CPU
     cost, and wide at the low levels (32 / 64 channels at 8 / 4 px), where width is nearly free. This is ~3x
     cheaper per step than ch=16, ch_mult=(1, 2, 2, 4, 4).
+
+    ``stride`` 8 drops the first level (8 x 8 latents at 64 px): world v2's free layouts, whose objects sit anywhere
+    against the 16 px cells of a stride-16 latent, read back far more often (docs/world-v2.md).
     """
+    if stride not in (8, 16):
+        raise ValueError(f"stride must be 8 or 16, got {stride}")
     return VAEConfig(
         ch=8,
-        ch_mult=(1, 1, 2, 4, 8),
+        ch_mult=(1, 1, 2, 4, 8) if stride == 16 else (1, 2, 4, 8),
         num_res_blocks=1,
         attn_resolutions=(),
         resolution=image_size,
@@ -145,6 +150,7 @@ def train_shapes_vae(
     eval_scenes: int = 256,
     generic_fraction: float = 0.0,
     level: str = "grid",
+    stride: int = 16,
 ) -> Path:
     """Train the small VAE on rendered scenes and save ``vae.safetensors`` + ``vae_config.json``.
 
@@ -158,7 +164,7 @@ def train_shapes_vae(
     that rate under latent noise, on ``eval_scenes`` scenes that training never drew. ``generic_fraction`` of the
     training scenes have their objects painted in colours outside the world's palette (:func:`render_batch`); the
     evaluation scenes are always the world's own. ``level``: the world's level ("grid" or "free",
-    :func:`harmon.world.free.level_world`) its scenes come from.
+    :func:`harmon.world.free.level_world`) its scenes come from; ``stride``: see :func:`shapes_vae_config`.
     """
     if latent_noise < 0:
         raise ValueError(f"latent_noise must be >= 0, got {latent_noise}")
@@ -166,7 +172,7 @@ def train_shapes_vae(
         raise ValueError(f"generic_fraction must be in [0, 1], got {generic_fraction}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    world, cfg = level_world(level, image_size), shapes_vae_config(image_size)
+    world, cfg = level_world(level, image_size), shapes_vae_config(image_size, stride)
     torch.manual_seed(seed)
     vae = AutoencoderKL(cfg).to(device)
     settings = {"steps": steps, "batch_size": batch_size, "lr": lr, "object_weight": object_weight}
