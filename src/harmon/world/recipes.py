@@ -241,11 +241,12 @@ def shapes_stage3() -> TrainConfig:
 
 
 # Stage IV: editing. Edits of grid-level scenes in the grammar's seen phrasings (harmon.world.edits: recolour,
-# remove, add, move, swap colours, change shape), beside the stage's own text-to-image and questions so that
-# generation and understanding are kept. Everything trains: the instruction and the source image reach the generator
-# only through the LLM. The drops train the two guidance branches of HarmonPipeline.edit: 10 % the image without the
-# instruction, 5 % the plain unconditional prompt.
-EDIT_STEPS = 2000
+# remove, add, move, swap colours, change shape), with reconstructions (the identity edit: RecA's task, which trains
+# the copying that preservation needs) and the stage's own text-to-image and questions, so that generation and
+# understanding are kept. Everything trains at stage II's learning rate: the instruction and the source image reach
+# the generator only through the LLM. The drops train the two guidance branches of HarmonPipeline.edit: 10 % the image
+# without the instruction, 5 % the plain unconditional prompt.
+EDIT_STEPS = 2500
 EDIT_DATA: dict = {"level": "grid", "phrasings": "varied"}
 
 
@@ -255,11 +256,12 @@ def shapes_edit() -> TrainConfig:
         "image_edit",
         "shapes",
         task=Task.IMAGE_EDIT,
-        batch_size=16,
+        batch_size=24,
         cfg_drop_prob=0.05,
         text_drop_prob=0.1,
         format_options=dict(EDIT_DATA),
     )
+    recon = SourceConfig("reconstruction", "shapes", task=Task.RECONSTRUCTION, batch_size=8, text_drop_prob=0.1)
     qa = SourceConfig(
         "image2text_qa",
         "shapes",
@@ -270,9 +272,9 @@ def shapes_edit() -> TrainConfig:
     )
     return _stage(
         "edit",
-        lr=3e-4,
+        lr=7e-4,
         model=ModelInit(preset=None, pretrained=f"{ROOT}/decoder/final"),
-        data=[edits, _t2i(16), qa],
+        data=[edits, recon, _t2i(8), qa],
         train_modules=EVERYTHING,
         max_steps=EDIT_STEPS,
         eval_every=0,

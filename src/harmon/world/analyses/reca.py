@@ -21,6 +21,7 @@ one point of the base. Results are written after every run, so an interrupted st
 from __future__ import annotations
 
 import json
+import logging
 import math
 import statistics
 import time
@@ -38,6 +39,8 @@ from harmon.world.evaluate import understanding_scores
 from harmon.world.prompts import sample_eval_prompts
 from harmon.world.scene import WorldConfig
 from harmon.world.scoring import score_generation
+
+logger = logging.getLogger(__name__)
 
 ARMS = ("base", "reca", "reca_low")
 # Gains the issue asks for before RecA counts as replicated, and the understanding it must keep (points of 1.0).
@@ -217,3 +220,62 @@ def format_reca_table(study: dict[str, Any]) -> str:
             f"understanding kept: {v['understanding_kept']}; RecA's finding {says} here."
         )
     return "\n".join(lines)
+
+
+@torch.no_grad()
+def condition_gap(pipe: HarmonPipeline, n: int = 32, seed: int = 99, repeats: int = 8) -> dict[str, float]:
+    """How much a model's generator uses an image in its prompt: the reconstruction loss (RecA's template prompt
+    with the image's understanding features, at the model's understanding size) of ``n`` fresh grid scenes with
+    their own image as the condition, and with another scene's. Each loss is averaged over ``repeats`` draws of the
+    masks and noise, the same draws for both."""
+    from harmon.data.conditioned import ImageConditionedProcessor, collate_conditioned
+    from harmon.world.data import shapes_record
+
+    size = pipe.config.generation.understanding_image_size
+    proc = ImageConditionedProcessor(
+        pipe.tokenizer,
+        Task.RECONSTRUCTION,
+        image_size=pipe.config.generation.image_size,
+        cond_image_size=size,
+        image_tokens=pipe.config.image_positions(size),
+        cfg_drop_prob=0.0,
+        text_drop_prob=0.0,
+        pad_to_square=True,
+    )
+    world = WorldConfig(image_size=pipe.config.generation.image_size)
+    records = [shapes_record("text2image", i, seed=seed, config=world) for i in range(n)]
+    batch = collate_conditioned(
+        [proc(r, torch.Generator().manual_seed(i)) for i, r in enumerate(records)], pipe.tokenizer.pad_token_id
+    )
+    model = pipe.model.eval()
+
+    def loss(cond: torch.Tensor) -> float:
+        total = 0.0
+        for r in range(repeats):
+            g = torch.Generator().manual_seed(r)
+            total += float(
+                model.image_conditioned_loss(batch["pixels"], cond, batch["input_ids"], batch["attention_mask"], g)
+            )
+        return total / repeats
+
+    other = torch.roll(torch.arange(n), 1)  # every scene conditioned on its neighbour's image
+    return {"own_image": loss(batch["cond_pixels"]), "other_image": loss(batch["cond_pixels"][other])}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m harmon.world.analyses.reca MODEL...``: :func:`condition_gap` of each model folder."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("models", nargs="+")
+    p.add_argument("--scenes", type=int, default=32)
+    args = p.parse_args(argv)
+    for path in args.models:
+        gap = condition_gap(HarmonPipeline.from_pretrained(path, dtype=torch.float32), args.scenes)
+        logger.info("%s: reconstruction loss, own image %.4f, another image %.4f", path, *gap.values())
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    raise SystemExit(main())
