@@ -17,6 +17,7 @@ be trained, and ``save_pretrained`` refuses it (its weights no longer have the r
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -28,6 +29,7 @@ __all__ = [
     "QUANTIZE_MODES",
     "Int8Embedding",
     "Int8Linear",
+    "block_linears",
     "is_quantized",
     "quantize_model",
     "quantize_pipeline",
@@ -44,12 +46,17 @@ _BF16_BLOCK = 16
 KERNEL_MAX_ROWS = 16
 
 
-def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric per-row int8: weight (N, K) float -> (q (N, K) int8, scale (N,) in the weight's dtype), computed in
-    fp32 so that the rounding is the same whatever the weight's dtype."""
-    w = weight.detach().float()
-    scale = w.abs().amax(dim=1).clamp(min=torch.finfo(torch.float32).tiny) / 127.0  # (N,)
-    q = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)  # (N, K)
+def quantize_rows(weight: torch.Tensor, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-row int8: weight (N, K) float -> (q (N, K) int8, scale (N,) in the weight's dtype). Rows are
+    rounded in fp32 whatever the weight's dtype, ``chunk`` rows at a time, so that a large table (the token
+    embedding) never has a whole fp32 copy."""
+    q = torch.empty(weight.shape, dtype=torch.int8, device=weight.device)  # (N, K)
+    scale = torch.empty(weight.shape[0], dtype=torch.float32, device=weight.device)  # (N,)
+    for start in range(0, weight.shape[0], chunk):
+        w = weight[start : start + chunk].detach().float()  # (n, K)
+        s = w.abs().amax(dim=1).clamp(min=torch.finfo(torch.float32).tiny) / 127.0  # (n,)
+        q[start : start + chunk] = torch.round(w / s[:, None]).clamp_(-127, 127)
+        scale[start : start + chunk] = s
     return q, scale.to(weight.dtype)
 
 
@@ -123,7 +130,7 @@ class TiedInt8Head(nn.Module):
         return int8_matmul(hidden, table.weight_int8, table.scale)
 
 
-def _block_linears(model: nn.Module) -> list[tuple[nn.Module, str, nn.Linear]]:
+def block_linears(model: nn.Module) -> list[tuple[nn.Module, str, nn.Linear]]:
     """(parent, attribute, layer) of every Linear in the LLM's decoder layers and the MAR encoder/decoder blocks."""
     roots = [model.llm.model.layers, model.mar.encoder_blocks, model.mar.decoder_blocks]
     found = []
@@ -150,23 +157,31 @@ def is_quantized(model: nn.Module) -> bool:
 
 
 @torch.no_grad()
-def quantize_model(model: nn.Module, mode: str = "int8") -> dict[str, int]:
+def quantize_model(
+    model: nn.Module, mode: str = "int8", before_each: Callable[[nn.Module], None] | None = None
+) -> dict[str, int]:
     """Swap the Harmon ``model``'s block Linear layers and tied embedding / LM head for int8 ones, in place (see
     the module docstring). Returns {"layers": n swapped, "bytes_before", "bytes_after"} for the whole model.
 
-    Each layer's float weight is freed as soon as its int8 copy exists, so the peak stays near the float model's.
+    Each layer's float weight is freed as soon as its int8 copy exists. ``before_each(layer)`` is called with each
+    float layer just before it is quantized: a loader can fill the weights there, one layer at a time, so that the
+    float model never exists whole (``benchmarks/memory.py`` measures that peak).
     """
     if mode not in QUANTIZE_MODES:
         raise ValueError(f"quantize {mode!r}: use one of {', '.join(QUANTIZE_MODES)}")
     if is_quantized(model):
         raise ValueError("the model is already quantized")
     before = weight_bytes(model)
-    layers = _block_linears(model)
+    layers = block_linears(model)
     for parent, name, layer in layers:
+        if before_each is not None:
+            before_each(layer)
         setattr(parent, name, Int8Linear.from_linear(layer))
         layer.weight = None  # free the float weight now, not when the loop ends
     llm = model.llm
     if llm.config.tie_word_embeddings:
+        if before_each is not None:
+            before_each(llm.model.embed_tokens)
         table = Int8Embedding(llm.model.embed_tokens)
         llm.model.embed_tokens, llm.lm_head = table, table.head()
     after = weight_bytes(model)
