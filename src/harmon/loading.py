@@ -201,7 +201,9 @@ def build_empty_model(
     """
     with torch.device("meta"):
         model = Harmon(config)
-    model = model.to_empty(device=device).to(dtype)
+    # dtype first, on meta: memory is then allocated once, in the final dtype, and stays untouched (not resident)
+    # until each weight is written; casting after to_empty would write a whole second copy at once.
+    model = model.to(dtype).to_empty(device=device)
     model.reset_rotary_buffers()
     model.llm.tie_weights()
     return model
