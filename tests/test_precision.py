@@ -102,3 +102,13 @@ def test_int8_linear_is_the_dequantized_layer(rows, width, dtype):
 def test_int8_halves_the_block_weights():
     layer = torch.nn.Linear(256, 256)
     assert quant.weight_bytes(quant.Int8Linear.from_linear(layer)) < 0.3 * quant.weight_bytes(layer)
+
+
+def test_cli_flags_load_an_auto_dtype_int8_pipeline(monkeypatch):
+    from harmon.cli import build_parser
+    from harmon.cli.common import load_pipeline
+
+    monkeypatch.setattr("harmon.loading.choose_dtype", lambda device: (torch.bfloat16, "faked"))
+    args = build_parser().parse_args(["describe", "x.png", "--dtype", "auto", "--quantize", "int8", "--device", "cpu"])
+    pipe = load_pipeline(args)
+    assert pipe.model.dtype == torch.bfloat16 and quant.is_quantized(pipe.model)
