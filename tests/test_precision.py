@@ -99,6 +99,14 @@ def test_int8_linear_is_the_dequantized_layer(rows, width, dtype):
     assert (got.float() - want).abs().max() <= tol
 
 
+def test_int8_tall_tables_are_dequantized_in_blocks(monkeypatch):
+    monkeypatch.setattr(quant, "DEQUANTIZE_ROWS", 16)
+    q = torch.randint(-127, 128, (40, 32), dtype=torch.int8)
+    scale, x = torch.rand(40), torch.randn(3, 32)
+    want = F.linear(x, q.float() * scale[:, None])
+    assert (quant.int8_matmul(x, q, scale) - want).abs().max() <= 1e-4 * want.abs().max()
+
+
 def test_int8_halves_the_block_weights():
     layer = torch.nn.Linear(256, 256)
     assert quant.weight_bytes(quant.Int8Linear.from_linear(layer)) < 0.3 * quant.weight_bytes(layer)

@@ -44,6 +44,8 @@ QUANTIZE_MODES = ("int8",)
 _BF16_BLOCK = 16
 # Most activation rows that go through the kernel; above it the dequantized weight and a GEMM are faster.
 KERNEL_MAX_ROWS = 16
+# Output rows dequantized at once: a tied LM head (150k rows) would otherwise need a whole float copy per call.
+DEQUANTIZE_ROWS = 8192
 
 
 def quantize_rows(weight: torch.Tensor, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,8 +74,13 @@ def int8_matmul(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.
     )
     if kernel_ok:
         out = torch._weight_int8pack_mm(flat.contiguous(), q, scale.to(x.dtype))  # (M, N)
-    else:
+    elif q.shape[0] <= DEQUANTIZE_ROWS:
         out = F.linear(flat, q.to(x.dtype)) * scale.to(x.dtype)  # (M, N), the weight dequantized for this call
+    else:  # a tall table (the LM head): dequantize a block of output rows at a time
+        out = flat.new_empty(flat.shape[0], q.shape[0])  # (M, N)
+        for start in range(0, q.shape[0], DEQUANTIZE_ROWS):
+            rows = slice(start, start + DEQUANTIZE_ROWS)
+            out[:, rows] = F.linear(flat, q[rows].to(x.dtype)) * scale[rows].to(x.dtype)
     return out.reshape(*x.shape[:-1], q.shape[0])
 
 
@@ -172,18 +179,18 @@ def quantize_model(
     if is_quantized(model):
         raise ValueError("the model is already quantized")
     before = weight_bytes(model)
+    llm = model.llm
+    if llm.config.tie_word_embeddings:  # first: the largest table, quantized while little else is in memory
+        if before_each is not None:
+            before_each(llm.model.embed_tokens)
+        table = Int8Embedding(llm.model.embed_tokens)
+        llm.model.embed_tokens, llm.lm_head = table, table.head()
     layers = block_linears(model)
     for parent, name, layer in layers:
         if before_each is not None:
             before_each(layer)
         setattr(parent, name, Int8Linear.from_linear(layer))
         layer.weight = None  # free the float weight now, not when the loop ends
-    llm = model.llm
-    if llm.config.tie_word_embeddings:
-        if before_each is not None:
-            before_each(llm.model.embed_tokens)
-        table = Int8Embedding(llm.model.embed_tokens)
-        llm.model.embed_tokens, llm.lm_head = table, table.head()
     after = weight_bytes(model)
     logger.info("int8: %d layers, weights %.1f MB -> %.1f MB", len(layers), before / 1e6, after / 1e6)
     return {"layers": len(layers), "bytes_before": before, "bytes_after": after}
