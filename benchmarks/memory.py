@@ -6,7 +6,8 @@ weight-only int8 (random weights, nothing downloaded).
 
 Each (architecture, mode, task) runs in a fresh child process, so that peaks do not mix; the child reports the
 kernel's high-water mark of its resident set (``VmHWM`` in /proc/self/status, else ``ru_maxrss``) after imports, after
-the model is in memory ("load"), and after one call of the task. The model is built in place in its dtype, each
+the model is in memory ("load"), and after one call of the task (glibc's large-block threshold fixed: see
+``ALLOCATOR_ENV``). The model is built in place in its dtype, each
 weight filled with random numbers (no file is read); int8 is the bf16 model with each block layer filled and
 quantized one at a time (``quantize_model(before_each=...)``), so the float model never exists whole. generate: one
 image, few steps (memory, not time: the activations of a step do not grow with the number of steps); describe: the
@@ -17,12 +18,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
 from pathlib import Path
 
 MODES = ("fp32", "bf16", "int8")
+# glibc raises its mmap threshold after each large free, so that later blocks come from a heap it keeps: peaks then
+# moved by hundreds of MiB between identical runs. A fixed threshold (its default start, 128 KiB) returns every large
+# block to the system when freed: the peaks measure live memory and repeat within a few MiB.
+ALLOCATOR_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072", **os.environ}
 TASKS = ("generate", "describe")
 
 
@@ -36,7 +42,7 @@ def high_water_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports kB
 
 
-def build_in_place(config: str, mode: str):
+def build_in_place(config: str, mode: str, tok):
     """A pipeline of the ``config`` architecture with random weights, built layer by layer in its final form."""
     import torch
 
@@ -44,7 +50,6 @@ def build_in_place(config: str, mode: str):
     from harmon.config import CONFIGS
     from harmon.loading import build_empty_model
     from harmon.pipeline import HarmonPipeline
-    from harmon.tokenizer import train_tokenizer
 
     gen = torch.Generator().manual_seed(0)
 
@@ -61,7 +66,6 @@ def build_in_place(config: str, mode: str):
         for norm in model.modules():  # unit scales keep activations of random weights in range
             if "Norm" in type(norm).__name__ and getattr(norm, "weight", None) is not None:
                 norm.weight.fill_(1.0)
-    tok = train_tokenizer(["Generate an image: a red circle", "Describe the image."] * 4, vocab_size=300)
     return HarmonPipeline(model.eval(), tok)
 
 
@@ -84,9 +88,12 @@ def child(config: str, mode: str, task: str) -> dict:
 
     import harmon.pipeline  # noqa: F401 (everything a task imports, before the baseline)
     from harmon.cpuinfo import cpu_info
+    from harmon.tokenizer import train_tokenizer
 
+    # the tokenizer before the baseline: its training threads' allocations are not the model's
+    tok = train_tokenizer(["Generate an image: a red circle", "Describe the image."] * 4, vocab_size=300)
     res = {"bench": "memory", "config": config, "mode": mode, "task": task, "imports_peak": high_water_bytes()}
-    pipe = build_in_place(config, mode)
+    pipe = build_in_place(config, mode, tok)
     res.update(weights(pipe))
     res["load_peak"] = high_water_bytes()
     with torch.no_grad():
@@ -106,7 +113,7 @@ def run_table(configs: list[str], modes: list[str], tasks: list[str], out: str |
         for mode in modes:
             for task in tasks:
                 cmd = [sys.executable, str(Path(__file__).resolve()), "--_child", config, mode, task]
-                done = subprocess.run(cmd, capture_output=True, text=True)
+                done = subprocess.run(cmd, capture_output=True, text=True, env=ALLOCATOR_ENV)
                 lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
                 if done.returncode == 0 and lines:
                     res = json.loads(lines[-1])
