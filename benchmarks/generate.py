@@ -15,7 +15,8 @@ diffusion MLP at its bandwidth bound (it re-reads its weights on every evaluatio
 ``--compile`` runs the diffusion MLP compiled (``generate(compile=True)``; the untimed warm-up compiles it and
 its seconds are reported as ``warmup_s``). ``--no-pack`` runs plain Linear layers instead of packed weights;
 ``--straightforward`` also runs generation without harmon.accel's strategies: the diffusion head sampled by
-``DiffLoss.sample`` and every row through the prompt and the MAR encoder. One JSON line per result.
+``DiffLoss.sample`` and every row through the prompt and the MAR encoder. ``--dtype auto``: harmon.cpuinfo's choice,
+with its reason; ``--memory [CONFIG ...]``: benchmarks/memory.py's table. One JSON line per result, with the CPU.
 """
 
 from __future__ import annotations
@@ -226,7 +227,6 @@ def bench_generate(pipe, batch: int, args, dtype, device: str, peak: float, band
         "images_per_s": batch / total,
         "seconds_per_image": total / batch,
         "phases_s": {k: round(v, 4) for k, v in phases.items()},
-        "threads": torch.get_num_threads(),
         "compiled": args.compile,
         "warmup_s": round(warmup, 2),
     }
@@ -318,8 +318,12 @@ def bench_understanding(pipe, args, device: str) -> dict:
         "prompt_tokens": embeds.shape[1],
         "prefill_s": prefill,
         "decode_tokens_per_s": n / decode,
-        "threads": torch.get_num_threads(),
     }
+
+
+# the fields that make two result lines comparable
+COMPARE_KEYS = ("bench", "config", "dtype", "quantize", "image_size", "num_iter", "diffusion_steps", "preset")
+COMPARE_KEYS += ("guidance_scale", "batch")
 
 
 def compare(a_path: str, b_path: str) -> None:
@@ -327,20 +331,7 @@ def compare(a_path: str, b_path: str) -> None:
         return [json.loads(line) for line in Path(p).read_text().splitlines() if line.startswith("{")]
 
     def key(r):
-        return tuple(
-            r.get(k)
-            for k in (
-                "bench",
-                "config",
-                "dtype",
-                "image_size",
-                "num_iter",
-                "diffusion_steps",
-                "preset",
-                "guidance_scale",
-                "batch",
-            )
-        )
+        return tuple(r.get(k) for k in COMPARE_KEYS)
 
     b_by_key = {key(r): r for r in load(b_path)}
     for r in load(a_path):
@@ -368,7 +359,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="tiny", help="tiny | shapes | 0.5b | 1.5b | shapes-shipped")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "auto"], help="auto: harmon.cpuinfo's choice")
+    p.add_argument("--quantize", choices=["int8"], help="weight-only int8 LLM and MAR blocks (harmon.accel.quant)")
     p.add_argument("--image-size", type=int, default=256)
     p.add_argument("--num-iter", type=int, default=64)
     p.add_argument("--diffusion-steps", default="100")
@@ -383,12 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--understanding", action="store_true", help="also time prefill and decode")
     p.add_argument("--decode-tokens", type=int, default=32)
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    p.add_argument(
-        "--no-pack",
-        dest="pack",
-        action="store_false",
-        help="plain Linear layers instead of packed weights (harmon.accel.linear), for a side-by-side run",
-    )
+    no_pack = "plain Linear layers instead of packed weights (harmon.accel.linear), for a side-by-side run"
+    p.add_argument("--no-pack", dest="pack", action="store_false", help=no_pack)
     p.add_argument(
         "--straightforward",
         action="store_true",
@@ -402,12 +390,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", help="append JSON lines here")
     p.add_argument("--compare", nargs=2, metavar=("A", "B"))
+    p.add_argument("--memory", nargs="*", metavar="CONFIG", help="peak memory table instead (benchmarks/memory.py)")
     return p
 
 
 def main() -> int:
     p = build_parser()
     args = p.parse_args()
+    if args.memory is not None:  # benchmarks/memory.py's table: each measurement in a fresh process
+        import memory
+
+        return memory.main(["--configs", *(args.memory or ["0.5b", "1.5b"]), *(["--out", args.out] * bool(args.out))])
     if args.compare:
         compare(*args.compare)
         return 0
@@ -420,8 +413,11 @@ def main() -> int:
     accel_linear.ENABLED = args.pack and not args.straightforward
     if args.straightforward:
         straightforward_generation()
-    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
-    pipe = build_pipeline(args.config, args.device, dtype)
+    from harmon.cpuinfo import choose_dtype, cpu_info
+
+    fixed = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    dtype, reason = choose_dtype(args.device) if args.dtype == "auto" else (fixed, f"{args.dtype}: asked")
+    pipe = build_pipeline(args.config, args.device, dtype).quantize(args.quantize)
     before = measure_peak(dtype, args.device)
     bandwidth = measure_bandwidth(args.device)
     results = [bench_generate(pipe, b, args, dtype, args.device, before["peak"], bandwidth) for b in args.batch]
@@ -438,6 +434,7 @@ def main() -> int:
     packed = accel_linear.ENABLED and accel_linear.available() and args.device == "cpu" and dtype == torch.float32
     for res in results:
         res.update({"packed_linears": packed, "straightforward": args.straightforward, "matmul_peaks_flops": peaks})
+        res.update({"quantize": args.quantize, "dtype_reason": reason, **cpu_info()})
         line = json.dumps(res)
         print(line, flush=True)
         if args.out:

@@ -27,7 +27,7 @@ import time
 import torch
 
 
-def main() -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="model folder (default: the shipped shapes model)")
     p.add_argument(
@@ -47,21 +47,15 @@ def main() -> int:
         help="timed rounds over all presets (interleaved); each preset's images/s is from its fastest round",
     )
     p.add_argument("--out", help="append JSON lines here")
-    args = p.parse_args()
-    if args.repeats < 1:
-        p.error(f"--repeats must be >= 1, got {args.repeats}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    return p
 
-    from harmon.pipeline import HarmonPipeline
-    from harmon.shipped import shipped_model_path
+
+def run_rounds(pipe, runs: dict[str, tuple[str, bool]], args: argparse.Namespace, path) -> dict[str, dict]:
+    """Every preset of ``runs`` (entry -> (preset, compiled)) in ``args.repeats`` interleaved rounds: one row each,
+    with the seconds of every round (only the ``generate`` calls timed)."""
+    from harmon.cpuinfo import cpu_info
     from harmon.world.evaluate import generation_scores
 
-    path = args.model or shipped_model_path()
-    if path is None:
-        print("no model: pass --model or install the package with its shipped model", file=sys.stderr)
-        return 2
-    pipe = HarmonPipeline.from_pretrained(path, device="cpu", dtype=torch.float32)
     generate = pipe.generate
     spent = [0.0]
 
@@ -72,12 +66,6 @@ def main() -> int:
         finally:
             spent[0] += time.perf_counter() - t
 
-    runs = {}
-    for entry in args.presets:
-        name, _, mode = entry.partition(":")
-        if mode not in ("", "compiled"):
-            p.error(f"--presets entry {entry!r}: the only suffix is ':compiled'")
-        runs[entry] = (name, mode == "compiled")
     if any(compiled for _, compiled in runs.values()):  # compile once, untimed
         generate("a red circle", num_iter=2, compile=True, generator=torch.Generator().manual_seed(0))
     rows: dict[str, dict] = {}
@@ -96,7 +84,7 @@ def main() -> int:
                     "prompts": args.prompts,
                     "seed": args.seed,
                     "batch": args.batch,
-                    "threads": torch.get_num_threads(),
+                    **cpu_info(),
                     "overall": scores["overall"],
                     "accuracy": scores["accuracy"],
                     "held_out": scores["held_out"],
@@ -110,15 +98,11 @@ def main() -> int:
             rows[name]["seconds_runs"].append(spent[0])
             rows[name]["seconds_with_scoring_runs"].append(total)
             print(f"round {round_ + 1}/{args.repeats} {name}: {spent[0]:.2f} s", file=sys.stderr, flush=True)
-    for row in rows.values():
-        row["seconds"] = min(row["seconds_runs"])  # the best round: the least disturbed by other processes
-        row["images_per_s"] = args.prompts / row["seconds"]
-        row["seconds_median"] = statistics.median(row["seconds_runs"])
-        print(json.dumps(row), flush=True)
-        if args.out:
-            with open(args.out, "a") as f:
-                f.write(json.dumps(row) + "\n")
-    table = list(rows.values())
+    return rows
+
+
+def print_table(table: list[dict]) -> None:
+    """The README table: each preset against the first."""
     base = table[0]
     print(
         f"\n| preset | GenEval-rule overall | change vs {base['preset']} | images/s (best round) | speed-up | "
@@ -131,6 +115,40 @@ def main() -> int:
             f"{r['images_per_s']:.2f} | {r['images_per_s'] / base['images_per_s']:.2f}x | "
             f"{base['seconds_median'] / r['seconds_median']:.2f}x |"
         )
+
+
+def main() -> int:
+    p = build_parser()
+    args = p.parse_args()
+    if args.repeats < 1:
+        p.error(f"--repeats must be >= 1, got {args.repeats}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    from harmon.pipeline import HarmonPipeline
+    from harmon.shipped import shipped_model_path
+
+    path = args.model or shipped_model_path()
+    if path is None:
+        print("no model: pass --model or install the package with its shipped model", file=sys.stderr)
+        return 2
+    runs = {}
+    for entry in args.presets:
+        name, _, mode = entry.partition(":")
+        if mode not in ("", "compiled"):
+            p.error(f"--presets entry {entry!r}: the only suffix is ':compiled'")
+        runs[entry] = (name, mode == "compiled")
+    pipe = HarmonPipeline.from_pretrained(path, device="cpu", dtype=torch.float32)
+    rows = run_rounds(pipe, runs, args, path)
+    for row in rows.values():
+        row["seconds"] = min(row["seconds_runs"])  # the best round: the least disturbed by other processes
+        row["images_per_s"] = args.prompts / row["seconds"]
+        row["seconds_median"] = statistics.median(row["seconds_runs"])
+        print(json.dumps(row), flush=True)
+        if args.out:
+            with open(args.out, "a") as f:
+                f.write(json.dumps(row) + "\n")
+    print_table(list(rows.values()))
     return 0
 
 

@@ -21,7 +21,6 @@ import base64
 import http.client
 import json
 import os
-import platform
 import socket
 import statistics
 import subprocess
@@ -34,26 +33,10 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 
 def machine() -> dict:
-    """The CPU these figures come from: model, cores, the vector instruction sets it reports, threads, torch."""
-    import torch
+    """The CPU these figures come from (harmon.cpuinfo: model, cores, vector flags, threads, torch)."""
+    from harmon.cpuinfo import cpu_info
 
-    model, flags = platform.processor(), set()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
-    isa = sorted(f for f in flags if f.startswith(("avx", "amx", "fma", "sse4", "f16c")))
-    return {
-        "bench": "machine",
-        "cpu": model,
-        "arch": platform.machine(),
-        "cores": os.cpu_count(),
-        "cpu_flags": isa,
-        "torch": torch.__version__,
-    }
+    return {"bench": "machine", **cpu_info()}
 
 
 def start(threads: int, *flags: str) -> tuple[subprocess.Popen, int]:
@@ -208,7 +191,7 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    results = [{**machine(), "threads": args.threads, "load_average": os.getloadavg()}, bench_decoding()]
+    results = [{**machine(), "load_average": os.getloadavg()}, bench_decoding()]
     proc, port = start(args.threads)
     try:
         results.append({**bench_chat(port, args.chats), "threads": args.threads})
@@ -216,8 +199,9 @@ def main() -> int:
         proc.terminate()
         proc.wait(timeout=30)
     results += bench_batching(args.threads, args.requests, args.rounds)
+    cpu = {k: v for k, v in machine().items() if k != "bench"}
     for res in results:
-        line = json.dumps(res)
+        line = json.dumps({**res, **cpu, "threads": args.threads})
         print(line, flush=True)
         if args.out:
             with open(args.out, "a") as f:

@@ -167,6 +167,8 @@ def main() -> int:
         )
         print(json.dumps(res))
         return 0
+    from harmon.cpuinfo import cpu_info
+
     for cfg_name in args.configs:
         need, have = _estimate_bytes(cfg_name), _available_bytes(args.device)
         for precision in args.precisions:
@@ -181,6 +183,7 @@ def main() -> int:
                 }
             else:
                 res = _run_child(args, cfg_name, precision)
+            res = {**cpu_info(), **res}  # every line names the CPU (threads: the child's, when it reports them)
             print(json.dumps(res), flush=True)
             if args.out:
                 with open(args.out, "a") as f:

@@ -25,6 +25,7 @@ import torch
 
 from harmon.atomic import write_text_atomic
 from harmon.config import GenerationDefaults, HarmonConfig
+from harmon.cpuinfo import choose_dtype
 from harmon.diffloss import DiffLossConfig
 from harmon.hf_generation import read_generation_config
 from harmon.mar import MARConfig
@@ -71,9 +72,12 @@ def default_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
-def resolve_device(device: torch.device | str | None, dtype: torch.dtype | None) -> tuple[torch.device, torch.dtype]:
-    """Fill a None device or dtype with :func:`default_device` / :func:`default_dtype`; a device this torch cannot
-    use is refused by name before anything loads."""
+def resolve_device(
+    device: torch.device | str | None, dtype: torch.dtype | str | None
+) -> tuple[torch.device, torch.dtype]:
+    """Fill a None device or dtype with :func:`default_device` / :func:`default_dtype`, and dtype "auto" with
+    :func:`harmon.cpuinfo.choose_dtype` (its reason logged); a device this torch cannot use is refused by name
+    before anything loads."""
     try:
         device = torch.device(device) if device is not None else default_device()
     except RuntimeError as err:  # torch's message lists the device types it knows
@@ -82,6 +86,10 @@ def resolve_device(device: torch.device | str | None, dtype: torch.dtype | None)
         raise ValueError(f"device {device}: no CUDA device is available to this torch ({torch.__version__})")
     if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise ValueError(f"device {device}: Apple MPS is not available to this torch ({torch.__version__})")
+    if isinstance(dtype, str) and dtype == "auto":
+        dtype, reason = choose_dtype(device)
+        logger.info("dtype auto on %s: %s", device, reason)
+        return device, dtype
     return device, as_dtype(dtype) if dtype is not None else default_dtype(device)
 
 
@@ -94,7 +102,7 @@ def as_dtype(dtype: torch.dtype | str) -> torch.dtype:
     """A floating torch dtype, from a dtype or its name ("bf16", "float32", ...); anything else is refused."""
     if isinstance(dtype, str):
         if dtype not in DTYPES:
-            raise ValueError(f"dtype {dtype!r}: use one of {', '.join(DTYPES)} or a torch.dtype")
+            raise ValueError(f"dtype {dtype!r}: use one of {', '.join(DTYPES)}, auto (where loading) or a torch.dtype")
         return DTYPES[dtype]
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating torch.dtype such as torch.bfloat16, got {dtype!r}")
@@ -193,7 +201,9 @@ def build_empty_model(
     """
     with torch.device("meta"):
         model = Harmon(config)
-    model = model.to_empty(device=device).to(dtype)
+    # dtype first, on meta: memory is then allocated once, in the final dtype, and stays untouched (not resident)
+    # until each weight is written; casting after to_empty would write a whole second copy at once.
+    model = model.to(dtype).to_empty(device=device)
     model.reset_rotary_buffers()
     model.llm.tie_weights()
     return model
@@ -310,7 +320,7 @@ def load_official(
     vae: str | Path,
     llm: str | Path,
     device: torch.device | str | None = None,
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | str | None = None,
     vae_config: VAEConfig | None = None,
 ) -> tuple[Harmon, Any]:
     """Released Harmon weights as (model in eval mode, tokenizer); see ``HarmonPipeline.from_official``."""
@@ -344,7 +354,7 @@ def read_config(path: str | Path) -> HarmonConfig:
 
 
 def load_pretrained(
-    path: str | Path, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    path: str | Path, device: torch.device | str | None = None, dtype: torch.dtype | str | None = None
 ) -> tuple[Harmon, Any]:
     """A model saved by :func:`save_pretrained` as (model in eval mode, tokenizer)."""
     path = Path(path)
@@ -358,6 +368,8 @@ def load_pretrained(
 def save_pretrained(model: Harmon, tokenizer: Any, path: str | Path, dtype: torch.dtype | None = None) -> None:
     """Write config.json, model.safetensors (tied head stored once; floats cast to ``dtype`` if given) and the
     tokenizer files into the folder ``path``."""
+    if any(t.dtype == torch.int8 for t in model.state_dict().values()):  # harmon.accel.quant's layers
+        raise ValueError("a quantized model cannot be saved; save the float model and quantize after loading")
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     sd = without_tied_head(model.state_dict(), model)

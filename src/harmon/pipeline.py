@@ -62,26 +62,27 @@ class HarmonPipeline:
         vae: str | Path,
         llm: str | Path,
         device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
+        dtype: torch.dtype | str | None = None,
         vae_config: VAEConfig | None = None,
     ) -> HarmonPipeline:
-        """Load released Harmon weights.
-
-        Args:
-            checkpoint: harmon_0.5b.pth / harmon_1.5b.pth (flat state dict with llm., mar., proj_in., proj_out.).
-            vae: kl16.ckpt (its "model" entry is the VAE state dict).
-            llm: a local Qwen2.5-Instruct folder: config.json and tokenizer files (its weights are not needed);
-                its generation_config.json, if any, gives describe's repetition penalty, as in the original.
-            vae_config: the VAE's shape; default KL-16 (embed_dim 16, ch_mult (1,1,2,2,4), scale 0.2325).
-        """
+        """Load released Harmon weights: ``checkpoint`` harmon_0.5b.pth / harmon_1.5b.pth (flat state dict with llm.,
+        mar., proj_in., proj_out.); ``vae`` kl16.ckpt (its "model" entry); ``llm`` a local Qwen2.5-Instruct folder,
+        config.json and tokenizer files (no weights; its generation_config.json, if any, gives describe's repetition
+        penalty, as in the original); ``vae_config`` default KL-16; ``dtype`` as in :meth:`from_pretrained`."""
         return cls(*load_official(checkpoint, vae, llm, device, dtype, vae_config))
 
     @classmethod
     def from_pretrained(
-        cls, path: str | Path, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+        cls, path: str | Path, device: torch.device | str | None = None, dtype: torch.dtype | str | None = None
     ) -> HarmonPipeline:
-        """Load our own format: config.json + model.safetensors + tokenizer files."""
+        """Load our own format: config.json + model.safetensors + tokenizer files. ``dtype`` "auto": bf16 where the
+        hardware multiplies it natively, else fp32 (:func:`harmon.cpuinfo.choose_dtype`); None: bf16 on CUDA only."""
         return cls(*load_pretrained(path, device, dtype))
+
+    def quantize(self, mode: str | None = "int8") -> HarmonPipeline:
+        """Weight-only int8 for the LLM, its tied embedding / LM head and the MAR blocks, in place (see
+        :mod:`harmon.accel.quant`; activations keep the model's dtype); None leaves the model as it is."""
+        return accel.quantize_pipeline(self, mode)
 
     def save_pretrained(self, path: str | Path, dtype: torch.dtype | None = None) -> None:
         """Write config.json, model.safetensors (tied head stored once) and the tokenizer files."""

@@ -4,10 +4,11 @@
   optionally ``torch.compile``), a drop-in for ``DiffLoss.sample``.
 - :mod:`harmon.accel.dedupe`: the prompt run once per distinct prompt, the MAR encoder once per guided image.
 - :mod:`harmon.accel.linear`: oneDNN-packed Linear layers on CPU float32.
+- :mod:`harmon.accel.quant`: weight-only int8 Linear layers and token embedding (``quantize_model``).
 - :mod:`harmon.accel.compile`: ``torch.compile`` with frozen weights, recompiled when the weights change.
 
-Every strategy gives the straightforward path's numbers up to float rounding; ``tests/reference.py`` holds the
-straightforward sampler the tests compare against.
+Every strategy except int8 gives the straightforward path's numbers up to float rounding; ``tests/reference.py`` holds
+the straightforward sampler the tests compare against.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import functools
 from harmon.accel.dedupe import deduplicated_prompt_cache, encode_halves_once
 from harmon.accel.head import fast_head_sampler, sample_fast
 from harmon.accel.linear import packed_linears, plain_linears
+from harmon.accel.quant import is_quantized, quantize_model, quantize_pipeline
 from harmon.model import Harmon
 from harmon.sampling import Strategies
 
@@ -25,8 +27,11 @@ __all__ = [
     "encode_halves_once",
     "fast_head_sampler",
     "generation_strategies",
+    "is_quantized",
     "packed_linears",
     "plain_linears",
+    "quantize_model",
+    "quantize_pipeline",
     "sample_fast",
 ]
 

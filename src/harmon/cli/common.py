@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 # --dtype / --save-dtype choices, named here so that parsing imports no torch; harmon.loading.DTYPES maps them
-# (tests/test_cli.py checks that the two agree)
+# (tests/test_cli.py checks that the two agree); --dtype also takes "auto" (harmon.cpuinfo.choose_dtype)
 DTYPE_NAMES = ("fp32", "float32", "bf16", "bfloat16", "fp16", "float16")
+QUANTIZE_NAMES = ("int8",)  # harmon.accel.quant.QUANTIZE_MODES
 
 # The names of harmon.sampling.PRESETS, in its order, for --preset choices without importing the sampler (and so
 # torch) at parse time; tests/test_cli.py checks that the two agree.
@@ -38,9 +39,10 @@ GENERATION_SETTINGS = {
 
 
 def torch_dtype(name: str | None):
-    """The torch dtype a --dtype / --save-dtype name stands for; None stays None (the command's default)."""
-    if name is None:
-        return None
+    """The torch dtype a --dtype / --save-dtype name stands for; None stays None (the command's default) and "auto"
+    stays "auto" (chosen from the hardware when the model loads)."""
+    if name is None or name == "auto":
+        return name
     from harmon.loading import as_dtype
 
     return as_dtype(name)
@@ -53,7 +55,16 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--vae", help="official kl16.ckpt")
     g.add_argument("--llm", help="local Qwen2.5-Instruct folder (config + tokenizer)")
     g.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: best available)")
-    g.add_argument("--dtype", choices=sorted(DTYPE_NAMES), help="default: bf16 on CUDA, fp32 elsewhere")
+    g.add_argument(
+        "--dtype",
+        choices=sorted(DTYPE_NAMES) + ["auto"],
+        help="default: bf16 on CUDA, fp32 elsewhere; auto: bf16 where the CPU or card multiplies it natively",
+    )
+    g.add_argument(
+        "--quantize",
+        choices=QUANTIZE_NAMES,
+        help="int8: weight-only int8 for the LLM and MAR blocks (about half the memory of bf16 weights)",
+    )
 
 
 def add_generation_args(p: argparse.ArgumentParser, *, image_size: bool = True, annealing: bool = True) -> None:
@@ -97,7 +108,13 @@ def generation_settings(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def load_pipeline(args: argparse.Namespace):
-    """The pipeline the model flags name: official weights, a saved folder, or the shipped model."""
+    """The pipeline the model flags name (official weights, a saved folder, or the shipped model), in --dtype and
+    quantized as --quantize says."""
+    return _load_float_pipeline(args).quantize(getattr(args, "quantize", None))
+
+
+def _load_float_pipeline(args: argparse.Namespace):
+    """The pipeline the model flags name, before any quantization."""
     from harmon.pipeline import HarmonPipeline
 
     dtype = torch_dtype(args.dtype)
