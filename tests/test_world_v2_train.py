@@ -113,7 +113,8 @@ def test_pipeline_v2_runs_the_v2_recipes_under_its_root(tmp_path, monkeypatch):
     monkeypatch.setattr("harmon.train.trainer.Trainer", Recorder)
     world = pipeline.WORLDS["v2"]
     names = [n for n, _, _ in pipeline.stages(tmp_path, "cpu", [], world)]
-    assert names == ["tokenizer", "vae", "lm", "stage1", "stage2", "stage3", "decoder", "edit"]
+    assert names == ["tokenizer", "vae", "lm", "stage1", "stage2", "stage3", "decoder"]
+    assert [n for n, _, _ in pipeline.stages(tmp_path, "cpu", [], world, edit=True)][-1] == "edit"
     for stage in ("stage1", "stage2", "edit"):
         pipeline.run_recipe(f"shapes_v2_{stage}", tmp_path, "cpu", ["max_steps=3"], world)
     assert [c.output_dir for c in seen] == [str(tmp_path / s) for s in ("stage1", "stage2", "edit")]

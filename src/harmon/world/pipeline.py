@@ -8,7 +8,8 @@ Stages (each skipped when its output exists, so an interrupted run continues whe
     II            everything: text-to-image + QA + captioning (shapes_stage2)
     III           generation side only (MAR decoder, diffusion head, proj_out): text-to-image (shapes_stage3)
     decoder       the VAE decoder of stage III's model learns to draw clean scenes from noisy latents (encoder frozen)
-    edit          IV: the model learns to edit images, keeping generation and understanding (shapes_edit)
+    edit          IV, with --edit only: the model learns to edit images, keeping generation and understanding
+                  (shapes_edit); the shipped model has no stage IV: the recipe does not yet reach the edit bars
     ship          copy the last stage's export into the package (bf16 weights) with tuned sampling defaults
 Wall time and machine of every stage are recorded in ``<root>/pipeline.json``.
 
@@ -47,7 +48,7 @@ class WorldRecipes:
     vae: dict  # keyword arguments of stage0.train_shapes_vae (read at call time)
     decoder: dict  # keyword arguments of stage0.finetune_vae_decoder (read at call time)
     corpus: Callable[..., Iterator[str]]  # corpus(n, seed=...) -> texts for the tokenizer
-    edit: str | None = None  # recipe name of the editing stage after the decoder stage; None: the chain ends there
+    edit: str | None = None  # recipe name of the editing stage that --edit adds after the decoder stage
 
 
 WORLDS = {
@@ -138,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
     p.add_argument("--ship", action="store_true", help="copy the result into src/harmon/assets/shapes-tiny")
+    p.add_argument("--edit", action="store_true", help="also run stage IV (editing) after the decoder stage")
     p.add_argument(
         "--default",
         dest="defaults",
@@ -165,10 +167,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def stages(
-    root: Path, device: str, overrides: list[str], world: WorldRecipes = WORLDS["v1"]
+    root: Path, device: str, overrides: list[str], world: WorldRecipes = WORLDS["v1"], edit: bool = False
 ) -> list[tuple[str, Path, Callable[[], object]]]:
     """(name, marker written when the stage is done, run) of every stage, in order; ``overrides`` are
-    ``STAGE:KEY=VALUE`` items, each given to its own stage (``tokenizer:texts=N`` sets the tokenizer's corpus)."""
+    ``STAGE:KEY=VALUE`` items, each given to its own stage (``tokenizer:texts=N`` sets the tokenizer's corpus);
+    ``edit``: end with the world's editing stage."""
 
     def mine(stage: str) -> list[str]:
         return [o.split(":", 1)[1] for o in overrides if o.startswith(stage + ":")]
@@ -183,7 +186,7 @@ def stages(
         )
 
     lm, s1, s2, s3 = world.stages
-    edit = [trained("edit", world.edit)] if world.edit else []
+    last = [trained("edit", world.edit)] if edit and world.edit else []
     return [
         ("tokenizer", root / "tokenizer" / "tokenizer.json", tokenizer),
         ("vae", root / "stage0_vae" / "vae.safetensors", lambda: _vae(root, device, mine("vae"), world)),
@@ -196,15 +199,20 @@ def stages(
             root / "decoder" / "decoder_log.json",
             lambda: _decoder(root, device, mine("decoder"), world=world),
         ),
-        *edit,
+        *last,
     ]
 
 
 def run_stages(
-    root: Path, device: str, overrides: list[str], until: str | None = None, world: WorldRecipes = WORLDS["v1"]
+    root: Path,
+    device: str,
+    overrides: list[str],
+    until: str | None = None,
+    world: WorldRecipes = WORLDS["v1"],
+    edit: bool = False,
 ) -> None:
     """Run every stage whose marker is missing, recording its wall time; stop after ``until``."""
-    for name, done_marker, fn in stages(root, device, overrides, world):
+    for name, done_marker, fn in stages(root, device, overrides, world, edit):
         if done_marker.exists():
             logger.info("stage %s: done already (%s)", name, done_marker)
             if name == until:
@@ -227,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     world = WORLDS[args.world]
     root = Path(args.root or world.root)
     root.mkdir(parents=True, exist_ok=True)
-    run_stages(root, args.device, args.overrides, args.until, world)
+    edit = args.edit or args.until == "edit"
+    run_stages(root, args.device, args.overrides, args.until, world, edit)
     if args.ship:
         from harmon.shipped import SHIPPED_DIR
         from harmon.train.config import parse_value
@@ -236,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         if "num_sampling_steps" in defaults:
             defaults["num_sampling_steps"] = str(defaults["num_sampling_steps"])
         trained = ("stage1", "stage2", "stage3", "decoder", "edit")
-        last = args.until if args.until in trained else ("edit" if world.edit else "decoder")
+        last = args.until if args.until in trained else ("edit" if edit else "decoder")
         ship(root, SHIPPED_DIR, defaults, stage=last)
         logger.info("shipped to %s", SHIPPED_DIR)
     return 0
