@@ -213,7 +213,8 @@ def test_sources_are_typed_and_validated_by_name():
         "source 'image2text_qa': set a task (one of text2image, image2text, text_only, image_edit, reconstruction)"
     )
     assert "source 'image2text_qa': unknown task 'qa' (one of text2image" in _source_error(task="qa")
-    assert "format shapes serves text2image, image2text, text_only, not image_edit" in _source_error(task="image_edit")
+    llava_edits = {"format": "llava", "path": "x.json", "task": "image_edit", "format_options": {}}
+    assert "format llava serves image2text, text_only, not image_edit" in _source_error(**llava_edits)
     assert "unknown format 'parquet' (registered: " in _source_error(format="parquet")
     assert "unknown format option(s) ['colour']; known: " in _source_error(format_options={"colour": 1})
     assert "kind 'text'" in _source_error(format_options={"kind": "text"})
