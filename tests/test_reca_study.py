@@ -48,3 +48,18 @@ def test_reca_config_feeds_images_only_and_keeps_understanding(tmp_path):
     assert recon.task is Task.RECONSTRUCTION and recon.cond_image_size == 32 and recon.text_drop_prob == 0.1
     assert qa.task is Task.IMAGE_TO_TEXT and qa.batch_size == recon.batch_size == 4
     assert cfg.seed == 3 and not any(m.startswith("vae") for m in cfg.train_modules)
+
+
+def test_condition_gap_and_redraw_scores_run_on_the_shipped_model():
+    import torch
+
+    from harmon.pipeline import HarmonPipeline
+    from harmon.shipped import shipped_model_path
+    from harmon.world.analyses.reca import condition_gap, redraw_scores
+
+    pipe = HarmonPipeline.from_pretrained(shipped_model_path(), dtype=torch.float32)
+    gap = condition_gap(pipe, n=2, repeats=1)
+    assert set(gap) == {"own_image", "other_image"} and all(v > 0 for v in gap.values())
+    scores = redraw_scores(pipe, n=1)
+    assert set(scores) == {"content", "layout"} and all(0.0 <= v <= 1.0 for v in scores.values())
+    assert scores["layout"] <= scores["content"]  # a scene redrawn in place is redrawn in content too

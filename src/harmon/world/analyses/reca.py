@@ -262,17 +262,57 @@ def condition_gap(pipe: HarmonPipeline, n: int = 32, seed: int = 99, repeats: in
     return {"own_image": loss(batch["cond_pixels"]), "other_image": loss(batch["cond_pixels"][other])}
 
 
+@torch.no_grad()
+def redraw_scores(pipe: HarmonPipeline, n: int = 40, seed: int = 7, guidance_scale: float = 3.0) -> dict[str, float]:
+    """How well a model redraws ``n`` fresh grid scenes from RecA's prompt (a template after the scene's
+    understanding features), sampled with the model's settings at ``guidance_scale`` against the plain
+    unconditional prompt: the share whose detected objects match the scene's as a bag of (colour, shape) ("content")
+    and with each object in its own quadrant too ("layout")."""
+    from harmon.conditioning import conditioned_batch
+    from harmon.prompts import RECONSTRUCTION_TEMPLATES, image_prompt, unconditional_prompt
+    from harmon.world.detection import detect_objects
+    from harmon.world.render import render
+    from harmon.world.sampling import sample_scene
+
+    settings, size = pipe.generation_settings(guidance_scale=guidance_scale)
+    world, g = WorldConfig(image_size=size), torch.Generator().manual_seed(seed)
+    half, hits = size / 2, {"content": 0, "layout": 0}
+    for i in range(n):
+        scene = sample_scene(g, world)
+        template = image_prompt(RECONSTRUCTION_TEMPLATES[i % len(RECONSTRUCTION_TEMPLATES)], 1, pipe.config.image_token)
+        seqs = [pipe._encode(template)] + [pipe._encode(unconditional_prompt())] * (settings.groups - 1)
+        batch = conditioned_batch(pipe, seqs, [render(scene, world)], None, pipe.image_tokens(size))
+        drawn = pipe._draw(
+            *batch, size, settings, generator=torch.Generator().manual_seed(i), compile=False, output_type="pil"
+        )
+        found = detect_objects(drawn[0], world)
+        for key, place in (("content", False), ("layout", True)):
+            hits[key] += _objects(scene.objects, half, place) == _objects(found, half, place)
+    return {k: v / n for k, v in hits.items()}
+
+
+def _objects(objects, half: float, place: bool) -> list[tuple]:
+    """(colour, shape) of every object, with its quadrant when ``place``, sorted: a scene as a comparable list."""
+    return sorted((o.color, o.shape, *((o.center[0] > half, o.center[1] > half) if place else ())) for o in objects)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m harmon.world.analyses.reca MODEL...``: :func:`condition_gap` of each model folder."""
+    """``python -m harmon.world.analyses.reca MODEL...``: :func:`condition_gap` and :func:`redraw_scores` of each
+    model folder."""
     import argparse
 
     p = argparse.ArgumentParser(description=main.__doc__)
     p.add_argument("models", nargs="+")
     p.add_argument("--scenes", type=int, default=32)
+    p.add_argument("--redraws", type=int, default=40, help="scenes redrawn per model (0: skip)")
     args = p.parse_args(argv)
     for path in args.models:
-        gap = condition_gap(HarmonPipeline.from_pretrained(path, dtype=torch.float32), args.scenes)
+        pipe = HarmonPipeline.from_pretrained(path, dtype=torch.float32)
+        gap = condition_gap(pipe, args.scenes)
         logger.info("%s: reconstruction loss, own image %.4f, another image %.4f", path, *gap.values())
+        if args.redraws:
+            scores = redraw_scores(pipe, args.redraws)
+            logger.info("%s: redrawn scenes, content %.3f, layout %.3f", path, scores["content"], scores["layout"])
     return 0
 
 
