@@ -151,6 +151,11 @@ def edit(**kwargs):
     return lambda ctx: ctx.pipe.edit(image, instruction, **kwargs)
 
 
+PRECISION = [
+    bad("api-quantize-int4", lambda ctx: HarmonPipeline.from_pretrained(ctx.model).quantize("int4"), "int4"),
+    bad("api-dtype-auto-misspelt", model_with(dtype="automatic"), "automatic", (TypeError, ValueError)),
+]
+
 EDITING = [
     bad("api-edit-instruction-empty", edit(instruction="  "), "instruction"),
     bad("api-edit-instruction-bytes", edit(instruction=b"make it blue"), "instruction", TypeError),
@@ -206,4 +211,4 @@ TRAINING = [
     api("api-trainer-no-data", "api", trainer(data=[]), ValueError, "data"),
 ]
 
-CASES: list[Case] = [*LOADING, *GENERATION, *DECODING, *EDITING, *TRAINING]
+CASES: list[Case] = [*LOADING, *GENERATION, *DECODING, *EDITING, *PRECISION, *TRAINING]

@@ -210,6 +210,7 @@ def edit(*flags: str) -> list[str]:
 
 
 EDIT = [
+    cli("cli-quantize-int4", "cli", gen("--quantize", "int4"), "invalid choice: 'int4'"),
     cli("cli-edit-without-instruction", "cli", ["edit", "{ws}/img.png"], "required: instruction", setup=png),
     cli("cli-edit-image-missing", "cli", edit(), "img.png", before_model=True),
     cli("cli-edit-num-images-zero", "cli", edit("-n", "0"), "--num-images", setup=png, before_model=True),
