@@ -8,8 +8,8 @@ free-level scenes). What differs from :mod:`harmon.world.recipes`, and why:
   never appear;
 * the stage-0 VAE has stride 8 (8 x 8 latents at 64 px) and the MAR patch size 2: 16 tokens of 64 dims, so an
   object's place is one of 16, not one of 4 quadrants (the shipped model's one-token-per-object layout cannot
-  express free positions). A stride-16 VAE read back 12.9 % of free scenes exactly after its 8,000 steps; the
-  stride-8 one 41 % after 1,500 (docs/world-v2.md);
+  express free positions). After 8,000 steps a stride-16 VAE read back 12.9 % of free scenes exactly, the
+  stride-8 one 82.4 % (docs/world-v2.md);
 * the quick eval during training is the free level's (``eval="shapes_v2"``).
 
 Step counts are sized for the 3-hour, 2-core budget from measured seconds per step (docs/world-v2.md); each can be
