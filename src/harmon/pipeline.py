@@ -317,32 +317,10 @@ class HarmonPipeline:
         draw = {"generator": generator, "compile": compile, "output_type": output_type, "callback": callback}
         return self._draw(*batch, size, settings, repeat=num_images_per_prompt, **draw)
 
-    def generation_settings(
-        self,
-        *,
-        image_size: int | None = None,
-        num_iter: int | None = None,
-        guidance_scale: float | None = None,
-        cfg_schedule: str | None = None,
-        temperature: float | None = None,
-        num_sampling_steps: str | int | None = None,
-        x0_clip: float | None = None,
-        diffusion_steps_final: int | None = None,
-        preset: str | None = None,
-    ) -> tuple[SamplingSettings, int]:
-        """The sampling settings and image size :meth:`generate` runs with for these arguments (see there)."""
-        return settings_from_defaults(
-            self.config.generation,
-            image_size=image_size,
-            num_iter=num_iter,
-            guidance_scale=guidance_scale,
-            cfg_schedule=cfg_schedule,
-            temperature=temperature,
-            num_sampling_steps=num_sampling_steps,
-            x0_clip=x0_clip,
-            diffusion_steps_final=diffusion_steps_final,
-            preset=preset,
-        )
+    def generation_settings(self, **settings: Any) -> tuple[SamplingSettings, int]:
+        """The sampling settings and image size :meth:`generate` runs with for these keyword arguments (its
+        settings: :func:`harmon.sampling.settings_from_defaults` names them) over the model's defaults."""
+        return settings_from_defaults(self.config.generation, **settings)
 
     # ------------------------------------------------------------------ understanding
     def understanding_inputs(

@@ -152,6 +152,18 @@ def _captions(batch_size: int) -> SourceConfig:
     )
 
 
+def _qa(batch_size: int) -> SourceConfig:
+    """Stage II's questions about scenes (bare-shape existence questions included)."""
+    return SourceConfig(
+        "image2text_qa",
+        "shapes",
+        task=Task.IMAGE_TO_TEXT,
+        batch_size=batch_size,
+        max_text_length=STAGE2_QA_TEXT_LENGTH,
+        format_options=dict(STAGE2_QA_OPTIONS),
+    )
+
+
 def shapes_lm() -> TrainConfig:
     """Stage 0: the small Qwen2 LLM learns the world's language (text only), VAE and tokenizer from stage 0."""
     return TrainConfig(
@@ -207,19 +219,11 @@ def shapes_stage1() -> TrainConfig:
 
 def shapes_stage2() -> TrainConfig:
     """Stage II: everything trains; text-to-image + QA + captioning."""
-    qa = SourceConfig(
-        "image2text_qa",
-        "shapes",
-        task=Task.IMAGE_TO_TEXT,
-        batch_size=8,
-        max_text_length=STAGE2_QA_TEXT_LENGTH,
-        format_options=dict(STAGE2_QA_OPTIONS),
-    )
     return _stage(
         "stage2",
         lr=7e-4,
         model=ModelInit(preset=None, pretrained=f"{ROOT}/stage1/final"),
-        data=[_t2i(32), qa, _captions(4)],
+        data=[_t2i(32), _qa(8), _captions(4)],
         train_modules=EVERYTHING,
         max_steps=STAGE2_STEPS,
         sample_every=2000,
@@ -262,19 +266,11 @@ def shapes_edit() -> TrainConfig:
         format_options=dict(EDIT_DATA),
     )
     recon = SourceConfig("reconstruction", "shapes", task=Task.RECONSTRUCTION, batch_size=8, text_drop_prob=0.1)
-    qa = SourceConfig(
-        "image2text_qa",
-        "shapes",
-        task=Task.IMAGE_TO_TEXT,
-        batch_size=8,
-        max_text_length=STAGE2_QA_TEXT_LENGTH,
-        format_options=dict(STAGE2_QA_OPTIONS),
-    )
     return _stage(
         "edit",
         lr=7e-4,
         model=ModelInit(preset=None, pretrained=f"{ROOT}/decoder/final"),
-        data=[edits, recon, _t2i(8), qa],
+        data=[edits, recon, _t2i(8), _qa(8)],
         train_modules=EVERYTHING,
         max_steps=EDIT_STEPS,
         eval_every=0,

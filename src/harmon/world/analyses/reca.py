@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from harmon.data.tasks import Task
 from harmon.pipeline import HarmonPipeline
 from harmon.train.config import ModelInit, OptimConfig, SourceConfig, TrainConfig
 from harmon.train.trainer import Trainer
+from harmon.world.analyses.synergy import mean_std
 from harmon.world.evaluate import understanding_scores
 from harmon.world.prompts import sample_eval_prompts
 from harmon.world.scene import WorldConfig
@@ -147,11 +147,6 @@ def run_reca_study(
     study["verdict"] = verdict(study["summary"])
     write_text_atomic(path, json.dumps(study, indent=2) + "\n")
     return study
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for a single value)."""
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
 def summarize(study: dict[str, Any]) -> dict[str, Any]:
