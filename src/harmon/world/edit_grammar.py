@@ -48,11 +48,8 @@ accepts a detected centre anywhere inside the region (see :mod:`harmon.world.edi
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 
-import torch
-
-from harmon.world.grammar import SHAPE_WORDS, SPLITS
+from harmon.world.grammar import COLOR_PATTERN, Phraser, matches_any
 from harmon.world.sampling import choice
 from harmon.world.scene import article
 
@@ -130,18 +127,17 @@ HELD_OUT: dict[str, tuple[str, ...]] = {
     "half": ("on the {side} half",),
     "center": ("at the centre",),
 }
-_COLOR = r"(?:red|green|blue|yellow|purple|orange)"
 HELD_OUT_EDIT_PATTERNS = tuple(
     re.compile(p)
     for p in (
-        rf"\bwhich is {_COLOR}\b",
+        rf"\bwhich is {COLOR_PATTERN}\b",
         r"\bthe colours of\b|\bchange the colour of\b",
-        rf"^paint .+ in {_COLOR}$",
+        rf"^paint .+ in {COLOR_PATTERN}$",
         r"^take the .+ away$",
         r"^delete .+ from the picture$",
         r"^(?:in|at|on) the [a-z ]+, (?:add|put)\b",
         r"^make .+ and .+ swap colors$",
-        rf"^turn the .+ into an? {_COLOR} ",
+        rf"^turn the .+ into an? {COLOR_PATTERN} ",
         r"\bat the (?:top|bottom|upper|lower) (?:left|right) corner\b",
         r"\bon the (?:left|right|top|bottom) half\b",
         r"\bat the centre\b",
@@ -151,30 +147,14 @@ HELD_OUT_EDIT_PATTERNS = tuple(
 
 def is_held_out_edit_phrasing(text: str) -> bool:
     """Whether the edit instruction ``text`` uses a held-out phrasing (:data:`HELD_OUT`)."""
-    t = " ".join(text.strip().lower().split())
-    return any(p.search(t) for p in HELD_OUT_EDIT_PATTERNS)
+    return matches_any(HELD_OUT_EDIT_PATTERNS, text)
 
 
-class EditPhraser:
-    """Draws the options of one instruction; ``slots`` lists (key, slot) of every slot instance, and in the
-    ``held_out`` split one instance among those with held-out options takes one (as :class:`grammar.Phraser`)."""
+class EditPhraser(Phraser):
+    """The grammar's :class:`~harmon.world.grammar.Phraser` over the edit instructions' option tables."""
 
-    def __init__(self, generator: torch.Generator, split: str, slots: Sequence[tuple[str, str]]) -> None:
-        if split not in SPLITS:
-            raise ValueError(f"unknown phrasing split {split!r}; expected one of {SPLITS}")
-        held = [key for key, slot in slots if slot in HELD_OUT]
-        self.generator = generator
-        self.forced = choice(generator, held) if split == "held_out" else None
-
-    def pick(self, slot: str, key: str | None = None) -> str:
-        """An option of ``slot`` for the slot instance ``key`` (default: the slot's name)."""
-        if (key or slot) == self.forced:
-            return choice(self.generator, HELD_OUT[slot])
-        return choice(self.generator, SEEN[slot]) if slot in SEEN else ""
-
-    def shape(self, shape: str) -> str:
-        """One of the grammar's words for ``shape``."""
-        return choice(self.generator, SHAPE_WORDS[shape])
+    seen = SEEN
+    held_out = HELD_OUT
 
 
 def place_slot(place: str) -> str:

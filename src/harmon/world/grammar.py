@@ -120,12 +120,12 @@ HELD_OUT: dict[str, tuple[str, ...]] = {
     "position": ("Is the {a} {rel} the {b} in the image?",),
     "describe": ("What is in the picture?", "List the objects you see."),
 }
-_COLOR = r"(?:red|green|blue|yellow|purple|orange)"
+COLOR_PATTERN = r"(?:red|green|blue|yellow|purple|orange)"  # the palette's names, in held-out patterns
 HELD_OUT_PATTERNS = tuple(
     re.compile(p)
     for p in (
         r"^a picture with\b",
-        rf"\bwhich (?:is|are) {_COLOR}\b",
+        rf"\bwhich (?:is|are) {COLOR_PATTERN}\b",
         r"\bon the (?:left|right) of\b",
         r"^does the picture contain\b",
         r"^can you see .+ in the image\?$",
@@ -140,21 +140,31 @@ HELD_OUT_PATTERNS = tuple(
 )
 
 
+def matches_any(patterns: Sequence[re.Pattern], text: str) -> bool:
+    """Whether one of ``patterns`` matches ``text`` lower-cased with its whitespace collapsed."""
+    t = " ".join(text.strip().lower().split())
+    return any(p.search(t) for p in patterns)
+
+
 def is_held_out_phrasing(text: str) -> bool:
     """Whether ``text`` (one prompt, question or description) uses a held-out phrasing."""
-    t = " ".join(text.strip().lower().split())
-    return any(p.search(t) for p in HELD_OUT_PATTERNS)
+    return matches_any(HELD_OUT_PATTERNS, text)
 
 
 class Phraser:
     """Draws the options of one text. ``slots`` lists (key, slot) for every slot instance of the text (two objects
     are two instances of the slot "object"); in the ``held_out`` split one instance among those whose slot has
-    held-out options is forced to a held-out option, every other instance takes a seen one."""
+    held-out options is forced to a held-out option, every other instance takes a seen one. ``seen`` and
+    ``held_out`` are the option tables (a subclass names its own, as :class:`harmon.world.edit_grammar.EditPhraser`
+    does)."""
+
+    seen: dict[str, tuple[str, ...]] = SEEN
+    held_out: dict[str, tuple[str, ...]] = HELD_OUT
 
     def __init__(self, generator: torch.Generator, split: str, slots: Sequence[tuple[str, str]]) -> None:
         if split not in SPLITS:
             raise ValueError(f"unknown phrasing split {split!r}; expected one of {SPLITS}")
-        held = [key for key, slot in slots if slot in HELD_OUT]
+        held = [key for key, slot in slots if slot in self.held_out]
         if split == "held_out" and not held:
             raise ValueError(f"no held-out phrasing for slots {[slot for _, slot in slots]}")
         self.generator = generator
@@ -163,8 +173,8 @@ class Phraser:
     def pick(self, slot: str, key: str | None = None) -> str:
         """An option of ``slot`` for the slot instance ``key`` (default: the slot's name)."""
         if (key or slot) == self.forced:
-            return choice(self.generator, HELD_OUT[slot])
-        return choice(self.generator, SEEN[slot])
+            return choice(self.generator, self.held_out[slot])
+        return choice(self.generator, self.seen[slot])
 
     def shape(self, shape: str, plural: bool = False) -> str:
         """One of the words for ``shape``."""
