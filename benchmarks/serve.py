@@ -120,8 +120,8 @@ def bench_decoding(tokens: int = 200) -> dict:
     import torch
 
     from harmon.chat import embed, render
+    from harmon.decoding import iter_decode
     from harmon.pipeline import HarmonPipeline
-    from harmon.sampling import iter_decode
     from harmon.shipped import shipped_model_path
 
     pipe = HarmonPipeline.from_pretrained(shipped_model_path(), device="cpu")

@@ -11,8 +11,9 @@ import torch
 
 from harmon import accel
 from harmon.images import prepare_for_understanding
+from harmon.mar import mask_by_order, next_mask_len
 from harmon.model import Harmon
-from harmon.sampling import SamplingSettings, generate_tokens, sample_tokens
+from harmon.sampling import SamplingSettings, generate_tokens, sample_tokens, step_scales
 
 
 def reference_tokens(
@@ -81,3 +82,45 @@ def reference_image_prompts(pipe, texts: list[str], images: list, size: int) -> 
     for i, (row, m) in enumerate(zip(rows, masks)):
         out[i, : len(m)], mask[i, : len(m)] = row, m
     return out, mask
+
+
+def reference_condition_cache_tokens(
+    model: Harmon,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    grid: tuple[int, int],
+    settings: SamplingSettings,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """LazyMAR's condition cache the straightforward way: every row through the whole network at every step (plain
+    random order and cosine schedule); on the steps between refreshes each guidance group's decoder output is then
+    replaced by the conditional one minus that group's residual (conditional - group) at the last refresh."""
+    groups, rows = settings.groups, input_ids.shape[0]
+    n, seq_len = rows // groups, grid[0] * grid[1]
+    orders = torch.cat([model.sample_orders(n, seq_len, generator)] * groups)
+    tokens = torch.zeros(rows, seq_len, model.config.mar.token_dim)
+    mask, masked = torch.ones(rows, seq_len, dtype=torch.bool), seq_len
+    for step in range(settings.num_iter):
+        x = model.forward_mae_encoder(tokens, mask, grid, attention_mask, input_ids=input_ids)
+        z = model.mar.forward_decoder(x, mask, grid)  # (R, L, Dd)
+        if step % settings.cond_refresh == 0:
+            residual = [z[:n] - z[g * n : (g + 1) * n] for g in range(1, groups)]
+        else:
+            z = torch.cat([z[:n]] + [z[:n] - r for r in residual])
+        n_next = next_mask_len(step, settings.num_iter, seq_len, masked)
+        last = step == settings.num_iter - 1 or n_next >= masked
+        mask_next = torch.zeros_like(mask) if last else mask_by_order(n_next, orders)
+        scales = step_scales(settings, seq_len, n_next)
+        new = model.mar.diffloss.sample(
+            z[mask & ~mask_next],
+            temperature=settings.temperature,
+            cfg=scales[0] if groups == 2 else scales,
+            generator=generator,
+            num_steps=settings.num_sampling_steps,
+        )
+        tokens[:n][(mask & ~mask_next)[:n]] = new
+        tokens[n:] = torch.cat([tokens[:n]] * (groups - 1))
+        mask, masked = mask_next, n_next
+        if last:
+            break
+    return tokens[:n]

@@ -27,9 +27,9 @@ from PIL import Image
 from transformers import DynamicCache
 
 from harmon.conditioning import pixel_features
+from harmon.decoding import check_decoding_settings, iter_decode
 from harmon.images import load_image, prepare_for_understanding
 from harmon.prompts import IM_END, IM_START
-from harmon.sampling import check_decoding_settings, iter_decode
 from harmon.tokenizer import USER_TEXT, encode_template
 from harmon.validate import check_generator, check_text
 

@@ -183,6 +183,8 @@ class HarmonPipeline:
         num_sampling_steps: str | int | None = None,
         x0_clip: float | None = None,
         diffusion_steps_final: int | None = None,
+        detail_steps: int | None = None,
+        cond_refresh: int | None = None,
         preset: str | None = None,
         generator: torch.Generator | None = None,
         compile: bool = False,
@@ -192,7 +194,9 @@ class HarmonPipeline:
         """Draw images for one prompt or several.
 
         Settings left as None take the model's recorded defaults (``config.generation``), adjusted by ``preset``
-        ("brisk", "lean", "fast", ...: see :data:`harmon.sampling.PRESETS`) when one is named; explicit settings win.
+        ("brisk", "lean", "gtr", ...: see :data:`harmon.sampling.PRESETS`) when one is named; explicit settings win.
+        ``detail_steps`` (two-stage GtR sampling) and ``cond_refresh`` (LazyMAR's condition cache): see
+        :class:`harmon.sampling.SamplingSettings`; None (their default) runs the official sampler.
         Returns a list of PIL images (prompt-major: all images of prompt 0, then prompt 1...), or with
         ``output_type="latent"`` the scaled VAE latents (N, C, h, w), or with ``"pt"`` pixels (N, 3, H, W).
         ``compile``: the diffusion head's MLP through ``torch.compile`` (:mod:`harmon.accel.head`), the same images
@@ -213,6 +217,8 @@ class HarmonPipeline:
             num_sampling_steps=num_sampling_steps,
             x0_clip=x0_clip,
             diffusion_steps_final=diffusion_steps_final,
+            detail_steps=detail_steps,
+            cond_refresh=cond_refresh,
             preset=preset,
         )
         n_image = self.image_tokens(size)
@@ -276,6 +282,8 @@ class HarmonPipeline:
         num_sampling_steps: str | int | None = None,
         x0_clip: float | None = None,
         diffusion_steps_final: int | None = None,
+        detail_steps: int | None = None,
+        cond_refresh: int | None = None,
         preset: str | None = None,
         compile: bool = False,
         output_type: str = "pil",
@@ -302,6 +310,8 @@ class HarmonPipeline:
             num_sampling_steps=num_sampling_steps,
             x0_clip=x0_clip,
             diffusion_steps_final=diffusion_steps_final,
+            detail_steps=detail_steps,
+            cond_refresh=cond_refresh,
             preset=preset,
         )
         if image_guidance_scale is not None and check_number("image_guidance_scale", image_guidance_scale) != 1.0:

@@ -1,4 +1,6 @@
-"""Sampling loops: masked-autoregressive image generation (spec §9) and text decoding for understanding (§10).
+"""The masked-autoregressive sampling loop of image generation (spec §9), its settings, schedules and presets.
+
+Text decoding for understanding (§10) is :mod:`harmon.decoding`.
 
 The model provides one-step predictions; these functions own the loops and schedules. Every random choice
 (orders, diffusion noise, token sampling) is drawn from the one ``torch.Generator`` passed in.
@@ -10,7 +12,8 @@ faster equivalents (:mod:`harmon.accel`) are applied from outside the model.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Protocol, TypedDict
 
@@ -20,7 +23,7 @@ from harmon import rng
 from harmon.config import GenerationDefaults, check_sampling_settings
 from harmon.diffloss import Guidance
 from harmon.mar import mask_by_order, next_mask_len
-from harmon.model import Harmon, output_cache
+from harmon.model import Harmon
 from harmon.validate import check_number
 
 
@@ -40,6 +43,14 @@ class SamplingSettings:
     # Three-group guidance (editing): rows [image and text; image only; unconditional], ε = ε_∅ + s_I·(ε_I − ε_∅) +
     # s_T·(ε_IT − ε_I) with s_T = guidance_scale and s_I this (InstructPix2Pix eq. 3). None = the usual two groups.
     image_guidance_scale: float | None = None
+    # Generation then reconstruction (GtR, arXiv 2510.17171): the first num_iter - detail_steps steps reveal a
+    # checkerboard half of the grid (the structure), the last detail_steps steps the other half, each token of
+    # which has its four neighbours known. None = the plain cosine schedule over a random order.
+    detail_steps: int | None = None
+    # Condition cache (LazyMAR, arXiv 2503.12450): the guidance branches run the network on every cond_refresh-th
+    # step only; on the steps between, each branch's decoder output is the conditional one minus the residual
+    # (conditional - branch) of the last full step, which changes little from step to step. None = every step.
+    cond_refresh: int | None = None
 
     def __post_init__(self) -> None:
         if self.diffusion_steps_final is not None:
@@ -53,6 +64,12 @@ class SamplingSettings:
         check_sampling_settings(self.num_iter, self.guidance_scale, self.cfg_schedule, self.temperature, self.x0_clip)
         if self.image_guidance_scale is not None:
             check_number("image_guidance_scale", self.image_guidance_scale, low=1.0)
+        if self.detail_steps is not None:
+            check_number("detail_steps", self.detail_steps, low=1, integer=True)
+            if self.detail_steps >= self.num_iter:
+                raise ValueError(f"detail_steps ({self.detail_steps}) must be below num_iter ({self.num_iter})")
+        if self.cond_refresh is not None:
+            check_number("cond_refresh", self.cond_refresh, low=1, integer=True)
 
     @property
     def scales(self) -> tuple[float, ...]:
@@ -67,6 +84,11 @@ class SamplingSettings:
         """Row groups a generation batch holds under these settings (1, 2 or 3)."""
         return len(self.scales) + 1
 
+    @property
+    def caches_condition(self) -> bool:
+        """Whether some steps run the conditional rows only (:attr:`cond_refresh` above 1, with guidance)."""
+        return (self.cond_refresh or 1) > 1 and self.groups > 1
+
 
 def mask_schedule(seq_len: int, num_iter: int) -> list[int]:
     """Number of tokens revealed at each step, in integers, exactly as :func:`generate_tokens` does it.
@@ -74,15 +96,57 @@ def mask_schedule(seq_len: int, num_iter: int) -> list[int]:
     The last step reveals the rest. When fewer tokens than steps remain, the loop stops early once every token is
     known (the official code would run steps that predict nothing), so the list can be shorter than num_iter.
     """
-    counts, masked = [], seq_len
+    before = [seq_len] + [after for after, _ in step_plan(seq_len, num_iter)]
+    return [a - b for a, b in itertools.pairwise(before)]
+
+
+def step_plan(
+    seq_len: int, num_iter: int, detail_steps: int | None = None, structure: int = 0
+) -> list[tuple[int, int]]:
+    """Each step that runs as (tokens still unknown after it, the count the guidance schedule reads).
+
+    Plain: the cosine schedule over ``seq_len`` tokens (spec §9.2 step 4). The guidance count is the schedule's
+    value, which on the last step stays at least 1 although that step reveals everything.
+    With ``detail_steps`` (GtR): the cosine schedule over the ``structure`` tokens in num_iter - detail_steps steps,
+    the others unknown, then over the remaining ``seq_len - structure`` in detail_steps steps.
+    """
+    if detail_steps is None or structure in (0, seq_len):
+        return _cosine_plan(seq_len, num_iter)
+    detail = seq_len - structure
+    first = [(detail + after, detail + after) for after, _ in _cosine_plan(structure, num_iter - detail_steps)]
+    return first + _cosine_plan(detail, detail_steps)
+
+
+def _cosine_plan(seq_len: int, num_iter: int) -> list[tuple[int, int]]:
+    plan, masked = [], seq_len
     for step in range(num_iter):
         n_next = next_mask_len(step, num_iter, seq_len, masked)
-        if step == num_iter - 1 or n_next >= masked:
-            counts.append(masked)
+        last = step == num_iter - 1 or n_next >= masked
+        plan.append((0 if last else n_next, n_next))
+        if last:
             break
-        counts.append(masked - n_next)
         masked = n_next
-    return counts
+    return plan
+
+
+def checkerboard(grid: tuple[int, int], device: torch.device | str | None = None) -> torch.Tensor:
+    """(L,) bool over the token grid, True on the structure half of GtR: the cells with (row + column) even."""
+    rows, cols = torch.meshgrid(torch.arange(grid[0]), torch.arange(grid[1]), indexing="ij")
+    return ((rows + cols) % 2 == 0).flatten().to(device)
+
+
+def structure_first_orders(
+    batch: int, grid: tuple[int, int], generator: torch.Generator | None, device: torch.device | str | None = None
+) -> torch.Tensor:
+    """(B, L) orders for GtR: each row a random order of the detail cells, then of the structure cells. The
+    cells at the start of an order stay unknown longest (:func:`harmon.mar.mask_by_order`), so the structure cells
+    are revealed first."""
+    structure = checkerboard(grid, device)
+    cells = torch.arange(structure.numel(), device=device)
+    parts = (cells[~structure], cells[structure])
+    return torch.stack(
+        [torch.cat([p[rng.randperm(p.numel(), generator, device=device)] for p in parts]) for _ in range(batch)]
+    )
 
 
 def diffusion_steps(settings: SamplingSettings, step: int, total: int) -> str | None:
@@ -108,7 +172,15 @@ PRESETS: dict[str, dict[str, float]] = {
     # Every MAR step, diffusion steps annealed from 12 % to 4 % (12 -> 4 of 100): the same number of head
     # evaluations as "lean" on a 4-token grid, spent more on the early tokens
     "brisk": {"num_sampling_steps": 0.12, "diffusion_steps_final": 1 / 3},
+    # Generation then reconstruction (GtR): 3/8 of the MAR steps (24 of 64), the checkerboard structure half in all
+    # but the last, the detail half in the last one
+    "gtr": {"num_iter": 0.375, "detail_steps": 1},
+    # LazyMAR's condition cache: the guidance branches through the network on every second step
+    "lazy": {"cond_refresh": 2},
+    "gtr-lazy": {"num_iter": 0.375, "detail_steps": 1, "cond_refresh": 2},
 }
+# preset entries taken as they are, not as factors of a base setting
+FIXED_PRESET_SETTINGS = ("detail_steps", "cond_refresh")
 
 
 def preset_settings(
@@ -133,6 +205,7 @@ def preset_settings(
         out["num_sampling_steps"] = steps
     if "diffusion_steps_final" in factors:
         out["diffusion_steps_final"] = max(1, round(int(steps) * factors["diffusion_steps_final"]))
+    out.update({key: int(factors[key]) for key in FIXED_PRESET_SETTINGS if key in factors})
     return out
 
 
@@ -147,6 +220,8 @@ def settings_from_defaults(
     num_sampling_steps: str | int | None = None,
     x0_clip: float | None = None,
     diffusion_steps_final: int | None = None,
+    detail_steps: int | None = None,
+    cond_refresh: int | None = None,
     preset: str | None = None,
 ) -> tuple[SamplingSettings, int]:
     """The settings and image size of a generation call: the arguments given, the model's defaults ``d`` for
@@ -159,9 +234,13 @@ def settings_from_defaults(
             scale_iter=num_iter is None,
             scale_steps=num_sampling_steps is None,
         )
-        d = replace(d, **{k: v for k, v in picked.items() if k != "diffusion_steps_final"})
+        d = replace(d, **{k: v for k, v in picked.items() if k in ("num_iter", "num_sampling_steps")})
         if diffusion_steps_final is None:
             diffusion_steps_final = picked.get("diffusion_steps_final")  # type: ignore[assignment]
+        if detail_steps is None:
+            detail_steps = picked.get("detail_steps")  # type: ignore[assignment]
+        if cond_refresh is None:
+            cond_refresh = picked.get("cond_refresh")  # type: ignore[assignment]
     settings = SamplingSettings(
         num_iter=d.num_iter if num_iter is None else num_iter,
         guidance_scale=d.guidance_scale if guidance_scale is None else guidance_scale,
@@ -170,6 +249,8 @@ def settings_from_defaults(
         num_sampling_steps=str(num_sampling_steps if num_sampling_steps is not None else d.num_sampling_steps),
         x0_clip=d.x0_clip if x0_clip is None else x0_clip,
         diffusion_steps_final=diffusion_steps_final,
+        detail_steps=detail_steps,
+        cond_refresh=cond_refresh,
     )
     return settings, d.image_size if image_size is None else image_size
 
@@ -208,8 +289,9 @@ class HeadSampler(Protocol):
 PromptCacheBuilder = Callable[[torch.Tensor, torch.Tensor], Any]
 # (tokens (B, L, C), mask (B, L), grid) -> (x_enc, z_enc), as ``Harmon.extract_visual_feature``
 ImageEncoder = Callable[[torch.Tensor, torch.Tensor, tuple[int, int]], tuple[torch.Tensor, torch.Tensor]]
-# (tokens (B, L, C), mask (B, L)) -> the decoder's input (B, 64+V, D_enc): MAR encoder and LLM after the prompt
-StepEncoder = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# (tokens (B, L, C), mask (B, L)[, conditional_only]) -> the decoder's input (B, 64+V, D_enc): MAR encoder and LLM
+# after the prompt (see :func:`sample_tokens`)
+StepEncoder = Callable[..., torch.Tensor]
 # (step, total) after each masked-autoregressive step, 1-based: progress reports and cancellation
 StepCallback = Callable[[int, int], None]
 
@@ -250,10 +332,17 @@ def generate_tokens(
     Returns:
         (R', L, C) tokens in the model dtype, R' = R / settings.groups.
     """
-    cache = (prompt_cache or model.prompt_cache)(prompt, attention_mask)
+    build_cache = prompt_cache or model.prompt_cache
+    cache = build_cache(prompt, attention_mask)
     encode_image = encode_image or model.extract_visual_feature
+    n_img = prompt.shape[0] // settings.groups
+    # the conditional rows' own cache, for the steps of a condition cache that run those rows only
+    cond_cache = build_cache(prompt[:n_img], attention_mask[:n_img]) if settings.caches_condition else None
 
-    def encode(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def encode(tokens: torch.Tensor, mask: torch.Tensor, conditional_only: bool = False) -> torch.Tensor:
+        if conditional_only:
+            x_enc, z_enc = model.extract_visual_feature(tokens, mask, grid)
+            return model.refine_with_llm(x_enc, z_enc, attention_mask[:n_img], cache=cond_cache)
         x_enc, z_enc = encode_image(tokens, mask, grid)  # (R, 64+V, D_enc), (R, V+64, H)
         return model.refine_with_llm(x_enc, z_enc, attention_mask, cache=cache)  # (R, 64+V, D_enc)
 
@@ -275,7 +364,9 @@ def sample_tokens(
     """The masked-autoregressive loop (spec §9.2) given the step's encoder (MAR encoder and LLM after the prompt).
 
     Args:
-        encode: (R, L, C) tokens and (R, L) mask -> the decoder's input (R, 64+V, D_enc).
+        encode: (R, L, C) tokens and (R, L) mask -> the decoder's input (R, 64+V, D_enc). Under a condition cache
+            (``settings.cond_refresh``) it is also called as ``encode(tokens, mask, True)`` with the conditional rows
+            only, and must then run them under their own prompts.
         rows: R, the prompt rows: ``settings.groups`` groups, the conditional one first. Every group holds the same
             image tokens; only the first group's are drawn, under the guidance of all.
         sample_head: draws the tokens of the positions revealed at a step (``DiffLoss.sample``'s arguments).
@@ -290,31 +381,38 @@ def sample_tokens(
         raise ValueError(f"with guidance the batch must hold {groups} equal groups of rows, got {rows} rows")
     n_img = rows // groups
     seq_len = grid[0] * grid[1]
-    orders = model.sample_orders(n_img, seq_len, generator)  # (n, L)
+    if settings.detail_steps is None:
+        orders = model.sample_orders(n_img, seq_len, generator)  # (n, L)
+    else:
+        orders = structure_first_orders(n_img, grid, generator, model.device)  # (n, L)
     if groups > 1:
         orders = torch.cat([orders] * groups)  # (R, L): every guidance group follows the conditional one
     tokens = torch.zeros(rows, seq_len, model.config.mar.token_dim, device=model.device, dtype=model.dtype)  # (R, L, C)
     mask = torch.ones(rows, seq_len, dtype=torch.bool, device=model.device)  # (R, L), True = unknown
-    masked = seq_len
-    total = len(mask_schedule(seq_len, settings.num_iter))
-    for step in range(settings.num_iter):
-        z = model.mar.forward_decoder(encode(tokens, mask), mask, grid)  # (R, L, Dd)
-        n_next = next_mask_len(step, settings.num_iter, seq_len, masked)
-        last = step == settings.num_iter - 1 or n_next >= masked
-        mask_next = torch.zeros_like(mask) if last else mask_by_order(n_next, orders)
-        to_predict = mask if last else mask & ~mask_next  # (R, L)
-        scales = step_scales(settings, seq_len, n_next)
-        new = _draw_tokens(sample_head, z[to_predict], settings, scales, step, total, generator)
+    structure = int(checkerboard(grid).sum()) if settings.detail_steps is not None else 0
+    plan = step_plan(seq_len, settings.num_iter, settings.detail_steps, structure)
+    refresh = settings.cond_refresh if settings.caches_condition else 1
+    residual = None  # (R - n, L, Dd): conditional decoder output minus each branch's, at the last full step
+    for step, (n_after, n_sched) in enumerate(plan):
+        last = n_after == 0
+        if step % refresh == 0:
+            z = model.mar.forward_decoder(encode(tokens, mask), mask, grid)  # (R, L, Dd)
+            if refresh > 1:
+                residual = torch.cat([z[:n_img]] * (groups - 1)) - z[n_img:]
+        else:
+            z_cond = model.mar.forward_decoder(encode(tokens[:n_img], mask[:n_img], True), mask[:n_img], grid)
+            z = torch.cat([z_cond, torch.cat([z_cond] * (groups - 1)) - residual])
+        mask_next = torch.zeros_like(mask) if last else mask_by_order(n_after, orders)
+        to_predict = mask & ~mask_next  # (R, L)
+        scales = step_scales(settings, seq_len, n_sched)
+        new = _draw_tokens(sample_head, z[to_predict], settings, scales, step, len(plan), generator)
         first = tokens[:n_img]  # (n, L, C), a view: the conditional rows
         first[to_predict[:n_img]] = new.to(tokens.dtype)
         for g in range(1, groups):
             tokens[g * n_img : (g + 1) * n_img] = first  # every group holds the same image
         mask = mask_next
-        masked = 0 if last else n_next
         if callback is not None:
-            callback(step + 1, total)
-        if last:
-            break
+            callback(step + 1, len(plan))
     return tokens[:n_img]
 
 
@@ -344,107 +442,3 @@ def _draw_tokens(
         num_steps=diffusion_steps(settings, step, total),
         x0_clip=settings.x0_clip,
     )
-
-
-def _apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
-    """Divide positive / multiply negative logits of already generated tokens (the common convention)."""
-    picked = logits.gather(-1, seen)
-    picked = torch.where(picked > 0, picked / penalty, picked * penalty)
-    return logits.scatter(-1, seen, picked)
-
-
-@torch.no_grad()
-def check_decoding_settings(max_new_tokens: int, temperature: float, top_p: float, repetition_penalty: float) -> None:
-    """Text decoding settings in range, each named (NaN fails every check)."""
-    check_number("max_new_tokens", max_new_tokens, low=1, integer=True)
-    check_number("temperature", temperature, low=0.0)
-    if not 0.0 < check_number("top_p", top_p) <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    check_number("repetition_penalty", repetition_penalty, above=0)
-
-
-def decode_text(
-    model: Harmon,
-    inputs_embeds: torch.Tensor,
-    *,
-    max_new_tokens: int,
-    eos_token_id: int,
-    do_sample: bool = False,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    repetition_penalty: float = 1.0,
-    generator: torch.Generator | None = None,
-) -> list[int]:
-    """Autoregressive decoding after a prefix of embeddings (one sequence), with a KV cache.
-
-    Greedy by default; with ``do_sample`` draws from softmax(logits / temperature), nucleus ``top_p``, using
-    ``generator``. Stops at ``eos_token_id`` (included in the result) or after ``max_new_tokens``.
-    """
-    check_decoding_settings(max_new_tokens, temperature, top_p, repetition_penalty)
-    return list(
-        iter_decode(
-            model,
-            inputs_embeds,
-            max_new_tokens=max_new_tokens,
-            eos_token_id=eos_token_id,
-            do_sample=do_sample,
-            temperature=temperature,
-            top_p=top_p,
-            repetition_penalty=repetition_penalty,
-            generator=generator,
-        )
-    )
-
-
-@torch.no_grad()
-def iter_decode(
-    model: Harmon,
-    inputs_embeds: torch.Tensor,
-    *,
-    max_new_tokens: int,
-    eos_token_id: int,
-    do_sample: bool = False,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    repetition_penalty: float = 1.0,
-    generator: torch.Generator | None = None,
-    cache: Any = None,
-) -> Iterator[int]:
-    """:func:`decode_text` one token id at a time, each yielded as soon as it is chosen (for streaming).
-
-    Args:
-        inputs_embeds: (1, N, H_llm) the positions to run before the first new token.
-        cache: a transformers cache already holding the K/V of the positions before ``inputs_embeds`` (the
-            reused prefix of a conversation), extended in place: when the iterator stops it holds those positions,
-            ``inputs_embeds`` and every id fed back (all yielded ids but the last). None starts an empty one.
-    Settings are checked at the first ``next``; closing the iterator early stops the work.
-    """
-    check_decoding_settings(max_new_tokens, temperature, top_p, repetition_penalty)
-    llm = model.llm
-    prefix = {} if cache is None else {"cache": cache}
-    out = llm(inputs_embeds=inputs_embeds, use_cache=True, logits_to_keep=1, **prefix)
-    cache = output_cache(out)
-    logits = out.logits[:, -1].float()  # (1, V)
-    generated: list[int] = []
-    for _ in range(max_new_tokens):
-        if repetition_penalty != 1.0 and generated:
-            seen = torch.tensor([generated], device=logits.device)
-            logits = _apply_repetition_penalty(logits, seen, repetition_penalty)
-        if do_sample and temperature > 0:
-            probs = torch.softmax(logits / temperature, dim=-1)
-            if top_p < 1.0:
-                sorted_p, idx = probs.sort(dim=-1, descending=True)
-                drop = sorted_p.cumsum(-1) - sorted_p > top_p
-                sorted_p = sorted_p.masked_fill(drop, 0.0)
-                probs = torch.zeros_like(probs).scatter(-1, idx, sorted_p)
-            next_id = int(rng.multinomial(probs, generator))
-        else:
-            next_id = int(logits.argmax(dim=-1))
-        generated.append(next_id)
-        yield next_id
-        if next_id == eos_token_id or len(generated) == max_new_tokens:
-            return
-        ids = torch.tensor([[next_id]], device=inputs_embeds.device)
-        out = llm(input_ids=ids, cache=cache, use_cache=True)
-        cache = output_cache(out)
-        logits = out.logits[:, -1].float()

@@ -19,7 +19,7 @@ QUANTIZE_NAMES = ("int8",)  # harmon.accel.quant.QUANTIZE_MODES
 
 # The names of harmon.sampling.PRESETS, in its order, for --preset choices without importing the sampler (and so
 # torch) at parse time; tests/test_cli.py checks that the two agree.
-PRESET_NAMES = ("full", "fast", "faster", "lean", "leaner", "brisk")
+PRESET_NAMES = ("full", "fast", "faster", "lean", "leaner", "brisk", "gtr", "lazy", "gtr-lazy")
 PRESET_HELP = (
     "speed preset applied to the model's defaults (explicit settings win); quality/speed table in benchmarks/README.md"
 )
@@ -34,6 +34,8 @@ GENERATION_SETTINGS = {
     "diffusion_steps": "num_sampling_steps",
     "x0_clip": "x0_clip",
     "diffusion_steps_final": "diffusion_steps_final",
+    "detail_steps": "detail_steps",
+    "cond_refresh": "cond_refresh",
     "preset": "preset",
 }
 
@@ -94,6 +96,16 @@ def add_generation_args(p: argparse.ArgumentParser, *, image_size: bool = True, 
         type=int_at_least(1),
         help="annealed diffusion steps: the last MAR step uses "
         "this many, the first --diffusion-steps, linear in between",
+    )
+    p.add_argument(
+        "--detail-steps",
+        type=int_at_least(1),
+        help="two-stage sampling (GtR): a checkerboard half of the tokens, then the rest in this many last steps",
+    )
+    p.add_argument(
+        "--cond-refresh",
+        type=int_at_least(1),
+        help="condition cache (LazyMAR): the guidance branches through the network every this many steps",
     )
     p.add_argument("--preset", choices=list(PRESET_NAMES), help=PRESET_HELP)
 
