@@ -7,13 +7,8 @@ import torch
 from helpers import tiny_pipeline
 from reference import production_tokens, reference_condition_cache_tokens
 
-from harmon.sampling import (
-    SamplingSettings,
-    checkerboard,
-    preset_settings,
-    step_plan,
-    structure_first_orders,
-)
+from harmon.mar import checkerboard, structure_first_orders
+from harmon.sampling import SamplingSettings, preset_settings, step_plan
 
 
 def gen(seed: int) -> torch.Generator:

@@ -368,3 +368,23 @@ def next_mask_len(step: int, num_iter: int, seq_len: int, num_masked_now: int) -
     """
     n = math.floor(seq_len * math.cos(math.pi / 2.0 * (step + 1) / num_iter))
     return max(1, min(num_masked_now - 1, n))
+
+
+def checkerboard(grid: tuple[int, int], device: torch.device | str | None = None) -> torch.Tensor:
+    """(L,) bool over the token grid, True on the structure half of GtR: the cells with (row + column) even."""
+    rows, cols = torch.meshgrid(torch.arange(grid[0]), torch.arange(grid[1]), indexing="ij")
+    return ((rows + cols) % 2 == 0).flatten().to(device)
+
+
+def structure_first_orders(
+    batch: int, grid: tuple[int, int], generator: torch.Generator | None, device: torch.device | str | None = None
+) -> torch.Tensor:
+    """(B, L) orders for GtR: each row a random order of the detail cells, then of the structure cells. The
+    cells at the start of an order stay unknown longest (:func:`harmon.mar.mask_by_order`), so the structure cells
+    are revealed first."""
+    structure = checkerboard(grid, device)
+    cells = torch.arange(structure.numel(), device=device)
+    parts = (cells[~structure], cells[structure])
+    return torch.stack(
+        [torch.cat([p[rng.randperm(p.numel(), generator, device=device)] for p in parts]) for _ in range(batch)]
+    )

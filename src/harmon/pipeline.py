@@ -30,7 +30,13 @@ from harmon.prompts import (
     unconditional_prompt,
     understanding_prompt,
 )
-from harmon.sampling import SamplingSettings, StepCallback, generate_tokens, settings_from_defaults
+from harmon.sampling import (
+    SETTING_KEYWORDS,
+    SamplingSettings,
+    StepCallback,
+    generate_tokens,
+    settings_from_defaults,
+)
 from harmon.tokenizer import USER_TEXT, encode_template
 from harmon.vae import VAEConfig
 from harmon.validate import check_generator, check_number, check_text
@@ -208,19 +214,7 @@ class HarmonPipeline:
         or come first, one per line, in a prompt without marks. Guidance contrasts with the plain unconditional one.
         """
         prompts = self._prompt_list(prompt, num_images_per_prompt, output_type, generator)
-        settings, size = self.generation_settings(
-            image_size=image_size,
-            num_iter=num_iter,
-            guidance_scale=guidance_scale,
-            cfg_schedule=cfg_schedule,
-            temperature=temperature,
-            num_sampling_steps=num_sampling_steps,
-            x0_clip=x0_clip,
-            diffusion_steps_final=diffusion_steps_final,
-            detail_steps=detail_steps,
-            cond_refresh=cond_refresh,
-            preset=preset,
-        )
+        settings, size = self.generation_settings(**{k: v for k, v in locals().items() if k in SETTING_KEYWORDS})
         n_image = self.image_tokens(size)
         guided = settings.guidance_scale != 1.0
         draw = {"generator": generator, "compile": compile, "output_type": output_type, "callback": callback}
@@ -301,19 +295,7 @@ class HarmonPipeline:
         """
         check_text(instruction, "instruction")
         self._prompt_list(instruction, num_images_per_prompt, output_type, generator)  # the other checks of generate
-        settings, size = self.generation_settings(
-            image_size=image_size,
-            num_iter=num_iter,
-            guidance_scale=guidance_scale,
-            cfg_schedule=cfg_schedule,
-            temperature=temperature,
-            num_sampling_steps=num_sampling_steps,
-            x0_clip=x0_clip,
-            diffusion_steps_final=diffusion_steps_final,
-            detail_steps=detail_steps,
-            cond_refresh=cond_refresh,
-            preset=preset,
-        )
+        settings, size = self.generation_settings(**{k: v for k, v in locals().items() if k in SETTING_KEYWORDS})
         if image_guidance_scale is not None and check_number("image_guidance_scale", image_guidance_scale) != 1.0:
             settings = replace(settings, image_guidance_scale=image_guidance_scale)  # checked there
         n_image = self.image_tokens(size)

@@ -12,6 +12,7 @@ faster equivalents (:mod:`harmon.accel`) are applied from outside the model.
 
 from __future__ import annotations
 
+import inspect
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -19,10 +20,9 @@ from typing import Any, Protocol, TypedDict
 
 import torch
 
-from harmon import rng
 from harmon.config import GenerationDefaults, check_sampling_settings
 from harmon.diffloss import Guidance
-from harmon.mar import mask_by_order, next_mask_len
+from harmon.mar import checkerboard, mask_by_order, next_mask_len, structure_first_orders
 from harmon.model import Harmon
 from harmon.validate import check_number
 
@@ -129,26 +129,6 @@ def _cosine_plan(seq_len: int, num_iter: int) -> list[tuple[int, int]]:
     return plan
 
 
-def checkerboard(grid: tuple[int, int], device: torch.device | str | None = None) -> torch.Tensor:
-    """(L,) bool over the token grid, True on the structure half of GtR: the cells with (row + column) even."""
-    rows, cols = torch.meshgrid(torch.arange(grid[0]), torch.arange(grid[1]), indexing="ij")
-    return ((rows + cols) % 2 == 0).flatten().to(device)
-
-
-def structure_first_orders(
-    batch: int, grid: tuple[int, int], generator: torch.Generator | None, device: torch.device | str | None = None
-) -> torch.Tensor:
-    """(B, L) orders for GtR: each row a random order of the detail cells, then of the structure cells. The
-    cells at the start of an order stay unknown longest (:func:`harmon.mar.mask_by_order`), so the structure cells
-    are revealed first."""
-    structure = checkerboard(grid, device)
-    cells = torch.arange(structure.numel(), device=device)
-    parts = (cells[~structure], cells[structure])
-    return torch.stack(
-        [torch.cat([p[rng.randperm(p.numel(), generator, device=device)] for p in parts]) for _ in range(batch)]
-    )
-
-
 def diffusion_steps(settings: SamplingSettings, step: int, total: int) -> str | None:
     """Respacing string of MAR step ``step`` (0-based) out of ``total`` steps that run."""
     if settings.diffusion_steps_final is None:
@@ -253,6 +233,10 @@ def settings_from_defaults(
         cond_refresh=cond_refresh,
     )
     return settings, d.image_size if image_size is None else image_size
+
+
+# the settings keywords of generate and edit, as settings_from_defaults names them
+SETTING_KEYWORDS = tuple(inspect.signature(settings_from_defaults).parameters)[1:]
 
 
 def step_guidance(settings: SamplingSettings, seq_len: int, n_next: int, scale: float | None = None) -> float:
@@ -381,16 +365,10 @@ def sample_tokens(
         raise ValueError(f"with guidance the batch must hold {groups} equal groups of rows, got {rows} rows")
     n_img = rows // groups
     seq_len = grid[0] * grid[1]
-    if settings.detail_steps is None:
-        orders = model.sample_orders(n_img, seq_len, generator)  # (n, L)
-    else:
-        orders = structure_first_orders(n_img, grid, generator, model.device)  # (n, L)
-    if groups > 1:
-        orders = torch.cat([orders] * groups)  # (R, L): every guidance group follows the conditional one
+    orders, plan = _orders_and_plan(model, n_img, grid, settings, generator)  # (n, L), steps
+    orders = torch.cat([orders] * groups)  # (R, L): every guidance group follows the conditional one
     tokens = torch.zeros(rows, seq_len, model.config.mar.token_dim, device=model.device, dtype=model.dtype)  # (R, L, C)
     mask = torch.ones(rows, seq_len, dtype=torch.bool, device=model.device)  # (R, L), True = unknown
-    structure = int(checkerboard(grid).sum()) if settings.detail_steps is not None else 0
-    plan = step_plan(seq_len, settings.num_iter, settings.detail_steps, structure)
     refresh = settings.cond_refresh if settings.caches_condition else 1
     residual = None  # (R - n, L, Dd): conditional decoder output minus each branch's, at the last full step
     for step, (n_after, n_sched) in enumerate(plan):
@@ -399,7 +377,7 @@ def sample_tokens(
             z = model.mar.forward_decoder(encode(tokens, mask), mask, grid)  # (R, L, Dd)
             if refresh > 1:
                 residual = torch.cat([z[:n_img]] * (groups - 1)) - z[n_img:]
-        else:
+        else:  # the conditional rows only, the others from the cached residual
             z_cond = model.mar.forward_decoder(encode(tokens[:n_img], mask[:n_img], True), mask[:n_img], grid)
             z = torch.cat([z_cond, torch.cat([z_cond] * (groups - 1)) - residual])
         mask_next = torch.zeros_like(mask) if last else mask_by_order(n_after, orders)
@@ -414,6 +392,19 @@ def sample_tokens(
         if callback is not None:
             callback(step + 1, len(plan))
     return tokens[:n_img]
+
+
+def _orders_and_plan(
+    model: Harmon, n_img: int, grid: tuple[int, int], settings: SamplingSettings, generator: torch.Generator | None
+) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+    """The (n, L) orders of the images and the step plan (:func:`step_plan`): random orders and the cosine
+    schedule, or with ``settings.detail_steps`` the structure half first (GtR)."""
+    seq_len = grid[0] * grid[1]
+    if settings.detail_steps is None:
+        return model.sample_orders(n_img, seq_len, generator), step_plan(seq_len, settings.num_iter)
+    orders = structure_first_orders(n_img, grid, generator, model.device)
+    structure = int(checkerboard(grid).sum())
+    return orders, step_plan(seq_len, settings.num_iter, settings.detail_steps, structure)
 
 
 def _draw_tokens(
