@@ -93,8 +93,9 @@ def reference_condition_cache_tokens(
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """LazyMAR's condition cache the straightforward way: every row through the whole network at every step (plain
-    random order and cosine schedule); on the steps between refreshes each guidance group's decoder output is then
-    replaced by the conditional one minus that group's residual (conditional - group) at the last refresh."""
+    random order and cosine schedule); on the steps between refreshes (every cond_refresh-th step and the last) each
+    guidance group's decoder output is then replaced by the conditional one minus that group's residual
+    (conditional - group) at the last refresh."""
     groups, rows = settings.groups, input_ids.shape[0]
     n, seq_len = rows // groups, grid[0] * grid[1]
     orders = torch.cat([model.sample_orders(n, seq_len, generator)] * groups)
@@ -103,12 +104,12 @@ def reference_condition_cache_tokens(
     for step in range(settings.num_iter):
         x = model.forward_mae_encoder(tokens, mask, grid, attention_mask, input_ids=input_ids)
         z = model.mar.forward_decoder(x, mask, grid)  # (R, L, Dd)
-        if step % settings.cond_refresh == 0:
+        n_next = next_mask_len(step, settings.num_iter, seq_len, masked)
+        last = step == settings.num_iter - 1 or n_next >= masked
+        if step % settings.cond_refresh == 0 or last:
             residual = [z[:n] - z[g * n : (g + 1) * n] for g in range(1, groups)]
         else:
             z = torch.cat([z[:n]] + [z[:n] - r for r in residual])
-        n_next = next_mask_len(step, settings.num_iter, seq_len, masked)
-        last = step == settings.num_iter - 1 or n_next >= masked
         mask_next = torch.zeros_like(mask) if last else mask_by_order(n_next, orders)
         scales = step_scales(settings, seq_len, n_next)
         new = model.mar.diffloss.sample(

@@ -48,8 +48,9 @@ class SamplingSettings:
     # which has its four neighbours known. None = the plain cosine schedule over a random order.
     detail_steps: int | None = None
     # Condition cache (LazyMAR, arXiv 2503.12450): the guidance branches run the network on every cond_refresh-th
-    # step only; on the steps between, each branch's decoder output is the conditional one minus the residual
-    # (conditional - branch) of the last full step, which changes little from step to step. None = every step.
+    # step and the last only; on the steps between, each branch's decoder output is the conditional one minus the
+    # residual (conditional - branch) of the last full step, which changes little from step to step. None = every
+    # step.
     cond_refresh: int | None = None
 
     def __post_init__(self) -> None:
@@ -373,7 +374,7 @@ def sample_tokens(
     residual = None  # (R - n, L, Dd): conditional decoder output minus each branch's, at the last full step
     for step, (n_after, n_sched) in enumerate(plan):
         last = n_after == 0
-        if step % refresh == 0:
+        if step % refresh == 0 or last:  # the last step, which draws the most tokens, runs every row
             z = model.mar.forward_decoder(encode(tokens, mask), mask, grid)  # (R, L, Dd)
             if refresh > 1:
                 residual = torch.cat([z[:n_img]] * (groups - 1)) - z[n_img:]
