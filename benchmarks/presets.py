@@ -46,6 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=3,
         help="timed rounds over all presets (interleaved); each preset's images/s is from its fastest round",
     )
+    p.add_argument(
+        "--level",
+        choices=["grid", "free"],
+        help="score world v2 prompts of this level (seen phrasings; harmon eval shapes --level); default: the "
+        "shipped model's grid report",
+    )
     p.add_argument("--out", help="append JSON lines here")
     return p
 
@@ -55,6 +61,7 @@ def run_rounds(pipe, runs: dict[str, tuple[str, bool]], args: argparse.Namespace
     with the seconds of every round (only the ``generate`` calls timed)."""
     from harmon.cpuinfo import cpu_info
     from harmon.world.evaluate import generation_scores
+    from harmon.world.evaluate2 import generation_split
 
     generate = pipe.generate
     spent = [0.0]
@@ -74,7 +81,10 @@ def run_rounds(pipe, runs: dict[str, tuple[str, bool]], args: argparse.Namespace
             spent[0] = 0.0
             t = time.perf_counter()
             pipe.generate = functools.partial(timed_generate, compile=compiled)
-            scores, _, _ = generation_scores(pipe, args.prompts, seed=args.seed, batch_size=args.batch, preset=preset)
+            if args.level:
+                scores = generation_split(pipe, args.level, "seen", args.prompts, args.seed, args.batch, preset=preset)
+            else:
+                scores, _, _ = generation_scores(pipe, args.prompts, args.seed, args.batch, preset=preset)
             total = time.perf_counter() - t
             if name not in rows:
                 rows[name] = {
@@ -87,7 +97,8 @@ def run_rounds(pipe, runs: dict[str, tuple[str, bool]], args: argparse.Namespace
                     **cpu_info(),
                     "overall": scores["overall"],
                     "accuracy": scores["accuracy"],
-                    "held_out": scores["held_out"],
+                    "level": args.level,
+                    "held_out": scores["held_out"] if "held_out" in scores else scores["held_out_pairs"],
                     "seconds_runs": [],
                     "seconds_with_scoring_runs": [],
                 }
