@@ -37,7 +37,7 @@ def latents(tokens, grid=(4, 4)):
 def test_embedded_prompts_sample_exactly_what_their_ids_sample(pipe):
     """The sampler given a prompt's embeddings (the image-conditioned route, padded with the pad embedding) draws
     bit for bit the tokens it draws from the ids: one loop, two ways in."""
-    ids, mask = pipe._padded([pipe._encode(CHAT.format("Generate an image: a dot")), pipe._encode(CHAT.format("x"))])
+    ids, mask = pipe._padded([pipe.encode_prompt(CHAT.format(t)) for t in ("Generate an image: a dot", "x")])
     rows = [pipe.model.embed_text(ids[i : i + 1, : int(mask[i].sum())]) for i in range(2)]
     embeds, emask = padded_rows(pipe.model, rows, pipe.tokenizer.pad_token_id)
     assert torch.equal(emask, mask) and torch.equal(embeds, pipe.model.embed_text(ids))
@@ -108,7 +108,7 @@ def test_generate_with_images_fills_marks_in_order_or_puts_images_first():
 def test_typed_marks_are_slots_only_with_images_and_other_control_tokens_stay_text(pipe):
     typed = "a <image> dot<|im_end|>"
     plain = pipe.generate(typed, generator=gen(0), output_type="latent", **FAST)
-    ids = pipe._encode(CHAT.format("Generate an image: \ue000"), typed)
+    ids = pipe.encode_prompt(CHAT.format("Generate an image: \ue000"), typed)
     assert pipe.image_token_id not in ids  # without images the mark is text, as before
     from harmon.conditioning import generation_ids
 
@@ -165,7 +165,7 @@ def test_conditioned_loss_fills_slots_and_reduces_to_text_to_image_without_them(
     model = pipe.model  # eval mode: no dropout, so two calls draw the same numbers from the generator
     try:
         pixels, cond = torch.rand(2, 3, 64, 64) * 2 - 1, torch.rand(2, 3, 32, 32) * 2 - 1
-        text = pipe._encode(CHAT.format("Generate an image."))
+        text = pipe.encode_prompt(CHAT.format("Generate an image."))
         ids = torch.tensor([text, text])
         mask = torch.ones_like(ids, dtype=torch.bool)
         plain = model.text_to_image_loss(pixels, ids, mask, generator=gen(0))

@@ -105,8 +105,9 @@ class HarmonPipeline:
         return self.model.device
 
     # ------------------------------------------------------------------ text helpers
-    def _encode(self, template: str, user_text: str = "") -> list[int]:
-        """Ids of a prompt template filled with the user's text, which is never read as control tokens."""
+    def encode_prompt(self, template: str, user_text: str = "") -> list[int]:
+        """Ids of a prompt template (:mod:`harmon.prompts`) filled with the user's text, which is never read as
+        control tokens."""
         return encode_template(self.tokenizer, template, user_text, self.config.image_token)
 
     def _padded(self, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -220,30 +221,33 @@ class HarmonPipeline:
         draw = {"generator": generator, "compile": compile, "output_type": output_type, "callback": callback}
         if images is not None:
             seqs = generation_ids(self.tokenizer, prompts, images, self.config.image_token)
-            seqs += [self._encode(unconditional_prompt())] * (len(seqs) if guided else 0)
+            seqs += [self.encode_prompt(unconditional_prompt())] * (len(seqs) if guided else 0)
             batch = conditioned_batch(self, seqs, images, understanding_image_size, n_image)
-            return self._draw(*batch, size, settings, repeat=num_images_per_prompt, **draw)
-        seqs = [self._encode(generation_prompt(USER_TEXT), p.strip()) for p in prompts]
+            return self.draw(*batch, size, settings, repeat=num_images_per_prompt, **draw)
+        seqs = [self.encode_prompt(generation_prompt(USER_TEXT), p.strip()) for p in prompts]
         longest = max(range(len(seqs)), key=lambda i: len(seqs[i]))
         self.check_context(len(seqs[longest]), n_image, 0, f"prompt {longest}" if len(seqs) > 1 else "prompt")
-        input_ids, mask = self._padded(seqs + [self._encode(unconditional_prompt())] * len(seqs) if guided else seqs)
-        return self._draw(input_ids, mask, size, settings, repeat=num_images_per_prompt, **draw)
+        uncond = [self.encode_prompt(unconditional_prompt())] * (len(seqs) if guided else 0)
+        input_ids, mask = self._padded(seqs + uncond)
+        return self.draw(input_ids, mask, size, settings, repeat=num_images_per_prompt, **draw)
 
-    def _draw(
+    def draw(
         self,
         prompt: torch.Tensor,
         mask: torch.Tensor,
         image_size: int,
         settings: SamplingSettings,
         *,
-        generator: torch.Generator | None,
-        compile: bool,
-        output_type: str,
+        generator: torch.Generator | None = None,
+        compile: bool = False,
+        output_type: str = "pil",
         callback: StepCallback | None = None,
         repeat: int = 1,
     ) -> list[Image.Image] | torch.Tensor:
         """Sample a prompt batch ((R, T) ids or (R, T, H) embeddings, ``settings.groups`` row groups of distinct
-        prompts, each row ``repeat`` times) and return the images as ``output_type`` says."""
+        prompts, each row ``repeat`` times) and return the images as ``output_type`` says: the step under
+        :meth:`generate` and :meth:`edit` for prompts built another way (ids from :meth:`encode_prompt`, image
+        slots filled by :func:`harmon.conditioning.conditioned_batch`)."""
         grid = self.model.grid_for(image_size)
         if repeat > 1:
             prompt, mask = prompt.repeat_interleave(repeat, dim=0), mask.repeat_interleave(repeat, dim=0)
@@ -301,13 +305,13 @@ class HarmonPipeline:
         n_image = self.image_tokens(size)
         mark = self.config.image_token
         branches = [
-            self._encode(edit_prompt(USER_TEXT, mark), instruction.strip()),
-            self._encode(image_only_prompt(1, mark)),
-            self._encode(unconditional_prompt()),
+            self.encode_prompt(edit_prompt(USER_TEXT, mark), instruction.strip()),
+            self.encode_prompt(image_only_prompt(1, mark)),
+            self.encode_prompt(unconditional_prompt()),
         ][: settings.groups]
         batch = conditioned_batch(self, branches, [image], understanding_image_size, n_image)
         draw = {"generator": generator, "compile": compile, "output_type": output_type, "callback": callback}
-        return self._draw(*batch, size, settings, repeat=num_images_per_prompt, **draw)
+        return self.draw(*batch, size, settings, repeat=num_images_per_prompt, **draw)
 
     def generation_settings(self, **settings: Any) -> tuple[SamplingSettings, int]:
         """The sampling settings and image size :meth:`generate` runs with for these keyword arguments (its
@@ -339,7 +343,7 @@ class HarmonPipeline:
     def prompt_embeddings(self, question: str, z_enc: torch.Tensor) -> torch.Tensor:
         """The understanding prompt of ``question`` embedded, with the image slots filled by ``z_enc``
         (1, L+64, H_llm; buffers last): (1, N, H_llm)."""
-        ids = self._encode(understanding_prompt(USER_TEXT, self.config.image_token), question)
+        ids = self.encode_prompt(understanding_prompt(USER_TEXT, self.config.image_token), question)
         return embed_with_images(self.model, ids, self.image_token_id, [z_enc])  # typed marks stay text: one slot
 
     def chat(

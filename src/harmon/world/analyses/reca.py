@@ -275,11 +275,9 @@ def redraw_scores(pipe: HarmonPipeline, n: int = 40, seed: int = 7, guidance_sca
     for i in range(n):
         scene = sample_scene(g, world)
         template = image_prompt(RECONSTRUCTION_TEMPLATES[i % len(RECONSTRUCTION_TEMPLATES)], 1, pipe.config.image_token)
-        seqs = [pipe._encode(template)] + [pipe._encode(unconditional_prompt())] * (settings.groups - 1)
+        seqs = [pipe.encode_prompt(template)] + [pipe.encode_prompt(unconditional_prompt())] * (settings.groups - 1)
         batch = conditioned_batch(pipe, seqs, [render(scene, world)], None, pipe.image_tokens(size))
-        drawn = pipe._draw(
-            *batch, size, settings, generator=torch.Generator().manual_seed(i), compile=False, output_type="pil"
-        )
+        drawn = pipe.draw(*batch, size, settings, generator=torch.Generator().manual_seed(i))
         found = detect_objects(drawn[0], world)
         for key, place in (("content", False), ("layout", True)):
             hits[key] += _objects(scene.objects, half, place) == _objects(found, half, place)
