@@ -11,7 +11,7 @@ Levels (:func:`level_world`):
           (:func:`sample_background`): white in 20 % of scenes, a flat light tint in 40 %, a linear gradient
           between two light colours in 40 %.
 
-Image size: 64 px, the VAE's 4 x 4 latent grid (stride 16) read by the MAR at patch size 1 (16 tokens of 16 dims).
+Image size: 64 px, the stride-8 VAE's 8 x 8 latent grid read by the MAR at patch size 2 (16 tokens of 64 dims).
 A 10-30 px object then covers 1-3 tokens a side and a 16 px token holds parts of at most a few objects, so where an
 object goes is a choice among 16 places, not 4; 96 or 128 px would cost 2.25-4x the VAE work and as many more LLM
 positions per image, which the 3-hour, 2-core budget of the retrain cannot pay (docs/world-v2.md).

@@ -14,7 +14,7 @@ Stages (each skipped when its output exists, so an interrupted run continues whe
 Wall time and machine of every stage are recorded in ``<root>/pipeline.json``.
 
 ``--world v2`` trains the same stages on world v2 (:mod:`harmon.world.recipes_v2`: free and grid levels, varied
-phrasings, MAR patch size 1), by default under ``runs/shapes_v2``.
+phrasings, a stride-8 VAE read at MAR patch size 2), by default under ``runs/shapes_v2``.
 """
 
 from __future__ import annotations
