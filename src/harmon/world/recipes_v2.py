@@ -104,7 +104,8 @@ def _stage(stage: str, lr: float, **fields) -> TrainConfig:
 
 
 def shapes_v2_stage1() -> TrainConfig:
-    """Stage I: LLM frozen; a fresh MAR (patch size 2 over the stride-8 latents) + projections learn text-to-image and captioning."""
+    """Stage I: LLM frozen; a fresh MAR (patch size 2 over the stride-8 latents) + projections learn text-to-image
+    and captioning."""
     return _stage(
         "stage1",
         lr=1e-3,
