@@ -1,10 +1,11 @@
-"""The quick-eval curve of a world pipeline run: score against training steps and wall time, stage by stage.
+"""The quick-eval curve of a world pipeline run: score against training steps, stage by stage.
 
     python scripts/quick_eval_curve.py runs/shapes_v2            # stages I-III of a world v2 run
 
 Reads each stage's ``metrics.jsonl`` (the trainer's quick evals, ``eval/<level>/...`` keys, logged every
-``eval_every`` steps) and ``<root>/pipeline.json`` (wall time of each finished stage), and prints one Markdown row
-per quick eval: the stage, its step, the steps and wall minutes since stage I began, and the headline scores.
+``eval_every`` steps) and prints one Markdown row per quick eval: the stage, its step, the steps since stage I
+began, and the headline scores. Wall times are in ``<root>/pipeline.json`` (for a stage that was interrupted and
+resumed, the time of its last run only).
 Quick evals are small (8 prompts per category, a few questions per kind): they show a trend, not a result.
 """
 
@@ -28,34 +29,28 @@ COLUMNS = {
 
 def curve(root: Path, level: str) -> list[dict]:
     """One row per quick eval of the stages under ``root``, in training order."""
-    timing = json.loads((root / "pipeline.json").read_text())["stages"] if (root / "pipeline.json").exists() else {}
-    rows, steps_before, minutes_before = [], 0, 0.0
+    rows, steps_before = [], 0
     for stage in STAGES:
         path = root / stage / "metrics.jsonl"
         if not path.exists():
             break
         records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         last_step = max((r.get("step", 0) for r in records), default=0)
-        seconds = timing.get(stage, {}).get("seconds")
         for r in records:
             if f"eval/{level}/geneval_overall" not in r:
                 continue
             row = {"stage": stage, "step": r["step"], "total_steps": steps_before + r["step"]}
-            if seconds is not None:  # a finished stage: its wall time spread evenly over its steps
-                row["minutes"] = minutes_before + seconds / 60 * r["step"] / max(last_step, 1)
             row.update({k: r.get(f"eval/{level}/{k}") for k in COLUMNS})
             rows.append(row)
         steps_before += last_step
-        minutes_before += (seconds or 0.0) / 60
     return rows
 
 
 def format_curve(rows: list[dict]) -> str:
-    head = ["stage", "step", "steps since stage I", "wall min (finished stages)", *COLUMNS.values()]
+    head = ["stage", "step", "steps since stage I", *COLUMNS.values()]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["stage"], str(r["step"]), str(r["total_steps"])]
-        cells.append(f"{r['minutes']:.0f}" if "minutes" in r else "-")
         cells += [f"{r[k]:.3f}" if r[k] is not None else "-" for k in COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
