@@ -1,6 +1,7 @@
 """Training-free accelerations of the sampler: two-stage sampling (GtR) and LazyMAR's condition cache."""
 
 import itertools
+from dataclasses import replace
 
 import pytest
 import torch
@@ -82,9 +83,7 @@ def test_condition_cache_equals_its_straightforward_reference(pipe, monkeypatch,
     assert rows == [settings.groups, 1] * 2 + [settings.groups] * 2  # the last step runs every row
     want = reference_condition_cache_tokens(pipe.model, ids, mask, (4, 4), settings, generator=gen(0))
     torch.testing.assert_close(cached, want, atol=1e-3, rtol=1e-3)  # rows batched differently
-    plain = production_tokens(
-        pipe.model, ids, mask, (4, 4), SamplingSettings(**{**settings.__dict__, "cond_refresh": None}), gen(0)
-    )
+    plain = production_tokens(pipe.model, ids, mask, (4, 4), replace(settings, cond_refresh=None), gen(0))
     assert not torch.allclose(cached, plain, atol=1e-3)
 
 

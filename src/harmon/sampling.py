@@ -207,6 +207,8 @@ def settings_from_defaults(
 ) -> tuple[SamplingSettings, int]:
     """The settings and image size of a generation call: the arguments given, the model's defaults ``d`` for
     those left None, both scaled by ``preset`` when one is named (explicit settings still win)."""
+    # the settings without a model default: None unless given or named by the preset
+    no_default = dict(diffusion_steps_final=diffusion_steps_final, detail_steps=detail_steps, cond_refresh=cond_refresh)
     if preset is not None:
         picked = preset_settings(
             preset,
@@ -216,12 +218,7 @@ def settings_from_defaults(
             scale_steps=num_sampling_steps is None,
         )
         d = replace(d, **{k: v for k, v in picked.items() if k in ("num_iter", "num_sampling_steps")})
-        if diffusion_steps_final is None:
-            diffusion_steps_final = picked.get("diffusion_steps_final")  # type: ignore[assignment]
-        if detail_steps is None:
-            detail_steps = picked.get("detail_steps")  # type: ignore[assignment]
-        if cond_refresh is None:
-            cond_refresh = picked.get("cond_refresh")  # type: ignore[assignment]
+        no_default = {k: picked.get(k) if v is None else v for k, v in no_default.items()}
     settings = SamplingSettings(
         num_iter=d.num_iter if num_iter is None else num_iter,
         guidance_scale=d.guidance_scale if guidance_scale is None else guidance_scale,
@@ -229,9 +226,7 @@ def settings_from_defaults(
         temperature=d.temperature if temperature is None else temperature,
         num_sampling_steps=str(num_sampling_steps if num_sampling_steps is not None else d.num_sampling_steps),
         x0_clip=d.x0_clip if x0_clip is None else x0_clip,
-        diffusion_steps_final=diffusion_steps_final,
-        detail_steps=detail_steps,
-        cond_refresh=cond_refresh,
+        **no_default,  # type: ignore[arg-type]
     )
     return settings, d.image_size if image_size is None else image_size
 
