@@ -390,3 +390,55 @@ def test_codec_check_reads_a_bare_stage0_vae_folder(tmp_path):
     assert len(json.loads((tmp_path / "c.json").read_text())["pairs"]) == 18
     with pytest.raises(FileNotFoundError, match=r"vae_config.json"):
         StandaloneVAE(tmp_path)
+
+
+def _quick(pipe):
+    """The tiny pipeline with 5 diffusion steps, so that teacher-forced drawing is cheap."""
+    from dataclasses import replace
+
+    pipe.model.config = pipe.config = pipe.config.replace(
+        generation=replace(pipe.config.generation, num_sampling_steps="5")
+    )
+    return pipe
+
+
+def test_object_tokens_cover_exactly_the_boxes():
+    from harmon.world.analyses.inpaint import object_tokens
+    from harmon.world.scene import Scene, WorldObject
+
+    scene = Scene(
+        objects=(WorldObject("circle", "red", (0, 0, 16, 16)), WorldObject("square", "blue", (20, 30, 40, 34))),
+        image_size=64,
+    )
+    expected = torch.zeros(4, 4, dtype=torch.bool)
+    expected[0, 0] = True  # x1, y1 exclusive: 16 stays in the first token
+    expected[1:3, 1:3] = True  # x 20..39 -> tokens 1-2, y 30..33 -> tokens 1-2
+    assert torch.equal(object_tokens(scene, (4, 4)), expected.flatten())
+
+
+def test_draw_unknown_keeps_given_tokens_and_is_seeded():
+    from harmon.world.analyses.inpaint import draw_unknown, prompt_rows
+
+    pipe = _quick(tiny_pipeline())
+    tokens = torch.randn(1, 16, pipe.model.config.mar.token_dim, generator=torch.Generator().manual_seed(0))
+    unknown = torch.zeros(1, 16, dtype=torch.bool)
+    unknown[0, [3, 7, 8]] = True
+    ids, mask = prompt_rows(pipe, "a red circle", guided=True)
+    a = draw_unknown(pipe, tokens, unknown, ids, mask, torch.Generator().manual_seed(1))
+    b = draw_unknown(pipe, tokens, unknown, ids, mask, torch.Generator().manual_seed(1))
+    assert torch.equal(a, b) and torch.equal(a[~unknown], tokens[~unknown])
+    assert not torch.isclose(a[unknown], tokens[unknown]).all(dim=-1).any()
+
+
+def test_inpaint_study_reports_every_condition():
+    from harmon.world.analyses.inpaint import CONDITIONS, format_inpaint, inpaint_study
+    from harmon.world.scoring import TAGS
+
+    pipe = _quick(tiny_pipeline())
+    r = inpaint_study(pipe, "free", per_tag=1, lone_scenes=1, seed=0)
+    assert set(r["accuracy"]) == set(CONDITIONS)
+    assert all(set(r["accuracy"][c]) == {*TAGS, "overall"} for c in CONDITIONS)
+    assert 0 < r["object_token_share"] < 1 and 0 <= r["lone_token_off"] <= 1
+    assert "| everything |" in format_inpaint(r)
+    with pytest.raises(ValueError, match="level"):
+        inpaint_study(pipe, "mixed")
