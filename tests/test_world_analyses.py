@@ -134,8 +134,13 @@ def test_report_writes_tables_verdicts_and_plots(tmp_path):
     (tmp_path / "p.json").write_text(json.dumps(probe))
     (tmp_path / "s.json").write_text(json.dumps(study))
     out = tmp_path / "docs" / "RESULTS.md"
-    main(["--probe", str(tmp_path / "p.json"), "--synergy", str(tmp_path / "s.json"), "--out", str(out)])
+    (tmp_path / "after.md").write_text("## A study printed by its own command\n")
+    main(
+        ["--probe", str(tmp_path / "p.json"), "--synergy", str(tmp_path / "s.json"), "--out", str(out)]
+        + ["--after", str(tmp_path / "after.md")]
+    )
     text = out.read_text()
+    assert text.rstrip().endswith("## A study printed by its own command")  # after every generated section
     assert "beat VAE latents (beyond the error bars) on 4 of 4" in text and "claim holds" in text
     assert "0.710 ± 0.010" in text  # joint arm mean ± std over its three seeds
     assert (tmp_path / "docs" / "results" / "probe.png").stat().st_size > 1000

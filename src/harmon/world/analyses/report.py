@@ -161,8 +161,10 @@ def write_report(
     out: Path,
     extra: str = "",
     localisation: dict[str, Any] | None = None,
+    after: str = "",
 ) -> Path:
-    """Write the report to ``out`` (figures into ``results/`` beside it), one section per result given."""
+    """Write the report to ``out`` (figures into ``results/`` beside it), one section per result given, between
+    ``extra`` (Markdown under the title) and ``after`` (Markdown at the end)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     figs = out.parent / "results"
     figs.mkdir(exist_ok=True)
@@ -181,6 +183,8 @@ def write_report(
         parts += _localisation_section(localisation, figs)
     if study is not None:
         parts += _synergy_section(study, figs)
+    if after:
+        parts += [after.strip(), ""]
     out.write_text("\n".join(parts))
     return out
 
@@ -292,6 +296,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--synergy", help="synergy.json written by `harmon analyze synergy`")
     p.add_argument("--localisation", help="JSON written by `harmon analyze localisation --json`")
     p.add_argument("--extra", help="a Markdown file whose text goes under the title (e.g. the shipped model's tables)")
+    p.add_argument(
+        "--after", help="a Markdown file whose text goes at the end (studies whose commands print their own tables)"
+    )
     p.add_argument("--out", default="docs/RESULTS.md")
     args = p.parse_args(argv)
     probe = json.loads(Path(args.probe).read_text()) if args.probe else None
@@ -299,7 +306,8 @@ def main(argv: list[str] | None = None) -> int:
     extra = Path(args.extra).read_text() if args.extra else ""
     localisation = json.loads(Path(args.localisation).read_text()) if args.localisation else None
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    logger.info("wrote %s", write_report(probe, study, Path(args.out), extra, localisation))
+    after = Path(args.after).read_text() if args.after else ""
+    logger.info("wrote %s", write_report(probe, study, Path(args.out), extra, localisation, after))
     return 0
 
 
