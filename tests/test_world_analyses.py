@@ -436,7 +436,7 @@ def test_draw_unknown_keeps_given_tokens_and_is_seeded():
 
 
 def test_inpaint_study_reports_every_condition():
-    from harmon.world.analyses.inpaint import CONDITIONS, format_inpaint, inpaint_study
+    from harmon.world.analyses.inpaint import CONDITIONS, condition_fit, format_inpaint, inpaint_study
     from harmon.world.scoring import TAGS
 
     pipe = _quick(tiny_pipeline())
@@ -447,3 +447,7 @@ def test_inpaint_study_reports_every_condition():
     assert "| everything |" in format_inpaint(r)
     with pytest.raises(ValueError, match="level"):
         inpaint_study(pipe, "mixed")
+    fit = condition_fit(pipe, "free", scenes=4, seed=0)
+    assert list(fit["loss_by_masked"]) == [1, 2, 4, 8, 12, 16] and all(v > 0 for v in fit["loss_by_masked"].values())
+    assert fit["ridge_r2"] <= 1 and fit["sample_r2"] <= 1
+    assert "Lone token's latent explained" in format_inpaint({**r, "fit": fit})

@@ -26,6 +26,7 @@ import logging
 import numpy as np
 import torch
 
+from harmon.mar import mask_by_order
 from harmon.prompts import generation_prompt, unconditional_prompt
 from harmon.tokenizer import USER_TEXT
 from harmon.world.detect2 import detect_objects_v2
@@ -172,6 +173,63 @@ def inpaint_study(pipe, level: str = "free", per_tag: int = 8, lone_scenes: int 
     }
 
 
+@torch.no_grad()
+def condition_fit(pipe, level: str = "free", scenes: int = 64, seed: int = 0) -> dict:
+    """How well the generator knows a token from everything else, on ``scenes`` fresh prompts' scenes:
+
+    * ``loss_by_masked``: the text-to-image loss with exactly n of the L tokens masked (random positions, 4
+      draws each), for n from 1 to L; a generator that continues objects approaches 0 at n = 1;
+    * ``ridge_r2`` / ``sample_r2``: each token masked alone, the share of its latent's variance (held-out quarter
+      of the tokens) explained by a ridge map from the decoder's condition, and by the head's own sample (no
+      guidance).
+    """
+    config = level_world(level, pipe.config.generation.image_size)
+    model, g = pipe.model, torch.Generator().manual_seed(seed)
+    grid = model.grid_for(pipe.config.generation.image_size)
+    length = grid[0] * grid[1]
+    metas = [sample_prompt_v2(g, None, config, "seen") for _ in range(scenes)]
+    tokens = torch.cat([read_scene(pipe, level_scene_for_prompt(m, g, config), config) for m in metas])  # (N, L, C)
+    ids, mask = pipe._padded([pipe.encode_prompt(generation_prompt(USER_TEXT), m["prompt"]) for m in metas])
+    ids, mask = ids.to(pipe.device), mask.to(pipe.device)
+
+    def decoded(unknown: torch.Tensor) -> torch.Tensor:
+        x_enc = model.forward_mae_encoder(tokens, unknown, grid, mask, input_ids=ids)
+        return model.mar.forward_decoder(x_enc, unknown, grid)  # (N, L, Dd)
+
+    losses = {}
+    for n in sorted({1, 2, length // 4, length // 2, 3 * length // 4, length}):
+        draws = []
+        for rep in range(4):
+            gen = torch.Generator().manual_seed(seed * 1000 + rep)
+            unknown = mask_by_order(n, model.sample_orders(scenes, length, gen))
+            draws.append(float(model.mar.forward_loss(decoded(unknown), tokens, unknown, generator=gen)))
+        losses[n] = float(np.mean(draws))
+    z, sampled = [], []
+    for i in range(length):
+        unknown = torch.zeros(scenes, length, dtype=torch.bool, device=tokens.device)
+        unknown[:, i] = True
+        zi = decoded(unknown)[:, i]  # (N, Dd)
+        z.append(zi)
+        sampled.append(model.mar.diffloss.sample(zi, temperature=1.0, cfg=1.0, generator=g, num_steps="50"))
+    return {"loss_by_masked": losses, **_explained(torch.cat(z), torch.cat(sampled), tokens.transpose(0, 1))}
+
+
+def _explained(z: torch.Tensor, sampled: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
+    """R2 on a held-out quarter of the rows: ridge from ``z`` (M, D) to ``target`` (M, C), and ``sampled`` as is."""
+    target = target.reshape(z.shape[0], -1).double()
+    x = torch.cat([z.double(), torch.ones(z.shape[0], 1, dtype=torch.float64, device=z.device)], 1)
+    order = torch.randperm(z.shape[0], generator=torch.Generator().manual_seed(0))
+    fit, test = order[: 3 * len(order) // 4], order[3 * len(order) // 4 :]
+    weights = torch.linalg.solve(
+        x[fit].T @ x[fit] + 1e-2 * torch.eye(x.shape[1], dtype=x.dtype), x[fit].T @ target[fit]
+    )
+    total = ((target[test] - target[fit].mean(0)) ** 2).sum()
+    return {
+        "ridge_r2": float(1 - ((x[test] @ weights - target[test]) ** 2).sum() / total),
+        "sample_r2": float(1 - ((sampled[test].double() - target[test]) ** 2).sum() / total),
+    }
+
+
 def format_inpaint(result: dict) -> str:
     """Markdown table of :func:`inpaint_study`'s result."""
     head = "| given | " + " | ".join(TAGS) + " | overall |"
@@ -186,6 +244,14 @@ def format_inpaint(result: dict) -> str:
             f"Lone token redrawn with every other token given: {result['lone_token_off']:.3f} of its pixels off by "
             f"more than {OFF_BY}; {result['lone_tokens_over_10pct']:.2f} of tokens have more than 10 % off."
         )
+    if "fit" in result:
+        fit = result["fit"]
+        curve = ", ".join(f"{n} masked {v:.3f}" for n, v in fit["loss_by_masked"].items())
+        lines.append(f"Text-to-image loss: {curve}.")
+        lines.append(
+            f"Lone token's latent explained (R2, held out): ridge from its condition {fit['ridge_r2']:.2f}, "
+            f"the head's sample {fit['sample_r2']:.2f}."
+        )
     return "\n".join(lines)
 
 
@@ -197,6 +263,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--level", choices=LEVELS, default="free")
     p.add_argument("--per-tag", type=int, default=8, help="prompts per GenEval tag")
     p.add_argument("--lone-scenes", type=int, default=8, help="scenes whose every token is redrawn alone")
+    p.add_argument("--fit-scenes", type=int, default=0, help="also condition_fit on this many scenes (0: skip)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", default=None, help="write the result here")
@@ -205,6 +272,8 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     pipe = HarmonPipeline.from_pretrained(args.model, device="cpu", dtype=torch.float32)
     result = inpaint_study(pipe, args.level, args.per_tag, args.lone_scenes, args.seed)
+    if args.fit_scenes:
+        result["fit"] = condition_fit(pipe, args.level, args.fit_scenes, args.seed)
     print(format_inpaint(result))
     if args.json:
         with open(args.json, "w") as f:
