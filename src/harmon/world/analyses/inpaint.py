@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 
 import numpy as np
 import torch
@@ -36,8 +35,6 @@ from harmon.world.language import sample_prompt_v2
 from harmon.world.render import render
 from harmon.world.scene import Scene
 from harmon.world.scoring import TAGS, judge_prompt
-
-logger = logging.getLogger(__name__)
 
 CONDITIONS = ("nothing", "background", "objects", "everything")
 OFF_BY = 48  # a pixel is "off" when some channel differs from the VAE's reading by more than this
