@@ -37,7 +37,7 @@ def latents(tokens, grid=(4, 4)):
 def test_embedded_prompts_sample_exactly_what_their_ids_sample(pipe):
     """The sampler given a prompt's embeddings (the image-conditioned route, padded with the pad embedding) draws
     bit for bit the tokens it draws from the ids: one loop, two ways in."""
-    ids, mask = pipe._padded([pipe.encode_prompt(CHAT.format(t)) for t in ("Generate an image: a dot", "x")])
+    ids, mask = pipe.pad_prompts([pipe.encode_prompt(CHAT.format(t)) for t in ("Generate an image: a dot", "x")])
     rows = [pipe.model.embed_text(ids[i : i + 1, : int(mask[i].sum())]) for i in range(2)]
     embeds, emask = padded_rows(pipe.model, rows, pipe.tokenizer.pad_token_id)
     assert torch.equal(emask, mask) and torch.equal(embeds, pipe.model.embed_text(ids))

@@ -110,8 +110,9 @@ class HarmonPipeline:
         control tokens."""
         return encode_template(self.tokenizer, template, user_text, self.config.image_token)
 
-    def _padded(self, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Right-padded ids (N, T) and their attention mask."""
+    def pad_prompts(self, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Right-padded ids (N, T) of prompts from :meth:`encode_prompt` and their attention mask, as :meth:`draw`
+        takes them."""
         width = max(map(len, seqs))
         ids = torch.full((len(seqs), width), self.tokenizer.pad_token_id, dtype=torch.long)
         mask = torch.zeros(len(seqs), width, dtype=torch.bool)
@@ -228,7 +229,7 @@ class HarmonPipeline:
         longest = max(range(len(seqs)), key=lambda i: len(seqs[i]))
         self.check_context(len(seqs[longest]), n_image, 0, f"prompt {longest}" if len(seqs) > 1 else "prompt")
         uncond = [self.encode_prompt(unconditional_prompt())] * (len(seqs) if guided else 0)
-        input_ids, mask = self._padded(seqs + uncond)
+        input_ids, mask = self.pad_prompts(seqs + uncond)
         return self.draw(input_ids, mask, size, settings, repeat=num_images_per_prompt, **draw)
 
     def draw(

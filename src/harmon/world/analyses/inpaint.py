@@ -55,7 +55,7 @@ def prompt_rows(pipe, prompt: str, guided: bool) -> tuple[torch.Tensor, torch.Te
     """The generation prompt's ids and mask, with the unconditional row after it when ``guided``."""
     seqs = [pipe.encode_prompt(generation_prompt(USER_TEXT), prompt)]
     seqs += [pipe.encode_prompt(unconditional_prompt())] if guided else []
-    ids, mask = pipe._padded(seqs)
+    ids, mask = pipe.pad_prompts(seqs)
     return ids.to(pipe.device), mask.to(pipe.device)
 
 
@@ -186,7 +186,7 @@ def condition_fit(pipe, level: str = "free", scenes: int = 64, seed: int = 0) ->
     length = grid[0] * grid[1]
     metas = [sample_prompt_v2(g, None, config, "seen") for _ in range(scenes)]
     tokens = torch.cat([read_scene(pipe, level_scene_for_prompt(m, g, config), config) for m in metas])  # (N, L, C)
-    ids, mask = pipe._padded([pipe.encode_prompt(generation_prompt(USER_TEXT), m["prompt"]) for m in metas])
+    ids, mask = pipe.pad_prompts([pipe.encode_prompt(generation_prompt(USER_TEXT), m["prompt"]) for m in metas])
     ids, mask = ids.to(pipe.device), mask.to(pipe.device)
 
     def decoded(unknown: torch.Tensor) -> torch.Tensor:

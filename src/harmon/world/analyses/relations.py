@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from harmon.eval.metrics import relation
 from harmon.prompts import generation_prompt
-from harmon.tokenizer import USER_TEXT, encode_template
+from harmon.tokenizer import USER_TEXT
 from harmon.world.analyses.probe import fit_linear_probe
 from harmon.world.prompts import OPPOSITE, RELATION_TEXT, sample_prompt, scene_for_prompt
 from harmon.world.render import render
@@ -44,12 +44,7 @@ FLIP = {RELATION_TEXT[r]: RELATION_TEXT[OPPOSITE[r]] for r in RELATION_TEXT}
 
 
 def _ids(pipe, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    seqs = [encode_template(pipe.tokenizer, generation_prompt(USER_TEXT), p, pipe.config.image_token) for p in prompts]
-    ids = torch.full((len(seqs), max(map(len, seqs))), pipe.tokenizer.pad_token_id, dtype=torch.long)
-    mask = torch.zeros(ids.shape, dtype=torch.bool)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)], mask[i, : len(s)] = torch.tensor(s), True
-    return ids.to(pipe.device), mask.to(pipe.device)
+    return pipe.pad_prompts([pipe.encode_prompt(generation_prompt(USER_TEXT), p) for p in prompts])
 
 
 @torch.no_grad()
