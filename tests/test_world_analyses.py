@@ -428,7 +428,8 @@ def test_draw_unknown_keeps_given_tokens_and_is_seeded():
     tokens = torch.randn(1, 16, pipe.model.config.mar.token_dim, generator=torch.Generator().manual_seed(0))
     unknown = torch.zeros(1, 16, dtype=torch.bool)
     unknown[0, [3, 7, 8]] = True
-    ids, mask = prompt_rows(pipe, "a red circle", guided=True)
+    ids, mask = prompt_rows(pipe, ["a red circle"], guided=True)
+    assert ids.shape[0] == 2 and mask[0].sum() > mask[1].sum()  # the prompt, then the shorter unconditional row
     a = draw_unknown(pipe, tokens, unknown, ids, mask, torch.Generator().manual_seed(1))
     b = draw_unknown(pipe, tokens, unknown, ids, mask, torch.Generator().manual_seed(1))
     assert torch.equal(a, b) and torch.equal(a[~unknown], tokens[~unknown])

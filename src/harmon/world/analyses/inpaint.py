@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 
 import numpy as np
 import torch
@@ -35,6 +36,8 @@ from harmon.world.language import sample_prompt_v2
 from harmon.world.render import render
 from harmon.world.scene import Scene
 from harmon.world.scoring import TAGS, judge_prompt
+
+logger = logging.getLogger(__name__)
 
 CONDITIONS = ("nothing", "background", "objects", "everything")
 OFF_BY = 48  # a pixel is "off" when some channel differs from the VAE's reading by more than this
@@ -51,12 +54,12 @@ def object_tokens(scene: Scene, grid: tuple[int, int]) -> torch.Tensor:
     return out.flatten()
 
 
-def prompt_rows(pipe, prompt: str, guided: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """The generation prompt's ids and mask, with the unconditional row after it when ``guided``."""
-    seqs = [pipe.encode_prompt(generation_prompt(USER_TEXT), prompt)]
-    seqs += [pipe.encode_prompt(unconditional_prompt())] if guided else []
-    ids, mask = pipe.pad_prompts(seqs)
-    return ids.to(pipe.device), mask.to(pipe.device)
+def prompt_rows(pipe, prompts: list[str], guided: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The generation prompts' padded ids and mask, with one unconditional row per prompt after them when
+    ``guided``."""
+    seqs = [pipe.encode_prompt(generation_prompt(USER_TEXT), p) for p in prompts]
+    seqs += [pipe.encode_prompt(unconditional_prompt())] * (len(prompts) if guided else 0)
+    return pipe.pad_prompts(seqs)
 
 
 @torch.no_grad()
@@ -150,7 +153,7 @@ def inpaint_study(pipe, level: str = "free", per_tag: int = 8, lone_scenes: int 
         scene = level_scene_for_prompt(meta, g, config)
         tokens, objects = read_scene(pipe, scene, config), object_tokens(scene, grid).to(pipe.device)
         object_share.append(float(objects.float().mean()))
-        ids, mask = prompt_rows(pipe, meta["prompt"], guided)
+        ids, mask = prompt_rows(pipe, [meta["prompt"]], guided)
         for c in CONDITIONS:
             drawn = draw_unknown(pipe, tokens, _unknown_for(c, objects), ids, mask, torch.Generator().manual_seed(k))
             hits[(tag, c)].append(judge_prompt(meta, detect(to_pixels(pipe, drawn), config)))
@@ -186,8 +189,7 @@ def condition_fit(pipe, level: str = "free", scenes: int = 64, seed: int = 0) ->
     length = grid[0] * grid[1]
     metas = [sample_prompt_v2(g, None, config, "seen") for _ in range(scenes)]
     tokens = torch.cat([read_scene(pipe, level_scene_for_prompt(m, g, config), config) for m in metas])  # (N, L, C)
-    ids, mask = pipe.pad_prompts([pipe.encode_prompt(generation_prompt(USER_TEXT), m["prompt"]) for m in metas])
-    ids, mask = ids.to(pipe.device), mask.to(pipe.device)
+    ids, mask = prompt_rows(pipe, [m["prompt"] for m in metas], guided=False)
 
     def decoded(unknown: torch.Tensor) -> torch.Tensor:
         x_enc = model.forward_mae_encoder(tokens, unknown, grid, mask, input_ids=ids)
@@ -265,13 +267,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", default=None, help="write the result here")
     args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
     pipe = HarmonPipeline.from_pretrained(args.model, device="cpu", dtype=torch.float32)
     result = inpaint_study(pipe, args.level, args.per_tag, args.lone_scenes, args.seed)
     if args.fit_scenes:
         result["fit"] = condition_fit(pipe, args.level, args.fit_scenes, args.seed)
-    print(format_inpaint(result))
+    logger.info("%s", format_inpaint(result))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)
