@@ -157,3 +157,17 @@ def test_config_validation_names_the_problem():
         MARConfig(decoder_dim=64, decoder_heads=4)
     roundtrip = MARConfig.from_dict(MARConfig().to_dict())
     assert roundtrip == MARConfig()
+
+
+def test_decoder_table_std_scales_only_the_decoder_tables():
+    """The default draws the official init bit for bit; a larger std scales the mask token and the decoder and
+    diffusion position tables by the same draws, and leaves every other parameter alone."""
+    base, wide = small_mar(), small_mar(decoder_table_std=1.0)
+    scaled = {"mask_token", "decoder_pos_embed_learned", "diffusion_pos_embed_learned"}
+    wide_params = dict(wide.named_parameters())
+    for name, p in base.named_parameters():
+        expected = p * 50.0 if name in scaled else p
+        assert torch.allclose(wide_params[name], expected, rtol=1e-6, atol=0), name
+    assert 0.015 < base.decoder_pos_embed_learned.std() < 0.025
+    with pytest.raises(ValueError, match="decoder_table_std"):
+        MARConfig(decoder_table_std=0.0)

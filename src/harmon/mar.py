@@ -50,6 +50,11 @@ class MARConfig:
     diffusion_batch_mul: int = 4  # each token row is replicated 4x for the diffusion loss
     class_num: int = 1000  # unused class embedding kept only so official checkpoints load strictly (0 = none)
     grad_checkpointing: bool = False  # checkpoint ViT blocks during training (set by the trainer)
+    # From-scratch init std of the decoder's learned tables (mask token, decoder and diffusion position tables).
+    # 0.02 is the official init: a masked row then starts nearly position-blind (its input is ~2 % of a unit-norm
+    # row), and a small decoder takes thousands of steps to learn which neighbours to read (docs/world-v2.md).
+    # Only a from-scratch init reads it; loaded weights are unaffected.
+    decoder_table_std: float = 0.02
     diffloss: DiffLossConfig = field(default_factory=DiffLossConfig)
 
     def __post_init__(self) -> None:
@@ -74,6 +79,10 @@ class MARConfig:
             raise ValueError(f"encoder_dim {self.encoder_dim} is not divisible by encoder_heads {self.encoder_heads}")
         if self.decoder_dim % self.decoder_heads:
             raise ValueError(f"decoder_dim {self.decoder_dim} is not divisible by decoder_heads {self.decoder_heads}")
+        if not (math.isfinite(self.decoder_table_std) and self.decoder_table_std > 0):
+            raise ValueError(
+                f"MARConfig.decoder_table_std must be a positive finite number, got {self.decoder_table_std!r}"
+            )
         if self.buffer_size < 0 or self.class_num < 0:
             raise ValueError("buffer_size and class_num must be >= 0")
         if not 0.0 <= self.mask_ratio_min <= 1.0:
@@ -223,16 +232,18 @@ class MAR(nn.Module):
 
     # ------------------------------------------------------------------ init
     def initialize_weights(self, generator: torch.Generator | None = None) -> None:
-        """From-scratch init (spec §4.2): xavier-uniform Linear weights, zero biases, N(0, 0.02^2) tables."""
-        for p in (
-            self.fake_latent,
-            self.encoder_pos_embed_learned,
-            self.mask_token,
-            self.decoder_pos_embed_learned,
-            self.diffusion_pos_embed_learned,
+        """From-scratch init (spec §4.2): xavier-uniform Linear weights, zero biases, N(0, 0.02^2) tables (the
+        decoder's at ``config.decoder_table_std``)."""
+        dec = self.config.decoder_table_std
+        for p, std in (
+            (self.fake_latent, 0.02),
+            (self.encoder_pos_embed_learned, 0.02),
+            (self.mask_token, dec),
+            (self.decoder_pos_embed_learned, dec),
+            (self.diffusion_pos_embed_learned, dec),
         ):
             with torch.no_grad():
-                p.copy_(rng.randn(p.shape, generator, device=p.device) * 0.02)
+                p.copy_(rng.randn(p.shape, generator, device=p.device) * std)
         if self.class_emb is not None:
             w = self.class_emb.weight
             with torch.no_grad():
