@@ -452,3 +452,27 @@ def test_inpaint_study_reports_every_condition():
     assert list(fit["loss_by_masked"]) == [1, 2, 4, 8, 12, 16] and all(v > 0 for v in fit["loss_by_masked"].values())
     assert fit["ridge_r2"] <= 1 and fit["sample_r2"] <= 1
     assert "Lone token's latent explained" in format_inpaint({**r, "fit": fit})
+
+
+def test_continuation_ridge_reads_a_linear_world_and_the_backbone_trains():
+    from harmon.world.analyses.continuation import backbone_curve, continuation_study, format_continuation, ridge_r2
+
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(300, 1, 3, generator=g)
+    tokens = base.expand(300, 4, 3) * torch.tensor([1.0, -2.0, 0.5, 3.0]).view(1, 4, 1)  # every token says the rest
+    assert min(ridge_r2(tokens[:200], tokens[200:], alpha=1e-6)) > 0.999
+    noise = torch.randn(300, 4, 3, generator=g)
+    assert max(ridge_r2(noise[:200], noise[200:])) < 0.1
+
+    pipe = tiny_pipeline()
+    result = continuation_study(pipe, "free", scenes=16, test_scenes=8, stds=(0.02, 1.0), steps=2, oracle_steps=1)
+    assert [p["step"] for p in result["oracle"]] == [1] and "true token" in format_continuation(result)
+    assert set(result["curves"]) == {"0.02", "1.0"} and len(result["ridge_r2"]) == 16
+    assert [p["step"] for p in result["curves"]["1.0"]] == [2]
+    assert "| 1.0 |" in format_continuation(result)
+    from harmon.world.analyses.continuation import scene_tokens
+
+    scenes = scene_tokens(pipe, "free", 8, seed=3)
+    assert scenes.shape[1] == 16 and torch.equal(scenes, scene_tokens(pipe, "free", 8, seed=3))
+    runs = [backbone_curve(pipe.model.config.mar, scenes, scenes, steps=1, every=1, seed=1) for _ in range(2)]
+    assert runs[0] == runs[1]
