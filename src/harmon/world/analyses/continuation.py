@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 
 import numpy as np
@@ -29,6 +28,7 @@ from torch import nn
 
 from harmon.diffloss import DiffLoss
 from harmon.mar import MAR, MARConfig, mask_by_order
+from harmon.world.analyses.runner import load_for_analysis, report
 from harmon.world.free import LEVELS, level_world, sample_level_scene
 from harmon.world.render import render
 
@@ -185,8 +185,6 @@ def format_continuation(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from harmon.pipeline import HarmonPipeline
-
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True, help="a harmon model folder (its VAE reads the scenes, its MAR sizes)")
     p.add_argument("--level", choices=LEVELS, default="free")
@@ -199,17 +197,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", default=None, help="write the result here")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    pipe = HarmonPipeline.from_pretrained(args.model, device="cpu", dtype=torch.float32)
+    pipe = load_for_analysis(args.model, args.threads)
     result = continuation_study(
         pipe, args.level, args.scenes, args.test_scenes, tuple(args.stds), args.steps, args.seed, args.oracle_steps
     )
-    logger.info("%s", format_continuation(result))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+    report(format_continuation(result), result, args.json)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ decoder's condition carries, or in what the diffusion head makes of it.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 
 import numpy as np
@@ -29,6 +28,7 @@ import torch
 from harmon.mar import mask_by_order
 from harmon.prompts import generation_prompt, unconditional_prompt
 from harmon.tokenizer import USER_TEXT
+from harmon.world.analyses.runner import load_for_analysis, report
 from harmon.world.detect2 import detect_objects_v2
 from harmon.world.detection import detect_objects
 from harmon.world.free import LEVELS, level_scene_for_prompt, level_world
@@ -255,8 +255,6 @@ def format_inpaint(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from harmon.pipeline import HarmonPipeline
-
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True, help="a harmon model folder")
     p.add_argument("--level", choices=LEVELS, default="free")
@@ -267,17 +265,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", default=None, help="write the result here")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    pipe = HarmonPipeline.from_pretrained(args.model, device="cpu", dtype=torch.float32)
+    pipe = load_for_analysis(args.model, args.threads)
     result = inpaint_study(pipe, args.level, args.per_tag, args.lone_scenes, args.seed)
     if args.fit_scenes:
         result["fit"] = condition_fit(pipe, args.level, args.fit_scenes, args.seed)
-    logger.info("%s", format_inpaint(result))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+    report(format_inpaint(result), result, args.json)
 
 
 if __name__ == "__main__":
