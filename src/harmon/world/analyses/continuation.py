@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import logging
 
 import numpy as np
 import torch
@@ -31,8 +30,6 @@ from harmon.mar import MAR, MARConfig, mask_by_order
 from harmon.world.analyses.runner import load_for_analysis, report
 from harmon.world.free import LEVELS, level_world, sample_level_scene
 from harmon.world.render import render
-
-logger = logging.getLogger(__name__)
 
 
 @torch.no_grad()
@@ -47,6 +44,13 @@ def scene_tokens(pipe, level: str, n: int, seed: int, chunk: int = 256) -> torch
     return torch.cat(out)
 
 
+def r_squared(pred: torch.Tensor, truth: torch.Tensor, mean: torch.Tensor | None = None) -> float:
+    """Share of the variance of ``truth`` (M, C) about ``mean`` (default its own mean over rows) that ``pred``
+    (M, C) explains."""
+    mean = truth.mean(0) if mean is None else mean
+    return float(1 - ((pred - truth) ** 2).sum() / ((truth - mean) ** 2).sum())
+
+
 def ridge_r2(train: torch.Tensor, test: torch.Tensor, alpha: float = 1.0) -> list[float]:
     """Per position p, R² on ``test`` (M, L, C) of a ridge map fitted on ``train`` (N, L, C) from the other L - 1
     tokens to token p."""
@@ -59,7 +63,7 @@ def ridge_r2(train: torch.Tensor, test: torch.Tensor, alpha: float = 1.0) -> lis
         w = torch.linalg.solve(xc.T @ xc + alpha * torch.eye(x.shape[1], dtype=x.dtype), xc.T @ (y - ym))
         xt, yt = test[:, others].flatten(1).double(), test[:, p].double()
         pred = (xt - xm) @ w + ym
-        r2.append(float(1 - ((pred - yt) ** 2).sum() / ((yt - yt.mean(0)) ** 2).sum()))
+        r2.append(r_squared(pred, yt))
     return r2
 
 
@@ -69,8 +73,7 @@ def _lone_r2(mar: MAR, readout: nn.Linear, test: torch.Tensor, grid: tuple[int, 
     mask = mask_by_order(1, orders)
     with torch.no_grad():
         pred = readout(mar.forward_decoder(mar.forward_encoder(test, mask, grid), mask, grid))[mask]
-    truth = test[mask]
-    return float(1 - ((pred - truth) ** 2).sum() / ((truth - truth.mean(0)) ** 2).sum())
+    return r_squared(pred, test[mask])
 
 
 def backbone_curve(
@@ -130,8 +133,7 @@ def oracle_head_curve(
         if step % every == 0 or step == steps:
             with torch.no_grad():
                 drawn = head.sample(truth @ proj, 1.0, 1.0, generator=torch.Generator().manual_seed(1), num_steps="50")
-            r2 = float(1 - ((drawn - truth) ** 2).sum() / ((truth - truth.mean(0)) ** 2).sum())
-            curve.append({"step": step, "sample_r2": r2})
+            curve.append({"step": step, "sample_r2": r_squared(drawn, truth)})
     return curve
 
 

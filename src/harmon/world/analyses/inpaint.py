@@ -20,7 +20,6 @@ decoder's condition carries, or in what the diffusion head makes of it.
 from __future__ import annotations
 
 import argparse
-import logging
 
 import numpy as np
 import torch
@@ -28,6 +27,7 @@ import torch
 from harmon.mar import mask_by_order
 from harmon.prompts import generation_prompt, unconditional_prompt
 from harmon.tokenizer import USER_TEXT
+from harmon.world.analyses.continuation import r_squared
 from harmon.world.analyses.runner import load_for_analysis, report
 from harmon.world.detect2 import detect_objects_v2
 from harmon.world.detection import detect_objects
@@ -36,8 +36,6 @@ from harmon.world.language import sample_prompt_v2
 from harmon.world.render import render
 from harmon.world.scene import Scene
 from harmon.world.scoring import TAGS, judge_prompt
-
-logger = logging.getLogger(__name__)
 
 CONDITIONS = ("nothing", "background", "objects", "everything")
 OFF_BY = 48  # a pixel is "off" when some channel differs from the VAE's reading by more than this
@@ -222,10 +220,10 @@ def _explained(z: torch.Tensor, sampled: torch.Tensor, target: torch.Tensor) -> 
     weights = torch.linalg.solve(
         x[fit].T @ x[fit] + 1e-2 * torch.eye(x.shape[1], dtype=x.dtype), x[fit].T @ target[fit]
     )
-    total = ((target[test] - target[fit].mean(0)) ** 2).sum()
+    mean = target[fit].mean(0)
     return {
-        "ridge_r2": float(1 - ((x[test] @ weights - target[test]) ** 2).sum() / total),
-        "sample_r2": float(1 - ((sampled[test].double() - target[test]) ** 2).sum() / total),
+        "ridge_r2": r_squared(x[test] @ weights, target[test], mean),
+        "sample_r2": r_squared(sampled[test].double(), target[test], mean),
     }
 
 
