@@ -23,15 +23,16 @@ def reference_tokens(
     grid: tuple[int, int],
     settings: SamplingSettings,
     generator: torch.Generator | None = None,
+    canvas: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """``generate_tokens`` the straightforward way: (R, T) prompt ids or (R, T, H) embeddings -> (R', L, C) tokens
-    (R' = R / settings.groups)."""
+    (R' = R / settings.groups); ``canvas``: the decoder's background rows (editing)."""
 
     def encode(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return model.forward_mae_encoder(tokens, mask, grid, attention_mask, input_ids=input_ids)  # (R, 64+V, D)
 
     head = model.mar.diffloss.sample
-    return sample_tokens(model, encode, input_ids.shape[0], grid, settings, generator, head)
+    return sample_tokens(model, encode, input_ids.shape[0], grid, settings, generator, head, canvas=canvas)
 
 
 def production_tokens(

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from harmon.images import load_image, prepare_for_understanding
-from harmon.model import Harmon
+from harmon.model import Harmon, source_canvas
 from harmon.prompts import GENERATE_PREFIX, generation_prompt, image_prompt
 from harmon.tokenizer import USER_TEXT, encode_template
 
@@ -35,6 +35,15 @@ def image_features(model: Harmon, image: ImageInput, size: int) -> torch.Tensor:
     if isinstance(image, (str, Path)):
         image = load_image(image)
     return pixel_features(model, prepare_for_understanding(image, size))
+
+
+def edit_canvas(model: Harmon, image: ImageInput, size: int) -> torch.Tensor:
+    """The decoder canvas of an edit's source drawn at ``size`` pixels (``config.edit_canvas``): the image prepared
+    as for understanding at that size, read whole by the MAR encoder, (1, buffer + L, D_enc), buffers first."""
+    if isinstance(image, (str, Path)):
+        image = load_image(image)
+    pixels = prepare_for_understanding(image, size).to(model.device)
+    return source_canvas(model, pixels, (size, size))
 
 
 def pixel_features(model: Harmon, pixels: torch.Tensor) -> torch.Tensor:

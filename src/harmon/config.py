@@ -140,6 +140,9 @@ class HarmonConfig:
     generation: GenerationDefaults = field(default_factory=GenerationDefaults)
     grad_scale: float = 0.1  # gradient multiplier into visual features for the image-to-text loss (spec §11.3)
     image_token: str = "<image>"  # placeholder added to the tokenizer for understanding
+    # Editing draws on its source: the MAR decoder's canvas at unknown positions holds the source image's encoder
+    # features (spec §4.5's x_con) instead of the mask token, in training and in ``edit``. Off: the official path.
+    edit_canvas: bool = False
 
     def __post_init__(self) -> None:
         for name, cls in (("mar", MARConfig), ("vae", VAEConfig), ("generation", GenerationDefaults)):
@@ -202,6 +205,7 @@ class HarmonConfig:
             "generation": asdict(self.generation),
             "grad_scale": self.grad_scale,
             "image_token": self.image_token,
+            "edit_canvas": self.edit_canvas,
         }
 
     @classmethod

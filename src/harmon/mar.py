@@ -310,7 +310,12 @@ class MAR(nn.Module):
         return self.encoder_norm(x)
 
     def forward_decoder(
-        self, x_enc: torch.Tensor, mask: torch.Tensor, grid: tuple[int, int], x_con: torch.Tensor | None = None
+        self,
+        x_enc: torch.Tensor,
+        mask: torch.Tensor,
+        grid: tuple[int, int],
+        x_con: torch.Tensor | None = None,
+        x_con_rows: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Decode to one diffusion condition per image token (spec §4.5).
 
@@ -319,6 +324,7 @@ class MAR(nn.Module):
             mask: (B, L) bool, True = unknown.
             grid: (h, w).
             x_con: optional (B, buffer + L, D_enc) background embedded in place of the mask token.
+            x_con_rows: optional (B,) bool with ``x_con``: the rows that take it; the others keep the mask token.
         Returns:
             (B, L, D_dec).
         """
@@ -327,10 +333,13 @@ class MAR(nn.Module):
         nb = self.config.buffer_size
         x = self.decoder_embed(x_enc)  # (B, 64+V, Dd)
         keep = torch.cat([mask.new_ones(b, nb, dtype=torch.bool), ~mask.bool()], dim=1)  # (B, 64+L)
-        if x_con is None:
-            canvas = self.mask_token.to(x.dtype).expand(b, keep.shape[1], -1).clone()  # (B, 64+L, Dd)
-        else:
-            canvas = self.decoder_embed(x_con)
+        canvas = self.mask_token.to(x.dtype).expand(b, keep.shape[1], -1).clone()  # (B, 64+L, Dd)
+        if x_con is not None:
+            if x_con.shape[:2] != canvas.shape[:2]:
+                b_, n_ = canvas.shape[:2]
+                raise ValueError(f"x_con must be (B, buffer + L, D) = ({b_}, {n_}, D), got {tuple(x_con.shape)}")
+            background = self.decoder_embed(x_con).to(x.dtype)
+            canvas = background if x_con_rows is None else torch.where(x_con_rows.view(b, 1, 1), background, canvas)
         canvas[keep] = x.reshape(-1, x.shape[-1])
         x = canvas + self.decoder_pos_embed(h, w)
         x = self._run_blocks(self.decoder_blocks, x)
@@ -357,6 +366,26 @@ def _xavier_uniform_(weight: torch.Tensor, generator: torch.Generator | None) ->
     bound = math.sqrt(6.0 / (fan_in + fan_out))
     with torch.no_grad():
         weight.copy_(rng.rand(weight.shape, generator, device=weight.device) * 2 * bound - bound)
+
+
+def truncated_normal_mask_ratio(
+    min_ratio: float, std: float = 0.25, mean: float = 1.0, generator: torch.Generator | None = None
+) -> float:
+    """One mask ratio ~ N(mean, std) truncated to [min_ratio, 1] (spec §4.6), by inverse-CDF sampling.
+
+    Same distribution as scipy's ``truncnorm(a=(min-1)/std, b=0, loc=1, scale=std)``; drawn from ``generator``.
+    """
+    a = torch.tensor((min_ratio - mean) / std, dtype=torch.float64)
+    b = torch.tensor((1.0 - mean) / std, dtype=torch.float64)
+    lo, hi = torch.special.ndtr(a), torch.special.ndtr(b)
+    u = lo + (hi - lo) * rng.rand((), generator, dtype=torch.float64)
+    ratio = mean + std * float(torch.special.ndtri(u))
+    return min(max(ratio, min_ratio), 1.0)
+
+
+def uniform_mask_ratio(min_ratio: float, generator: torch.Generator | None = None) -> float:
+    """One mask ratio ~ U[min_ratio, 1], drawn from ``generator``."""
+    return min_ratio + (1.0 - min_ratio) * float(rng.rand((), generator, dtype=torch.float64))
 
 
 def mask_by_order(num_masked: int, orders: torch.Tensor) -> torch.Tensor:

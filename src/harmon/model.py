@@ -19,7 +19,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 from harmon import rng
 from harmon.config import HarmonConfig
 from harmon.data.tasks import SUPPORTED_TASKS, Task
-from harmon.mar import MAR, mask_by_order
+from harmon.mar import MAR, mask_by_order, truncated_normal_mask_ratio, uniform_mask_ratio
 from harmon.prompts import IGNORE_INDEX, IMAGE_PLACEHOLDER
 from harmon.vae import AutoencoderKL
 
@@ -39,26 +39,6 @@ class _ScaleGrad(torch.autograd.Function):
 
 def scale_grad(x: torch.Tensor, scale: float) -> torch.Tensor:
     return _ScaleGrad.apply(x, scale)
-
-
-def truncated_normal_mask_ratio(
-    min_ratio: float, std: float = 0.25, mean: float = 1.0, generator: torch.Generator | None = None
-) -> float:
-    """One mask ratio ~ N(mean, std) truncated to [min_ratio, 1] (spec §4.6), by inverse-CDF sampling.
-
-    Same distribution as scipy's ``truncnorm(a=(min-1)/std, b=0, loc=1, scale=std)``; drawn from ``generator``.
-    """
-    a = torch.tensor((min_ratio - mean) / std, dtype=torch.float64)
-    b = torch.tensor((1.0 - mean) / std, dtype=torch.float64)
-    lo, hi = torch.special.ndtr(a), torch.special.ndtr(b)
-    u = lo + (hi - lo) * rng.rand((), generator, dtype=torch.float64)
-    ratio = mean + std * float(torch.special.ndtri(u))
-    return min(max(ratio, min_ratio), 1.0)
-
-
-def uniform_mask_ratio(min_ratio: float, generator: torch.Generator | None = None) -> float:
-    """One mask ratio ~ U[min_ratio, 1], drawn from ``generator``."""
-    return min_ratio + (1.0 - min_ratio) * float(rng.rand((), generator, dtype=torch.float64))
 
 
 def output_cache(out) -> Any:
@@ -91,6 +71,8 @@ class Harmon(nn.Module):
         self.proj_out = nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, d_enc))
         self.vae = AutoencoderKL(config.vae)
         self.vae.requires_grad_(False)
+        # editing's skip from the source canvas to the diffusion conditions (zero at init: see :meth:`decode`)
+        self.canvas_proj = nn.Linear(d_enc, config.mar.decoder_dim) if config.edit_canvas else None
 
     # ------------------------------------------------------------------ housekeeping
     def train(self, mode: bool = True) -> Harmon:
@@ -136,6 +118,9 @@ class Harmon(nn.Module):
     def initialize_weights(self, generator: torch.Generator | None = None) -> None:
         """From-scratch init of the MAR part and projections (the LLM keeps its own init)."""
         self.mar.initialize_weights(generator)
+        if self.canvas_proj is not None:
+            nn.init.zeros_(self.canvas_proj.weight)
+            nn.init.zeros_(self.canvas_proj.bias)
         for m in (*self.proj_in, *self.proj_out):
             if isinstance(m, nn.Linear):
                 bound = math.sqrt(6.0 / (m.in_features + m.out_features))
@@ -284,6 +269,20 @@ class Harmon(nn.Module):
         )
         return output_cache(out)
 
+    def decode(self, x_enc, mask, grid, x_con: torch.Tensor | None = None, x_con_rows=None) -> torch.Tensor:
+        """The diffusion conditions (B, L, Dd): :meth:`MAR.forward_decoder` (canvas ``x_con`` (B, buffer + L, D_enc)
+        in the (B,) bool ``x_con_rows``, default all) plus, with ``config.edit_canvas``, ``canvas_proj`` of each
+        position's canvas feature: the decoder's blocks, trained on mask-token rows, bury the canvas under their own
+        output; the skip hands the head the source token, so an edit only has to learn what to change."""
+        if x_con is None:
+            return self.mar.forward_decoder(x_enc, mask, grid)
+        z = self.mar.forward_decoder(x_enc, mask, grid, x_con, x_con_rows)
+        if self.canvas_proj is None:
+            return z
+        skip = self.canvas_proj(x_con[:, self.buffer_size :])  # (B, L, Dd)
+        rows = torch.ones(z.shape[0], dtype=torch.bool, device=z.device) if x_con_rows is None else x_con_rows
+        return z + skip * rows.view(-1, 1, 1).to(skip.dtype)
+
     # ------------------------------------------------------------------ training losses
     def sample_orders(self, batch: int, seq_len: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """(B, L) random permutations, one per row, drawn from ``generator``."""
@@ -295,6 +294,8 @@ class Harmon(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         generator: torch.Generator | None = None,
+        x_con: torch.Tensor | None = None,
+        x_con_rows: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Masked-token diffusion loss conditioned on the prompt (spec §11.2).
 
@@ -302,6 +303,7 @@ class Harmon(nn.Module):
             pixels: (B, 3, H, W) in [-1, 1]; input_ids, attention_mask: (B, T) right-padded chat prompts (or
                 input_ids as (B, T, H) prompt embeddings, see :meth:`image_conditioned_loss`).
             generator: draws the orders, the batch's mask ratio, the timesteps and the noise.
+            x_con, x_con_rows: the decoder's canvas, as :meth:`MAR.forward_decoder` takes them (editing).
         """
         grid = self.grid_for((pixels.shape[-2], pixels.shape[-1]))
         tokens = self.encode_images(pixels)  # (B, L, C)
@@ -314,7 +316,7 @@ class Harmon(nn.Module):
         n_masked = max(1, math.ceil(seq * ratio))  # at least one token carries the loss
         mask = mask_by_order(n_masked, self.sample_orders(b, seq, generator))  # (B, L) True = unknown
         x_enc = self.forward_mae_encoder(tokens, mask, grid, attention_mask, input_ids=input_ids)
-        z = self.mar.forward_decoder(x_enc, mask, grid)  # (B, L, Dd)
+        z = self.decode(x_enc, mask, grid, x_con, x_con_rows)  # (B, L, Dd)
         return self.mar.forward_loss(z, tokens, mask, generator=generator)
 
     def image_conditioned_loss(
@@ -325,9 +327,12 @@ class Harmon(nn.Module):
         attention_mask: torch.Tensor,
         generator: torch.Generator | None = None,
         image_token_id: int = IMAGE_PLACEHOLDER,
+        canvas: bool = False,
     ) -> torch.Tensor:
         """The text-to-image loss on ``pixels`` with a prompt that holds an image: its slots take the understanding
-        features of ``cond_pixels`` (all tokens visible, as in §10), the rest is text (editing, RecA).
+        features of ``cond_pixels`` (all tokens visible, as in §10), the rest is text (editing, RecA). With
+        ``canvas`` the condition's encoder features at the target's grid are also the decoder's canvas in the rows
+        that keep their condition (``config.edit_canvas``, :func:`source_canvas`).
 
         Args:
             pixels: (B, 3, H, W) targets in [-1, 1]; cond_pixels: (B, 3, S, S) the condition images, any multiple of
@@ -342,14 +347,19 @@ class Harmon(nn.Module):
         slots = input_ids == image_token_id
         embeds = self.embed_text(input_ids.masked_fill(slots, 0))  # (B, T, H)
         grid = self.grid_for((cond_pixels.shape[-2], cond_pixels.shape[-1]))
-        _, z_cond = self.extract_visual_feature(self.encode_images(cond_pixels), None, grid)  # (B, L_c+64, H)
+        x_cond, z_cond = self.extract_visual_feature(self.encode_images(cond_pixels), None, grid)  # (B, L_c+64, H)
         z_cond = scale_grad(z_cond, self.config.grad_scale)
         rows = slots.any(dim=1)  # (B,) rows that keep their condition
         per_row = slots[rows].sum(dim=1)
         if not bool((per_row == z_cond.shape[1]).all()):
             raise ValueError(f"each conditioned row needs {z_cond.shape[1]} image slots, got {per_row.tolist()}")
         embeds = embeds.masked_scatter(slots.unsqueeze(-1), z_cond[rows].to(embeds.dtype))
-        loss = self.text_to_image_loss(pixels, embeds, attention_mask, generator=generator)
+        x_con = None
+        if canvas:
+            size = (pixels.shape[-2], pixels.shape[-1])
+            x_con = x_cond if cond_pixels.shape[-2:] == size else source_canvas(self, cond_pixels, size)
+            x_con = scale_grad(x_con, self.config.grad_scale)
+        loss = self.text_to_image_loss(pixels, embeds, attention_mask, generator, x_con, rows if canvas else None)
         # every condition dropped: keep the encoder in the graph, as image_to_text_loss does without images
         return loss if bool(rows.any()) else loss + 0.0 * z_cond.mean()
 
@@ -408,8 +418,10 @@ class Harmon(nn.Module):
                     sub["pixels"], sub["input_ids"], sub["attention_mask"], generator=generator
                 )
             elif task in (Task.IMAGE_EDIT, Task.RECONSTRUCTION):
+                # a reconstruction never takes the canvas: RecA redraws from the understanding features alone
+                canvas = task == Task.IMAGE_EDIT and self.config.edit_canvas
                 losses[f"loss_{name}"] = self.image_conditioned_loss(
-                    sub["pixels"], sub["cond_pixels"], sub["input_ids"], sub["attention_mask"], generator=generator
+                    sub["pixels"], sub["cond_pixels"], sub["input_ids"], sub["attention_mask"], generator, canvas=canvas
                 )
             elif task in (Task.IMAGE_TO_TEXT, Task.TEXT_ONLY):
                 pixels = sub.get("pixels")
@@ -424,3 +436,13 @@ class Harmon(nn.Module):
                 trained = ", ".join(t.value for t in SUPPORTED_TASKS)
                 raise ValueError(f"batch source {name!r} has task {task!r}; the model trains {trained}")
         return losses
+
+
+def source_canvas(model: Harmon, pixels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The decoder canvas of an edit's source: ``pixels`` (B, 3, S, S) in [-1, 1] resized to the drawn image's
+    ``size`` (h, w) and read whole by the MAR encoder, (B, buffer + L, D_enc), buffers first."""
+    if pixels.shape[-2:] != torch.Size(size):
+        pixels = F.interpolate(pixels, size=size, mode="bilinear", antialias=True, align_corners=False)
+    tokens = model.encode_images(pixels)  # (B, L, C)
+    visible = torch.zeros(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+    return model.mar.forward_encoder(tokens, visible, model.grid_for(size))

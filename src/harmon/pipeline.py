@@ -17,7 +17,7 @@ from harmon.chat import ChatStream, PromptCache
 from harmon.chat import chat as run_chat
 from harmon.chat import embed as embed_chat
 from harmon.chat import render as render_chat
-from harmon.conditioning import ImageInput, conditioned_batch, embed_with_images, generation_ids
+from harmon.conditioning import ImageInput, conditioned_batch, edit_canvas, embed_with_images, generation_ids
 from harmon.config import HarmonConfig
 from harmon.images import tensor_to_pil
 from harmon.loading import load_official, load_pretrained, save_pretrained
@@ -32,6 +32,7 @@ from harmon.prompts import (
 )
 from harmon.sampling import (
     SETTING_KEYWORDS,
+    Canvas,
     SamplingSettings,
     StepCallback,
     generate_tokens,
@@ -244,19 +245,31 @@ class HarmonPipeline:
         output_type: str = "pil",
         callback: StepCallback | None = None,
         repeat: int = 1,
+        canvas: Canvas | None = None,
     ) -> list[Image.Image] | torch.Tensor:
         """Sample a prompt batch ((R, T) ids or (R, T, H) embeddings, ``settings.groups`` row groups of distinct
         prompts, each row ``repeat`` times) and return the images as ``output_type`` says: the step under
         :meth:`generate` and :meth:`edit` for prompts built another way (ids from :meth:`encode_prompt`, image
-        slots filled by :func:`harmon.conditioning.conditioned_batch`)."""
+        slots filled by :func:`harmon.conditioning.conditioned_batch`). ``canvas``: the decoder's canvas per prompt
+        row (:func:`harmon.sampling.sample_tokens`), repeated with the rows."""
         grid = self.model.grid_for(image_size)
         if repeat > 1:
             prompt, mask = prompt.repeat_interleave(repeat, dim=0), mask.repeat_interleave(repeat, dim=0)
+            if canvas is not None:
+                canvas = (canvas[0].repeat_interleave(repeat, dim=0), canvas[1].repeat_interleave(repeat, dim=0))
         groups = settings.groups
         strategies = accel.generation_strategies(self.model, guidance=groups > 1, compile=compile, groups=groups)
         with accel.packed_linears(self.model):  # CPU float32: weights packed once per call
             tokens = generate_tokens(
-                self.model, prompt, mask, grid, settings, generator=generator, callback=callback, **strategies
+                self.model,
+                prompt,
+                mask,
+                grid,
+                settings,
+                generator=generator,
+                callback=callback,
+                canvas=canvas,
+                **strategies,
             )  # (N, L, C)
         if output_type == "latent":
             return tokens.transpose(1, 2).reshape(tokens.shape[0], -1, *grid)
@@ -312,6 +325,10 @@ class HarmonPipeline:
         ][: settings.groups]
         batch = conditioned_batch(self, branches, [image], understanding_image_size, n_image)
         draw = {"generator": generator, "compile": compile, "output_type": output_type, "callback": callback}
+        if self.config.edit_canvas:  # the instruction's and the image-only branch draw on the source
+            x_con = edit_canvas(self.model, image, size).expand(len(branches), -1, -1)
+            rows = torch.tensor([True, True, False][: len(branches)], device=x_con.device)
+            draw["canvas"] = (x_con, rows)
         return self.draw(*batch, size, settings, repeat=num_images_per_prompt, **draw)
 
     def generation_settings(self, **settings: Any) -> tuple[SamplingSettings, int]:

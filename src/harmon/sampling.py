@@ -272,6 +272,8 @@ ImageEncoder = Callable[[torch.Tensor, torch.Tensor, tuple[int, int]], tuple[tor
 # (tokens (B, L, C), mask (B, L)[, conditional_only]) -> the decoder's input (B, 64+V, D_enc): MAR encoder and LLM
 # after the prompt (see :func:`sample_tokens`)
 StepEncoder = Callable[..., torch.Tensor]
+# the decoder's canvas: (R, buffer + L, D_enc) features and the (R,) bool rows that take them (editing)
+Canvas = tuple[torch.Tensor, torch.Tensor]
 # (step, total) after each masked-autoregressive step, 1-based: progress reports and cancellation
 StepCallback = Callable[[int, int], None]
 
@@ -297,6 +299,7 @@ def generate_tokens(
     prompt_cache: PromptCacheBuilder | None = None,
     encode_image: ImageEncoder | None = None,
     callback: StepCallback | None = None,
+    canvas: Canvas | None = None,
 ) -> torch.Tensor:
     """Sample latent tokens by masked autoregression (spec §9.2), the prompt's K/V computed once.
 
@@ -308,7 +311,7 @@ def generate_tokens(
         attention_mask: (R, T) True on the prompt's real positions.
         grid: (h, w) token grid, L = h*w.
         sample_head, prompt_cache, encode_image: the pieces of :class:`Strategies`; None runs the model's own.
-        callback: see :func:`sample_tokens`.
+        callback, canvas: see :func:`sample_tokens`.
     Returns:
         (R', L, C) tokens in the model dtype, R' = R / settings.groups.
     """
@@ -327,7 +330,7 @@ def generate_tokens(
         return model.refine_with_llm(x_enc, z_enc, attention_mask, cache=cache)  # (R, 64+V, D_enc)
 
     head = sample_head or model.mar.diffloss.sample
-    return sample_tokens(model, encode, prompt.shape[0], grid, settings, generator, head, callback)
+    return sample_tokens(model, encode, prompt.shape[0], grid, settings, generator, head, callback, canvas)
 
 
 @torch.no_grad()
@@ -340,6 +343,7 @@ def sample_tokens(
     generator: torch.Generator | None,
     sample_head: HeadSampler,
     callback: StepCallback | None = None,
+    canvas: Canvas | None = None,
 ) -> torch.Tensor:
     """The masked-autoregressive loop (spec §9.2) given the step's encoder (MAR encoder and LLM after the prompt).
 
@@ -353,6 +357,7 @@ def sample_tokens(
         callback: called as ``callback(step, total)`` after each step (1-based, ``total`` the steps that run); it
             draws nothing, so the tokens are the same with or without it. An exception it raises stops the loop
             (how a server cancels the work of a request whose client left).
+        canvas: the decoder's canvas (:data:`Canvas`, editing); rows it leaves out keep the mask token.
     Returns:
         (R', L, C) tokens in the model dtype, R' = R / settings.groups.
     """
@@ -370,11 +375,12 @@ def sample_tokens(
     for step, (n_after, n_sched) in enumerate(plan):
         last = n_after == 0
         if step % refresh == 0 or last:  # the last step, which draws the most tokens, runs every row
-            z = model.mar.forward_decoder(encode(tokens, mask), mask, grid)  # (R, L, Dd)
+            z = model.decode(encode(tokens, mask), mask, grid, *(canvas or ()))  # (R, L, Dd)
             if refresh > 1:
                 residual = torch.cat([z[:n_img]] * (groups - 1)) - z[n_img:]
         else:  # the conditional rows only, the others from the cached residual
-            z_cond = model.mar.forward_decoder(encode(tokens[:n_img], mask[:n_img], True), mask[:n_img], grid)
+            con = (canvas[0][:n_img], canvas[1][:n_img]) if canvas else ()
+            z_cond = model.decode(encode(tokens[:n_img], mask[:n_img], True), mask[:n_img], grid, *con)
             z = torch.cat([z_cond, torch.cat([z_cond] * (groups - 1)) - residual])
         mask_next = torch.zeros_like(mask) if last else mask_by_order(n_after, orders)
         to_predict = mask & ~mask_next  # (R, L)

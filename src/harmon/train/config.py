@@ -180,7 +180,7 @@ class TrainConfig:
     data: list[SourceConfig] = field(default_factory=list)
     image_size: int = 256  # training resolution (pixels)
     max_text_length: int = 128  # text2image prompt tokens; image2text adds this to the image tokens
-    train_modules: tuple[str, ...] = ("llm.", "mar.", "proj_in.", "proj_out.")  # name prefixes that train
+    train_modules: tuple[str, ...] = ("llm.", "mar.", "proj_in.", "proj_out.", "canvas_proj.")  # prefixes that train
     max_steps: int = 1000  # optimizer steps
     accum_steps: int = 1  # micro-batches per optimizer step (per process)
     optim: OptimConfig = field(default_factory=OptimConfig)

@@ -19,7 +19,7 @@ from harmon.train.config import ModelInit, OptimConfig, SourceConfig, TrainConfi
 
 T2I, I2T = Task.TEXT_TO_IMAGE, Task.IMAGE_TO_TEXT
 MAR_AND_PROJECTIONS = ("mar.", "proj_in.", "proj_out.")
-EVERYTHING = ("llm.", "mar.", "proj_in.", "proj_out.")
+EVERYTHING = ("llm.", "mar.", "proj_in.", "proj_out.", "canvas_proj.")  # canvas_proj: editing models only
 # "Only the MAR decoder" as for harmon_1.5b-o: the decoder, its tables and mask token, and the diffusion head it feeds.
 MAR_DECODER = (
     "mar.decoder_embed.",

@@ -148,8 +148,9 @@ def shapes_v2_stage3() -> TrainConfig:
 
 
 def shapes_v2_edit() -> TrainConfig:
-    """Stage IV: editing of mixed-level scenes (the v2 data options), keeping text-to-image and questions; as
-    :func:`harmon.world.recipes.shapes_edit` on world v2."""
+    """Stage IV: editing of mixed-level scenes (the v2 data options), keeping text-to-image and questions;
+    everything trains, without the source canvas of :func:`harmon.world.recipes.shapes_edit` (not measured on
+    world v2)."""
     edits = dataclasses.replace(_source("image_edit", Task.IMAGE_EDIT, 16), cfg_drop_prob=0.05, text_drop_prob=0.1)
     return _stage(
         "edit",

@@ -1,0 +1,220 @@
+"""Editing on the source's canvas (``config.edit_canvas``): the MAR decoder's unknown positions start from the source
+image's encoder features (spec §4.5's ``x_con``) in the edit loss and in ``edit``; off, everything is as before."""
+
+import pytest
+import torch
+from helpers import tiny_model, tiny_tokenizer
+from PIL import Image
+from reference import reference_image_prompts, reference_tokens
+
+from harmon.config import HarmonConfig
+from harmon.data.tasks import Task
+from harmon.images import prepare_for_understanding
+from harmon.pipeline import HarmonPipeline
+from harmon.prompts import IMAGE_PLACEHOLDER
+from harmon.sampling import SamplingSettings
+from harmon.shipped import SHIPPED_DIR
+from harmon.train.trainer import Trainer
+from harmon.world.analyses.edit_locality import auc, changed_tokens, format_locality, locality_study
+from harmon.world.edit_grammar import EDIT_TYPES
+from harmon.world.edits import sample_edit
+from harmon.world.free import level_world
+from harmon.world.recipes import shapes_edit
+
+CHAT = "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
+FAST = dict(num_iter=3, num_sampling_steps="4", image_size=64)
+
+
+def gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    model = tiny_model(edit_canvas=True)
+    with torch.no_grad():  # the skip starts at zero; give it weight so that the tests see it
+        model.canvas_proj.weight.copy_(torch.randn(model.canvas_proj.weight.shape, generator=gen(9)) * 0.05)
+    return HarmonPipeline(model, tiny_tokenizer())
+
+
+def scene(colour):
+    im = Image.new("RGB", (64, 64), (250, 250, 245))
+    im.paste(colour, (8, 12, 30, 34))
+    return im
+
+
+def full_canvas(model, image, size=64):
+    """The canvas as spec §4.4 reads a whole image: prepared pixels, VAE, MAR encoder with nothing masked."""
+    tokens = model.encode_images(prepare_for_understanding(image, size))
+    grid = (size // model.config.token_px,) * 2
+    return model.mar.forward_encoder(tokens, torch.zeros(tokens.shape[:2], dtype=torch.bool), grid)  # (1, 64+L, D)
+
+
+def test_decoder_canvas_rows_take_the_background_or_the_mask_token():
+    mar = tiny_model().mar
+    grid, nb = (4, 4), mar.config.buffer_size
+    mask = torch.ones(2, 16, dtype=torch.bool)
+    mask[:, :5] = False
+    x_enc = torch.randn(2, nb + 5, mar.config.encoder_dim)
+    x_con = torch.randn(2, nb + 16, mar.config.encoder_dim)
+    with torch.no_grad():
+        mixed = mar.forward_decoder(x_enc, mask, grid, x_con, torch.tensor([True, False]))
+        on = mar.forward_decoder(x_enc, mask, grid, x_con)
+        off = mar.forward_decoder(x_enc, mask, grid)
+    torch.testing.assert_close(mixed[0], on[0], rtol=0, atol=1e-6)
+    torch.testing.assert_close(mixed[1], off[1], rtol=0, atol=1e-6)
+    assert (on[0] - off[0]).abs().max() > 1e-3  # the background reaches the conditions
+    with pytest.raises(ValueError, match=r"x_con must be \(B, buffer \+ L, D\) = \(2, 24, D\), got \(2, 19, 64\)"):
+        mar.forward_decoder(x_enc, mask, grid, x_con[:, :19])
+
+
+def test_the_skip_adds_each_position_s_canvas_in_its_rows_and_starts_at_zero(pipe):
+    model = pipe.model
+    grid, nb, d = (4, 4), model.buffer_size, model.config.mar.encoder_dim
+    mask = torch.ones(2, 16, dtype=torch.bool)
+    x_enc, x_con = torch.randn(2, nb, d), torch.randn(2, nb + 16, d)
+    rows = torch.tensor([True, False])
+    with torch.no_grad():
+        z = model.decode(x_enc, mask, grid, x_con, rows)
+        base = model.mar.forward_decoder(x_enc, mask, grid, x_con, rows)
+        torch.testing.assert_close(z[0], base[0] + model.canvas_proj(x_con[0, nb:]), rtol=0, atol=1e-6)
+        assert torch.equal(z[1], base[1])
+        assert torch.equal(model.decode(x_enc, mask, grid), model.mar.forward_decoder(x_enc, mask, grid))
+    fresh = tiny_model(edit_canvas=True)
+    assert fresh.canvas_proj.weight.abs().sum() == 0 and fresh.canvas_proj.bias.abs().sum() == 0
+    assert tiny_model().canvas_proj is None  # off: the official module list
+
+
+def test_config_records_the_switch_and_older_configs_read_as_off():
+    config = tiny_model(edit_canvas=True).config
+    assert config.to_dict()["edit_canvas"] is True
+    assert HarmonConfig.from_dict(config.to_dict()).edit_canvas is True
+    older = config.to_dict()
+    del older["edit_canvas"]
+    assert HarmonConfig.from_dict(older).edit_canvas is False
+    with pytest.raises(ValueError, match="edit_canvas"):
+        HarmonConfig.from_dict({**older, "edit_canvas": "yes"})
+
+
+@pytest.mark.parametrize("scales,rows", [((2.5, None), 2), ((2.5, 1.5), 3)], ids=str)
+def test_edit_draws_on_the_source_canvas_as_the_reference_does(pipe, scales, rows):
+    """edit with the canvas = the straightforward loop whose instruction and image-only rows take the source's
+    whole-image encoder features as the decoder's background, the plain unconditional row the mask token."""
+    text_scale, image_scale = scales
+    source = scene((200, 30, 30))
+    kw = dict(guidance_scale=text_scale, image_guidance_scale=image_scale, generator=gen(3), output_type="latent")
+    got = pipe.edit(source, "make the square blue", num_images_per_prompt=2, **kw, **FAST)
+    texts = [
+        CHAT.format("<image>\nEdit the image: make the square blue"),
+        CHAT.format("<image>\nGenerate an image."),
+        CHAT.format("Generate an image."),
+    ][:rows]
+    prompts, mask = reference_image_prompts(pipe, [t for t in texts for _ in range(2)], [source], 64)
+    settings = SamplingSettings(
+        num_iter=3, guidance_scale=text_scale, num_sampling_steps="4", image_guidance_scale=image_scale
+    )
+    x_con = full_canvas(pipe.model, source).expand(2 * rows, -1, -1)
+    con_rows = torch.tensor([True, True, True, True, False, False][: 2 * rows])
+    want = reference_tokens(pipe.model, prompts, mask, (4, 4), settings, gen(3), canvas=(x_con, con_rows))
+    # packed and plain fp32 layers round apart; guidance at 2.5 x 1.5 amplifies it on the largest latents
+    torch.testing.assert_close(got, want.transpose(1, 2).reshape(2, -1, 4, 4), atol=1e-4, rtol=1e-3)
+    # the canvas is what the images depend on: another source with the same understanding prompt rows differs
+    plain = reference_tokens(pipe.model, prompts, mask, (4, 4), settings, gen(3))
+    assert (plain - want).abs().max() > 1e-3
+
+
+def edit_batch(pipe, task, cond_size=64):
+    text = pipe.encode_prompt(CHAT.format("Edit the image: make it blue"))
+    n_slots = (cond_size // pipe.config.token_px) ** 2 + pipe.model.buffer_size
+    kept = text[:3] + [IMAGE_PLACEHOLDER] * n_slots + text[3:]
+    dropped = text + [0] * n_slots
+    return {
+        "task": task,
+        "pixels": torch.rand(2, 3, 64, 64, generator=gen(1)) * 2 - 1,
+        "cond_pixels": torch.rand(2, 3, cond_size, cond_size, generator=gen(2)) * 2 - 1,
+        "input_ids": torch.tensor([kept, dropped]),
+        "attention_mask": torch.tensor([[True] * len(kept), [True] * len(text) + [False] * n_slots]),
+    }
+
+
+@pytest.mark.parametrize("cond_size", [64, 32])
+def test_only_edit_losses_take_the_canvas_and_only_in_rows_that_keep_their_source(pipe, cond_size):
+    model = pipe.model
+    off = tiny_model()  # the same weights (seed 0), the switch off
+    for task in (Task.IMAGE_EDIT, Task.RECONSTRUCTION):
+        batch = {"s": edit_batch(pipe, task, cond_size)}
+        with torch.no_grad():
+            a = model(batch, generator=gen(0))["loss_s"]
+            b = off(batch, generator=gen(0))["loss_s"]
+        assert (task == Task.IMAGE_EDIT) == (not torch.equal(a, b)), task
+    # a batch whose every source was dropped for guidance trains exactly as without the switch
+    batch = edit_batch(pipe, Task.IMAGE_EDIT, cond_size)
+    text = pipe.encode_prompt(CHAT.format("Edit the image: make it blue"))
+    batch["input_ids"] = torch.tensor([text, text])
+    batch["attention_mask"] = torch.ones(2, len(text), dtype=torch.bool)
+    with torch.no_grad():
+        assert torch.equal(
+            model({"s": batch}, generator=gen(0))["loss_s"], off({"s": batch}, generator=gen(0))["loss_s"]
+        )
+
+
+def test_shapes_edit_recipe_adds_the_skip_and_trains_only_the_generation_side(tmp_path):
+    """Stage IV from the shipped model, two steps at two samples per source: the export edits on the canvas, its
+    skip has trained from zero, and every weight of the understanding path is the shipped model's."""
+    cfg = shapes_edit()
+    cfg.model.pretrained, cfg.output_dir = str(SHIPPED_DIR), str(tmp_path / "run")
+    for src in cfg.data:
+        src.batch_size = 2
+    cfg.max_steps, cfg.save_every, cfg.sample_every, cfg.log_every = 2, 0, 0, 1
+    Trainer(cfg, device="cpu").run(resume="none")
+    before = HarmonPipeline.from_pretrained(SHIPPED_DIR).model.state_dict()
+    pipe = HarmonPipeline.from_pretrained(tmp_path / "run" / "final")
+    after = pipe.model.state_dict()
+    assert pipe.config.edit_canvas and after["canvas_proj.weight"].abs().sum() > 0
+    frozen = [k for k in before if k.startswith(("llm.", "proj_in.", "mar.encoder", "mar.z_proj", "mar.fake_latent"))]
+    assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)
+    assert not torch.equal(before["proj_out.0.weight"], after["proj_out.0.weight"])
+    out = pipe.edit(scene((200, 30, 30)), "make the square blue", num_iter=2, num_sampling_steps="2")
+    assert out[0].size == (64, 64)
+
+
+def test_changed_tokens_are_the_cells_of_the_edited_objects():
+    world = level_world("grid", 64)
+    g = gen(4)
+    for edit_type in EDIT_TYPES:
+        edit = sample_edit(g, world, edit_type)
+        want = torch.zeros(4, dtype=torch.bool)
+        for scene, index in ((edit.source, edit.source_index), (edit.target, edit.target_index)):
+            for i in index:
+                x0, y0, x1, y1 = scene.objects[i].bbox
+                want[int((y0 + y1) / 2 >= 32) * 2 + int((x0 + x1) / 2 >= 32)] = True
+        assert torch.equal(changed_tokens(edit, (2, 2)), want), edit_type
+
+
+def test_auc_counts_pairs_and_ties_half():
+    assert auc(torch.tensor([3.0, 2.0, 1.0, 0.0]), torch.tensor([True, False, True, False])) == 0.75
+    assert auc(torch.tensor([1.0, 1.0]), torch.tensor([True, False])) == 0.5
+    assert auc(torch.tensor([1.0, 2.0]), torch.tensor([True, True])) is None
+
+
+def test_locality_study_reports_every_edit_type(pipe):
+    result = locality_study(pipe, "grid", per_type=2, seed=0)
+    assert result["canvas"] is True and list(result["types"]) == list(EDIT_TYPES)
+    for r in result["types"].values():
+        assert r["auc"] is None or 0.0 <= r["auc"] <= 1.0
+        assert 0.0 <= r["top_hit"] <= 1.0 and 0.0 < r["top_hit_chance"] <= 1.0
+    assert "| recolor |" in format_locality(result)
+
+
+def test_the_condition_cache_keeps_the_canvas_on_its_conditional_only_steps(pipe, monkeypatch):
+    calls = []
+    real = pipe.model.decode
+
+    def spy(x_enc, mask, grid, *canvas):
+        calls.append((x_enc.shape[0], canvas[0].shape[0] if canvas else None, canvas[1].tolist() if canvas else None))
+        return real(x_enc, mask, grid, *canvas)
+
+    monkeypatch.setattr(pipe.model, "decode", spy)
+    pipe.edit(scene((30, 30, 200)), "make the square red", cond_refresh=2, generator=gen(0), **FAST)
+    assert [c[0] for c in calls] == [2, 1, 2] and all(c[0] == c[1] for c in calls)  # every row has its canvas
+    assert [c[2] for c in calls] == [[True, True], [True], [True, True]]
