@@ -29,12 +29,21 @@ def gen(seed):
     return torch.Generator().manual_seed(seed)
 
 
-@pytest.fixture(scope="module")
-def pipe():
-    model = tiny_model(edit_canvas=True)
+def canvas_pipe(**config):
+    model = tiny_model(edit_canvas=True, **config)
     with torch.no_grad():  # the skip starts at zero; give it weight so that the tests see it
         model.canvas_proj.weight.copy_(torch.randn(model.canvas_proj.weight.shape, generator=gen(9)) * 0.05)
     return HarmonPipeline(model, tiny_tokenizer())
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return canvas_pipe()
+
+
+@pytest.fixture(scope="module")
+def llm_pipe():
+    return canvas_pipe(edit_canvas_llm=True)
 
 
 def scene(colour):
@@ -89,17 +98,24 @@ def test_config_records_the_switch_and_older_configs_read_as_off():
     config = tiny_model(edit_canvas=True).config
     assert config.to_dict()["edit_canvas"] is True
     assert HarmonConfig.from_dict(config.to_dict()).edit_canvas is True
+    assert config.to_dict()["edit_canvas_llm"] is False
+    assert HarmonConfig.from_dict({**config.to_dict(), "edit_canvas_llm": True}).edit_canvas_llm is True
     older = config.to_dict()
-    del older["edit_canvas"]
+    del older["edit_canvas"], older["edit_canvas_llm"]
     assert HarmonConfig.from_dict(older).edit_canvas is False
     with pytest.raises(ValueError, match="edit_canvas"):
         HarmonConfig.from_dict({**older, "edit_canvas": "yes"})
+    with pytest.raises(ValueError, match="edit_canvas_llm refines the edit canvas: it needs edit_canvas true"):
+        HarmonConfig.from_dict({**older, "edit_canvas_llm": True})
 
 
+@pytest.mark.parametrize("refined", [False, True], ids=["encoder", "llm"])
 @pytest.mark.parametrize("scales,rows", [((2.5, None), 2), ((2.5, 1.5), 3)], ids=str)
-def test_edit_draws_on_the_source_canvas_as_the_reference_does(pipe, scales, rows):
+def test_edit_draws_on_the_source_canvas_as_the_reference_does(request, refined, scales, rows):
     """edit with the canvas = the straightforward loop whose instruction and image-only rows take the source's
-    whole-image encoder features as the decoder's background, the plain unconditional row the mask token."""
+    whole-image encoder features (or, refined, x_enc + proj_out(LLM) after each row's own prompt: the source read
+    as a drawn image) as the decoder's background, the plain unconditional row the mask token."""
+    pipe = request.getfixturevalue("llm_pipe" if refined else "pipe")
     text_scale, image_scale = scales
     source = scene((200, 30, 30))
     kw = dict(guidance_scale=text_scale, image_guidance_scale=image_scale, generator=gen(3), output_type="latent")
@@ -113,7 +129,12 @@ def test_edit_draws_on_the_source_canvas_as_the_reference_does(pipe, scales, row
     settings = SamplingSettings(
         num_iter=3, guidance_scale=text_scale, num_sampling_steps="4", image_guidance_scale=image_scale
     )
-    x_con = full_canvas(pipe.model, source).expand(2 * rows, -1, -1)
+    if refined:
+        tokens = pipe.model.encode_images(prepare_for_understanding(source, 64)).expand(2 * rows, -1, -1)
+        visible = torch.zeros(tokens.shape[:2], dtype=torch.bool)
+        x_con = pipe.model.forward_mae_encoder(tokens, visible, (4, 4), mask, input_ids=prompts)
+    else:
+        x_con = full_canvas(pipe.model, source).expand(2 * rows, -1, -1)
     con_rows = torch.tensor([True, True, True, True, False, False][: 2 * rows])
     want = reference_tokens(pipe.model, prompts, mask, (4, 4), settings, gen(3), canvas=(x_con, con_rows))
     # packed and plain fp32 layers round apart; guidance at 2.5 x 1.5 amplifies it on the largest latents
@@ -138,7 +159,7 @@ def edit_batch(pipe, task, cond_size=64):
 
 
 @pytest.mark.parametrize("cond_size", [64, 32])
-def test_only_edit_losses_take_the_canvas_and_only_in_rows_that_keep_their_source(pipe, cond_size):
+def test_only_edit_losses_take_the_canvas_and_only_in_rows_that_keep_their_source(pipe, llm_pipe, cond_size):
     model = pipe.model
     off = tiny_model()  # the same weights (seed 0), the switch off
     for task in (Task.IMAGE_EDIT, Task.RECONSTRUCTION):
@@ -146,7 +167,8 @@ def test_only_edit_losses_take_the_canvas_and_only_in_rows_that_keep_their_sourc
         with torch.no_grad():
             a = model(batch, generator=gen(0))["loss_s"]
             b = off(batch, generator=gen(0))["loss_s"]
-        assert (task == Task.IMAGE_EDIT) == (not torch.equal(a, b)), task
+            c = llm_pipe.model(batch, generator=gen(0))["loss_s"]  # the same weights, the refined canvas
+        assert (task == Task.IMAGE_EDIT) == (not torch.equal(a, b)) == (not torch.equal(a, c)), task
     # a batch whose every source was dropped for guidance trains exactly as without the switch
     batch = edit_batch(pipe, Task.IMAGE_EDIT, cond_size)
     text = pipe.encode_prompt(CHAT.format("Edit the image: make it blue"))

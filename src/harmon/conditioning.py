@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING
 import torch
 from PIL import Image
 
+from harmon.canvas import source_canvas
 from harmon.images import load_image, prepare_for_understanding
-from harmon.model import Harmon, source_canvas
+from harmon.model import Harmon
 from harmon.prompts import GENERATE_PREFIX, generation_prompt, image_prompt
 from harmon.tokenizer import USER_TEXT, encode_template
 
@@ -37,13 +38,22 @@ def image_features(model: Harmon, image: ImageInput, size: int) -> torch.Tensor:
     return pixel_features(model, prepare_for_understanding(image, size))
 
 
-def edit_canvas(model: Harmon, image: ImageInput, size: int) -> torch.Tensor:
+def edit_canvas(
+    model: Harmon,
+    image: ImageInput,
+    size: int,
+    prompt: torch.Tensor | None = None,
+    text_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
     """The decoder canvas of an edit's source drawn at ``size`` pixels (``config.edit_canvas``): the image prepared
-    as for understanding at that size, read whole by the MAR encoder, (1, buffer + L, D_enc), buffers first."""
+    as for understanding at that size, read whole, (R, buffer + L, D_enc), buffers first; R = 1, or with the rows'
+    ``prompt`` (R, T, H) and ``text_mask`` (R, T) one row each, refined by the LLM after them (:mod:`harmon.canvas`)."""
     if isinstance(image, (str, Path)):
         image = load_image(image)
     pixels = prepare_for_understanding(image, size).to(model.device)
-    return source_canvas(model, pixels, (size, size))
+    if prompt is not None:
+        pixels = pixels.expand(prompt.shape[0], -1, -1, -1)
+    return source_canvas(model, pixels, (size, size), prompt, text_mask)
 
 
 def pixel_features(model: Harmon, pixels: torch.Tensor) -> torch.Tensor:

@@ -143,6 +143,9 @@ class HarmonConfig:
     # Editing draws on its source: the MAR decoder's canvas at unknown positions holds the source image's encoder
     # features (spec §4.5's x_con) instead of the mask token, in training and in ``edit``. Off: the official path.
     edit_canvas: bool = False
+    # With edit_canvas: the canvas is the source as the decoder reads a drawn image, x_enc + proj_out(LLM), the LLM
+    # run after the row's prompt (instruction included), not the encoder's features alone (harmon.canvas).
+    edit_canvas_llm: bool = False
 
     def __post_init__(self) -> None:
         for name, cls in (("mar", MARConfig), ("vae", VAEConfig), ("generation", GenerationDefaults)):
@@ -151,6 +154,8 @@ class HarmonConfig:
                 object.__setattr__(self, name, cls.from_dict(value) if hasattr(cls, "from_dict") else cls(**value))
         check_fields(self, "config")
         check_llm_section(self.llm)
+        if self.edit_canvas_llm and not self.edit_canvas:
+            raise ValueError("config.edit_canvas_llm refines the edit canvas: it needs edit_canvas true")
         if not self.image_token.strip():
             raise ValueError("config.image_token must be a non-empty token such as '<image>'")
         p = self.mar.patch_size
@@ -206,6 +211,7 @@ class HarmonConfig:
             "grad_scale": self.grad_scale,
             "image_token": self.image_token,
             "edit_canvas": self.edit_canvas,
+            "edit_canvas_llm": self.edit_canvas_llm,
         }
 
     @classmethod

@@ -17,6 +17,7 @@ from torch import nn
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from harmon import rng
+from harmon.canvas import source_canvas
 from harmon.config import HarmonConfig
 from harmon.data.tasks import SUPPORTED_TASKS, Task
 from harmon.mar import MAR, mask_by_order, truncated_normal_mask_ratio, uniform_mask_ratio
@@ -347,7 +348,7 @@ class Harmon(nn.Module):
         slots = input_ids == image_token_id
         embeds = self.embed_text(input_ids.masked_fill(slots, 0))  # (B, T, H)
         grid = self.grid_for((cond_pixels.shape[-2], cond_pixels.shape[-1]))
-        x_cond, z_cond = self.extract_visual_feature(self.encode_images(cond_pixels), None, grid)  # (B, L_c+64, H)
+        _, z_cond = self.extract_visual_feature(self.encode_images(cond_pixels), None, grid)  # (B, L_c+64, H)
         z_cond = scale_grad(z_cond, self.config.grad_scale)
         rows = slots.any(dim=1)  # (B,) rows that keep their condition
         per_row = slots[rows].sum(dim=1)
@@ -355,10 +356,9 @@ class Harmon(nn.Module):
             raise ValueError(f"each conditioned row needs {z_cond.shape[1]} image slots, got {per_row.tolist()}")
         embeds = embeds.masked_scatter(slots.unsqueeze(-1), z_cond[rows].to(embeds.dtype))
         x_con = None
-        if canvas:
-            size = (pixels.shape[-2], pixels.shape[-1])
-            x_con = x_cond if cond_pixels.shape[-2:] == size else source_canvas(self, cond_pixels, size)
-            x_con = scale_grad(x_con, self.config.grad_scale)
+        if canvas:  # the source's canvas, refined by the LLM after this row's prompt with edit_canvas_llm
+            refine = (embeds, attention_mask) if self.config.edit_canvas_llm else ()
+            x_con = scale_grad(source_canvas(self, cond_pixels, pixels.shape[-2:], *refine), self.config.grad_scale)
         loss = self.text_to_image_loss(pixels, embeds, attention_mask, generator, x_con, rows if canvas else None)
         # every condition dropped: keep the encoder in the graph, as image_to_text_loss does without images
         return loss if bool(rows.any()) else loss + 0.0 * z_cond.mean()
@@ -436,13 +436,3 @@ class Harmon(nn.Module):
                 trained = ", ".join(t.value for t in SUPPORTED_TASKS)
                 raise ValueError(f"batch source {name!r} has task {task!r}; the model trains {trained}")
         return losses
-
-
-def source_canvas(model: Harmon, pixels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """The decoder canvas of an edit's source: ``pixels`` (B, 3, S, S) in [-1, 1] resized to the drawn image's
-    ``size`` (h, w) and read whole by the MAR encoder, (B, buffer + L, D_enc), buffers first."""
-    if pixels.shape[-2:] != torch.Size(size):
-        pixels = F.interpolate(pixels, size=size, mode="bilinear", antialias=True, align_corners=False)
-    tokens = model.encode_images(pixels)  # (B, L, C)
-    visible = torch.zeros(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
-    return model.mar.forward_encoder(tokens, visible, model.grid_for(size))

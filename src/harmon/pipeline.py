@@ -309,7 +309,9 @@ class HarmonPipeline:
         from the image without the instruction ("<image>\nGenerate an image.") towards the instruction;
         ``image_guidance_scale`` s_I pushes from the plain unconditional prompt towards the image. s_I = 1 (the
         default) drops the unconditional branch: two prompt rows per image, not three; the image-only branch alone
-        anchors the result to the source. Other settings as :meth:`generate`.
+        anchors the result to the source. With ``config.edit_canvas`` (a model trained so) the instruction's and
+        the image-only branch draw on the source's canvas, the plain unconditional one does not: s_I then weighs
+        the source as a whole. Other settings as :meth:`generate`.
         """
         check_text(instruction, "instruction")
         self._prompt_list(instruction, num_images_per_prompt, output_type, generator)  # the other checks of generate
@@ -326,7 +328,8 @@ class HarmonPipeline:
         batch = conditioned_batch(self, branches, [image], understanding_image_size, n_image)
         draw = {"generator": generator, "compile": compile, "output_type": output_type, "callback": callback}
         if self.config.edit_canvas:  # the instruction's and the image-only branch draw on the source
-            x_con = edit_canvas(self.model, image, size).expand(len(branches), -1, -1)
+            refine = batch if self.config.edit_canvas_llm else ()  # each row's canvas after its own prompt
+            x_con = edit_canvas(self.model, image, size, *refine).expand(len(branches), -1, -1)
             rows = torch.tensor([True, True, False][: len(branches)], device=x_con.device)
             draw["canvas"] = (x_con, rows)
         return self.draw(*batch, size, settings, repeat=num_images_per_prompt, **draw)

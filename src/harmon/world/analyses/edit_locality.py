@@ -62,7 +62,8 @@ def condition_shift(pipe, edit: Edit, image) -> torch.Tensor:
     unknown = torch.ones(2, n, dtype=torch.bool)
     blank = torch.zeros(2, n, model.config.mar.token_dim, dtype=model.dtype)
     x_enc = model.forward_mae_encoder(blank, unknown, grid, attention, input_ids=prompt)
-    x_con = edit_canvas(model, image, size).expand(2, -1, -1) if pipe.config.edit_canvas else None
+    refine = (prompt, attention) if pipe.config.edit_canvas_llm else ()
+    x_con = edit_canvas(model, image, size, *refine).expand(2, -1, -1) if pipe.config.edit_canvas else None
     z = model.decode(x_enc, unknown, grid, x_con)  # (2, L, Dd)
     return (z[0] - z[1]).norm(dim=-1)
 
