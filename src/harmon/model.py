@@ -332,8 +332,9 @@ class Harmon(nn.Module):
     ) -> torch.Tensor:
         """The text-to-image loss on ``pixels`` with a prompt that holds an image: its slots take the understanding
         features of ``cond_pixels`` (all tokens visible, as in §10), the rest is text (editing, RecA). With
-        ``canvas`` the condition's encoder features at the target's grid are also the decoder's canvas in the rows
-        that keep their condition (``config.edit_canvas``, :func:`source_canvas`).
+        ``canvas`` the condition read at the target's grid is also the decoder's canvas in the rows that keep their
+        condition (``config.edit_canvas``; with ``edit_canvas_llm`` refined by the LLM after the row's prompt:
+        :func:`harmon.canvas.source_canvas`).
 
         Args:
             pixels: (B, 3, H, W) targets in [-1, 1]; cond_pixels: (B, 3, S, S) the condition images, any multiple of
