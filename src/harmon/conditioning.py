@@ -22,7 +22,14 @@ from PIL import Image
 from harmon.canvas import source_canvas
 from harmon.images import load_image, prepare_for_understanding
 from harmon.model import Harmon
-from harmon.prompts import GENERATE_PREFIX, generation_prompt, image_prompt
+from harmon.prompts import (
+    GENERATE_PREFIX,
+    edit_prompt,
+    generation_prompt,
+    image_only_prompt,
+    image_prompt,
+    unconditional_prompt,
+)
 from harmon.tokenizer import USER_TEXT, encode_template
 
 if TYPE_CHECKING:
@@ -142,3 +149,30 @@ def conditioned_batch(
     features = [image_features(pipe.model, im, size) for im in images]  # each (1, L_c+64, H)
     rows = [embed_with_images(pipe.model, seq, slot_id, features if slot_id in seq else []) for seq in seqs]
     return padded_rows(pipe.model, rows, pipe.tokenizer.pad_token_id)
+
+
+def edit_inputs(
+    pipe: HarmonPipeline,
+    image: ImageInput,
+    instruction: str,
+    groups: int,
+    size: int,
+    understanding_image_size: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+    """The prompt rows of an edit drawn at ``size`` pixels, one per guidance group: "<image>\nEdit the image:
+    {instruction}", the image alone, the plain unconditional prompt (the first ``groups``), as padded embeddings
+    (R, T, H) and mask (R, T); and, with ``config.edit_canvas``, the decoder's canvas: the source for the first two
+    rows (read through the LLM after each row's own prompt with ``edit_canvas_llm``), the mask token for the third.
+    """
+    mark = pipe.config.image_token
+    branches = [
+        pipe.encode_prompt(edit_prompt(USER_TEXT, mark), instruction.strip()),
+        pipe.encode_prompt(image_only_prompt(1, mark)),
+        pipe.encode_prompt(unconditional_prompt()),
+    ][:groups]
+    prompt, mask = conditioned_batch(pipe, branches, [image], understanding_image_size, pipe.image_tokens(size))
+    if not pipe.config.edit_canvas:
+        return prompt, mask, None
+    refine = (prompt, mask) if pipe.config.edit_canvas_llm else ()
+    x_con = edit_canvas(pipe.model, image, size, *refine).expand(groups, -1, -1)
+    return prompt, mask, (x_con, torch.tensor([True, True, False][:groups], device=x_con.device))

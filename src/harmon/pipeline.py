@@ -17,16 +17,14 @@ from harmon.chat import ChatStream, PromptCache
 from harmon.chat import chat as run_chat
 from harmon.chat import embed as embed_chat
 from harmon.chat import render as render_chat
-from harmon.conditioning import ImageInput, conditioned_batch, edit_canvas, embed_with_images, generation_ids
+from harmon.conditioning import ImageInput, conditioned_batch, edit_inputs, embed_with_images, generation_ids
 from harmon.config import HarmonConfig
 from harmon.images import tensor_to_pil
 from harmon.loading import load_official, load_pretrained, save_pretrained
 from harmon.model import Harmon
 from harmon.prompts import (
     IM_END,
-    edit_prompt,
     generation_prompt,
-    image_only_prompt,
     unconditional_prompt,
     understanding_prompt,
 )
@@ -256,7 +254,7 @@ class HarmonPipeline:
         if repeat > 1:
             prompt, mask = prompt.repeat_interleave(repeat, dim=0), mask.repeat_interleave(repeat, dim=0)
             if canvas is not None:
-                canvas = (canvas[0].repeat_interleave(repeat, dim=0), canvas[1].repeat_interleave(repeat, dim=0))
+                canvas = tuple(t.repeat_interleave(repeat, dim=0) for t in canvas)
         groups = settings.groups
         strategies = accel.generation_strategies(self.model, guidance=groups > 1, compile=compile, groups=groups)
         with accel.packed_linears(self.model):  # CPU float32: weights packed once per call
@@ -318,21 +316,9 @@ class HarmonPipeline:
         settings, size = self.generation_settings(**{k: v for k, v in locals().items() if k in SETTING_KEYWORDS})
         if image_guidance_scale is not None and check_number("image_guidance_scale", image_guidance_scale) != 1.0:
             settings = replace(settings, image_guidance_scale=image_guidance_scale)  # checked there
-        n_image = self.image_tokens(size)
-        mark = self.config.image_token
-        branches = [
-            self.encode_prompt(edit_prompt(USER_TEXT, mark), instruction.strip()),
-            self.encode_prompt(image_only_prompt(1, mark)),
-            self.encode_prompt(unconditional_prompt()),
-        ][: settings.groups]
-        batch = conditioned_batch(self, branches, [image], understanding_image_size, n_image)
+        prompt, mask, canvas = edit_inputs(self, image, instruction, settings.groups, size, understanding_image_size)
         draw = {"generator": generator, "compile": compile, "output_type": output_type, "callback": callback}
-        if self.config.edit_canvas:  # the instruction's and the image-only branch draw on the source
-            refine = batch if self.config.edit_canvas_llm else ()  # each row's canvas after its own prompt
-            x_con = edit_canvas(self.model, image, size, *refine).expand(len(branches), -1, -1)
-            rows = torch.tensor([True, True, False][: len(branches)], device=x_con.device)
-            draw["canvas"] = (x_con, rows)
-        return self.draw(*batch, size, settings, repeat=num_images_per_prompt, **draw)
+        return self.draw(prompt, mask, size, settings, repeat=num_images_per_prompt, canvas=canvas, **draw)
 
     def generation_settings(self, **settings: Any) -> tuple[SamplingSettings, int]:
         """The sampling settings and image size :meth:`generate` runs with for these keyword arguments (its

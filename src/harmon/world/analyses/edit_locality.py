@@ -21,9 +21,7 @@ import argparse
 
 import torch
 
-from harmon.conditioning import conditioned_batch, edit_canvas
-from harmon.prompts import edit_prompt, image_only_prompt
-from harmon.tokenizer import USER_TEXT
+from harmon.conditioning import edit_inputs
 from harmon.world.analyses.runner import load_for_analysis, report
 from harmon.world.edit_grammar import EDIT_TYPES
 from harmon.world.edits import Edit, sample_edit
@@ -50,21 +48,14 @@ def changed_tokens(edit: Edit, grid: tuple[int, int]) -> torch.Tensor:
 @torch.no_grad()
 def condition_shift(pipe, edit: Edit, image) -> torch.Tensor:
     """(L,) distance between the first step's decoder conditions under the edit prompt and under the image alone."""
-    model, mark = pipe.model, pipe.config.image_token
-    size = image.size[0]
+    model, size = pipe.model, image.size[0]
     grid = model.grid_for(size)
     n = grid[0] * grid[1]
-    branches = [
-        pipe.encode_prompt(edit_prompt(USER_TEXT, mark), edit.instruction),
-        pipe.encode_prompt(image_only_prompt(1, mark)),
-    ]
-    prompt, attention = conditioned_batch(pipe, branches, [image], None, n)  # as edit reads the image
+    prompt, attention, canvas = edit_inputs(pipe, image, edit.instruction, 2, size)  # as edit reads the image
     unknown = torch.ones(2, n, dtype=torch.bool)
     blank = torch.zeros(2, n, model.config.mar.token_dim, dtype=model.dtype)
     x_enc = model.forward_mae_encoder(blank, unknown, grid, attention, input_ids=prompt)
-    refine = (prompt, attention) if pipe.config.edit_canvas_llm else ()
-    x_con = edit_canvas(model, image, size, *refine).expand(2, -1, -1) if pipe.config.edit_canvas else None
-    z = model.decode(x_enc, unknown, grid, x_con)  # (2, L, Dd)
+    z = model.decode(x_enc, unknown, grid, *(canvas or ()))  # (2, L, Dd)
     return (z[0] - z[1]).norm(dim=-1)
 
 
