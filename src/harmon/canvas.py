@@ -24,13 +24,16 @@ def source_canvas(
     size: tuple[int, int],
     prompt: torch.Tensor | None = None,
     text_mask: torch.Tensor | None = None,
+    tokens: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The canvas of sources ``pixels`` (B, 3, S, S) in [-1, 1] for an image drawn at ``size`` (h, w): resized to
     it and read whole, (B, buffer + L, D_enc), buffers first. With ``prompt`` ((B, T) ids or (B, T, H) embeddings)
-    and its ``text_mask`` (B, T): refined by the LLM after the prompt, as the decoder reads a drawn image."""
-    if pixels.shape[-2:] != torch.Size(size):
-        pixels = F.interpolate(pixels, size=size, mode="bilinear", antialias=True, align_corners=False)
-    tokens = model.encode_images(pixels)  # (B, L, C)
+    and its ``text_mask`` (B, T): refined by the LLM after the prompt, as the decoder reads a drawn image.
+    ``tokens``: the VAE's tokens (B, L, C) of ``pixels`` already at ``size``, when the caller has them."""
+    if tokens is None:
+        if pixels.shape[-2:] != torch.Size(size):
+            pixels = F.interpolate(pixels, size=size, mode="bilinear", antialias=True, align_corners=False)
+        tokens = model.encode_images(pixels)  # (B, L, C)
     visible = torch.zeros(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
     grid = model.grid_for(size)
     if prompt is None:

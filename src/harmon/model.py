@@ -349,7 +349,8 @@ class Harmon(nn.Module):
         slots = input_ids == image_token_id
         embeds = self.embed_text(input_ids.masked_fill(slots, 0))  # (B, T, H)
         grid = self.grid_for((cond_pixels.shape[-2], cond_pixels.shape[-1]))
-        _, z_cond = self.extract_visual_feature(self.encode_images(cond_pixels), None, grid)  # (B, L_c+64, H)
+        cond_tokens = self.encode_images(cond_pixels)
+        x_cond, z_cond = self.extract_visual_feature(cond_tokens, None, grid)  # (B, 64+L_c, D), (B, L_c+64, H)
         z_cond = scale_grad(z_cond, self.config.grad_scale)
         rows = slots.any(dim=1)  # (B,) rows that keep their condition
         per_row = slots[rows].sum(dim=1)
@@ -357,9 +358,15 @@ class Harmon(nn.Module):
             raise ValueError(f"each conditioned row needs {z_cond.shape[1]} image slots, got {per_row.tolist()}")
         embeds = embeds.masked_scatter(slots.unsqueeze(-1), z_cond[rows].to(embeds.dtype))
         x_con = None
-        if canvas:  # the source's canvas, refined by the LLM after this row's prompt with edit_canvas_llm
-            refine = (embeds, attention_mask) if self.config.edit_canvas_llm else ()
-            x_con = scale_grad(source_canvas(self, cond_pixels, pixels.shape[-2:], *refine), self.config.grad_scale)
+        if canvas:  # the source at the target's grid, refined by the LLM after this row's prompt with edit_canvas_llm
+            same = cond_pixels.shape[-2:] == pixels.shape[-2:]
+            if same and not self.config.edit_canvas_llm:
+                x_con = x_cond  # the condition's own encoder features: what source_canvas would compute again
+            else:
+                refine = (embeds, attention_mask) if self.config.edit_canvas_llm else ()
+                known = cond_tokens if same else None
+                x_con = source_canvas(self, cond_pixels, pixels.shape[-2:], *refine, tokens=known)
+            x_con = scale_grad(x_con, self.config.grad_scale)
         loss = self.text_to_image_loss(pixels, embeds, attention_mask, generator, x_con, rows if canvas else None)
         # every condition dropped: keep the encoder in the graph, as image_to_text_loss does without images
         return loss if bool(rows.any()) else loss + 0.0 * z_cond.mean()
