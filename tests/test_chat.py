@@ -125,3 +125,48 @@ def test_generate_reports_each_step_and_a_raising_callback_stops_it(shipped):
 
     with pytest.raises(KeyboardInterrupt):
         shipped.generate("a red circle", callback=stop, **settings)
+
+
+@pytest.mark.parametrize("batch_size", [3, 32])
+def test_describe_many_answers_each_as_describe_does(shipped, batch_size):
+    """Questions of different lengths (left padding) and answers of one word to a dozen (rows that finish while
+    others decode), in batches that split them unevenly and in one."""
+    images, questions = [image_of(c) for c in GOLDEN], [c["question"] for c in GOLDEN]
+    assert shipped.describe_many(images, questions, batch_size=batch_size) == [c["answer"] for c in GOLDEN]
+
+
+def test_describe_many_names_bad_input_before_running(shipped):
+    with pytest.raises(ValueError, match="2 images for 1 questions"):
+        shipped.describe_many([image_of(GOLDEN[0])] * 2, ["How many?"])
+    with pytest.raises(ValueError, match="batch_size"):
+        shipped.describe_many([image_of(GOLDEN[0])], ["How many?"], batch_size=0)
+    with pytest.raises(ValueError, match=r"conversation 1 .*exceed the model's context"):
+        shipped.describe_many([image_of(GOLDEN[0])] * 2, ["How many?", "word " * 400])
+
+
+def test_batched_greedy_decoding_equals_one_row_at_a_time(monkeypatch):
+    """Random weights (no answer ends early on its own), a repetition penalty, prompts of 5 to 23 positions: the
+    same logits at every step (the padding masked in the prompt and in each new token's attention) and ids."""
+    from helpers import tiny_pipeline
+
+    from harmon.decoding import decode_greedy_batch, decode_text
+
+    pipe = tiny_pipeline()
+    g = torch.Generator().manual_seed(0)
+    rows = [torch.randn(n, pipe.model.llm.config.hidden_size, generator=g) for n in (5, 23, 11)]
+    logits, forward = [], pipe.model.llm.forward
+    monkeypatch.setattr(pipe.model.llm, "forward", lambda *a, **k: logits.append(out := forward(*a, **k)) or out)
+    settings = dict(max_new_tokens=7, eos_token_id=pipe.eos_token_id, repetition_penalty=1.3)
+    alone = [decode_text(pipe.model, r[None], **settings) for r in rows]
+    alone_logits = [o.logits[0, -1] for o in logits]
+    logits.clear()
+    assert decode_greedy_batch(pipe.model, rows, **settings) == alone
+    batched = [o.logits[:, -1] for o in logits]
+    assert len(alone_logits) == 3 * len(batched) == 3 * 7
+    for i in range(3):
+        torch.testing.assert_close(torch.stack(batched)[:, i], torch.stack(alone_logits[7 * i : 7 * (i + 1)]))
+    # one row's first token taken as end-of-turn: that row stops there while the others go on
+    stop = {**settings, "eos_token_id": alone[1][0]}
+    ended = decode_greedy_batch(pipe.model, rows, **stop)
+    assert ended == [decode_text(pipe.model, r[None], **stop) for r in rows]
+    assert ended[1] == alone[1][:1] and max(len(e) for e in ended) > 1

@@ -173,9 +173,9 @@ def test_cli_eval_shapes_scores_bare_shape_questions_apart(model_dir, capsys, mo
     from harmon.pipeline import HarmonPipeline
 
     asked = []
-    real = HarmonPipeline.describe
+    real = HarmonPipeline.describe_many
     monkeypatch.setattr(
-        HarmonPipeline, "describe", lambda self, image, q, **k: asked.append(q) or real(self, image, q, **k)
+        HarmonPipeline, "describe_many", lambda self, images, qs, **k: asked.extend(qs) or real(self, images, qs, **k)
     )
     rc = harmon_eval(
         "shapes", model_dir, "--prompts", "0", "--questions", "14", "--shape-questions", "6", "--device", "cpu"

@@ -22,6 +22,11 @@ def pipe():
     return tiny_pipeline()
 
 
+# Sampled tokens of two paths that differ only in batching: matmul rounding on different row counts grows through the
+# diffusion chain, up to 5e-4 on latents of about 3 on an AVX2-only CPU; a wrong row or step moves them by order 1.
+SAMPLED = {"atol": 1e-3, "rtol": 1e-3}
+
+
 def gen(seed):
     return torch.Generator().manual_seed(seed)
 
@@ -71,7 +76,7 @@ def test_cached_generation_equals_uncached_reference(pipe):
     settings = SamplingSettings(num_iter=4, guidance_scale=2.0, num_sampling_steps="4")
     cached = production_tokens(pipe.model, ids, mask, (4, 4), settings, generator=gen(0))
     uncached = reference_tokens(pipe.model, ids, mask, (4, 4), settings, generator=gen(0))
-    torch.testing.assert_close(cached, uncached, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(cached, uncached, **SAMPLED)
 
 
 @pytest.mark.parametrize("guidance", [3.0, 1.0])
@@ -102,7 +107,7 @@ def test_deduplicated_sampling_equals_every_row_reference(pipe, monkeypatch, gui
     seen["prompt"].clear(), seen["encoder"].clear()
     reference = reference_tokens(model, ids, mask, (4, 4), settings, generator=gen(0))
     assert seen["prompt"][0] == len(cond + uncond) and set(seen["encoder"]) == {len(cond + uncond)}
-    torch.testing.assert_close(fast, reference, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(fast, reference, **SAMPLED)
 
 
 def test_packed_linears_give_the_plain_layers_images(pipe, monkeypatch):

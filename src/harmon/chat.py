@@ -27,11 +27,11 @@ from PIL import Image
 from transformers import DynamicCache
 
 from harmon.conditioning import pixel_features
-from harmon.decoding import check_decoding_settings, iter_decode
+from harmon.decoding import check_decoding_settings, decode_greedy_batch, iter_decode
 from harmon.images import load_image, prepare_for_understanding
 from harmon.prompts import IM_END, IM_START
 from harmon.tokenizer import USER_TEXT, encode_template
-from harmon.validate import check_generator, check_text
+from harmon.validate import check_generator, check_number, check_text
 
 if TYPE_CHECKING:
     from harmon.pipeline import HarmonPipeline
@@ -180,9 +180,10 @@ def _image_slot(image: Image.Image | Path, size: int, positions: int) -> ImageSl
     return ImageSlot(pixels, f"{size}:{digest}", positions)
 
 
-def embed(pipe: HarmonPipeline, items: Sequence[Item]) -> torch.Tensor:
+def embed(pipe: HarmonPipeline, items: Sequence[Item], features: Iterator[torch.Tensor] | None = None) -> torch.Tensor:
     """The LLM inputs of ``items``: text runs embedded, each image's slot filled by the shared encoder with its
-    (L+64) features, buffers last: (1, positions_of(items), H_llm)."""
+    (L+64) features, buffers last: (1, positions_of(items), H_llm). ``features``: the images' features (1, L+64, H)
+    in order, computed beforehand (by :func:`image_features`); None computes them here."""
     model, dev = pipe.model, pipe.device
     parts, run = [], []
     for item in [*items, None]:
@@ -193,8 +194,22 @@ def embed(pipe: HarmonPipeline, items: Sequence[Item]) -> torch.Tensor:
             parts.append(model.embed_text(torch.tensor([run], device=dev)))  # (1, T, H)
             run = []
         if isinstance(item, ImageSlot):
-            parts.append(pixel_features(model, item.pixels).to(model.dtype))  # (1, L+64, H)
+            feature = pixel_features(model, item.pixels) if features is None else next(features)
+            parts.append(feature.to(model.dtype))  # (1, L+64, H)
     return torch.cat(parts, dim=1)
+
+
+def image_features(pipe: HarmonPipeline, prompts: Sequence[ChatPrompt]) -> Iterator[torch.Tensor]:
+    """The features of every image of ``prompts``, in order, read by the shared encoder in one batch per image size:
+    (1, L+64, H) each, as :func:`embed` would compute them one by one (up to float rounding)."""
+    slots = [item for prompt in prompts for item in prompt.items if isinstance(item, ImageSlot)]
+    out: list[torch.Tensor | None] = [None] * len(slots)
+    for size in {s.pixels.shape[-1] for s in slots}:
+        index = [i for i, s in enumerate(slots) if s.pixels.shape[-1] == size]
+        batch = pixel_features(pipe.model, torch.cat([slots[i].pixels for i in index]))  # (K, L+64, H)
+        for k, i in enumerate(index):
+            out[i] = batch[k : k + 1]
+    return iter(out)  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------------------------------------- answering
@@ -321,3 +336,39 @@ def chat(
     )
     answer = ChatStream(pipe, prompt, _decode(pipe, prompt, cache, decoding))
     return answer if stream else "".join(answer)
+
+
+@torch.no_grad()
+def answer_batch(
+    pipe: HarmonPipeline,
+    conversations: Sequence[Sequence[Mapping[str, Any]]],
+    *,
+    max_new_tokens: int | None = None,
+    repetition_penalty: float | None = None,
+    image_size: int | None = None,
+    batch_size: int = 32,
+) -> list[str]:
+    """Greedy answers to many conversations, ``batch_size`` at a time through the encoder and the LLM: each what
+    :func:`chat` answers it alone, up to float rounding. Every conversation is rendered and checked before any
+    runs; ValueError names the first bad one."""
+    d = pipe.config.generation
+    max_new_tokens = d.max_new_tokens if max_new_tokens is None else max_new_tokens
+    penalty = d.repetition_penalty if repetition_penalty is None else repetition_penalty
+    check_decoding_settings(max_new_tokens, 0.0, 1.0, penalty)
+    check_number("batch_size", batch_size, low=1, integer=True)
+    prompts = []
+    for i, messages in enumerate(conversations):
+        prompt = render(pipe, messages, image_size)
+        pipe.check_context(prompt.text_tokens, prompt.image_positions, max_new_tokens, f"conversation {i}")
+        prompts.append(prompt)
+    answers = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start : start + batch_size]
+        features = image_features(pipe, chunk)
+        rows = [embed(pipe, p.items, features)[0] for p in chunk]
+        ids = decode_greedy_batch(
+            pipe.model, rows, max_new_tokens=max_new_tokens, eos_token_id=pipe.eos_token_id, repetition_penalty=penalty
+        )
+        eos = pipe.eos_token_id
+        answers += [pipe.tokenizer.decode([t for t in a if t != eos], skip_special_tokens=True).strip() for a in ids]
+    return answers

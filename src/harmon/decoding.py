@@ -115,3 +115,55 @@ def iter_decode(
         out = llm(input_ids=ids, cache=cache, use_cache=True)
         cache = output_cache(out)
         logits = out.logits[:, -1].float()
+
+
+def left_padded(rows: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """LLM inputs of rows (N_i, H) of any lengths, left-padded: ``inputs_embeds`` (B, N, H), ``attention_mask``
+    (B, N) with the padding masked out, ``position_ids`` (B, N) counted from each row's first real position."""
+    width = max(r.shape[0] for r in rows)
+    embeds = rows[0].new_zeros(len(rows), width, rows[0].shape[-1])
+    mask = torch.zeros(len(rows), width, dtype=torch.long, device=rows[0].device)
+    for i, r in enumerate(rows):
+        embeds[i, width - r.shape[0] :] = r
+        mask[i, width - r.shape[0] :] = 1
+    return {"inputs_embeds": embeds, "attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}
+
+
+@torch.no_grad()
+def decode_greedy_batch(
+    model: Harmon,
+    rows: list[torch.Tensor],
+    *,
+    max_new_tokens: int,
+    eos_token_id: int,
+    repetition_penalty: float = 1.0,
+) -> list[list[int]]:
+    """Greedy decoding of several prompts at once: what :func:`decode_text` gives each row alone, up to float rounding.
+
+    Args:
+        rows: one (N_i, H_llm) embedded prompt per row, of any lengths. They run left-padded, the padding masked
+            out and each row's positions counted from its first real position, so a row sees what it sees alone.
+    Returns: each row's token ids, its ``eos_token_id`` included when reached.
+    """
+    check_decoding_settings(max_new_tokens, 0.0, 1.0, repetition_penalty)
+    if not rows:
+        return []
+    batch = left_padded(rows)
+    mask, positions = batch["attention_mask"], batch["position_ids"]
+    out = model.llm(**batch, use_cache=True, logits_to_keep=1)
+    generated = torch.empty(len(rows), 0, dtype=torch.long, device=mask.device)
+    done = torch.zeros(len(rows), dtype=torch.bool, device=mask.device)
+    for _ in range(max_new_tokens):
+        logits = out.logits[:, -1].float()  # (B, V)
+        if repetition_penalty != 1.0 and generated.shape[1]:
+            logits = _apply_repetition_penalty(logits, generated, repetition_penalty)
+        next_ids = logits.argmax(dim=-1).masked_fill(done, eos_token_id)  # finished rows idle on end-of-turn
+        generated = torch.cat([generated, next_ids[:, None]], dim=1)
+        done |= next_ids == eos_token_id
+        if bool(done.all()) or generated.shape[1] == max_new_tokens:
+            break
+        mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=1)
+        positions = positions[:, -1:] + 1
+        step = {"attention_mask": mask, "position_ids": positions, "cache": output_cache(out), "use_cache": True}
+        out = model.llm(input_ids=next_ids[:, None], **step)
+    return [row[: row.index(eos_token_id) + 1] if eos_token_id in row else row for row in generated.tolist()]

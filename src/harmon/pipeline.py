@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from harmon import accel
-from harmon.chat import ChatStream, PromptCache
+from harmon.chat import ChatStream, PromptCache, answer_batch
 from harmon.chat import chat as run_chat
 from harmon.chat import embed as embed_chat
 from harmon.chat import render as render_chat
@@ -424,6 +424,21 @@ class HarmonPipeline:
             image_size=image_size,
             name="question",
         )
+
+    def describe_many(
+        self,
+        images: Sequence[Image.Image | str | Path],
+        questions: Sequence[str],
+        *,
+        batch_size: int = 32,
+        **settings: Any,
+    ) -> list[str]:
+        """Greedy answers to ``questions[i]`` about ``images[i]``, ``batch_size`` at a time: each what :meth:`describe`
+        answers alone, up to float rounding. ``settings``: max_new_tokens, repetition_penalty, image_size."""
+        if len(images) != len(questions):
+            raise ValueError(f"{len(images)} images for {len(questions)} questions")
+        turns = [[self._question_turn(image, q)] for image, q in zip(images, questions)]
+        return answer_batch(self, turns, batch_size=batch_size, **settings)
 
     def __repr__(self) -> str:  # pragma: no cover - cosmetic
         n = sum(p.numel() for p in self.model.parameters())

@@ -259,12 +259,14 @@ def clean_answer(text: str) -> str:
 def answer_all(
     pipe: Any, items: Sequence[Record], prompt: Callable[[Record], str], label: str, max_new_tokens: int | None = None
 ) -> list[str]:
-    """Greedy answers of ``pipe`` to every item: its image with the question ``prompt(item)``; progress every 100."""
+    """Greedy answers of ``pipe`` to every item: its image with the question ``prompt(item)``, 20 items at a time
+    (``pipe.describe_many``); progress every 100."""
     log = logging.getLogger(f"harmon.eval.{label}")
-    answers = []
-    for n, item in enumerate(items):
-        image = load_image_field(item["image"], item["roots"], item["where"])
-        answers.append(pipe.describe(image, prompt(item), max_new_tokens=max_new_tokens))
-        if (n + 1) % 100 == 0:
-            log.info("%s: %d/%d answered", label, n + 1, len(items))
+    answers: list[str] = []
+    for start in range(0, len(items), 20):
+        chunk = items[start : start + 20]
+        images = [load_image_field(item["image"], item["roots"], item["where"]) for item in chunk]
+        answers += pipe.describe_many(images, [prompt(item) for item in chunk], max_new_tokens=max_new_tokens)
+        if len(answers) % 100 == 0 or len(answers) == len(items):
+            log.info("%s: %d/%d answered", label, len(answers), len(items))
     return answers

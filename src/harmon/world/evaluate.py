@@ -51,7 +51,8 @@ def generation_scores(
 
 def _answers(pipe: HarmonPipeline, items: list, world, max_new_tokens: int) -> list[str]:
     """Greedy answers to (scene, question) items, each scene rendered in ``world``."""
-    return [pipe.describe(render(scene, world), q["question"], max_new_tokens=max_new_tokens) for scene, q in items]
+    images = [render(scene, world) for scene, _ in items]
+    return pipe.describe_many(images, [q["question"] for _, q in items], max_new_tokens=max_new_tokens)
 
 
 def understanding_scores(

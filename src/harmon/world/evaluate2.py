@@ -128,7 +128,8 @@ def understanding_split(pipe, level: str, split: str, n: int, seed: int, max_new
     """Greedy answers to fresh questions of ``level`` phrased in ``split``, scored exactly."""
     world = level_world(level, pipe.config.generation.understanding_image_size)
     items = sample_eval_questions_v2(n, _seed(seed, level, split, 2), world, split)
-    answers = [pipe.describe(render(s, world), q["question"], max_new_tokens=max_new_tokens) for s, q in items]
+    questions = [q["question"] for _, q in items]
+    answers = pipe.describe_many([render(s, world) for s, _ in items], questions, max_new_tokens=max_new_tokens)
     return score_understanding_v2(items, answers, world)
 
 
