@@ -19,7 +19,7 @@ from harmon.tokenizer import USER_TEXT, encode_template
 from harmon.train.config import OptimConfig, SourceConfig
 from harmon.train.recipes import RECIPES
 from harmon.train.trainer import Trainer
-from harmon.world.recipes import toy
+from harmon.world.recipes import toy, toy_source
 
 SLOTS = 4 + 8  # a 32 px condition on the tiny model: 2 x 2 tokens and 8 buffers
 
@@ -157,20 +157,26 @@ def test_edit_recipe_runs_at_toy_size_and_its_export_edits(tok_dir, tmp_path):
 
 @pytest.mark.slow
 def test_reconstruction_and_edit_under_two_processes_match_one(tok_dir, tmp_path):
-    """Both image-conditioned losses (the edit recipe plus a reconstruction source) on 2 ranks give the losses of
-    one process with accum_steps=2."""
+    """Every task at once under DDP (the edit recipe, a reconstruction source and stage 2's question answering) on 2
+    ranks gives the losses of one process with accum_steps=2, and exports (FSDP: tests/test_train_resume.py)."""
     edits = write_edits(tmp_path)
     recon = SourceConfig("reconstruction", "shapes", task=Task.RECONSTRUCTION, batch_size=2, text_drop_prob=0.1)
+    answers = toy_source(RECIPES["stage2"]().data[0])
+    assert answers.task == Task.IMAGE_TO_TEXT
 
     def config(out, **fields):
         cfg = edit_toy(tok_dir, out, edits, max_steps=2, optim=OptimConfig(lr=1e-3), grad_checkpointing=False, **fields)
-        cfg.data.append(recon)
+        cfg.data += [recon, answers]
         return cfg
 
     single = Trainer(config(tmp_path / "one", accum_steps=2, parallel="none"), device="cpu").run(resume="none")
-    config(tmp_path / "ddp", parallel="ddp", save_every=0, export=False).save(tmp_path / "cfg.json")
+    config(tmp_path / "ddp", parallel="ddp", save_every=0).save(tmp_path / "cfg.json")
     torchrun(tmp_path, "dist.log", "--resume", "none")
     got = step_losses(tmp_path / "ddp" / "metrics.jsonl")
-    assert sorted(got) == [1, 2]
+    assert sorted(got) == [1, 2] and {f"loss_{name}" for name in ("image_edit", "reconstruction", answers.name)} <= set(
+        single[-1]
+    )
     for step, ref in zip((1, 2), single):
         assert got[step] == pytest.approx(ref["loss"], rel=1e-4, abs=1e-5), (step, got, single)
+    pipe = HarmonPipeline.from_pretrained(tmp_path / "ddp" / "final", device="cpu")  # export works from DDP too
+    assert pipe.model.mar.encoder_blocks[0].attn.qkv.weight.shape[0] == 3 * pipe.config.mar.encoder_dim

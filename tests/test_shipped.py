@@ -100,9 +100,9 @@ def test_gradcam_of_the_concept_probe_falls_on_the_asked_shape(pipe):
     the circles' boxes of the test scene. Over 30 random scenes, with probes fitted on other scenes, the heat inside
     the asked shape's boxes is over 1.5x their share of the image, which is what a map blind to the image scores."""
     from harmon.analyze.gradcam import gradcam_plus_plus, heat_inside
-    from harmon.world.analyses.localisation import demo_scene, localisation, world_probe
+    from harmon.world.analyses.localisation import demo_scene, localisation, world_probes
 
-    probes = {s: world_probe(pipe, s) for s in ("circle", "square", "triangle")}
+    probes = world_probes(pipe, ("circle", "square", "triangle"))
     assert all(p.accuracy > 0.95 for p in probes.values()), probes
     objects, image = demo_scene(64)
     circles = [o.bbox for o in objects if o.shape == "circle"]

@@ -1,10 +1,9 @@
 """Kill-and-resume under torchrun: a job SIGKILLed mid-run (ranks and launcher), resumed the way a user would
-(``--resume auto``), ends exactly where the uninterrupted job ends."""
+(``--resume auto``), ends exactly where the uninterrupted job ends; that job also computes what one process does."""
 
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,15 +13,25 @@ import pytest
 import torch
 from helpers import tiny_tokenizer
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
-from train_helpers import kill_torchrun, launch, logged_steps, step_losses, torchrun, torchrun_args, toy_config
+from train_helpers import (
+    EXTENDED,
+    kill_torchrun,
+    launch,
+    logged_steps,
+    step_losses,
+    torchrun,
+    torchrun_args,
+    toy_config,
+)
 
 from harmon.loading import read_weights
+from harmon.pipeline import HarmonPipeline
 from harmon.train import checkpointing
 from harmon.train.checkpointing import latest_checkpoint, save_checkpoint
 from harmon.train.config import OptimConfig
+from harmon.train.trainer import Trainer
 
 STEPS = 6
-EXTENDED = os.environ.get("HARMON_EXTENDED_TESTS") == "1"  # tests left out of the 5-minute suite
 STALL = str(Path(__file__).with_name("stall_checkpoint.py"))
 
 
@@ -90,6 +99,21 @@ def _assert_same_run(ref: Path, run: Path) -> None:
             assert got_state[key] == value, key
 
 
+def _assert_computes_one_process(tok_dir: str, tmp_path: Path) -> None:
+    """The uninterrupted 2-rank job computes what 1 process with accum_steps=2 computes, and its export (gathered
+    from the ranks' shards) loads (test_train.py checks the same for DDP)."""
+    single = toy_config(
+        tok_dir, tmp_path / "single", steps=STEPS, accum_steps=2, parallel="none", optim=OptimConfig(lr=1e-3)
+    )
+    one = {h["step"]: h["loss"] for h in Trainer(single, device="cpu").run(resume="none")}
+    two = step_losses(tmp_path / "ref" / "metrics.jsonl")
+    assert sorted(two) == sorted(one) == list(range(1, STEPS + 1))
+    for step, loss in one.items():
+        assert two[step] == pytest.approx(loss, rel=1e-4, abs=1e-5), (step, two, one)
+    pipe = HarmonPipeline.from_pretrained(tmp_path / "ref" / "final", device="cpu")
+    assert pipe.model.mar.encoder_blocks[0].attn.qkv.weight.shape[0] == 3 * pipe.config.mar.encoder_dim
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "mode",
@@ -106,6 +130,7 @@ def test_sigkilled_torchrun_resumes_to_the_uninterrupted_result(mode, tok_dir, t
     cfg = toy_config(tok_dir, tmp_path / "ref", steps=STEPS, parallel=mode, save_every=2, optim=OptimConfig(lr=1e-3))
     cfg.save(tmp_path / "cfg.json")
     torchrun(tmp_path, "ref.log", "--resume", "none")
+    _assert_computes_one_process(tok_dir, tmp_path)
     cfg.output_dir = str(tmp_path / "run")
     cfg.save(tmp_path / "run.json")
     metrics, ckpts = tmp_path / "run" / "metrics.jsonl", tmp_path / "run" / "checkpoints"

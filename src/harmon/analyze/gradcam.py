@@ -136,10 +136,12 @@ class ConceptProbe:
         held_out: float = 0.25,
         weight_decay: float = 1e-3,
         generator: torch.Generator | None = None,
+        features: torch.Tensor | None = None,
     ) -> ConceptProbe:
         """Fit on ``images`` (PIL images or paths) with ``labels`` (1 = the concept is in the image).
 
         A random ``held_out`` share (drawn through ``generator``) is kept back to measure the accuracy.
+        ``features``: the images' :func:`pooled_encoder_features`, when several probes share the images.
         """
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
@@ -156,7 +158,9 @@ class ConceptProbe:
                 f"the probe for {concept!r} needs at least 2 training images with the concept and 2 "
                 f"without, got {positives} with and {len(train) - positives} without"
             )
-        x = _pooled_encoder_features(pipe, images, size)
+        x = pooled_encoder_features(pipe, images, size) if features is None else features
+        if x.shape[0] != len(y):
+            raise ValueError(f"{x.shape[0]} feature rows for {len(y)} images")
         mean, std = x[train].mean(0), x[train].std(0).clamp_min(1e-6)
         x = (x - mean) / std
         w = torch.zeros(x.shape[1], requires_grad=True)
@@ -176,7 +180,7 @@ class ConceptProbe:
 
 
 @torch.no_grad()
-def _pooled_encoder_features(
+def pooled_encoder_features(
     pipe: HarmonPipeline, images: Sequence[Image.Image | str | Path], size: int, batch_size: int = 64
 ) -> torch.Tensor:
     """(N, D) mean over the image-token rows of the MAR encoder output, all tokens visible."""

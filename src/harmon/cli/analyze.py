@@ -97,10 +97,10 @@ def _world_probes(pipe, args: argparse.Namespace) -> dict:
     if "probe" not in args.targets:
         return {}
     from harmon.world import WorldConfig
-    from harmon.world.analyses.localisation import world_probe
+    from harmon.world.analyses.localisation import world_probes
 
     shapes = WorldConfig(image_size=pipe.config.generation.understanding_image_size).shapes
-    return {s: world_probe(pipe, s, scenes=args.probe_scenes, seed=args.probe_seed) for s in shapes}
+    return world_probes(pipe, shapes, scenes=args.probe_scenes, seed=args.probe_seed)
 
 
 def _print_localisation(args: argparse.Namespace, rows: list[dict], probes: dict) -> None:

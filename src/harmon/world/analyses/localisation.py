@@ -29,6 +29,7 @@ from harmon.analyze.gradcam import (
     image_tokens,
     integrated_gradients,
     overlay,
+    pooled_encoder_features,
 )
 from harmon.pipeline import HarmonPipeline
 from harmon.world.render import render
@@ -41,19 +42,35 @@ def world_probe(
 ) -> ConceptProbe:
     """A :class:`ConceptProbe` fitted on ``scenes`` random shapes-world scenes (seed ``seed``) labelled exactly by
     :func:`world_concept_labels`; a quarter is held out for the accuracy."""
+    return world_probes(pipe, [concept], scenes, seed, world)[concept]
+
+
+def world_probes(
+    pipe: HarmonPipeline,
+    concepts: Sequence[str],
+    scenes: int = 2000,
+    seed: int = 1,
+    world: WorldConfig | None = None,
+) -> dict[str, ConceptProbe]:
+    """:func:`world_probe` of each concept, the scenes drawn, rendered and read by the encoder once for all."""
     size = pipe.config.generation.understanding_image_size
     world = world or WorldConfig(image_size=size)
     g = torch.Generator().manual_seed(seed)
     drawn = [sample_scene(g, world) for _ in range(scenes)]
-    labels = world_concept_labels(concept, drawn, world)
-    return ConceptProbe.fit(
-        pipe,
-        [render(s, world) for s in drawn],
-        labels,
-        concept,
-        image_size=size,
-        generator=torch.Generator().manual_seed(seed),
-    )
+    images = [render(s, world) for s in drawn]
+    features = pooled_encoder_features(pipe, images, size)
+    return {
+        concept: ConceptProbe.fit(
+            pipe,
+            images,
+            world_concept_labels(concept, drawn, world),
+            concept,
+            image_size=size,
+            generator=torch.Generator().manual_seed(seed),
+            features=features,
+        )
+        for concept in concepts
+    }
 
 
 def world_concept_labels(concept: str, scenes: Sequence[Any], world: Any) -> list[bool]:
@@ -107,9 +124,8 @@ def localisation(
     world = WorldConfig(image_size=pipe.config.generation.understanding_image_size)
     probes = dict(probes or {})
     if target == "probe":
-        for shape in world.shapes:
-            if shape not in probes:
-                probes[shape] = world_probe(pipe, shape, scenes=probe_scenes, seed=probe_seed, world=world)
+        missing = [shape for shape in world.shapes if shape not in probes]
+        probes.update(world_probes(pipe, missing, scenes=probe_scenes, seed=probe_seed, world=world))
     cases = _heat_cases(pipe, method, target, probes, world, scenes, seed)
     result = _summary(cases, method, target, scenes, seed, time.perf_counter() - t0)
     if target == "probe":
