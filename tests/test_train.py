@@ -109,6 +109,16 @@ def test_shapes_stage3_switches_to_v_prediction_on_a_frozen_understanding_path(t
     assert saved["mar"]["diffloss"]["prediction"] == "v" and saved["generation"]["x0_clip"] is None
 
 
+def test_shapes_phrasing_trains_every_task_in_both_phrasings(tok_dir, tmp_path):
+    """The phrasing stage: canonical and varied (grammar) records of each task, grid level, every source's loss."""
+    cfg = toy(SHAPES_RECIPES["shapes_phrasing"](), tok_dir, str(tmp_path / "phrasing"))
+    phrasings = {s.name: format_options(s).phrasings for s in cfg.data}
+    assert sorted(phrasings.values()) == ["canonical"] * 2 + ["varied"] * 3, phrasings
+    history = Trainer(cfg, device="cpu").run(resume="none")
+    assert {f"loss_{name}" for name in phrasings} <= set(history[-1])
+    assert all(math.isfinite(history[-1][f"loss_{name}"]) for name in phrasings)
+
+
 def test_reinit_starts_named_modules_fresh_at_a_new_size(tok_dir, tmp_path):
     """model.reinit: a pretrained model with a wider diffusion head; every other weight is the pretrained one."""
     from harmon.train.trainer import build_model
