@@ -170,3 +170,20 @@ def test_batched_greedy_decoding_equals_one_row_at_a_time(monkeypatch):
     ended = decode_greedy_batch(pipe.model, rows, **stop)
     assert ended == [decode_text(pipe.model, r[None], **stop) for r in rows]
     assert ended[1] == alone[1][:1] and max(len(e) for e in ended) > 1
+
+
+def test_describe_benchmark_times_every_route_and_refuses_other_answers(capsys, monkeypatch):
+    """benchmarks/describe.py: one row per route with its speed-up; a batched route that answers otherwise stops it."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "describe.py"
+    spec = importlib.util.spec_from_file_location("bench_describe", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--questions", "14", "--batch", "4", "--repeats", "1"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert "cpu_flags" in rows[0]["cpu"] and [r["route"] for r in rows[1:]] == ["describe", "describe_many:4"]
+    assert rows[1]["speedup"] == 1.0 and all(r["questions"] == 14 and r["seconds"] > 0 for r in rows[1:])
+    monkeypatch.setattr(HarmonPipeline, "describe_many", lambda self, images, qs, **k: ["No"] * len(qs))
+    with pytest.raises(SystemExit, match="describe_many:4 answered differently"):
+        bench.main(["--questions", "14", "--batch", "4", "--repeats", "1"])
