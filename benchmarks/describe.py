@@ -4,7 +4,7 @@
 
 The questions are ``harmon eval shapes``'s (fresh scenes from ``--seed``); the scenes are rendered before timing.
 Each route runs ``--repeats`` interleaved rounds and counts its fastest; every route must give the one-by-one answers
-(the script stops otherwise). One JSON line per route, the CPU first; quote the ratios.
+(the script stops otherwise). One JSON line per route, each naming the CPU; quote the ratios.
 """
 
 from __future__ import annotations
@@ -54,22 +54,24 @@ def main(argv: list[str] | None = None) -> int:
             reference = reference or answers
             if answers != reference:
                 raise SystemExit(f"{name} answered differently from describe")
-    rows = [{"cpu": cpu_info()}]
-    for name, seconds in best.items():
-        rows.append(
+    cpu = cpu_info()  # every line names the CPU
+    lines = [
+        json.dumps(
             {
                 "route": name,
                 "questions": len(items),
                 "seconds": round(seconds, 3),
                 "answers_per_s": round(len(items) / seconds, 1),
                 "speedup": round(best["describe"] / seconds, 2),
+                **cpu,
             }
         )
-    for row in rows:
-        print(json.dumps(row))
-        if args.out:
-            with open(args.out, "a") as f:
-                f.write(json.dumps(row) + "\n")
+        for name, seconds in best.items()
+    ]
+    print("\n".join(lines))
+    if args.out:
+        with open(args.out, "a") as f:
+            f.write("".join(line + "\n" for line in lines))
     return 0
 
 
