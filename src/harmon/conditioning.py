@@ -40,8 +40,6 @@ ImageInput = Image.Image | str | Path
 
 def image_features(model: Harmon, image: ImageInput, size: int) -> torch.Tensor:
     """The understanding features of one image at ``size`` pixels: (1, L+64, H_llm), buffers last (spec §10)."""
-    if isinstance(image, (str, Path)):
-        image = load_image(image)
     return pixel_features(model, prepare_for_understanding(image, size))
 
 
@@ -55,8 +53,6 @@ def edit_canvas(
     """The decoder canvas of an edit's source drawn at ``size`` pixels (``config.edit_canvas``): the image prepared
     as for understanding at that size, read whole, (R, buffer + L, D_enc), buffers first; R = 1, or with the rows'
     ``prompt`` (R, T, H) and ``text_mask`` (R, T) one row each, refined by the LLM after them (:mod:`harmon.canvas`)."""
-    if isinstance(image, (str, Path)):
-        image = load_image(image)
     pixels = prepare_for_understanding(image, size).to(model.device)
     if prompt is not None:
         pixels = pixels.expand(prompt.shape[0], -1, -1, -1)
@@ -64,10 +60,10 @@ def edit_canvas(
 
 
 def pixel_features(model: Harmon, pixels: torch.Tensor) -> torch.Tensor:
-    """The understanding features of prepared pixels (1, 3, S, S) in [-1, 1]: every token visible through the MAR
-    encoder and proj_in, (1, L+64, H_llm), buffers last."""
-    tokens = model.encode_images(pixels.to(model.device))  # (1, L, C)
-    _, z_enc = model.extract_visual_feature(tokens, None, model.grid_for(pixels.shape[-1]))  # (1, L+64, H)
+    """The understanding features of prepared pixels (B, 3, S, S) in [-1, 1]: every token visible through the MAR
+    encoder and proj_in, (B, L+64, H_llm), buffers last."""
+    tokens = model.encode_images(pixels.to(model.device))  # (B, L, C)
+    _, z_enc = model.extract_visual_feature(tokens, None, model.grid_for(pixels.shape[-1]))  # (B, L+64, H)
     return z_enc
 
 
@@ -164,6 +160,8 @@ def edit_inputs(
     (R, T, H) and mask (R, T); and, with ``config.edit_canvas``, the decoder's canvas: the source for the first two
     rows (read through the LLM after each row's own prompt with ``edit_canvas_llm``), the mask token for the third.
     """
+    if isinstance(image, (str, Path)):
+        image = load_image(image)  # once: the prompt's slot and the canvas both read it
     mark = pipe.config.image_token
     branches = [
         pipe.encode_prompt(edit_prompt(USER_TEXT, mark), instruction.strip()),
