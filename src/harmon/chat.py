@@ -183,7 +183,7 @@ def _image_slot(image: Image.Image | Path, size: int, positions: int) -> ImageSl
 def embed(pipe: HarmonPipeline, items: Sequence[Item], features: Iterator[torch.Tensor] | None = None) -> torch.Tensor:
     """The LLM inputs of ``items``: text runs embedded, each image's slot filled by the shared encoder with its
     (L+64) features, buffers last: (1, positions_of(items), H_llm). ``features``: the images' features (1, L+64, H)
-    in order, computed beforehand (by :func:`image_features`); None computes them here."""
+    in order, computed beforehand (by :func:`slot_features`); None computes them here."""
     model, dev = pipe.model, pipe.device
     parts, run = [], []
     for item in [*items, None]:
@@ -199,7 +199,7 @@ def embed(pipe: HarmonPipeline, items: Sequence[Item], features: Iterator[torch.
     return torch.cat(parts, dim=1)
 
 
-def image_features(pipe: HarmonPipeline, prompts: Sequence[ChatPrompt]) -> Iterator[torch.Tensor]:
+def slot_features(pipe: HarmonPipeline, prompts: Sequence[ChatPrompt]) -> Iterator[torch.Tensor]:
     """The features of every image of ``prompts``, in order, read by the shared encoder in one batch per image size:
     (1, L+64, H) each, as :func:`embed` would compute them one by one (up to float rounding)."""
     slots = [item for prompt in prompts for item in prompt.items if isinstance(item, ImageSlot)]
@@ -302,6 +302,17 @@ def _decode(
                 cache.clear()
 
 
+def _decoding_defaults(
+    pipe: HarmonPipeline, max_new_tokens: int | None, repetition_penalty: float | None
+) -> tuple[int, float]:
+    """The answer's length limit and repetition penalty: those given, else the model's (``config.generation``)."""
+    d = pipe.config.generation
+    return (
+        d.max_new_tokens if max_new_tokens is None else max_new_tokens,
+        d.repetition_penalty if repetition_penalty is None else repetition_penalty,
+    )
+
+
 def chat(
     pipe: HarmonPipeline,
     messages: Sequence[Mapping[str, Any]],
@@ -319,9 +330,7 @@ def chat(
 ) -> str | ChatStream:
     """The assistant's next answer to ``messages``: see :meth:`HarmonPipeline.chat`. ``cache``: the prompt cache to
     reuse and refill (None runs the whole prompt and keeps nothing). ``name``: what a too-long prompt is called."""
-    d = pipe.config.generation
-    max_new_tokens = d.max_new_tokens if max_new_tokens is None else max_new_tokens
-    penalty = d.repetition_penalty if repetition_penalty is None else repetition_penalty
+    max_new_tokens, penalty = _decoding_defaults(pipe, max_new_tokens, repetition_penalty)
     check_decoding_settings(max_new_tokens, temperature, top_p, penalty)  # before any work
     check_generator(generator)
     prompt = render(pipe, messages, image_size)
@@ -351,9 +360,7 @@ def answer_batch(
     """Greedy answers to many conversations, ``batch_size`` at a time through the encoder and the LLM: each what
     :func:`chat` answers it alone, up to float rounding. Every conversation is rendered and checked before any
     runs; ValueError names the first bad one."""
-    d = pipe.config.generation
-    max_new_tokens = d.max_new_tokens if max_new_tokens is None else max_new_tokens
-    penalty = d.repetition_penalty if repetition_penalty is None else repetition_penalty
+    max_new_tokens, penalty = _decoding_defaults(pipe, max_new_tokens, repetition_penalty)
     check_decoding_settings(max_new_tokens, 0.0, 1.0, penalty)
     check_number("batch_size", batch_size, low=1, integer=True)
     prompts = []
@@ -364,7 +371,7 @@ def answer_batch(
     answers = []
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start : start + batch_size]
-        features = image_features(pipe, chunk)
+        features = slot_features(pipe, chunk)
         rows = [embed(pipe, p.items, features)[0] for p in chunk]
         ids = decode_greedy_batch(
             pipe.model, rows, max_new_tokens=max_new_tokens, eos_token_id=pipe.eos_token_id, repetition_penalty=penalty
