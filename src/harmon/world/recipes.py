@@ -131,24 +131,24 @@ def harmon_shapes(vocab_size: int = 512) -> HarmonConfig:
 # ---- recipes ------------------------------------------------------------------------------------------------
 
 
-def _t2i(batch_size: int) -> SourceConfig:
-    """The world's text-to-image source with the recipe's GenEval tag weights."""
+def _t2i(batch_size: int, name: str = "text2image", **options) -> SourceConfig:
+    """The world's text-to-image source with the recipe's GenEval tag weights; ``options``: more format options."""
     return SourceConfig(
-        "text2image",
+        name,
         "shapes",
         task=Task.TEXT_TO_IMAGE,
         batch_size=batch_size,
-        format_options={"tag_weights": dict(T2I_TAG_WEIGHTS)},
+        format_options={"tag_weights": dict(T2I_TAG_WEIGHTS), **options},
     )
 
 
-def _captions(batch_size: int) -> SourceConfig:
+def _captions(batch_size: int, name: str = "image2text_caption", **options) -> SourceConfig:
     return SourceConfig(
-        "image2text_caption",
+        name,
         "shapes",
         task=Task.IMAGE_TO_TEXT,
         batch_size=batch_size,
-        format_options={"kind": "caption"},
+        format_options={"kind": "caption", **options},
     )
 
 
@@ -291,29 +291,16 @@ PHRASING_DATA: dict = {"level": "grid", "phrasings": "varied"}
 
 def shapes_phrasing() -> TrainConfig:
     """The shipped model on its grid world in varied phrasings (half of each task) as well as its own templates."""
-    varied = dict(PHRASING_DATA)
-    t2i_varied = SourceConfig(
-        "text2image_varied",
-        "shapes",
-        task=Task.TEXT_TO_IMAGE,
-        batch_size=16,
-        format_options={**varied, "tag_weights": dict(T2I_TAG_WEIGHTS)},
-    )
     qa_varied = SourceConfig(
         "image2text_qa_varied",
         "shapes",
         task=Task.IMAGE_TO_TEXT,
         batch_size=8,
         max_text_length=2 * STAGE2_QA_TEXT_LENGTH,  # the grammar's wordings take more of this tokenizer's tokens
-        format_options={**varied, "kind": "qa"},
+        format_options={**PHRASING_DATA, "kind": "qa"},
     )
-    captions_varied = SourceConfig(
-        "image2text_caption_varied",
-        "shapes",
-        task=Task.IMAGE_TO_TEXT,
-        batch_size=4,
-        format_options={**varied, "kind": "caption"},
-    )
+    t2i_varied = _t2i(16, "text2image_varied", **PHRASING_DATA)
+    captions_varied = _captions(4, "image2text_caption_varied", **PHRASING_DATA)
     return _stage(
         "phrasing",
         lr=3e-4,
