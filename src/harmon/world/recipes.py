@@ -253,7 +253,8 @@ def shapes_stage3() -> TrainConfig:
 # image without the instruction, 5 % the plain unconditional prompt.
 EDIT_STEPS = 2500  # world v2's edit stage (recipes_v2)
 SHAPES_EDIT_STEPS = 1500
-EDIT_DATA: dict = {"level": "grid", "phrasings": "varied"}
+# grid-level scenes in the grammar's seen phrasings: the data of stage IV and of the phrasing stage
+GRID_VARIED: dict = {"level": "grid", "phrasings": "varied"}
 
 
 def shapes_edit() -> TrainConfig:
@@ -265,7 +266,7 @@ def shapes_edit() -> TrainConfig:
         batch_size=32,
         cfg_drop_prob=0.05,
         text_drop_prob=0.1,
-        format_options=dict(EDIT_DATA),
+        format_options=dict(GRID_VARIED),
     )
     return _stage(
         "edit",
@@ -286,7 +287,6 @@ def shapes_edit() -> TrainConfig:
 # training, so that it learns the language and not the templates; held-out phrasings never appear and measure that.
 # The canonical text-to-image source keeps stage II's 32 per step: with 16, canonical counting fell from 0.69 to 0.54.
 PHRASING_STEPS = 3000
-PHRASING_DATA: dict = {"level": "grid", "phrasings": "varied"}
 
 
 def shapes_phrasing() -> TrainConfig:
@@ -297,10 +297,10 @@ def shapes_phrasing() -> TrainConfig:
         task=Task.IMAGE_TO_TEXT,
         batch_size=8,
         max_text_length=2 * STAGE2_QA_TEXT_LENGTH,  # the grammar's wordings take more of this tokenizer's tokens
-        format_options={**PHRASING_DATA, "kind": "qa"},
+        format_options={**GRID_VARIED, "kind": "qa"},
     )
-    t2i_varied = _t2i(16, "text2image_varied", **PHRASING_DATA)
-    captions_varied = _captions(4, "image2text_caption_varied", **PHRASING_DATA)
+    t2i_varied = _t2i(16, "text2image_varied", **GRID_VARIED)
+    captions_varied = _captions(4, "image2text_caption_varied", **GRID_VARIED)
     return _stage(
         "phrasing",
         lr=3e-4,
