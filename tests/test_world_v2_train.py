@@ -164,3 +164,32 @@ def test_relation_probe_runs_and_reports_its_three_measurements():
     assert all(0.0 <= v <= 1.0 for v in result["placement"].values())
     assert "(c) may the reference object go" in relations.format_report(result)
     assert scorer_check.recovery("free", 4, 0) == {"render": 1.0, "render2": 1.0}
+
+
+def test_pipeline_v1_ends_with_the_phrasing_stage_and_ships_it(tmp_path, monkeypatch):
+    from harmon.world import pipeline
+
+    seen = []
+
+    class Recorder:
+        def __init__(self, cfg, device):
+            seen.append(cfg)
+
+        def run(self, resume):
+            return []
+
+    monkeypatch.setattr("harmon.train.trainer.Trainer", Recorder)
+    v1, v2 = pipeline.WORLDS["v1"], pipeline.WORLDS["v2"]
+    names = [n for n, _, _ in pipeline.stages(tmp_path, "cpu", ["phrasing:max_steps=4"], v1)]
+    assert names == ["tokenizer", "vae", "lm", "stage1", "stage2", "stage3", "decoder", "phrasing"]
+    assert [n for n, _, _ in pipeline.stages(tmp_path, "cpu", [], v1, edit=True)][-2:] == ["phrasing", "edit"]
+    {n: run for n, _, run in pipeline.stages(tmp_path, "cpu", ["phrasing:max_steps=4"], v1)}["phrasing"]()
+    assert seen[0].output_dir == str(tmp_path / "phrasing") and seen[0].max_steps == 4
+    assert seen[0].model.pretrained == str(tmp_path / "decoder" / "final")  # it continues the decoder stage's model
+    assert pipeline.shipped_stage(v1, None, edit=False) == "phrasing"
+    assert pipeline.shipped_stage(v1, "decoder", edit=False) == "decoder"  # the model before the phrasing stage
+    assert pipeline.shipped_stage(v1, None, edit=True) == "edit"
+    assert pipeline.shipped_stage(v2, None, edit=False) == "decoder"  # world v2 has no phrasing stage
+    with pytest.raises(SystemExit):  # world v2 has no phrasing stage to stop after
+        pipeline.main(["--world", "v2", "--root", str(tmp_path / "v2"), "--until", "phrasing"])
+    assert not (tmp_path / "v2").exists()

@@ -8,8 +8,11 @@ Stages (each skipped when its output exists, so an interrupted run continues whe
     II            everything: text-to-image + QA + captioning (shapes_stage2)
     III           generation side only (MAR decoder, diffusion head, proj_out): text-to-image (shapes_stage3)
     decoder       the VAE decoder of stage III's model learns to draw clean scenes from noisy latents (encoder frozen)
-    edit          IV, with --edit only: the model learns to edit images, keeping generation and understanding
-                  (shapes_edit); the shipped model has no stage IV: the recipe does not yet reach the edit bars
+    phrasing      v1 only: everything on the grid world in the grammar's varied wordings as well as its templates
+                  (shapes_phrasing), so reworded prompts and questions work
+    edit          IV, with --edit only: the decoder stage's model learns to edit images, keeping generation and
+                  understanding (shapes_edit); the shipped model has no stage IV: the recipe does not yet reach the
+                  edit bars
     ship          copy the last stage's export into the package (bf16 weights) with tuned sampling defaults
 Wall time and machine of every stage are recorded in ``<root>/pipeline.json``.
 
@@ -48,7 +51,8 @@ class WorldRecipes:
     vae: dict  # keyword arguments of stage0.train_shapes_vae (read at call time)
     decoder: dict  # keyword arguments of stage0.finetune_vae_decoder (read at call time)
     corpus: Callable[..., Iterator[str]]  # corpus(n, seed=...) -> texts for the tokenizer
-    edit: str | None = None  # recipe name of the editing stage that --edit adds after the decoder stage
+    edit: str | None = None  # recipe name of the editing stage that --edit adds at the end
+    phrasing: str | None = None  # recipe name of the stage after the decoder stage, where the world has one
 
 
 WORLDS = {
@@ -60,6 +64,7 @@ WORLDS = {
         recipes.SHAPES_DECODER,
         data.corpus,
         "shapes_edit",
+        "shapes_phrasing",
     ),
     "v2": WorldRecipes(
         recipes_v2.ROOT,
@@ -151,9 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--until",
         default=None,
-        choices=["tokenizer", "vae", "lm", "stage1", "stage2", "stage3", "decoder", "edit"],
+        choices=["tokenizer", "vae", "lm", "stage1", "stage2", "stage3", "decoder", "phrasing", "edit"],
         help="stop after this stage (a later call with the same --root continues); with --ship, ship "
-        "this stage's model (stage1-3, decoder, edit)",
+        "this stage's model (stage1-3, decoder, phrasing, edit)",
     )
     p.add_argument(
         "--set",
@@ -186,6 +191,7 @@ def stages(
         )
 
     lm, s1, s2, s3 = world.stages
+    phrasing = [trained("phrasing", world.phrasing)] if world.phrasing else []
     last = [trained("edit", world.edit)] if edit and world.edit else []
     return [
         ("tokenizer", root / "tokenizer" / "tokenizer.json", tokenizer),
@@ -199,6 +205,7 @@ def stages(
             root / "decoder" / "decoder_log.json",
             lambda: _decoder(root, device, mine("decoder"), world=world),
         ),
+        *phrasing,
         *last,
     ]
 
@@ -227,15 +234,26 @@ def run_stages(
             break
 
 
+def shipped_stage(world: WorldRecipes, until: str | None, edit: bool) -> str:
+    """The stage whose model ``--ship`` copies: ``until`` where it names a trained stage, else the last stage run."""
+    if until in ("stage1", "stage2", "stage3", "decoder", "phrasing", "edit"):
+        return until
+    return "edit" if edit and world.edit else "phrasing" if world.phrasing else "decoder"
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
     world = WORLDS[args.world]
     root = Path(args.root or world.root)
-    root.mkdir(parents=True, exist_ok=True)
     edit = args.edit or args.until == "edit"
+    names = [name for name, _, _ in stages(root, args.device, [], world, edit)]
+    if args.until is not None and args.until not in names:
+        parser.error(f"--until {args.until}: world {args.world} has no such stage; its stages: {', '.join(names)}")
+    root.mkdir(parents=True, exist_ok=True)
     run_stages(root, args.device, args.overrides, args.until, world, edit)
     if args.ship:
         from harmon.shipped import SHIPPED_DIR
@@ -244,9 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         defaults = {k: parse_value(v) for k, v in (d.split("=", 1) for d in args.defaults)}
         if "num_sampling_steps" in defaults:
             defaults["num_sampling_steps"] = str(defaults["num_sampling_steps"])
-        trained = ("stage1", "stage2", "stage3", "decoder", "edit")
-        last = args.until if args.until in trained else ("edit" if edit else "decoder")
-        ship(root, SHIPPED_DIR, defaults, stage=last)
+        ship(root, SHIPPED_DIR, defaults, stage=shipped_stage(world, args.until, edit))
         logger.info("shipped to %s", SHIPPED_DIR)
     return 0
 
