@@ -193,3 +193,10 @@ def test_pipeline_v1_ends_with_the_phrasing_stage_and_ships_it(tmp_path, monkeyp
     with pytest.raises(SystemExit):  # world v2 has no phrasing stage to stop after
         pipeline.main(["--world", "v2", "--root", str(tmp_path / "v2"), "--until", "phrasing"])
     assert not (tmp_path / "v2").exists()
+    shipped = []
+    monkeypatch.setattr(pipeline, "run_stages", lambda *args, **kwargs: None)
+    monkeypatch.setattr(pipeline, "ship", lambda root, target, defaults, stage: shipped.append((defaults, stage)))
+    pipeline.main(["--root", str(tmp_path), "--ship"])  # the one command of the docs records the shipped defaults
+    pipeline.main(["--root", str(tmp_path), "--ship", "--until", "decoder", "--default", "guidance_scale=2"])
+    assert shipped[0] == ({"num_iter": 8, "num_sampling_steps": "100", "guidance_scale": 3.0}, "phrasing")
+    assert shipped[1] == ({"num_iter": 8, "num_sampling_steps": "100", "guidance_scale": 2}, "decoder")

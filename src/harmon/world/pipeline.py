@@ -23,6 +23,7 @@ phrasings, a stride-8 VAE read at MAR patch size 2), by default under ``runs/sha
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -53,6 +54,8 @@ class WorldRecipes:
     corpus: Callable[..., Iterator[str]]  # corpus(n, seed=...) -> texts for the tokenizer
     edit: str | None = None  # recipe name of the editing stage that --edit adds at the end
     phrasing: str | None = None  # recipe name of the stage after the decoder stage, where the world has one
+    # sampling defaults --ship records in the model's config (--default KEY=VALUE overrides each)
+    ship_defaults: dict = dataclasses.field(default_factory=dict)
 
 
 WORLDS = {
@@ -65,6 +68,8 @@ WORLDS = {
         data.corpus,
         "shapes_edit",
         "shapes_phrasing",
+        # one token per step on its 2 x 2 grid, as the shipped model records them
+        {"num_iter": 8, "num_sampling_steps": "100", "guidance_scale": 3.0},
     ),
     "v2": WorldRecipes(
         recipes_v2.ROOT,
@@ -151,7 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="sampling default recorded in the shipped config, e.g. x0_clip=3.0 num_sampling_steps=100",
+        help="sampling default recorded in the shipped config, e.g. x0_clip=3.0 num_sampling_steps=100 (v1 records "
+        "num_iter=8 num_sampling_steps=100 guidance_scale=3.0 unless told otherwise)",
     )
     p.add_argument(
         "--until",
@@ -259,7 +265,8 @@ def main(argv: list[str] | None = None) -> int:
         from harmon.shipped import SHIPPED_DIR
         from harmon.train.config import parse_value
 
-        defaults = {k: parse_value(v) for k, v in (d.split("=", 1) for d in args.defaults)}
+        given = {k: parse_value(v) for k, v in (d.split("=", 1) for d in args.defaults)}
+        defaults = {**world.ship_defaults, **given}
         if "num_sampling_steps" in defaults:
             defaults["num_sampling_steps"] = str(defaults["num_sampling_steps"])
         ship(root, SHIPPED_DIR, defaults, stage=shipped_stage(world, args.until, edit))

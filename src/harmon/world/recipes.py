@@ -1,4 +1,4 @@
-"""Recipes of the shipped shapes-world model: stage 0 (language model on the world's text), I, II and III.
+"""Recipes of the shipped shapes-world model: stage 0 (language model on the world's text), I, II, III and phrasing.
 
 Run in order by ``python -m harmon.world.pipeline`` (stage 0 also trains the VAE and the tokenizer, see
 :mod:`harmon.world.stage0`). Every stage reads the previous stage's export. The values were chosen by measuring
@@ -248,7 +248,7 @@ def shapes_stage3() -> TrainConfig:
 # remove, add, move, swap colours, change shape) with the stage's own text-to-image pairs, so that generation is
 # kept. The edit draws on its source (config.edit_canvas: the source's encoder features as the decoder's canvas and
 # a zero-init skip to the diffusion conditions), and only the generation side trains, so understanding stays exactly
-# the shipped model's. Side by side with the same recipe without the canvas (docs/RESULTS.md, "Editing"), the
+# the decoder stage's. Side by side with the same recipe without the canvas (docs/RESULTS.md, "Editing"), the
 # canvas keeps 6x more scenes intact. The drops train the two guidance branches of HarmonPipeline.edit: 10 % the
 # image without the instruction, 5 % the plain unconditional prompt.
 EDIT_STEPS = 2500  # world v2's edit stage (recipes_v2)
@@ -258,7 +258,7 @@ GRID_VARIED: dict = {"level": "grid", "phrasings": "varied"}
 
 
 def shapes_edit() -> TrainConfig:
-    """Stage IV: the shipped model learns to edit on its source's canvas; the understanding path is frozen."""
+    """Stage IV: the decoder stage's model learns to edit on its source's canvas; the understanding path is frozen."""
     edits = SourceConfig(
         "image_edit",
         "shapes",
@@ -281,8 +281,9 @@ def shapes_edit() -> TrainConfig:
     )
 
 
-# Phrasing: the shipped model answers and draws only in the templates it was trained on (a reworded question or
-# prompt about the very scenes it handles drops it to about half; docs/RESULTS.md, "Phrasing"). This stage keeps its
+# Phrasing, the last stage: after the decoder stage the model answers and draws only in the templates it was trained
+# on (a reworded question or prompt about the very scenes it handles drops it to about half; docs/RESULTS.md,
+# "Phrasing"). This stage keeps its
 # grid world and adds the grammar's seen phrasings (harmon.world.grammar) beside the canonical ones, every module
 # training, so that it learns the language and not the templates; held-out phrasings never appear and measure that.
 # The canonical text-to-image source keeps stage II's 32 per step: with 16, canonical counting fell from 0.69 to 0.54.
@@ -290,7 +291,7 @@ PHRASING_STEPS = 3000
 
 
 def shapes_phrasing() -> TrainConfig:
-    """The shipped model on its grid world in varied phrasings (half of each task) as well as its own templates."""
+    """The decoder stage's model on its grid world in varied phrasings (half of each task) beside its templates."""
     qa_varied = SourceConfig(
         "image2text_qa_varied",
         "shapes",
