@@ -6,7 +6,8 @@
 model's generation side (the MAR and both projections) starts again from a seeded random init and trains for
 ``--steps`` steps of stage I's recipe (:func:`harmon.world.recipes.shapes_stage1`: text-to-image + captions, LLM
 frozen); the LLM and the VAE stay the shipped ones. So the early model is the shipped architecture with its
-generator at step ``--steps`` of its training from scratch (the shipped generator had 2,000 + 6,000 + 1,800).
+generator at step ``--steps`` of its training from scratch (the shipped generator had 2,000 + 6,000 + 1,800 +
+3,000).
 
 For each seed: ``--prompts`` balanced eval prompts (``harmon eval shapes``' draw), one image each from the shipped
 model and the early model at the shipped sampling defaults, and uniform noise images; each set against renders of

@@ -119,6 +119,15 @@ def test_shapes_phrasing_trains_every_task_in_both_phrasings(tok_dir, tmp_path):
     assert all(math.isfinite(history[-1][f"loss_{name}"]) for name in phrasings)
 
 
+def test_shapes_phrasing_free_adds_free_level_questions_and_descriptions():
+    base, study = SHAPES_RECIPES["shapes_phrasing"](), SHAPES_RECIPES["shapes_phrasing_free"]()
+    assert study.data[: len(base.data)] == base.data and study.output_dir.endswith("phrasing_free")
+    added = study.data[len(base.data) :]
+    assert [(s.name, s.batch_size) for s in added] == [("image2text_qa_free", 8), ("image2text_caption_free", 4)]
+    assert [(format_options(s).level, format_options(s).phrasings) for s in added] == [("free", "varied")] * 2
+    assert dataclasses.replace(study, name=base.name, output_dir=base.output_dir, data=base.data) == base
+
+
 def test_reinit_starts_named_modules_fresh_at_a_new_size(tok_dir, tmp_path):
     """model.reinit: a pretrained model with a wider diffusion head; every other weight is the pretrained one."""
     from harmon.train.trainer import build_model

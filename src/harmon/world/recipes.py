@@ -313,6 +313,22 @@ def shapes_phrasing() -> TrainConfig:
     )
 
 
+def shapes_phrasing_free() -> TrainConfig:
+    """A study, not a pipeline stage: the phrasing stage with free-level questions (8) and descriptions (4) per step
+    added, to see how much of free layouts four tokens per image can learn (docs/RESULTS.md, "Phrasing")."""
+    cfg = shapes_phrasing()
+    free = [
+        dataclasses.replace(
+            src, name=src.name.replace("varied", "free"), format_options={**src.format_options, "level": "free"}
+        )
+        for src in cfg.data
+        if src.name in ("image2text_qa_varied", "image2text_caption_varied")
+    ]
+    return dataclasses.replace(
+        cfg, name="shapes_phrasing_free", output_dir=f"{ROOT}/phrasing_free", data=[*cfg.data, *free]
+    )
+
+
 RECIPES = {
     "shapes_lm": shapes_lm,
     "shapes_stage1": shapes_stage1,
@@ -320,6 +336,7 @@ RECIPES = {
     "shapes_stage3": shapes_stage3,
     "shapes_edit": shapes_edit,
     "shapes_phrasing": shapes_phrasing,
+    "shapes_phrasing_free": shapes_phrasing_free,
 }
 
 
