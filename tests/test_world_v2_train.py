@@ -98,9 +98,9 @@ def test_v2_stage2_runs_at_toy_size(tmp_path):
     assert len(history) == 2 and all(torch.isfinite(torch.tensor(h["loss"])) for h in history)
 
 
-def test_pipeline_v2_runs_the_v2_recipes_under_its_root(tmp_path, monkeypatch):
-    from harmon.world import pipeline
-
+@pytest.fixture
+def trained_configs(monkeypatch) -> list:
+    """The TrainConfig of every stage the pipeline trains, recorded instead of trained."""
     seen = []
 
     class Recorder:
@@ -111,6 +111,13 @@ def test_pipeline_v2_runs_the_v2_recipes_under_its_root(tmp_path, monkeypatch):
             return []
 
     monkeypatch.setattr("harmon.train.trainer.Trainer", Recorder)
+    return seen
+
+
+def test_pipeline_v2_runs_the_v2_recipes_under_its_root(tmp_path, trained_configs):
+    from harmon.world import pipeline
+
+    seen = trained_configs
     world = pipeline.WORLDS["v2"]
     names = [n for n, _, _ in pipeline.stages(tmp_path, "cpu", [], world)]
     assert names == ["tokenizer", "vae", "lm", "stage1", "stage2", "stage3", "decoder"]
@@ -166,19 +173,10 @@ def test_relation_probe_runs_and_reports_its_three_measurements():
     assert scorer_check.recovery("free", 4, 0) == {"render": 1.0, "render2": 1.0}
 
 
-def test_pipeline_v1_ends_with_the_phrasing_stage_and_ships_it(tmp_path, monkeypatch):
+def test_pipeline_v1_ends_with_the_phrasing_stage_and_ships_it(tmp_path, monkeypatch, trained_configs):
     from harmon.world import pipeline
 
-    seen = []
-
-    class Recorder:
-        def __init__(self, cfg, device):
-            seen.append(cfg)
-
-        def run(self, resume):
-            return []
-
-    monkeypatch.setattr("harmon.train.trainer.Trainer", Recorder)
+    seen = trained_configs
     v1, v2 = pipeline.WORLDS["v1"], pipeline.WORLDS["v2"]
     names = [n for n, _, _ in pipeline.stages(tmp_path, "cpu", ["phrasing:max_steps=4"], v1)]
     assert names == ["tokenizer", "vae", "lm", "stage1", "stage2", "stage3", "decoder", "phrasing"]
