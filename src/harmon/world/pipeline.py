@@ -8,8 +8,8 @@ Stages (each skipped when its output exists, so an interrupted run continues whe
     II            everything: text-to-image + QA + captioning (shapes_stage2)
     III           generation side only (MAR decoder, diffusion head, proj_out): text-to-image (shapes_stage3)
     decoder       the VAE decoder of stage III's model learns to draw clean scenes from noisy latents (encoder frozen)
-    phrasing      v1 only: everything on the grid world in the grammar's varied wordings as well as its templates
-                  (shapes_phrasing), so reworded prompts and questions work
+    phrasing      v1 only: every module but the VAE, on the grid world in the grammar's varied wordings and the
+                  templates (shapes_phrasing), so reworded prompts and questions work
     edit          IV, with --edit only: the decoder stage's model learns to edit images, keeping generation and
                   understanding (shapes_edit); the shipped model has no stage IV: the recipe does not yet reach the
                   edit bars
