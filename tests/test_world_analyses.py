@@ -26,11 +26,16 @@ def test_world_concept_labels_match_shape_colour_and_both():
             world_concept_labels(bad, [a], world)
 
 
-def test_localisation_and_encoder_locality_report_their_figures():
+def test_localisation_and_encoder_locality_report_their_figures(monkeypatch):
+    import harmon.world.analyses.localisation as L
     from harmon.world.analyses.localisation import encoder_locality, localisation
 
     pipe = tiny_pipeline()
     r = localisation(pipe, "gradcam++", "probe", scenes=3, probe_scenes=40)
+    probes = L.world_probes(pipe, ("circle", "square", "triangle"), scenes=40)
+    with monkeypatch.context() as m:  # with every probe given, no probe scenes are drawn or encoded
+        m.setattr(L, "pooled_encoder_features", lambda *a, **k: pytest.fail("probe scenes encoded"))
+        assert localisation(pipe, "gradcam++", "probe", scenes=3, probes=probes)["cases"] == r["cases"]
     assert r["cases"] >= 3 and 0 <= r["heat_inside"] <= 1 and 0 < r["boxes_share"] < 1
     assert r["ratio"] == pytest.approx(r["heat_inside"] / r["boxes_share"])
     assert set(r["probe_accuracy"]) == {"circle", "square", "triangle"}

@@ -52,7 +52,10 @@ def world_probes(
     seed: int = 1,
     world: WorldConfig | None = None,
 ) -> dict[str, ConceptProbe]:
-    """:func:`world_probe` of each concept, the scenes drawn, rendered and read by the encoder once for all."""
+    """:func:`world_probe` of each concept, the scenes drawn, rendered and read by the encoder once for all (not at
+    all when there is no concept: callers pass the probes they still lack)."""
+    if not concepts:
+        return {}
     size = pipe.config.generation.understanding_image_size
     world = world or WorldConfig(image_size=size)
     g = torch.Generator().manual_seed(seed)
