@@ -101,7 +101,7 @@ def _assert_same_run(ref: Path, run: Path) -> None:
 
 def _assert_computes_one_process(tok_dir: str, tmp_path: Path) -> None:
     """The uninterrupted 2-rank job computes what 1 process with accum_steps=2 computes, and its export (gathered
-    from the ranks' shards) loads (test_train.py checks the same for DDP)."""
+    from the ranks' shards) loads (tests/test_imagecond_train.py checks the same for DDP)."""
     single = toy_config(
         tok_dir, tmp_path / "single", steps=STEPS, accum_steps=2, parallel="none", optim=OptimConfig(lr=1e-3)
     )
