@@ -116,6 +116,7 @@ class PhaseTimer:
         targets = [
             (model.mar, "forward_encoder", "mar_encoder"),
             (model.llm.model, "forward", "llm"),
+            (model, "refine_with_llm", "llm"),  # a token cache runs the LLM's layers without its forward
             (model.mar, "forward_decoder", "mar_decoder"),
             (model.mar.diffloss, "sample", "diffusion_head"),
             (head, "sample_fast", "diffusion_head"),

@@ -51,7 +51,9 @@ def test_two_stage_generation_draws_the_checkerboard_before_the_rest(pipe, monke
     drawn first, over the earlier steps, and the detail half is drawn in one step."""
     masks = []
     real = pipe.model.mar.forward_decoder
-    monkeypatch.setattr(pipe.model.mar, "forward_decoder", lambda x, m, g: masks.append(m.clone()) or real(x, m, g))
+    monkeypatch.setattr(
+        pipe.model.mar, "forward_decoder", lambda x, m, g, *a, **kw: masks.append(m.clone()) or real(x, m, g, *a, **kw)
+    )
     kw = dict(num_iter=4, image_size=64, num_sampling_steps="3", output_type="latent")
     pipe.generate("a red circle", detail_steps=1, generator=gen(0), **kw)
     detail = ~checkerboard((4, 4))
@@ -78,7 +80,9 @@ def test_condition_cache_equals_its_straightforward_reference(pipe, monkeypatch,
     ids, mask = batch.input_ids, batch.attention_mask.bool()
     rows = []
     real = pipe.model.mar.forward_decoder
-    monkeypatch.setattr(pipe.model.mar, "forward_decoder", lambda x, m, g: rows.append(x.shape[0]) or real(x, m, g))
+    monkeypatch.setattr(
+        pipe.model.mar, "forward_decoder", lambda x, m, g, *a, **kw: rows.append(x.shape[0]) or real(x, m, g, *a, **kw)
+    )
     cached = production_tokens(pipe.model, ids, mask, (4, 4), settings, generator=gen(0))
     assert rows == [settings.groups, 1] * 2 + [settings.groups] * 2  # the last step runs every row
     want = reference_condition_cache_tokens(pipe.model, ids, mask, (4, 4), settings, generator=gen(0))

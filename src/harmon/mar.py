@@ -9,6 +9,7 @@ vector per image token for the diffusion head.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -21,6 +22,9 @@ from torch.utils.checkpoint import checkpoint
 from harmon import rng
 from harmon.diffloss import DiffLoss, DiffLossConfig
 from harmon.validate import check_fields
+
+# (blocks, x (B, N, D)) -> x after the blocks: how a stack's blocks run (default: one after the other)
+BlockRunner = Callable[[nn.ModuleList, torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -281,8 +285,11 @@ class MAR(nn.Module):
         return x
 
     # ------------------------------------------------------------------ forward pieces
-    def forward_encoder(self, tokens: torch.Tensor, mask: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        """Encode buffers + visible tokens (spec §4.4).
+    def forward_encoder(
+        self, tokens: torch.Tensor, mask: torch.Tensor, grid: tuple[int, int], run_blocks: BlockRunner | None = None
+    ) -> torch.Tensor:
+        """Encode buffers + visible tokens (spec §4.4); ``run_blocks(blocks, x)`` runs the blocks in place of
+        :meth:`_run_blocks` (a token cache, :mod:`harmon.tokencache`).
 
         Args:
             tokens: (B, L, token_dim) latent tokens in raster order, L = h*w.
@@ -306,7 +313,7 @@ class MAR(nn.Module):
         x = self.z_proj_ln(x)
         keep = torch.cat([mask.new_ones(b, nb), ~mask], dim=1)  # (B, 64+L)
         x = x[keep].reshape(b, -1, x.shape[-1])  # (B, 64+V, D), order preserved
-        x = self._run_blocks(self.encoder_blocks, x)
+        x = (run_blocks or self._run_blocks)(self.encoder_blocks, x)
         return self.encoder_norm(x)
 
     def forward_decoder(
@@ -316,6 +323,7 @@ class MAR(nn.Module):
         grid: tuple[int, int],
         x_con: torch.Tensor | None = None,
         x_con_rows: torch.Tensor | None = None,
+        run_blocks: BlockRunner | None = None,
     ) -> torch.Tensor:
         """Decode to one diffusion condition per image token (spec §4.5).
 
@@ -325,6 +333,7 @@ class MAR(nn.Module):
             grid: (h, w).
             x_con: optional (B, buffer + L, D_enc) background embedded in place of the mask token.
             x_con_rows: optional (B,) bool with ``x_con``: the rows that take it; the others keep the mask token.
+            run_blocks: runs the blocks in place of :meth:`_run_blocks`, as in :meth:`forward_encoder`.
         Returns:
             (B, L, D_dec).
         """
@@ -342,7 +351,7 @@ class MAR(nn.Module):
             canvas = background if x_con_rows is None else torch.where(x_con_rows.view(b, 1, 1), background, canvas)
         canvas[keep] = x.reshape(-1, x.shape[-1])
         x = canvas + self.decoder_pos_embed(h, w)
-        x = self._run_blocks(self.decoder_blocks, x)
+        x = (run_blocks or self._run_blocks)(self.decoder_blocks, x)
         x = self.decoder_norm(x)
         return x[:, nb:] + self.diffusion_pos_embed(h, w)  # (B, L, Dd)
 

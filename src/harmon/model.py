@@ -168,18 +168,19 @@ class Harmon(nn.Module):
         return prompt if prompt.is_floating_point() else self.embed_text(prompt)
 
     def extract_visual_feature(
-        self, tokens: torch.Tensor, mask: torch.Tensor | None, grid: tuple[int, int]
+        self, tokens: torch.Tensor, mask: torch.Tensor | None, grid: tuple[int, int], run_blocks=None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """MAR encoder + proj_in (spec §5.1).
 
         Args:
             tokens: (B, L, C); mask: (B, L) bool (True = unknown) or None (all visible); grid: (h, w).
+            run_blocks: the encoder's block runner (:data:`harmon.mar.BlockRunner`; default the plain one).
         Returns:
             x_enc (B, 64+V, D_enc) buffers first, and z_enc (B, V+64, H_llm) with the buffers moved LAST.
         """
         if mask is None:
             mask = torch.zeros(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
-        x_enc = self.mar.forward_encoder(tokens, mask, grid)  # (B, 64+V, D)
+        x_enc = self.mar.forward_encoder(tokens, mask, grid, run_blocks=run_blocks)  # (B, 64+V, D)
         return x_enc, self.visual_to_llm(x_enc)
 
     def visual_to_llm(self, x_enc: torch.Tensor) -> torch.Tensor:
@@ -219,12 +220,15 @@ class Harmon(nn.Module):
         text_mask: torch.Tensor,
         input_ids: torch.Tensor | None = None,
         cache=None,
+        run_llm=None,
     ) -> torch.Tensor:
         """The LLM half of :meth:`forward_mae_encoder`, given ``extract_visual_feature``'s (x_enc, z_enc).
 
         Args:
             x_enc: (B, 64+V, D_enc) buffers first; z_enc: (B, V+64, H) buffers last.
             text_mask, input_ids, cache: as in :meth:`forward_mae_encoder`.
+            run_llm: with ``cache``, ``run_llm(z_enc, positions (B, V+64), mask (B, T+V+64), cache)`` -> hidden
+                states (B, V+64, H) in place of the LLM's forward, the cache left as it is (:mod:`harmon.tokencache`).
         Returns:
             (B, 64+V, D_enc) = x_enc + proj_out(LLM output), buffers first.
         """
@@ -239,17 +243,14 @@ class Harmon(nn.Module):
                 inputs_embeds=inputs, attention_mask=full_mask, position_ids=positions
             ).last_hidden_state
         else:
-            prompt_len = cache.get_seq_length()
-            if prompt_len != text_mask.shape[1]:
-                raise ValueError(f"cache holds {prompt_len} positions but the prompt mask has {text_mask.shape[1]}")
-            hidden = self.llm.model(
-                inputs_embeds=z_enc,
-                attention_mask=full_mask,
-                position_ids=positions[:, -n_img:],
-                cache=cache,
-                use_cache=True,
-            ).last_hidden_state
-            cache.crop(-n_img)  # keep only the prompt for the next step
+            if (held := cache.get_seq_length()) != text_mask.shape[1]:
+                raise ValueError(f"cache holds {held} positions but the prompt mask has {text_mask.shape[1]}")
+            if run_llm is not None:
+                hidden = run_llm(z_enc, positions[:, -n_img:], full_mask, cache)
+            else:
+                kw = dict(attention_mask=full_mask, position_ids=positions[:, -n_img:], cache=cache, use_cache=True)
+                hidden = self.llm.model(inputs_embeds=z_enc, **kw).last_hidden_state
+                cache.crop(-n_img)  # keep only the prompt for the next step
         z_llm = hidden[:, -n_img:]  # (B, V+64, H)
         nb = self.buffer_size
         z_llm = torch.cat([z_llm[:, -nb:], z_llm[:, :-nb]], dim=1)  # buffers first again
@@ -270,14 +271,16 @@ class Harmon(nn.Module):
         )
         return output_cache(out)
 
-    def decode(self, x_enc, mask, grid, x_con: torch.Tensor | None = None, x_con_rows=None) -> torch.Tensor:
+    def decode(
+        self, x_enc, mask, grid, x_con: torch.Tensor | None = None, x_con_rows=None, run_blocks=None
+    ) -> torch.Tensor:
         """The diffusion conditions (B, L, Dd): :meth:`MAR.forward_decoder` (canvas ``x_con`` (B, buffer + L, D_enc)
-        in the (B,) bool ``x_con_rows``, default all) plus, with ``config.edit_canvas``, ``canvas_proj`` of each
-        position's canvas feature: the decoder's blocks, trained on mask-token rows, bury the canvas under their own
-        output; the skip hands the head the source token, so an edit only has to learn what to change."""
+        in the (B,) bool ``x_con_rows``, default all; blocks through ``run_blocks``) plus, with ``config.edit_canvas``,
+        ``canvas_proj`` of each position's canvas feature: the decoder's blocks, trained on mask-token rows, bury the
+        canvas under their own output; the skip hands the head the source token: an edit learns only the change."""
+        z = self.mar.forward_decoder(x_enc, mask, grid, x_con, x_con_rows, run_blocks=run_blocks)
         if x_con is None:
-            return self.mar.forward_decoder(x_enc, mask, grid)
-        z = self.mar.forward_decoder(x_enc, mask, grid, x_con, x_con_rows)
+            return z
         if self.canvas_proj is None:
             return z
         skip = self.canvas_proj(x_con[:, self.buffer_size :])  # (B, L, Dd)

@@ -192,6 +192,8 @@ class HarmonPipeline:
         diffusion_steps_final: int | None = None,
         detail_steps: int | None = None,
         cond_refresh: int | None = None,
+        token_refresh: int | None = None,
+        token_ratio: float | None = None,
         preset: str | None = None,
         generator: torch.Generator | None = None,
         compile: bool = False,
@@ -202,8 +204,9 @@ class HarmonPipeline:
 
         Settings left as None take the model's recorded defaults (``config.generation``), adjusted by ``preset``
         ("brisk", "lean", "gtr", ...: see :data:`harmon.sampling.PRESETS`) when one is named; explicit settings win.
-        ``detail_steps`` (two-stage GtR sampling) and ``cond_refresh`` (LazyMAR's condition cache): see
-        :class:`harmon.sampling.SamplingSettings`; None (their default) runs the official sampler.
+        ``detail_steps`` (two-stage GtR sampling), ``cond_refresh`` (LazyMAR's condition cache) and
+        ``token_refresh`` / ``token_ratio`` (LazyMAR's token cache): see :class:`harmon.sampling.SamplingSettings`;
+        None (their default) runs the official sampler.
         Returns a list of PIL images (prompt-major: all images of prompt 0, then prompt 1...), or with
         ``output_type="latent"`` the scaled VAE latents (N, C, h, w), or with ``"pt"`` pixels (N, 3, H, W).
         ``compile``: the diffusion head's MLP through ``torch.compile`` (:mod:`harmon.accel.head`), the same images
@@ -294,6 +297,8 @@ class HarmonPipeline:
         diffusion_steps_final: int | None = None,
         detail_steps: int | None = None,
         cond_refresh: int | None = None,
+        token_refresh: int | None = None,
+        token_ratio: float | None = None,
         preset: str | None = None,
         compile: bool = False,
         output_type: str = "pil",

@@ -24,7 +24,19 @@ from harmon.config import GenerationDefaults, check_sampling_settings
 from harmon.diffloss import Guidance
 from harmon.mar import checkerboard, mask_by_order, next_mask_len, structure_first_orders
 from harmon.model import Harmon
+from harmon.presets import FIXED_PRESET_SETTINGS, PRESETS, preset_settings
+from harmon.tokencache import TokenCache
 from harmon.validate import check_number
+
+__all__ = [  # the presets live in harmon.presets; they are named here too, beside the settings they scale
+    "FIXED_PRESET_SETTINGS",
+    "PRESETS",
+    "SamplingSettings",
+    "generate_tokens",
+    "preset_settings",
+    "sample_tokens",
+    "settings_from_defaults",
+]
 
 
 @dataclass(frozen=True)
@@ -52,6 +64,11 @@ class SamplingSettings:
     # residual (conditional - branch) of the last full step, which changes little from step to step. None = every
     # step.
     cond_refresh: int | None = None
+    # Token cache (LazyMAR, arXiv 2503.12450; harmon.tokencache): every token through every layer on every
+    # token_refresh-th step; on the steps between, only the token_ratio of tokens whose first-layer features moved
+    # most (and those just revealed) run the deeper layers, the others reuse their cached features. None = off.
+    token_refresh: int | None = None
+    token_ratio: float | None = None  # None with token_refresh: TOKEN_RATIO
 
     def __post_init__(self) -> None:
         if self.diffusion_steps_final is not None:
@@ -71,6 +88,12 @@ class SamplingSettings:
                 raise ValueError(f"detail_steps ({self.detail_steps}) must be below num_iter ({self.num_iter})")
         if self.cond_refresh is not None:
             check_number("cond_refresh", self.cond_refresh, low=1, integer=True)
+        if self.token_refresh is not None:
+            check_number("token_refresh", self.token_refresh, low=1, integer=True)
+        if self.token_ratio is not None:
+            if self.token_refresh is None:
+                raise ValueError("token_ratio needs token_refresh (the token cache is off without it)")
+            check_number("token_ratio", self.token_ratio, above=0.0, high=1.0)
 
     @property
     def scales(self) -> tuple[float, ...]:
@@ -89,6 +112,9 @@ class SamplingSettings:
     def caches_condition(self) -> bool:
         """Whether some steps run the conditional rows only (:attr:`cond_refresh` above 1, with guidance)."""
         return (self.cond_refresh or 1) > 1 and self.groups > 1
+
+
+TOKEN_RATIO = 0.25  # token cache: share of tokens recomputed on the steps between refreshes, when not given
 
 
 def mask_schedule(seq_len: int, num_iter: int) -> list[int]:
@@ -139,57 +165,6 @@ def diffusion_steps(settings: SamplingSettings, step: int, total: int) -> str | 
     return str(max(1, round(start + (end - start) * frac)))
 
 
-# Named speed presets of ``generate``: factors applied to a model's recorded defaults (so one name means the same
-# trade-off for the shapes model and the 0.5B one). Their quality and speed are measured in benchmarks/README.md.
-PRESETS: dict[str, dict[str, float]] = {
-    "full": {},
-    "fast": {"num_iter": 0.5, "diffusion_steps_final": 0.25},
-    "faster": {"num_iter": 0.25, "num_sampling_steps": 0.5, "diffusion_steps_final": 0.1},
-    # Every MAR step, 8 % of the diffusion steps (8 of 100): on the shapes model the MAR steps decide composition
-    # and the respaced v-prediction head needs few steps (benchmarks/README.md has the measured table).
-    "lean": {"num_sampling_steps": 0.08},
-    # and three quarters of the MAR steps (12 of 16)
-    "leaner": {"num_iter": 0.75, "num_sampling_steps": 0.08},
-    # Every MAR step, diffusion steps annealed from 12 % to 4 % (12 -> 4 of 100): the same number of head
-    # evaluations as "lean" on a 4-token grid, spent more on the early tokens
-    "brisk": {"num_sampling_steps": 0.12, "diffusion_steps_final": 1 / 3},
-    # Generation then reconstruction (GtR): 3/8 of the MAR steps (24 of 64), the checkerboard structure half in all
-    # but the last, the detail half in the last one
-    "gtr": {"num_iter": 0.375, "detail_steps": 1},
-    # LazyMAR's condition cache: the guidance branches through the network on every second step
-    "lazy": {"cond_refresh": 2},
-    "gtr-lazy": {"num_iter": 0.375, "detail_steps": 1, "cond_refresh": 2},
-}
-# preset entries taken as they are, not as factors of a base setting
-FIXED_PRESET_SETTINGS = ("detail_steps", "cond_refresh")
-
-
-def preset_settings(
-    name: str, num_iter: int, num_sampling_steps: str, scale_iter: bool = True, scale_steps: bool = True
-) -> dict[str, int | str | None]:
-    """Settings of preset ``name`` from base settings ``num_iter`` and ``num_sampling_steps``.
-
-    ``scale_iter`` / ``scale_steps`` False keep that base value as it is (a setting the user gave explicitly);
-    the annealing target is then computed from the kept step count.
-    """
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
-    factors = PRESETS[name]
-    out: dict[str, int | str | None] = {}
-    if "num_iter" in factors and scale_iter:
-        out["num_iter"] = max(1, round(num_iter * factors["num_iter"]))
-    steps = num_sampling_steps
-    if ("num_sampling_steps" in factors or "diffusion_steps_final" in factors) and not str(steps).isdigit():
-        raise ValueError(f"preset {name!r} needs num_sampling_steps as one number, got {steps!r}")
-    if "num_sampling_steps" in factors and scale_steps:
-        steps = str(max(1, round(int(steps) * factors["num_sampling_steps"])))
-        out["num_sampling_steps"] = steps
-    if "diffusion_steps_final" in factors:
-        out["diffusion_steps_final"] = max(1, round(int(steps) * factors["diffusion_steps_final"]))
-    out.update({key: int(factors[key]) for key in FIXED_PRESET_SETTINGS if key in factors})
-    return out
-
-
 def settings_from_defaults(
     d: GenerationDefaults,
     *,
@@ -203,12 +178,20 @@ def settings_from_defaults(
     diffusion_steps_final: int | None = None,
     detail_steps: int | None = None,
     cond_refresh: int | None = None,
+    token_refresh: int | None = None,
+    token_ratio: float | None = None,
     preset: str | None = None,
 ) -> tuple[SamplingSettings, int]:
     """The settings and image size of a generation call: the arguments given, the model's defaults ``d`` for
     those left None, both scaled by ``preset`` when one is named (explicit settings still win)."""
     # the settings without a model default: None unless given or named by the preset
-    no_default = dict(diffusion_steps_final=diffusion_steps_final, detail_steps=detail_steps, cond_refresh=cond_refresh)
+    no_default = dict(
+        diffusion_steps_final=diffusion_steps_final,
+        detail_steps=detail_steps,
+        cond_refresh=cond_refresh,
+        token_refresh=token_refresh,
+        token_ratio=token_ratio,
+    )
     if preset is not None:
         picked = preset_settings(
             preset,
@@ -321,16 +304,32 @@ def generate_tokens(
     n_img = prompt.shape[0] // settings.groups
     # the conditional rows' own cache, for the steps of a condition cache that run those rows only
     cond_cache = build_cache(prompt[:n_img], attention_mask[:n_img]) if settings.caches_condition else None
+    tc = None
+    if settings.token_refresh is not None:
+        tc = TokenCache(model, settings.token_refresh, settings.token_ratio or TOKEN_RATIO, grid[0] * grid[1])
 
     def encode(tokens: torch.Tensor, mask: torch.Tensor, conditional_only: bool = False) -> torch.Tensor:
+        rows_mask = attention_mask[:n_img] if conditional_only else attention_mask
+        kv = cond_cache if conditional_only else cache
+        if tc is not None:  # every row group holds the same image: the encoder runs on the first
+            tc.begin_step()
+            x_enc, z_enc = model.extract_visual_feature(tokens[:n_img], mask[:n_img], grid, tc.encoder(mask[:n_img]))
+            x_enc, z_enc = (torch.cat([t] * (tokens.shape[0] // n_img)) for t in (x_enc, z_enc))
+            return model.refine_with_llm(x_enc, z_enc, rows_mask, cache=kv, run_llm=tc.llm(mask))
         if conditional_only:
             x_enc, z_enc = model.extract_visual_feature(tokens, mask, grid)
-            return model.refine_with_llm(x_enc, z_enc, attention_mask[:n_img], cache=cond_cache)
-        x_enc, z_enc = encode_image(tokens, mask, grid)  # (R, 64+V, D_enc), (R, V+64, H)
-        return model.refine_with_llm(x_enc, z_enc, attention_mask, cache=cache)  # (R, 64+V, D_enc)
+        else:
+            x_enc, z_enc = encode_image(tokens, mask, grid)  # (R, 64+V, D_enc), (R, V+64, H)
+        return model.refine_with_llm(x_enc, z_enc, rows_mask, cache=kv)  # (R, 64+V, D_enc)
 
     head = sample_head or model.mar.diffloss.sample
-    return sample_tokens(model, encode, prompt.shape[0], grid, settings, generator, head, callback, canvas)
+    decode = None
+    if tc is not None:
+
+        def decode(x_enc, mask, grid, *canvas, predict=None):
+            return model.decode(x_enc, mask, grid, *canvas, run_blocks=tc.decoder(predict))
+
+    return sample_tokens(model, encode, prompt.shape[0], grid, settings, generator, head, callback, canvas, decode)
 
 
 @torch.no_grad()
@@ -344,28 +343,28 @@ def sample_tokens(
     sample_head: HeadSampler,
     callback: StepCallback | None = None,
     canvas: Canvas | None = None,
+    decode: Callable[..., torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """The masked-autoregressive loop (spec §9.2) given the step's encoder (MAR encoder and LLM after the prompt).
 
     Args:
-        encode: (R, L, C) tokens and (R, L) mask -> the decoder's input (R, 64+V, D_enc). Under a condition cache
-            (``settings.cond_refresh``) it is also called as ``encode(tokens, mask, True)`` with the conditional rows
-            only, and must then run them under their own prompts.
+        encode: (R, L, C) tokens and (R, L) mask -> the decoder's input (R, 64+V, D_enc); under a condition cache
+            also ``encode(tokens, mask, True)`` on the conditional rows only, which it runs under their own prompts.
         rows: R, the prompt rows: ``settings.groups`` groups, the conditional one first. Every group holds the same
             image tokens; only the first group's are drawn, under the guidance of all.
         sample_head: draws the tokens of the positions revealed at a step (``DiffLoss.sample``'s arguments).
-        callback: called as ``callback(step, total)`` after each step (1-based, ``total`` the steps that run); it
-            draws nothing, so the tokens are the same with or without it. An exception it raises stops the loop
-            (how a server cancels the work of a request whose client left).
+        callback: ``callback(step, total)`` after each step (1-based, of the steps that run); it draws nothing, and an
+            exception it raises stops the loop (how a server cancels the work of a request whose client left).
         canvas: the decoder's canvas (:data:`Canvas`, editing); rows it leaves out keep the mask token.
+        decode: ``model.decode``'s arguments and ``predict``, the (R, L) bool cells the step draws (default: plain).
     Returns:
         (R', L, C) tokens in the model dtype, R' = R / settings.groups.
     """
+    decode = decode or (lambda x_enc, mask, grid, *canvas, predict=None: model.decode(x_enc, mask, grid, *canvas))
     groups = settings.groups
     if rows % groups:
         raise ValueError(f"with guidance the batch must hold {groups} equal groups of rows, got {rows} rows")
-    n_img = rows // groups
-    seq_len = grid[0] * grid[1]
+    n_img, seq_len = rows // groups, grid[0] * grid[1]
     orders, plan = _orders_and_plan(model, n_img, grid, settings, generator)  # (n, L), steps
     orders = torch.cat([orders] * groups)  # (R, L): every guidance group follows the conditional one
     tokens = torch.zeros(rows, seq_len, model.config.mar.token_dim, device=model.device, dtype=model.dtype)  # (R, L, C)
@@ -373,17 +372,17 @@ def sample_tokens(
     refresh = settings.cond_refresh if settings.caches_condition else 1
     residual = None  # (R - n, L, Dd): conditional decoder output minus each branch's, at the last full step
     for step, (n_after, n_sched) in enumerate(plan):
-        last = n_after == 0
+        mask_next = torch.zeros_like(mask) if (last := n_after == 0) else mask_by_order(n_after, orders)
+        to_predict = mask & ~mask_next  # (R, L)
         if step % refresh == 0 or last:  # the last step, which draws the most tokens, runs every row
-            z = model.decode(encode(tokens, mask), mask, grid, *(canvas or ()))  # (R, L, Dd)
+            z = decode(encode(tokens, mask), mask, grid, *(canvas or ()), predict=to_predict)  # (R, L, Dd)
             if refresh > 1:
                 residual = torch.cat([z[:n_img]] * (groups - 1)) - z[n_img:]
         else:  # the conditional rows only, the others from the cached residual
             con = (canvas[0][:n_img], canvas[1][:n_img]) if canvas else ()
-            z_cond = model.decode(encode(tokens[:n_img], mask[:n_img], True), mask[:n_img], grid, *con)
+            x = encode(tokens[:n_img], mask[:n_img], True)
+            z_cond = decode(x, mask[:n_img], grid, *con, predict=to_predict[:n_img])
             z = torch.cat([z_cond, torch.cat([z_cond] * (groups - 1)) - residual])
-        mask_next = torch.zeros_like(mask) if last else mask_by_order(n_after, orders)
-        to_predict = mask & ~mask_next  # (R, L)
         scales = step_scales(settings, seq_len, n_sched)
         new = _draw_tokens(sample_head, z[to_predict], settings, scales, step, len(plan), generator)
         first = tokens[:n_img]  # (n, L, C), a view: the conditional rows

@@ -19,7 +19,7 @@ QUANTIZE_NAMES = ("int8",)  # harmon.accel.quant.QUANTIZE_MODES
 
 # The names of harmon.sampling.PRESETS, in its order, for --preset choices without importing the sampler (and so
 # torch) at parse time; tests/test_cli.py checks that the two agree.
-PRESET_NAMES = ("full", "fast", "faster", "lean", "leaner", "brisk", "gtr", "lazy", "gtr-lazy")
+PRESET_NAMES = ("full", "fast", "faster", "lean", "leaner", "brisk", "gtr", "lazy", "gtr-lazy", "lazy-tokens")
 PRESET_HELP = (
     "speed preset applied to the model's defaults (explicit settings win); quality/speed table in benchmarks/README.md"
 )
@@ -36,6 +36,8 @@ GENERATION_SETTINGS = {
     "diffusion_steps_final": "diffusion_steps_final",
     "detail_steps": "detail_steps",
     "cond_refresh": "cond_refresh",
+    "token_refresh": "token_refresh",
+    "token_ratio": "token_ratio",
     "preset": "preset",
 }
 
@@ -107,6 +109,13 @@ def add_generation_args(p: argparse.ArgumentParser, *, image_size: bool = True, 
         type=int_at_least(1),
         help="condition cache (LazyMAR): the guidance branches through the network every this many steps",
     )
+    p.add_argument(
+        "--token-refresh",
+        type=int_at_least(1),
+        help="token cache (LazyMAR): every token through every layer every this many steps, between them only "
+        "the --token-ratio that moved most",
+    )
+    p.add_argument("--token-ratio", type=float, help="token cache: share of tokens recomputed between refreshes")
     p.add_argument("--preset", choices=list(PRESET_NAMES), help=PRESET_HELP)
 
 
