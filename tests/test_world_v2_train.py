@@ -154,7 +154,7 @@ def test_level_report_prints_every_level_phrasing_and_chance(monkeypatch, tmp_pa
     assert {"free/geneval_overall", "free/pope_f1/random", "free/position_bound"} <= set(quick)
 
 
-def test_relation_probe_runs_and_reports_its_three_measurements():
+def test_relation_probe_runs_and_reports_its_four_measurements():
     from harmon.world import WorldConfig, sample_prompt
     from harmon.world.analyses import relations, scorer_check
 
@@ -170,6 +170,15 @@ def test_relation_probe_runs_and_reports_its_three_measurements():
     assert set(result["sensitivity"]) == {"relation", "colour", "shape", "two outcomes"}
     assert all(0.0 <= v <= 1.0 for v in result["placement"].values())
     assert "(c) may the reference object go" in relations.format_report(result)
+    result["drawn"] = drawn = relations.drawn_placement(pipe, prompts[:3], world, 0, samples=2, chunk=5)
+    seq = pipe.model.grid_for(world.image_size)
+    assert drawn["draws"] == 3 * (seq[0] * seq[1] - 1) * 2  # every other token of every prompt, twice
+    labels = relations._placements(pipe, prompts[:3], world, 0)[3]
+    assert drawn["relation-holding tokens among the others (blind placement)"] == pytest.approx(
+        sum(labels) / len(labels)
+    )
+    assert all(0.0 <= v <= 1.0 for k, v in drawn.items() if k != "draws" and v == v)
+    assert "(d) what the generator draws" in relations.format_report(result)
     assert scorer_check.recovery("free", 4, 0) == {"render": 1.0, "render2": 1.0}
 
 

@@ -18,6 +18,10 @@ square"), on the given model:
     should fail if the condition carries the relation. For scale, the same one-hidden-layer probe on the geometry
     alone (which token is drawn, which is asked) and on the geometry plus the relation: the answer is a simple
     function of the latter, so a generator whose condition carried the relation could learn where to draw.
+(d) What it draws there. In the same setting, each other token's condition, under the model's own guidance and
+    sampling settings, is sampled by the diffusion head and the token decoded alone on an empty scene: of the draws
+    that show the reference object, the share on tokens where the asked relation holds, against the share such tokens
+    have among the others (what a placement blind to the relation gives).
 """
 
 from __future__ import annotations
@@ -31,26 +35,36 @@ import torch
 import torch.nn.functional as F
 
 from harmon.eval.metrics import relation
-from harmon.prompts import generation_prompt
+from harmon.images import tensor_to_pil
+from harmon.prompts import generation_prompt, unconditional_prompt
 from harmon.tokenizer import USER_TEXT
 from harmon.world.analyses.probe import fit_linear_probe
+from harmon.world.detection import detect_objects
 from harmon.world.prompts import OPPOSITE, RELATION_TEXT, sample_prompt, scene_for_prompt
 from harmon.world.render import render
-from harmon.world.scene import WorldConfig
+from harmon.world.scene import Scene, WorldConfig
 
 logger = logging.getLogger(__name__)
 
 FLIP = {RELATION_TEXT[r]: RELATION_TEXT[OPPOSITE[r]] for r in RELATION_TEXT}
 
 
-def _ids(pipe, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    return pipe.pad_prompts([pipe.encode_prompt(generation_prompt(USER_TEXT), p) for p in prompts])
+def _ids(pipe, prompts: list[str | None]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Padded generation prompts; None stands for the unconditional prompt of guidance."""
+    seqs = [
+        pipe.encode_prompt(unconditional_prompt()) if p is None else pipe.encode_prompt(generation_prompt(USER_TEXT), p)
+        for p in prompts
+    ]
+    return pipe.pad_prompts(seqs)
 
 
 @torch.no_grad()
-def conditions(pipe, prompts: list[str], tokens: torch.Tensor | None = None, visible: torch.Tensor | None = None):
-    """(LLM contribution (N, nb + V, D_enc), decoder conditions (N, L, D_dec)) for ``prompts``; ``tokens`` (N, L, C)
-    with ``visible`` (N, L) bool known (same count per row), or nothing known (the first step)."""
+def conditions(
+    pipe, prompts: list[str | None], tokens: torch.Tensor | None = None, visible: torch.Tensor | None = None
+):
+    """(LLM contribution (N, nb + V, D_enc), decoder conditions (N, L, D_dec)) for ``prompts`` (None: the
+    unconditional prompt); ``tokens`` (N, L, C) with ``visible`` (N, L) bool known (same count per row), or nothing
+    known (the first step)."""
     model, size = pipe.model, pipe.config.generation.image_size
     grid = model.grid_for(size)
     n, seq = len(prompts), grid[0] * grid[1]
@@ -156,12 +170,10 @@ def _mlp_probe(x_tr, y_tr, x_te, y_te, hidden: int = 64, steps: int = 400, seed:
         return float((net(x_te).argmax(1) == y_te).float().mean())
 
 
-def placement_probe(
-    pipe, prompts: list[dict], world: WorldConfig, n_train: int, seed: int, probe_steps: int = 400
-) -> dict[str, float]:
-    """(c): with the positioned object drawn at its token, can each other token's condition tell whether the
-    reference object may go there? Probes fit on the true prompts' conditions of ``n_train`` prompts, tested on the
-    rest, with the true and with the flipped prompts' conditions."""
+def _placements(pipe, prompts: list[dict], world: WorldConfig, seed: int):
+    """The setting of (c) and (d): a scene of each prompt, its tokens (N, L, C), the (N, L) bool token of the
+    positioned object (drawn), and for every other token a row (prompt, token) with label 1 where the asked
+    relation holds from the positioned object to the reference object centred on that token."""
     g = torch.Generator().manual_seed(seed)
     scenes = [scene_for_prompt(p, g, world) for p in prompts]
     tokens = _tokens(pipe, scenes, world)  # (N, L, C)
@@ -180,6 +192,17 @@ def placement_probe(
                 box = (cx - b.width / 2, cy - b.height / 2, cx + b.width / 2, cy + b.height / 2)
                 rows.append((i, t))
                 labels.append(int(obj["position"][0] in relation(a.bbox, box)))
+    return tokens, drawn, rows, labels
+
+
+def placement_probe(
+    pipe, prompts: list[dict], world: WorldConfig, n_train: int, seed: int, probe_steps: int = 400
+) -> dict[str, float]:
+    """(c): with the positioned object drawn at its token, can each other token's condition tell whether the
+    reference object may go there? Probes fit on the true prompts' conditions of ``n_train`` prompts, tested on the
+    rest, with the true and with the flipped prompts' conditions."""
+    tokens, drawn, rows, labels = _placements(pipe, prompts, world, seed)
+    side = round(tokens.shape[1] ** 0.5)
     feats = {}
     for name, texts in (("true", [p["prompt"] for p in prompts]), ("flipped", _edited(prompts, world, "relation"))):
         cond = conditions(pipe, texts, tokens, drawn)[1].float().cpu()  # (N, L, D_dec)
@@ -205,6 +228,53 @@ def placement_probe(
     return out
 
 
+@torch.no_grad()
+def drawn_placement(
+    pipe, prompts: list[dict], world: WorldConfig, seed: int, samples: int = 4, chunk: int = 256
+) -> dict[str, float]:
+    """(d): in (c)'s setting, what the generator draws at each other token (module docstring). Returns shares of
+    all draws (reference object, positioned object again, nothing) and, of the reference object's draws, the share
+    on relation-holding tokens beside that of a relation-blind placement."""
+    model, gen = pipe.model, pipe.config.generation
+    tokens, drawn, rows, labels = _placements(pipe, prompts, world, seed)
+    texts = [p["prompt"] for p in prompts]
+    z_c = conditions(pipe, texts, tokens, drawn)[1]  # (N, L, Dd)
+    z_u = conditions(pipe, [None] * len(texts), tokens, drawn)[1]
+    idx = torch.tensor(rows)  # (M, 2)
+    z = torch.cat([z_c[idx[:, 0], idx[:, 1]], z_u[idx[:, 0], idx[:, 1]]]).repeat_interleave(samples, dim=0)
+    g = torch.Generator().manual_seed(seed + 1)
+    cfg = gen.guidance_scale if gen.guidance_scale != 1.0 else 1.0
+    if cfg == 1.0:
+        z = z[: z.shape[0] // 2]
+    new = model.mar.diffloss.sample(
+        z, temperature=gen.temperature, cfg=cfg, generator=g, num_steps=gen.num_sampling_steps
+    )  # (M·samples, C)
+    blank = _tokens(pipe, [Scene(objects=(), image_size=world.image_size)], world)  # (1, L, C)
+    where = idx[:, 1].repeat_interleave(samples)
+    grid = model.grid_for(world.image_size)
+    found = []
+    for k in range(0, new.shape[0], chunk):
+        canvas = blank.expand(min(chunk, new.shape[0] - k), -1, -1).clone()
+        canvas[torch.arange(canvas.shape[0]), where[k : k + chunk]] = new[k : k + chunk].to(canvas.dtype)
+        found += [
+            {d.pair for d in detect_objects(im, world)} for im in tensor_to_pil(model.decode_tokens(canvas, grid))
+        ]
+    holds = torch.tensor(labels).repeat_interleave(samples).bool()
+    pairs = [(p["include"][0]["color"], p["include"][0]["class"]) for p in prompts]
+    pos = [(p["include"][1]["color"], p["include"][1]["class"]) for p in prompts]
+    owner = idx[:, 0].repeat_interleave(samples).tolist()
+    ref = torch.tensor([pairs[i] in f for i, f in zip(owner, found)])
+    n = len(found)
+    return {
+        "draws": float(n),
+        "reference object drawn": float(ref.float().mean()),
+        "positioned object drawn again": sum(pos[i] in f for i, f in zip(owner, found)) / n,
+        "nothing drawn": sum(not f for f in found) / n,
+        "reference draws on relation-holding tokens": float(holds[ref].float().mean()) if ref.any() else float("nan"),
+        "relation-holding tokens among the others (blind placement)": float(torch.tensor(labels).float().mean()),
+    }
+
+
 def format_report(result: dict) -> str:
     """The three measurements as Markdown tables."""
     lines = ["(a) first-step distance from the prompt's own conditions, per token (mean over prompts)", ""]
@@ -222,6 +292,10 @@ def format_report(result: dict) -> str:
     lines += ["", "(c) may the reference object go at this token? (one object per token, positioned object drawn)", ""]
     lines += ["| probe | test accuracy |", "|---|---|"]
     lines += [f"| {k} | {v:.3f} |" for k, v in result["placement"].items()]
+    if "drawn" in result:
+        lines += ["", "(d) what the generator draws at the other tokens (positioned object drawn; guided samples)", ""]
+        lines += ["| measure | value |", "|---|---|"]
+        lines += [f"| {k} | {v:.0f} |" if k == "draws" else f"| {k} | {v:.3f} |" for k, v in result["drawn"].items()]
     return "\n".join(lines)
 
 
@@ -233,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", help="model folder (default: the shipped model)")
     p.add_argument("--prompts", type=int, default=600, help="position prompts; 2/3 fit the probes, 1/3 test them")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--draw-prompts", type=int, default=200, help="prompts of (d), each other token sampled 4 times")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     t = time.perf_counter()
@@ -246,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         "sensitivity": sensitivity(pipe, prompts[:200], world, args.seed),
         "content": content_probes(pipe, prompts, world, n_train),
         "placement": placement_probe(pipe, prompts, world, n_train, args.seed),
+        "drawn": drawn_placement(pipe, prompts[: args.draw_prompts], world, args.seed),
     }
     logger.info("%s", format_report(result))
     logger.info("\n%d position prompts (seed %d), %.0f s", args.prompts, args.seed, time.perf_counter() - t)
