@@ -66,7 +66,8 @@ class SamplingSettings:
     cond_refresh: int | None = None
     # Token cache (LazyMAR, arXiv 2503.12450; harmon.tokencache): every token through every layer on every
     # token_refresh-th step; on the steps between, only the token_ratio of tokens whose first-layer features moved
-    # most (and those just revealed) run the deeper layers, the others reuse their cached features. None = off.
+    # most (and those revealed since, and the cells the step draws) run the deeper layers, the others reuse their
+    # cached features. None = off.
     token_refresh: int | None = None
     token_ratio: float | None = None  # None with token_refresh: TOKEN_RATIO
 
