@@ -279,9 +279,7 @@ class Harmon(nn.Module):
         ``canvas_proj`` of each position's canvas feature: the decoder's blocks, trained on mask-token rows, bury the
         canvas under their own output; the skip hands the head the source token: an edit learns only the change."""
         z = self.mar.forward_decoder(x_enc, mask, grid, x_con, x_con_rows, run_blocks=run_blocks)
-        if x_con is None:
-            return z
-        if self.canvas_proj is None:
+        if x_con is None or self.canvas_proj is None:
             return z
         skip = self.canvas_proj(x_con[:, self.buffer_size :])  # (B, L, Dd)
         rows = torch.ones(z.shape[0], dtype=torch.bool, device=z.device) if x_con_rows is None else x_con_rows

@@ -217,7 +217,9 @@ class TokenCache:
         _put(values[0], slots, v)
         rows = everyone
         if not self.full:
-            must = ~known.gather(1, slots) if force is None else ~known.gather(1, slots) | force  # (B, N)
+            must = ~known.gather(1, slots)  # (B, N): no cached features, or forced
+            if force is not None:
+                must |= force
             sim = F.cosine_similarity(h.float(), _gather(first, slots).float(), dim=-1).masked_fill(must, -2.0)
             count = max(math.ceil(self.ratio * n), int(must.sum(1).max()))
             rows = sim.topk(count, dim=1, largest=False).indices.sort(dim=1).values  # (B, S): sequence positions

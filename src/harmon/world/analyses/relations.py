@@ -238,16 +238,15 @@ def drawn_placement(
     model, gen = pipe.model, pipe.config.generation
     tokens, drawn, rows, labels = _placements(pipe, prompts, world, seed)
     texts = [p["prompt"] for p in prompts]
-    z_c = conditions(pipe, texts, tokens, drawn)[1]  # (N, L, Dd)
-    z_u = conditions(pipe, [None] * len(texts), tokens, drawn)[1]
     idx = torch.tensor(rows)  # (M, 2)
-    z = torch.cat([z_c[idx[:, 0], idx[:, 1]], z_u[idx[:, 0], idx[:, 1]]]).repeat_interleave(samples, dim=0)
-    g = torch.Generator().manual_seed(seed + 1)
-    cfg = gen.guidance_scale if gen.guidance_scale != 1.0 else 1.0
-    if cfg == 1.0:
-        z = z[: z.shape[0] // 2]
+    branches = [texts] + ([[None] * len(texts)] if gen.guidance_scale != 1.0 else [])  # conditional, unconditional
+    z = torch.cat([conditions(pipe, b, tokens, drawn)[1][idx[:, 0], idx[:, 1]] for b in branches])  # (G·M, Dd)
     new = model.mar.diffloss.sample(
-        z, temperature=gen.temperature, cfg=cfg, generator=g, num_steps=gen.num_sampling_steps
+        z.repeat_interleave(samples, dim=0),
+        temperature=gen.temperature,
+        cfg=gen.guidance_scale,
+        generator=torch.Generator().manual_seed(seed + 1),
+        num_steps=gen.num_sampling_steps,
     )  # (M·samples, C)
     blank = _tokens(pipe, [Scene(objects=(), image_size=world.image_size)], world)  # (1, L, C)
     where = idx[:, 1].repeat_interleave(samples)
