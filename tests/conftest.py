@@ -5,6 +5,28 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(1)  # tiny workloads: a second thread only adds contention on shared 2-core machines
+# the same for the commands tests start (CLI, server, torchrun ranks), which run beside the other test workers
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+EXTENDED = os.environ.get("HARMON_EXTENDED_TESTS") == "1"
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """``-n auto``: one worker per core the process may use, at most 4. Tests run torch on one thread (above), so
+    a 2-core machine runs two at once; beyond 4, workers mostly wait on the longest tests and cost memory."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(cores, 4))
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``extended`` run only with HARMON_EXTENDED_TESTS=1: each repeats at full size what a quicker test
+    of the 5-minute suite checks."""
+    if EXTENDED:
+        return
+    skip = pytest.mark.skip(reason="extended: set HARMON_EXTENDED_TESTS=1 to run")
+    for item in items:
+        if "extended" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture
@@ -14,8 +36,8 @@ def generator():
 
 @pytest.fixture(scope="session")
 def eval_shapes_seed0(tmp_path_factory) -> tuple[str, dict]:
-    """``harmon eval shapes --seed 0`` on the shipped model, run once for every test that reads it (about a minute):
-    its printed tables and its ``--json`` result."""
+    """``harmon eval shapes --seed 0`` on the shipped model, run once for every (extended) test that reads it (about
+    a minute): its printed tables and its ``--json`` result."""
     import json
     import subprocess
     import sys
@@ -25,6 +47,20 @@ def eval_shapes_seed0(tmp_path_factory) -> tuple[str, dict]:
     cmd = [sys.executable, "-m", "harmon.cli", "eval", "shapes", "--seed", "0", "--json", str(out)]
     printed = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True).stdout
     return printed, json.loads(out.read_text())
+
+
+@pytest.fixture(scope="session")
+def quick_eval_seed0() -> tuple[dict, dict]:
+    """The first 96 prompts and 280 questions of ``harmon eval shapes --seed 0`` on the shipped model, in this
+    process (about 8 s): its generation and understanding scores, item for item a prefix of the full run's."""
+    from harmon.pipeline import HarmonPipeline
+    from harmon.shipped import shipped_model_path
+    from harmon.world.evaluate import generation_scores, understanding_scores
+
+    pipe = HarmonPipeline.from_pretrained(shipped_model_path(), device="cpu")
+    generation, _prompts, _images = generation_scores(pipe, 96, seed=0)  # 16 prompts per category
+    understanding, _items, _answers = understanding_scores(pipe, 280, seed=0)  # 40 questions per POPE split
+    return generation, understanding
 
 
 @pytest.fixture(scope="module")

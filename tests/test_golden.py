@@ -50,8 +50,21 @@ def test_training_losses_are_the_recorded_ones(tmp_path):
         torch.testing.assert_close(torch.tensor(losses), torch.tensor(EXPECTED["train_losses"]), rtol=1e-4, atol=1e-5)
 
 
+def test_eval_shapes_scores_the_recorded_items(quick_eval_seed0):
+    """The first 96 prompts and 280 questions of `harmon eval shapes --seed 0` are judged right or wrong item for item
+    as in the recorded full run (the prompts, scenes and sampling noise of a shorter run are the full run's first)."""
+    generation, understanding = quick_eval_seed0
+    items = json.loads((GOLDEN / "eval_shapes_seed0_items.json").read_text())
+    assert "".join("01"[c] for c in generation["correct"]) == items["generation"][:96]
+    assert "".join("01"[c] for c in understanding["correct"]) == items["understanding"][:280]
+
+
 @pytest.mark.slow
+@pytest.mark.extended
 def test_eval_shapes_prints_the_recorded_tables(eval_shapes_seed0):
-    out, _ = eval_shapes_seed0  # harmon eval shapes --seed 0 (tests/conftest.py)
+    out, result = eval_shapes_seed0  # harmon eval shapes --seed 0 (tests/conftest.py)
     lines = [line for line in out.splitlines(keepends=True) if "seconds:" not in line]
     assert "".join(lines) == (GOLDEN / "eval_shapes_seed0.txt").read_text()
+    items = json.loads((GOLDEN / "eval_shapes_seed0_items.json").read_text())
+    for task in ("generation", "understanding"):
+        assert "".join("01"[c] for c in result[task]["correct"]) == items[task], task

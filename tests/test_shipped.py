@@ -6,7 +6,7 @@ reported; POPE F1 >= 0.85 on each split; counting accuracy >= 0.75; measured wit
 questions at a fixed seed. Issue #6: a GradCAM++ map for "circle" puts most of its heat inside the circles' boxes of a
 test scene, and over random scenes the asked shape's boxes hold clearly more heat than a flat map gives them.
 
-The quick tests check the same bars on smaller fresh samples; the slow one measures them at the issue's size.
+The quick tests check the same bars on smaller fresh samples; the extended one measures them at the issue's size.
 Findings about the model beyond these bars live in docs/RESULTS.md with the commands that measure them.
 """
 
@@ -68,26 +68,24 @@ def test_cli_defaults_to_the_shipped_model(tmp_path, capsys):
     assert capsys.readouterr().out.strip()
 
 
-def test_generation_bar_on_a_quick_sample(pipe):
-    from harmon.world.evaluate import generation_scores
-
-    scores, _prompts, _images = generation_scores(pipe, 96, seed=0)  # 16 prompts per category
-    assert_generation_bar(scores)
+def test_generation_bar_on_a_quick_sample(quick_eval_seed0):
+    assert_generation_bar(quick_eval_seed0[0])  # 96 prompts, 16 per category
 
 
-def test_understanding_bars_on_a_quick_sample(pipe):
+def test_understanding_bars_on_a_quick_sample(pipe, quick_eval_seed0):
     """The POPE bar also holds for POPE's own template, "Is there a <shape> in the image?" (no colour, half "No")."""
-    from harmon.world.evaluate import shape_existence_scores, understanding_scores
+    from harmon.world.evaluate import shape_existence_scores
 
-    scores, _items, _answers = understanding_scores(pipe, 280, seed=0)  # 40 questions per POPE split
-    assert_understanding_bars(scores)
+    assert_understanding_bars(quick_eval_seed0[1])  # 280 questions, 40 per POPE split
     bare = shape_existence_scores(pipe, 48, seed=0)
     assert bare["f1"] >= 0.85, bare
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_acceptance_bars_at_the_issue_size(eval_shapes_seed0):
-    """`harmon eval shapes --seed 0`: 504 fresh prompts and 1,512 questions, the issue's size."""
+    """`harmon eval shapes --seed 0`: 504 fresh prompts and 1,512 questions, the issue's size. The quick tests score
+    its first 96 prompts and 280 questions, and tests/test_golden.py checks those item for item against this run."""
     _, result = eval_shapes_seed0
     assert len(result["generation"]["correct"]) >= 500 and len(result["understanding"]["correct"]) >= 1500
     assert_generation_bar(result["generation"])

@@ -10,7 +10,7 @@ import pytest
 import torch
 from helpers import tiny_model, tiny_tokenizer
 from PIL import Image
-from train_helpers import EXTENDED, launch, step_losses, toy_config
+from train_helpers import launch, step_losses, toy_config
 
 from harmon.data import ProceduralSource, Task
 from harmon.pipeline import HarmonPipeline
@@ -342,7 +342,7 @@ def test_resume_continues_exactly(tok_dir, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not EXTENDED, reason="set HARMON_EXTENDED_TESTS=1 to run")
+@pytest.mark.extended
 def test_sigkill_then_resume_matches_uninterrupted_run(tok_dir, tmp_path):
     """One process (no torchrun) SIGKILLed after a checkpoint and resumed from the CLI. Outside the 5-minute suite:
     tests/test_train_resume.py kills a torchrun job at a worse moment (mid-checkpoint) and test_resume_continues_exactly

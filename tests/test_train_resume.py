@@ -14,7 +14,6 @@ import torch
 from helpers import tiny_tokenizer
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 from train_helpers import (
-    EXTENDED,
     kill_torchrun,
     launch,
     logged_steps,
@@ -119,7 +118,7 @@ def _assert_computes_one_process(tok_dir: str, tmp_path: Path) -> None:
     "mode",
     [
         # the replicated-state twin of the sharded case: outside the 5-minute suite, for its time
-        pytest.param("ddp", marks=pytest.mark.skipif(not EXTENDED, reason="set HARMON_EXTENDED_TESTS=1 to run")),
+        pytest.param("ddp", marks=pytest.mark.extended),
         "fsdp",
     ],
 )

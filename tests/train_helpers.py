@@ -17,7 +17,6 @@ from harmon.train.recipes import RECIPES
 from harmon.world.recipes import toy
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
-EXTENDED = os.environ.get("HARMON_EXTENDED_TESTS") == "1"  # tests left out of the 5-minute suite
 
 
 def toy_config(tok_dir: str, out: str | Path, steps: int = 4, **kw) -> TrainConfig:

@@ -1,8 +1,9 @@
 """Record the golden outputs that a behaviour-preserving change must reproduce byte for byte.
 
-Run from the repository root: ``python tests/golden/record.py`` (about a minute). It writes ``golden.json`` and the
-generated PNGs beside this file; ``tests/test_golden.py`` recomputes them. Re-record only when a change is meant to
-alter outputs, and say why in the commit.
+Run from the repository root: ``python tests/golden/record.py`` (about two minutes). It writes ``golden.json``, the
+generated PNGs, and the tables and per-item judgements of ``harmon eval shapes --seed 0`` beside this file;
+``tests/test_golden.py`` recomputes them. Re-record only when a change is meant to alter outputs, and say why in the
+commit.
 """
 
 from __future__ import annotations
@@ -106,6 +107,24 @@ def training_losses(output_dir: Path) -> list[float]:
     return [h["loss"] for h in history]
 
 
+def eval_shapes() -> tuple[str, dict]:
+    """``harmon eval shapes --seed 0`` as a user runs it: its printed tables (without wall times) and, for each
+    prompt and question, whether it was judged right ("1") or wrong ("0")."""
+    import os
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "seed0.json"
+        cmd = [sys.executable, "-m", "harmon.cli", "eval", "shapes", "--seed", "0", "--json", str(out)]
+        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+        printed = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True).stdout
+        result = json.loads(out.read_text())
+    tables = "".join(line for line in printed.splitlines(keepends=True) if "seconds:" not in line)
+    items = {task: "".join("01"[c] for c in result[task]["correct"]) for task in ("generation", "understanding")}
+    return tables, {"command": "harmon eval shapes --seed 0", **items}
+
+
 def main() -> None:
     import tempfile
 
@@ -122,6 +141,9 @@ def main() -> None:
     assert len(losses) == TRAIN_STEPS and all(math.isfinite(x) for x in losses), losses
     record["train_losses"] = losses
     (HERE / "golden.json").write_text(json.dumps(record, indent=2) + "\n")
+    tables, items = eval_shapes()
+    (HERE / "eval_shapes_seed0.txt").write_text(tables)
+    (HERE / "eval_shapes_seed0_items.json").write_text(json.dumps(items, indent=2) + "\n")
     print(json.dumps(record, indent=2), file=sys.stderr)
 
 
