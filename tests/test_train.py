@@ -156,8 +156,37 @@ def test_reinit_starts_named_modules_fresh_at_a_new_size(tok_dir, tmp_path):
     )  # the fresh init comes from the seed
     with pytest.raises(ValueError, match="match no parameter"):
         build_model(apply_overrides(cfg, ['model.reinit=["mar.difloss."]']))
-    with pytest.raises(ValueError, match="reinit applies"):
+    with pytest.raises(ValueError, match="reinit and rescale apply"):
         apply_overrides(toy(RECIPES["stage3"](), tok_dir, str(tmp_path / "p")), ['model.reinit=["mar."]']).validate()
+
+
+def test_rescale_multiplies_named_loaded_weights_only(tok_dir, tmp_path):
+    """model.rescale: the named parameters of a pretrained model times their factor, every other one as loaded."""
+    from harmon.train.trainer import build_model
+
+    HarmonPipeline(tiny_model(3), tiny_tokenizer()).save_pretrained(tmp_path / "base")
+    base = HarmonPipeline.from_pretrained(tmp_path / "base", device="cpu").model.state_dict()
+    cfg = apply_overrides(
+        toy(RECIPES["stage3"](), tok_dir, str(tmp_path / "run")),
+        [
+            f"model.pretrained={tmp_path / 'base'}",
+            "model.preset=null",
+            'model.rescale={"mar.decoder_pos_embed_learned": 20, "mar.decoder_embed.": 0.5}',
+        ],
+    )
+    cfg.validate()
+    sd = build_model(cfg)[0].state_dict()
+    for k, v in base.items():
+        factor = (
+            20.0 if k.startswith("mar.decoder_pos_embed_learned") else 0.5 if k.startswith("mar.decoder_embed.") else 1
+        )
+        torch.testing.assert_close(sd[k], v * factor, rtol=0, atol=0, msg=k)
+    with pytest.raises(ValueError, match=r"rescale prefixes \['mar.decoder_table'\] match no parameter"):
+        build_model(apply_overrides(cfg, ['model.rescale={"mar.decoder_table": 2}']))
+    with pytest.raises(ValueError, match="reinit and rescale apply"):
+        apply_overrides(
+            toy(RECIPES["stage3"](), tok_dir, str(tmp_path / "p")), ['model.rescale={"mar.": 2}']
+        ).validate()
 
 
 def test_stage1_freezes_the_llm(tok_dir, tmp_path):

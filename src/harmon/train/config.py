@@ -42,6 +42,9 @@ class ModelInit:
     # Parameter-name prefixes of a pretrained / official model that start fresh (seeded init) instead of loading,
     # so `overrides` may change their shapes: e.g. ["mar.diffloss."] with a wider mar.diffloss.width.
     reinit: list[str] = field(default_factory=list)
+    # Parameter-name prefixes of a pretrained / official model whose loaded values are multiplied by a factor before
+    # training, a study of scale: e.g. {"mar.decoder_pos_embed_learned": 20} (docs/RESULTS.md, decoder broadcasts).
+    rescale: dict[str, float] = field(default_factory=dict)
 
     def validate(self) -> None:
         chosen = [n for n in ("pretrained", "official_checkpoint") if getattr(self, n)]
@@ -55,10 +58,12 @@ class ModelInit:
             raise ValueError("model init: official_checkpoint needs official_vae and llm_folder")
         if self.llm_weights and not self.llm_folder:
             raise ValueError("model init: llm_weights=True needs llm_folder")
-        if self.reinit and not chosen:
+        for prefix, factor in self.rescale.items():
+            check_number(f"model.rescale[{prefix!r}]", factor)
+        if (self.reinit or self.rescale) and not chosen:
             raise ValueError(
-                "model init: reinit applies to a pretrained folder or an official checkpoint; a preset "
-                "is initialised fresh already"
+                "model init: reinit and rescale apply to a pretrained folder or an official checkpoint; a "
+                "preset is initialised fresh already"
             )
 
 

@@ -53,10 +53,27 @@ def build_model(cfg: TrainConfig) -> tuple[Harmon, Any]:
     if init.overrides or init.reinit:
         merged = HarmonConfig.from_dict(deep_merge(model.config.to_dict(), init.overrides))
         if init.reinit:
-            return _reinitialised(model, merged, tuple(init.reinit), cfg.seed, init.pretrained or "official"), tok
-        if merged.to_dict() != model.config.to_dict():
+            model = _reinitialised(model, merged, tuple(init.reinit), cfg.seed, init.pretrained or "official")
+        elif merged.to_dict() != model.config.to_dict():
             model = model_from_state_dict(merged, model.state_dict(), "loaded model")
-    return model, tok
+    return _rescaled(model, init.rescale), tok
+
+
+@torch.no_grad()
+def _rescaled(model: Harmon, scales: dict[str, float]) -> Harmon:
+    """``model`` with every parameter named ``prefix*`` multiplied by ``scales[prefix]`` (a prefix that names no
+    parameter is an error, as in reinit)."""
+    params = dict(model.named_parameters())
+    unused = [p for p in scales if not any(n.startswith(p) for n in params)]
+    if unused:
+        raise ValueError(f"model init: rescale prefixes {unused} match no parameter of the model")
+    for prefix, factor in scales.items():
+        for name, param in params.items():
+            if name.startswith(prefix):
+                param.mul_(float(factor))
+    if scales:
+        logger.info("model init: rescaled %s", scales)
+    return model
 
 
 def _preset_model(cfg: TrainConfig) -> tuple[Harmon, Any]:
