@@ -481,3 +481,35 @@ def test_continuation_ridge_reads_a_linear_world_and_the_backbone_trains():
     assert scenes.shape[1] == 16 and torch.equal(scenes, scene_tokens(pipe, "free", 8, seed=3))
     runs = [backbone_curve(pipe.model.config.mar, scenes, scenes, steps=1, every=1, seed=1) for _ in range(2)]
     assert runs[0] == runs[1]
+
+
+def test_decoder_broadcast_stages_and_head_placement_reading():
+    """(a)'s stages rebuild the decoder: its last stage plus the diffusion table is forward_decoder's condition at
+    every masked cell. (b) reads the scenes' own tokens on allowed cells only (the reading's check), and a few head
+    steps run end to end on the shipped model."""
+    from harmon.pipeline import HarmonPipeline
+    from harmon.shipped import shipped_model_path
+    from harmon.world.analyses import broadcast
+    from harmon.world.analyses.relations import conditions
+    from harmon.world.scene import WorldConfig
+
+    pipe = HarmonPipeline.from_pretrained(shipped_model_path(), device="cpu", dtype=torch.float32)
+    world = WorldConfig(image_size=pipe.config.generation.image_size)
+    pairs = broadcast._scenes(6, world, torch.Generator().manual_seed(0))
+    texts = [p["prompt"] for p, _ in pairs]
+    tokens, visible = broadcast._drawn(pipe, pairs, world)
+    assert visible.sum(1).tolist() == [1] * 6
+    stages, read, masked = broadcast.decoder_stages(pipe, texts, tokens, visible)
+    grid = pipe.model.grid_for(world.image_size)
+    want = conditions(pipe, texts, tokens, visible)[1][~visible]  # (6 * 3, D)
+    got = stages[-1][1][masked] + pipe.model.mar.diffusion_pos_embed(*grid)[0].expand(6, -1, -1)[~visible]
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    rows = broadcast.geometry(pipe, 6, world, 0)
+    assert [r["stage"] for r in rows["first step"]] == [s for s, _ in stages] + ["diffusion position table"]
+    assert all(r["read norm"] > r["cells norm"] for r in rows["first step"][:1])  # buffers outweigh the cells
+    result = broadcast.head_placement(pipe, world, True, steps=3, n_train=40, n_test=8, seed=0, batch=16)
+    own = result["scenes' own tokens"]
+    assert own["A on allowed cells"] == own["B on allowed cells"] == 1.0
+    assert own["A allowed"] == own["B allowed"] == 8 and own["other"] == 0 and own["nothing"] == 8 * 2
+    assert 0.0 <= result["draws"]["nothing"] <= 32
+    assert "(b) a fresh diffusion head" in broadcast.format_report({"head": {"relation": result}, "geometry": rows})

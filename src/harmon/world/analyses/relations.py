@@ -229,6 +229,23 @@ def placement_probe(
 
 
 @torch.no_grad()
+def read_alone(pipe, tokens: torch.Tensor, where: torch.Tensor, world: WorldConfig, chunk: int = 256) -> list[set]:
+    """The (colour, shape) pairs the detector finds when each token (M, C) is decoded alone at its cell ``where``
+    (M,) of an otherwise empty scene."""
+    model = pipe.model
+    blank = _tokens(pipe, [Scene(objects=(), image_size=world.image_size)], world)  # (1, L, C)
+    grid = model.grid_for(world.image_size)
+    found = []
+    for k in range(0, tokens.shape[0], chunk):
+        canvas = blank.expand(min(chunk, tokens.shape[0] - k), -1, -1).clone()
+        canvas[torch.arange(canvas.shape[0]), where[k : k + chunk]] = tokens[k : k + chunk].to(canvas.dtype)
+        found += [
+            {d.pair for d in detect_objects(im, world)} for im in tensor_to_pil(model.decode_tokens(canvas, grid))
+        ]
+    return found
+
+
+@torch.no_grad()
 def drawn_placement(
     pipe, prompts: list[dict], world: WorldConfig, seed: int, samples: int = 4, chunk: int = 256
 ) -> dict[str, float]:
@@ -248,16 +265,7 @@ def drawn_placement(
         generator=torch.Generator().manual_seed(seed + 1),
         num_steps=gen.num_sampling_steps,
     )  # (M·samples, C)
-    blank = _tokens(pipe, [Scene(objects=(), image_size=world.image_size)], world)  # (1, L, C)
-    where = idx[:, 1].repeat_interleave(samples)
-    grid = model.grid_for(world.image_size)
-    found = []
-    for k in range(0, new.shape[0], chunk):
-        canvas = blank.expand(min(chunk, new.shape[0] - k), -1, -1).clone()
-        canvas[torch.arange(canvas.shape[0]), where[k : k + chunk]] = new[k : k + chunk].to(canvas.dtype)
-        found += [
-            {d.pair for d in detect_objects(im, world)} for im in tensor_to_pil(model.decode_tokens(canvas, grid))
-        ]
+    found = read_alone(pipe, new, idx[:, 1].repeat_interleave(samples), world, chunk)
     holds = torch.tensor(labels).repeat_interleave(samples).bool()
     pairs = [(p["include"][0]["color"], p["include"][0]["class"]) for p in prompts]
     pos = [(p["include"][1]["color"], p["include"][1]["class"]) for p in prompts]
