@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from harmon.diffloss import DiffLoss
-from harmon.world.analyses.relations import _ids, _token_of, _tokens, read_alone
+from harmon.world.analyses.relations import _ids, _token_of, _tokens, load_for_study, read_alone
 from harmon.world.prompts import sample_prompt, scene_for_prompt
 from harmon.world.scene import WorldConfig
 
@@ -227,9 +227,6 @@ def format_report(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from harmon.pipeline import HarmonPipeline
-    from harmon.shipped import shipped_model_path
-
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="model folder (default: the shipped model)")
     p.add_argument("--prompts", type=int, default=200, help="position prompts of (a)")
@@ -239,9 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     t = time.perf_counter()
-    pipe = HarmonPipeline.from_pretrained(args.model or shipped_model_path(), device="cpu", dtype=torch.float32)
-    pipe.model.eval()
-    world = WorldConfig(image_size=pipe.config.generation.image_size)
+    pipe, world = load_for_study(args.model)
     result: dict[str, Any] = {"geometry": geometry(pipe, args.prompts, world, args.seed)}
     if args.head_steps:
         n_test = max(1, args.scenes // 10)

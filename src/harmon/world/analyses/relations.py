@@ -306,10 +306,17 @@ def format_report(result: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def load_for_study(model: str | None):
+    """The model folder (default: the shipped model) in fp32 and eval mode, and the world at its image size."""
     from harmon.pipeline import HarmonPipeline
     from harmon.shipped import shipped_model_path
 
+    pipe = HarmonPipeline.from_pretrained(model or shipped_model_path(), device="cpu", dtype=torch.float32)
+    pipe.model.eval()
+    return pipe, WorldConfig(image_size=pipe.config.generation.image_size)
+
+
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="model folder (default: the shipped model)")
     p.add_argument("--prompts", type=int, default=600, help="position prompts; 2/3 fit the probes, 1/3 test them")
@@ -318,9 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     t = time.perf_counter()
-    pipe = HarmonPipeline.from_pretrained(args.model or shipped_model_path(), device="cpu", dtype=torch.float32)
-    pipe.model.eval()
-    world = WorldConfig(image_size=pipe.config.generation.image_size)
+    pipe, world = load_for_study(args.model)
     g = torch.Generator().manual_seed(args.seed)
     prompts = [sample_prompt(g, "position", config=world) for _ in range(args.prompts)]
     n_train = 2 * args.prompts // 3
