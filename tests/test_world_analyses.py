@@ -512,4 +512,9 @@ def test_decoder_broadcast_stages_and_head_placement_reading():
     assert own["A on allowed cells"] == own["B on allowed cells"] == 1.0
     assert own["A allowed"] == own["B allowed"] == 8 and own["other"] == 0 and own["nothing"] == 8 * 2
     assert 0.0 <= result["draws"]["nothing"] <= 32
-    assert "(b) a fresh diffusion head" in broadcast.format_report({"head": {"relation": result}, "geometry": rows})
+    enc = broadcast.encoder_position(pipe, world, 60, 0)
+    assert list(enc)[0] == "chance" and list(enc)[-1] == "LLM input (proj_in)" and len(enc) == 2 + 2 + 2
+    assert enc["encoder input (tokens + position table, normed)"] == 1.0  # the table names the cell outright
+    assert all(0.0 <= v <= 1.0 for v in enc.values())
+    report = broadcast.format_report({"head": {"relation": result}, "geometry": rows, "encoder": enc})
+    assert "(b) a fresh diffusion head" in report and "(c) the cell of an object's token" in report
