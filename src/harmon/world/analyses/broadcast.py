@@ -216,6 +216,10 @@ def head_placement(
     head = DiffLoss(pipe.model.config.mar.diffloss)
     head.initialize_weights(torch.Generator().manual_seed(seed))
     embed = torch.nn.Linear(x_tr.shape[1], head.config.z_channels)
+    with torch.no_grad():  # torch's default init, drawn from the study's generator
+        bound = x_tr.shape[1] ** -0.5
+        embed.weight.uniform_(-bound, bound, generator=g)
+        embed.bias.uniform_(-bound, bound, generator=g)
     opt = torch.optim.AdamW([*head.parameters(), *embed.parameters()], lr=1e-3, weight_decay=0.0)
     losses = []
     for _ in range(steps):
