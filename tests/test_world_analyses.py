@@ -499,7 +499,7 @@ def test_decoder_broadcast_stages_and_head_placement_reading():
     texts = [p["prompt"] for p, _ in pairs]
     tokens, visible = broadcast._drawn(pipe, pairs, world)
     assert visible.sum(1).tolist() == [1] * 6
-    stages, read, masked = broadcast.decoder_stages(pipe, texts, tokens, visible)
+    stages, _read, masked = broadcast.decoder_stages(pipe, texts, tokens, visible)
     grid = pipe.model.grid_for(world.image_size)
     want = conditions(pipe, texts, tokens, visible)[1][~visible]  # (6 * 3, D)
     got = stages[-1][1][masked] + pipe.model.mar.diffusion_pos_embed(*grid)[0].expand(6, -1, -1)[~visible]
@@ -513,7 +513,7 @@ def test_decoder_broadcast_stages_and_head_placement_reading():
     assert own["A allowed"] == own["B allowed"] == 8 and own["other"] == 0 and own["nothing"] == 8 * 2
     assert 0.0 <= result["draws"]["nothing"] <= 32
     enc = broadcast.encoder_position(pipe, world, 60, 0)
-    assert list(enc)[0] == "chance" and list(enc)[-1] == "LLM input (proj_in)" and len(enc) == 2 + 2 + 2
+    assert next(iter(enc)) == "chance" and list(enc)[-1] == "LLM input (proj_in)" and len(enc) == 2 + 2 + 2
     assert enc["encoder input (tokens + position table, normed)"] == 1.0  # the table names the cell outright
     assert all(0.0 <= v <= 1.0 for v in enc.values())
     report = broadcast.format_report({"head": {"relation": result}, "geometry": rows, "encoder": enc})
