@@ -516,5 +516,7 @@ def test_decoder_broadcast_stages_and_head_placement_reading():
     assert next(iter(enc)) == "chance" and list(enc)[-1] == "LLM input (proj_in)" and len(enc) == 2 + 2 + 2
     assert enc["encoder input (tokens + position table, normed)"] == 1.0  # the table names the cell outright
     assert all(0.0 <= v <= 1.0 for v in enc.values())
+    llm = broadcast.llm_position(pipe, world, 30, 0)
+    assert len(llm) == pipe.model.llm.config.num_hidden_layers and all(0.0 <= v <= 1.0 for v in llm.values())
     report = broadcast.format_report({"head": {"relation": result}, "geometry": rows, "encoder": enc})
     assert "(b) a fresh diffusion head" in report and "(c) the cell of an object's token" in report

@@ -17,7 +17,8 @@ reaches the diffusion conditions. Two measurements on canonical position prompts
     the share of A's and B's draws on cells where the relation allows them (blind: about 1/2 on the 2 x 2 grid). The
     same reading of the scenes' own tokens gives 1.
 (c) Where an object is, on the understanding path. Linear probes for the cell of each object's token from the rows
-    the encoder computes for a whole scene (all tokens visible), stage by stage up to the LLM's input.
+    the encoder computes for a whole scene (all tokens visible), stage by stage up to the LLM's input, and from the
+    LLM's hidden states at that token after each of its layers.
 """
 
 from __future__ import annotations
@@ -124,6 +125,40 @@ def encoder_position(pipe, world: WorldConfig, n_scenes: int, seed: int) -> dict
         x = torch.stack([rows[i, c] for i, c in where]).float()
         out[name] = fit_linear_probe(x[train], y[train], x[~train], y[~train])
     return out
+
+
+@torch.no_grad()
+def llm_position(pipe, world: WorldConfig, n_scenes: int, seed: int) -> dict[str, float]:
+    """(c), inside the LLM: the same probes on the LLM's hidden states at each object's image token, after each
+    layer, with the image asked about as :meth:`HarmonPipeline.describe` asks (the image comes before the question,
+    so these states do not depend on it; the last layer's are after the final norm). The LLM may recover a token's
+    cell from its place in the sequence."""
+    from harmon import chat
+    from harmon.world.analyses.probe import fit_linear_probe
+    from harmon.world.render import render
+    from harmon.world.sampling import sample_scene
+
+    g = torch.Generator().manual_seed(seed)
+    scenes = [sample_scene(g, world) for _ in range(n_scenes)]
+    grid = pipe.model.grid_for(world.image_size)
+    where = [(i, _token_of(o.bbox, world.image_size, grid[1])) for i, s in enumerate(scenes) for o in s.objects]
+    states: list[torch.Tensor] = []  # per scene: (layers, L, H) at the image tokens
+    for scene in scenes:
+        prompt = chat.render(pipe, [pipe._question_turn(render(scene, world), "Describe the image.")])
+        first = next(k for k, item in enumerate(prompt.items) if isinstance(item, chat.ImageSlot))
+        out = pipe.model.llm.model(inputs_embeds=chat.embed(pipe, prompt.items), output_hidden_states=True)
+        states.append(torch.stack([h[0, first : first + grid[0] * grid[1]] for h in out.hidden_states[1:]]))
+    y = torch.tensor([c for _, c in where])
+    train = torch.arange(len(y)) < int(0.7 * len(y))
+    out_acc = {}
+    layers = states[0].shape[0]
+    for layer in range(layers):
+        x = torch.stack([states[i][layer, c] for i, c in where]).float()
+        normed = " (normed)" if layer == layers - 1 else ""
+        out_acc[f"LLM layer {layer} output{normed}, at the image token"] = fit_linear_probe(
+            x[train], y[train], x[~train], y[~train]
+        )
+    return out_acc
 
 
 def _scenes(n: int, world: WorldConfig, g: torch.Generator) -> list[tuple[dict, Any]]:
@@ -282,6 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     pipe, world = load_for_study(args.model)
     result: dict[str, Any] = {"geometry": geometry(pipe, args.prompts, world, args.seed)}
     result["encoder"] = encoder_position(pipe, world, args.scenes // 4, args.seed)
+    result["encoder"].update(llm_position(pipe, world, args.scenes // 4, args.seed))
     if args.head_steps:
         n_test = max(1, args.scenes // 10)
         result["head"] = {
