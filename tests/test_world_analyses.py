@@ -518,5 +518,10 @@ def test_decoder_broadcast_stages_and_head_placement_reading():
     assert all(0.0 <= v <= 1.0 for v in enc.values())
     llm = broadcast.llm_position(pipe, world, 30, 0)
     assert len(llm) == pipe.model.llm.config.num_hidden_layers and all(0.0 <= v <= 1.0 for v in llm.values())
-    report = broadcast.format_report({"head": {"relation": result}, "geometry": rows, "encoder": enc})
+    asked = broadcast.question_position(pipe, world, 20, 0)
+    assert asked["answer: chance"] == 0.5  # Yes and No alternate; 6 test questions
+    assert len(asked) == 3 * (1 + pipe.model.llm.config.num_hidden_layers)
+    parts = {"head": {"relation": result}, "geometry": rows, "encoder": enc, "question": asked}
+    report = broadcast.format_report(parts)
     assert "(b) a fresh diffusion head" in report and "(c) the cell of an object's token" in report
+    assert "(d) at the last prompt position" in report

@@ -19,6 +19,8 @@ reaches the diffusion conditions. Two measurements on canonical position prompts
 (c) Where an object is, on the understanding path. Linear probes for the cell of each object's token from the rows
     the encoder computes for a whole scene (all tokens visible), stage by stage up to the LLM's input, and from the
     LLM's hidden states at that token after each of its layers.
+(d) Where a position question is answered. Probes on the LLM's hidden states at the last prompt position, which
+    writes the answer, for the two named objects' cells and for the answer.
 """
 
 from __future__ import annotations
@@ -161,6 +163,45 @@ def llm_position(pipe, world: WorldConfig, n_scenes: int, seed: int) -> dict[str
     return out_acc
 
 
+@torch.no_grad()
+def question_position(pipe, world: WorldConfig, n_scenes: int, seed: int) -> dict[str, float]:
+    """(d) Where a position question is answered: probes on the LLM's hidden states at the last prompt position (the
+    one that writes the first answer token), after each layer, for the cell of the first named object, the cell of
+    the second and the answer (Yes / No, balanced); with ``chance`` for each."""
+    import re
+
+    from harmon import chat
+    from harmon.world.analyses.probe import fit_linear_probe
+    from harmon.world.questions import position_question
+    from harmon.world.render import render
+    from harmon.world.sampling import sample_scene
+
+    g = torch.Generator().manual_seed(seed)
+    side = pipe.model.grid_for(world.image_size)[1]
+    states, labels = [], []
+    while len(states) < n_scenes:
+        scene = sample_scene(g, world)
+        q = position_question(scene, g, positive=len(states) % 2 == 0)
+        if q is None:
+            continue
+        words = re.match(r"Is the (\w+) (\w+) .+ the (\w+) (\w+)\?$", q["question"]).groups()
+        a_pair, b_pair = (words[0], words[1]), (words[2], words[3])
+        cell = {o.pair: _token_of(o.bbox, world.image_size, side) for o in scene.objects}
+        prompt = chat.render(pipe, [pipe._question_turn(render(scene, world), q["question"])])
+        out = pipe.model.llm.model(inputs_embeds=chat.embed(pipe, prompt.items), output_hidden_states=True)
+        states.append(torch.stack([h[0, -1] for h in out.hidden_states[1:]]))  # (layers, H)
+        labels.append((cell[a_pair], cell[b_pair], int(q["answer"] == "Yes")))
+    train = torch.arange(n_scenes) < int(0.7 * n_scenes)
+    out_acc: dict[str, float] = {}
+    for k, what in enumerate(("first named object's cell", "second named object's cell", "answer")):
+        y = torch.tensor([lab[k] for lab in labels])
+        out_acc[f"{what}: chance"] = float(torch.bincount(y[~train]).max()) / int((~train).sum())
+        for layer in range(states[0].shape[0]):
+            x = torch.stack([st[layer] for st in states]).float()
+            out_acc[f"{what}: LLM layer {layer}"] = fit_linear_probe(x[train], y[train], x[~train], y[~train])
+    return out_acc
+
+
 def _scenes(n: int, world: WorldConfig, g: torch.Generator) -> list[tuple[dict, Any]]:
     prompts = [sample_prompt(g, "position", config=world) for _ in range(n)]
     return [(p, scene_for_prompt(p, g, world)) for p in prompts]
@@ -287,6 +328,11 @@ def format_report(result: dict) -> str:
         lines += ["| rows | test accuracy |", "|---|---|"]
         lines += [f"| {k} | {v:.3f} |" for k, v in result["encoder"].items()]
         lines.append("")
+    if "question" in result:
+        lines += ["(d) at the last prompt position of a position question (it writes the answer): linear probes", ""]
+        lines += ["| label: rows | test accuracy |", "|---|---|"]
+        lines += [f"| {k} | {v:.3f} |" for k, v in result["question"].items()]
+        lines.append("")
     if "head" in result:
         lines += ["(b) a fresh diffusion head on clean cell conditions: where its draws land", ""]
         lines += ["| condition | A on allowed cells | B on allowed cells | loss, last tenth |", "|---|---|---|---|"]
@@ -318,6 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {"geometry": geometry(pipe, args.prompts, world, args.seed)}
     result["encoder"] = encoder_position(pipe, world, args.scenes // 4, args.seed)
     result["encoder"].update(llm_position(pipe, world, args.scenes // 4, args.seed))
+    result["question"] = question_position(pipe, world, args.scenes // 4, args.seed)
     if args.head_steps:
         n_test = max(1, args.scenes // 10)
         result["head"] = {
