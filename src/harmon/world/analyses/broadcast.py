@@ -34,13 +34,12 @@ import torch
 import torch.nn.functional as F
 
 from harmon.diffloss import DiffLoss
+from harmon.eval.metrics import RELATIONS
 from harmon.world.analyses.relations import _ids, _token_of, _tokens, load_for_study, read_alone
 from harmon.world.prompts import sample_prompt, scene_for_prompt
 from harmon.world.scene import WorldConfig
 
 logger = logging.getLogger(__name__)
-
-RELATIONS = ("left of", "right of", "above", "below")
 
 
 def _spread(rows: torch.Tensor) -> float:
@@ -97,17 +96,43 @@ def decoder_geometry(pipe, texts: list[str], tokens: torch.Tensor, visible: torc
     return rows
 
 
+def _object_cells(pipe, world: WorldConfig, n_scenes: int, seed: int):
+    """Fresh scenes, each object as (scene index, cell of its token), the cells as labels and the 70 % that fit."""
+    from harmon.world.sampling import sample_scene
+
+    g = torch.Generator().manual_seed(seed)
+    scenes = [sample_scene(g, world) for _ in range(n_scenes)]
+    side = pipe.model.grid_for(world.image_size)[1]
+    where = [(i, _token_of(o.bbox, world.image_size, side)) for i, s in enumerate(scenes) for o in s.objects]
+    y = torch.tensor([c for _, c in where])
+    return scenes, where, y, torch.arange(len(y)) < int(0.7 * len(y))
+
+
+def _probes(features: dict[str, torch.Tensor], y: torch.Tensor, train: torch.Tensor) -> dict[str, float]:
+    """Test accuracy of a linear probe for ``y`` from each named (N, D) feature, fitted on ``train``."""
+    from harmon.world.analyses.probe import fit_linear_probe
+
+    return {name: fit_linear_probe(x[train], y[train], x[~train], y[~train]) for name, x in features.items()}
+
+
+def _llm_states(pipe, image, question: str) -> tuple[torch.Tensor, int]:
+    """The LLM's hidden states after each layer, (layers, T, H), with ``image`` asked ``question`` as
+    :meth:`HarmonPipeline.describe` asks (the last layer's after the final norm), and the image's first position."""
+    from harmon import chat
+
+    prompt = chat.render(pipe, [pipe._question_turn(image, question)])
+    first = next(k for k, item in enumerate(prompt.items) if isinstance(item, chat.ImageSlot))
+    out = pipe.model.llm.model(inputs_embeds=chat.embed(pipe, prompt.items), output_hidden_states=True)
+    return torch.stack([h[0] for h in out.hidden_states[1:]]), first
+
+
 @torch.no_grad()
 def encoder_position(pipe, world: WorldConfig, n_scenes: int, seed: int) -> dict[str, float]:
     """(c) Linear probes for the cell of each object's token from the understanding path's rows (all tokens
     visible, as the LLM reads an image): after the position table, after each encoder block, at the encoder's
     output and at the LLM's input (proj_in); 70 % of the objects fit, the rest test. ``chance``: the most common
     cell's share of the test objects."""
-    from harmon.world.analyses.probe import fit_linear_probe
-    from harmon.world.sampling import sample_scene
-
-    g = torch.Generator().manual_seed(seed)
-    scenes = [sample_scene(g, world) for _ in range(n_scenes)]
+    scenes, where, y, train = _object_cells(pipe, world, n_scenes, seed)
     model, mar = pipe.model, pipe.model.mar
     grid, nb = model.grid_for(world.image_size), model.buffer_size
     tokens = _tokens(pipe, scenes, world)
@@ -118,15 +143,12 @@ def encoder_position(pipe, world: WorldConfig, n_scenes: int, seed: int) -> dict
         stages.append((f"after encoder block {i}", block(stages[-1][1])))
     stages.append(("encoder output (normed)", mar.encoder_norm(stages[-1][1])))
     stages.append(("LLM input (proj_in)", model.visual_to_llm(stages[-1][1])[:, : grid[0] * grid[1]]))
-    where = [(i, _token_of(o.bbox, world.image_size, grid[1])) for i, s in enumerate(scenes) for o in s.objects]
-    y = torch.tensor([c for _, c in where])
-    train = torch.arange(len(y)) < int(0.7 * len(y))
-    out = {"chance": float(torch.bincount(y[~train]).max()) / int((~train).sum())}
+    features = {}
     for name, h in stages:
         rows = h[:, nb:] if h.shape[1] > grid[0] * grid[1] else h  # image tokens only
-        x = torch.stack([rows[i, c] for i, c in where]).float()
-        out[name] = fit_linear_probe(x[train], y[train], x[~train], y[~train])
-    return out
+        features[name] = torch.stack([rows[i, c] for i, c in where]).float()
+    chance = float(torch.bincount(y[~train]).max()) / int((~train).sum())
+    return {"chance": chance, **_probes(features, y, train)}
 
 
 @torch.no_grad()
@@ -135,32 +157,19 @@ def llm_position(pipe, world: WorldConfig, n_scenes: int, seed: int) -> dict[str
     layer, with the image asked about as :meth:`HarmonPipeline.describe` asks (the image comes before the question,
     so these states do not depend on it; the last layer's are after the final norm). The LLM may recover a token's
     cell from its place in the sequence."""
-    from harmon import chat
-    from harmon.world.analyses.probe import fit_linear_probe
     from harmon.world.render import render
-    from harmon.world.sampling import sample_scene
 
-    g = torch.Generator().manual_seed(seed)
-    scenes = [sample_scene(g, world) for _ in range(n_scenes)]
-    grid = pipe.model.grid_for(world.image_size)
-    where = [(i, _token_of(o.bbox, world.image_size, grid[1])) for i, s in enumerate(scenes) for o in s.objects]
-    states: list[torch.Tensor] = []  # per scene: (layers, L, H) at the image tokens
+    scenes, where, y, train = _object_cells(pipe, world, n_scenes, seed)
+    states = []  # per scene: (layers, T, H) and the image's first position
     for scene in scenes:
-        prompt = chat.render(pipe, [pipe._question_turn(render(scene, world), "Describe the image.")])
-        first = next(k for k, item in enumerate(prompt.items) if isinstance(item, chat.ImageSlot))
-        out = pipe.model.llm.model(inputs_embeds=chat.embed(pipe, prompt.items), output_hidden_states=True)
-        states.append(torch.stack([h[0, first : first + grid[0] * grid[1]] for h in out.hidden_states[1:]]))
-    y = torch.tensor([c for _, c in where])
-    train = torch.arange(len(y)) < int(0.7 * len(y))
-    out_acc = {}
-    layers = states[0].shape[0]
+        states.append(_llm_states(pipe, render(scene, world), "Describe the image."))
+    layers = states[0][0].shape[0]
+    features = {}
     for layer in range(layers):
-        x = torch.stack([states[i][layer, c] for i, c in where]).float()
         normed = " (normed)" if layer == layers - 1 else ""
-        out_acc[f"LLM layer {layer} output{normed}, at the image token"] = fit_linear_probe(
-            x[train], y[train], x[~train], y[~train]
-        )
-    return out_acc
+        rows = [states[i][0][layer, states[i][1] + c] for i, c in where]
+        features[f"LLM layer {layer} output{normed}, at the image token"] = torch.stack(rows).float()
+    return _probes(features, y, train)
 
 
 @torch.no_grad()
@@ -170,8 +179,6 @@ def question_position(pipe, world: WorldConfig, n_scenes: int, seed: int) -> dic
     the second and the answer (Yes / No, balanced); with ``chance`` for each."""
     import re
 
-    from harmon import chat
-    from harmon.world.analyses.probe import fit_linear_probe
     from harmon.world.questions import position_question
     from harmon.world.render import render
     from harmon.world.sampling import sample_scene
@@ -187,18 +194,18 @@ def question_position(pipe, world: WorldConfig, n_scenes: int, seed: int) -> dic
         words = re.match(r"Is the (\w+) (\w+) .+ the (\w+) (\w+)\?$", q["question"]).groups()
         a_pair, b_pair = (words[0], words[1]), (words[2], words[3])
         cell = {o.pair: _token_of(o.bbox, world.image_size, side) for o in scene.objects}
-        prompt = chat.render(pipe, [pipe._question_turn(render(scene, world), q["question"])])
-        out = pipe.model.llm.model(inputs_embeds=chat.embed(pipe, prompt.items), output_hidden_states=True)
-        states.append(torch.stack([h[0, -1] for h in out.hidden_states[1:]]))  # (layers, H)
+        states.append(_llm_states(pipe, render(scene, world), q["question"])[0][:, -1])  # (layers, H)
         labels.append((cell[a_pair], cell[b_pair], int(q["answer"] == "Yes")))
     train = torch.arange(n_scenes) < int(0.7 * n_scenes)
     out_acc: dict[str, float] = {}
     for k, what in enumerate(("first named object's cell", "second named object's cell", "answer")):
         y = torch.tensor([lab[k] for lab in labels])
         out_acc[f"{what}: chance"] = float(torch.bincount(y[~train]).max()) / int((~train).sum())
-        for layer in range(states[0].shape[0]):
-            x = torch.stack([st[layer] for st in states]).float()
-            out_acc[f"{what}: LLM layer {layer}"] = fit_linear_probe(x[train], y[train], x[~train], y[~train])
+        features = {
+            f"{what}: LLM layer {layer}": torch.stack([st[layer] for st in states]).float()
+            for layer in range(states[0].shape[0])
+        }
+        out_acc.update(_probes(features, y, train))
     return out_acc
 
 

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from harmon.eval.metrics import relation
+from harmon.eval.metrics import RELATIONS, relation
 from harmon.images import tensor_to_pil
 from harmon.prompts import generation_prompt, unconditional_prompt
 from harmon.tokenizer import USER_TEXT
@@ -141,7 +141,7 @@ def content_probes(
     llm, cond = conditions(pipe, [p["prompt"] for p in prompts])
     feats = {"llm (buffers)": llm.flatten(1).float().cpu(), "condition (tokens)": cond.flatten(1).float().cpu()}
     labels = {
-        "relation": [("left of", "right of", "above", "below").index(p["include"][1]["position"][0]) for p in prompts],
+        "relation": [RELATIONS.index(p["include"][1]["position"][0]) for p in prompts],
         "colour": [world.color_names.index(p["include"][1]["color"]) for p in prompts],
         "shape": [world.shapes.index(p["include"][1]["class"]) for p in prompts],
     }
@@ -215,7 +215,7 @@ def placement_probe(
     out["linear, true prompt"] = fit_linear_probe(x[train], y[train], x[test], y[test], steps=n // 4)
     out["mlp, true prompt"] = _mlp_probe(x[train], y[train], x[test], y[test], steps=n)
     out["mlp, flipped prompt's conditions"] = _mlp_probe(x[train], y[train], feats["flipped"][test], y[test], steps=n)
-    rel = [("left of", "right of", "above", "below").index(prompts[i]["include"][1]["position"][0]) for i, _ in rows]
+    rel = [RELATIONS.index(prompts[i]["include"][1]["position"][0]) for i, _ in rows]
     drawn_at = [int(drawn[i].nonzero()[0]) for i, _ in rows]
     where = torch.cat(
         [F.one_hot(torch.tensor(drawn_at), side * side), F.one_hot(torch.tensor([t for _, t in rows]), side * side)], 1
