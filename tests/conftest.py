@@ -35,18 +35,12 @@ def generator():
 
 
 @pytest.fixture(scope="session")
-def eval_shapes_seed0(tmp_path_factory) -> tuple[str, dict]:
-    """``harmon eval shapes --seed 0`` on the shipped model, run once for every (extended) test that reads it (about
-    a minute): its printed tables and its ``--json`` result."""
-    import json
-    import subprocess
-    import sys
+def eval_shapes_seed0() -> tuple[str, dict]:
+    """``harmon eval shapes --seed 0`` on the shipped model (tests/golden/record.py), run once for every (extended)
+    test that reads it (about a minute): its printed tables without wall times, and its ``--json`` result."""
+    from golden import record  # tests/golden/record.py, beside this file
 
-    out = tmp_path_factory.mktemp("eval_shapes") / "seed0.json"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "harmon.cli", "eval", "shapes", "--seed", "0", "--json", str(out)]
-    printed = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True).stdout
-    return printed, json.loads(out.read_text())
+    return record.eval_shapes()
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,6 @@ sets); elsewhere pixels must agree within a small tolerance and answers exactly.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import io
 import json
 from pathlib import Path
@@ -16,12 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from golden import record  # tests/golden/record.py
 from PIL import Image
 
 GOLDEN = Path(__file__).parent / "golden"
-spec = importlib.util.spec_from_file_location("golden_record", GOLDEN / "record.py")
-record = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(record)
 EXPECTED = json.loads((GOLDEN / "golden.json").read_text())
 SAME_CPU = EXPECTED["cpu"] == record.cpu_fingerprint()
 
@@ -55,16 +52,15 @@ def test_eval_shapes_scores_the_recorded_items(quick_eval_seed0):
     as in the recorded full run (the prompts, scenes and sampling noise of a shorter run are the full run's first)."""
     generation, understanding = quick_eval_seed0
     items = json.loads((GOLDEN / "eval_shapes_seed0_items.json").read_text())
-    assert "".join("01"[c] for c in generation["correct"]) == items["generation"][:96]
-    assert "".join("01"[c] for c in understanding["correct"]) == items["understanding"][:280]
+    assert record.judgements(generation) == items["generation"][:96]
+    assert record.judgements(understanding) == items["understanding"][:280]
 
 
 @pytest.mark.slow
 @pytest.mark.extended
 def test_eval_shapes_prints_the_recorded_tables(eval_shapes_seed0):
-    out, result = eval_shapes_seed0  # harmon eval shapes --seed 0 (tests/conftest.py)
-    lines = [line for line in out.splitlines(keepends=True) if "seconds:" not in line]
-    assert "".join(lines) == (GOLDEN / "eval_shapes_seed0.txt").read_text()
+    tables, result = eval_shapes_seed0  # harmon eval shapes --seed 0, wall times left out (tests/conftest.py)
+    assert tables == (GOLDEN / "eval_shapes_seed0.txt").read_text()
     items = json.loads((GOLDEN / "eval_shapes_seed0_items.json").read_text())
     for task in ("generation", "understanding"):
-        assert "".join("01"[c] for c in result[task]["correct"]) == items[task], task
+        assert record.judgements(result[task]) == items[task], task

@@ -107,9 +107,14 @@ def training_losses(output_dir: Path) -> list[float]:
     return [h["loss"] for h in history]
 
 
+def judgements(scores: dict) -> str:
+    """Each item of a generation or understanding table, judged right ("1") or wrong ("0"), in order."""
+    return "".join("01"[c] for c in scores["correct"])
+
+
 def eval_shapes() -> tuple[str, dict]:
-    """``harmon eval shapes --seed 0`` as a user runs it: its printed tables (without wall times) and, for each
-    prompt and question, whether it was judged right ("1") or wrong ("0")."""
+    """``harmon eval shapes --seed 0`` as a user runs it: its printed tables (without wall times) and its ``--json``
+    result."""
     import os
     import subprocess
     import tempfile
@@ -120,9 +125,7 @@ def eval_shapes() -> tuple[str, dict]:
         env = {**os.environ, "HF_HUB_OFFLINE": "1"}
         printed = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True).stdout
         result = json.loads(out.read_text())
-    tables = "".join(line for line in printed.splitlines(keepends=True) if "seconds:" not in line)
-    items = {task: "".join("01"[c] for c in result[task]["correct"]) for task in ("generation", "understanding")}
-    return tables, {"command": "harmon eval shapes --seed 0", **items}
+    return "".join(line for line in printed.splitlines(keepends=True) if "seconds:" not in line), result
 
 
 def main() -> None:
@@ -141,7 +144,9 @@ def main() -> None:
     assert len(losses) == TRAIN_STEPS and all(math.isfinite(x) for x in losses), losses
     record["train_losses"] = losses
     (HERE / "golden.json").write_text(json.dumps(record, indent=2) + "\n")
-    tables, items = eval_shapes()
+    tables, result = eval_shapes()
+    items = {"command": "harmon eval shapes --seed 0"}
+    items.update({task: judgements(result[task]) for task in ("generation", "understanding")})
     (HERE / "eval_shapes_seed0.txt").write_text(tables)
     (HERE / "eval_shapes_seed0_items.json").write_text(json.dumps(items, indent=2) + "\n")
     print(json.dumps(record, indent=2), file=sys.stderr)
