@@ -31,7 +31,7 @@ from harmon.decoding import check_decoding_settings, decode_greedy_batch, iter_d
 from harmon.images import load_image, prepare_for_understanding
 from harmon.prompts import IM_END, IM_START
 from harmon.tokenizer import USER_TEXT, encode_template
-from harmon.validate import check_generator, check_number, check_text
+from harmon.validate import check_flag, check_generator, check_number, check_text
 
 if TYPE_CHECKING:
     from harmon.pipeline import HarmonPipeline
@@ -141,9 +141,13 @@ def _message_parts(message: Any, i: int) -> tuple[str, list[Any]]:
             image = part.get("image")
             if not isinstance(image, (Image.Image, str, Path)):
                 raise TypeError(f"{name}.image must be a PIL image or a path, got {type(image).__name__}")
+            if isinstance(image, str) and not image.strip():  # Path("") is the current folder
+                raise ValueError(f"{name}.image is an empty path")
             parts.append(image if isinstance(image, Image.Image) else Path(image))
         else:
             raise ValueError(f"{name} must be {{'type': 'text', 'text': ...}} or {{'type': 'image', 'image': ...}}")
+    if role != "assistant" and all(isinstance(p, str) and not p.strip() for p in parts):
+        raise ValueError(f"{where}.content is empty: no text and no image")
     return role, parts
 
 
@@ -333,6 +337,7 @@ def chat(
     max_new_tokens, penalty = _decoding_defaults(pipe, max_new_tokens, repetition_penalty)
     check_decoding_settings(max_new_tokens, temperature, top_p, penalty)  # before any work
     check_generator(generator)
+    do_sample, stream = check_flag("do_sample", do_sample), check_flag("stream", stream)
     prompt = render(pipe, messages, image_size)
     pipe.check_context(prompt.text_tokens, prompt.image_positions, max_new_tokens, name)
     decoding = dict(

@@ -12,13 +12,20 @@ GRAY = (127, 127, 127)  # padding colour of understanding inputs (spec §10)
 # Transparent pixels are shown on white, as image viewers and browsers show them (and as the shapes world draws its
 # background); grey let the edges of a transparent object read as shapes of their own.
 WHITE = (255, 255, 255)
+# The largest square canvas expand_to_square builds (8192^2 RGB: 200 MB); Pillow's own decoding limit lets a thin
+# image far longer through, and every photo a camera takes fits under it unchanged.
+MAX_SQUARE_SIDE = 8192
 
 
 def load_image(path: str | Path) -> Image.Image:
     """Open an image file fully, raising a ValueError that names the file if it cannot be read."""
+    if isinstance(path, str) and not path.strip():  # Path("") is the current folder
+        raise ValueError("image path is empty")
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a folder, not an image file")
+    if path.exists() and not path.is_file():  # a pipe or a device would block or never end
+        raise ValueError(f"{path} is not a regular file (a pipe, socket or device), not an image file")
     if not path.is_file():
         raise FileNotFoundError(f"image file not found: {path}")
     try:
@@ -66,10 +73,16 @@ def to_rgb(image: Image.Image, background: tuple[int, int, int] = WHITE) -> Imag
 
 
 def expand_to_square(image: Image.Image, fill: tuple[int, int, int] = GRAY) -> Image.Image:
-    """Centre the image on a square canvas of ``fill`` (offset (long - short) // 2)."""
+    """Centre the image on a square canvas of ``fill`` (offset (long - short) // 2). An image whose long side is
+    over :data:`MAX_SQUARE_SIDE` is first shrunk to it (aspect kept): a 1 x 200000 strip, a file of a few hundred
+    bytes, would otherwise ask for a 120 GB canvas. Callers resize the square to far less anyway."""
     w, h = image.size
     if w == h:
         return image
+    if max(w, h) > MAX_SQUARE_SIDE:
+        scale = MAX_SQUARE_SIDE / max(w, h)
+        w, h = max(1, round(w * scale)), max(1, round(h * scale))
+        image = image.resize((w, h), Image.Resampling.BICUBIC)
     side = max(w, h)
     canvas = Image.new("RGB", (side, side), fill)
     canvas.paste(image, ((side - w) // 2, (side - h) // 2))

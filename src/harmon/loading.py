@@ -82,6 +82,8 @@ def resolve_device(
         device = torch.device(device) if device is not None else default_device()
     except RuntimeError as err:  # torch's message lists the device types it knows
         raise ValueError(f"device {device!r}: {err}") from None
+    if device.type == "meta":
+        raise ValueError("device meta holds shapes, not weights: nothing can run there; use cpu, cuda or mps")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device}: no CUDA device is available to this torch ({torch.__version__})")
     if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):

@@ -20,14 +20,9 @@ from harmon.chat import render as render_chat
 from harmon.conditioning import ImageInput, conditioned_batch, edit_inputs, embed_with_images, generation_ids
 from harmon.config import HarmonConfig
 from harmon.images import tensor_to_pil
-from harmon.loading import load_official, load_pretrained, save_pretrained
+from harmon.loading import as_dtype, load_official, load_pretrained, resolve_device, save_pretrained
 from harmon.model import Harmon
-from harmon.prompts import (
-    IM_END,
-    generation_prompt,
-    unconditional_prompt,
-    understanding_prompt,
-)
+from harmon.prompts import IM_END, generation_prompt, unconditional_prompt, understanding_prompt
 from harmon.sampling import (
     SETTING_KEYWORDS,
     Canvas,
@@ -38,7 +33,7 @@ from harmon.sampling import (
 )
 from harmon.tokenizer import USER_TEXT, encode_template
 from harmon.vae import VAEConfig
-from harmon.validate import check_generator, check_number, check_text
+from harmon.validate import check_draw_args, check_number, check_text
 
 logger = logging.getLogger(__name__)
 
@@ -93,8 +88,10 @@ class HarmonPipeline:
         """Write config.json, model.safetensors (tied head stored once) and the tokenizer files."""
         save_pretrained(self.model, self.tokenizer, path, dtype)
 
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> HarmonPipeline:
-        self.model.to(device=device, dtype=dtype)
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | str | None = None) -> HarmonPipeline:
+        """Move and cast the model; a device or dtype it cannot run in is refused by name, as when loading."""
+        device = None if device is None else resolve_device(device, self.model.dtype)[0]
+        self.model.to(device=device, dtype=None if dtype is None else as_dtype(dtype))
         self.model.reset_rotary_buffers()
         self.chat_cache.clear()
         return self
@@ -157,11 +154,10 @@ class HarmonPipeline:
 
     # ------------------------------------------------------------------ generation
     @staticmethod
-    def _prompt_list(
-        prompt: str | Sequence[str], num_images_per_prompt: int, output_type: str, generator: object = None
-    ) -> list[str]:
-        """The prompts of a ``generate`` call as a list, after checking its arguments."""
-        check_generator(generator)
+    def _prompt_list(prompt: str | Sequence[str], num_images_per_prompt: int, **draw: Any) -> list[str]:
+        """The prompts of a ``generate`` call as a list, after checking its arguments (``draw``: output_type,
+        generator, callback, compile)."""
+        check_draw_args(**draw)
         if not isinstance(prompt, (str, list, tuple)):
             raise TypeError(f"prompt must be a string or a list of strings, got {type(prompt).__name__}")
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
@@ -170,8 +166,6 @@ class HarmonPipeline:
         for i, p in enumerate(prompts):
             check_text(p, "prompt" if isinstance(prompt, str) else f"prompt {i}")
         check_number("num_images_per_prompt", num_images_per_prompt, low=1, integer=True)
-        if output_type not in ("pil", "latent", "pt"):
-            raise ValueError(f"output_type must be 'pil', 'latent' or 'pt', got {output_type!r}")
         return prompts
 
     @torch.no_grad()
@@ -217,11 +211,11 @@ class HarmonPipeline:
         (:mod:`harmon.conditioning`, at ``understanding_image_size``) fill the prompts' ``<image>`` marks in order,
         or come first, one per line, in a prompt without marks. Guidance contrasts with the plain unconditional one.
         """
-        prompts = self._prompt_list(prompt, num_images_per_prompt, output_type, generator)
+        draw = {"generator": generator, "compile": compile, "output_type": output_type, "callback": callback}
+        prompts = self._prompt_list(prompt, num_images_per_prompt, **draw)
         settings, size = self.generation_settings(**{k: v for k, v in locals().items() if k in SETTING_KEYWORDS})
         n_image = self.image_tokens(size)
         guided = settings.guidance_scale != 1.0
-        draw = {"generator": generator, "compile": compile, "output_type": output_type, "callback": callback}
         if images is not None:
             seqs = generation_ids(self.tokenizer, prompts, images, self.config.image_token)
             seqs += [self.encode_prompt(unconditional_prompt())] * (len(seqs) if guided else 0)
@@ -317,12 +311,12 @@ class HarmonPipeline:
         the source as a whole. Other settings as :meth:`generate`.
         """
         check_text(instruction, "instruction")
-        self._prompt_list(instruction, num_images_per_prompt, output_type, generator)  # the other checks of generate
+        draw = {"generator": generator, "compile": compile, "output_type": output_type, "callback": callback}
+        self._prompt_list(instruction, num_images_per_prompt, **draw)  # the other checks of generate
         settings, size = self.generation_settings(**{k: v for k, v in locals().items() if k in SETTING_KEYWORDS})
         if image_guidance_scale is not None and check_number("image_guidance_scale", image_guidance_scale) != 1.0:
             settings = replace(settings, image_guidance_scale=image_guidance_scale)  # checked there
         prompt, mask, canvas = edit_inputs(self, image, instruction, settings.groups, size, understanding_image_size)
-        draw = {"generator": generator, "compile": compile, "output_type": output_type, "callback": callback}
         return self.draw(prompt, mask, size, settings, repeat=num_images_per_prompt, canvas=canvas, **draw)
 
     def generation_settings(self, **settings: Any) -> tuple[SamplingSettings, int]:
@@ -347,6 +341,8 @@ class HarmonPipeline:
         check_text(question, "question")
         if not isinstance(image, (Image.Image, str, Path)):
             raise TypeError(f"expected a PIL image or a path, got {type(image).__name__}")
+        if isinstance(image, str) and not image.strip():  # Path("") would name the current folder
+            raise ValueError("image path is empty")
         return {
             "role": "user",
             "content": [{"type": "image", "image": image}, {"type": "text", "text": question.strip()}],

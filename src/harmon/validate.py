@@ -31,7 +31,7 @@ def check_fields(obj: Any, where: str | None = None) -> None:
         value = getattr(obj, f.name)
         ok, fixed = _conform(value, hints[f.name], f"{where}.{f.name}")
         if not ok:
-            raise ValueError(f"{where}.{f.name} must be {describe_type(hints[f.name])}, got {value!r}")
+            raise ValueError(f"{where}.{f.name} must be {describe_type(hints[f.name])}, got {shown(value)}")
         if fixed is not value:
             object.__setattr__(obj, f.name, fixed)
 
@@ -54,8 +54,13 @@ def _conform(value: Any, hint: Any, where: str) -> tuple[bool, Any]:
     if hint is int:
         return isinstance(value, int) and not isinstance(value, bool), value
     if hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-            return True, float(value) if isinstance(value, int) else value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            try:
+                fixed = float(value)  # an int beyond a float's range overflows: not a number this field can hold
+            except OverflowError:
+                return False, value
+            if math.isfinite(fixed):
+                return True, fixed if isinstance(value, int) else value
         return False, value
     if hint is str:
         return isinstance(value, str), value
@@ -127,19 +132,49 @@ def check_number(
     integer: bool = False,
 ) -> Any:
     """``value`` as a number in [low, high] (or > ``above``), finite, an integer when asked; else ValueError naming
-    ``name`` and the range."""
+    ``name`` and the range. An integer must fit 64 bits (what torch takes), a number a float."""
     kind = "an integer" if integer else "a finite number"
     if above is not None:
         kind += f" > {above}"
     elif low is not None or high is not None:
         kind += f" >= {low}" if high is None else f" <= {high}" if low is None else f" in [{low}, {high}]"
     fits = isinstance(value, int) if integer else isinstance(value, (int, float))
-    if isinstance(value, bool) or not fits or not math.isfinite(value):
-        raise ValueError(f"{name} must be {kind}, got {value!r}")
+    if isinstance(value, bool) or not fits or not _finite(value, integer):
+        beyond = ", beyond a 64-bit integer" if fits and integer and not isinstance(value, bool) else ""
+        raise ValueError(f"{name} must be {kind}, got {shown(value)}{beyond}{_scalar_hint(value, integer)}")
     out_of_range = (low is not None and value < low) or (high is not None and value > high)
     if out_of_range or (above is not None and not value > above):
-        raise ValueError(f"{name} must be {kind}, got {value!r}")
+        raise ValueError(f"{name} must be {kind}, got {shown(value)}")
     return value
+
+
+def _finite(value: int | float, integer: bool) -> bool:
+    """Whether a Python number is one a setting can hold: an int within 64 bits, a number within a float's range
+    (math.isfinite alone overflows on a 400-digit int instead of answering)."""
+    if integer:
+        return -(2**63) <= value < 2**63
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
+
+
+def _scalar_hint(value: Any, integer: bool) -> str:
+    """How to pass a NumPy or torch scalar, which the API does not take for a Python number (it would reach places
+    that test ``isinstance(x, int)``)."""
+    library = type(value).__module__.split(".")[0]
+    if library in ("numpy", "torch"):
+        return f" (a {library} {type(value).__name__}: pass {'int' if integer else 'float'}(x))"
+    return ""
+
+
+def shown(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for messages (a pasted 400-digit number stays readable)."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int beyond Python's digit limit for str()
+        return f"an integer of about {value.bit_length() * 0.30103:.0f} digits"
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
 
 
 # ---------------------------------------------------------------------------------------------- files
@@ -166,6 +201,8 @@ def read_json(path: str | Path, what: str = "JSON file") -> Any:
         return json.loads(text)
     except json.JSONDecodeError as err:
         raise ValueError(f"{path} is not valid JSON: {err.msg} (line {err.lineno}, column {err.colno})") from None
+    except RecursionError:  # json's decoder recurses once per nesting level
+        raise ValueError(f"{path} nests its JSON too deeply to read") from None
 
 
 def read_json_object(path: str | Path, what: str = "JSON file") -> dict[str, Any]:
@@ -191,6 +228,23 @@ def check_text(text: Any, name: str, *, allow_empty: bool = False) -> str:
     if not allow_empty and not text.strip():
         raise ValueError(f"{name} is empty")
     return text
+
+
+def check_flag(name: str, value: Any) -> bool:
+    """``value`` as a bool; anything else is refused, since a string such as "false" would read as true."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {shown(value)}")
+    return bool(value)
+
+
+def check_draw_args(generator: Any, callback: Any, compile: Any, output_type: Any) -> None:
+    """The arguments of an image-drawing call that are not sampling settings, each refused by name."""
+    check_generator(generator)
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be a function of (step, total) or None, got {type(callback).__name__}")
+    check_flag("compile", compile)
+    if output_type not in ("pil", "latent", "pt"):
+        raise ValueError(f"output_type must be 'pil', 'latent' or 'pt', got {shown(output_type)}")
 
 
 def check_generator(generator: Any) -> None:

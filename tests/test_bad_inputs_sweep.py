@@ -1,0 +1,136 @@
+"""Bad inputs found by a sweep outside the corpus (tests/bad_inputs): numbers too large for a float or for 64 bits,
+NumPy scalars, strings where a flag is a bool, an image that would need a gigantic square canvas, a pipe named as
+an image, JSON nested past the parser's recursion, a blank user turn, and command lines that failed only after
+the model loaded (or with a traceback). Each must be refused by name, before any model work where it can be."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from harmon import images
+from harmon.images import expand_to_square, load_image, prepare_for_understanding
+from harmon.loading import resolve_device
+from harmon.validate import check_fields, read_json
+
+RED = Image.new("RGB", (64, 64), "red")
+HUGE = 10**400  # a JSON body or a script can hold it; float() of it overflows
+
+
+# ---------------------------------------------------------------------------------------------- Python API
+@pytest.mark.parametrize(
+    "call,phrase",
+    [
+        (lambda p: p.generate("a red circle", num_images_per_prompt=HUGE), "num_images_per_prompt"),
+        (lambda p: p.generate("a red circle", guidance_scale=HUGE), "guidance_scale"),
+        (lambda p: p.generate("a red circle", image_size=HUGE), "image_size"),
+        (lambda p: p.describe(RED, "What is it?", max_new_tokens=HUGE), "max_new_tokens"),
+    ],
+    ids=["num-images", "guidance", "image-size", "max-new-tokens"],
+)
+def test_numbers_beyond_a_float_or_64_bits_are_refused_by_name(pipe, call, phrase):
+    with pytest.raises(ValueError, match=phrase):
+        call(pipe)
+
+
+def test_a_numpy_scalar_is_named_with_how_to_pass_it(pipe):
+    with pytest.raises(ValueError, match=r"image_size .*np\.int64\(64\).*int\(x\)"):
+        pipe.generate("a red circle", image_size=np.int64(64))
+
+
+@pytest.mark.parametrize(
+    "call,phrase",
+    [
+        (lambda p: p.describe(RED, "What is it?", do_sample="no", max_new_tokens=1), "do_sample"),
+        (lambda p: p.chat([{"role": "user", "content": "hi"}], stream="yes", max_new_tokens=1), "stream"),
+        (lambda p: p.generate("a red circle", compile="yes"), "compile"),
+        (lambda p: p.generate("a red circle", callback=3), "callback"),
+        (lambda p: p.edit(RED, "make it blue", callback="print"), "callback"),
+    ],
+    ids=["do-sample-string", "stream-string", "compile-string", "callback-int", "edit-callback-string"],
+)
+def test_flags_and_callbacks_of_the_wrong_type_are_refused(pipe, call, phrase):
+    # "no" is truthy: describe sampled where the user asked it not to
+    with pytest.raises(TypeError, match=phrase):
+        call(pipe)
+
+
+@pytest.mark.parametrize(
+    "messages,phrase",
+    [
+        ([{"role": "user", "content": [{"type": "text", "text": "  "}]}], r"content is empty"),
+        ([{"role": "user", "content": [{"type": "image", "image": ""}]}], r"image is an empty path"),
+    ],
+    ids=["blank-text-parts", "empty-image-path"],
+)
+def test_chat_messages_that_say_nothing_or_name_nothing_are_refused(pipe, messages, phrase):
+    with pytest.raises(ValueError, match=phrase):
+        pipe.chat(messages, max_new_tokens=1)
+
+
+def test_describe_an_empty_path_says_so_not_that_the_folder_is_a_folder(pipe):
+    with pytest.raises(ValueError, match="image path is empty"):
+        pipe.describe("", "What is it?")
+
+
+@pytest.mark.parametrize(
+    "args,error,phrase",
+    [(("tpu",), ValueError, "tpu"), (("meta",), ValueError, "meta"), ((None, "int8"), ValueError, "int8")],
+    ids=["unknown-device", "meta-device", "integer-dtype"],
+)
+def test_pipeline_to_refuses_what_it_cannot_run_in(pipe, args, error, phrase):
+    with pytest.raises(error, match=phrase):
+        pipe.to(*args)
+    assert pipe.device.type == "cpu" and pipe.model.dtype == torch.float32
+
+
+def test_the_meta_device_is_refused_before_loading():
+    with pytest.raises(ValueError, match="device meta"):
+        resolve_device("meta", None)
+
+
+def test_a_float_field_given_an_int_beyond_a_float_is_refused_by_name():
+    @dataclasses.dataclass
+    class Optim:
+        lr: float = 1e-4
+
+    with pytest.raises(ValueError, match=r"Optim\.lr must be a finite number"):
+        check_fields(Optim(lr=HUGE))  # a --set optim.lr=1000...0 of 400 digits
+
+
+# ---------------------------------------------------------------------------------------------- files and images
+def test_json_nested_past_the_parser_is_named_with_its_file(tmp_path):
+    path = tmp_path / "deep.json"
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ValueError, match=r"deep\.json nests its JSON too deeply"):
+        read_json(path)
+
+
+def test_an_empty_image_path_and_a_pipe_are_named(tmp_path):
+    with pytest.raises(ValueError, match="image path is empty"):
+        load_image("")
+    fifo = tmp_path / "camera.png"
+    os.mkfifo(fifo)  # opening it to read would wait for a writer forever
+    with pytest.raises(ValueError, match=r"camera\.png is not a regular file"):
+        load_image(fifo)
+
+
+def test_a_thin_strip_is_shrunk_before_it_is_padded_to_a_square(monkeypatch):
+    monkeypatch.setattr(images, "MAX_SQUARE_SIDE", 256)
+    square = expand_to_square(Image.new("RGB", (3, 1000), "blue"))
+    assert square.size == (256, 256)
+    assert square.getpixel((127, 128)) == (0, 0, 255) and square.getpixel((0, 0)) == images.GRAY  # 1 px wide
+
+
+def test_a_strip_of_a_few_hundred_bytes_is_understood_without_a_huge_canvas(tmp_path):
+    # 1 x 100000 px passes Pillow's decoding limit; padded as it is, its square would take 30 GB
+    path = tmp_path / "strip.png"
+    Image.new("RGB", (1, 100_000), "red").save(path)
+    assert path.stat().st_size < 2000
+    pixels = prepare_for_understanding(path, 64)
+    assert pixels.shape == (1, 3, 64, 64) and torch.isfinite(pixels).all()
