@@ -5,6 +5,7 @@ the model loaded (or with a traceback). Each must be refused by name, before any
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 
@@ -16,10 +17,14 @@ from PIL import Image
 from harmon import images
 from harmon.images import expand_to_square, load_image, prepare_for_understanding
 from harmon.loading import resolve_device
+from harmon.serve.app import read_json as read_body
+from harmon.serve.limits import ServeLimits
+from harmon.serve.requests import ApiError, Served, decode_image, parse_chat, parse_generation, parse_size
 from harmon.validate import check_fields, read_json
 
 RED = Image.new("RGB", (64, 64), "red")
 HUGE = 10**400  # a JSON body or a script can hold it; float() of it overflows
+SERVED = Served("m", ServeLimits(), token_px=32, default_size=64, max_new_tokens=16)
 
 
 # ---------------------------------------------------------------------------------------------- Python API
@@ -134,3 +139,71 @@ def test_a_strip_of_a_few_hundred_bytes_is_understood_without_a_huge_canvas(tmp_
     assert path.stat().st_size < 2000
     pixels = prepare_for_understanding(path, 64)
     assert pixels.shape == (1, 3, 64, 64) and torch.isfinite(pixels).all()
+
+
+# ---------------------------------------------------------------------------------------------- serve
+@pytest.mark.parametrize(
+    "body,phrase",
+    [
+        ({"prompt": "a", "n": HUGE}, "n must be an integer"),
+        ({"prompt": "a", "seed": HUGE}, "seed must be an integer"),
+        ({"prompt": "a", "guidance_scale": HUGE}, "guidance_scale must be a number"),
+    ],
+    ids=["n", "seed", "guidance"],
+)
+def test_serve_huge_json_integers_get_a_400(body, phrase):
+    with pytest.raises(ApiError, match=phrase) as err:
+        parse_generation(body, SERVED, ("fast",))
+    assert err.value.status == 400
+
+
+def test_serve_a_size_of_digits_that_int_cannot_read_gets_a_400():
+    with pytest.raises(ApiError, match="size must be 'NxN'") as err:
+        parse_size("\u00b2x\u00b2", SERVED)  # superscript twos: str.isdigit() but not int()
+    assert err.value.status == 400
+
+
+@pytest.mark.parametrize(
+    "body,phrase",
+    [
+        ({"messages": [{"role": ["user"], "content": "hi"}]}, "role must be one of"),
+        ({"messages": [{"role": {"a": 1}, "content": "hi"}]}, "role must be one of"),
+        ({"messages": [{"role": "user", "content": ""}]}, "content is empty"),
+        ({"messages": [{"role": "user", "content": [{"type": "text", "text": " "}]}]}, "content is empty"),
+        ({"messages": [{"role": "user", "content": "hi"}], "temperature": HUGE}, "temperature must be"),
+        ({"messages": [{"role": "user", "content": "hi"}], "frequency_penalty": 1.5}, "frequency_penalty"),
+        ({"messages": [{"role": "user", "content": "hi"}], "presence_penalty": -1}, "presence_penalty"),
+        ({"messages": [{"role": "user", "content": "hi"}], "logit_bias": {"7": 100}}, "logit_bias"),
+    ],
+    ids=["role-list", "role-object", "empty", "blank-part", "huge-temperature", "freq", "presence", "logit-bias"],
+)
+def test_serve_chat_bodies_that_failed_inside_or_were_ignored_get_a_400(body, phrase):
+    with pytest.raises(ApiError, match=phrase) as err:
+        parse_chat(body, SERVED)
+    assert err.value.status == 400
+
+
+def test_serve_the_defaults_of_unsupported_penalties_pass():
+    body = {"messages": [{"role": "user", "content": "hi"}], "frequency_penalty": 0, "presence_penalty": 0.0}
+    assert parse_chat(body, SERVED).messages[0]["role"] == "user"
+
+
+def test_serve_an_unknown_image_format_is_named_without_python_object_names():
+    with pytest.raises(ApiError) as err:
+        decode_image("data:image/png;base64,aGVsbG8=", "messages[0].content[0].image_url", ServeLimits())
+    assert err.value.status == 400 and "BytesIO" not in err.value.message
+    assert "not an image" in err.value.message
+
+
+def test_serve_a_body_nested_past_the_parser_gets_a_400():
+    from starlette.requests import Request
+
+    body = ("[" * 50_000 + "]" * 50_000).encode()
+
+    async def receive():
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    scope = {"type": "http", "method": "POST", "headers": [(b"content-type", b"application/json")]}
+    with pytest.raises(ApiError, match="nests its JSON too deeply") as err:
+        asyncio.run(read_body(Request(scope, receive), 1 << 20))
+    assert err.value.status == 400

@@ -87,6 +87,8 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
         data = json.loads(body)
     except (UnicodeDecodeError, ValueError) as err:
         raise ApiError(400, f"body is not valid JSON: {err}") from None
+    except RecursionError:  # json's decoder recurses once per nesting level
+        raise ApiError(400, "body nests its JSON too deeply to read") from None
     if not isinstance(data, dict):
         raise ApiError(400, f"body must be a JSON object, got {type(data).__name__}")
     return data

@@ -16,10 +16,13 @@ from typing import Any
 from PIL import Image, UnidentifiedImageError
 
 from harmon.serve.limits import ServeLimits
+from harmon.validate import shown
 
 ROLE_NAMES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 # chat fields whose non-default values this server cannot honour: refused, not silently ignored
-UNSUPPORTED_CHAT = ("tools", "functions", "stop", "logprobs", "response_format")
+UNSUPPORTED_CHAT = ("tools", "functions", "stop", "logprobs", "response_format", "logit_bias")
+# sampling penalties this server does not apply: any value but their default (0) would change nothing, silently
+UNSUPPORTED_PENALTIES = ("frequency_penalty", "presence_penalty")
 
 
 class ApiError(Exception):
@@ -80,9 +83,11 @@ def _number(body: dict, name: str, low: float, high: float, integer: bool = Fals
     if value is None:
         return None
     ok = isinstance(value, int) if integer else isinstance(value, (int, float))
-    if isinstance(value, bool) or not ok or not math.isfinite(value) or not low <= value <= high:
+    # an int is finite however many digits JSON gave it (math.isfinite would overflow converting it to a float)
+    finite = ok and (isinstance(value, int) or math.isfinite(value))
+    if isinstance(value, bool) or not finite or not low <= value <= high:
         kind = "an integer" if integer else "a number"
-        raise ApiError(400, f"{name} must be {kind} in [{low}, {high}], got {value!r}", name)
+        raise ApiError(400, f"{name} must be {kind} in [{low}, {high}], got {shown(value)}", name)
     return value
 
 
@@ -119,7 +124,7 @@ def parse_size(value: Any, served: Served) -> int | None:
     if value is None or value == "auto":
         return None
     w, _, h = value.partition("x") if isinstance(value, str) else ("", "", "")
-    if not (w.isdigit() and h.isdigit()) or w != h:
+    if not (w.isdecimal() and h.isdecimal()) or w != h:  # isdigit also passes "²", which int() refuses
         raise ApiError(400, f"size must be 'NxN' (square) or 'auto', got {value!r}", "size")
     side, limit, px = int(w), served.limits.max_image_size, served.token_px
     if not 0 < side <= limit or side % px:
@@ -184,7 +189,9 @@ def decode_image(url: Any, where: str, limits: ServeLimits) -> Image.Image:
         image.load()
     except Image.DecompressionBombError as err:
         raise ApiError(413, f"{where}: {err}", where) from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+    except UnidentifiedImageError:  # its message names only an in-memory buffer
+        raise ApiError(400, f"{where}: not an image in a format this server reads", where) from None
+    except (OSError, SyntaxError, ValueError) as err:
         raise ApiError(400, f"{where}: not an image that can be read ({err})", where) from None
     return image
 
@@ -220,9 +227,11 @@ def parse_messages(messages: Any, served: Served) -> list[dict[str, Any]]:
     for i, message in enumerate(messages):
         where = f"messages[{i}]"
         role = message.get("role") if isinstance(message, dict) else None
-        if role not in ROLE_NAMES:
-            raise ApiError(400, f"{where}.role must be one of {', '.join(ROLE_NAMES)}, got {role!r}", where)
+        if not isinstance(role, str) or role not in ROLE_NAMES:  # a list or object as role is unhashable
+            raise ApiError(400, f"{where}.role must be one of {', '.join(ROLE_NAMES)}, got {shown(role)}", where)
         parts = _content(message.get("content"), f"{where}.content", served, budget, images)
+        if role != "assistant" and all(isinstance(p.get("text"), str) and not p["text"].strip() for p in parts):
+            raise ApiError(400, f"{where}.content is empty: no text and no image", where)
         out.append({"role": ROLE_NAMES[role], "content": parts})
     if out[-1]["role"] != "user":
         raise ApiError(400, f"the last message must be the user's, got {out[-1]['role']!r}", "messages")
@@ -242,6 +251,9 @@ def parse_chat(body: dict, served: Served) -> ChatRequest:
     for name in UNSUPPORTED_CHAT:
         if body.get(name) not in (None, [], {"type": "text"}):
             raise ApiError(400, f"{name} is not supported by this server", name)
+    for name in UNSUPPORTED_PENALTIES:
+        if body.get(name) not in (None, 0):
+            raise ApiError(400, f"{name} is not supported by this server (only 0, its default)", name)
     if body.get("n") not in (None, 1):
         raise ApiError(400, f"n must be 1 (one answer per request), got {body.get('n')!r}", "n")
     lim = served.limits
