@@ -5,9 +5,12 @@ the model loaded (or with a traceback). Each must be refused by name, before any
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import dataclasses
 import os
+import socket
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +18,7 @@ import torch
 from PIL import Image
 
 from harmon import images
+from harmon.cli import main, run
 from harmon.images import expand_to_square, load_image, prepare_for_understanding
 from harmon.loading import resolve_device
 from harmon.serve.app import read_json as read_body
@@ -25,6 +29,19 @@ from harmon.validate import check_fields, read_json
 RED = Image.new("RGB", (64, 64), "red")
 HUGE = 10**400  # a JSON body or a script can hold it; float() of it overflows
 SERVED = Served("m", ServeLimits(), token_px=32, default_size=64, max_new_tokens=16)
+
+
+class ReachedModel(Exception):
+    """Raised instead of loading a model: the command should have refused its arguments before."""
+
+
+def no_model(*args, **kwargs):
+    raise ReachedModel("the command loaded a model before refusing its arguments")
+
+
+def cli(argv: list[str], capsys) -> tuple[int, str]:
+    code = main(argv)
+    return code, capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------------------- Python API
@@ -207,3 +224,95 @@ def test_serve_a_body_nested_past_the_parser_gets_a_400():
     with pytest.raises(ApiError, match="nests its JSON too deeply") as err:
         asyncio.run(read_body(Request(scope, receive), 1 << 20))
     assert err.value.status == 400
+
+
+# ---------------------------------------------------------------------------------------------- command line
+def test_running_out_of_memory_is_one_line_not_a_traceback(capsys):
+    def allocate(args):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: 7680 GB")
+
+    def python_allocate(args):
+        raise MemoryError()
+
+    for func in (allocate, python_allocate):  # torch's allocator, then Python's
+        assert run(argparse.Namespace(func=func, command="generate")) == 2
+        assert "harmon generate: error: out of memory" in capsys.readouterr().err
+
+
+def test_other_runtime_errors_still_show_their_traceback():
+    def broken(args):
+        raise RuntimeError("a fault of ours")
+
+    with pytest.raises(RuntimeError, match="a fault of ours"):
+        run(argparse.Namespace(func=broken, command="generate"))
+
+
+def test_an_overflow_is_one_line(capsys):
+    def overflow(args):
+        raise OverflowError("int too large to convert to float")
+
+    assert run(argparse.Namespace(func=overflow, command="train")) == 2
+    assert "harmon train: error: int too large" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "flags,phrase",
+    [
+        (["--seed", str(2**70)], "--seed"),
+        (["--max-new-tokens", "0"], "--max-new-tokens"),
+        (["--top-p", "5"], "top_p"),
+        (["--sample", "--temperature", "nan"], "temperature"),
+    ],
+    ids=["seed-beyond-64-bits", "max-new-tokens-zero", "top-p-five", "temperature-nan"],
+)
+def test_chat_refuses_its_settings_before_the_model_loads(monkeypatch, capsys, flags, phrase):
+    monkeypatch.setattr("harmon.cli.chat.load_pipeline", no_model)
+    code, err = cli(["chat", *flags], capsys)
+    assert code == 2 and phrase in err, err
+
+
+def test_chat_refuses_an_image_size_before_the_first_message(pipe, monkeypatch, capsys):
+    monkeypatch.setattr("harmon.cli.chat.load_pipeline", lambda args: pipe)
+    monkeypatch.setattr("builtins.input", no_model)  # the conversation must not start
+    code, err = cli(["chat", "--image-size", "24"], capsys)
+    assert code == 2 and "--image-size 24 is not a multiple of" in err, err
+
+
+def test_serve_names_a_port_in_use_and_an_unknown_host_before_the_model_loads(monkeypatch, capsys):
+    monkeypatch.setattr("harmon.cli.serve.load_pipeline", no_model)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, err = cli(["serve", "--port", str(port)], capsys)
+    assert code == 2 and f"cannot listen on 127.0.0.1:{port}" in err, err
+    code, err = cli(["serve", "--host", "no-such-host.invalid", "--port", "0"], capsys)
+    assert code == 2 and "--host 'no-such-host.invalid'" in err, err
+
+
+@pytest.mark.parametrize(
+    "flags,phrase",
+    [
+        (["--prompts", "0", "--questions", "0", "--shape-questions", "0"], "nothing to evaluate"),
+        (["--level", "grid", "--prompts", "0", "--questions", "0"], "nothing to evaluate"),
+        (["--prompts", str(10**14)], "--prompts: must be in [0, 1000000]"),
+    ],
+    ids=["all-zero", "levels-all-zero", "prompts-absurd"],
+)
+def test_eval_shapes_refuses_nothing_and_absurd_counts_before_the_model(monkeypatch, capsys, flags, phrase):
+    monkeypatch.setattr("harmon.cli.eval.load_pipeline", no_model)
+    code, err = cli(["eval", "shapes", *flags], capsys)
+    assert code == 2 and phrase in err, err
+
+
+def test_train_config_nested_past_the_parser_is_one_line(tmp_path, capsys):
+    path = tmp_path / "train.json"
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    code, err = cli(["train", "--config", str(path), "--print-config"], capsys)
+    assert code == 2 and f"{path} nests its JSON too deeply" in err, err
+
+
+def test_meta_device_on_the_command_line_is_one_line(tmp_path, capsys):
+    code, err = cli(["generate", "a red circle", "-o", str(tmp_path / "x.png"), "--device", "meta"], capsys)
+    assert code == 2 and "device meta" in err, err
+    assert not Path(tmp_path / "x.png").exists()

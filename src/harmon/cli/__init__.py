@@ -22,9 +22,18 @@ from harmon.cli.train import add_train
 # never reach for a hub: everything we load is local (set before any command imports transformers)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-# errors a command raises for bad input (an unreadable or missing file, a wrong setting, a bad image): one stderr
-# line naming the problem, not a traceback (--debug shows it)
-EXPECTED_ERRORS = (ValueError, OSError, TypeError)
+# errors a command raises for bad input (an unreadable or missing file, a wrong setting, a bad image, a number too
+# large for a float): one stderr line naming the problem, not a traceback (--debug shows it)
+EXPECTED_ERRORS = (ValueError, OSError, TypeError, OverflowError)
+# how running out of memory reads: Python's MemoryError, torch's CPU allocator and CUDA's OutOfMemoryError
+OUT_OF_MEMORY = ("can't allocate memory", "bad_alloc", "out of memory")
+
+
+def out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` says that an allocation failed (a request too large for this machine, not a fault)."""
+    return isinstance(err, MemoryError) or (
+        isinstance(err, RuntimeError) and any(words in str(err) for words in OUT_OF_MEMORY)
+    )
 
 
 class Parser(argparse.ArgumentParser):
@@ -57,9 +66,12 @@ def run(args: argparse.Namespace) -> int:
     """Run the parsed command; an expected error becomes ``harmon <command>: error: ...`` and exit status 2."""
     try:
         return args.func(args)
-    except EXPECTED_ERRORS as err:
-        if getattr(args, "debug", False):
+    except (*EXPECTED_ERRORS, MemoryError, RuntimeError) as err:
+        if getattr(args, "debug", False) or not (isinstance(err, EXPECTED_ERRORS) or out_of_memory(err)):
             raise
+        if out_of_memory(err):
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            err = f"out of memory ({first[:200]}); ask for less at once: fewer images, a smaller image or batch"
         print(f"harmon {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from harmon.cli.common import add_model_args, load_pipeline, seeded
+from harmon.cli.common import add_model_args, int_at_least, load_pipeline, seed_value, seeded
 
 HELP = (
     "Type a message and press Enter. /image PATH attaches an image to your next message, /reset starts over, "
@@ -94,7 +94,13 @@ class TerminalChat:
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
+    from harmon.decoding import check_decoding_settings
+
+    # every message would fail on a bad setting: refuse it once, before the model loads
+    check_decoding_settings(args.max_new_tokens or 1, args.temperature, args.top_p, 1.0)
     pipe = load_pipeline(args)
+    if args.image_size is not None:
+        pipe.image_tokens(args.image_size, "--image-size")
     settings = {
         "max_new_tokens": args.max_new_tokens,
         "do_sample": args.sample,
@@ -135,11 +141,11 @@ def converse(session: TerminalChat, command: str) -> int:
 def add_chat(sub: argparse._SubParsersAction) -> None:
     c = sub.add_parser("chat", help="a conversation about images in the terminal (answers streamed)")
     c.add_argument("--image", action="append", help="attach an image to the first message (repeatable)")
-    c.add_argument("--max-new-tokens", type=int, help="longest answer in tokens (default: the model's)")
+    c.add_argument("--max-new-tokens", type=int_at_least(1), help="longest answer in tokens (default: the model's)")
     c.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     c.add_argument("--temperature", type=float, default=1.0)
     c.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling: keep the top tokens of this mass")
     c.add_argument("--image-size", type=int, help="pixels the encoder sees (default: the model's understanding size)")
-    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--seed", type=seed_value, default=0)
     add_model_args(c)
     c.set_defaults(func=cmd_chat)

@@ -26,12 +26,17 @@ from harmon.cli.common import (
 from harmon.cli.fid import add_fid
 
 SHIPPED_GENEVAL_PROMPTS = Path(__file__).parent.parent / "assets" / "eval" / "shapes_geneval_metadata.jsonl"
+# most fresh shapes-world items per kind: 2000 x the defaults, days on the tiny model; far more is a typo that
+# would fill memory while the items are drawn, before any is scored
+MAX_ITEMS = 1_000_000
 
 
 def cmd_shapes(args: argparse.Namespace) -> int:
     from harmon.world import format_tables
     from harmon.world.evaluate import evaluate_shapes
 
+    if not (args.prompts or args.questions or (args.shape_questions and args.level is None)):
+        raise ValueError("nothing to evaluate: --prompts, --questions and --shape-questions are all 0")
     if args.level is not None:
         if args.fid:
             raise ValueError("--fid applies to the default report, not to --level")
@@ -236,13 +241,12 @@ def cmd_mc(args: argparse.Namespace) -> int:
 
 def _add_shapes(esub: argparse._SubParsersAction) -> None:
     es = esub.add_parser("shapes", help="fresh shapes-world prompts and questions, scored exactly")
-    es.add_argument(
-        "--prompts", type=int_at_least(0), default=504, help="generation prompts (balanced over 6 categories)"
-    )
-    es.add_argument("--questions", type=int_at_least(0), default=1512, help="questions (balanced over 7 kinds)")
+    count = int_at_least(0, MAX_ITEMS)
+    es.add_argument("--prompts", type=count, default=504, help="generation prompts (balanced over 6 categories)")
+    es.add_argument("--questions", type=count, default=1512, help="questions (balanced over 7 kinds)")
     es.add_argument(
         "--shape-questions",
-        type=int_at_least(0),
+        type=count,
         default=168,
         help='bare-shape existence questions ("Is there a circle in the image?", half "No"), scored apart '
         "so the other tables do not depend on them; 0 skips them",
@@ -271,7 +275,8 @@ def _add_shapes_edit(esub: argparse._SubParsersAction) -> None:
     ee = esub.add_parser(
         "shapes-edit", help="fresh shapes-world edits (recolour, remove, add, move, swap colours, change shape), scored"
     )
-    ee.add_argument("--edits", type=int_at_least(1), default=50, help="edits per edit type and phrasing split")
+    edits = int_at_least(1, MAX_ITEMS)
+    ee.add_argument("--edits", type=edits, default=50, help="edits per edit type and phrasing split")
     ee.add_argument("--seed", type=seed_value, default=0)
     ee.add_argument(
         "--phrasing",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import logging
+import socket
 from pathlib import Path
 
 from harmon.cli.common import add_model_args, load_pipeline
@@ -23,6 +24,22 @@ def model_name(args: argparse.Namespace) -> str:
     return "harmon-shapes-tiny"
 
 
+def check_address(host: str, port: int) -> None:
+    """Bind ``host``:``port`` once and let go, so that an unknown host or a port in use is named before the model
+    loads (uvicorn would say only "Name or service not known" or "address already in use", after it)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as err:
+        raise ValueError(f"--host {host!r} is not an address of this machine ({err})") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind(address)
+        except OSError as err:
+            raise ValueError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     try:
         import uvicorn
@@ -36,6 +53,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     check_number("--port", args.port, low=0, high=65535, integer=True)
     fields = {name: getattr(args, name) for name in ServeLimits.__dataclass_fields__}
     limits = ServeLimits(**fields)  # checked before the model loads
+    check_address(args.host, args.port)
     pipe = load_pipeline(args)
     app = create_app(pipe, limits, model_name(args))
     host = args.host
