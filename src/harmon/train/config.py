@@ -142,6 +142,7 @@ class SourceConfig:
             raise ValueError(f"{where}: crop must be one of {CROPS}, got {self.crop!r}")
         if self.max_text_length is not None and self.max_text_length < 1:
             raise ValueError(f"{where}: max_text_length must be >= 1 or None, got {self.max_text_length}")
+        check_number(f"{where}: loss_weight", self.loss_weight, low=0)  # a negative weight would ascend its loss
 
         check_format(self)
 
@@ -166,6 +167,12 @@ class OptimConfig:
         check_number("optim.lr", self.lr, above=0)
         check_number("optim.grad_clip", self.grad_clip, low=0)
         check_number("optim.weight_decay", self.weight_decay, low=0)
+        if not (isinstance(self.betas, tuple) and len(self.betas) == 2):
+            raise ValueError(f"optim.betas must be two numbers in [0, 1), got {self.betas!r}")
+        for i, beta in enumerate(self.betas):
+            check_number(f"optim.betas[{i}]", beta, low=0)
+            if not beta < 1:  # AdamW refuses it too, but only once the model is built
+                raise ValueError(f"optim.betas[{i}] must lie in [0, 1), got {beta}")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ValueError(f"optim.warmup_ratio must lie in [0, 1), got {self.warmup_ratio}")
         if not 0.0 <= self.ema_decay < 1.0:
@@ -221,6 +228,9 @@ class TrainConfig:
         check_fields(self, "config")  # types first: a --set max_steps=ten is named, not a comparison error
         self.model.validate()
         self.optim.validate()
+        if not str(self.output_dir).strip():  # empty would write checkpoints into the working directory
+            raise ValueError("output_dir must name a folder, got an empty string")
+        check_number("seed", self.seed, low=0, integer=True)
         if self.model.preset and not (self.model.pretrained or self.model.official_checkpoint):
             self.check_fits(CONFIGS[self.model.preset]())  # other models are checked once built
         if self.image_size < 16 or self.image_size % 16:
@@ -370,6 +380,8 @@ def apply_overrides(config: TrainConfig, assignments: list[str]) -> TrainConfig:
             if isinstance(obj, list):
                 try:
                     idx = int(part)
+                    if idx < 0:  # data.-1 would silently name the last source
+                        raise IndexError
                     target = obj[idx]
                 except (ValueError, IndexError):
                     raise ValueError(f"--set {key}: {part!r} is not a valid index (have {len(obj)})") from None
@@ -392,8 +404,11 @@ def apply_overrides(config: TrainConfig, assignments: list[str]) -> TrainConfig:
                         value = tuple(value)
                     elif isinstance(current, tuple) and isinstance(value, str):
                         value = tuple(v for v in value.split(",") if v)
-                    elif isinstance(current, float) and isinstance(value, int):
-                        value = float(value)
+                    elif isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+                        try:
+                            value = float(value)
+                        except OverflowError:
+                            raise ValueError(f"--set {key}: {value} is beyond a float's range") from None
                     setattr(obj, part, value)
                 else:
                     obj = getattr(obj, part)
