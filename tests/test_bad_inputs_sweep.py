@@ -142,6 +142,21 @@ def test_an_empty_image_path_and_a_pipe_are_named(tmp_path):
         load_image(fifo)
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_a_float_image_with_nan_or_infinite_pixels_is_refused(bad):
+    arr = np.full((8, 8), 0.5, dtype=np.float32)
+    arr[3, 4] = bad
+    with pytest.raises(ValueError, match="F-mode image holds NaN or infinite pixels"):
+        prepare_for_understanding(Image.fromarray(arr, mode="F"), 64)
+
+
+def test_describe_many_refuses_one_string_for_its_lists(pipe):
+    with pytest.raises(TypeError, match="describe_many takes a list of images and a list of questions"):
+        pipe.describe_many("ab", "cd")
+    with pytest.raises(TypeError, match="for one, call describe"):
+        pipe.describe_many([RED], "What is it?")
+
+
 def test_a_thin_strip_is_shrunk_before_it_is_padded_to_a_square(monkeypatch):
     monkeypatch.setattr(images, "MAX_SQUARE_SIDE", 256)
     square = expand_to_square(Image.new("RGB", (3, 1000), "blue"))

@@ -51,6 +51,8 @@ def to_rgb(image: Image.Image, background: tuple[int, int, int] = WHITE) -> Imag
         return image
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         arr = np.asarray(image, dtype=np.float64)
+        if not np.isfinite(arr).all():  # NaN would cast to an arbitrary grey and inf would squash the rest to 0
+            raise ValueError(f"the {mode}-mode image holds NaN or infinite pixels")
         if mode.startswith("I;16"):
             arr = arr / 257.0
         elif arr.size and (arr.max() > 255 or arr.min() < 0):

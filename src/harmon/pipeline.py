@@ -436,6 +436,8 @@ class HarmonPipeline:
     ) -> list[str]:
         """Greedy answers to ``questions[i]`` about ``images[i]``, ``batch_size`` at a time: each what :meth:`describe`
         answers alone, up to float rounding. ``settings``: max_new_tokens, repetition_penalty, image_size."""
+        if isinstance(images, (str, Path, Image.Image)) or isinstance(questions, str):  # a str would split to letters
+            raise TypeError("describe_many takes a list of images and a list of questions; for one, call describe")
         if len(images) != len(questions):
             raise ValueError(f"{len(images)} images for {len(questions)} questions")
         turns = [[self._question_turn(image, q)] for image, q in zip(images, questions)]
