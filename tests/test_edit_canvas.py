@@ -7,6 +7,7 @@ from helpers import tiny_model, tiny_tokenizer
 from PIL import Image
 from reference import reference_image_prompts, reference_tokens
 
+from harmon.conditioning import edit_canvas
 from harmon.config import HarmonConfig
 from harmon.data.tasks import Task
 from harmon.images import prepare_for_understanding
@@ -15,7 +16,15 @@ from harmon.prompts import IMAGE_PLACEHOLDER
 from harmon.sampling import SamplingSettings
 from harmon.shipped import SHIPPED_DIR
 from harmon.train.trainer import Trainer
-from harmon.world.analyses.edit_locality import auc, changed_tokens, format_locality, locality_study
+from harmon.world.analyses.edit_locality import (
+    auc,
+    changed_tokens,
+    format_locality,
+    format_losses,
+    locality_study,
+    loss_study,
+    token_losses,
+)
 from harmon.world.edit_grammar import EDIT_TYPES
 from harmon.world.edits import sample_edit
 from harmon.world.free import level_world
@@ -44,6 +53,11 @@ def pipe():
 @pytest.fixture(scope="module")
 def llm_pipe():
     return canvas_pipe(edit_canvas_llm=True)
+
+
+@pytest.fixture(scope="module")
+def token_pipe():
+    return canvas_pipe(edit_canvas_tokens=True)
 
 
 def scene(colour):
@@ -107,15 +121,51 @@ def test_config_records_the_switch_and_older_configs_read_as_off():
         HarmonConfig.from_dict({**older, "edit_canvas": "yes"})
     with pytest.raises(ValueError, match="edit_canvas_llm refines the edit canvas: it needs edit_canvas true"):
         HarmonConfig.from_dict({**older, "edit_canvas_llm": True})
+    assert config.to_dict()["edit_canvas_tokens"] is False
+    assert HarmonConfig.from_dict({**config.to_dict(), "edit_canvas_tokens": True}).edit_canvas_tokens is True
+    del older["edit_canvas_tokens"]
+    assert HarmonConfig.from_dict({**older, "edit_canvas": True}).edit_canvas_tokens is False
+    for bad in (
+        {"edit_canvas_tokens": True},
+        {"edit_canvas": True, "edit_canvas_llm": True, "edit_canvas_tokens": True},
+    ):
+        with pytest.raises(
+            ValueError, match="edit_canvas_tokens is a reading of the edit canvas: it needs edit_canvas"
+        ):
+            HarmonConfig.from_dict({**older, **bad})
 
 
-@pytest.mark.parametrize("refined", [False, True], ids=["encoder", "llm"])
+def test_the_token_canvas_holds_each_cell_s_own_embedded_token(pipe):
+    """edit_canvas_tokens: the canvas of a source is its tokens as the MAR encoder embeds them before its blocks, so
+    each cell's canvas row depends on that cell's token alone; the encoder itself is unchanged by the switch."""
+    model = tiny_model(edit_canvas=True, edit_canvas_tokens=True)
+    mar, nb = model.mar, model.buffer_size
+    tokens = torch.randn(2, 16, mar.config.token_dim, generator=gen(5))
+    with torch.no_grad():
+        rows = mar.embed_tokens(tokens, (4, 4))  # (2, nb + 16, D)
+        visible = torch.zeros(2, 16, dtype=torch.bool)
+        # the encoder's own input rows: blocks that do nothing leave them as they enter, before the final norm
+        enc = mar.forward_encoder(tokens, visible, (4, 4), run_blocks=lambda blocks, x: x)
+        torch.testing.assert_close(mar.encoder_norm(rows), enc, rtol=0, atol=0)
+        other = tokens.clone()
+        other[:, 5] += 1.0
+        moved = (mar.embed_tokens(other, (4, 4)) - rows).abs().amax(dim=(0, 2)) > 0  # (nb + 16,)
+    assert moved.tolist() == [i == nb + 5 for i in range(nb + 16)]
+    pixels = prepare_for_understanding(scene((200, 30, 30)), 64)
+    with torch.no_grad():
+        canvas = edit_canvas(model, scene((200, 30, 30)), 64)
+        want = mar.embed_tokens(model.encode_images(pixels), (4, 4))
+    torch.testing.assert_close(canvas, want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("reading", ["encoder", "llm", "tokens"])
 @pytest.mark.parametrize("scales,rows", [((2.5, None), 2), ((2.5, 1.5), 3)], ids=str)
-def test_edit_draws_on_the_source_canvas_as_the_reference_does(request, refined, scales, rows):
+def test_edit_draws_on_the_source_canvas_as_the_reference_does(request, reading, scales, rows):
     """edit with the canvas = the straightforward loop whose instruction and image-only rows take the source's
     whole-image encoder features (or, refined, x_enc + proj_out(LLM) after each row's own prompt: the source read
-    as a drawn image) as the decoder's background, the plain unconditional row the mask token."""
-    pipe = request.getfixturevalue("llm_pipe" if refined else "pipe")
+    as a drawn image; or its tokens as the encoder embeds them) as the decoder's background, the plain unconditional
+    row the mask token."""
+    pipe = request.getfixturevalue({"encoder": "pipe", "llm": "llm_pipe", "tokens": "token_pipe"}[reading])
     text_scale, image_scale = scales
     source = scene((200, 30, 30))
     kw = dict(guidance_scale=text_scale, image_guidance_scale=image_scale, generator=gen(3), output_type="latent")
@@ -129,10 +179,12 @@ def test_edit_draws_on_the_source_canvas_as_the_reference_does(request, refined,
     settings = SamplingSettings(
         num_iter=3, guidance_scale=text_scale, num_sampling_steps="4", image_guidance_scale=image_scale
     )
-    if refined:
-        tokens = pipe.model.encode_images(prepare_for_understanding(source, 64)).expand(2 * rows, -1, -1)
+    tokens = pipe.model.encode_images(prepare_for_understanding(source, 64)).expand(2 * rows, -1, -1)
+    if reading == "llm":
         visible = torch.zeros(tokens.shape[:2], dtype=torch.bool)
         x_con = pipe.model.forward_mae_encoder(tokens, visible, (4, 4), mask, input_ids=prompts)
+    elif reading == "tokens":
+        x_con = pipe.model.mar.embed_tokens(tokens, (4, 4))
     else:
         x_con = full_canvas(pipe.model, source).expand(2 * rows, -1, -1)
     con_rows = torch.tensor([True, True, True, True, False, False][: 2 * rows])
@@ -159,7 +211,9 @@ def edit_batch(pipe, task, cond_size=64):
 
 
 @pytest.mark.parametrize("cond_size", [64, 32])
-def test_only_edit_losses_take_the_canvas_and_only_in_rows_that_keep_their_source(pipe, llm_pipe, cond_size):
+def test_only_edit_losses_take_the_canvas_and_only_in_rows_that_keep_their_source(
+    pipe, llm_pipe, token_pipe, cond_size
+):
     model = pipe.model
     off = tiny_model()  # the same weights (seed 0), the switch off
     for task in (Task.IMAGE_EDIT, Task.RECONSTRUCTION):
@@ -168,7 +222,10 @@ def test_only_edit_losses_take_the_canvas_and_only_in_rows_that_keep_their_sourc
             a = model(batch, generator=gen(0))["loss_s"]
             b = off(batch, generator=gen(0))["loss_s"]
             c = llm_pipe.model(batch, generator=gen(0))["loss_s"]  # the same weights, the refined canvas
-        assert (task == Task.IMAGE_EDIT) == (not torch.equal(a, b)) == (not torch.equal(a, c)), task
+            d = token_pipe.model(batch, generator=gen(0))["loss_s"]  # the same weights, the token canvas
+        edit = task == Task.IMAGE_EDIT
+        assert edit == (not torch.equal(a, b)) == (not torch.equal(a, c)) == (not torch.equal(a, d)), task
+        assert edit == (not torch.equal(b, d)), task
     # a batch whose every source was dropped for guidance trains exactly as without the switch
     batch = edit_batch(pipe, Task.IMAGE_EDIT, cond_size)
     text = pipe.encode_prompt(CHAT.format("Edit the image: make it blue"))
@@ -226,6 +283,33 @@ def test_locality_study_reports_every_edit_type(pipe):
         assert r["auc"] is None or 0.0 <= r["auc"] <= 1.0
         assert 0.0 <= r["top_hit"] <= 1.0 and 0.0 < r["top_hit_chance"] <= 1.0
     assert "| recolor |" in format_locality(result)
+
+
+def test_token_losses_are_each_token_s_own_paired_diffusion_loss(pipe):
+    """token_losses = the head's training loss of each token alone, at the same drawn timesteps and noise."""
+    head = pipe.model.mar.diffloss
+    z = torch.randn(3, pipe.model.config.mar.decoder_dim, generator=gen(6))
+    target = torch.randn(3, pipe.model.config.mar.token_dim, generator=gen(7))
+    got = token_losses(pipe, z, target, draws=5, seed=2)
+    g = torch.Generator().manual_seed(2)
+    t = torch.randint(0, head.train_diffusion.num_timesteps, (5,), generator=g)
+    noise = torch.randn(5, target.shape[-1], generator=g)
+    with torch.no_grad():
+        for i in range(3):
+            c = z[i].expand(5, -1)
+            one = head.train_diffusion.training_losses(
+                lambda x, tt, c=c: head.net(x, tt, c), target[i].expand(5, -1), t, noise
+            )
+            torch.testing.assert_close(got[i], one["loss"].mean(), rtol=1e-5, atol=1e-6)
+
+
+def test_loss_study_compares_changed_tokens_under_their_own_and_another_instruction(pipe):
+    result = loss_study(pipe, "grid", per_type=2, seed=0)
+    assert list(result["types"]) == list(EDIT_TYPES)
+    for r in result["types"].values():
+        assert set(r) == {"kept", "own", "other"} and all(v > 0 for v in r.values())
+    assert result["types"]["recolor"]["own"] != result["types"]["recolor"]["other"]  # another instruction, other z
+    assert "| recolor |" in format_losses(result)
 
 
 def test_the_condition_cache_keeps_the_canvas_on_its_conditional_only_steps(pipe, monkeypatch):

@@ -1,10 +1,11 @@
 """The decoder canvas of an edit (``config.edit_canvas``): its source image, read whole, laid where the MAR decoder
 would otherwise put the mask token (spec §4.5's ``x_con``).
 
-Two readings of the source: the MAR encoder's features alone, or (``config.edit_canvas_llm``) the features the
-decoder sees for a fully drawn image, ``x_enc + proj_out(LLM)``, with the LLM run after the row's own prompt. The
-second is refined by an LLM that has read the instruction and the source, token by token in place, which is where
-an edit has to act.
+Three readings of the source: its tokens as the MAR encoder embeds them before its blocks
+(``config.edit_canvas_tokens``: each cell holds its own token, which the edit keeps or changes), the encoder's
+features, or (``config.edit_canvas_llm``) the features the decoder sees for a fully drawn image,
+``x_enc + proj_out(LLM)``, with the LLM run after the row's own prompt: refined by an LLM that has read the
+instruction and the source, token by token in place, which is where an edit has to act.
 """
 
 from __future__ import annotations
@@ -34,8 +35,10 @@ def source_canvas(
         if pixels.shape[-2:] != torch.Size(size):
             pixels = F.interpolate(pixels, size=size, mode="bilinear", antialias=True, align_corners=False)
         tokens = model.encode_images(pixels)  # (B, L, C)
-    visible = torch.zeros(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
     grid = model.grid_for(size)
+    if model.config.edit_canvas_tokens:
+        return model.mar.embed_tokens(tokens, grid)
+    visible = torch.zeros(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
     if prompt is None:
         return model.mar.forward_encoder(tokens, visible, grid)
     return model.forward_mae_encoder(tokens, visible, grid, text_mask, input_ids=prompt)

@@ -146,6 +146,11 @@ class HarmonConfig:
     # With edit_canvas: the canvas is the source as the decoder reads a drawn image, x_enc + proj_out(LLM), the LLM
     # run after the row's prompt (instruction included), not the encoder's features alone (harmon.canvas).
     edit_canvas_llm: bool = False
+    # With edit_canvas: the canvas is the source's tokens as the MAR encoder embeds them before its blocks (each
+    # cell's own latent token and place), not the blocks' output, in which every cell has read the others: the skip
+    # to the diffusion conditions then hands the head the very token to keep (InstructPix2Pix gives its denoiser the
+    # source's latents for the same reason).
+    edit_canvas_tokens: bool = False
 
     def __post_init__(self) -> None:
         for name, cls in (("mar", MARConfig), ("vae", VAEConfig), ("generation", GenerationDefaults)):
@@ -156,6 +161,11 @@ class HarmonConfig:
         check_llm_section(self.llm)
         if self.edit_canvas_llm and not self.edit_canvas:
             raise ValueError("config.edit_canvas_llm refines the edit canvas: it needs edit_canvas true")
+        if self.edit_canvas_tokens and (self.edit_canvas_llm or not self.edit_canvas):
+            raise ValueError(
+                "config.edit_canvas_tokens is a reading of the edit canvas: it needs edit_canvas true and "
+                "edit_canvas_llm false"
+            )
         if not self.image_token.strip():
             raise ValueError("config.image_token must be a non-empty token such as '<image>'")
         p = self.mar.patch_size
@@ -212,6 +222,7 @@ class HarmonConfig:
             "image_token": self.image_token,
             "edit_canvas": self.edit_canvas,
             "edit_canvas_llm": self.edit_canvas_llm,
+            "edit_canvas_tokens": self.edit_canvas_tokens,
         }
 
     @classmethod

@@ -307,14 +307,18 @@ class MAR(nn.Module):
         if b and not bool((n_visible == n_visible[0]).all()):
             raise ValueError(f"every row must keep the same number of visible tokens, got {n_visible.tolist()}")
         nb = self.config.buffer_size
-        x = self.z_proj(tokens.to(self.z_proj.weight.dtype))  # (B, L, D)
-        buffers = self.fake_latent.to(x.dtype).unsqueeze(0).expand(b, nb, -1)  # (B, 64, D)
-        x = torch.cat([buffers, x], dim=1) + self.encoder_pos_embed(h, w)  # (B, 64+L, D)
-        x = self.z_proj_ln(x)
+        x = self.embed_tokens(tokens, grid)  # (B, 64+L, D)
         keep = torch.cat([mask.new_ones(b, nb), ~mask], dim=1)  # (B, 64+L)
         x = x[keep].reshape(b, -1, x.shape[-1])  # (B, 64+V, D), order preserved
         x = (run_blocks or self._run_blocks)(self.encoder_blocks, x)
         return self.encoder_norm(x)
+
+    def embed_tokens(self, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """The encoder's input rows of every position: buffers then tokens (B, L, token_dim), each projected, with
+        its place, normed: (B, buffer + L, D_enc)."""
+        x = self.z_proj(tokens.to(self.z_proj.weight.dtype))  # (B, L, D)
+        buffers = self.fake_latent.to(x.dtype).unsqueeze(0).expand(x.shape[0], self.config.buffer_size, -1)
+        return self.z_proj_ln(torch.cat([buffers, x], dim=1) + self.encoder_pos_embed(*grid))
 
     def forward_decoder(
         self,

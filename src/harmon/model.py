@@ -361,7 +361,7 @@ class Harmon(nn.Module):
         x_con = None
         if canvas:  # the source at the target's grid, refined by the LLM after this row's prompt with edit_canvas_llm
             same = cond_pixels.shape[-2:] == pixels.shape[-2:]
-            if same and not self.config.edit_canvas_llm:
+            if same and not (self.config.edit_canvas_llm or self.config.edit_canvas_tokens):
                 x_con = x_cond  # the condition's own encoder features: what source_canvas would compute again
             else:
                 refine = (embeds, attention_mask) if self.config.edit_canvas_llm else ()
