@@ -13,12 +13,19 @@ differ between the source and the exact target scene.
 
 An editor that knows which object the instruction names moves its token(s) most. DiffEdit (arXiv 2210.11427) builds
 its edit masks from such contrasts.
+
+``--losses`` adds what the head makes of those conditions: at the same first step, the diffusion loss of each token
+of the exact target (paired timesteps and noise), on the unchanged tokens (the copy) and on the changed ones, under
+the edit's own instruction and under the instruction of another edit of the same type (another scene's). An
+editor that reads its instruction draws the changed tokens better with its own than with another's.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 
+import numpy as np
 import torch
 
 from harmon.conditioning import edit_inputs
@@ -45,18 +52,78 @@ def changed_tokens(edit: Edit, grid: tuple[int, int]) -> torch.Tensor:
     return torch.tensor([a != b for a, b in zip(contents(edit.source), contents(edit.target))])
 
 
-@torch.no_grad()
 def condition_shift(pipe, edit: Edit, image) -> torch.Tensor:
     """(L,) distance between the first step's decoder conditions under the edit prompt and under the image alone."""
+    z = first_step_conditions(pipe, image, edit.instruction, groups=2)  # as edit reads the image
+    return (z[0] - z[1]).norm(dim=-1)
+
+
+@torch.no_grad()
+def first_step_conditions(pipe, image, instruction: str, groups: int = 1) -> torch.Tensor:
+    """(groups, L, Dd) the decoder's conditions at the first step (nothing drawn), on the canvas if any: the edit
+    row, then the image-only row of its guidance."""
     model, size = pipe.model, image.size[0]
     grid = model.grid_for(size)
     n = grid[0] * grid[1]
-    prompt, attention, canvas = edit_inputs(pipe, image, edit.instruction, 2, size)  # as edit reads the image
-    unknown = torch.ones(2, n, dtype=torch.bool)
-    blank = torch.zeros(2, n, model.config.mar.token_dim, dtype=model.dtype)
+    prompt, attention, canvas = edit_inputs(pipe, image, instruction, groups, size)
+    unknown = torch.ones(groups, n, dtype=torch.bool)
+    blank = torch.zeros(groups, n, model.config.mar.token_dim, dtype=model.dtype)
     x_enc = model.forward_mae_encoder(blank, unknown, grid, attention, input_ids=prompt)
-    z = model.decode(x_enc, unknown, grid, *(canvas or ()))  # (2, L, Dd)
-    return (z[0] - z[1]).norm(dim=-1)
+    return model.decode(x_enc, unknown, grid, *(canvas or ()))
+
+
+@torch.no_grad()
+def token_losses(pipe, z: torch.Tensor, target: torch.Tensor, draws: int = 64, seed: int = 0) -> torch.Tensor:
+    """(L,) mean diffusion loss of each target token (L, C) under its condition z (L, Dd), over ``draws`` timesteps
+    and noises drawn from ``seed`` (the same for every call, so two conditions compare pairwise)."""
+    head = pipe.model.mar.diffloss
+    g = torch.Generator().manual_seed(seed)
+    t = torch.randint(0, head.train_diffusion.num_timesteps, (draws,), generator=g)
+    noise = torch.randn(draws, target.shape[-1], generator=g)
+    n = target.shape[0]
+    ts, eps = t.repeat(n), noise.repeat(n, 1)  # (L·draws,), token-major
+    x0, c = target.repeat_interleave(draws, 0), z.repeat_interleave(draws, 0)
+    terms = head.train_diffusion.training_losses(lambda x_t, tt: head.net(x_t, tt, c), x0, ts, eps)
+    return terms["loss"].view(n, draws).mean(dim=1)
+
+
+def loss_study(pipe, level: str, per_type: int, seed: int) -> dict:
+    """Per edit type: the first step's target-token losses on unchanged tokens, and on changed tokens under the
+    edit's own instruction and under another same-type edit's (``per_type`` fresh seen-phrasing edits each)."""
+    size = pipe.config.generation.image_size
+    world, grid = level_world(level, size), pipe.model.grid_for(size)
+    g = torch.Generator().manual_seed(seed)
+    out = {"level": level, "per_type": per_type, "seed": seed, "types": {}}
+    for edit_type in EDIT_TYPES:
+        edits = [sample_edit(g, world, edit_type) for _ in range(per_type + 1)]
+        kept, own, other = [], [], []
+        for edit, foreign in itertools.pairwise(edits):
+            image, changed = render(edit.source, world), changed_tokens(edit, grid)
+            target = pipe.model.encode_images(_pixels(render(edit.target, world)))[0]  # (L, C)
+            mine = token_losses(pipe, first_step_conditions(pipe, image, edit.instruction)[0], target)
+            theirs = token_losses(pipe, first_step_conditions(pipe, image, foreign.instruction)[0], target)
+            kept.append(mine[~changed])
+            own.append(mine[changed])
+            other.append(theirs[changed])
+        out["types"][edit_type] = {
+            name: float(torch.cat(v).mean()) for name, v in (("kept", kept), ("own", own), ("other", other))
+        }
+    return out
+
+
+def _pixels(image) -> torch.Tensor:
+    return torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float() / 127.5 - 1.0
+
+
+def format_losses(result: dict) -> str:
+    lines = [
+        f"First-step target-token loss, level {result['level']} ({result['per_type']} edits per type)",
+        "| edit type | unchanged tokens | changed, own instruction | changed, another edit's instruction |",
+        "|---|---|---|---|",
+    ]
+    for t, r in result["types"].items():
+        lines.append(f"| {t} | {r['kept']:.4f} | {r['own']:.4f} | {r['other']:.4f} |")
+    return "\n".join(lines)
 
 
 def auc(scores: torch.Tensor, positive: torch.Tensor) -> float | None:
@@ -107,11 +174,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--per-type", type=int, default=40)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--losses", action="store_true", help="also the target-token losses of each kind of token")
     p.add_argument("--json", default=None, help="write the result here")
     args = p.parse_args(argv)
     pipe = load_for_analysis(args.model, args.threads)
     result = locality_study(pipe, args.level, args.per_type, args.seed)
-    report(format_locality(result), result, args.json)
+    text = format_locality(result)
+    if args.losses:
+        result["losses"] = loss_study(pipe, args.level, args.per_type, args.seed)
+        text += "\n\n" + format_losses(result["losses"])
+    report(text, result, args.json)
 
 
 if __name__ == "__main__":
