@@ -136,9 +136,7 @@ def encoder_position(pipe, world: WorldConfig, n_scenes: int, seed: int) -> dict
     model, mar = pipe.model, pipe.model.mar
     grid, nb = model.grid_for(world.image_size), model.buffer_size
     tokens = _tokens(pipe, scenes, world)
-    x = mar.z_proj(tokens.to(mar.z_proj.weight.dtype))
-    x = torch.cat([mar.fake_latent.to(x.dtype).expand(len(scenes), nb, -1), x], dim=1) + mar.encoder_pos_embed(*grid)
-    stages = [("encoder input (tokens + position table, normed)", mar.z_proj_ln(x))]
+    stages = [("encoder input (tokens + position table, normed)", mar.embed_tokens(tokens, grid))]
     for i, block in enumerate(mar.encoder_blocks):
         stages.append((f"after encoder block {i}", block(stages[-1][1])))
     stages.append(("encoder output (normed)", mar.encoder_norm(stages[-1][1])))
