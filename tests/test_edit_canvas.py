@@ -28,7 +28,7 @@ from harmon.world.analyses.edit_locality import (
 from harmon.world.edit_grammar import EDIT_TYPES
 from harmon.world.edits import sample_edit
 from harmon.world.free import level_world
-from harmon.world.recipes import shapes_edit
+from harmon.world.recipes import shapes_edit, shapes_edit_joint
 
 CHAT = "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
 FAST = dict(num_iter=3, num_sampling_steps="4", image_size=64)
@@ -253,6 +253,31 @@ def test_shapes_edit_recipe_adds_the_skip_and_trains_only_the_generation_side(tm
     frozen = [k for k in before if k.startswith(("llm.", "proj_in.", "mar.encoder", "mar.z_proj", "mar.fake_latent"))]
     assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)
     assert not torch.equal(before["proj_out.0.weight"], after["proj_out.0.weight"])
+    out = pipe.edit(scene((200, 30, 30)), "make the square blue", num_iter=2, num_sampling_steps="2")
+    assert out[0].size == (64, 64)
+
+
+def test_shapes_edit_joint_recipe_edits_on_the_token_canvas_and_keeps_the_vae(tmp_path):
+    """The joint editing study from the shipped model, two steps at two samples per source: the export edits on the
+    token canvas, its skip has trained from zero, every module but the VAE trains, and questions and descriptions
+    are in the mix so that understanding is kept."""
+    cfg = shapes_edit_joint()
+    assert cfg.model.pretrained.endswith("phrasing/final")  # after the last stage of the shipped chain
+    assert {"image2text_qa", "image2text_qa_varied", "image2text_caption_varied"} <= {s.name for s in cfg.data}
+    cfg.model.pretrained, cfg.output_dir = str(SHIPPED_DIR), str(tmp_path / "run")
+    for src in cfg.data:
+        src.batch_size = 2
+    cfg.max_steps, cfg.save_every, cfg.sample_every, cfg.log_every = 2, 0, 0, 1
+    Trainer(cfg, device="cpu").run(resume="none")
+    before = HarmonPipeline.from_pretrained(SHIPPED_DIR).model.state_dict()
+    pipe = HarmonPipeline.from_pretrained(tmp_path / "run" / "final")
+    after = pipe.model.state_dict()
+    assert pipe.config.edit_canvas and pipe.config.edit_canvas_tokens
+    assert after["canvas_proj.weight"].abs().sum() > 0
+    vae = [k for k in before if k.startswith("vae.")]
+    assert vae and all(torch.equal(before[k], after[k]) for k in vae)
+    for k in ("llm.model.layers.0.mlp.up_proj.weight", "proj_in.0.weight", "proj_out.0.weight"):
+        assert not torch.equal(before[k], after[k]), k
     out = pipe.edit(scene((200, 30, 30)), "make the square blue", num_iter=2, num_sampling_steps="2")
     assert out[0].size == (64, 64)
 

@@ -257,9 +257,8 @@ SHAPES_EDIT_STEPS = 1500
 GRID_VARIED: dict = {"level": "grid", "phrasings": "varied"}
 
 
-def shapes_edit() -> TrainConfig:
-    """Stage IV: the decoder stage's model learns to edit on its source's canvas; the understanding path is frozen."""
-    edits = SourceConfig(
+def _edits() -> SourceConfig:
+    return SourceConfig(
         "image_edit",
         "shapes",
         task=Task.IMAGE_EDIT,
@@ -268,14 +267,40 @@ def shapes_edit() -> TrainConfig:
         text_drop_prob=0.1,
         format_options=dict(GRID_VARIED),
     )
+
+
+def shapes_edit() -> TrainConfig:
+    """Stage IV: the decoder stage's model learns to edit on its source's canvas; the understanding path is frozen."""
     return _stage(
         "edit",
         lr=1e-3,
         model=ModelInit(
             preset=None, pretrained=f"{ROOT}/decoder/final", overrides={"edit_canvas": True}, reinit=["canvas_proj."]
         ),
-        data=[edits, _t2i(16)],
+        data=[_edits(), _t2i(16)],
         train_modules=GENERATION_SIDE,
+        max_steps=SHAPES_EDIT_STEPS,
+        eval_every=0,
+    )
+
+
+def shapes_edit_joint() -> TrainConfig:
+    """A study, not a pipeline stage: editing from the phrasing stage's model on the source's token canvas
+    (config.edit_canvas_tokens), every module but the VAE training, with the phrasing stage's questions and
+    descriptions beside the edits so that understanding is kept (docs/RESULTS.md, "Editing")."""
+    phrasing = {src.name: src for src in shapes_phrasing().data}
+    keep = [phrasing[n] for n in ("image2text_qa", "image2text_qa_varied", "image2text_caption_varied")]
+    return _stage(
+        "edit_joint",
+        lr=1e-3,
+        model=ModelInit(
+            preset=None,
+            pretrained=f"{ROOT}/phrasing/final",
+            overrides={"edit_canvas": True, "edit_canvas_tokens": True},
+            reinit=["canvas_proj."],
+        ),
+        data=[_edits(), _t2i(16), *keep],
+        train_modules=EVERYTHING,
         max_steps=SHAPES_EDIT_STEPS,
         eval_every=0,
     )
@@ -335,6 +360,7 @@ RECIPES = {
     "shapes_stage2": shapes_stage2,
     "shapes_stage3": shapes_stage3,
     "shapes_edit": shapes_edit,
+    "shapes_edit_joint": shapes_edit_joint,
     "shapes_phrasing": shapes_phrasing,
     "shapes_phrasing_free": shapes_phrasing_free,
 }
