@@ -237,10 +237,9 @@ def test_only_edit_losses_take_the_canvas_and_only_in_rows_that_keep_their_sourc
         )
 
 
-def test_shapes_edit_recipe_adds_the_skip_and_trains_only_the_generation_side(tmp_path):
-    """Stage IV from the shipped model, two steps at two samples per source: the export edits on the canvas, its
-    skip has trained from zero, and every weight of the understanding path is the shipped model's."""
-    cfg = shapes_edit()
+def two_steps_from_the_shipped_model(cfg, tmp_path):
+    """``cfg`` run two steps from the shipped model at two samples per source: (the shipped weights, the export's
+    pipeline, its weights), after checking that the export edits."""
     cfg.model.pretrained, cfg.output_dir = str(SHIPPED_DIR), str(tmp_path / "run")
     for src in cfg.data:
         src.batch_size = 2
@@ -248,38 +247,34 @@ def test_shapes_edit_recipe_adds_the_skip_and_trains_only_the_generation_side(tm
     Trainer(cfg, device="cpu").run(resume="none")
     before = HarmonPipeline.from_pretrained(SHIPPED_DIR).model.state_dict()
     pipe = HarmonPipeline.from_pretrained(tmp_path / "run" / "final")
-    after = pipe.model.state_dict()
+    out = pipe.edit(scene((200, 30, 30)), "make the square blue", num_iter=2, num_sampling_steps="2")
+    assert out[0].size == (64, 64)
+    return before, pipe, pipe.model.state_dict()
+
+
+def test_shapes_edit_recipe_adds_the_skip_and_trains_only_the_generation_side(tmp_path):
+    """Stage IV: the export edits on the canvas, its skip has trained from zero, and every weight of the
+    understanding path is the shipped model's."""
+    before, pipe, after = two_steps_from_the_shipped_model(shapes_edit(), tmp_path)
     assert pipe.config.edit_canvas and after["canvas_proj.weight"].abs().sum() > 0
     frozen = [k for k in before if k.startswith(("llm.", "proj_in.", "mar.encoder", "mar.z_proj", "mar.fake_latent"))]
     assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)
     assert not torch.equal(before["proj_out.0.weight"], after["proj_out.0.weight"])
-    out = pipe.edit(scene((200, 30, 30)), "make the square blue", num_iter=2, num_sampling_steps="2")
-    assert out[0].size == (64, 64)
 
 
 def test_shapes_edit_joint_recipe_edits_on_the_token_canvas_and_keeps_the_vae(tmp_path):
-    """The joint editing study from the shipped model, two steps at two samples per source: the export edits on the
-    token canvas, its skip has trained from zero, every module but the VAE trains, and questions and descriptions
-    are in the mix so that understanding is kept."""
+    """The joint editing study: the export edits on the token canvas, its skip has trained from zero, every module
+    but the VAE trains, and questions and descriptions are in the mix so that understanding is kept."""
     cfg = shapes_edit_joint()
     assert cfg.model.pretrained.endswith("phrasing/final")  # after the last stage of the shipped chain
     assert {"image2text_qa", "image2text_qa_varied", "image2text_caption_varied"} <= {s.name for s in cfg.data}
-    cfg.model.pretrained, cfg.output_dir = str(SHIPPED_DIR), str(tmp_path / "run")
-    for src in cfg.data:
-        src.batch_size = 2
-    cfg.max_steps, cfg.save_every, cfg.sample_every, cfg.log_every = 2, 0, 0, 1
-    Trainer(cfg, device="cpu").run(resume="none")
-    before = HarmonPipeline.from_pretrained(SHIPPED_DIR).model.state_dict()
-    pipe = HarmonPipeline.from_pretrained(tmp_path / "run" / "final")
-    after = pipe.model.state_dict()
+    before, pipe, after = two_steps_from_the_shipped_model(cfg, tmp_path)
     assert pipe.config.edit_canvas and pipe.config.edit_canvas_tokens
     assert after["canvas_proj.weight"].abs().sum() > 0
     vae = [k for k in before if k.startswith("vae.")]
     assert vae and all(torch.equal(before[k], after[k]) for k in vae)
     for k in ("llm.model.layers.0.mlp.up_proj.weight", "proj_in.0.weight", "proj_out.0.weight"):
         assert not torch.equal(before[k], after[k]), k
-    out = pipe.edit(scene((200, 30, 30)), "make the square blue", num_iter=2, num_sampling_steps="2")
-    assert out[0].size == (64, 64)
 
 
 def test_changed_tokens_are_the_cells_of_the_edited_objects():
