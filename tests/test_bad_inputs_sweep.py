@@ -218,6 +218,9 @@ def test_serve_chat_bodies_that_failed_inside_or_were_ignored_get_a_400(body, ph
 def test_serve_the_defaults_of_unsupported_penalties_pass():
     body = {"messages": [{"role": "user", "content": "hi"}], "frequency_penalty": 0, "presence_penalty": 0.0}
     assert parse_chat(body, SERVED).messages[0]["role"] == "user"
+    # what clients send for "unset": an empty logit_bias, tools list or stop list
+    body = {"messages": [{"role": "user", "content": "hi"}], "logit_bias": {}, "tools": [], "stop": None}
+    assert parse_chat(body, SERVED).messages[0]["role"] == "user"
 
 
 def test_serve_an_unknown_image_format_is_named_without_python_object_names():

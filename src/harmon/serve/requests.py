@@ -249,7 +249,7 @@ def parse_chat(body: dict, served: Served) -> ChatRequest:
     """A ``POST /v1/chat/completions`` body. Greedy unless ``temperature`` > 0 is given."""
     check_model(body, served)
     for name in UNSUPPORTED_CHAT:
-        if body.get(name) not in (None, [], {"type": "text"}):
+        if body.get(name) not in (None, [], {}, {"type": "text"}):  # the empty values clients send for "unset"
             raise ApiError(400, f"{name} is not supported by this server", name)
     for name in UNSUPPORTED_PENALTIES:
         if body.get(name) not in (None, 0):
