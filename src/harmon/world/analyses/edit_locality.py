@@ -25,10 +25,10 @@ from __future__ import annotations
 import argparse
 import itertools
 
-import numpy as np
 import torch
 
 from harmon.conditioning import edit_inputs
+from harmon.world.analyses.relations import _tokens
 from harmon.world.analyses.runner import load_for_analysis, report
 from harmon.world.edit_grammar import EDIT_TYPES
 from harmon.world.edits import Edit, sample_edit
@@ -99,7 +99,7 @@ def loss_study(pipe, level: str, per_type: int, seed: int) -> dict:
         kept, own, other = [], [], []
         for edit, foreign in itertools.pairwise(edits):
             image, changed = render(edit.source, world), changed_tokens(edit, grid)
-            target = pipe.model.encode_images(_pixels(render(edit.target, world)))[0]  # (L, C)
+            target = _tokens(pipe, [edit.target], world)[0]  # (L, C)
             mine = token_losses(pipe, first_step_conditions(pipe, image, edit.instruction)[0], target)
             theirs = token_losses(pipe, first_step_conditions(pipe, image, foreign.instruction)[0], target)
             kept.append(mine[~changed])
@@ -109,10 +109,6 @@ def loss_study(pipe, level: str, per_type: int, seed: int) -> dict:
             name: float(torch.cat(v).mean()) for name, v in (("kept", kept), ("own", own), ("other", other))
         }
     return out
-
-
-def _pixels(image) -> torch.Tensor:
-    return torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float() / 127.5 - 1.0
 
 
 def format_losses(result: dict) -> str:
