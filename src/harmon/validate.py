@@ -54,13 +54,8 @@ def _conform(value: Any, hint: Any, where: str) -> tuple[bool, Any]:
     if hint is int:
         return isinstance(value, int) and not isinstance(value, bool), value
     if hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            try:
-                fixed = float(value)  # an int beyond a float's range overflows: not a number this field can hold
-            except OverflowError:
-                return False, value
-            if math.isfinite(fixed):
-                return True, fixed if isinstance(value, int) else value
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and _finite(value, integer=False):
+            return True, float(value) if isinstance(value, int) else value
         return False, value
     if hint is str:
         return isinstance(value, str), value
@@ -234,7 +229,7 @@ def check_flag(name: str, value: Any) -> bool:
     """``value`` as a bool; anything else is refused, since a string such as "false" would read as true."""
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be True or False, got {shown(value)}")
-    return bool(value)
+    return value
 
 
 def check_draw_args(generator: Any, callback: Any, compile: Any, output_type: Any) -> None:
