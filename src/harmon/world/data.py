@@ -6,6 +6,8 @@ Tasks:
     qa          an image and a multi-turn conversation of questions about it (POPE existence, counting, colour,
                 position, description) with exact answers
     text        text only: the world's sentences without an image, for pre-training the language model (stage 0)
+    where       an image and a conversation of grounding questions, where a named object is and what a named
+                quadrant holds (:func:`harmon.world.questions.where_questions`)
 Held-out (colour, shape) pairs never appear.
 """
 
@@ -19,13 +21,13 @@ import torch
 
 from harmon.prompts import BRIEF_CAPTION_INSTRUCTIONS, DETAILED_CAPTION_INSTRUCTIONS, GENERATE_PREFIX
 from harmon.world.prompts import caption_scene, describe_scene, sample_prompt, scene_for_prompt
-from harmon.world.questions import sample_questions
+from harmon.world.questions import sample_questions, where_questions
 from harmon.world.render import render
 from harmon.world.sampling import categorical, choice, sample_scene
 from harmon.world.scene import WorldConfig
 from harmon.world.scoring import TAGS
 
-TASKS = ("text2image", "caption", "qa", "text")
+TASKS = ("text2image", "caption", "qa", "text", "where")
 DESCRIBE_FRACTION = 0.3  # text2image captions that describe a whole random scene instead of one category prompt
 
 
@@ -82,6 +84,8 @@ def shapes_record(
         return _qa_record(g, config, max_turns, shape_questions)
     if task == "text":
         return _text_record(g, config)
+    if task == "where":
+        return _where_record(g, config, max_turns)
     raise ValueError(f"unknown shapes task {task!r}; known: {TASKS}")
 
 
@@ -120,6 +124,17 @@ def _qa_record(g: torch.Generator, config: WorldConfig, max_turns: int, shape_qu
         q = questions[qi]
         turns.append({"role": "user", "content": ("<image>\n" if k == 0 else "") + q["question"]})
         turns.append({"role": "assistant", "content": q["answer"]})
+    return {"kind": "image2text", "image": render(scene, config), "conversation": turns}
+
+
+def _where_record(g: torch.Generator, config: WorldConfig, max_turns: int) -> dict[str, Any]:
+    scene = sample_scene(g, config)
+    questions = where_questions(scene)
+    order = torch.randperm(len(questions), generator=g).tolist()[:max_turns]
+    turns: list[dict[str, str]] = []
+    for k, qi in enumerate(order):
+        turns.append({"role": "user", "content": ("<image>\n" if k == 0 else "") + questions[qi]["question"]})
+        turns.append({"role": "assistant", "content": questions[qi]["answer"]})
     return {"kind": "image2text", "image": render(scene, config), "conversation": turns}
 
 

@@ -9,6 +9,8 @@ Each question is a dict ``{"question", "answer", "type"}`` plus ``"split"`` for 
     color      "What color is the square?"   (only when exactly one square)  -> colour name, e.g. "Red"
     position   "Is the red circle to the left of the blue square?"            -> "Yes" / "No"
     describe   "Describe the image."                                          -> describe_scene(scene)
+    where      "Where is the red circle?" -> "Top left"; "What is in the top left?" -> "A red circle" / "Nothing"
+               (training only, the ``where`` task of :mod:`harmon.world.data`: :func:`where_questions`)
 
 Answer formats: "Yes"/"No", digit strings for counts, capitalised colour names; the scorer
 (:func:`harmon.world.scoring.answer_correct`) also accepts number words and any casing.
@@ -38,7 +40,7 @@ import torch
 from harmon.eval.metrics import relation
 from harmon.world.prompts import OPPOSITE, RELATION_TEXT, describe_scene
 from harmon.world.sampling import choice, pair_statistics, sample_scene
-from harmon.world.scene import Scene, WorldConfig, noun_phrase, plural
+from harmon.world.scene import Scene, WorldConfig, WorldObject, noun_phrase, plural
 from harmon.world.scoring import POPE_SPLITS
 
 Question = dict[str, Any]
@@ -176,6 +178,42 @@ def position_question(scene: Scene, generator: torch.Generator, positive: bool |
         "answer": _yes_no(positive),
         "type": "position",
     }
+
+
+# "Where" questions: the places of a grid scene's cells, by its box centre against the image's middle lines
+PLACES = ("top left", "top right", "bottom left", "bottom right")
+
+
+def place_of(obj: WorldObject, image_size: int) -> str | None:
+    """The quadrant of ``obj``'s box centre (one of :data:`PLACES`); None within n/16 of a middle line."""
+    h, margin = image_size / 2, image_size / 16
+    cx, cy = (obj.bbox[0] + obj.bbox[2]) / 2, (obj.bbox[1] + obj.bbox[3]) / 2
+    if abs(cx - h) < margin or abs(cy - h) < margin:
+        return None
+    return f"{'top' if cy < h else 'bottom'} {'left' if cx < h else 'right'}"
+
+
+def where_questions(scene: Scene) -> list[Question]:
+    """Grounding in both directions: "Where is the <colour> <shape>?" -> "Top left" for each object that is the
+    only one of its colour and shape and clearly in a quadrant, and "What is in the <place>?" -> "A red circle" or
+    "Nothing" for each quadrant holding at most one object, all clear of the middle lines."""
+    counts: dict[tuple[str, str], int] = {}
+    for p in scene.pairs:
+        counts[p] = counts.get(p, 0) + 1
+    places = [place_of(o, scene.image_size) for o in scene.objects]
+    out = [
+        {"question": f"Where is the {o.color} {o.shape}?", "answer": place.capitalize(), "type": "where"}
+        for o, place in zip(scene.objects, places)
+        if place is not None and counts[o.pair] == 1
+    ]
+    if None in places:
+        return out
+    for place in PLACES:
+        held = [o for o, at in zip(scene.objects, places) if at == place]
+        if len(held) <= 1:
+            answer = noun_phrase(held[0].shape, held[0].color).capitalize() if held else "Nothing"
+            out.append({"question": f"What is in the {place}?", "answer": answer, "type": "where"})
+    return out
 
 
 def describe_question(scene: Scene) -> Question:

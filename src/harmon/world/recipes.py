@@ -354,6 +354,33 @@ def shapes_phrasing_free() -> TrainConfig:
     )
 
 
+WHERE_STEPS = 1500
+
+
+def shapes_where() -> TrainConfig:
+    """A study, not a pipeline stage: the phrasing stage's mix continued from the shipped model with grounding
+    questions added (8 conversations per step of "Where is the red circle?" / "What is in the top left?",
+    :func:`harmon.world.questions.where_questions`): does a direct signal for finding a named object's place lift
+    the position questions and bindings that sit at chance (docs/RESULTS.md, "Grounding")."""
+    cfg = shapes_phrasing()
+    where = SourceConfig(
+        "image2text_where",
+        "shapes",
+        task=Task.IMAGE_TO_TEXT,
+        batch_size=8,
+        max_text_length=STAGE2_QA_TEXT_LENGTH,
+        format_options={"kind": "where"},
+    )
+    return dataclasses.replace(
+        cfg,
+        name="shapes_where",
+        output_dir=f"{ROOT}/where",
+        model=ModelInit(preset=None, pretrained=f"{ROOT}/phrasing/final"),
+        data=[*cfg.data, where],
+        max_steps=WHERE_STEPS,
+    )
+
+
 RECIPES = {
     "shapes_lm": shapes_lm,
     "shapes_stage1": shapes_stage1,
@@ -363,6 +390,7 @@ RECIPES = {
     "shapes_edit_joint": shapes_edit_joint,
     "shapes_phrasing": shapes_phrasing,
     "shapes_phrasing_free": shapes_phrasing_free,
+    "shapes_where": shapes_where,
 }
 
 

@@ -17,12 +17,16 @@ from harmon.world.data2 import check_options, edit_record_v2, record_v2
 from harmon.world.edits import edit_type_probabilities
 from harmon.world.scene import WorldConfig
 
+IMAGE2TEXT_KINDS = ("qa", "caption", "where")
+
 
 @dataclass
 class ShapesOptions:
     """format_options of the shapes world's endless procedural source."""
 
-    kind: str | None = None  # image2text: "qa" (questions about the scene, default) or "caption" (descriptions)
+    # image2text: "qa" (questions about the scene, default), "caption" (descriptions) or "where" (grounding
+    # questions: where a named object is, what a quadrant holds; grid level, canonical phrasings)
+    kind: str | None = None
     seed: int | None = None  # seed of the world's records; None: the run's seed
     length: int | None = None  # records in the source; None: unbounded (the stream position is the record index)
     world_image_size: int | None = None  # size the scenes are drawn at; None: the run's image_size
@@ -39,8 +43,14 @@ class ShapesOptions:
     edit_weights: dict[str, float] | None = None
 
     def validate(self, src: SourceConfig) -> None:
-        if self.kind is not None and (src.task is not Task.IMAGE_TO_TEXT or self.kind not in ("qa", "caption")):
-            raise ValueError(f"kind {self.kind!r}: an image2text source draws 'qa' or 'caption'; other tasks set none")
+        if self.kind is not None and (src.task is not Task.IMAGE_TO_TEXT or self.kind not in IMAGE2TEXT_KINDS):
+            raise ValueError(
+                f"kind {self.kind!r}: an image2text source draws one of {IMAGE2TEXT_KINDS}; other tasks set none"
+            )
+        if self.kind == "where" and not self.canonical:
+            raise ValueError(
+                "kind 'where' asks about grid scenes in canonical phrasing: set level 'grid' and phrasings 'canonical'"
+            )
         if self.tag_weights is not None and not (
             src.record_task is Task.TEXT_TO_IMAGE and isinstance(self.tag_weights, dict)
         ):
