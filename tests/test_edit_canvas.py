@@ -24,11 +24,13 @@ from harmon.world.analyses.edit_locality import (
     locality_study,
     loss_study,
     token_losses,
+    token_shift_study,
 )
 from harmon.world.edit_grammar import EDIT_TYPES
 from harmon.world.edits import sample_edit
 from harmon.world.free import level_world
 from harmon.world.recipes import shapes_edit, shapes_edit_joint
+from harmon.world.render import render
 
 CHAT = "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
 FAST = dict(num_iter=3, num_sampling_steps="4", image_size=64)
@@ -303,6 +305,29 @@ def test_locality_study_reports_every_edit_type(pipe):
         assert r["auc"] is None or 0.0 <= r["auc"] <= 1.0
         assert 0.0 <= r["top_hit"] <= 1.0 and 0.0 < r["top_hit_chance"] <= 1.0
     assert "| recolor |" in format_locality(result)
+
+
+def test_token_shift_is_each_cell_s_relative_move_from_source_to_target(pipe):
+    result = token_shift_study(pipe, "grid", per_type=3, seed=4)
+    assert list(result["types"]) == list(EDIT_TYPES)
+    world, grid = level_world("grid", 64), pipe.model.grid_for(64)
+    g = torch.Generator().manual_seed(4)
+    for edit_type in EDIT_TYPES:  # the straightforward loop, cell by cell, over the same edits
+        kept, changed = [], []
+        for _ in range(3):
+            edit = sample_edit(g, world, edit_type)
+            flags = changed_tokens(edit, grid)
+            with torch.no_grad():
+                a, b = (
+                    pipe.model.encode_images(prepare_for_understanding(render(s, world), 64))[0]
+                    for s in (edit.source, edit.target)
+                )
+            for i in range(a.shape[0]):
+                (changed if flags[i] else kept).append(float((b[i] - a[i]).norm() / a[i].norm()))
+        r = result["types"][edit_type]
+        assert r["kept"] == pytest.approx(sum(kept) / len(kept), rel=1e-4)
+        assert r["kept_max"] == pytest.approx(max(kept), rel=1e-4)
+        assert r["changed"] == pytest.approx(sum(changed) / len(changed), rel=1e-4)
 
 
 def test_token_losses_are_each_token_s_own_paired_diffusion_loss(pipe):

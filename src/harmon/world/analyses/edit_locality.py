@@ -18,6 +18,9 @@ its edit masks from such contrasts.
 of the exact target (paired timesteps and noise), on the unchanged tokens (the copy) and on the changed ones, under
 the edit's own instruction and under the instruction of another edit of the same type (another scene's). An
 editor that reads its instruction draws the changed tokens better with its own than with another's.
+
+``--token-shift`` adds how far each cell's VAE token moves from the source to the exact target, on kept cells and
+on changed ones: what a perfect copy of the kept cells still leaves to draw.
 """
 
 from __future__ import annotations
@@ -154,6 +157,41 @@ def locality_study(pipe, level: str, per_type: int, seed: int) -> dict:
     return result
 
 
+@torch.no_grad()
+def token_shift_study(pipe, level: str, per_type: int, seed: int) -> dict:
+    """How far the VAE's token of each cell moves between an edit's source and its exact target, relative to the
+    source token's norm: mean over kept cells and over changed ones, and the largest over kept cells, per type. A
+    kept cell's token moves when the VAE reads neighbouring pixels, so its target is not its source token."""
+    size = pipe.config.generation.image_size
+    world, grid = level_world(level, size), pipe.model.grid_for(size)
+    g = torch.Generator().manual_seed(seed)
+    result = {"level": level, "per_type": per_type, "seed": seed, "types": {}}
+    for edit_type in EDIT_TYPES:
+        edits = [sample_edit(g, world, edit_type) for _ in range(per_type)]
+        src, tgt = _tokens(pipe, [e.source for e in edits], world), _tokens(pipe, [e.target for e in edits], world)
+        shift = (tgt - src).norm(dim=-1) / src.norm(dim=-1).clamp_min(1e-6)  # (N, L)
+        changed = torch.stack([changed_tokens(e, grid) for e in edits])
+        result["types"][edit_type] = {
+            "kept": float(shift[~changed].mean()),
+            "kept_max": float(shift[~changed].max()),
+            "changed": float(shift[changed].mean()) if changed.any() else None,
+        }
+    return result
+
+
+def format_token_shift(result: dict) -> str:
+    lines = [
+        f"Source-to-target token shift, level {result['level']} ({result['per_type']} edits per type; "
+        "|target - source| / |source| per cell)",
+        "| edit type | kept cells, mean | kept cells, largest | changed cells, mean |",
+        "|---|---|---|---|",
+    ]
+    for t, r in result["types"].items():
+        changed = "-" if r["changed"] is None else f"{r['changed']:.3f}"
+        lines.append(f"| {t} | {r['kept']:.3f} | {r['kept_max']:.3f} | {changed} |")
+    return "\n".join(lines)
+
+
 def format_locality(result: dict) -> str:
     head = f"Edit locality, level {result['level']} ({result['per_type']} edits per type, canvas {result['canvas']})"
     lines = [head, "| edit type | AUC | top hit | chance |", "|---|---|---|---|"]
@@ -171,6 +209,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--losses", action="store_true", help="also the target-token losses of each kind of token")
+    p.add_argument("--token-shift", action="store_true", help="also how far kept and changed cells' tokens move")
     p.add_argument("--json", default=None, help="write the result here")
     args = p.parse_args(argv)
     pipe = load_for_analysis(args.model, args.threads)
@@ -179,6 +218,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.losses:
         result["losses"] = loss_study(pipe, args.level, args.per_type, args.seed)
         text += "\n\n" + format_losses(result["losses"])
+    if args.token_shift:
+        result["token_shift"] = token_shift_study(pipe, args.level, args.per_type, args.seed)
+        text += "\n\n" + format_token_shift(result["token_shift"])
     report(text, result, args.json)
 
 
