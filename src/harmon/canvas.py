@@ -37,35 +37,8 @@ def source_canvas(
         tokens = model.encode_images(pixels)  # (B, L, C)
     grid = model.grid_for(size)
     if model.config.edit_canvas_tokens:
-        canvas = model.mar.embed_tokens(tokens, grid)  # (B, buffer + L, D_enc)
-        if not model.config.mar.diffloss.source_channels:
-            return canvas
-        # the head's source tokens ride after the features, zeros at the buffers (Harmon.decode splits them off)
-        return torch.cat([canvas, F.pad(tokens.to(canvas.dtype), (0, 0, canvas.shape[1] - tokens.shape[1], 0))], -1)
+        return model.mar.embed_tokens(tokens, grid)
     visible = torch.zeros(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
     if prompt is None:
         return model.mar.forward_encoder(tokens, visible, grid)
     return model.forward_mae_encoder(tokens, visible, grid, text_mask, input_ids=prompt)
-
-
-def split_source(model: Harmon, x_con: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """A canvas (B, buffer + L, D_enc [+ S]) -> its features and, with ``mar.diffloss.source_channels`` S, its
-    cells' source tokens (B, L, S) (None without them)."""
-    n = model.config.mar.diffloss.source_channels
-    if x_con is None or not n:
-        return x_con, None
-    return x_con[..., :-n], x_con[:, model.buffer_size :, -n:]
-
-
-def with_source(model: Harmon, z: torch.Tensor, source: torch.Tensor | None, rows: torch.Tensor | None) -> torch.Tensor:
-    """The head's conditions: the decoder's z (B, L, Dd), then, for a head with a source input, each cell's source
-    token in the (B,) ``rows`` that take the canvas (default all) and zeros elsewhere (text-to-image, the
-    unconditional branch): (B, L, Dd + S)."""
-    n = model.config.mar.diffloss.source_channels
-    if not n:
-        return z
-    if source is None:
-        return torch.cat([z, z.new_zeros(*z.shape[:2], n)], dim=-1)
-    if rows is not None:
-        source = source * rows.view(-1, 1, 1).to(source.dtype)
-    return torch.cat([z, source.to(z.dtype)], dim=-1)

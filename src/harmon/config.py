@@ -166,11 +166,6 @@ class HarmonConfig:
                 "config.edit_canvas_tokens is a reading of the edit canvas: it needs edit_canvas true and "
                 "edit_canvas_llm false"
             )
-        if self.mar.diffloss.source_channels and not self.edit_canvas_tokens:
-            raise ValueError(
-                "mar.diffloss.source_channels hands the head each cell's source token: it needs edit_canvas_tokens "
-                "true (the canvas that holds them)"
-            )
         if not self.image_token.strip():
             raise ValueError("config.image_token must be a non-empty token such as '<image>'")
         p = self.mar.patch_size

@@ -44,12 +44,6 @@ class DiffLossConfig:
     num_sampling_steps: str = "100"  # IDDPM respacing of the sampling chain ("100", "30,20,10", ...)
     grad_checkpointing: bool = False  # recompute res-blocks in backward to save activation memory
     prediction: str = "epsilon"  # "epsilon" (official) or "v" (see harmon.diffusion.PREDICTIONS)
-    # Editing (config.edit_canvas_tokens): each condition row also carries the source's token at its cell, S more
-    # channels after the z_channels, which a zero-initialised Linear adds to the denoiser's input projection, as
-    # InstructPix2Pix concatenates the source latents to its denoiser's input (arXiv 2211.09800): keeping a token
-    # is then a near-identity of the input, not a 64-dim vector decoded from the adaLN condition. 0: the official
-    # head.
-    source_channels: int = 0
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -57,11 +51,6 @@ class DiffLossConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"DiffLossConfig.{name} must be a positive int, got {value!r}")
-        s = self.source_channels
-        if not isinstance(s, int) or isinstance(s, bool) or s not in (0, self.target_channels):
-            raise ValueError(
-                f"DiffLossConfig.source_channels must be 0 (off) or target_channels ({self.target_channels}), got {s!r}"
-            )
         if not isinstance(self.num_sampling_steps, str):
             raise ValueError(
                 f"DiffLossConfig.num_sampling_steps must be a respacing string such as '100', "
@@ -167,8 +156,6 @@ class SimpleMLPAdaLN(nn.Module):
         z_channels: D, condition dim.
         depth: number of residual blocks.
         grad_checkpointing: recompute residual blocks in backward while training.
-        source_channels: S > 0: each condition row holds D + S values, the last S a source token that
-            ``source_proj`` adds to the input projection (DiffLossConfig.source_channels).
     """
 
     def __init__(
@@ -179,18 +166,14 @@ class SimpleMLPAdaLN(nn.Module):
         z_channels: int,
         depth: int,
         grad_checkpointing: bool = False,
-        source_channels: int = 0,
     ) -> None:
         super().__init__()
         self.in_channels = in_channels
-        self.z_channels = z_channels
         self.out_channels = out_channels
         self.grad_checkpointing = grad_checkpointing
         self.time_embed = _TimestepEmbedder(width)
         self.cond_embed = nn.Linear(z_channels, width)
         self.input_proj = nn.Linear(in_channels, width)
-        # no bias: a row without a source (zeros) runs the head exactly as one that takes none
-        self.source_proj = nn.Linear(source_channels, width, bias=False) if source_channels else None
         self.res_blocks = nn.ModuleList([_ResBlock(width) for _ in range(depth)])
         self.final_layer = _FinalLayer(width, out_channels)
         self.initialize_weights()
@@ -202,8 +185,7 @@ class SimpleMLPAdaLN(nn.Module):
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.xavier_uniform_(module.weight, generator=generator)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
+                nn.init.zeros_(module.bias)
             elif isinstance(module, nn.LayerNorm) and module.elementwise_affine:
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
@@ -214,33 +196,13 @@ class SimpleMLPAdaLN(nn.Module):
             nn.init.zeros_(linear.bias)
         nn.init.zeros_(self.final_layer.linear.weight)
         nn.init.zeros_(self.final_layer.linear.bias)
-        if self.source_proj is not None:  # at init the head is the official one, whatever the source
-            nn.init.zeros_(self.source_proj.weight)
-
-    def split_condition(self, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Condition rows (N, D [+ S]) -> the condition (N, D) and the source tokens (N, S), None without them."""
-        width = self.z_channels + (self.source_proj.in_features if self.source_proj is not None else 0)
-        if c.shape[-1] != width:
-            raise ValueError(
-                f"the diffusion head takes conditions of {width} values per row "
-                f"({self.z_channels} + {width - self.z_channels} source), got {c.shape[-1]}"
-            )
-        if self.source_proj is None:
-            return c, None
-        return c[..., : self.z_channels], c[..., self.z_channels :]
-
-    def input_embedding(self, x: torch.Tensor, source: torch.Tensor | None) -> torch.Tensor:
-        """The input projection (N, W) of noisy tokens x (N, C), plus ``source_proj`` of their source tokens."""
-        h = self.input_proj(x.to(self.input_proj.weight.dtype))
-        return h if source is None else h + self.source_proj(source.to(h.dtype))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        """Args: x (N, C) noisy tokens; t (N,) original timesteps; c (N, D) conditions (N, D + S with sources).
+        """Args: x (N, C) noisy tokens; t (N,) original timesteps; c (N, D) conditions.
         Returns: (N, 2C) = [ε̂, v] in the weight dtype."""
         dtype = self.input_proj.weight.dtype
-        c, source = self.split_condition(c)
         y = self.time_embed(t) + self.cond_embed(c.to(dtype))  # (N, W)
-        h = self.input_embedding(x, source)  # (N, W)
+        h = self.input_proj(x.to(dtype))  # (N, W)
         use_checkpoint = self.grad_checkpointing and self.training and torch.is_grad_enabled()
         for block in self.res_blocks:
             h = checkpoint(block, h, y, use_reentrant=False) if use_checkpoint else block(h, y)  # (N, W)
@@ -296,7 +258,6 @@ class DiffLoss(nn.Module):
             z_channels=config.z_channels,
             depth=config.depth,
             grad_checkpointing=config.grad_checkpointing,
-            source_channels=config.source_channels,
         )
         self.train_diffusion = GaussianDiffusion.cosine(config.num_train_steps, prediction=config.prediction)
         # Respaced sampling chains, one per respacing string; schedule tables are not module state.

@@ -17,7 +17,7 @@ from torch import nn
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from harmon import rng
-from harmon.canvas import source_canvas, split_source, with_source
+from harmon.canvas import source_canvas
 from harmon.config import HarmonConfig
 from harmon.data.tasks import SUPPORTED_TASKS, Task
 from harmon.mar import MAR, mask_by_order, truncated_normal_mask_ratio, uniform_mask_ratio
@@ -277,16 +277,13 @@ class Harmon(nn.Module):
         """The diffusion conditions (B, L, Dd): :meth:`MAR.forward_decoder` (canvas ``x_con`` (B, buffer + L, D_enc)
         in the (B,) bool ``x_con_rows``, default all; blocks through ``run_blocks``) plus, with ``config.edit_canvas``,
         ``canvas_proj`` of each position's canvas feature: the decoder's blocks, trained on mask-token rows, bury the
-        canvas under their own output; the skip hands the head the source token: an edit learns only the change.
-        With ``mar.diffloss.source_channels`` the canvas also carries each cell's source token (after its features)
-        and the conditions end with it, zeros in rows without a canvas: (B, L, Dd + S)."""
-        x_con, source = split_source(self, x_con)
+        canvas under their own output; the skip hands the head the source token: an edit learns only the change."""
         z = self.mar.forward_decoder(x_enc, mask, grid, x_con, x_con_rows, run_blocks=run_blocks)
-        if x_con is not None and self.canvas_proj is not None:
-            skip = self.canvas_proj(x_con[:, self.buffer_size :])  # (B, L, Dd)
-            rows = torch.ones(z.shape[0], dtype=torch.bool, device=z.device) if x_con_rows is None else x_con_rows
-            z = z + skip * rows.view(-1, 1, 1).to(skip.dtype)
-        return with_source(self, z, source, x_con_rows)
+        if x_con is None or self.canvas_proj is None:
+            return z
+        skip = self.canvas_proj(x_con[:, self.buffer_size :])  # (B, L, Dd)
+        rows = torch.ones(z.shape[0], dtype=torch.bool, device=z.device) if x_con_rows is None else x_con_rows
+        return z + skip * rows.view(-1, 1, 1).to(skip.dtype)
 
     # ------------------------------------------------------------------ training losses
     def sample_orders(self, batch: int, seq_len: int, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -52,16 +52,11 @@ def modulations(net: SimpleMLPAdaLN, y: torch.Tensor) -> list[torch.Tensor]:
     return [block.adaLN_modulation(y) for block in net.res_blocks] + [net.final_layer.adaLN_modulation(y)]
 
 
-def forward_modulated(
-    net: SimpleMLPAdaLN, x: torch.Tensor, mods: list[torch.Tensor], source: torch.Tensor | None = None
-) -> torch.Tensor:
-    """``net`` given precomputed ``modulations(net, y)`` (each with N rows): x (N, C) -> (N, 2C); ``source``
-    (N, W): the rows' ``source_proj`` of their source tokens, for a head that takes them.
+def forward_modulated(net: SimpleMLPAdaLN, x: torch.Tensor, mods: list[torch.Tensor]) -> torch.Tensor:
+    """``net`` given precomputed ``modulations(net, y)`` (each with N rows): x (N, C) -> (N, 2C).
 
     The arithmetic of ``SimpleMLPAdaLN.forward`` after its modulations."""
     h = net.input_proj(x.to(net.input_proj.weight.dtype))  # (N, W)
-    if source is not None:
-        h = h + source
     for block, mod in zip(net.res_blocks, mods[:-1]):
         h = block.forward_modulated(h, mod)  # (N, W)
     return net.final_layer.forward_modulated(h, mods[-1])  # (N, 2C)
@@ -125,16 +120,12 @@ def sample_fast(
     """
     net = head.net
     diffusion = head.sampling_diffusion(num_steps)
-    dtype = net.input_proj.weight.dtype
-    c, source = net.split_condition(z)
-    c_emb = net.cond_embed(c.to(dtype))  # (N, W), once per call
-    src = None if source is None else net.source_proj(source.to(dtype))  # (N, W), once per call
+    c_emb = net.cond_embed(z.to(net.input_proj.weight.dtype))  # (N, W), once per call
     next_mods = StepModulations(net, diffusion, c_emb)
     mlp = compiled_mlp(head) if compile else functools.partial(forward_modulated, net)
 
     def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        # (rows, 2C): the modulations of this step, precomputed
-        return mlp(x, next_mods()) if src is None else mlp(x, next_mods(), src)
+        return mlp(x, next_mods())  # (rows, 2C): the modulations of this step, precomputed
 
     # compiled: inductor packs the weights its own way, so the layers must be plain when it traces them. The
     # compiled MLP unpacks them itself on every call; unpacking here, once per call of sample, leaves it nothing to
