@@ -111,6 +111,7 @@ def test_grounding_scores_right_and_wrong_answers_and_normalises_only_form(monke
 
     monkeypatch.setattr(grounding, "where_questions", recorded(where))
     monkeypatch.setattr(grounding, "position_question", recorded(position))
+    monkeypatch.setattr(grounding, "reasoned", recorded(grounding.reasoned))
 
     class Pipe:
         def __init__(self, answer):
@@ -122,8 +123,16 @@ def test_grounding_scores_right_and_wrong_answers_and_normalises_only_form(monke
 
     right = grounding.grounding_scores(Pipe(lambda i, g: g.lower() + "."), 20, seed=3)
     gold.clear()
-    flipped = {"Yes": "No", "No": "Yes"}
-    wrong = grounding.grounding_scores(Pipe(lambda i, g: flipped.get(g, "Purple")), 20, seed=3)
+
+    def wrong_answer(i, g):  # yes for no and back; a places-first answer keeps its places, flips its verdict
+        if g in ("Yes", "No"):
+            return "No" if g == "Yes" else "Yes"
+        if g.endswith((": yes", ": no")):
+            head, verdict = g.rsplit(": ", 1)
+            return f"{head}: {'no' if verdict == 'yes' else 'yes'}"
+        return "Purple"
+
+    wrong = grounding.grounding_scores(Pipe(wrong_answer), 20, seed=3)
     for kind in grounding.KINDS:
         assert right["kinds"][kind]["accuracy"] == 1.0 and wrong["kinds"][kind]["accuracy"] == 0.0, kind
         assert right["kinds"][kind]["n"] > 5

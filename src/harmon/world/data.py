@@ -8,6 +8,8 @@ Tasks:
     text        text only: the world's sentences without an image, for pre-training the language model (stage 0)
     where       an image and a conversation of grounding questions, where a named object is and what a named
                 quadrant holds (:func:`harmon.world.questions.where_questions`)
+    reasoned    an image and a position question answered with both objects' places before the verdict
+                (:func:`harmon.world.questions.reasoned`)
 Held-out (colour, shape) pairs never appear.
 """
 
@@ -21,13 +23,13 @@ import torch
 
 from harmon.prompts import BRIEF_CAPTION_INSTRUCTIONS, DETAILED_CAPTION_INSTRUCTIONS, GENERATE_PREFIX
 from harmon.world.prompts import caption_scene, describe_scene, sample_prompt, scene_for_prompt
-from harmon.world.questions import sample_questions, where_questions
+from harmon.world.questions import position_question, reasoned, sample_questions, where_questions
 from harmon.world.render import render
 from harmon.world.sampling import categorical, choice, sample_scene
 from harmon.world.scene import WorldConfig
 from harmon.world.scoring import TAGS
 
-TASKS = ("text2image", "caption", "qa", "text", "where")
+TASKS = ("text2image", "caption", "qa", "text", "where", "reasoned")
 DESCRIBE_FRACTION = 0.3  # text2image captions that describe a whole random scene instead of one category prompt
 
 
@@ -86,6 +88,8 @@ def shapes_record(
         return _text_record(g, config)
     if task == "where":
         return _where_record(g, config, max_turns)
+    if task == "reasoned":
+        return _reasoned_record(g, config)
     raise ValueError(f"unknown shapes task {task!r}; known: {TASKS}")
 
 
@@ -135,6 +139,17 @@ def _where_record(g: torch.Generator, config: WorldConfig, max_turns: int) -> di
     for k, qi in enumerate(order):
         turns.append({"role": "user", "content": ("<image>\n" if k == 0 else "") + questions[qi]["question"]})
         turns.append({"role": "assistant", "content": questions[qi]["answer"]})
+    return {"kind": "image2text", "image": render(scene, config), "conversation": turns}
+
+
+def _reasoned_record(g: torch.Generator, config: WorldConfig) -> dict[str, Any]:
+    while True:  # a scene with a position question whose objects are clear of the middle lines
+        scene = sample_scene(g, config)
+        q = position_question(scene, g)
+        q = reasoned(q, scene) if q is not None else None
+        if q is not None:
+            break
+    turns = [{"role": "user", "content": "<image>\n" + q["question"]}, {"role": "assistant", "content": q["answer"]}]
     return {"kind": "image2text", "image": render(scene, config), "conversation": turns}
 
 

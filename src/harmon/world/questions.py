@@ -32,6 +32,7 @@ question asks the opposite relation, so no answer depends on a borderline case.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import numpy as np
@@ -214,6 +215,31 @@ def where_questions(scene: Scene) -> list[Question]:
             answer = noun_phrase(held[0].shape, held[0].color).capitalize() if held else "Nothing"
             out.append({"question": f"What is in the {place}?", "answer": answer, "type": "where"})
     return out
+
+
+REASONED_SUFFIX = " Say where each is first."  # marks a position question answered with both places first
+
+
+def reasoned(question: Question, scene: Scene) -> Question | None:
+    """A position question of :func:`position_question` to be answered with both objects' places before the
+    verdict: "Is the red circle to the left of the blue square? Say where each is first." -> "The red circle is top
+    left, the blue square is top right: yes" (no full stop before the verdict, so POPE's rule reads it). None when
+    an object is not clearly in a quadrant."""
+    named = re.fullmatch(r"Is the (\w+) (\w+) .+ the (\w+) (\w+)\?", question["question"])
+    if question["type"] != "position" or named is None:
+        raise ValueError(f"not a position question: {question['question']!r}")
+    objs = [
+        next(o for o in scene.objects if (o.color, o.shape) == pair) for pair in (named.group(1, 2), named.group(3, 4))
+    ]
+    places = [place_of(o, scene.image_size) for o in objs]
+    if None in places:
+        return None
+    said = ", ".join(f"the {o.color} {o.shape} is {p}" for o, p in zip(objs, places))
+    return {
+        "question": question["question"] + REASONED_SUFFIX,
+        "answer": f"{said[0].upper()}{said[1:]}: {question['answer'].lower()}",
+        "type": "position",
+    }
 
 
 def describe_question(scene: Scene) -> Question:

@@ -17,7 +17,7 @@ from harmon.world.data2 import check_options, edit_record_v2, record_v2
 from harmon.world.edits import edit_type_probabilities
 from harmon.world.scene import WorldConfig
 
-IMAGE2TEXT_KINDS = ("qa", "caption", "where")
+IMAGE2TEXT_KINDS = ("qa", "caption", "where", "reasoned")
 
 
 @dataclass
@@ -25,7 +25,8 @@ class ShapesOptions:
     """format_options of the shapes world's endless procedural source."""
 
     # image2text: "qa" (questions about the scene, default), "caption" (descriptions) or "where" (grounding
-    # questions: where a named object is, what a quadrant holds; grid level, canonical phrasings)
+    # questions: where a named object is, what a quadrant holds) or "reasoned" (position questions answered with both
+    # places first); the last two on the grid level in canonical phrasings
     kind: str | None = None
     seed: int | None = None  # seed of the world's records; None: the run's seed
     length: int | None = None  # records in the source; None: unbounded (the stream position is the record index)
@@ -47,9 +48,10 @@ class ShapesOptions:
             raise ValueError(
                 f"kind {self.kind!r}: an image2text source draws one of {IMAGE2TEXT_KINDS}; other tasks set none"
             )
-        if self.kind == "where" and not self.canonical:
+        if self.kind in ("where", "reasoned") and not self.canonical:
             raise ValueError(
-                "kind 'where' asks about grid scenes in canonical phrasing: set level 'grid' and phrasings 'canonical'"
+                f"kind {self.kind!r} asks about grid scenes in canonical phrasing: set level 'grid' and phrasings "
+                "'canonical'"
             )
         if self.tag_weights is not None and not (
             src.record_task is Task.TEXT_TO_IMAGE and isinstance(self.tag_weights, dict)

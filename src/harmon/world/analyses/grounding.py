@@ -6,7 +6,9 @@ generator of their own, apart from training's records), every question of
 top left?" -> "A red circle" / "Nothing"), greedy answers. An answer is right when it is the gold one up to case, a
 leading article and a final full stop. Beside each kind's accuracy: what always giving its most common gold answer
 scores. The same scenes' position questions (:func:`harmon.world.questions.position_question`, balanced yes / no)
-are asked too: finding each named object's place is what they need first.
+are asked too: finding each named object's place is what they need first; and again, answered with both places
+first ("... Say where each is first." -> "The red circle is top left, the blue square is top right: yes",
+:func:`harmon.world.questions.reasoned`, judged by POPE's rule).
 """
 
 from __future__ import annotations
@@ -18,14 +20,14 @@ from typing import Any
 
 import torch
 
+from harmon.eval.metrics import pope_answer
 from harmon.world.analyses.runner import load_for_analysis, report
-from harmon.world.questions import position_question, where_questions
+from harmon.world.questions import position_question, reasoned, where_questions
 from harmon.world.render import render
 from harmon.world.sampling import sample_scene
 from harmon.world.scene import WorldConfig
-from harmon.world.scoring import answer_correct
 
-KINDS = ("where is", "what is in", "position")
+KINDS = ("where is", "what is in", "position", "position, places first")
 
 
 def normalised(answer: str) -> str:
@@ -35,7 +37,7 @@ def normalised(answer: str) -> str:
 
 def _kind(question: dict[str, Any]) -> str:
     if question["type"] == "position":
-        return "position"
+        return "position, places first" if question.get("places_first") else "position"
     return "where is" if question["question"].startswith("Where is") else "what is in"
 
 
@@ -49,18 +51,25 @@ def grounding_scores(pipe, scenes: int, seed: int, world: WorldConfig | None = N
         image = render(scene, world)
         asked = where_questions(scene)
         pos = position_question(scene, g)
-        for q in asked + ([pos] if pos is not None else []):
+        if pos is not None:
+            asked.append(pos)
+            worded = reasoned(pos, scene)
+            if worded is not None:
+                asked.append({**worded, "places_first": True})
+        for q in asked:
             images.append(image)
             questions.append(q)
-    answers = pipe.describe_many(images, [q["question"] for q in questions], max_new_tokens=12)
+    answers = pipe.describe_many(images, [q["question"] for q in questions], max_new_tokens=40)
     out: dict[str, Any] = {"scenes": scenes, "seed": seed, "kinds": {}}
     for kind in KINDS:
         rows = [(q, a) for q, a in zip(questions, answers) if _kind(q) == kind]
-        if kind == "position":
-            right = [answer_correct(q, a, world) for q, a in rows]
+        if kind.startswith("position"):
+            right = [pope_answer(a) == pope_answer(q["answer"]) for q, a in rows]  # the verdict, by POPE's rule
         else:
             right = [normalised(a) == normalised(q["answer"]) for q, a in rows]
-        gold = Counter(normalised(q["answer"]) for q, _ in rows)
+        gold = Counter(
+            pope_answer(q["answer"]) if kind.startswith("position") else normalised(q["answer"]) for q, _ in rows
+        )
         out["kinds"][kind] = {
             "accuracy": sum(right) / max(len(rows), 1),
             "majority": gold.most_common(1)[0][1] / len(rows) if rows else None,
