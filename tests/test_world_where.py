@@ -4,6 +4,7 @@ from the scene, asked only where unambiguous, and a training source of their own
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 
 import pytest
 import torch
@@ -137,3 +138,31 @@ def test_grounding_scores_right_and_wrong_answers_and_normalises_only_form(monke
         assert right["kinds"][kind]["accuracy"] == 1.0 and wrong["kinds"][kind]["accuracy"] == 0.0, kind
         assert right["kinds"][kind]["n"] > 5
     assert "| where is | 100.0% |" in grounding.format_grounding(right)
+
+
+def test_reasoned_position_answers_state_both_places_then_the_verdict():
+    from harmon.eval.metrics import pope_answer
+    from harmon.world.questions import position_question, reasoned
+
+    g = torch.Generator().manual_seed(2)
+    seen = Counter()
+    for _ in range(40):
+        scene = sample_scene(g, WorldConfig())
+        q = position_question(scene, g)
+        if q is None:
+            continue
+        r = reasoned(q, scene)
+        assert r["question"] == q["question"] + " Say where each is first."
+        head, verdict = r["answer"].rsplit(": ", 1)
+        assert verdict == q["answer"].lower() == pope_answer(r["answer"])
+        a, b = head.split(", the ")
+        for said in (a.removeprefix("The "), b):
+            colour, shape, _, *place = said.split()
+            obj = next(o for o in scene.objects if (o.color, o.shape) == (colour, shape))
+            assert " ".join(place) == place_of(obj, 64)
+        seen[verdict] += 1
+    assert min(seen.values()) > 5
+    with pytest.raises(ValueError, match="not a position question"):
+        reasoned({"question": "How many circles are there?", "answer": "2", "type": "counting"}, scene)
+    record = shapes_record("reasoned", 0)["conversation"]
+    assert record[0]["content"].endswith("Say where each is first.") and record[1]["content"].endswith(("yes", "no"))
