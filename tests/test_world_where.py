@@ -164,5 +164,7 @@ def test_reasoned_position_answers_state_both_places_then_the_verdict():
     assert min(seen.values()) > 5
     with pytest.raises(ValueError, match="not a position question"):
         reasoned({"question": "How many circles are there?", "answer": "2", "type": "counting"}, scene)
+    with pytest.raises(ValueError, match="no scene of this world config held a position question"):
+        shapes_record("reasoned", 0, config=WorldConfig(max_objects=1))
     record = shapes_record("reasoned", 0)["conversation"]
     assert record[0]["content"].endswith("Say where each is first.") and record[1]["content"].endswith(("yes", "no"))

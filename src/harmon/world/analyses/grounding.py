@@ -82,7 +82,8 @@ def grounding_scores(pipe, scenes: int, seed: int, world: WorldConfig | None = N
 def format_grounding(result: dict[str, Any]) -> str:
     lines = ["| question | accuracy | always the commonest answer | n |", "|---|---|---|---|"]
     for kind, r in result["kinds"].items():
-        lines.append(f"| {kind} | {r['accuracy']:.1%} | {r['majority']:.1%} | {r['n']} |")
+        majority = "-" if r["majority"] is None else f"{r['majority']:.1%}"
+        lines.append(f"| {kind} | {r['accuracy']:.1%} | {majority} | {r['n']} |")
     lines.append(f"\n{result['scenes']} fresh grid scenes, seed {result['seed']}, greedy answers")
     return "\n".join(lines)
 
