@@ -194,10 +194,7 @@ def color_question_v2(scene: Scene, generator: torch.Generator, config: WorldCon
 
 def position_candidates(scene: Scene, config: WorldConfig) -> list[tuple[Any, Any, str]]:
     """(a, b, relation) for uniquely named objects a, b with exactly one relation, which holds clearly."""
-    counts: dict[tuple[str, str], int] = {}
-    for p in scene.pairs:
-        counts[p] = counts.get(p, 0) + 1
-    unique = [o for o in scene.objects if counts[o.pair] == 1]
+    unique = scene.unique_objects
     margin, out = relation_margin_px(config), []
     for a in unique:
         for b in unique:

@@ -158,10 +158,7 @@ def position_question(scene: Scene, generator: torch.Generator, positive: bool |
     ``positive`` True asks the relation that holds ("Yes"), False its opposite ("No"), None a fair coin.
     Returns None when no pair of objects qualifies.
     """
-    counts: dict[tuple[str, str], int] = {}
-    for p in scene.pairs:
-        counts[p] = counts.get(p, 0) + 1
-    unique = [o for o in scene.objects if counts[o.pair] == 1]
+    unique = scene.unique_objects
     candidates = []
     for a in unique:
         for b in unique:
@@ -198,14 +195,12 @@ def where_questions(scene: Scene) -> list[Question]:
     """Grounding in both directions: "Where is the <colour> <shape>?" -> "Top left" for each object that is the
     only one of its colour and shape and clearly in a quadrant, and "What is in the <place>?" -> "A red circle" or
     "Nothing" for each quadrant holding at most one object, all clear of the middle lines."""
-    counts: dict[tuple[str, str], int] = {}
-    for p in scene.pairs:
-        counts[p] = counts.get(p, 0) + 1
+    unique = scene.unique_objects
     places = [place_of(o, scene.image_size) for o in scene.objects]
     out = [
         {"question": f"Where is the {o.color} {o.shape}?", "answer": place.capitalize(), "type": "where"}
         for o, place in zip(scene.objects, places)
-        if place is not None and counts[o.pair] == 1
+        if place is not None and any(o is u for u in unique)
     ]
     if None in places:
         return out

@@ -304,6 +304,13 @@ class Scene:
         """(colour, shape) of every object, in storage order."""
         return [o.pair for o in self.objects]
 
+    @property
+    def unique_objects(self) -> list[WorldObject]:
+        """The objects that are the only one of their (colour, shape): what "the red circle" names, in storage
+        order."""
+        pairs = self.pairs
+        return [o for o in self.objects if pairs.count(o.pair) == 1]
+
     def count(self, shape: str | None = None, color: str | None = None) -> int:
         """Number of objects matching ``shape`` and/or ``color`` (None matches anything)."""
         return sum((shape is None or o.shape == shape) and (color is None or o.color == color) for o in self.objects)
