@@ -123,24 +123,23 @@ def _caption_record(g: torch.Generator, config: WorldConfig) -> dict[str, Any]:
 def _qa_record(g: torch.Generator, config: WorldConfig, max_turns: int, shape_questions: bool) -> dict[str, Any]:
     scene = sample_scene(g, config)
     questions = sample_questions(scene, g, config, shape_questions=shape_questions)
-    order = torch.randperm(len(questions), generator=g).tolist()[:max_turns]
-    turns: list[dict[str, str]] = []
-    for k, qi in enumerate(order):
-        q = questions[qi]
-        turns.append({"role": "user", "content": ("<image>\n" if k == 0 else "") + q["question"]})
-        turns.append({"role": "assistant", "content": q["answer"]})
-    return {"kind": "image2text", "image": render(scene, config), "conversation": turns}
+    return {"kind": "image2text", "image": render(scene, config), "conversation": _turns(questions, g, max_turns)}
 
 
-def _where_record(g: torch.Generator, config: WorldConfig, max_turns: int) -> dict[str, Any]:
-    scene = sample_scene(g, config)
-    questions = where_questions(scene)
+def _turns(questions: list[dict[str, Any]], g: torch.Generator, max_turns: int) -> list[dict[str, str]]:
+    """Up to ``max_turns`` of ``questions`` in an order drawn from ``g``, as a conversation about one image."""
     order = torch.randperm(len(questions), generator=g).tolist()[:max_turns]
     turns: list[dict[str, str]] = []
     for k, qi in enumerate(order):
         turns.append({"role": "user", "content": ("<image>\n" if k == 0 else "") + questions[qi]["question"]})
         turns.append({"role": "assistant", "content": questions[qi]["answer"]})
-    return {"kind": "image2text", "image": render(scene, config), "conversation": turns}
+    return turns
+
+
+def _where_record(g: torch.Generator, config: WorldConfig, max_turns: int) -> dict[str, Any]:
+    scene = sample_scene(g, config)
+    conversation = _turns(where_questions(scene), g, max_turns)
+    return {"kind": "image2text", "image": render(scene, config), "conversation": conversation}
 
 
 def _reasoned_record(g: torch.Generator, config: WorldConfig) -> dict[str, Any]:
