@@ -10,6 +10,10 @@ Tasks:
                 quadrant holds (:func:`harmon.world.questions.where_questions`)
     reasoned    an image and a position question answered with both objects' places before the verdict
                 (:func:`harmon.world.questions.reasoned`)
+    placed      text-to-image: a grid scene's placed description, every object with its quadrant
+                (:func:`harmon.world.planning.placed_description`), and the scene drawn
+    plan        text only: "Plan the layout: <prompt>" answered with the placed description of a scene that
+                satisfies the prompt (:mod:`harmon.world.planning`)
 Held-out (colour, shape) pairs never appear.
 """
 
@@ -22,6 +26,7 @@ import numpy as np
 import torch
 
 from harmon.prompts import BRIEF_CAPTION_INSTRUCTIONS, DETAILED_CAPTION_INSTRUCTIONS, GENERATE_PREFIX
+from harmon.world.planning import placed_description, plan_request
 from harmon.world.prompts import caption_scene, describe_scene, sample_prompt, scene_for_prompt
 from harmon.world.questions import position_question, reasoned, sample_questions, where_questions
 from harmon.world.render import render
@@ -29,8 +34,9 @@ from harmon.world.sampling import categorical, choice, sample_scene
 from harmon.world.scene import WorldConfig
 from harmon.world.scoring import TAGS
 
-TASKS = ("text2image", "caption", "qa", "text", "where", "reasoned")
+TASKS = ("text2image", "caption", "qa", "text", "where", "reasoned", "placed", "plan")
 REASONED_TRIES = 1000  # scenes drawn for one "reasoned" record (about 44 % of grid scenes qualify)
+PLACED_TRIES = 1000  # scenes drawn for one "placed" or "plan" record (grid scenes nearly always qualify)
 DESCRIBE_FRACTION = 0.3  # text2image captions that describe a whole random scene instead of one category prompt
 
 
@@ -73,7 +79,7 @@ def shapes_record(
     existence pair ("Is there a circle in the image?", POPE's template; see
     :func:`harmon.world.questions.shape_existence_pair`).
 
-    ``tag_weights`` (text2image only): relative weights of the GenEval tags of the prompt-style captions, e.g.
+    ``tag_weights`` (text2image and plan): relative weights of the GenEval tags of the prompt-style captions, e.g.
     ``{"position": 2, "color_attr": 2, ...}``; None draws the six tags uniformly. Whole-scene captions keep their
     share (``DESCRIBE_FRACTION``).
     """
@@ -91,6 +97,11 @@ def shapes_record(
         return _where_record(g, config, max_turns)
     if task == "reasoned":
         return _reasoned_record(g, config)
+    if task == "placed":
+        scene, caption = _placed_scene(g, config, lambda: sample_scene(g, config))
+        return {"kind": "text2image", "image": render(scene, config), "caption": caption}
+    if task == "plan":
+        return _plan_record(g, config, tag_weights)
     raise ValueError(f"unknown shapes task {task!r}; known: {TASKS}")
 
 
@@ -153,6 +164,24 @@ def _reasoned_record(g: torch.Generator, config: WorldConfig) -> dict[str, Any]:
         raise ValueError(f"no scene of this world config held a position question in {REASONED_TRIES} draws")
     turns = [{"role": "user", "content": "<image>\n" + q["question"]}, {"role": "assistant", "content": q["answer"]}]
     return {"kind": "image2text", "image": render(scene, config), "conversation": turns}
+
+
+def _placed_scene(g: torch.Generator, config: WorldConfig, draw) -> tuple[Any, str]:
+    """The first scene from ``draw()`` that has a placed description, with it."""
+    for _ in range(PLACED_TRIES):
+        scene = draw()
+        said = placed_description(scene)
+        if said is not None:
+            return scene, said
+    raise ValueError(f"no scene of this world config had a placed description in {PLACED_TRIES} draws")
+
+
+def _plan_record(g: torch.Generator, config: WorldConfig, tag_weights: Mapping[str, float] | None) -> dict[str, Any]:
+    tag = None if tag_weights is None else TAGS[categorical(g, tag_probabilities(tag_weights))]
+    prompt = sample_prompt(g, tag, config=config)
+    _, plan = _placed_scene(g, config, lambda: scene_for_prompt(prompt, g, config))
+    turns = [{"role": "user", "content": plan_request(prompt["prompt"])}, {"role": "assistant", "content": plan}]
+    return {"kind": "image2text", "image": None, "conversation": turns}
 
 
 def _text_record(g: torch.Generator, config: WorldConfig) -> dict[str, Any]:

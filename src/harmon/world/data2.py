@@ -59,7 +59,8 @@ def check_options(level: str, phrasings: str, antialiased: float = 0.0) -> None:
         raise ValueError("antialiased images come with phrasings 'varied'; canonical records are today's exactly")
 
 
-EDIT_SALT = 11 + len(TASKS)  # the edit records' stream, apart from the other v2 tasks' (salts 11-14)
+VARIED_TASKS = ("text2image", "caption", "qa", "text")  # the tasks with records in the grammar's phrasings
+EDIT_SALT = 17  # the edit records' stream, apart from the other v2 tasks' (salts 11 and up)
 
 
 def _generator(seed: int, task: str, index: int) -> torch.Generator:
@@ -86,6 +87,8 @@ def record_v2(
     if phrasings == "canonical":
         world = WorldConfig(image_size=image_size)
         return shapes_record(task, index, seed, world, max_turns, tag_weights, shape_questions=task == "qa")
+    if task not in VARIED_TASKS:
+        raise ValueError(f"task {task!r} exists in canonical phrasings only; varied records draw {VARIED_TASKS}")
     g = _generator(seed, task, index)
     if level == "mixed":
         level = "free" if float(torch.rand((), generator=g)) < FREE_SHARE else "grid"

@@ -381,6 +381,40 @@ def shapes_where() -> TrainConfig:
     )
 
 
+PLAN_STEPS = 2500
+# The position tables that tell a cell still to draw where it is: enlarged at load and trained 30 times faster, so
+# a cell's place survives the decoder's first attention (docs/RESULTS.md, "Plan, then draw")
+PLACE_TABLES = {"mar.decoder_pos_embed_learned": 20.0, "mar.diffusion_pos_embed_learned": 10.0}
+PLACE_LR_SCALE = {**dict.fromkeys(PLACE_TABLES, 30.0), "mar.mask_token": 30.0}
+
+
+def shapes_plan() -> TrainConfig:
+    """A study, not a pipeline stage: plan, then draw (:mod:`harmon.world.planning`). The phrasing stage's mix
+    continued from the shipped model with placed descriptions to draw (32 per step: every object with its quadrant)
+    and layouts to write (16 text-only plans: "Plan the layout: <prompt>" -> a placed description), the cells'
+    position tables enlarged (:data:`PLACE_TABLES`), lr 1e-3: can the generator put objects at named places, and
+    does a layout the LLM writes first lift position and colour attribution (docs/RESULTS.md, "Plan, then draw")."""
+    cfg = shapes_phrasing()
+    placed = _t2i(32, "text2image_placed", kind="placed")
+    placed.format_options.pop("tag_weights")
+    plan = SourceConfig(
+        "text_plan",
+        "shapes",
+        task=Task.TEXT_ONLY,
+        batch_size=16,
+        format_options={"kind": "plan", "tag_weights": dict(T2I_TAG_WEIGHTS)},
+    )
+    return dataclasses.replace(
+        cfg,
+        name="shapes_plan",
+        output_dir=f"{ROOT}/plan",
+        model=ModelInit(preset=None, pretrained=f"{ROOT}/phrasing/final", rescale=dict(PLACE_TABLES)),
+        data=[*cfg.data, placed, plan],
+        optim=dataclasses.replace(cfg.optim, lr=1e-3, lr_scale=dict(PLACE_LR_SCALE)),
+        max_steps=PLAN_STEPS,
+    )
+
+
 RECIPES = {
     "shapes_lm": shapes_lm,
     "shapes_stage1": shapes_stage1,
@@ -391,6 +425,7 @@ RECIPES = {
     "shapes_phrasing": shapes_phrasing,
     "shapes_phrasing_free": shapes_phrasing_free,
     "shapes_where": shapes_where,
+    "shapes_plan": shapes_plan,
 }
 
 

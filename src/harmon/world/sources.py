@@ -18,6 +18,10 @@ from harmon.world.edits import edit_type_probabilities
 from harmon.world.scene import WorldConfig
 
 IMAGE2TEXT_KINDS = ("qa", "caption", "where", "reasoned")
+TEXT2IMAGE_KINDS = ("placed",)  # text2image sources: placed descriptions instead of GenEval prompts
+TEXT_KINDS = ("plan",)  # text-only sources: layout plans instead of the world's sentences
+KINDS = {Task.IMAGE_TO_TEXT: IMAGE2TEXT_KINDS, Task.TEXT_TO_IMAGE: TEXT2IMAGE_KINDS, Task.TEXT_ONLY: TEXT_KINDS}
+CANONICAL_KINDS = ("where", "reasoned", "placed", "plan")
 
 
 @dataclass
@@ -26,7 +30,9 @@ class ShapesOptions:
 
     # image2text: "qa" (questions about the scene, default), "caption" (descriptions) or "where" (grounding
     # questions: where a named object is, what a quadrant holds) or "reasoned" (position questions answered with both
-    # places first); the last two on the grid level in canonical phrasings
+    # places first); the last two on the grid level in canonical phrasings. text2image: "placed" (every object with
+    # its quadrant, harmon.world.planning); text only: "plan" (a prompt's layout written as places). None: the
+    # task's usual records.
     kind: str | None = None
     seed: int | None = None  # seed of the world's records; None: the run's seed
     length: int | None = None  # records in the source; None: unbounded (the stream position is the record index)
@@ -44,19 +50,20 @@ class ShapesOptions:
     edit_weights: dict[str, float] | None = None
 
     def validate(self, src: SourceConfig) -> None:
-        if self.kind is not None and (src.task is not Task.IMAGE_TO_TEXT or self.kind not in IMAGE2TEXT_KINDS):
-            raise ValueError(
-                f"kind {self.kind!r}: an image2text source draws one of {IMAGE2TEXT_KINDS}; other tasks set none"
-            )
-        if self.kind in ("where", "reasoned") and not self.canonical:
+        if self.kind is not None and self.kind not in KINDS.get(src.task, ()):
+            known = {task.value: kinds for task, kinds in KINDS.items()}
+            raise ValueError(f"kind {self.kind!r} is not one of a {src.task.value} source's kinds; known: {known}")
+        if self.kind in CANONICAL_KINDS and not self.canonical:
             raise ValueError(
                 f"kind {self.kind!r} asks about grid scenes in canonical phrasing: set level 'grid' and phrasings "
                 "'canonical'"
             )
         if self.tag_weights is not None and not (
-            src.record_task is Task.TEXT_TO_IMAGE and isinstance(self.tag_weights, dict)
+            self.world_task(src.record_task) in ("text2image", "plan") and isinstance(self.tag_weights, dict)
         ):
-            raise ValueError(f"tag_weights is a {{tag: weight}} dict for text2image records, got {self.tag_weights!r}")
+            raise ValueError(
+                f"tag_weights is a {{tag: weight}} dict for text2image and plan records, got {self.tag_weights!r}"
+            )
         if self.shape_questions and self.world_task(src.task) != "qa":
             raise ValueError("shape_questions applies to qa sources only")
         if self.length is not None and self.length < 1:
@@ -78,11 +85,10 @@ class ShapesOptions:
 
     def world_task(self, task: Task) -> str:
         """The world's record task (harmon.world.data.TASKS, or "edit") for a source's task."""
-        if task is Task.TEXT_TO_IMAGE:
-            return "text2image"
         if task is Task.IMAGE_EDIT:
             return "edit"
-        return "text" if task is Task.TEXT_ONLY else self.kind or "qa"
+        usual = {Task.TEXT_TO_IMAGE: "text2image", Task.TEXT_ONLY: "text"}.get(task, "qa")
+        return self.kind or usual
 
 
 def build_shapes_dataset(src: SourceConfig, cfg: TrainConfig) -> ProceduralSource:

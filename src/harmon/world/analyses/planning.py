@@ -1,0 +1,186 @@
+"""Plan, then draw: does the generator put objects where a prompt names their places, and does a layout the LLM
+writes first lift position and colour attribution? (:mod:`harmon.world.planning`)
+
+``python -m harmon.world.analyses.planning [--model M] --scenes 120 --prompts 240 --seed 0``:
+
+(a) Placed prompts. Fresh grid scenes, each described with every object's quadrant ("a red circle in the top left
+    and a blue square in the bottom right"); one image each. Right when the detector finds exactly the stated
+    (colour, shape, quadrant) triples; also the share of stated objects found at their place.
+(b) GenEval prompts (balanced over the six tags), each drawn three ways and judged by GenEval's rules on the
+    *original* prompt: directly; from a layout the world writes (the placed description of a scene that satisfies
+    the prompt: what a perfect planner gives); and from the layout the model writes itself, greedily, when asked
+    "Plan the layout: <prompt>". Beside them: the share of the model's plans that parse, and that satisfy the
+    prompt as stated.
+(c) Where the layout is lost. Placed prompts of fresh scenes at the first masked-autoregressive step (nothing drawn):
+    linear probes (two thirds fit, one third test) for the shape each quadrant holds ("none" or a shape), read from
+    the LLM's contribution at the buffers, from the decoder's condition at that quadrant's token, and from the
+    condition at the next quadrant's token; and how far the cells' conditions lie apart (the broadcast study's
+    spread over their norm).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import torch
+
+from harmon.chat import answer_batch
+from harmon.world.analyses.probe import fit_linear_probe
+from harmon.world.analyses.relations import conditions
+from harmon.world.analyses.runner import load_for_analysis, report
+from harmon.world.detection import detect_objects
+from harmon.world.planning import parse_placed, placed_description, placed_matches, plan_request, scene_from_placed
+from harmon.world.prompts import sample_eval_prompts, scene_for_prompt
+from harmon.world.questions import PLACES, place_of
+from harmon.world.sampling import sample_scene
+from harmon.world.scene import WorldConfig
+from harmon.world.scoring import TAGS, judge_prompt
+
+WAYS = ("direct", "world's plan", "model's plan")
+
+
+def _draw(pipe, texts: list[str], seed: int, batch_size: int = 16) -> list:
+    generator = torch.Generator().manual_seed(seed)
+    images = []
+    for i in range(0, len(texts), batch_size):
+        images += pipe.generate(texts[i : i + batch_size], generator=generator)
+    return images
+
+
+def placed_scores(pipe, scenes: int, seed: int, world: WorldConfig) -> dict[str, Any]:
+    """(a): exact-layout and per-object accuracy of images drawn from placed descriptions of fresh scenes."""
+    g = torch.Generator().manual_seed(seed + 104_729)  # apart from the eval reports' and training's generators
+    texts, wanted = [], []
+    while len(texts) < scenes:
+        said = placed_description(sample_scene(g, world))
+        if said is not None:
+            texts.append(said)
+            wanted.append(parse_placed(said, world))
+    images = _draw(pipe, texts, seed + 1)
+    exact, found, stated = 0, 0, 0
+    for text, want, image in zip(texts, wanted, images):
+        dets = detect_objects(image, world)
+        exact += placed_matches(text, dets, world.image_size, world)
+        got = {(d.color, d.shape, place_of(d, world.image_size)) for d in dets}
+        found += sum(triple in got for triple in want)
+        stated += len(want)
+    return {"exact": exact / scenes, "objects_at_place": found / stated, "n": scenes, "examples": texts[:3]}
+
+
+def plan_scores(pipe, prompts: int, seed: int, world: WorldConfig) -> dict[str, Any]:
+    """(b): GenEval-rule accuracy per tag, drawn directly, from the world's plan and from the model's plan."""
+    g = torch.Generator().manual_seed(seed + 130_363)
+    metas = [m for m in sample_eval_prompts(prompts, g, world) if not m.get("held_out")]
+    oracle = []
+    for m in metas:
+        for _ in range(world.max_attempts):
+            said = placed_description(scene_for_prompt(m, g, world, allow_held_out=True))
+            if said is not None:
+                break
+        oracle.append(said)
+    plans = answer_batch(
+        pipe, [[{"role": "user", "content": plan_request(m["prompt"])}] for m in metas], max_new_tokens=80
+    )
+    stated = [scene_from_placed(p, world) for p in plans]
+    texts = {"direct": [m["prompt"] for m in metas], "world's plan": oracle, "model's plan": plans}
+    out: dict[str, Any] = {"n": len(metas), "ways": {}}
+    for k, way in enumerate(WAYS):
+        drawn = [i for i, text in enumerate(texts[way]) if text.strip()]  # an empty plan draws nothing: wrong
+        images = dict(zip(drawn, _draw(pipe, [texts[way][i] for i in drawn], seed + 2 + k)))
+        right = [i in images and judge_prompt(m, detect_objects(images[i], world)) for i, m in enumerate(metas)]
+        per_tag = {t: _share([r for m, r in zip(metas, right) if m["tag"] == t]) for t in TAGS}
+        out["ways"][way] = {"tags": per_tag, "overall": sum(per_tag.values()) / len(per_tag)}
+    out["plans_parse"] = _share([s is not None for s in stated])
+    out["plans_hold"] = _share([s is not None and judge_prompt(m, s.objects) for m, s in zip(metas, stated)])
+    out["examples"] = [(m["prompt"], p) for m, p in zip(metas[:6], plans[:6])]
+    return out
+
+
+def layout_probes(pipe, scenes: int, seed: int, world: WorldConfig, probe_steps: int = 200) -> dict[str, Any]:
+    """(c): test accuracy of linear probes for what each quadrant holds, from the LLM's contribution and from the
+    decoder's conditions at the first step, with the cells' spread."""
+    if pipe.model.grid_for(world.image_size) != (2, 2):
+        raise ValueError("the layout probes read one token per quadrant: they need a 2 x 2 token grid")
+    g = torch.Generator().manual_seed(seed + 15_485_863)
+    texts: list[str] = []
+    while len(texts) < scenes:
+        said = placed_description(sample_scene(g, world))
+        if said is not None:
+            texts.append(said)
+    classes = ["none", *world.shapes]
+    held = [{place: shape for _, shape, place in parse_placed(t, world)} for t in texts]
+    y = torch.tensor([[classes.index(at.get(q, "none")) for q in PLACES] for at in held])  # (N, 4)
+    llm, cond = zip(*(conditions(pipe, texts[i : i + 100]) for i in range(0, len(texts), 100)))
+    llm, cond = torch.cat(llm).flatten(1).float().cpu(), torch.cat(cond).float().cpu()  # (N, nb*D), (N, 4, D)
+    n = 2 * scenes // 3
+    out: dict[str, Any] = {"n": scenes, "places": {}}
+    for c, place in enumerate(PLACES):
+        yc = y[:, c]
+        reads = {
+            "llm (buffers)": llm,
+            "condition at this cell": cond[:, c],
+            "condition at the next cell": cond[:, (c + 1) % 4],
+        }
+        row = {"chance": float(torch.bincount(yc[n:]).max()) / len(yc[n:])}
+        for name, x in reads.items():
+            row[name] = fit_linear_probe(x[:n], yc[:n], x[n:], yc[n:], steps=probe_steps)
+        out["places"][place] = row
+    spread = (cond - cond.mean(1, keepdim=True)).norm(dim=-1).mean() / cond.norm(dim=-1).mean()
+    out["cells' spread"] = float(spread)
+    return out
+
+
+def _share(flags: list[bool]) -> float:
+    return sum(flags) / len(flags) if flags else float("nan")
+
+
+def format_planning(result: dict[str, Any]) -> str:
+    a = result["placed"]
+    lines = [
+        f"(a) placed prompts, {a['n']} fresh grid scenes: exact layout {a['exact']:.1%}, "
+        f"stated objects at their place {a['objects_at_place']:.1%}",
+        "",
+        f"(b) {result['plans']['n']} GenEval prompts (seen pairs), GenEval rules on the original prompt, %",
+        "| drawn from | " + " | ".join(TAGS) + " | overall |",
+        "|---" * (len(TAGS) + 2) + "|",
+    ]
+    for way, r in result["plans"]["ways"].items():
+        lines.append(
+            f"| {way} | " + " | ".join(f"{100 * r['tags'][t]:.1f}" for t in TAGS) + f" | {100 * r['overall']:.1f} |"
+        )
+    b = result["plans"]
+    lines.append(
+        f"\nthe model's plans: {b['plans_parse']:.1%} parse, {b['plans_hold']:.1%} satisfy the prompt as stated"
+    )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", help="model folder (default: the shipped model)")
+    p.add_argument("--scenes", type=int, default=120)
+    p.add_argument("--prompts", type=int, default=240)
+    p.add_argument("--probe-scenes", type=int, default=1200, help="placed prompts for (c); 0 leaves it out")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--json", help="also write the result here")
+    args = p.parse_args(argv)
+    if args.scenes < 1 or args.prompts < len(TAGS) or 0 < args.probe_scenes < 30 or args.probe_scenes < 0:
+        p.error(f"need --scenes >= 1, --prompts >= {len(TAGS)} and --probe-scenes 0 or >= 30")
+    if args.model is None:
+        from harmon.shipped import shipped_model_path
+
+        args.model = str(shipped_model_path())
+    pipe = load_for_analysis(args.model, args.threads)
+    world = WorldConfig(image_size=pipe.config.generation.image_size)
+    result = {"placed": placed_scores(pipe, args.scenes, args.seed, world)}
+    result["plans"] = plan_scores(pipe, args.prompts, args.seed, world)
+    if args.probe_scenes:
+        result["probes"] = layout_probes(pipe, args.probe_scenes, args.seed, world)
+    report(format_planning(result), result, args.json)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

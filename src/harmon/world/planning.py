@@ -1,0 +1,90 @@
+"""Plan, then draw: a prompt's layout written out as places before the image is drawn.
+
+The grid world's generator draws each object well but puts it anywhere: position and colour attribution sit at
+chance (docs/RESULTS.md), while the understanding path answers position questions once it has said where each
+object is first ("Grounding"). The same chain on the generation side: the LLM writes the layout of a prompt as a
+*placed description*, every object with its quadrant ("a red circle in the top left and a blue square in the top
+right"), and the image is drawn from that. This module holds the layout language and its checks:
+
+    placed_description(scene)     the scene's objects in reading order, each with its place
+    PLAN_PREFIX + prompt          the planning request; its answer is a placed description
+    parse_placed(text)            a placed description back into (colour, shape, place) triples
+    scene_from_placed(text)       the scene a placed description states (each object centred in its cell)
+    placed_matches(text, objects) whether objects (a scene's, or detections) are exactly the ones it states
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Sequence
+
+from harmon.world.questions import PLACES, place_of
+from harmon.world.scene import Scene, WorldConfig, WorldObject, noun_phrase
+
+PLAN_PREFIX = "Plan the layout: "  # the planning request; the prompt to draw follows
+Placed = tuple[str, str, str]  # (colour, shape, place)
+
+
+def _join(phrases: list[str]) -> str:
+    return phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
+
+
+def placed_description(scene: Scene) -> str | None:
+    """ "a red circle in the top left and a blue square in the bottom right": every object with its quadrant, in
+    reading order. None when the scene is empty, an object sits near a middle line, or two share a quadrant."""
+    places = [place_of(o, scene.image_size) for o in scene.objects]
+    if not places or None in places or len(set(places)) < len(places):
+        return None
+    ordered = sorted(zip(places, scene.objects), key=lambda pair: PLACES.index(pair[0]))
+    return _join([f"{noun_phrase(o.shape, o.color)} in the {place}" for place, o in ordered])
+
+
+def plan_request(prompt: str) -> str:
+    """The user turn that asks for ``prompt``'s layout."""
+    return PLAN_PREFIX + prompt
+
+
+def parse_placed(text: str, config: WorldConfig | None = None) -> list[Placed] | None:
+    """The (colour, shape, place) triples of a placed description, or None when ``text`` is not one: every phrase
+    must be "<article> <colour> <shape> in the <place>" with a world colour and shape, each place at most once."""
+    config = config or WorldConfig()
+    phrases = re.split(r",\s*|\s+and\s+", text.strip().rstrip(".").strip().lower())
+    pattern = re.compile(r"(?:an?|the)\s+(\w+)\s+(\w+)\s+in\s+the\s+(top|bottom)\s+(left|right)")
+    out: list[Placed] = []
+    for phrase in phrases:
+        m = pattern.fullmatch(phrase.strip())
+        if m is None or m.group(1) not in config.palette or m.group(2) not in config.shapes:
+            return None
+        out.append((m.group(1), m.group(2), f"{m.group(3)} {m.group(4)}"))
+    if len({p for _, _, p in out}) < len(out):
+        return None
+    return out
+
+
+def scene_from_placed(text: str, config: WorldConfig | None = None) -> Scene | None:
+    """The scene a placed description states, each object as large as its cell allows and centred in it (the grid
+    level's largest drawing), or None when ``text`` is not a placed description."""
+    config = config or WorldConfig()
+    triples = parse_placed(text, config)
+    if triples is None:
+        return None
+    cell = config.image_size // 2
+    size = min(config.max_size_px, cell - config.gap_px)
+    objects = []
+    for color, shape, place in triples:
+        row, col = place.split()
+        x0 = (cell if col == "right" else 0) + (cell - size) // 2
+        y0 = (cell if row == "bottom" else 0) + (cell - size) // 2
+        objects.append(WorldObject(shape=shape, color=color, bbox=(x0, y0, x0 + size, y0 + size)))
+    return Scene(objects=tuple(objects), image_size=config.image_size)
+
+
+def placed_matches(text: str, objects: Sequence, image_size: int, config: WorldConfig | None = None) -> bool:
+    """Whether ``objects`` (a scene's WorldObjects or the detector's objects) are exactly what the placed
+    description ``text`` states: the same (colour, shape, place) triples, nothing more, nothing less."""
+    want = parse_placed(text, config)
+    if want is None:
+        raise ValueError(f"not a placed description: {text!r}")
+    got = [(o.color, o.shape, place_of(o, image_size)) for o in objects]
+    return Counter(got) == Counter(want)

@@ -1,0 +1,203 @@
+"""Plan, then draw (harmon.world.planning): placed descriptions exact from the scene, their parser strict, the
+"placed" and "plan" records and sources, and the study's scoring on gold and wrong drawers and planners."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from harmon.data.tasks import Task
+from harmon.train.config import SourceConfig
+from harmon.train.formats import format_options
+from harmon.world.data import shapes_record
+from harmon.world.data2 import record_v2
+from harmon.world.detection import detect_objects
+from harmon.world.planning import (
+    PLAN_PREFIX,
+    parse_placed,
+    placed_description,
+    placed_matches,
+    plan_request,
+    scene_from_placed,
+)
+from harmon.world.prompts import parse_prompt, scene_for_prompt
+from harmon.world.recipes import RECIPES
+from harmon.world.render import render
+from harmon.world.scene import Scene, WorldConfig, WorldObject
+from harmon.world.scoring import judge_prompt
+from harmon.world.sources import ShapesOptions
+
+WORLD = WorldConfig()
+
+
+def _scene(*objects: tuple[str, str, tuple[int, int, int, int]]) -> Scene:
+    return Scene(objects=tuple(WorldObject(shape, color, box) for color, shape, box in objects), image_size=64)
+
+
+def test_placed_description_reads_the_quadrants_in_reading_order():
+    scene = _scene(("blue", "square", (36, 36, 60, 60)), ("orange", "circle", (4, 6, 26, 28)))
+    said = placed_description(scene)
+    assert said == "an orange circle in the top left and a blue square in the bottom right"
+    assert parse_placed(said) == [("orange", "circle", "top left"), ("blue", "square", "bottom right")]
+    assert placed_matches(said, scene.objects, 64) and placed_description(scene_from_placed(said)) == said
+    # a moved, a recoloured, a missing or an extra object each breaks the match
+    moved = _scene(("blue", "square", (36, 4, 60, 28)), ("orange", "circle", (4, 6, 26, 28)))
+    recoloured = _scene(("green", "square", (36, 36, 60, 60)), ("orange", "circle", (4, 6, 26, 28)))
+    extra = _scene(*[(o.color, o.shape, o.bbox) for o in scene.objects], ("red", "circle", (36, 4, 60, 28)))
+    for other in (moved, recoloured, _scene(("blue", "square", (36, 36, 60, 60))), extra):
+        assert not placed_matches(said, other.objects, 64)
+    # no description when two objects share a quadrant or one sits astride a middle line
+    assert placed_description(_scene(("red", "circle", (2, 2, 14, 14)), ("blue", "square", (16, 16, 28, 28)))) is None
+    assert placed_description(_scene(("red", "circle", (20, 4, 44, 28)))) is None
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a red circle",  # no place
+        "a red circle in the middle",
+        "a pink circle in the top left",  # not a world colour
+        "a red circle in the top left and a blue square in the top left",  # a place twice
+        "a red circle in the top left, then a blue square",
+        "",
+    ],
+)
+def test_parse_placed_refuses_what_is_not_a_placed_description(text):
+    assert parse_placed(text) is None and scene_from_placed(text) is None
+    with pytest.raises(ValueError, match="not a placed description"):
+        placed_matches(text, [], 64)
+
+
+def test_placed_records_draw_what_their_caption_states():
+    """Checked on the detector's reading of the rendered image, not on the record's own scene."""
+    sizes = set()
+    for i in range(40):
+        r = shapes_record("placed", i, seed=2)
+        assert r["kind"] == "text2image" and r == shapes_record("placed", i, seed=2)
+        assert placed_matches(r["caption"], detect_objects(r["image"], WORLD), 64), r["caption"]
+        sizes.add(len(parse_placed(r["caption"])))
+    assert sizes == {1, 2, 3, 4}
+
+
+def test_plan_records_answer_with_a_layout_that_satisfies_the_prompt():
+    tags = set()
+    for i in range(60):
+        r = shapes_record("plan", i, seed=1, tag_weights={"position": 1.0, "color_attr": 1.0, "counting": 1.0})
+        (user, assistant) = r["conversation"]
+        assert r["image"] is None and user["content"].startswith(PLAN_PREFIX)
+        prompt = parse_prompt(user["content"][len(PLAN_PREFIX) :])
+        stated = scene_from_placed(assistant["content"])
+        assert stated is not None and judge_prompt(prompt, stated.objects), (user, assistant)
+        tags.add(prompt["tag"])
+    assert tags == {"position", "color_attr", "counting"}
+
+
+def test_plan_and_placed_sources_and_their_refusals():
+    ok = [
+        SourceConfig("p", "shapes", task=Task.TEXT_TO_IMAGE, format_options={"kind": "placed"}),
+        SourceConfig(
+            "q", "shapes", task=Task.TEXT_ONLY, format_options={"kind": "plan", "tag_weights": {"position": 1}}
+        ),
+    ]
+    for src in ok:
+        format_options(src).validate(src)
+    bad = [
+        (Task.TEXT_TO_IMAGE, {"kind": "plan"}, "not one of a text2image source's kinds"),
+        (Task.IMAGE_TO_TEXT, {"kind": "placed"}, "not one of a image2text source's kinds"),
+        (Task.TEXT_ONLY, {"kind": "plan", "level": "free", "phrasings": "varied"}, "kind 'plan'"),
+        (Task.TEXT_TO_IMAGE, {"kind": "placed", "tag_weights": {"position": 1}}, "tag_weights"),
+    ]
+    for task, options, match in bad:
+        src = SourceConfig("b", "shapes", task=task, format_options=options)
+        with pytest.raises(ValueError, match=match):
+            ShapesOptions(**options).validate(src)
+    with pytest.raises(ValueError, match="canonical phrasings only"):
+        record_v2("placed", 0, level="grid", phrasings="varied")
+
+
+def test_shapes_plan_is_the_phrasing_mix_plus_placed_drawings_and_plans():
+    base, study = RECIPES["shapes_phrasing"](), RECIPES["shapes_plan"]()
+    assert study.data[: len(base.data)] == base.data and study.output_dir.endswith("/plan")
+    assert [(s.name, s.batch_size, s.task, format_options(s).kind) for s in study.data[len(base.data) :]] == [
+        ("text2image_placed", 32, Task.TEXT_TO_IMAGE, "placed"),
+        ("text_plan", 16, Task.TEXT_ONLY, "plan"),
+    ]
+    assert study.optim.lr == 1e-3 and study.max_steps == 2500
+    # the cells' position tables enlarged and trained faster, each a parameter of the model
+    assert study.model.rescale == {"mar.decoder_pos_embed_learned": 20.0, "mar.diffusion_pos_embed_learned": 10.0}
+    assert set(study.optim.lr_scale) == {*study.model.rescale, "mar.mask_token"}
+    from harmon.model import Harmon
+    from harmon.world.recipes import harmon_shapes
+
+    names = {n for n, _ in Harmon(harmon_shapes()).named_parameters()}
+    assert set(study.optim.lr_scale) <= names
+
+
+class _Drawer:
+    """A stand-in pipeline that draws a scene for each text: the placed description's own scene, or a scene that
+    satisfies the GenEval prompt; ``swap`` mirrors every drawing left to right (every place wrong)."""
+
+    def __init__(self, swap: bool = False):
+        self.swap = swap
+
+    def generate(self, texts, generator=None):
+        out = []
+        for text in texts:
+            scene = scene_from_placed(text) or scene_for_prompt(parse_prompt(text), generator, WORLD)
+            if self.swap:
+                flipped = tuple(
+                    WorldObject(o.shape, o.color, (64 - o.bbox[2], o.bbox[1], 64 - o.bbox[0], o.bbox[3]))
+                    for o in scene.objects
+                )
+                scene = Scene(objects=flipped, image_size=64)
+            out.append(render(scene, WORLD))
+        return out
+
+
+def test_planning_study_scores_gold_and_wrong_drawers_and_planners(monkeypatch):
+    from harmon.world.analyses import planning
+
+    def gold_plans(pipe, conversations, **settings):
+        g = torch.Generator().manual_seed(0)
+        prompts = [parse_prompt(c[0]["content"][len(PLAN_PREFIX) :]) for c in conversations]
+        return [planning.placed_description(scene_for_prompt(p, g, WORLD)) or "" for p in prompts]
+
+    monkeypatch.setattr(planning, "answer_batch", gold_plans)
+    gold = {
+        "placed": planning.placed_scores(_Drawer(), 12, 0, WORLD),
+        "plans": planning.plan_scores(_Drawer(), 24, 0, WORLD),
+    }
+    assert gold["placed"]["exact"] == gold["placed"]["objects_at_place"] == 1.0
+    for way in planning.WAYS:
+        assert gold["plans"]["ways"][way]["overall"] == 1.0, way
+    assert gold["plans"]["plans_parse"] == gold["plans"]["plans_hold"] == 1.0
+    assert "| world's plan | 100.0 |" in planning.format_planning(gold)
+
+    monkeypatch.setattr(
+        planning, "answer_batch", lambda pipe, conversations, **s: ["a red circle"] * len(conversations)
+    )
+    swapped = {
+        "placed": planning.placed_scores(_Drawer(swap=True), 12, 0, WORLD),
+        "plans": planning.plan_scores(_Drawer(swap=True), 24, 0, WORLD),
+    }
+    assert swapped["placed"]["exact"] < 0.5 and swapped["plans"]["plans_parse"] == 0.0
+    ways = swapped["plans"]["ways"]
+    assert ways["direct"]["tags"]["position"] < 1.0 and ways["world's plan"]["tags"]["single_object"] == 1.0
+    assert plan_request("a red circle") == PLAN_PREFIX + "a red circle"
+
+
+def test_layout_probes_read_each_quadrant_on_the_shipped_model():
+    from harmon.pipeline import HarmonPipeline
+    from harmon.shipped import shipped_model_path
+    from harmon.world.analyses import planning
+    from harmon.world.questions import PLACES
+
+    pipe = HarmonPipeline.from_pretrained(shipped_model_path(), device="cpu", dtype=torch.float32)
+    result = planning.layout_probes(pipe, 30, 0, WORLD, probe_steps=5)
+    assert list(result["places"]) == list(PLACES) and result["n"] == 30
+    for row in result["places"].values():
+        assert list(row) == ["chance", "llm (buffers)", "condition at this cell", "condition at the next cell"]
+        assert all(0.0 <= v <= 1.0 for v in row.values())
+    assert 0.0 < result["cells' spread"] < 1.0
+    with pytest.raises(ValueError, match="2 x 2 token grid"):
+        planning.layout_probes(pipe, 30, 0, WorldConfig(image_size=128))
