@@ -199,5 +199,10 @@ def test_layout_probes_read_each_quadrant_on_the_shipped_model():
         assert list(row) == ["chance", "llm (buffers)", "condition at this cell", "condition at the next cell"]
         assert all(0.0 <= v <= 1.0 for v in row.values())
     assert 0.0 < result["cells' spread"] < 1.0
+    ways = {way: {"tags": dict.fromkeys(planning.TAGS, 0.5), "overall": 0.5} for way in planning.WAYS}
+    plans = {"n": 6, "ways": ways, "plans_parse": 1.0, "plans_hold": 1.0}
+    placed = {"n": 2, "exact": 0.5, "objects_at_place": 0.5}
+    text = planning.format_planning({"placed": placed, "plans": plans, "probes": result})
+    assert "| top left | " in text and "cells' spread over their norm" in text
     with pytest.raises(ValueError, match="2 x 2 token grid"):
         planning.layout_probes(pipe, 30, 0, WorldConfig(image_size=128))

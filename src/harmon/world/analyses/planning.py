@@ -153,6 +153,14 @@ def format_planning(result: dict[str, Any]) -> str:
     lines.append(
         f"\nthe model's plans: {b['plans_parse']:.1%} parse, {b['plans_hold']:.1%} satisfy the prompt as stated"
     )
+    c = result.get("probes")
+    if c:
+        lines.append(f"\n(c) what each quadrant holds, linear probes at the first step ({c['n']} placed prompts)")
+        names = list(next(iter(c["places"].values())))
+        lines += ["| quadrant | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+        lines += [f"| {q} | " + " | ".join(f"{r[k]:.3f}" for k in names) + " |" for q, r in c["places"].items()]
+        spread = c["cells' spread"]
+        lines.append(f"cells' spread over their norm: {spread:.3f}")
     return "\n".join(lines)
 
 
