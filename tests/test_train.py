@@ -22,6 +22,7 @@ from harmon.train.sources import build_dataset
 from harmon.train.trainer import Trainer
 from harmon.world.recipes import RECIPES as SHAPES_RECIPES
 from harmon.world.recipes import toy
+from harmon.world.recipes_studies import STUDY_RECIPES
 
 
 @pytest.fixture(scope="module")
@@ -82,9 +83,9 @@ def test_sample_grids_and_registered_evals_run_on_the_live_model(tok_dir, tmp_pa
         hooks.run_eval("nope", trainer.model, trainer.tokenizer, cfg)
 
 
-@pytest.mark.parametrize("name", sorted(SHAPES_RECIPES))
+@pytest.mark.parametrize("name", sorted({**SHAPES_RECIPES, **STUDY_RECIPES}))
 def test_shapes_recipes_build_and_validate(name):
-    cfg = SHAPES_RECIPES[name]()
+    cfg = {**SHAPES_RECIPES, **STUDY_RECIPES}[name]()
     cfg.validate()
     assert cfg.image_size == 64
 
@@ -120,7 +121,7 @@ def test_shapes_phrasing_trains_every_task_in_both_phrasings(tok_dir, tmp_path):
 
 
 def test_shapes_phrasing_free_adds_free_level_questions_and_descriptions():
-    base, study = SHAPES_RECIPES["shapes_phrasing"](), SHAPES_RECIPES["shapes_phrasing_free"]()
+    base, study = SHAPES_RECIPES["shapes_phrasing"](), STUDY_RECIPES["shapes_phrasing_free"]()
     assert study.data[: len(base.data)] == base.data and study.output_dir.endswith("phrasing_free")
     added = study.data[len(base.data) :]
     assert [(s.name, s.batch_size) for s in added] == [("image2text_qa_free", 8), ("image2text_caption_free", 4)]

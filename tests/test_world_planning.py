@@ -22,6 +22,7 @@ from harmon.world.planning import (
 )
 from harmon.world.prompts import parse_prompt, scene_for_prompt
 from harmon.world.recipes import RECIPES
+from harmon.world.recipes_studies import STUDY_RECIPES
 from harmon.world.render import render
 from harmon.world.scene import Scene, WorldConfig, WorldObject
 from harmon.world.scoring import judge_prompt
@@ -116,7 +117,7 @@ def test_plan_and_placed_sources_and_their_refusals():
 
 
 def test_shapes_plan_is_the_phrasing_mix_plus_placed_drawings_and_plans():
-    base, study = RECIPES["shapes_phrasing"](), RECIPES["shapes_plan"]()
+    base, study = RECIPES["shapes_phrasing"](), STUDY_RECIPES["shapes_plan"]()
     assert study.data[: len(base.data)] == base.data and study.output_dir.endswith("/plan")
     assert [(s.name, s.batch_size, s.task, format_options(s).kind) for s in study.data[len(base.data) :]] == [
         ("text2image_placed", 32, Task.TEXT_TO_IMAGE, "placed"),

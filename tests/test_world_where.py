@@ -16,6 +16,7 @@ from harmon.world.data import shapes_record
 from harmon.world.detection import detect_objects
 from harmon.world.questions import PLACES, place_of, where_questions
 from harmon.world.recipes import RECIPES
+from harmon.world.recipes_studies import STUDY_RECIPES
 from harmon.world.render import render
 from harmon.world.sampling import sample_scene
 from harmon.world.scene import Scene, WorldConfig, WorldObject
@@ -86,7 +87,7 @@ def test_where_records_and_their_source():
 
 
 def test_shapes_where_is_the_phrasing_mix_plus_grounding_from_the_shipped_model():
-    base, study = RECIPES["shapes_phrasing"](), RECIPES["shapes_where"]()
+    base, study = RECIPES["shapes_phrasing"](), STUDY_RECIPES["shapes_where"]()
     assert study.data[: len(base.data)] == base.data and study.output_dir.endswith("/where")
     assert [(s.name, s.batch_size, format_options(s).kind) for s in study.data[len(base.data) :]] == [
         ("image2text_where", 8, "where")

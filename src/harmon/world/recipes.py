@@ -131,7 +131,7 @@ def harmon_shapes(vocab_size: int = 512) -> HarmonConfig:
 # ---- recipes ------------------------------------------------------------------------------------------------
 
 
-def _t2i(batch_size: int, name: str = "text2image", **options) -> SourceConfig:
+def t2i_source(batch_size: int, name: str = "text2image", **options) -> SourceConfig:
     """The world's text-to-image source with the recipe's GenEval tag weights; ``options``: more format options."""
     return SourceConfig(
         name,
@@ -209,7 +209,7 @@ def shapes_stage1() -> TrainConfig:
             overrides=deep_merge(copy.deepcopy(V_UNIFORM), copy.deepcopy(PATCH2)),
             reinit=["mar."],
         ),
-        data=[_t2i(32), _captions(8)],
+        data=[t2i_source(32), _captions(8)],
         train_modules=MAR_AND_PROJECTIONS,
         max_steps=2000,
         sample_every=1000,
@@ -223,7 +223,7 @@ def shapes_stage2() -> TrainConfig:
         "stage2",
         lr=7e-4,
         model=ModelInit(preset=None, pretrained=f"{ROOT}/stage1/final"),
-        data=[_t2i(32), _qa(8), _captions(4)],
+        data=[t2i_source(32), _qa(8), _captions(4)],
         train_modules=EVERYTHING,
         max_steps=STAGE2_STEPS,
         sample_every=2000,
@@ -237,7 +237,7 @@ def shapes_stage3() -> TrainConfig:
         "stage3",
         lr=5e-4,
         model=ModelInit(preset=None, pretrained=f"{ROOT}/stage2/final", overrides=copy.deepcopy(V_UNIFORM)),
-        data=[_t2i(32)],
+        data=[t2i_source(32)],
         train_modules=GENERATION_SIDE,
         max_steps=STAGE3_STEPS,
         eval_every=0,
@@ -277,7 +277,7 @@ def shapes_edit() -> TrainConfig:
         model=ModelInit(
             preset=None, pretrained=f"{ROOT}/decoder/final", overrides={"edit_canvas": True}, reinit=["canvas_proj."]
         ),
-        data=[_edits(), _t2i(16)],
+        data=[_edits(), t2i_source(16)],
         train_modules=GENERATION_SIDE,
         max_steps=SHAPES_EDIT_STEPS,
         eval_every=0,
@@ -299,7 +299,7 @@ def shapes_edit_joint() -> TrainConfig:
             overrides={"edit_canvas": True, "edit_canvas_tokens": True},
             reinit=["canvas_proj."],
         ),
-        data=[_edits(), _t2i(16), *keep],
+        data=[_edits(), t2i_source(16), *keep],
         train_modules=EVERYTHING,
         max_steps=SHAPES_EDIT_STEPS,
         eval_every=0,
@@ -325,96 +325,20 @@ def shapes_phrasing() -> TrainConfig:
         max_text_length=2 * STAGE2_QA_TEXT_LENGTH,  # the grammar's wordings take more of this tokenizer's tokens
         format_options={**GRID_VARIED, "kind": "qa"},
     )
-    t2i_varied = _t2i(16, "text2image_varied", **GRID_VARIED)
+    t2i_varied = t2i_source(16, "text2image_varied", **GRID_VARIED)
     captions_varied = _captions(4, "image2text_caption_varied", **GRID_VARIED)
     return _stage(
         "phrasing",
         lr=3e-4,
         model=ModelInit(preset=None, pretrained=f"{ROOT}/decoder/final"),
-        data=[_t2i(32), t2i_varied, _qa(4), qa_varied, captions_varied],
+        data=[t2i_source(32), t2i_varied, _qa(4), qa_varied, captions_varied],
         train_modules=EVERYTHING,
         max_steps=PHRASING_STEPS,
         eval_every=0,
     )
 
 
-def shapes_phrasing_free() -> TrainConfig:
-    """A study, not a pipeline stage: the phrasing stage with free-level questions (8) and descriptions (4) per step
-    added, to see how much of free layouts four tokens per image can learn (docs/RESULTS.md, "Phrasing")."""
-    cfg = shapes_phrasing()
-    free = [
-        dataclasses.replace(
-            src, name=src.name.replace("varied", "free"), format_options={**src.format_options, "level": "free"}
-        )
-        for src in cfg.data
-        if src.name in ("image2text_qa_varied", "image2text_caption_varied")
-    ]
-    return dataclasses.replace(
-        cfg, name="shapes_phrasing_free", output_dir=f"{ROOT}/phrasing_free", data=[*cfg.data, *free]
-    )
-
-
-WHERE_STEPS = 1500
-
-
-def shapes_where() -> TrainConfig:
-    """A study, not a pipeline stage: the phrasing stage's mix continued from the shipped model with grounding
-    questions added (8 conversations per step of "Where is the red circle?" / "What is in the top left?",
-    :func:`harmon.world.questions.where_questions`): does a direct signal for finding a named object's place lift
-    the position questions and bindings that sit at chance (docs/RESULTS.md, "Grounding")."""
-    cfg = shapes_phrasing()
-    where = SourceConfig(
-        "image2text_where",
-        "shapes",
-        task=Task.IMAGE_TO_TEXT,
-        batch_size=8,
-        max_text_length=STAGE2_QA_TEXT_LENGTH,
-        format_options={"kind": "where"},
-    )
-    return dataclasses.replace(
-        cfg,
-        name="shapes_where",
-        output_dir=f"{ROOT}/where",
-        model=ModelInit(preset=None, pretrained=f"{ROOT}/phrasing/final"),
-        data=[*cfg.data, where],
-        max_steps=WHERE_STEPS,
-    )
-
-
-PLAN_STEPS = 2500
-# The position tables that tell a cell still to draw where it is: enlarged at load and trained 30 times faster, so
-# a cell's place survives the decoder's first attention (docs/RESULTS.md, "Plan, then draw")
-PLACE_TABLES = {"mar.decoder_pos_embed_learned": 20.0, "mar.diffusion_pos_embed_learned": 10.0}
-PLACE_LR_SCALE = {**dict.fromkeys(PLACE_TABLES, 30.0), "mar.mask_token": 30.0}
-
-
-def shapes_plan() -> TrainConfig:
-    """A study, not a pipeline stage: plan, then draw (:mod:`harmon.world.planning`). The phrasing stage's mix
-    continued from the shipped model with placed descriptions to draw (32 per step: every object with its quadrant)
-    and layouts to write (16 text-only plans: "Plan the layout: <prompt>" -> a placed description), the cells'
-    position tables enlarged (:data:`PLACE_TABLES`), lr 1e-3: can the generator put objects at named places, and
-    does a layout the LLM writes first lift position and colour attribution (docs/RESULTS.md, "Plan, then draw")."""
-    cfg = shapes_phrasing()
-    placed = _t2i(32, "text2image_placed", kind="placed")
-    placed.format_options.pop("tag_weights")
-    plan = SourceConfig(
-        "text_plan",
-        "shapes",
-        task=Task.TEXT_ONLY,
-        batch_size=16,
-        format_options={"kind": "plan", "tag_weights": dict(T2I_TAG_WEIGHTS)},
-    )
-    return dataclasses.replace(
-        cfg,
-        name="shapes_plan",
-        output_dir=f"{ROOT}/plan",
-        model=ModelInit(preset=None, pretrained=f"{ROOT}/phrasing/final", rescale=dict(PLACE_TABLES)),
-        data=[*cfg.data, placed, plan],
-        optim=dataclasses.replace(cfg.optim, lr=1e-3, lr_scale=dict(PLACE_LR_SCALE)),
-        max_steps=PLAN_STEPS,
-    )
-
-
+# the study recipes that start from these stages: harmon.world.recipes_studies.STUDY_RECIPES
 RECIPES = {
     "shapes_lm": shapes_lm,
     "shapes_stage1": shapes_stage1,
@@ -423,9 +347,6 @@ RECIPES = {
     "shapes_edit": shapes_edit,
     "shapes_edit_joint": shapes_edit_joint,
     "shapes_phrasing": shapes_phrasing,
-    "shapes_phrasing_free": shapes_phrasing_free,
-    "shapes_where": shapes_where,
-    "shapes_plan": shapes_plan,
 }
 
 

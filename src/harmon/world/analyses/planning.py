@@ -84,7 +84,7 @@ def plan_scores(pipe, prompts: int, seed: int, world: WorldConfig) -> dict[str, 
     )
     stated = [scene_from_placed(p, world) for p in plans]
     texts = {"direct": [m["prompt"] for m in metas], "world's plan": oracle, "model's plan": plans}
-    out: dict[str, Any] = {"n": len(metas), "ways": {}}
+    out: dict[str, Any] = {"n": len(metas), "tag_n": {t: sum(m["tag"] == t for m in metas) for t in TAGS}, "ways": {}}
     for k, way in enumerate(WAYS):
         drawn = [i for i, text in enumerate(texts[way]) if text.strip()]  # an empty plan draws nothing: wrong
         images = dict(zip(drawn, _draw(pipe, [texts[way][i] for i in drawn], seed + 2 + k)))
@@ -150,6 +150,8 @@ def format_planning(result: dict[str, Any]) -> str:
             f"| {way} | " + " | ".join(f"{100 * r['tags'][t]:.1f}" for t in TAGS) + f" | {100 * r['overall']:.1f} |"
         )
     b = result["plans"]
+    if "tag_n" in b:
+        lines.append("| n | " + " | ".join(str(b["tag_n"][t]) for t in TAGS) + f" | {b['n']} |")
     lines.append(
         f"\nthe model's plans: {b['plans_parse']:.1%} parse, {b['plans_hold']:.1%} satisfy the prompt as stated"
     )
