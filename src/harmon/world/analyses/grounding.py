@@ -98,10 +98,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.scenes < 1:
         p.error(f"--scenes must be >= 1, got {args.scenes}")
-    if args.model is None:
-        from harmon.shipped import shipped_model_path
-
-        args.model = str(shipped_model_path())
     pipe = load_for_analysis(args.model, args.threads)
     result = grounding_scores(pipe, args.scenes, args.seed)
     report(format_grounding(result), result, args.json)

@@ -178,10 +178,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.scenes < 1 or args.prompts < len(TAGS) or 0 < args.probe_scenes < 30 or args.probe_scenes < 0:
         p.error(f"need --scenes >= 1, --prompts >= {len(TAGS)} and --probe-scenes 0 or >= 30")
-    if args.model is None:
-        from harmon.shipped import shipped_model_path
-
-        args.model = str(shipped_model_path())
     pipe = load_for_analysis(args.model, args.threads)
     world = WorldConfig(image_size=pipe.config.generation.image_size)
     result = {"placed": placed_scores(pipe, args.scenes, args.seed, world)}

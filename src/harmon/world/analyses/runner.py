@@ -10,9 +10,13 @@ import torch
 logger = logging.getLogger(__name__)
 
 
-def load_for_analysis(model: str, threads: int | None = None):
-    """Set up logging and the thread count, and load the model folder ``model`` on the CPU in float32."""
+def load_for_analysis(model: str | None, threads: int | None = None):
+    """Set up logging and the thread count, and load the model folder ``model`` (None: the shipped model) on the
+    CPU in float32."""
     from harmon.pipeline import HarmonPipeline
+    from harmon.shipped import shipped_model_path
+
+    model = str(shipped_model_path()) if model is None else model
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if threads:
