@@ -161,7 +161,7 @@ def test_planning_study_scores_gold_and_wrong_drawers_and_planners(monkeypatch):
     def gold_plans(pipe, conversations, **settings):
         g = torch.Generator().manual_seed(0)
         prompts = [parse_prompt(c[0]["content"][len(PLAN_PREFIX) :]) for c in conversations]
-        return [planning.placed_description(scene_for_prompt(p, g, WORLD)) or "" for p in prompts]
+        return [placed_description(scene_for_prompt(p, g, WORLD)) or "" for p in prompts]
 
     monkeypatch.setattr(planning, "answer_batch", gold_plans)
     gold = {

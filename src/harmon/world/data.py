@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from harmon.prompts import BRIEF_CAPTION_INSTRUCTIONS, DETAILED_CAPTION_INSTRUCTIONS, GENERATE_PREFIX
-from harmon.world.planning import placed_description, plan_request
+from harmon.world.planning import first_placed, plan_request
 from harmon.world.prompts import caption_scene, describe_scene, sample_prompt, scene_for_prompt
 from harmon.world.questions import position_question, reasoned, sample_questions, where_questions
 from harmon.world.render import render
@@ -36,7 +36,6 @@ from harmon.world.scoring import TAGS
 
 TASKS = ("text2image", "caption", "qa", "text", "where", "reasoned", "placed", "plan")
 REASONED_TRIES = 1000  # scenes drawn for one "reasoned" record (about 44 % of grid scenes qualify)
-PLACED_TRIES = 1000  # scenes drawn for one "placed" or "plan" record (grid scenes nearly always qualify)
 DESCRIBE_FRACTION = 0.3  # text2image captions that describe a whole random scene instead of one category prompt
 
 
@@ -98,7 +97,7 @@ def shapes_record(
     if task == "reasoned":
         return _reasoned_record(g, config)
     if task == "placed":
-        scene, caption = _placed_scene(g, config, lambda: sample_scene(g, config))
+        scene, caption = first_placed(lambda: sample_scene(g, config))
         return {"kind": "text2image", "image": render(scene, config), "caption": caption}
     if task == "plan":
         return _plan_record(g, config, tag_weights)
@@ -166,20 +165,10 @@ def _reasoned_record(g: torch.Generator, config: WorldConfig) -> dict[str, Any]:
     return {"kind": "image2text", "image": render(scene, config), "conversation": turns}
 
 
-def _placed_scene(g: torch.Generator, config: WorldConfig, draw) -> tuple[Any, str]:
-    """The first scene from ``draw()`` that has a placed description, with it."""
-    for _ in range(PLACED_TRIES):
-        scene = draw()
-        said = placed_description(scene)
-        if said is not None:
-            return scene, said
-    raise ValueError(f"no scene of this world config had a placed description in {PLACED_TRIES} draws")
-
-
 def _plan_record(g: torch.Generator, config: WorldConfig, tag_weights: Mapping[str, float] | None) -> dict[str, Any]:
     tag = None if tag_weights is None else TAGS[categorical(g, tag_probabilities(tag_weights))]
     prompt = sample_prompt(g, tag, config=config)
-    _, plan = _placed_scene(g, config, lambda: scene_for_prompt(prompt, g, config))
+    _, plan = first_placed(lambda: scene_for_prompt(prompt, g, config))
     turns = [{"role": "user", "content": plan_request(prompt["prompt"])}, {"role": "assistant", "content": plan}]
     return {"kind": "image2text", "image": None, "conversation": turns}
 

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from harmon.world.questions import PLACES, place_of
 from harmon.world.scene import Scene, WorldConfig, WorldObject, noun_phrase
 
 PLAN_PREFIX = "Plan the layout: "  # the planning request; the prompt to draw follows
+PLACED_TRIES = 1000  # scenes drawn for one placed description (grid scenes nearly always have one)
 Placed = tuple[str, str, str]  # (colour, shape, place)
 
 
@@ -38,6 +39,20 @@ def placed_description(scene: Scene) -> str | None:
         return None
     ordered = sorted(zip(places, scene.objects), key=lambda pair: PLACES.index(pair[0]))
     return _join([f"{noun_phrase(o.shape, o.color)} in the {place}" for place, o in ordered])
+
+
+def first_placed(draw: Callable[[], Scene], tries: int = PLACED_TRIES) -> tuple[Scene, str]:
+    """The first scene from ``draw()`` that has a placed description, with it.
+
+    Raises:
+        ValueError: none of ``tries`` draws had one.
+    """
+    for _ in range(tries):
+        scene = draw()
+        said = placed_description(scene)
+        if said is not None:
+            return scene, said
+    raise ValueError(f"no scene of {tries} draws had a placed description")
 
 
 def plan_request(prompt: str) -> str:

@@ -30,7 +30,7 @@ from harmon.world.analyses.probe import fit_linear_probe
 from harmon.world.analyses.relations import conditions
 from harmon.world.analyses.runner import load_for_analysis, report
 from harmon.world.detection import detect_objects
-from harmon.world.planning import parse_placed, placed_description, placed_matches, plan_request, scene_from_placed
+from harmon.world.planning import first_placed, parse_placed, placed_matches, plan_request, scene_from_placed
 from harmon.world.prompts import sample_eval_prompts, scene_for_prompt
 from harmon.world.questions import PLACES, place_of
 from harmon.world.sampling import sample_scene
@@ -51,12 +51,8 @@ def _draw(pipe, texts: list[str], seed: int, batch_size: int = 16) -> list:
 def placed_scores(pipe, scenes: int, seed: int, world: WorldConfig) -> dict[str, Any]:
     """(a): exact-layout and per-object accuracy of images drawn from placed descriptions of fresh scenes."""
     g = torch.Generator().manual_seed(seed + 104_729)  # apart from the eval reports' and training's generators
-    texts, wanted = [], []
-    while len(texts) < scenes:
-        said = placed_description(sample_scene(g, world))
-        if said is not None:
-            texts.append(said)
-            wanted.append(parse_placed(said, world))
+    texts = [first_placed(lambda: sample_scene(g, world))[1] for _ in range(scenes)]
+    wanted = [parse_placed(text, world) for text in texts]
     images = _draw(pipe, texts, seed + 1)
     exact, found, stated = 0, 0, 0
     for text, want, image in zip(texts, wanted, images):
@@ -72,13 +68,7 @@ def plan_scores(pipe, prompts: int, seed: int, world: WorldConfig) -> dict[str, 
     """(b): GenEval-rule accuracy per tag, drawn directly, from the world's plan and from the model's plan."""
     g = torch.Generator().manual_seed(seed + 130_363)
     metas = [m for m in sample_eval_prompts(prompts, g, world) if not m.get("held_out")]
-    oracle = []
-    for m in metas:
-        for _ in range(world.max_attempts):
-            said = placed_description(scene_for_prompt(m, g, world, allow_held_out=True))
-            if said is not None:
-                break
-        oracle.append(said)
+    oracle = [first_placed(lambda m=m: scene_for_prompt(m, g, world, allow_held_out=True))[1] for m in metas]
     plans = answer_batch(
         pipe, [[{"role": "user", "content": plan_request(m["prompt"])}] for m in metas], max_new_tokens=80
     )
@@ -103,11 +93,7 @@ def layout_probes(pipe, scenes: int, seed: int, world: WorldConfig, probe_steps:
     if pipe.model.grid_for(world.image_size) != (2, 2):
         raise ValueError("the layout probes read one token per quadrant: they need a 2 x 2 token grid")
     g = torch.Generator().manual_seed(seed + 15_485_863)
-    texts: list[str] = []
-    while len(texts) < scenes:
-        said = placed_description(sample_scene(g, world))
-        if said is not None:
-            texts.append(said)
+    texts = [first_placed(lambda: sample_scene(g, world))[1] for _ in range(scenes)]
     classes = ["none", *world.shapes]
     held = [{place: shape for _, shape, place in parse_placed(t, world)} for t in texts]
     y = torch.tensor([[classes.index(at.get(q, "none")) for q in PLACES] for at in held])  # (N, 4)
