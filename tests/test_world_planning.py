@@ -18,6 +18,7 @@ from harmon.world.planning import (
     placed_description,
     placed_matches,
     plan_request,
+    prompt_order,
     scene_from_placed,
 )
 from harmon.world.prompts import parse_prompt, scene_for_prompt
@@ -93,12 +94,51 @@ def test_plan_records_answer_with_a_layout_that_satisfies_the_prompt():
     assert tags == {"position", "color_attr", "counting"}
 
 
+def test_placed_descriptions_in_a_given_order_state_the_same_layout():
+    scene = _scene(("blue", "square", (36, 36, 60, 60)), ("orange", "circle", (4, 6, 26, 28)))
+    said = placed_description(scene, scene.objects)
+    assert said == "a blue square in the bottom right and an orange circle in the top left"
+    assert placed_matches(said, scene.objects, 64)
+    with pytest.raises(ValueError, match="reordered"):
+        placed_description(scene, scene.objects[:1])
+    # "any": the same layout as the reading order, listed in every order across records; the default is unchanged
+    orders = set()
+    for i in range(30):
+        reading, shuffled = shapes_record("placed", i, seed=4), shapes_record("placed", i, seed=4, order="any")
+        assert shuffled["image"] == reading["image"]
+        assert sorted(parse_placed(shuffled["caption"])) == sorted(parse_placed(reading["caption"]))
+        orders.add(shuffled["caption"] == reading["caption"])
+    assert orders == {True, False}
+    for task, order in (("qa", "any"), ("placed", "prompt"), ("plan", "sideways")):
+        with pytest.raises(ValueError, match=f"order '{order}' does not apply to {task}"):
+            shapes_record(task, 0, order=order)
+
+
+def test_plans_in_prompt_order_name_the_objects_as_the_prompt_does():
+    """Each object's phrase comes where the prompt names it; one entry's objects in reading order."""
+    for i in range(60):
+        r = shapes_record("plan", i, seed=3, order="prompt", tag_weights={"position": 1, "color_attr": 1})
+        prompt_text = r["conversation"][0]["content"][len(PLAN_PREFIX) :]
+        prompt, plan = parse_prompt(prompt_text), r["conversation"][1]["content"]
+        stated = scene_from_placed(plan)
+        assert stated is not None and judge_prompt(prompt, stated.objects)
+        words = [f"{c} {s}" if any(e.get("color") for e in prompt["include"]) else s for c, s, _ in parse_placed(plan)]
+        at = [prompt_text.index(w) for w in words]
+        assert at == sorted(at), (prompt_text, plan)
+    prompt = parse_prompt("a blue square to the right of a red circle")
+    scene = _scene(("red", "circle", (4, 4, 26, 26)), ("blue", "square", (36, 4, 60, 28)))
+    assert [o.color for o in prompt_order(prompt, scene)] == ["blue", "red"]
+    with pytest.raises(ValueError, match="not the ones"):
+        prompt_order(prompt, _scene(("red", "circle", (4, 4, 26, 26))))
+
+
 def test_plan_and_placed_sources_and_their_refusals():
     ok = [
         SourceConfig("p", "shapes", task=Task.TEXT_TO_IMAGE, format_options={"kind": "placed"}),
         SourceConfig(
             "q", "shapes", task=Task.TEXT_ONLY, format_options={"kind": "plan", "tag_weights": {"position": 1}}
         ),
+        SourceConfig("o", "shapes", task=Task.TEXT_ONLY, format_options={"kind": "plan", "order": "prompt"}),
     ]
     for src in ok:
         format_options(src).validate(src)
@@ -107,6 +147,7 @@ def test_plan_and_placed_sources_and_their_refusals():
         (Task.IMAGE_TO_TEXT, {"kind": "placed"}, "not one of a image2text source's kinds"),
         (Task.TEXT_ONLY, {"kind": "plan", "level": "free", "phrasings": "varied"}, "kind 'plan'"),
         (Task.TEXT_TO_IMAGE, {"kind": "placed", "tag_weights": {"position": 1}}, "tag_weights"),
+        (Task.IMAGE_TO_TEXT, {"kind": "qa", "order": "any"}, "applies to placed and plan sources only"),
     ]
     for task, options, match in bad:
         src = SourceConfig("b", "shapes", task=task, format_options=options)

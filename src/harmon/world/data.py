@@ -19,14 +19,14 @@ Held-out (colour, shape) pairs never appear.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
 from harmon.prompts import BRIEF_CAPTION_INSTRUCTIONS, DETAILED_CAPTION_INSTRUCTIONS, GENERATE_PREFIX
-from harmon.world.planning import first_placed, plan_request
+from harmon.world.planning import ORDERS, first_placed, placed_description, plan_request, prompt_order
 from harmon.world.prompts import caption_scene, describe_scene, sample_prompt, scene_for_prompt
 from harmon.world.questions import position_question, reasoned, sample_questions, where_questions
 from harmon.world.render import render
@@ -71,8 +71,13 @@ def shapes_record(
     max_turns: int = 6,
     tag_weights: Mapping[str, float] | None = None,
     shape_questions: bool = False,
+    order: str = "reading",
 ) -> dict[str, Any]:
     """Record ``index`` of ``task`` (see the module docstring), in the data layer's record format.
+
+    ``order`` (placed and plan; :data:`harmon.world.planning.ORDERS`): the order a placed description lists its
+    objects in: "reading" (the default), "any" (drawn from the record's generator after the scene) or "prompt"
+    (plan only: the order the prompt names them).
 
     ``shape_questions`` (qa only): the conversation's questions are drawn from a list that also holds a bare-shape
     existence pair ("Is there a circle in the image?", POPE's template; see
@@ -83,6 +88,9 @@ def shapes_record(
     share (``DESCRIBE_FRACTION``).
     """
     config = config or WorldConfig()
+    allowed = {"placed": ORDERS[:2], "plan": ORDERS}.get(task, ORDERS[:1])
+    if order not in allowed:
+        raise ValueError(f"order {order!r} does not apply to {task} records; they take {allowed}")
     g = _generator(seed, task, index)
     if task == "text2image":
         return _text2image_record(g, config, tag_weights)
@@ -98,9 +106,11 @@ def shapes_record(
         return _reasoned_record(g, config)
     if task == "placed":
         scene, caption = first_placed(lambda: sample_scene(g, config))
+        if order == "any":
+            caption = placed_description(scene, _shuffled(scene.objects, g))
         return {"kind": "text2image", "image": render(scene, config), "caption": caption}
     if task == "plan":
-        return _plan_record(g, config, tag_weights)
+        return _plan_record(g, config, tag_weights, order)
     raise ValueError(f"unknown shapes task {task!r}; known: {TASKS}")
 
 
@@ -165,10 +175,19 @@ def _reasoned_record(g: torch.Generator, config: WorldConfig) -> dict[str, Any]:
     return {"kind": "image2text", "image": render(scene, config), "conversation": turns}
 
 
-def _plan_record(g: torch.Generator, config: WorldConfig, tag_weights: Mapping[str, float] | None) -> dict[str, Any]:
+def _shuffled(objects: Sequence, g: torch.Generator) -> list:
+    return [objects[i] for i in torch.randperm(len(objects), generator=g).tolist()]
+
+
+def _plan_record(
+    g: torch.Generator, config: WorldConfig, tag_weights: Mapping[str, float] | None, order: str
+) -> dict[str, Any]:
     tag = None if tag_weights is None else TAGS[categorical(g, tag_probabilities(tag_weights))]
     prompt = sample_prompt(g, tag, config=config)
-    _, plan = first_placed(lambda: scene_for_prompt(prompt, g, config))
+    scene, plan = first_placed(lambda: scene_for_prompt(prompt, g, config))
+    if order != "reading":
+        objects = prompt_order(prompt, scene) if order == "prompt" else _shuffled(scene.objects, g)
+        plan = placed_description(scene, objects)
     turns = [{"role": "user", "content": plan_request(prompt["prompt"])}, {"role": "assistant", "content": plan}]
     return {"kind": "image2text", "image": None, "conversation": turns}
 

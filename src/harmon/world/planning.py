@@ -6,7 +6,8 @@ object is first ("Grounding"). The same chain on the generation side: the LLM wr
 *placed description*, every object with its quadrant ("a red circle in the top left and a blue square in the top
 right"), and the image is drawn from that. This module holds the layout language and its checks:
 
-    placed_description(scene)     the scene's objects in reading order, each with its place
+    placed_description(scene)     the scene's objects in reading order (or a given order), each with its place
+    prompt_order(prompt, scene)   a prompt's scene's objects in the order the prompt names them
     PLAN_PREFIX + prompt          the planning request; its answer is a placed description
     parse_placed(text)            a placed description back into (colour, shape, place) triples
     scene_from_placed(text)       the scene a placed description states (each object centred in its cell)
@@ -17,13 +18,16 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from harmon.world.questions import PLACES, place_of
 from harmon.world.scene import Scene, WorldConfig, WorldObject, noun_phrase
 
 PLAN_PREFIX = "Plan the layout: "  # the planning request; the prompt to draw follows
 PLACED_TRIES = 1000  # scenes drawn for one placed description (grid scenes nearly always have one)
+# The order a placed description lists its objects in: "reading" (top left to bottom right), "any" (drawn at random)
+# or, for a plan, "prompt" (the order the prompt names them, so that the plan copies the prompt's phrases in turn).
+ORDERS = ("reading", "any", "prompt")
 Placed = tuple[str, str, str]  # (colour, shape, place)
 
 
@@ -31,14 +35,53 @@ def _join(phrases: list[str]) -> str:
     return phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
 
 
-def placed_description(scene: Scene) -> str | None:
+def placed_description(scene: Scene, objects: Sequence[WorldObject] | None = None) -> str | None:
     """ "a red circle in the top left and a blue square in the bottom right": every object with its quadrant, in
-    reading order. None when the scene is empty, an object sits near a middle line, or two share a quadrant."""
+    reading order, or in the order of ``objects`` (the scene's objects, reordered). None when the scene is empty, an
+    object sits near a middle line, or two share a quadrant.
+
+    Raises:
+        ValueError: ``objects`` is not an ordering of the scene's objects.
+    """
+    if objects is not None and Counter(objects) != Counter(scene.objects):
+        raise ValueError("objects must be the scene's own objects, reordered")
     places = [place_of(o, scene.image_size) for o in scene.objects]
     if not places or None in places or len(set(places)) < len(places):
         return None
-    ordered = sorted(zip(places, scene.objects), key=lambda pair: PLACES.index(pair[0]))
-    return _join([f"{noun_phrase(o.shape, o.color)} in the {place}" for place, o in ordered])
+    if objects is None:
+        objects = [o for _, o in sorted(zip(places, scene.objects), key=lambda pair: PLACES.index(pair[0]))]
+    return _join([f"{noun_phrase(o.shape, o.color)} in the {place_of(o, scene.image_size)}" for o in objects])
+
+
+def prompt_order(prompt: Mapping, scene: Scene) -> list[WorldObject]:
+    """The objects of ``scene``, drawn for ``prompt`` by :func:`harmon.world.prompts.scene_for_prompt` (one per
+    counted object of each ``include`` entry, in the entries' order), ordered as the prompt's text names the entries;
+    the objects of one entry in reading order.
+
+    Raises:
+        ValueError: the scene's objects do not match the prompt's entries, or an entry is not named in its text.
+    """
+    text = prompt["prompt"].lower()
+    entries = prompt.get("include", [])
+    owner = [k for k, e in enumerate(entries) for _ in range(int(e["count"]))]
+    if len(owner) != len(scene.objects) or any(
+        o.shape != entries[k]["class"] or entries[k].get("color") not in (None, o.color)
+        for o, k in zip(scene.objects, owner)
+    ):
+        raise ValueError(f"the scene's objects are not the ones prompt {prompt['prompt']!r} includes")
+    at = []
+    for e in entries:
+        name = f"{e['color']} {e['class']}" if e.get("color") else e["class"]
+        hit = re.search(rf"\b{re.escape(name)}", text)
+        if hit is None:
+            raise ValueError(f"prompt {prompt['prompt']!r} does not name its object {name!r}")
+        at.append(hit.start())
+
+    def key(pair: tuple[int, WorldObject]) -> tuple[int, int]:  # objects of one entry in reading order
+        place = place_of(pair[1], scene.image_size)
+        return at[pair[0]], PLACES.index(place) if place is not None else len(PLACES)
+
+    return [o for _, o in sorted(zip(owner, scene.objects), key=key)]
 
 
 def first_placed(draw: Callable[[], Scene], tries: int = PLACED_TRIES) -> tuple[Scene, str]:

@@ -39,6 +39,9 @@ class ShapesOptions:
     world_image_size: int | None = None  # size the scenes are drawn at; None: the run's image_size
     tag_weights: dict[str, float] | None = None  # text2image: relative weights of the GenEval prompt tags
     shape_questions: bool = False  # qa: also ask bare-shape existence questions ("Is there a circle ...?")
+    # placed and plan: the order their placed descriptions list objects in (harmon.world.planning.ORDERS):
+    # "reading", "any" or, plan only, "prompt"
+    order: str = "reading"
     # World v2 (harmon.world.data2): "grid", "free" or "mixed" scenes; "canonical" (today's templates, grid only)
     # or "varied" (the grammar's seen phrasings, bare-shape questions always asked); the share of images drawn by
     # the anti-aliasing renderer. The defaults give today's records exactly.
@@ -64,6 +67,8 @@ class ShapesOptions:
             raise ValueError(
                 f"tag_weights is a {{tag: weight}} dict for text2image and plan records, got {self.tag_weights!r}"
             )
+        if self.order != "reading" and self.world_task(src.record_task) not in ("placed", "plan"):
+            raise ValueError(f"order {self.order!r} applies to placed and plan sources only")
         if self.shape_questions and self.world_task(src.task) != "qa":
             raise ValueError("shape_questions applies to qa sources only")
         if self.length is not None and self.length < 1:
@@ -127,5 +132,6 @@ def build_shapes_dataset(src: SourceConfig, cfg: TrainConfig) -> ProceduralSourc
         config=WorldConfig(image_size=size),
         tag_weights=options.tag_weights,
         shape_questions=bool(options.shape_questions),
+        order=options.order,
     )
     return ProceduralSource(fn, length=options.length, kind=src.record_task.record_kind)
