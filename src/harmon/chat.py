@@ -384,3 +384,26 @@ def answer_batch(
         eos = pipe.eos_token_id
         answers += [pipe.tokenizer.decode([t for t in a if t != eos], skip_special_tokens=True).strip() for a in ids]
     return answers
+
+
+def plan_layouts(pipe: HarmonPipeline, prompts: Sequence[str], *, max_new_tokens: int | None = None) -> list[str]:
+    """The layout the model writes for each prompt before drawing it: greedy answers to its recorded
+    ``config.generation.plan_request`` + the prompt (see :meth:`HarmonPipeline.generate`'s ``plan``). A prompt
+    whose plan comes back empty keeps its own text, with a warning.
+
+    Raises:
+        ValueError: the model records no plan request (it was not trained to plan).
+    """
+    request = pipe.config.generation.plan_request
+    if request is None:
+        raise ValueError(
+            "this model writes no layout plans (config.generation.plan_request is unset: it was not trained to "
+            "plan); draw the prompt directly"
+        )
+    conversations = [[{"role": "user", "content": request + p.strip()}] for p in prompts]
+    plans = answer_batch(pipe, conversations, max_new_tokens=max_new_tokens)
+    for i, (p, plan) in enumerate(zip(prompts, plans)):
+        if not plan:
+            logger.warning("the model planned nothing for prompt %d (%r): drawing the prompt itself", i, p)
+            plans[i] = p.strip()
+    return plans

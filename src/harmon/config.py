@@ -120,9 +120,15 @@ class GenerationDefaults:
     # describe()'s repetition penalty: official weights take it from the Qwen folder's generation_config.json,
     # which the original's from_pretrained merges into its greedy generate (1.0 = none, what files without it ran)
     repetition_penalty: float = 1.0
+    # A model trained to write a prompt's layout before drawing it (the shapes world's plans) records the request
+    # that asks for one, e.g. "Plan the layout: "; ``generate(..., plan=True)`` sends it + the prompt first and
+    # draws from the answer. None: the model does not plan (released weights).
+    plan_request: str | None = None
 
     def __post_init__(self) -> None:
         check_fields(self, "generation")
+        if self.plan_request is not None and not self.plan_request.strip():
+            raise ValueError("generation.plan_request must be a non-empty request or None, got an empty string")
         check_sampling_settings(self.num_iter, self.guidance_scale, self.cfg_schedule, self.temperature, self.x0_clip)
         for name in ("image_size", "understanding_image_size", "max_new_tokens"):
             if getattr(self, name) < 1:

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from harmon import accel
-from harmon.chat import ChatStream, PromptCache, answer_batch
+from harmon.chat import ChatStream, PromptCache, answer_batch, plan_layouts
 from harmon.chat import chat as run_chat
 from harmon.chat import embed as embed_chat
 from harmon.chat import render as render_chat
@@ -33,7 +33,7 @@ from harmon.sampling import (
 )
 from harmon.tokenizer import USER_TEXT, encode_template
 from harmon.vae import VAEConfig
-from harmon.validate import check_draw_args, check_number, check_text
+from harmon.validate import check_flag, check_number, check_prompts, check_text
 
 logger = logging.getLogger(__name__)
 
@@ -153,21 +153,6 @@ class HarmonPipeline:
         return tokens
 
     # ------------------------------------------------------------------ generation
-    @staticmethod
-    def _prompt_list(prompt: str | Sequence[str], num_images_per_prompt: int, **draw: Any) -> list[str]:
-        """The prompts of a ``generate`` call as a list, after checking its arguments (``draw``: output_type,
-        generator, callback, compile)."""
-        check_draw_args(**draw)
-        if not isinstance(prompt, (str, list, tuple)):
-            raise TypeError(f"prompt must be a string or a list of strings, got {type(prompt).__name__}")
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        if not prompts:
-            raise ValueError("prompt list is empty")
-        for i, p in enumerate(prompts):
-            check_text(p, "prompt" if isinstance(prompt, str) else f"prompt {i}")
-        check_number("num_images_per_prompt", num_images_per_prompt, low=1, integer=True)
-        return prompts
-
     @torch.no_grad()
     def generate(
         self,
@@ -189,12 +174,16 @@ class HarmonPipeline:
         token_refresh: int | None = None,
         token_ratio: float | None = None,
         preset: str | None = None,
+        plan: bool = False,
         generator: torch.Generator | None = None,
         compile: bool = False,
         output_type: str = "pil",
         callback: StepCallback | None = None,
     ) -> list[Image.Image] | torch.Tensor:
         """Draw images for one prompt or several.
+
+        ``plan``: the model first writes each prompt's layout (:meth:`plan`; a model trained to, whose config
+        records ``generation.plan_request``) and draws from what it wrote; text prompts only.
 
         Settings left as None take the model's recorded defaults (``config.generation``), adjusted by ``preset``
         ("brisk", "lean", "gtr", ...: see :data:`harmon.sampling.PRESETS`) when one is named; explicit settings win.
@@ -212,9 +201,13 @@ class HarmonPipeline:
         or come first, one per line, in a prompt without marks. Guidance contrasts with the plain unconditional one.
         """
         draw = {"generator": generator, "compile": compile, "output_type": output_type, "callback": callback}
-        prompts = self._prompt_list(prompt, num_images_per_prompt, **draw)
+        prompts = check_prompts(prompt, num_images_per_prompt, **draw)
         settings, size = self.generation_settings(**{k: v for k, v in locals().items() if k in SETTING_KEYWORDS})
         n_image = self.image_tokens(size)
+        if check_flag("plan", plan):
+            if images is not None:
+                raise ValueError("plan applies to text prompts; a prompt with images is drawn directly")
+            prompts = plan_layouts(self, prompts)
         guided = settings.guidance_scale != 1.0
         if images is not None:
             seqs = generation_ids(self.tokenizer, prompts, images, self.config.image_token)
@@ -312,12 +305,20 @@ class HarmonPipeline:
         """
         check_text(instruction, "instruction")
         draw = {"generator": generator, "compile": compile, "output_type": output_type, "callback": callback}
-        self._prompt_list(instruction, num_images_per_prompt, **draw)  # the other checks of generate
+        check_prompts(instruction, num_images_per_prompt, **draw)  # the other checks of generate
         settings, size = self.generation_settings(**{k: v for k, v in locals().items() if k in SETTING_KEYWORDS})
         if image_guidance_scale is not None and check_number("image_guidance_scale", image_guidance_scale) != 1.0:
             settings = replace(settings, image_guidance_scale=image_guidance_scale)  # checked there
         prompt, mask, canvas = edit_inputs(self, image, instruction, settings.groups, size, understanding_image_size)
         return self.draw(prompt, mask, size, settings, repeat=num_images_per_prompt, canvas=canvas, **draw)
+
+    def plan(self, prompt: str | Sequence[str], *, max_new_tokens: int | None = None) -> str | list[str]:
+        """The layout the model writes for ``prompt`` (one string, or a list for a list), which ``generate(...,
+        plan=True)`` draws from: greedy answers to ``config.generation.plan_request`` + the prompt. ValueError when
+        the model records no plan request (it was not trained to plan)."""
+        prompts = check_prompts(prompt, 1)
+        plans = plan_layouts(self, prompts, max_new_tokens=max_new_tokens)
+        return plans[0] if isinstance(prompt, str) else plans
 
     def generation_settings(self, **settings: Any) -> tuple[SamplingSettings, int]:
         """The sampling settings and image size :meth:`generate` runs with for these keyword arguments (its

@@ -242,6 +242,22 @@ def check_draw_args(generator: Any, callback: Any, compile: Any, output_type: An
         raise ValueError(f"output_type must be 'pil', 'latent' or 'pt', got {shown(output_type)}")
 
 
+def check_prompts(prompt: Any, num_images_per_prompt: Any, **draw: Any) -> list[str]:
+    """The prompts of a ``generate`` call as a list, after checking its arguments (``draw``: output_type,
+    generator, callback, compile; checked when given)."""
+    if draw:
+        check_draw_args(**draw)
+    if not isinstance(prompt, (str, list, tuple)):
+        raise TypeError(f"prompt must be a string or a list of strings, got {type(prompt).__name__}")
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    if not prompts:
+        raise ValueError("prompt list is empty")
+    for i, p in enumerate(prompts):
+        check_text(p, "prompt" if isinstance(prompt, str) else f"prompt {i}")
+    check_number("num_images_per_prompt", num_images_per_prompt, low=1, integer=True)
+    return prompts
+
+
 def check_generator(generator: Any) -> None:
     """Every random draw goes through a ``torch.Generator``; anything else (a seed number) is refused by name."""
     import torch

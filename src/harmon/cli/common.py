@@ -39,6 +39,7 @@ GENERATION_SETTINGS = {
     "token_refresh": "token_refresh",
     "token_ratio": "token_ratio",
     "preset": "preset",
+    "plan": "plan",
 }
 
 
@@ -71,8 +72,11 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def add_generation_args(p: argparse.ArgumentParser, *, image_size: bool = True, annealing: bool = True) -> None:
+def add_generation_args(
+    p: argparse.ArgumentParser, *, image_size: bool = True, annealing: bool = True, plan: bool = False
+) -> None:
     """The sampling flags of generate, eval shapes and eval geneval; each left unset keeps the model's default.
+    ``plan=True`` adds --plan (generate and eval shapes: the model writes each prompt's layout, then draws it).
 
     ``image_size=False`` leaves out --image-size (eval shapes draws its scenes at the model's size);
     ``annealing=False`` leaves out --x0-clip, --diffusion-steps-final and --preset (eval geneval records and
@@ -117,6 +121,14 @@ def add_generation_args(p: argparse.ArgumentParser, *, image_size: bool = True, 
     )
     p.add_argument("--token-ratio", type=float, help="token cache: share of tokens recomputed between refreshes")
     p.add_argument("--preset", choices=list(PRESET_NAMES), help=PRESET_HELP)
+    if plan:
+        p.add_argument(
+            "--plan",
+            action="store_true",
+            default=None,
+            help="the model first writes each prompt's layout and draws from it (models trained to plan, like the "
+            "shipped one; the plan is logged)",
+        )
 
 
 def generation_settings(args: argparse.Namespace) -> dict[str, Any]:

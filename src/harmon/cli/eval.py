@@ -265,7 +265,7 @@ def _add_shapes(esub: argparse._SubParsersAction) -> None:
         "phrasings (--prompts and --questions of each), seen and held-out pairs apart, chance levels beside "
         "position and binding; --shape-questions does not apply",
     )
-    add_generation_args(es, image_size=False)
+    add_generation_args(es, image_size=False, plan=True)
     es.add_argument("--json", type=output_file, help="also write the full result here")
     add_model_args(es)
     es.set_defaults(func=cmd_shapes)

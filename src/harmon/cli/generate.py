@@ -4,6 +4,7 @@ question -> text) and ``harmon convert``."""
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from harmon.cli.common import (
@@ -25,12 +26,18 @@ from harmon.cli.common import (
 def cmd_generate(args: argparse.Namespace) -> int:
     out = args.output  # checked when parsed (image_output), before minutes of loading and sampling
     pipe = load_pipeline(args)
+    settings = generation_settings(args)
+    prompts = list(args.prompt)
+    if settings.pop("plan", False):  # the model's layouts, shown, then drawn as generate(plan=True) draws them
+        prompts = pipe.plan(prompts)
+        for p, plan in zip(args.prompt, prompts):
+            print(f"plan for {p!r}: {plan}", file=sys.stderr)
     images = pipe.generate(
-        args.prompt,
+        prompts,
         num_images_per_prompt=args.num_images,
         generator=seeded(args.seed),
         compile=args.compile,
-        **generation_settings(args),
+        **settings,
     )
     if len(images) == 1:
         print(save_image(images[0], out))
@@ -98,7 +105,7 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
         "-o", "--output", type=image_output, default="out.png", help="PNG path (numbered when several images)"
     )
     g.add_argument("-n", "--num-images", type=int_at_least(1), default=1, help="images per prompt")
-    add_generation_args(g)
+    add_generation_args(g, plan=True)
     g.add_argument(
         "--compile",
         action="store_true",
