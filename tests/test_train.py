@@ -22,6 +22,7 @@ from harmon.train.sources import build_dataset
 from harmon.train.trainer import Trainer
 from harmon.world.recipes import RECIPES as SHAPES_RECIPES
 from harmon.world.recipes import toy
+from harmon.world.recipes_plan import PLAN_RECIPES
 from harmon.world.recipes_studies import STUDY_RECIPES
 
 
@@ -83,9 +84,9 @@ def test_sample_grids_and_registered_evals_run_on_the_live_model(tok_dir, tmp_pa
         hooks.run_eval("nope", trainer.model, trainer.tokenizer, cfg)
 
 
-@pytest.mark.parametrize("name", sorted({**SHAPES_RECIPES, **STUDY_RECIPES}))
+@pytest.mark.parametrize("name", sorted({**SHAPES_RECIPES, **PLAN_RECIPES, **STUDY_RECIPES}))
 def test_shapes_recipes_build_and_validate(name):
-    cfg = {**SHAPES_RECIPES, **STUDY_RECIPES}[name]()
+    cfg = {**SHAPES_RECIPES, **PLAN_RECIPES, **STUDY_RECIPES}[name]()
     cfg.validate()
     assert cfg.image_size == 64
 

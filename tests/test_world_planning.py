@@ -213,6 +213,7 @@ def test_planning_study_scores_gold_and_wrong_drawers_and_planners(monkeypatch):
     for way in planning.WAYS:
         assert gold["plans"]["ways"][way]["overall"] == 1.0, way
     assert gold["plans"]["plans_parse"] == gold["plans"]["plans_hold"] == 1.0
+    assert set(gold["plans"]["plans_hold_tags"].values()) == {1.0}
     assert "| world's plan | 100.0 |" in planning.format_planning(gold)
 
     monkeypatch.setattr(
@@ -223,6 +224,7 @@ def test_planning_study_scores_gold_and_wrong_drawers_and_planners(monkeypatch):
         "plans": planning.plan_scores(_Drawer(swap=True), 24, 0, WORLD),
     }
     assert swapped["placed"]["exact"] < 0.5 and swapped["plans"]["plans_parse"] == 0.0
+    assert set(swapped["plans"]["plans_hold_tags"].values()) == {0.0}
     ways = swapped["plans"]["ways"]
     assert ways["direct"]["tags"]["position"] < 1.0 and ways["world's plan"]["tags"]["single_object"] == 1.0
     assert plan_request("a red circle") == PLAN_PREFIX + "a red circle"
@@ -248,3 +250,23 @@ def test_layout_probes_read_each_quadrant_on_the_shipped_model():
     assert "| top left | " in text and "cells' spread over their norm" in text
     with pytest.raises(ValueError, match="2 x 2 token grid"):
         planning.layout_probes(pipe, 30, 0, WorldConfig(image_size=128))
+
+
+def test_the_plan_stages_draw_at_places_then_plan_then_plan_in_the_prompts_order():
+    """place: placed drawings beside the recipes' prompts, the tables enlarged; plan_mix: from place, the
+    shapes_plan mix, nothing enlarged twice; plan_order: the same with plans in the prompt's order."""
+    from harmon.world.recipes_plan import PLAN_RECIPES
+
+    place, mix, order = (PLAN_RECIPES[f"shapes_{n}"]() for n in ("place", "plan_mix", "plan_order"))
+    study = STUDY_RECIPES["shapes_plan"]()
+    assert [(s.name, s.batch_size, format_options(s).order) for s in place.data] == [
+        ("text2image", 16, "reading"),
+        ("text2image_placed", 32, "reading"),
+    ]
+    assert place.model.pretrained.endswith("phrasing/final") and place.model.rescale == study.model.rescale
+    assert place.optim == study.optim and place.max_steps == 3000
+    assert mix.model.pretrained.endswith("place/final") and mix.model.rescale == {} and mix.max_steps == 1500
+    assert mix.data == study.data and mix.optim == study.optim
+    assert order.model.pretrained.endswith("plan_mix/final") and order.model.rescale == {}
+    assert [format_options(s).order for s in order.data] == ["reading"] * 5 + ["any", "prompt"]
+    assert order.optim == mix.optim and order.max_steps == 1500

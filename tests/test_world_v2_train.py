@@ -184,18 +184,25 @@ def test_relation_probe_runs_and_reports_its_four_measurements():
     assert scorer_check.recovery("free", 4, 0) == {"render": 1.0, "render2": 1.0}
 
 
-def test_pipeline_v1_ends_with_the_phrasing_stage_and_ships_it(tmp_path, monkeypatch, trained_configs):
+def test_pipeline_v1_ends_with_the_plan_stages_and_ships_the_last(tmp_path, monkeypatch, trained_configs):
     from harmon.world import pipeline
 
     seen = trained_configs
     v1, v2 = pipeline.WORLDS["v1"], pipeline.WORLDS["v2"]
     names = [n for n, _, _ in pipeline.stages(tmp_path, "cpu", ["phrasing:max_steps=4"], v1)]
-    assert names == ["tokenizer", "vae", "lm", "stage1", "stage2", "stage3", "decoder", "phrasing"]
-    assert [n for n, _, _ in pipeline.stages(tmp_path, "cpu", [], v1, edit=True)][-2:] == ["phrasing", "edit"]
-    {n: run for n, _, run in pipeline.stages(tmp_path, "cpu", ["phrasing:max_steps=4"], v1)}["phrasing"]()
+    later = ["phrasing", "place", "plan_mix", "plan_order"]
+    assert names == ["tokenizer", "vae", "lm", "stage1", "stage2", "stage3", "decoder", *later]
+    assert [n for n, _, _ in pipeline.stages(tmp_path, "cpu", [], v1, edit=True)][-2:] == ["plan_order", "edit"]
+    runs = {n: run for n, _, run in pipeline.stages(tmp_path, "cpu", ["phrasing:max_steps=4", "place:max_steps=3"], v1)}
+    for stage in later:
+        runs[stage]()
     assert seen[0].output_dir == str(tmp_path / "phrasing") and seen[0].max_steps == 4
     assert seen[0].model.pretrained == str(tmp_path / "decoder" / "final")  # it continues the decoder stage's model
-    assert pipeline.shipped_stage(v1, None, edit=False) == "phrasing"
+    assert seen[1].max_steps == 3 and seen[2].max_steps == 1500  # each stage takes its own overrides only
+    assert [c.model.pretrained for c in seen[1:]] == [str(tmp_path / s / "final") for s in later[:-1]]
+    assert pipeline.shipped_stage(v1, None, edit=False) == "plan_order"
+    assert pipeline.shipped_stage(v1, "plan_mix", edit=False) == "plan_mix"
+    assert pipeline.shipped_stage(v1, "phrasing", edit=False) == "phrasing"
     assert pipeline.shipped_stage(v1, "decoder", edit=False) == "decoder"  # the model before the phrasing stage
     assert pipeline.shipped_stage(v1, None, edit=True) == "edit"
     assert pipeline.shipped_stage(v2, None, edit=False) == "decoder"  # world v2 has no phrasing stage
@@ -207,5 +214,6 @@ def test_pipeline_v1_ends_with_the_phrasing_stage_and_ships_it(tmp_path, monkeyp
     monkeypatch.setattr(pipeline, "ship", lambda root, target, defaults, stage: shipped.append((defaults, stage)))
     pipeline.main(["--root", str(tmp_path), "--ship"])  # the one command of the docs records the shipped defaults
     pipeline.main(["--root", str(tmp_path), "--ship", "--until", "decoder", "--default", "guidance_scale=2"])
-    assert shipped[0] == ({"num_iter": 8, "num_sampling_steps": "100", "guidance_scale": 3.0}, "phrasing")
-    assert shipped[1] == ({"num_iter": 8, "num_sampling_steps": "100", "guidance_scale": 2}, "decoder")
+    sampling = {"num_iter": 8, "num_sampling_steps": "100", "guidance_scale": 3.0}
+    assert shipped[0] == ({**sampling, "plan_request": "Plan the layout: "}, "plan_order")
+    assert shipped[1] == ({**sampling, "guidance_scale": 2}, "decoder")  # not taught to plan: no plan request

@@ -13,10 +13,11 @@ def find_recipe(name: str):
     place the CLI looks recipes up."""
     from harmon.train.recipes import RECIPES
     from harmon.world.recipes import RECIPES as WORLD_RECIPES
+    from harmon.world.recipes_plan import PLAN_RECIPES
     from harmon.world.recipes_studies import STUDY_RECIPES
     from harmon.world.recipes_v2 import RECIPES_V2
 
-    table = {**RECIPES, **WORLD_RECIPES, **STUDY_RECIPES, **RECIPES_V2}
+    table = {**RECIPES, **WORLD_RECIPES, **PLAN_RECIPES, **STUDY_RECIPES, **RECIPES_V2}
     if name not in table:
         raise ValueError(f"unknown recipe {name!r}; known: {', '.join(sorted(table))}")
     return table[name]()

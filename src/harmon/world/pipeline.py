@@ -10,6 +10,12 @@ Stages (each skipped when its output exists, so an interrupted run continues whe
     decoder       the VAE decoder of stage III's model learns to draw clean scenes from noisy latents (encoder frozen)
     phrasing      v1 only: every module but the VAE, on the grid world in the grammar's varied wordings and the
                   templates (shapes_phrasing), so reworded prompts and questions work
+    place         v1 only: placed drawings, the cells' position tables enlarged (shapes_place): objects drawn at
+                  named quadrants
+    plan_mix      v1 only: the phrasing mix + placed drawings + layout plans (shapes_plan_mix): the LLM writes a
+                  prompt's layout for generate(plan=True)
+    plan_order    v1 only: the same, placed descriptions in any order and plans in the prompt's order
+                  (shapes_plan_order; the three plan stages: harmon.world.recipes_plan)
     edit          IV, with --edit only: the decoder stage's model learns to edit images, keeping generation and
                   understanding (shapes_edit); the shipped model has no stage IV: the recipe does not yet reach the
                   edit bars
@@ -36,7 +42,8 @@ from pathlib import Path
 
 import torch
 
-from harmon.world import data, data2, recipes, recipes_v2, stage0
+from harmon.world import data, data2, recipes, recipes_plan, recipes_v2, stage0
+from harmon.world.planning import PLAN_PREFIX
 
 logger = logging.getLogger(__name__)
 
@@ -53,23 +60,31 @@ class WorldRecipes:
     decoder: dict  # keyword arguments of stage0.finetune_vae_decoder (read at call time)
     corpus: Callable[..., Iterator[str]]  # corpus(n, seed=...) -> texts for the tokenizer
     edit: str | None = None  # recipe name of the editing stage that --edit adds at the end
-    phrasing: str | None = None  # recipe name of the stage after the decoder stage, where the world has one
+    later: tuple[tuple[str, str], ...] = ()  # (stage, recipe name) of the stages after the decoder stage, in order
     # sampling defaults --ship records in the model's config (--default KEY=VALUE overrides each)
     ship_defaults: dict = dataclasses.field(default_factory=dict)
+    # the stages whose models write layout plans; shipped from another, a model records no plan_request
+    planning: tuple[str, ...] = ()
 
 
 WORLDS = {
     "v1": WorldRecipes(
         recipes.ROOT,
-        recipes.RECIPES,
+        {**recipes.RECIPES, **recipes_plan.PLAN_RECIPES},
         ("shapes_lm", "shapes_stage1", "shapes_stage2", "shapes_stage3"),
         recipes.SHAPES_VAE,
         recipes.SHAPES_DECODER,
         data.corpus,
         "shapes_edit",
-        "shapes_phrasing",
-        # one token per step on its 2 x 2 grid, as the shipped model records them
-        {"num_iter": 8, "num_sampling_steps": "100", "guidance_scale": 3.0},
+        (
+            ("phrasing", "shapes_phrasing"),
+            ("place", "shapes_place"),
+            ("plan_mix", "shapes_plan_mix"),
+            ("plan_order", "shapes_plan_order"),
+        ),
+        # one token per step on its 2 x 2 grid, as the shipped model records them; plan_mix taught it to plan
+        {"num_iter": 8, "num_sampling_steps": "100", "guidance_scale": 3.0, "plan_request": PLAN_PREFIX},
+        ("plan_mix", "plan_order"),
     ),
     "v2": WorldRecipes(
         recipes_v2.ROOT,
@@ -81,6 +96,9 @@ WORLDS = {
         "shapes_v2_edit",
     ),
 }
+
+
+LATER_STAGES = tuple(dict.fromkeys(stage for w in WORLDS.values() for stage, _ in w.later))
 
 
 def _record(root: Path, stage: str, seconds: float, device: str) -> None:
@@ -157,14 +175,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="KEY=VALUE",
         help="sampling default recorded in the shipped config, e.g. x0_clip=3.0 num_sampling_steps=100 (v1 records "
-        "num_iter=8 num_sampling_steps=100 guidance_scale=3.0 unless told otherwise)",
+        "num_iter=8 num_sampling_steps=100 guidance_scale=3.0 and its plan request unless told otherwise)",
     )
     p.add_argument(
         "--until",
         default=None,
-        choices=["tokenizer", "vae", "lm", "stage1", "stage2", "stage3", "decoder", "phrasing", "edit"],
+        choices=["tokenizer", "vae", "lm", "stage1", "stage2", "stage3", "decoder", *LATER_STAGES, "edit"],
         help="stop after this stage (a later call with the same --root continues); with --ship, ship "
-        "this stage's model (stage1-3, decoder, phrasing, edit)",
+        "this stage's model (stage1-3, decoder and later)",
     )
     p.add_argument(
         "--set",
@@ -197,7 +215,7 @@ def stages(
         )
 
     lm, s1, s2, s3 = world.stages
-    phrasing = [trained("phrasing", world.phrasing)] if world.phrasing else []
+    later = [trained(stage, recipe) for stage, recipe in world.later]
     last = [trained("edit", world.edit)] if edit and world.edit else []
     return [
         ("tokenizer", root / "tokenizer" / "tokenizer.json", tokenizer),
@@ -211,7 +229,7 @@ def stages(
             root / "decoder" / "decoder_log.json",
             lambda: _decoder(root, device, mine("decoder"), world=world),
         ),
-        *phrasing,
+        *later,
         *last,
     ]
 
@@ -242,9 +260,9 @@ def run_stages(
 
 def shipped_stage(world: WorldRecipes, until: str | None, edit: bool) -> str:
     """The stage whose model ``--ship`` copies: ``until`` where it names a trained stage, else the last stage run."""
-    if until in ("stage1", "stage2", "stage3", "decoder", "phrasing", "edit"):
+    if until in ("stage1", "stage2", "stage3", "decoder", *LATER_STAGES, "edit"):
         return until
-    return "edit" if edit and world.edit else "phrasing" if world.phrasing else "decoder"
+    return "edit" if edit and world.edit else world.later[-1][0] if world.later else "decoder"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -266,10 +284,13 @@ def main(argv: list[str] | None = None) -> int:
         from harmon.train.config import parse_value
 
         given = {k: parse_value(v) for k, v in (d.split("=", 1) for d in args.defaults)}
+        stage = shipped_stage(world, args.until, edit)
         defaults = {**world.ship_defaults, **given}
+        if stage not in world.planning and "plan_request" not in given:
+            defaults.pop("plan_request", None)  # a model that was not taught to plan
         if "num_sampling_steps" in defaults:
             defaults["num_sampling_steps"] = str(defaults["num_sampling_steps"])
-        ship(root, SHIPPED_DIR, defaults, stage=shipped_stage(world, args.until, edit))
+        ship(root, SHIPPED_DIR, defaults, stage=stage)
         logger.info("shipped to %s", SHIPPED_DIR)
     return 0
 

@@ -82,7 +82,9 @@ def plan_scores(pipe, prompts: int, seed: int, world: WorldConfig) -> dict[str, 
         per_tag = {t: _share([r for m, r in zip(metas, right) if m["tag"] == t]) for t in TAGS}
         out["ways"][way] = {"tags": per_tag, "overall": sum(per_tag.values()) / len(per_tag)}
     out["plans_parse"] = _share([s is not None for s in stated])
-    out["plans_hold"] = _share([s is not None and judge_prompt(m, s.objects) for m, s in zip(metas, stated)])
+    holds = [s is not None and judge_prompt(m, s.objects) for m, s in zip(metas, stated)]
+    out["plans_hold"] = _share(holds)
+    out["plans_hold_tags"] = {t: _share([h for m, h in zip(metas, holds) if m["tag"] == t]) for t in TAGS}
     out["examples"] = [(m["prompt"], p) for m, p in zip(metas[:6], plans[:6])]
     return out
 
@@ -141,6 +143,8 @@ def format_planning(result: dict[str, Any]) -> str:
     lines.append(
         f"\nthe model's plans: {b['plans_parse']:.1%} parse, {b['plans_hold']:.1%} satisfy the prompt as stated"
     )
+    if "plans_hold_tags" in b:
+        lines.append("by tag: " + ", ".join(f"{t} {100 * v:.1f}" for t, v in b["plans_hold_tags"].items()))
     c = result.get("probes")
     if c:
         lines.append(f"\n(c) what each quadrant holds, linear probes at the first step ({c['n']} placed prompts)")

@@ -1,0 +1,72 @@
+"""The plan-then-draw stages of the shipped model, after its phrasing stage (:mod:`harmon.world.planning`;
+docs/RESULTS.md, "Plan, then draw"). Each starts from the stage before it:
+
+    place       placed drawings (32 per step: every object with its quadrant, in reading order) beside 16 of the
+                recipes' own prompts, the cells' position tables enlarged (PLACE_TABLES) and trained 30 times
+                faster: the generator learns to put an object at a named quadrant
+    plan_mix    the phrasing stage's whole mix with placed drawings (32) and layout plans (16 text-only: "Plan the
+                layout: <prompt>" -> a placed description): the LLM learns to write a prompt's layout, and the rest
+                of the model keeps what it knew
+    plan_order  the same mix with placed descriptions listed in any order and plans that name the objects in the
+                prompt's own order, so that a plan copies the prompt's phrases in turn instead of reordering them
+                (reordered, the small LLM swapped colours between objects)
+
+Listed in any order from the start, placed drawings are not learned in the place stage's length (docs/RESULTS.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from harmon.train.config import ModelInit, TrainConfig
+from harmon.world.recipes import ROOT
+from harmon.world.recipes_studies import shapes_plan
+
+PLACE_STEPS = 3000
+PLAN_MIX_STEPS = 1500
+PLAN_ORDER_STEPS = 1500
+PLACE_BATCHES = {"text2image": 16, "text2image_placed": 32}  # the place stage's sources, samples per step
+ORDERS = {"text2image_placed": "any", "text_plan": "prompt"}  # plan_order's harmon.world.planning.ORDERS
+
+
+def shapes_place() -> TrainConfig:
+    """Stage ``place``: from the phrasing stage, placed drawings and the recipes' prompts, the tables enlarged."""
+    cfg = shapes_plan()
+    data = [dataclasses.replace(s, batch_size=PLACE_BATCHES[s.name]) for s in cfg.data if s.name in PLACE_BATCHES]
+    return dataclasses.replace(cfg, name="shapes_place", output_dir=f"{ROOT}/place", data=data, max_steps=PLACE_STEPS)
+
+
+def shapes_plan_mix() -> TrainConfig:
+    """Stage ``plan_mix``: from ``place`` (its tables already enlarged), the phrasing mix with placed drawings and
+    plans."""
+    return dataclasses.replace(
+        shapes_plan(),
+        name="shapes_plan_mix",
+        output_dir=f"{ROOT}/plan_mix",
+        model=ModelInit(preset=None, pretrained=f"{ROOT}/place/final"),
+        max_steps=PLAN_MIX_STEPS,
+    )
+
+
+def shapes_plan_order() -> TrainConfig:
+    """Stage ``plan_order``: from ``plan_mix``, placed descriptions in any order and plans in the prompt's order."""
+    cfg = shapes_plan_mix()
+    data = [
+        dataclasses.replace(s, format_options={**s.format_options, "order": ORDERS[s.name]}) if s.name in ORDERS else s
+        for s in cfg.data
+    ]
+    return dataclasses.replace(
+        cfg,
+        name="shapes_plan_order",
+        output_dir=f"{ROOT}/plan_order",
+        model=ModelInit(preset=None, pretrained=f"{ROOT}/plan_mix/final"),
+        data=data,
+        max_steps=PLAN_ORDER_STEPS,
+    )
+
+
+PLAN_RECIPES = {
+    "shapes_place": shapes_place,
+    "shapes_plan_mix": shapes_plan_mix,
+    "shapes_plan_order": shapes_plan_order,
+}
