@@ -182,33 +182,27 @@ class HarmonPipeline:
     ) -> list[Image.Image] | torch.Tensor:
         """Draw images for one prompt or several.
 
-        ``plan``: the model first writes each prompt's layout (:meth:`plan`; a model trained to, whose config
-        records ``generation.plan_request``) and draws from what it wrote; text prompts only.
-
         Settings left as None take the model's recorded defaults (``config.generation``), adjusted by ``preset``
         ("brisk", "lean", "gtr", ...: see :data:`harmon.sampling.PRESETS`) when one is named; explicit settings win.
         ``detail_steps`` (two-stage GtR sampling), ``cond_refresh`` (LazyMAR's condition cache) and
         ``token_refresh`` / ``token_ratio`` (LazyMAR's token cache): see :class:`harmon.sampling.SamplingSettings`;
-        None (their default) runs the official sampler.
-        Returns a list of PIL images (prompt-major: all images of prompt 0, then prompt 1...), or with
+        None (their default) runs the official sampler. Returns a list of PIL images (prompt-major), or with
         ``output_type="latent"`` the scaled VAE latents (N, C, h, w), or with ``"pt"`` pixels (N, 3, H, W).
         ``compile``: the diffusion head's MLP through ``torch.compile`` (:mod:`harmon.accel.head`), the same images
         up to float rounding. ``callback(step, total)``: called after each masked-autoregressive step (progress;
-        raising stops the call); the images do not depend on it.
-
-        ``images`` (PIL images or paths; None: text only, the released path): their understanding features
-        (:mod:`harmon.conditioning`, at ``understanding_image_size``) fill the prompts' ``<image>`` marks in order,
-        or come first, one per line, in a prompt without marks. Guidance contrasts with the plain unconditional one.
+        raising stops the call); the images do not depend on it. ``plan``: draw from the layout the model writes
+        first (:meth:`plan`), text prompts only. ``images`` (PIL images or paths; None: text only, the released
+        path): their understanding features (:mod:`harmon.conditioning`, at ``understanding_image_size``) fill the
+        prompts' ``<image>`` marks in order, or come first, one per line, in a prompt without marks; guidance then
+        contrasts with the plain unconditional prompt.
         """
         draw = {"generator": generator, "compile": compile, "output_type": output_type, "callback": callback}
         prompts = check_prompts(prompt, num_images_per_prompt, **draw)
         settings, size = self.generation_settings(**{k: v for k, v in locals().items() if k in SETTING_KEYWORDS})
-        n_image = self.image_tokens(size)
-        if check_flag("plan", plan):
-            if images is not None:
-                raise ValueError("plan applies to text prompts; a prompt with images is drawn directly")
-            prompts = plan_layouts(self, prompts)
-        guided = settings.guidance_scale != 1.0
+        n_image, guided = self.image_tokens(size), settings.guidance_scale != 1.0
+        if check_flag("plan", plan) and images is not None:
+            raise ValueError("plan applies to text prompts; a prompt with images is drawn directly")
+        prompts = plan_layouts(self, prompts) if plan else prompts
         if images is not None:
             seqs = generation_ids(self.tokenizer, prompts, images, self.config.image_token)
             seqs += [self.encode_prompt(unconditional_prompt())] * (len(seqs) if guided else 0)
