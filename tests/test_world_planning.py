@@ -147,7 +147,9 @@ def test_plan_and_placed_sources_and_their_refusals():
         (Task.IMAGE_TO_TEXT, {"kind": "placed"}, "not one of a image2text source's kinds"),
         (Task.TEXT_ONLY, {"kind": "plan", "level": "free", "phrasings": "varied"}, "kind 'plan'"),
         (Task.TEXT_TO_IMAGE, {"kind": "placed", "tag_weights": {"position": 1}}, "tag_weights"),
-        (Task.IMAGE_TO_TEXT, {"kind": "qa", "order": "any"}, "applies to placed and plan sources only"),
+        (Task.IMAGE_TO_TEXT, {"kind": "qa", "order": "any"}, "order 'any' does not apply to this source"),
+        (Task.TEXT_TO_IMAGE, {"kind": "placed", "order": "prompt"}, "order 'prompt' does not apply"),
+        (Task.TEXT_ONLY, {"kind": "plan", "order": "sideways"}, "order 'sideways' does not apply"),
     ]
     for task, options, match in bad:
         src = SourceConfig("b", "shapes", task=task, format_options=options)

@@ -15,6 +15,7 @@ from harmon.train.formats import format_options
 from harmon.world.data import shapes_record
 from harmon.world.data2 import check_options, edit_record_v2, record_v2
 from harmon.world.edits import edit_type_probabilities
+from harmon.world.planning import ORDERS
 from harmon.world.scene import WorldConfig
 
 IMAGE2TEXT_KINDS = ("qa", "caption", "where", "reasoned")
@@ -67,8 +68,12 @@ class ShapesOptions:
             raise ValueError(
                 f"tag_weights is a {{tag: weight}} dict for text2image and plan records, got {self.tag_weights!r}"
             )
-        if self.order != "reading" and self.world_task(src.record_task) not in ("placed", "plan"):
-            raise ValueError(f"order {self.order!r} applies to placed and plan sources only")
+        orders = {"placed": ORDERS[:2], "plan": ORDERS}.get(self.world_task(src.record_task), ORDERS[:1])
+        if self.order not in orders:
+            raise ValueError(
+                f"order {self.order!r} does not apply to this source; it takes {orders} (placed: reading or any; "
+                "plan: also prompt; others: reading)"
+            )
         if self.shape_questions and self.world_task(src.task) != "qa":
             raise ValueError("shape_questions applies to qa sources only")
         if self.length is not None and self.length < 1:
