@@ -212,6 +212,8 @@ def test_planning_study_scores_gold_and_wrong_drawers_and_planners(monkeypatch):
         "plans": planning.plan_scores(_Drawer(), 24, 0, WORLD),
     }
     assert gold["placed"]["exact"] == gold["placed"]["objects_at_place"] == 1.0
+    shuffled = planning.placed_scores(_Drawer(), 12, 0, WORLD, order="any")
+    assert shuffled["exact"] == 1.0 and shuffled["examples"] != gold["placed"]["examples"]
     for way in planning.WAYS:
         assert gold["plans"]["ways"][way]["overall"] == 1.0, way
     assert gold["plans"]["plans_parse"] == gold["plans"]["plans_hold"] == 1.0

@@ -5,7 +5,8 @@ writes first lift position and colour attribution? (:mod:`harmon.world.planning`
 
 (a) Placed prompts. Fresh grid scenes, each described with every object's quadrant ("a red circle in the top left
     and a blue square in the bottom right"); one image each. Right when the detector finds exactly the stated
-    (colour, shape, quadrant) triples; also the share of stated objects found at their place.
+    (colour, shape, quadrant) triples; also the share of stated objects found at their place. ``--order any``: each
+    description lists its objects in an order drawn for its scene instead of reading order.
 (b) GenEval prompts (balanced over the six tags), each drawn three ways and judged by GenEval's rules on the
     *original* prompt: directly; from a layout the world writes (the placed description of a scene that satisfies
     the prompt: what a perfect planner gives); and from the layout the model writes itself, greedily, when asked
@@ -30,7 +31,14 @@ from harmon.world.analyses.probe import fit_linear_probe
 from harmon.world.analyses.relations import conditions
 from harmon.world.analyses.runner import load_for_analysis, report
 from harmon.world.detection import detect_objects
-from harmon.world.planning import first_placed, parse_placed, placed_matches, plan_request, scene_from_placed
+from harmon.world.planning import (
+    first_placed,
+    parse_placed,
+    placed_description,
+    placed_matches,
+    plan_request,
+    scene_from_placed,
+)
 from harmon.world.prompts import sample_eval_prompts, scene_for_prompt
 from harmon.world.questions import PLACES, place_of
 from harmon.world.sampling import sample_scene
@@ -48,10 +56,18 @@ def _draw(pipe, texts: list[str], seed: int, batch_size: int = 16) -> list:
     return images
 
 
-def placed_scores(pipe, scenes: int, seed: int, world: WorldConfig) -> dict[str, Any]:
-    """(a): exact-layout and per-object accuracy of images drawn from placed descriptions of fresh scenes."""
+def placed_scores(pipe, scenes: int, seed: int, world: WorldConfig, order: str = "reading") -> dict[str, Any]:
+    """(a): exact-layout and per-object accuracy of images drawn from placed descriptions of fresh scenes, their
+    objects listed in reading order or (``order="any"``) in an order drawn for each scene."""
     g = torch.Generator().manual_seed(seed + 104_729)  # apart from the eval reports' and training's generators
-    texts = [first_placed(lambda: sample_scene(g, world))[1] for _ in range(scenes)]
+    texts = []
+    for _ in range(scenes):
+        scene, text = first_placed(lambda: sample_scene(g, world))
+        if order == "any":
+            text = placed_description(
+                scene, [scene.objects[i] for i in torch.randperm(len(scene.objects), generator=g)]
+            )
+        texts.append(text)
     wanted = [parse_placed(text, world) for text in texts]
     images = _draw(pipe, texts, seed + 1)
     exact, found, stated = 0, 0, 0
@@ -61,7 +77,13 @@ def placed_scores(pipe, scenes: int, seed: int, world: WorldConfig) -> dict[str,
         got = {(d.color, d.shape, place_of(d, world.image_size)) for d in dets}
         found += sum(triple in got for triple in want)
         stated += len(want)
-    return {"exact": exact / scenes, "objects_at_place": found / stated, "n": scenes, "examples": texts[:3]}
+    return {
+        "exact": exact / scenes,
+        "objects_at_place": found / stated,
+        "n": scenes,
+        "order": order,
+        "examples": texts[:3],
+    }
 
 
 def plan_scores(pipe, prompts: int, seed: int, world: WorldConfig) -> dict[str, Any]:
@@ -126,7 +148,8 @@ def _share(flags: list[bool]) -> float:
 def format_planning(result: dict[str, Any]) -> str:
     a = result["placed"]
     lines = [
-        f"(a) placed prompts, {a['n']} fresh grid scenes: exact layout {a['exact']:.1%}, "
+        f"(a) placed prompts, {a['n']} fresh grid scenes ({a.get('order', 'reading')} order): exact layout "
+        f"{a['exact']:.1%}, "
         f"stated objects at their place {a['objects_at_place']:.1%}",
         "",
         f"(b) {result['plans']['n']} GenEval prompts (seen pairs), GenEval rules on the original prompt, %",
@@ -163,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompts", type=int, default=240)
     p.add_argument("--probe-scenes", type=int, default=1200, help="placed prompts for (c); 0 leaves it out")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--order", choices=["reading", "any"], default="reading", help="(a): objects listed in reading or any order"
+    )
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", help="also write the result here")
     args = p.parse_args(argv)
@@ -170,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"need --scenes >= 1, --prompts >= {len(TAGS)} and --probe-scenes 0 or >= 30")
     pipe = load_for_analysis(args.model, args.threads)
     world = WorldConfig(image_size=pipe.config.generation.image_size)
-    result = {"placed": placed_scores(pipe, args.scenes, args.seed, world)}
+    result = {"placed": placed_scores(pipe, args.scenes, args.seed, world, args.order)}
     result["plans"] = plan_scores(pipe, args.prompts, args.seed, world)
     if args.probe_scenes:
         result["probes"] = layout_probes(pipe, args.probe_scenes, args.seed, world)
