@@ -19,14 +19,14 @@ Held-out (colour, shape) pairs never appear.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
 import torch
 
 from harmon.prompts import BRIEF_CAPTION_INSTRUCTIONS, DETAILED_CAPTION_INSTRUCTIONS, GENERATE_PREFIX
-from harmon.world.planning import ORDERS, first_placed, placed_description, plan_request, prompt_order
+from harmon.world.planning import first_placed, orders_for, placed_description, plan_request, prompt_order, shuffled
 from harmon.world.prompts import caption_scene, describe_scene, sample_prompt, scene_for_prompt
 from harmon.world.questions import position_question, reasoned, sample_questions, where_questions
 from harmon.world.render import render
@@ -88,7 +88,7 @@ def shapes_record(
     share (``DESCRIBE_FRACTION``).
     """
     config = config or WorldConfig()
-    allowed = {"placed": ORDERS[:2], "plan": ORDERS}.get(task, ORDERS[:1])
+    allowed = orders_for(task)
     if order not in allowed:
         raise ValueError(f"order {order!r} does not apply to {task} records; they take {allowed}")
     g = _generator(seed, task, index)
@@ -107,7 +107,7 @@ def shapes_record(
     if task == "placed":
         scene, caption = first_placed(lambda: sample_scene(g, config))
         if order == "any":
-            caption = placed_description(scene, _shuffled(scene.objects, g))
+            caption = placed_description(scene, shuffled(scene.objects, g))
         return {"kind": "text2image", "image": render(scene, config), "caption": caption}
     if task == "plan":
         return _plan_record(g, config, tag_weights, order)
@@ -175,10 +175,6 @@ def _reasoned_record(g: torch.Generator, config: WorldConfig) -> dict[str, Any]:
     return {"kind": "image2text", "image": render(scene, config), "conversation": turns}
 
 
-def _shuffled(objects: Sequence, g: torch.Generator) -> list:
-    return [objects[i] for i in torch.randperm(len(objects), generator=g).tolist()]
-
-
 def _plan_record(
     g: torch.Generator, config: WorldConfig, tag_weights: Mapping[str, float] | None, order: str
 ) -> dict[str, Any]:
@@ -186,7 +182,7 @@ def _plan_record(
     prompt = sample_prompt(g, tag, config=config)
     scene, plan = first_placed(lambda: scene_for_prompt(prompt, g, config))
     if order != "reading":
-        objects = prompt_order(prompt, scene) if order == "prompt" else _shuffled(scene.objects, g)
+        objects = prompt_order(prompt, scene) if order == "prompt" else shuffled(scene.objects, g)
         plan = placed_description(scene, objects)
     turns = [{"role": "user", "content": plan_request(prompt["prompt"])}, {"role": "assistant", "content": plan}]
     return {"kind": "image2text", "image": None, "conversation": turns}

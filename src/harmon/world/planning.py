@@ -20,6 +20,8 @@ import re
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 
+import torch
+
 from harmon.world.questions import PLACES, place_of
 from harmon.world.scene import Scene, WorldConfig, WorldObject, noun_phrase
 
@@ -33,6 +35,17 @@ Placed = tuple[str, str, str]  # (colour, shape, place)
 
 def _join(phrases: list[str]) -> str:
     return phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
+
+
+def orders_for(task: str) -> tuple[str, ...]:
+    """The :data:`ORDERS` a world record task takes: placed drawings reading or any, plans all three, every other
+    task reading only."""
+    return {"placed": ORDERS[:2], "plan": ORDERS}.get(task, ORDERS[:1])
+
+
+def shuffled(objects: Sequence[WorldObject], generator: torch.Generator) -> list[WorldObject]:
+    """``objects`` in an order drawn from ``generator`` (the "any" order)."""
+    return [objects[i] for i in torch.randperm(len(objects), generator=generator).tolist()]
 
 
 def placed_description(scene: Scene, objects: Sequence[WorldObject] | None = None) -> str | None:

@@ -15,7 +15,7 @@ from harmon.train.formats import format_options
 from harmon.world.data import shapes_record
 from harmon.world.data2 import check_options, edit_record_v2, record_v2
 from harmon.world.edits import edit_type_probabilities
-from harmon.world.planning import ORDERS
+from harmon.world.planning import orders_for
 from harmon.world.scene import WorldConfig
 
 IMAGE2TEXT_KINDS = ("qa", "caption", "where", "reasoned")
@@ -68,7 +68,7 @@ class ShapesOptions:
             raise ValueError(
                 f"tag_weights is a {{tag: weight}} dict for text2image and plan records, got {self.tag_weights!r}"
             )
-        orders = {"placed": ORDERS[:2], "plan": ORDERS}.get(self.world_task(src.record_task), ORDERS[:1])
+        orders = orders_for(self.world_task(src.record_task))
         if self.order not in orders:
             raise ValueError(
                 f"order {self.order!r} does not apply to this source; it takes {orders} (placed: reading or any; "

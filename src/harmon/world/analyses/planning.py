@@ -38,6 +38,7 @@ from harmon.world.planning import (
     placed_matches,
     plan_request,
     scene_from_placed,
+    shuffled,
 )
 from harmon.world.prompts import sample_eval_prompts, scene_for_prompt
 from harmon.world.questions import PLACES, place_of
@@ -64,9 +65,7 @@ def placed_scores(pipe, scenes: int, seed: int, world: WorldConfig, order: str =
     for _ in range(scenes):
         scene, text = first_placed(lambda: sample_scene(g, world))
         if order == "any":
-            text = placed_description(
-                scene, [scene.objects[i] for i in torch.randperm(len(scene.objects), generator=g)]
-            )
+            text = placed_description(scene, shuffled(scene.objects, g))
         texts.append(text)
     wanted = [parse_placed(text, world) for text in texts]
     images = _draw(pipe, texts, seed + 1)
