@@ -132,6 +132,42 @@ def test_plans_in_prompt_order_name_the_objects_as_the_prompt_does():
         prompt_order(prompt, _scene(("red", "circle", (4, 4, 26, 26))))
 
 
+def test_varied_plans_ask_in_the_grammar_and_answer_in_the_layout_language():
+    """A varied plan record's prompt is in the grammar's seen phrasings; its plan states a scene that satisfies the
+    prompt's metadata, names the objects in the prompt's order, and is what a canonical plan would say."""
+    from harmon.world.free import level_scene_for_prompt
+    from harmon.world.grammar import is_held_out_phrasing
+    from harmon.world.language import sample_prompt_v2
+    from harmon.world.planning import plan_turns
+
+    weights = {"position": 2, "color_attr": 2, "counting": 1, "two_object": 1}
+    records = [record_v2("plan", i, seed=4, level="grid", order="prompt", tag_weights=weights) for i in range(40)]
+    prompts = [r["conversation"][0]["content"].removeprefix(PLAN_PREFIX) for r in records]
+    assert all(r["conversation"][0]["content"].startswith(PLAN_PREFIX) for r in records)
+    assert not any(is_held_out_phrasing(p) for p in prompts)
+
+    def canonical(text: str) -> bool:
+        try:
+            return parse_prompt(text) is not None
+        except ValueError:
+            return False
+
+    assert sum(not canonical(p) for p in prompts) > 20  # mostly wordings the canonical parser cannot read
+    for i in range(80):
+        g = torch.Generator().manual_seed(i)
+        prompt = sample_prompt_v2(g, ("position", "color_attr", "counting")[i % 3], WORLD)
+        plan = plan_turns(prompt, lambda p=prompt, g=g: level_scene_for_prompt(p, g, WORLD), g, "prompt")[1]["content"]
+        stated = scene_from_placed(plan)
+        assert stated is not None and judge_prompt(prompt, stated.objects), (prompt["prompt"], plan)
+        if prompt["tag"] == "position":  # "A left of B": A, the entry carrying the relation, is named first
+            first, named = parse_placed(plan)[0], prompt["include"][1]
+            assert first[1] == named["class"] and named.get("color") in (None, first[0]), (prompt["prompt"], plan)
+    with pytest.raises(ValueError, match="need level 'grid'"):
+        record_v2("plan", 0, level="free")
+    with pytest.raises(ValueError, match="order 'sideways'"):
+        record_v2("plan", 0, level="grid", order="sideways")
+
+
 def test_plan_and_placed_sources_and_their_refusals():
     ok = [
         SourceConfig("p", "shapes", task=Task.TEXT_TO_IMAGE, format_options={"kind": "placed"}),
@@ -139,13 +175,15 @@ def test_plan_and_placed_sources_and_their_refusals():
             "q", "shapes", task=Task.TEXT_ONLY, format_options={"kind": "plan", "tag_weights": {"position": 1}}
         ),
         SourceConfig("o", "shapes", task=Task.TEXT_ONLY, format_options={"kind": "plan", "order": "prompt"}),
+        SourceConfig("v", "shapes", task=Task.TEXT_ONLY, format_options={"kind": "plan", "phrasings": "varied"}),
     ]
     for src in ok:
         format_options(src).validate(src)
     bad = [
         (Task.TEXT_TO_IMAGE, {"kind": "plan"}, "not one of a text2image source's kinds"),
         (Task.IMAGE_TO_TEXT, {"kind": "placed"}, "not one of a image2text source's kinds"),
-        (Task.TEXT_ONLY, {"kind": "plan", "level": "free", "phrasings": "varied"}, "kind 'plan'"),
+        (Task.TEXT_ONLY, {"kind": "plan", "level": "free", "phrasings": "varied"}, "kind 'plan' names the grid"),
+        (Task.TEXT_TO_IMAGE, {"kind": "placed", "phrasings": "varied"}, "kind 'placed' asks about grid scenes"),
         (Task.TEXT_TO_IMAGE, {"kind": "placed", "tag_weights": {"position": 1}}, "tag_weights"),
         (Task.IMAGE_TO_TEXT, {"kind": "qa", "order": "any"}, "order 'any' does not apply to this source"),
         (Task.TEXT_TO_IMAGE, {"kind": "placed", "order": "prompt"}, "order 'prompt' does not apply"),
@@ -234,6 +272,50 @@ def test_planning_study_scores_gold_and_wrong_drawers_and_planners(monkeypatch):
     assert plan_request("a red circle") == PLAN_PREFIX + "a red circle"
 
 
+def test_planning_study_reads_prompts_in_the_grammars_wordings(monkeypatch):
+    """(b) on the grammar's seen and held-out wordings: a gold planner and drawer score 100 %, a wrong planner 0."""
+    from harmon.world.analyses import planning
+    from harmon.world.free import level_scene_for_prompt
+    from harmon.world.grammar import is_held_out_phrasing
+    from harmon.world.language import sample_eval_prompts_v2
+
+    metas: dict[str, dict] = {}
+
+    def sampler(n, generator, world, split):
+        out = sample_eval_prompts_v2(n, generator, world, split)
+        metas.update((m["prompt"], m) for m in out)
+        return out
+
+    class Drawer:
+        def generate(self, texts, generator=None):
+            def scene(text: str) -> Scene:  # a text it cannot read: an empty canvas
+                if text in metas:
+                    return level_scene_for_prompt(metas[text], generator, WORLD)
+                return scene_from_placed(text) or Scene(objects=(), image_size=64)
+
+            return [render(scene(t), WORLD) for t in texts]
+
+    g = torch.Generator().manual_seed(0)
+
+    def gold_plans(pipe, conversations, **settings):
+        asked = [metas[c[0]["content"].removeprefix(PLAN_PREFIX)] for c in conversations]
+        return [placed_description(level_scene_for_prompt(m, g, WORLD)) or "" for m in asked]
+
+    monkeypatch.setattr(planning, "sample_eval_prompts_v2", sampler)
+    monkeypatch.setattr(planning, "answer_batch", gold_plans)
+    for split in ("seen", "held_out"):
+        result = planning.plan_scores(Drawer(), 24, 0, WORLD, split)
+        assert result["phrasing"] == split and result["plans_hold"] == 1.0
+        assert all(result["ways"][way]["overall"] == 1.0 for way in planning.WAYS)
+        prompts = [p for p, _ in result["examples"]]
+        assert all(is_held_out_phrasing(p) == (split == "held_out") for p in prompts)
+    assert "seen pairs, held-out wordings" in planning.format_planning({"plans": result})
+    monkeypatch.setattr(planning, "answer_batch", lambda pipe, c, **s: ["a red circle in the middle"] * len(c))
+    assert planning.plan_scores(Drawer(), 24, 0, WORLD, "seen")["plans_hold"] == 0.0
+    with pytest.raises(ValueError, match="phrasing must be one of"):
+        planning.plan_scores(Drawer(), 24, 0, WORLD, "varied")
+
+
 def test_layout_probes_read_each_quadrant_on_the_shipped_model():
     from harmon.pipeline import HarmonPipeline
     from harmon.shipped import shipped_model_path
@@ -274,3 +356,16 @@ def test_the_plan_stages_draw_at_places_then_plan_then_plan_in_the_prompts_order
     assert order.model.pretrained.endswith("plan_mix/final") and order.model.rescale == {}
     assert [format_options(s).order for s in order.data] == ["reading"] * 5 + ["any", "prompt"]
     assert order.optim == mix.optim and order.max_steps == 1500
+
+
+def test_plan_varied_adds_plans_in_the_grammars_wordings_on_fresh_records():
+    from harmon.world.recipes_plan import PLAN_RECIPES
+
+    order, varied = PLAN_RECIPES["shapes_plan_order"](), PLAN_RECIPES["shapes_plan_varied"]()
+    assert varied.data[: len(order.data)] == order.data and varied.model.pretrained.endswith("plan_order/final")
+    extra = varied.data[len(order.data) :]
+    assert [(s.name, s.batch_size, s.task) for s in extra] == [("text_plan_varied", 16, Task.TEXT_ONLY)]
+    opts = format_options(extra[0])
+    assert (opts.kind, opts.level, opts.phrasings, opts.order) == ("plan", "grid", "varied", "prompt")
+    assert varied.seed != order.seed and varied.optim == order.optim and varied.model.rescale == {}
+    varied.validate()

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from harmon.prompts import BRIEF_CAPTION_INSTRUCTIONS, DETAILED_CAPTION_INSTRUCTIONS, GENERATE_PREFIX
-from harmon.world.planning import first_placed, orders_for, placed_description, plan_request, prompt_order, shuffled
+from harmon.world.planning import first_placed, orders_for, placed_description, plan_turns, shuffled
 from harmon.world.prompts import caption_scene, describe_scene, sample_prompt, scene_for_prompt
 from harmon.world.questions import position_question, reasoned, sample_questions, where_questions
 from harmon.world.render import render
@@ -180,11 +180,7 @@ def _plan_record(
 ) -> dict[str, Any]:
     tag = None if tag_weights is None else TAGS[categorical(g, tag_probabilities(tag_weights))]
     prompt = sample_prompt(g, tag, config=config)
-    scene, plan = first_placed(lambda: scene_for_prompt(prompt, g, config))
-    if order != "reading":
-        objects = prompt_order(prompt, scene) if order == "prompt" else shuffled(scene.objects, g)
-        plan = placed_description(scene, objects)
-    turns = [{"role": "user", "content": plan_request(prompt["prompt"])}, {"role": "assistant", "content": plan}]
+    turns = plan_turns(prompt, lambda: scene_for_prompt(prompt, g, config), g, order)
     return {"kind": "image2text", "image": None, "conversation": turns}
 
 

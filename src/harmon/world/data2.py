@@ -32,6 +32,7 @@ from harmon.world.edit_grammar import EDIT_TYPES
 from harmon.world.edits import edit_type_probabilities, sample_edit
 from harmon.world.free import level_scene_for_prompt, level_world, sample_level_scene
 from harmon.world.language import phrase_description, sample_prompt_v2
+from harmon.world.planning import PLAN_PREFIX, orders_for, plan_turns
 from harmon.world.prompts import describe_scene
 from harmon.world.questions2 import sample_questions_v2
 from harmon.world.render import render
@@ -59,13 +60,25 @@ def check_options(level: str, phrasings: str, antialiased: float = 0.0) -> None:
         raise ValueError("antialiased images come with phrasings 'varied'; canonical records are today's exactly")
 
 
-VARIED_TASKS = ("text2image", "caption", "qa", "text")  # the tasks with records in the grammar's phrasings
+VARIED_TASKS = ("text2image", "caption", "qa", "text", "plan")  # the tasks with records in the grammar's phrasings
 EDIT_SALT = 17  # the edit records' stream, apart from the other v2 tasks' (salts 11 and up)
 
 
 def _generator(seed: int, task: str, index: int) -> torch.Generator:
     salt = EDIT_SALT if task == "edit" else TASKS.index(task) + 11  # apart from the canonical records' (salts 1-4)
     return torch.Generator().manual_seed(((seed * 1_000_003 + index) * 16 + salt) % (2**63 - 1))
+
+
+def _check_task(task: str, level: str, phrasings: str, antialiased: float, order: str) -> None:
+    check_options(level, phrasings, antialiased)
+    if task not in TASKS:
+        raise ValueError(f"unknown shapes task {task!r}; known: {TASKS}")
+    if order not in orders_for(task):
+        raise ValueError(f"order {order!r} does not apply to {task} records; they take {orders_for(task)}")
+    if phrasings != "canonical" and task not in VARIED_TASKS:
+        raise ValueError(f"task {task!r} exists in canonical phrasings only; varied records draw {VARIED_TASKS}")
+    if phrasings != "canonical" and task == "plan" and level != "grid":
+        raise ValueError(f"plan records name grid quadrants: they need level 'grid', got {level!r}")
 
 
 def record_v2(
@@ -78,17 +91,21 @@ def record_v2(
     antialiased: float = 0.0,
     max_turns: int = 6,
     tag_weights: Mapping[str, float] | None = None,
+    order: str = "reading",
 ) -> dict[str, Any]:
     """Record ``index`` of ``task`` in the data layer's record format (see the module docstring for the options;
-    ``tag_weights``: relative weights of the GenEval tags of text2image prompts, None for uniform)."""
-    check_options(level, phrasings, antialiased)
-    if task not in TASKS:
-        raise ValueError(f"unknown shapes task {task!r}; known: {TASKS}")
+    ``tag_weights``: relative weights of the GenEval tags of text2image and plan prompts, None for uniform;
+    ``order``: a plan's objects, :data:`harmon.world.planning.ORDERS`).
+
+    A varied "plan" record asks for the layout of a prompt in the grammar's seen phrasings; its answer is the same
+    placed description a canonical plan gives (the layout language has one wording), so it exists on the grid level
+    only, whose quadrants the description names."""
+    _check_task(task, level, phrasings, antialiased, order)
     if phrasings == "canonical":
         world = WorldConfig(image_size=image_size)
-        return shapes_record(task, index, seed, world, max_turns, tag_weights, shape_questions=task == "qa")
-    if task not in VARIED_TASKS:
-        raise ValueError(f"task {task!r} exists in canonical phrasings only; varied records draw {VARIED_TASKS}")
+        return shapes_record(
+            task, index, seed, world, max_turns, tag_weights, shape_questions=task == "qa", order=order
+        )
     g = _generator(seed, task, index)
     if level == "mixed":
         level = "free" if float(torch.rand((), generator=g)) < FREE_SHARE else "grid"
@@ -103,6 +120,11 @@ def record_v2(
         return {"kind": "text2image", "image": draw(scene), "caption": caption}
     if task == "text":
         return {"kind": "image2text", "image": None, "conversation": _text_turns(g, world)}
+    if task == "plan":
+        tag = None if tag_weights is None else TAGS[categorical(g, tag_probabilities(tag_weights))]
+        prompt = sample_prompt_v2(g, tag, world)
+        turns = plan_turns(prompt, lambda: level_scene_for_prompt(prompt, g, world), g, order)
+        return {"kind": "image2text", "image": None, "conversation": turns}
     scene = sample_level_scene(g, world)
     if task == "caption":
         instruction = choice(g, DETAILED_CAPTION_INSTRUCTIONS + BRIEF_CAPTION_INSTRUCTIONS)
@@ -185,7 +207,7 @@ def texts_v2(record: dict[str, Any]) -> list[str]:
     out = []
     for turn in record["conversation"]:
         if turn["role"] == "user":
-            out.append(turn["content"].removeprefix("<image>\n").removeprefix(TEXT_PREFIX))
+            out.append(turn["content"].removeprefix("<image>\n").removeprefix(TEXT_PREFIX).removeprefix(PLAN_PREFIX))
     return out
 
 

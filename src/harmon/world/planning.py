@@ -9,6 +9,7 @@ right"), and the image is drawn from that. This module holds the layout language
     placed_description(scene)     the scene's objects in reading order (or a given order), each with its place
     prompt_order(prompt, scene)   a prompt's scene's objects in the order the prompt names them
     PLAN_PREFIX + prompt          the planning request; its answer is a placed description
+    plan_turns(prompt, draw, g)   a plan record's conversation, for a prompt in any phrasing
     parse_placed(text)            a placed description back into (colour, shape, place) triples
     scene_from_placed(text)       the scene a placed description states (each object centred in its cell)
     placed_matches(text, objects) whether objects (a scene's, or detections) are exactly the ones it states
@@ -67,14 +68,18 @@ def placed_description(scene: Scene, objects: Sequence[WorldObject] | None = Non
 
 
 def prompt_order(prompt: Mapping, scene: Scene) -> list[WorldObject]:
-    """The objects of ``scene``, drawn for ``prompt`` by :func:`harmon.world.prompts.scene_for_prompt` (one per
-    counted object of each ``include`` entry, in the entries' order), ordered as the prompt's text names the entries;
-    the objects of one entry in reading order.
+    """The objects of ``scene``, drawn for ``prompt`` by :func:`harmon.world.prompts.scene_for_prompt` or
+    :func:`harmon.world.free.level_scene_for_prompt` (one per counted object of each ``include`` entry, in the
+    entries' order), ordered as the prompt's text names the entries; the objects of one entry in reading order.
+
+    Every prompt of the world's samplers, in canonical and in varied phrasings, names the entries in their order,
+    except that a position prompt names its positioned object ("A left of B", the entry that carries ``position``,
+    which GenEval lists second) first. The order comes from that structure, not from the words, so it holds for any
+    wording of the same metadata.
 
     Raises:
-        ValueError: the scene's objects do not match the prompt's entries, or an entry is not named in its text.
+        ValueError: the scene's objects do not match the prompt's entries.
     """
-    text = prompt["prompt"].lower()
     entries = prompt.get("include", [])
     owner = [k for k, e in enumerate(entries) for _ in range(int(e["count"]))]
     if len(owner) != len(scene.objects) or any(
@@ -82,13 +87,8 @@ def prompt_order(prompt: Mapping, scene: Scene) -> list[WorldObject]:
         for o, k in zip(scene.objects, owner)
     ):
         raise ValueError(f"the scene's objects are not the ones prompt {prompt['prompt']!r} includes")
-    at = []
-    for e in entries:
-        name = f"{e['color']} {e['class']}" if e.get("color") else e["class"]
-        hit = re.search(rf"\b{re.escape(name)}", text)
-        if hit is None:
-            raise ValueError(f"prompt {prompt['prompt']!r} does not name its object {name!r}")
-        at.append(hit.start())
+    named = sorted(range(len(entries)), key=lambda k: (0 if entries[k].get("position") else 1, k))
+    at = {k: rank for rank, k in enumerate(named)}
 
     def key(pair: tuple[int, WorldObject]) -> tuple[int, int]:  # objects of one entry in reading order
         place = place_of(pair[1], scene.image_size)
@@ -109,6 +109,22 @@ def first_placed(draw: Callable[[], Scene], tries: int = PLACED_TRIES) -> tuple[
         if said is not None:
             return scene, said
     raise ValueError(f"no scene of {tries} draws had a placed description")
+
+
+def plan_turns(
+    prompt: Mapping, draw: Callable[[], Scene], generator: torch.Generator, order: str = "reading"
+) -> list[dict[str, str]]:
+    """A plan record's conversation: the request for ``prompt``'s layout and, as the answer, the placed description
+    of the first scene from ``draw()`` (scenes drawn for the prompt) that has one, its objects listed in ``order``
+    (:data:`ORDERS`; "any" draws the order from ``generator``)."""
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+    scene, plan = first_placed(draw)
+    if order != "reading":
+        plan = placed_description(
+            scene, prompt_order(prompt, scene) if order == "prompt" else shuffled(scene.objects, generator)
+        )
+    return [{"role": "user", "content": plan_request(prompt["prompt"])}, {"role": "assistant", "content": plan}]
 
 
 def plan_request(prompt: str) -> str:

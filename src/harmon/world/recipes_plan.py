@@ -10,6 +10,8 @@ docs/RESULTS.md, "Plan, then draw"). Each starts from the stage before it:
     plan_order  the same mix with placed descriptions listed in any order and plans that name the objects in the
                 prompt's own order, so that a plan copies the prompt's phrases in turn instead of reordering them
                 (reordered, the small LLM swapped colours between objects)
+    plan_varied the same mix with plans also asked in the world grammar's seen phrasings (16 more per step): plans
+                taught on the prompt templates alone are wrong for most reworded prompts
 
 Listed in any order from the start, placed drawings are not learned in the place stage's length (docs/RESULTS.md).
 """
@@ -25,6 +27,9 @@ from harmon.world.recipes_studies import shapes_plan
 PLACE_STEPS = 3000
 PLAN_MIX_STEPS = 1500
 PLAN_ORDER_STEPS = 1500
+PLAN_VARIED_STEPS = 1500
+PLAN_VARIED_BATCH = 16
+PLAN_VARIED_SEED = 5  # records none of the stages before drew (they all ran on seed 0's streams)
 PLACE_BATCHES = {"text2image": 16, "text2image_placed": 32}  # the place stage's sources, samples per step
 ORDERS = {"text2image_placed": "any", "text_plan": "prompt"}  # plan_order's harmon.world.planning.ORDERS
 
@@ -65,8 +70,31 @@ def shapes_plan_order() -> TrainConfig:
     )
 
 
+def shapes_plan_varied() -> TrainConfig:
+    """Stage ``plan_varied``: from ``plan_order``, its mix with plans of prompts in the grammar's seen phrasings
+    (grid level, objects in the prompt's order) beside the canonical ones."""
+    cfg = shapes_plan_order()
+    plan = next(s for s in cfg.data if s.name == "text_plan")
+    varied = dataclasses.replace(
+        plan,
+        name="text_plan_varied",
+        batch_size=PLAN_VARIED_BATCH,
+        format_options={**plan.format_options, "phrasings": "varied"},
+    )
+    return dataclasses.replace(
+        cfg,
+        name="shapes_plan_varied",
+        output_dir=f"{ROOT}/plan_varied",
+        model=ModelInit(preset=None, pretrained=f"{ROOT}/plan_order/final"),
+        data=[*cfg.data, varied],
+        max_steps=PLAN_VARIED_STEPS,
+        seed=PLAN_VARIED_SEED,
+    )
+
+
 PLAN_RECIPES = {
     "shapes_place": shapes_place,
     "shapes_plan_mix": shapes_plan_mix,
     "shapes_plan_order": shapes_plan_order,
+    "shapes_plan_varied": shapes_plan_varied,
 }

@@ -22,7 +22,8 @@ IMAGE2TEXT_KINDS = ("qa", "caption", "where", "reasoned")
 TEXT2IMAGE_KINDS = ("placed",)  # text2image sources: placed descriptions instead of GenEval prompts
 TEXT_KINDS = ("plan",)  # text-only sources: layout plans instead of the world's sentences
 KINDS = {Task.IMAGE_TO_TEXT: IMAGE2TEXT_KINDS, Task.TEXT_TO_IMAGE: TEXT2IMAGE_KINDS, Task.TEXT_ONLY: TEXT_KINDS}
-CANONICAL_KINDS = ("where", "reasoned", "placed", "plan")
+CANONICAL_KINDS = ("where", "reasoned", "placed")
+GRID_KINDS = (*CANONICAL_KINDS, "plan")  # kinds whose texts name the grid's quadrants; plans also in varied phrasings
 
 
 @dataclass
@@ -32,8 +33,8 @@ class ShapesOptions:
     # image2text: "qa" (questions about the scene, default), "caption" (descriptions) or "where" (grounding
     # questions: where a named object is, what a quadrant holds) or "reasoned" (position questions answered with both
     # places first); the last two on the grid level in canonical phrasings. text2image: "placed" (every object with
-    # its quadrant, harmon.world.planning); text only: "plan" (a prompt's layout written as places). None: the
-    # task's usual records.
+    # its quadrant, harmon.world.planning; grid, canonical); text only: "plan" (a prompt's layout written as places;
+    # grid level, the prompt in canonical or varied phrasings). None: the task's usual records.
     kind: str | None = None
     seed: int | None = None  # seed of the world's records; None: the run's seed
     length: int | None = None  # records in the source; None: unbounded (the stream position is the record index)
@@ -62,6 +63,8 @@ class ShapesOptions:
                 f"kind {self.kind!r} asks about grid scenes in canonical phrasing: set level 'grid' and phrasings "
                 "'canonical'"
             )
+        if self.kind in GRID_KINDS and self.level != "grid":
+            raise ValueError(f"kind {self.kind!r} names the grid's quadrants: set level 'grid', got {self.level!r}")
         if self.tag_weights is not None and not (
             self.world_task(src.record_task) in ("text2image", "plan") and isinstance(self.tag_weights, dict)
         ):
@@ -128,6 +131,7 @@ def build_shapes_dataset(src: SourceConfig, cfg: TrainConfig) -> ProceduralSourc
             phrasings=options.phrasings,
             antialiased=float(options.antialiased),
             tag_weights=options.tag_weights,
+            order=options.order,
         )
         return ProceduralSource(fn, length=options.length, kind=src.record_task.record_kind)
     fn = functools.partial(

@@ -11,7 +11,8 @@ writes first lift position and colour attribution? (:mod:`harmon.world.planning`
     *original* prompt: directly; from a layout the world writes (the placed description of a scene that satisfies
     the prompt: what a perfect planner gives); and from the layout the model writes itself, greedily, when asked
     "Plan the layout: <prompt>". Beside them: the share of the model's plans that parse, and that satisfy the
-    prompt as stated.
+    prompt as stated. ``--phrasing seen`` / ``held_out``: the prompts in the world grammar's seen or held-out
+    wordings (grid level) instead of the canonical templates.
 (c) Where the layout is lost. Placed prompts of fresh scenes at the first masked-autoregressive step (nothing drawn):
     linear probes (two thirds fit, one third test) for the shape each quadrant holds ("none" or a shape), read from
     the LLM's contribution at the buffers, from the decoder's condition at that quadrant's token, and from the
@@ -31,6 +32,8 @@ from harmon.world.analyses.probe import fit_linear_probe
 from harmon.world.analyses.relations import conditions
 from harmon.world.analyses.runner import load_for_analysis, report
 from harmon.world.detection import detect_objects
+from harmon.world.free import level_scene_for_prompt
+from harmon.world.language import sample_eval_prompts_v2
 from harmon.world.planning import (
     first_placed,
     parse_placed,
@@ -47,6 +50,7 @@ from harmon.world.scene import WorldConfig
 from harmon.world.scoring import TAGS, judge_prompt
 
 WAYS = ("direct", "world's plan", "model's plan")
+PHRASINGS = ("canonical", "seen", "held_out")  # (b)'s prompts: the templates, or the grammar's wordings
 
 
 def _draw(pipe, texts: list[str], seed: int, batch_size: int = 16) -> list:
@@ -85,17 +89,25 @@ def placed_scores(pipe, scenes: int, seed: int, world: WorldConfig, order: str =
     }
 
 
-def plan_scores(pipe, prompts: int, seed: int, world: WorldConfig) -> dict[str, Any]:
-    """(b): GenEval-rule accuracy per tag, drawn directly, from the world's plan and from the model's plan."""
+def plan_scores(pipe, prompts: int, seed: int, world: WorldConfig, phrasing: str = "canonical") -> dict[str, Any]:
+    """(b): GenEval-rule accuracy per tag, drawn directly, from the world's plan and from the model's plan, on
+    prompts in the canonical templates or (``phrasing`` "seen" / "held_out") in the grammar's wordings."""
+    if phrasing not in PHRASINGS:
+        raise ValueError(f"phrasing must be one of {PHRASINGS}, got {phrasing!r}")
     g = torch.Generator().manual_seed(seed + 130_363)
-    metas = [m for m in sample_eval_prompts(prompts, g, world) if not m.get("held_out")]
-    oracle = [first_placed(lambda m=m: scene_for_prompt(m, g, world, allow_held_out=True))[1] for m in metas]
+    if phrasing == "canonical":
+        metas, scene_for = sample_eval_prompts(prompts, g, world), scene_for_prompt
+    else:
+        metas, scene_for = sample_eval_prompts_v2(prompts, g, world, phrasing), level_scene_for_prompt
+    metas = [m for m in metas if not m.get("held_out")]
+    oracle = [first_placed(lambda m=m: scene_for(m, g, world, allow_held_out=True))[1] for m in metas]
     plans = answer_batch(
         pipe, [[{"role": "user", "content": plan_request(m["prompt"])}] for m in metas], max_new_tokens=80
     )
     stated = [scene_from_placed(p, world) for p in plans]
     texts = {"direct": [m["prompt"] for m in metas], "world's plan": oracle, "model's plan": plans}
     out: dict[str, Any] = {"n": len(metas), "tag_n": {t: sum(m["tag"] == t for m in metas) for t in TAGS}, "ways": {}}
+    out["phrasing"] = phrasing
     for k, way in enumerate(WAYS):
         drawn = [i for i, text in enumerate(texts[way]) if text.strip()]  # an empty plan draws nothing: wrong
         images = dict(zip(drawn, _draw(pipe, [texts[way][i] for i in drawn], seed + 2 + k)))
@@ -145,13 +157,17 @@ def _share(flags: list[bool]) -> float:
 
 
 def format_planning(result: dict[str, Any]) -> str:
-    a = result["placed"]
-    lines = [
-        f"(a) placed prompts, {a['n']} fresh grid scenes ({a.get('order', 'reading')} order): exact layout "
-        f"{a['exact']:.1%}, "
-        f"stated objects at their place {a['objects_at_place']:.1%}",
-        "",
-        f"(b) {result['plans']['n']} GenEval prompts (seen pairs), GenEval rules on the original prompt, %",
+    a, lines = result.get("placed"), []
+    if a:
+        lines += [
+            f"(a) placed prompts, {a['n']} fresh grid scenes ({a.get('order', 'reading')} order): exact layout "
+            f"{a['exact']:.1%}, stated objects at their place {a['objects_at_place']:.1%}",
+            "",
+        ]
+    wording = {"canonical": "", "seen": ", seen wordings", "held_out": ", held-out wordings"}
+    phrasing = wording[result["plans"].get("phrasing", "canonical")]
+    lines += [
+        f"(b) {result['plans']['n']} GenEval prompts (seen pairs{phrasing}), GenEval rules on the original prompt, %",
         "| drawn from | " + " | ".join(TAGS) + " | overall |",
         "|---" * (len(TAGS) + 2) + "|",
     ]
@@ -181,22 +197,23 @@ def format_planning(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="model folder (default: the shipped model)")
-    p.add_argument("--scenes", type=int, default=120)
+    p.add_argument("--scenes", type=int, default=120, help="placed prompts for (a); 0 leaves it out")
     p.add_argument("--prompts", type=int, default=240)
     p.add_argument("--probe-scenes", type=int, default=1200, help="placed prompts for (c); 0 leaves it out")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--order", choices=["reading", "any"], default="reading", help="(a): objects listed in reading or any order"
     )
+    p.add_argument("--phrasing", choices=PHRASINGS, default="canonical", help="(b): the prompts' wordings")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", help="also write the result here")
     args = p.parse_args(argv)
-    if args.scenes < 1 or args.prompts < len(TAGS) or 0 < args.probe_scenes < 30 or args.probe_scenes < 0:
-        p.error(f"need --scenes >= 1, --prompts >= {len(TAGS)} and --probe-scenes 0 or >= 30")
+    if args.scenes < 0 or args.prompts < len(TAGS) or 0 < args.probe_scenes < 30 or args.probe_scenes < 0:
+        p.error(f"need --scenes >= 0, --prompts >= {len(TAGS)} and --probe-scenes 0 or >= 30")
     pipe = load_for_analysis(args.model, args.threads)
     world = WorldConfig(image_size=pipe.config.generation.image_size)
-    result = {"placed": placed_scores(pipe, args.scenes, args.seed, world, args.order)}
-    result["plans"] = plan_scores(pipe, args.prompts, args.seed, world)
+    result = {"placed": placed_scores(pipe, args.scenes, args.seed, world, args.order)} if args.scenes else {}
+    result["plans"] = plan_scores(pipe, args.prompts, args.seed, world, args.phrasing)
     if args.probe_scenes:
         result["probes"] = layout_probes(pipe, args.probe_scenes, args.seed, world)
     report(format_planning(result), result, args.json)
