@@ -92,3 +92,40 @@ def test_the_plan_request_is_saved_and_the_cli_shows_each_plan(tmp_path, capsys)
     )
     assert rc == 0 and Image.open(out).size == (64, 64)
     assert f"plan for 'a red circle': {loaded.plan('a red circle')}" in capsys.readouterr().err
+
+
+PLACES = ("top left", "top right", "bottom left", "bottom right")
+
+
+def test_plans_are_drawn_in_the_order_of_the_models_places(monkeypatch, tmp_path):
+    """With ``plan_places`` recorded, a plan's clauses are drawn in that order; a plan that does not name one
+    distinct place per clause is drawn as written."""
+    import harmon.chat as chat
+    from harmon.chat import ordered_plan
+
+    written = "a blue square in the bottom right, a green disc in the top right and a red circle in the top left"
+    reading = "a red circle in the top left, a green disc in the top right and a blue square in the bottom right"
+    assert ordered_plan(written, PLACES) == reading and ordered_plan(reading, PLACES) == reading
+    assert ordered_plan("A Red Circle in the Top Left", PLACES) == "A Red Circle in the Top Left"
+    for as_written in (
+        "a red circle in the top left and a blue square in the top left",  # one place twice
+        "a blue square in the bottom right and a red circle",  # a clause without a place
+        "a red circle in the middle and a blue square in the top left",  # a place the model does not know
+        "two squares",
+    ):
+        assert ordered_plan(as_written, PLACES) == as_written
+
+    pipe = _planner()
+    generation = replace(pipe.config.generation, plan_places=PLACES)
+    pipe.model.config = pipe.config = pipe.config.replace(generation=generation)
+    monkeypatch.setattr(chat, "answer_batch", lambda pipe, conversations, **kw: [written, "two squares"])
+    assert pipe.plan(["three shapes", "two squares"]) == [reading, "two squares"]
+    pipe.save_pretrained(tmp_path / "m")
+    assert HarmonPipeline.from_pretrained(tmp_path / "m", device="cpu").config.generation.plan_places == PLACES
+    for bad, match in (
+        (dict(plan_places=PLACES), "needs a plan_request"),
+        (dict(plan_request=REQUEST, plan_places=()), "needs a plan_request and at least one place"),
+        (dict(plan_request=REQUEST, plan_places=("left", "left")), "distinct, non-empty places"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            GenerationDefaults(**bad)

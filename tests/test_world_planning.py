@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -221,6 +223,7 @@ class _Drawer:
 
     def __init__(self, swap: bool = False):
         self.swap = swap
+        self.config = SimpleNamespace(generation=SimpleNamespace(plan_places=None))
 
     def generate(self, texts, generator=None):
         out = []
@@ -278,6 +281,7 @@ def test_planning_study_reads_prompts_in_the_grammars_wordings(monkeypatch):
     from harmon.world.free import level_scene_for_prompt
     from harmon.world.grammar import is_held_out_phrasing
     from harmon.world.language import sample_eval_prompts_v2
+    from harmon.world.questions import PLACES
 
     metas: dict[str, dict] = {}
 
@@ -286,8 +290,14 @@ def test_planning_study_reads_prompts_in_the_grammars_wordings(monkeypatch):
         metas.update((m["prompt"], m) for m in out)
         return out
 
+    drawn: list[str] = []
+
     class Drawer:
+        config = SimpleNamespace(generation=SimpleNamespace(plan_places=PLACES))
+
         def generate(self, texts, generator=None):
+            drawn.extend(texts)
+
             def scene(text: str) -> Scene:  # a text it cannot read: an empty canvas
                 if text in metas:
                     return level_scene_for_prompt(metas[text], generator, WORLD)
@@ -297,9 +307,10 @@ def test_planning_study_reads_prompts_in_the_grammars_wordings(monkeypatch):
 
     g = torch.Generator().manual_seed(0)
 
-    def gold_plans(pipe, conversations, **settings):
+    def gold_plans(pipe, conversations, **settings):  # in the prompt's order, as the shipped model writes them
         asked = [metas[c[0]["content"].removeprefix(PLAN_PREFIX)] for c in conversations]
-        return [placed_description(level_scene_for_prompt(m, g, WORLD)) or "" for m in asked]
+        scenes = [(m, level_scene_for_prompt(m, g, WORLD)) for m in asked]
+        return [placed_description(scene, prompt_order(m, scene)) or "" for m, scene in scenes]
 
     monkeypatch.setattr(planning, "sample_eval_prompts_v2", sampler)
     monkeypatch.setattr(planning, "answer_batch", gold_plans)
@@ -310,6 +321,8 @@ def test_planning_study_reads_prompts_in_the_grammars_wordings(monkeypatch):
         prompts = [p for p, _ in result["examples"]]
         assert all(is_held_out_phrasing(p) == (split == "held_out") for p in prompts)
     assert "seen pairs, held-out wordings" in planning.format_planning({"plans": result})
+    placed = [t for t in drawn if parse_placed(t) is not None]  # plans reach the drawer in reading order
+    assert len(placed) > 24 and all(placed_description(scene_from_placed(t)) == t for t in placed)
     monkeypatch.setattr(planning, "answer_batch", lambda pipe, c, **s: ["a red circle in the middle"] * len(c))
     assert planning.plan_scores(Drawer(), 24, 0, WORLD, "seen")["plans_hold"] == 0.0
     with pytest.raises(ValueError, match="phrasing must be one of"):
@@ -362,7 +375,11 @@ def test_plan_varied_adds_plans_in_the_grammars_wordings_on_fresh_records():
     from harmon.world.recipes_plan import PLAN_RECIPES
 
     order, varied = PLAN_RECIPES["shapes_plan_order"](), PLAN_RECIPES["shapes_plan_varied"]()
-    assert varied.data[: len(order.data)] == order.data and varied.model.pretrained.endswith("plan_order/final")
+    assert [(s.name, s.batch_size) for s in varied.data[: len(order.data)]] == [
+        (s.name, s.batch_size) for s in order.data
+    ]
+    assert [format_options(s).order for s in varied.data] == ["reading"] * 6 + ["prompt"] * 2
+    assert varied.model.pretrained.endswith("plan_order/final")
     extra = varied.data[len(order.data) :]
     assert [(s.name, s.batch_size, s.task) for s in extra] == [("text_plan_varied", 16, Task.TEXT_ONLY)]
     opts = format_options(extra[0])

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -406,4 +407,23 @@ def plan_layouts(pipe: HarmonPipeline, prompts: Sequence[str], *, max_new_tokens
         if not plan:
             logger.warning("the model planned nothing for prompt %d (%r): drawing the prompt itself", i, p)
             plans[i] = p.strip()
-    return plans
+    places = pipe.config.generation.plan_places
+    return [ordered_plan(plan, places) for plan in plans] if places else plans
+
+
+def ordered_plan(plan: str, places: Sequence[str]) -> str:
+    """``plan`` with its clauses in the order of ``places`` (a model's ``config.generation.plan_places``): the
+    writer names objects in the prompt's order, the drawer reads a layout best in one fixed order. A plan is clauses
+    joined by commas and a last " and ", each ending in "in the <place>"; one whose clauses do not each name one
+    distinct place of ``places`` comes back as written."""
+    clauses = [c.strip() for c in re.split(r",\s*|\s+and\s+", plan.strip())]
+    at = []
+    for clause in clauses:
+        named = [k for k, place in enumerate(places) if clause.lower().endswith(f" in the {place.lower()}")]
+        if len(named) != 1:
+            return plan
+        at.append(named[0])
+    if len(set(at)) < len(at):
+        return plan
+    ordered = [c for _, c in sorted(zip(at, clauses))]
+    return ordered[0] if len(ordered) == 1 else ", ".join(ordered[:-1]) + " and " + ordered[-1]

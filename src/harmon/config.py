@@ -124,11 +124,21 @@ class GenerationDefaults:
     # that asks for one, e.g. "Plan the layout: "; ``generate(..., plan=True)`` sends it + the prompt first and
     # draws from the answer. None: the model does not plan (released weights).
     plan_request: str | None = None
+    # The places its plans name, in the order its drawer reads a layout best (the shapes world: the quadrants in
+    # reading order). A plan whose clauses ("a red circle in the top left", joined by commas and a last "and") each
+    # end in one distinct place is drawn with its clauses in this order; None: drawn as written.
+    plan_places: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         check_fields(self, "generation")
         if self.plan_request is not None and not self.plan_request.strip():
             raise ValueError("generation.plan_request must be a non-empty request or None, got an empty string")
+        if self.plan_places is not None and (self.plan_request is None or not self.plan_places):
+            raise ValueError("generation.plan_places needs a plan_request and at least one place")
+        if self.plan_places is not None and (
+            len(set(self.plan_places)) < len(self.plan_places) or not all(p.strip() for p in self.plan_places)
+        ):
+            raise ValueError(f"generation.plan_places must be distinct, non-empty places, got {self.plan_places}")
         check_sampling_settings(self.num_iter, self.guidance_scale, self.cfg_schedule, self.temperature, self.x0_clip)
         for name in ("image_size", "understanding_image_size", "max_new_tokens"):
             if getattr(self, name) < 1:

@@ -308,8 +308,9 @@ class HarmonPipeline:
 
     def plan(self, prompt: str | Sequence[str], *, max_new_tokens: int | None = None) -> str | list[str]:
         """The layout the model writes for ``prompt`` (one string, or a list for a list), which ``generate(...,
-        plan=True)`` draws from: greedy answers to ``config.generation.plan_request`` + the prompt. ValueError when
-        the model records no plan request (it was not trained to plan)."""
+        plan=True)`` draws from: greedy answers to ``config.generation.plan_request`` + the prompt, their clauses in
+        the order of ``config.generation.plan_places`` when the model records one (:func:`harmon.chat.ordered_plan`).
+        ValueError when the model records no plan request (it was not trained to plan)."""
         prompts = check_prompts(prompt, 1)
         plans = plan_layouts(self, prompts, max_new_tokens=max_new_tokens)
         return plans[0] if isinstance(prompt, str) else plans

@@ -46,6 +46,7 @@ from harmon.world import data, data2, recipes, recipes_plan, recipes_v2, stage0
 from harmon.world.planning import PLAN_PREFIX
 
 logger = logging.getLogger(__name__)
+PLANS = {"plan_request": PLAN_PREFIX}  # the generation settings of a model taught to plan
 
 
 @dataclass(frozen=True)
@@ -63,8 +64,9 @@ class WorldRecipes:
     later: tuple[tuple[str, str], ...] = ()  # (stage, recipe name) of the stages after the decoder stage, in order
     # sampling defaults --ship records in the model's config (--default KEY=VALUE overrides each)
     ship_defaults: dict = dataclasses.field(default_factory=dict)
-    # the stages whose models write layout plans; shipped from another, a model records no plan_request
-    planning: tuple[str, ...] = ()
+    # the stages whose models write layout plans, with the plan settings --ship records for each (plan_request,
+    # plan_places); shipped from another stage, a model records none
+    planning: dict[str, dict] = dataclasses.field(default_factory=dict)
 
 
 WORLDS = {
@@ -83,8 +85,8 @@ WORLDS = {
             ("plan_order", "shapes_plan_order"),
         ),
         # one token per step on its 2 x 2 grid, as the shipped model records them; plan_mix taught it to plan
-        {"num_iter": 8, "num_sampling_steps": "100", "guidance_scale": 3.0, "plan_request": PLAN_PREFIX},
-        ("plan_mix", "plan_order"),
+        {"num_iter": 8, "num_sampling_steps": "100", "guidance_scale": 3.0},
+        {"plan_mix": PLANS, "plan_order": PLANS},
     ),
     "v2": WorldRecipes(
         recipes_v2.ROOT,
@@ -285,9 +287,7 @@ def main(argv: list[str] | None = None) -> int:
 
         given = {k: parse_value(v) for k, v in (d.split("=", 1) for d in args.defaults)}
         stage = shipped_stage(world, args.until, edit)
-        defaults = {**world.ship_defaults, **given}
-        if stage not in world.planning and "plan_request" not in given:
-            defaults.pop("plan_request", None)  # a model that was not taught to plan
+        defaults = {**world.ship_defaults, **world.planning.get(stage, {}), **given}
         if "num_sampling_steps" in defaults:
             defaults["num_sampling_steps"] = str(defaults["num_sampling_steps"])
         ship(root, SHIPPED_DIR, defaults, stage=stage)

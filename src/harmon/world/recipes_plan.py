@@ -11,7 +11,9 @@ docs/RESULTS.md, "Plan, then draw"). Each starts from the stage before it:
                 prompt's own order, so that a plan copies the prompt's phrases in turn instead of reordering them
                 (reordered, the small LLM swapped colours between objects)
     plan_varied the same mix with plans also asked in the world grammar's seen phrasings (16 more per step): plans
-                taught on the prompt templates alone are wrong for most reworded prompts
+                taught on the prompt templates alone are wrong for most reworded prompts; placed drawings back in
+                reading order, the order ``generate(..., plan=True)`` hands a plan to the drawer in (the drawer
+                places objects best from it), while plans keep the prompt's order, which the writer copies best
 
 Listed in any order from the start, placed drawings are not learned in the place stage's length (docs/RESULTS.md).
 """
@@ -72,8 +74,14 @@ def shapes_plan_order() -> TrainConfig:
 
 def shapes_plan_varied() -> TrainConfig:
     """Stage ``plan_varied``: from ``plan_order``, its mix with plans of prompts in the grammar's seen phrasings
-    (grid level, objects in the prompt's order) beside the canonical ones."""
+    (grid level, objects in the prompt's order) beside the canonical ones, placed drawings in reading order."""
     cfg = shapes_plan_order()
+    reading = [
+        dataclasses.replace(s, format_options={**s.format_options, "order": "reading"})
+        if s.name == "text2image_placed"
+        else s
+        for s in cfg.data
+    ]
     plan = next(s for s in cfg.data if s.name == "text_plan")
     varied = dataclasses.replace(
         plan,
@@ -86,7 +94,7 @@ def shapes_plan_varied() -> TrainConfig:
         name="shapes_plan_varied",
         output_dir=f"{ROOT}/plan_varied",
         model=ModelInit(preset=None, pretrained=f"{ROOT}/plan_order/final"),
-        data=[*cfg.data, varied],
+        data=[*reading, varied],
         max_steps=PLAN_VARIED_STEPS,
         seed=PLAN_VARIED_SEED,
     )

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from harmon.chat import answer_batch
+from harmon.chat import answer_batch, ordered_plan
 from harmon.world.analyses.probe import fit_linear_probe
 from harmon.world.analyses.relations import conditions
 from harmon.world.analyses.runner import load_for_analysis, report
@@ -105,7 +105,9 @@ def plan_scores(pipe, prompts: int, seed: int, world: WorldConfig, phrasing: str
         pipe, [[{"role": "user", "content": plan_request(m["prompt"])}] for m in metas], max_new_tokens=80
     )
     stated = [scene_from_placed(p, world) for p in plans]
-    texts = {"direct": [m["prompt"] for m in metas], "world's plan": oracle, "model's plan": plans}
+    places = pipe.config.generation.plan_places  # drawn as generate(..., plan=True) draws a plan
+    drawn = [ordered_plan(p, places) for p in plans] if places else plans
+    texts = {"direct": [m["prompt"] for m in metas], "world's plan": oracle, "model's plan": drawn}
     out: dict[str, Any] = {"n": len(metas), "tag_n": {t: sum(m["tag"] == t for m in metas) for t in TAGS}, "ways": {}}
     out["phrasing"] = phrasing
     for k, way in enumerate(WAYS):
