@@ -371,18 +371,16 @@ def test_the_plan_stages_draw_at_places_then_plan_then_plan_in_the_prompts_order
     assert order.optim == mix.optim and order.max_steps == 1500
 
 
-def test_plan_varied_adds_plans_in_the_grammars_wordings_on_fresh_records():
+def test_plan_varied_is_plan_mix_with_plans_in_the_prompts_order_and_in_the_grammars_wordings():
     from harmon.world.recipes_plan import PLAN_RECIPES
 
-    order, varied = PLAN_RECIPES["shapes_plan_order"](), PLAN_RECIPES["shapes_plan_varied"]()
-    assert [(s.name, s.batch_size) for s in varied.data[: len(order.data)]] == [
-        (s.name, s.batch_size) for s in order.data
-    ]
+    mix, varied = PLAN_RECIPES["shapes_plan_mix"](), PLAN_RECIPES["shapes_plan_varied"]()
+    assert [(s.name, s.batch_size) for s in varied.data[: len(mix.data)]] == [(s.name, s.batch_size) for s in mix.data]
     assert [format_options(s).order for s in varied.data] == ["reading"] * 6 + ["prompt"] * 2
-    assert varied.model.pretrained.endswith("plan_order/final")
-    extra = varied.data[len(order.data) :]
+    assert varied.model.pretrained.endswith("place/final") and varied.model.rescale == {}
+    extra = varied.data[len(mix.data) :]
     assert [(s.name, s.batch_size, s.task) for s in extra] == [("text_plan_varied", 16, Task.TEXT_ONLY)]
     opts = format_options(extra[0])
     assert (opts.kind, opts.level, opts.phrasings, opts.order) == ("plan", "grid", "varied", "prompt")
-    assert varied.seed != order.seed and varied.optim == order.optim and varied.model.rescale == {}
+    assert varied.seed != mix.seed and varied.optim == mix.optim and varied.max_steps == 1500
     varied.validate()

@@ -10,10 +10,11 @@ docs/RESULTS.md, "Plan, then draw"). Each starts from the stage before it:
     plan_order  the same mix with placed descriptions listed in any order and plans that name the objects in the
                 prompt's own order, so that a plan copies the prompt's phrases in turn instead of reordering them
                 (reordered, the small LLM swapped colours between objects)
-    plan_varied the same mix with plans also asked in the world grammar's seen phrasings (16 more per step): plans
-                taught on the prompt templates alone are wrong for most reworded prompts; placed drawings back in
-                reading order, the order ``generate(..., plan=True)`` hands a plan to the drawer in (the drawer
-                places objects best from it), while plans keep the prompt's order, which the writer copies best
+    plan_varied from ``place`` instead of the two stages above: plan_mix's mix with plans in the prompt's order,
+                and as many again asked in the world grammar's seen phrasings (plans taught on the prompt templates
+                alone are wrong for most reworded prompts); placed drawings stay in reading order, the order
+                ``generate(..., plan=True)`` hands a plan to the drawer in (config ``plan_places``), so the writer
+                copies the prompt's order and the drawer reads the order it places best from
 
 Listed in any order from the start, placed drawings are not learned in the place stage's length (docs/RESULTS.md).
 """
@@ -31,7 +32,7 @@ PLAN_MIX_STEPS = 1500
 PLAN_ORDER_STEPS = 1500
 PLAN_VARIED_STEPS = 1500
 PLAN_VARIED_BATCH = 16
-PLAN_VARIED_SEED = 5  # records none of the stages before drew (they all ran on seed 0's streams)
+PLAN_VARIED_SEED = 5  # records the place stage did not draw (it ran on seed 0's streams)
 PLACE_BATCHES = {"text2image": 16, "text2image_placed": 32}  # the place stage's sources, samples per step
 ORDERS = {"text2image_placed": "any", "text_plan": "prompt"}  # plan_order's harmon.world.planning.ORDERS
 
@@ -73,16 +74,14 @@ def shapes_plan_order() -> TrainConfig:
 
 
 def shapes_plan_varied() -> TrainConfig:
-    """Stage ``plan_varied``: from ``plan_order``, its mix with plans of prompts in the grammar's seen phrasings
-    (grid level, objects in the prompt's order) beside the canonical ones, placed drawings in reading order."""
-    cfg = shapes_plan_order()
-    reading = [
-        dataclasses.replace(s, format_options={**s.format_options, "order": "reading"})
-        if s.name == "text2image_placed"
-        else s
+    """Stage ``plan_varied``: from ``place``, the ``plan_mix`` mix with its plans in the prompt's order and as many
+    again asked in the grammar's seen phrasings (grid level), placed drawings in reading order."""
+    cfg = shapes_plan_mix()
+    data = [
+        dataclasses.replace(s, format_options={**s.format_options, "order": "prompt"}) if s.name == "text_plan" else s
         for s in cfg.data
     ]
-    plan = next(s for s in cfg.data if s.name == "text_plan")
+    plan = data[-1]
     varied = dataclasses.replace(
         plan,
         name="text_plan_varied",
@@ -93,8 +92,7 @@ def shapes_plan_varied() -> TrainConfig:
         cfg,
         name="shapes_plan_varied",
         output_dir=f"{ROOT}/plan_varied",
-        model=ModelInit(preset=None, pretrained=f"{ROOT}/plan_order/final"),
-        data=[*reading, varied],
+        data=[*data, varied],
         max_steps=PLAN_VARIED_STEPS,
         seed=PLAN_VARIED_SEED,
     )
