@@ -382,5 +382,5 @@ def test_plan_varied_is_plan_mix_with_plans_in_the_prompts_order_and_in_the_gram
     assert [(s.name, s.batch_size, s.task) for s in extra] == [("text_plan_varied", 16, Task.TEXT_ONLY)]
     opts = format_options(extra[0])
     assert (opts.kind, opts.level, opts.phrasings, opts.order) == ("plan", "grid", "varied", "prompt")
-    assert varied.seed != mix.seed and varied.optim == mix.optim and varied.max_steps == 1500
+    assert varied.seed != mix.seed and varied.optim == mix.optim and varied.max_steps == 2500
     varied.validate()

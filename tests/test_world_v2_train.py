@@ -194,9 +194,9 @@ def test_pipeline_v1_ends_with_the_plan_stages_and_ships_the_last(tmp_path, monk
     seen = trained_configs
     v1, v2 = pipeline.WORLDS["v1"], pipeline.WORLDS["v2"]
     names = [n for n, _, _ in pipeline.stages(tmp_path, "cpu", ["phrasing:max_steps=4"], v1)]
-    later = ["phrasing", "place", "plan_mix", "plan_order"]
+    later = ["phrasing", "place", "plan_varied"]
     assert names == ["tokenizer", "vae", "lm", "stage1", "stage2", "stage3", "decoder", *later]
-    assert [n for n, _, _ in pipeline.stages(tmp_path, "cpu", [], v1, edit=True)][-2:] == ["plan_order", "edit"]
+    assert [n for n, _, _ in pipeline.stages(tmp_path, "cpu", [], v1, edit=True)][-2:] == ["plan_varied", "edit"]
     runs = {n: run for n, _, run in pipeline.stages(tmp_path, "cpu", ["phrasing:max_steps=4", "place:max_steps=3"], v1)}
     for stage in later:
         runs[stage]()
@@ -204,8 +204,8 @@ def test_pipeline_v1_ends_with_the_plan_stages_and_ships_the_last(tmp_path, monk
     assert seen[0].model.pretrained == str(tmp_path / "decoder" / "final")  # it continues the decoder stage's model
     assert seen[1].max_steps == 3 and seen[2].max_steps == 1500  # each stage takes its own overrides only
     assert [c.model.pretrained for c in seen[1:]] == [str(tmp_path / s / "final") for s in later[:-1]]
-    assert pipeline.shipped_stage(v1, None, edit=False) == "plan_order"
-    assert pipeline.shipped_stage(v1, "plan_mix", edit=False) == "plan_mix"
+    assert pipeline.shipped_stage(v1, None, edit=False) == "plan_varied"
+    assert pipeline.shipped_stage(v1, "place", edit=False) == "place"
     assert pipeline.shipped_stage(v1, "phrasing", edit=False) == "phrasing"
     assert pipeline.shipped_stage(v1, "decoder", edit=False) == "decoder"  # the model before the phrasing stage
     assert pipeline.shipped_stage(v1, None, edit=True) == "edit"
@@ -219,5 +219,6 @@ def test_pipeline_v1_ends_with_the_plan_stages_and_ships_the_last(tmp_path, monk
     pipeline.main(["--root", str(tmp_path), "--ship"])  # the one command of the docs records the shipped defaults
     pipeline.main(["--root", str(tmp_path), "--ship", "--until", "decoder", "--default", "guidance_scale=2"])
     sampling = {"num_iter": 8, "num_sampling_steps": "100", "guidance_scale": 3.0}
-    assert shipped[0] == ({**sampling, "plan_request": "Plan the layout: "}, "plan_order")
+    places = ["top left", "top right", "bottom left", "bottom right"]
+    assert shipped[0] == ({**sampling, "plan_request": "Plan the layout: ", "plan_places": places}, "plan_varied")
     assert shipped[1] == ({**sampling, "guidance_scale": 2}, "decoder")  # not taught to plan: no plan request

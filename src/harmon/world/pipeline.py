@@ -12,10 +12,9 @@ Stages (each skipped when its output exists, so an interrupted run continues whe
                   templates (shapes_phrasing), so reworded prompts and questions work
     place         v1 only: placed drawings, the cells' position tables enlarged (shapes_place): objects drawn at
                   named quadrants
-    plan_mix      v1 only: the phrasing mix + placed drawings + layout plans (shapes_plan_mix): the LLM writes a
+    plan_varied   v1 only: the phrasing mix + placed drawings + layout plans of prompts in the templates and the
+                  grammar's seen wordings (shapes_plan_varied; harmon.world.recipes_plan): the LLM writes a
                   prompt's layout for generate(plan=True)
-    plan_order    v1 only: the same, placed descriptions in any order and plans in the prompt's order
-                  (shapes_plan_order; the three plan stages: harmon.world.recipes_plan)
     edit          IV, with --edit only: the decoder stage's model learns to edit images, keeping generation and
                   understanding (shapes_edit); the shipped model has no stage IV: the recipe does not yet reach the
                   edit bars
@@ -44,9 +43,11 @@ import torch
 
 from harmon.world import data, data2, recipes, recipes_plan, recipes_v2, stage0
 from harmon.world.planning import PLAN_PREFIX
+from harmon.world.questions import PLACES
 
 logger = logging.getLogger(__name__)
-PLANS = {"plan_request": PLAN_PREFIX}  # the generation settings of a model taught to plan
+# the generation settings of a model taught to plan: its request, and the quadrants in the order its drawer reads
+PLANS = {"plan_request": PLAN_PREFIX, "plan_places": list(PLACES)}
 
 
 @dataclass(frozen=True)
@@ -81,12 +82,11 @@ WORLDS = {
         (
             ("phrasing", "shapes_phrasing"),
             ("place", "shapes_place"),
-            ("plan_mix", "shapes_plan_mix"),
-            ("plan_order", "shapes_plan_order"),
+            ("plan_varied", "shapes_plan_varied"),
         ),
-        # one token per step on its 2 x 2 grid, as the shipped model records them; plan_mix taught it to plan
+        # one token per step on its 2 x 2 grid, as the shipped model records them
         {"num_iter": 8, "num_sampling_steps": "100", "guidance_scale": 3.0},
-        {"plan_mix": PLANS, "plan_order": PLANS},
+        {"plan_varied": PLANS},
     ),
     "v2": WorldRecipes(
         recipes_v2.ROOT,

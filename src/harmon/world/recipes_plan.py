@@ -1,5 +1,7 @@
-"""The plan-then-draw stages of the shipped model, after its phrasing stage (:mod:`harmon.world.planning`;
-docs/RESULTS.md, "Plan, then draw"). Each starts from the stage before it:
+"""The plan-then-draw stages after the phrasing stage (:mod:`harmon.world.planning`; docs/RESULTS.md, "Plan, then
+draw"). The shipped model's pipeline runs ``place`` then ``plan_varied``; ``plan_mix`` and ``plan_order`` made the
+model shipped before it, and stay as recipes for the studies that compare with them. Each starts from the stage
+before it:
 
     place       placed drawings (32 per step: every object with its quadrant, in reading order) beside 16 of the
                 recipes' own prompts, the cells' position tables enlarged (PLACE_TABLES) and trained 30 times
@@ -30,7 +32,7 @@ from harmon.world.recipes_studies import shapes_plan
 PLACE_STEPS = 3000
 PLAN_MIX_STEPS = 1500
 PLAN_ORDER_STEPS = 1500
-PLAN_VARIED_STEPS = 1500
+PLAN_VARIED_STEPS = 2500
 PLAN_VARIED_BATCH = 16
 PLAN_VARIED_SEED = 5  # records the place stage did not draw (it ran on seed 0's streams)
 PLACE_BATCHES = {"text2image": 16, "text2image_placed": 32}  # the place stage's sources, samples per step
