@@ -202,7 +202,7 @@ def test_pipeline_v1_ends_with_the_plan_stages_and_ships_the_last(tmp_path, monk
         runs[stage]()
     assert seen[0].output_dir == str(tmp_path / "phrasing") and seen[0].max_steps == 4
     assert seen[0].model.pretrained == str(tmp_path / "decoder" / "final")  # it continues the decoder stage's model
-    assert seen[1].max_steps == 3 and seen[2].max_steps == 1500  # each stage takes its own overrides only
+    assert seen[1].max_steps == 3 and seen[2].max_steps == 2500  # each stage takes its own overrides only
     assert [c.model.pretrained for c in seen[1:]] == [str(tmp_path / s / "final") for s in later[:-1]]
     assert pipeline.shipped_stage(v1, None, edit=False) == "plan_varied"
     assert pipeline.shipped_stage(v1, "place", edit=False) == "place"
