@@ -83,7 +83,7 @@ def shapes_plan_varied() -> TrainConfig:
         dataclasses.replace(s, format_options={**s.format_options, "order": "prompt"}) if s.name == "text_plan" else s
         for s in cfg.data
     ]
-    plan = data[-1]
+    plan = next(s for s in data if s.name == "text_plan")
     varied = dataclasses.replace(
         plan,
         name="text_plan_varied",

@@ -106,8 +106,8 @@ def plan_scores(pipe, prompts: int, seed: int, world: WorldConfig, phrasing: str
     )
     stated = [scene_from_placed(p, world) for p in plans]
     places = pipe.config.generation.plan_places  # drawn as generate(..., plan=True) draws a plan
-    drawn = [ordered_plan(p, places) for p in plans] if places else plans
-    texts = {"direct": [m["prompt"] for m in metas], "world's plan": oracle, "model's plan": drawn}
+    ordered = [ordered_plan(p, places) for p in plans] if places else plans
+    texts = {"direct": [m["prompt"] for m in metas], "world's plan": oracle, "model's plan": ordered}
     out: dict[str, Any] = {"n": len(metas), "tag_n": {t: sum(m["tag"] == t for m in metas) for t in TAGS}, "ways": {}}
     out["phrasing"] = phrasing
     for k, way in enumerate(WAYS):
