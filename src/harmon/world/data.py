@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from harmon.prompts import BRIEF_CAPTION_INSTRUCTIONS, DETAILED_CAPTION_INSTRUCTIONS, GENERATE_PREFIX
-from harmon.world.planning import first_placed, orders_for, placed_description, plan_turns, shuffled
+from harmon.world.planning import check_order, first_placed, placed_description, plan_turns, shuffled
 from harmon.world.prompts import caption_scene, describe_scene, sample_prompt, scene_for_prompt
 from harmon.world.questions import position_question, reasoned, sample_questions, where_questions
 from harmon.world.render import render
@@ -46,6 +46,12 @@ def _generator(seed: int, task: str, index: int) -> torch.Generator:
 
 def _instruction(generator: torch.Generator) -> str:
     return choice(generator, DETAILED_CAPTION_INSTRUCTIONS + BRIEF_CAPTION_INSTRUCTIONS)
+
+
+def sample_tag(g: torch.Generator, tag_weights: Mapping[str, float] | None) -> str | None:
+    """A GenEval tag drawn from ``tag_weights`` (see :func:`tag_probabilities`), or None (uniform, left to the prompt
+    sampler) when no weights are given."""
+    return None if tag_weights is None else TAGS[categorical(g, tag_probabilities(tag_weights))]
 
 
 def tag_probabilities(tag_weights: Mapping[str, float]) -> np.ndarray:
@@ -88,9 +94,7 @@ def shapes_record(
     share (``DESCRIBE_FRACTION``).
     """
     config = config or WorldConfig()
-    allowed = orders_for(task)
-    if order not in allowed:
-        raise ValueError(f"order {order!r} does not apply to {task} records; they take {allowed}")
+    check_order(task, order)
     g = _generator(seed, task, index)
     if task == "text2image":
         return _text2image_record(g, config, tag_weights)
@@ -121,7 +125,7 @@ def _text2image_record(
         scene = sample_scene(g, config)
         caption = describe_scene(scene) if float(torch.rand((), generator=g)) < 0.5 else caption_scene(scene, g, config)
     else:
-        tag = None if tag_weights is None else TAGS[categorical(g, tag_probabilities(tag_weights))]
+        tag = sample_tag(g, tag_weights)
         prompt = sample_prompt(g, tag, config=config)
         scene = scene_for_prompt(prompt, g, config)
         caption = prompt["prompt"]
@@ -178,7 +182,7 @@ def _reasoned_record(g: torch.Generator, config: WorldConfig) -> dict[str, Any]:
 def _plan_record(
     g: torch.Generator, config: WorldConfig, tag_weights: Mapping[str, float] | None, order: str
 ) -> dict[str, Any]:
-    tag = None if tag_weights is None else TAGS[categorical(g, tag_probabilities(tag_weights))]
+    tag = sample_tag(g, tag_weights)
     prompt = sample_prompt(g, tag, config=config)
     turns = plan_turns(prompt, lambda: scene_for_prompt(prompt, g, config), g, order)
     return {"kind": "image2text", "image": None, "conversation": turns}

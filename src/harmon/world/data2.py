@@ -27,19 +27,18 @@ from harmon.prompts import (
     UNCONDITIONAL_PROMPT,
     chat,
 )
-from harmon.world.data import DESCRIBE_FRACTION, TASKS, chat_text, shapes_record, tag_probabilities
+from harmon.world.data import DESCRIBE_FRACTION, TASKS, chat_text, sample_tag, shapes_record
 from harmon.world.edit_grammar import EDIT_TYPES
 from harmon.world.edits import edit_type_probabilities, sample_edit
 from harmon.world.free import level_scene_for_prompt, level_world, sample_level_scene
 from harmon.world.language import phrase_description, sample_prompt_v2
-from harmon.world.planning import PLAN_PREFIX, orders_for, plan_turns
+from harmon.world.planning import PLAN_PREFIX, check_order, plan_turns
 from harmon.world.prompts import describe_scene
 from harmon.world.questions2 import sample_questions_v2
 from harmon.world.render import render
 from harmon.world.render2 import render2
 from harmon.world.sampling import categorical, choice
 from harmon.world.scene import Scene, WorldConfig
-from harmon.world.scoring import TAGS
 
 RECORD_LEVELS = ("grid", "free", "mixed")
 PHRASINGS = ("canonical", "varied")
@@ -73,8 +72,7 @@ def _check_task(task: str, level: str, phrasings: str, antialiased: float, order
     check_options(level, phrasings, antialiased)
     if task not in TASKS:
         raise ValueError(f"unknown shapes task {task!r}; known: {TASKS}")
-    if order not in orders_for(task):
-        raise ValueError(f"order {order!r} does not apply to {task} records; they take {orders_for(task)}")
+    check_order(task, order)
     if phrasings != "canonical" and task not in VARIED_TASKS:
         raise ValueError(f"task {task!r} exists in canonical phrasings only; varied records draw {VARIED_TASKS}")
     if phrasings != "canonical" and task == "plan" and level != "grid":
@@ -121,7 +119,7 @@ def record_v2(
     if task == "text":
         return {"kind": "image2text", "image": None, "conversation": _text_turns(g, world)}
     if task == "plan":
-        tag = None if tag_weights is None else TAGS[categorical(g, tag_probabilities(tag_weights))]
+        tag = sample_tag(g, tag_weights)
         prompt = sample_prompt_v2(g, tag, world)
         turns = plan_turns(prompt, lambda: level_scene_for_prompt(prompt, g, world), g, order)
         return {"kind": "image2text", "image": None, "conversation": turns}
@@ -175,7 +173,7 @@ def _text2image(g: torch.Generator, world: WorldConfig, tag_weights: Mapping[str
     if float(torch.rand((), generator=g)) < DESCRIBE_FRACTION:
         scene = sample_level_scene(g, world)
         return scene, phrase_description(scene, g)
-    tag = None if tag_weights is None else TAGS[categorical(g, tag_probabilities(tag_weights))]
+    tag = sample_tag(g, tag_weights)
     prompt = sample_prompt_v2(g, tag, world)
     return level_scene_for_prompt(prompt, g, world), prompt["prompt"]
 

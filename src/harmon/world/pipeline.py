@@ -101,6 +101,7 @@ WORLDS = {
 
 
 LATER_STAGES = tuple(dict.fromkeys(stage for w in WORLDS.values() for stage, _ in w.later))
+TRAINED_STAGES = ("stage1", "stage2", "stage3", "decoder", *LATER_STAGES, "edit")  # stages whose model --ship copies
 
 
 def _record(root: Path, stage: str, seconds: float, device: str) -> None:
@@ -182,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--until",
         default=None,
-        choices=["tokenizer", "vae", "lm", "stage1", "stage2", "stage3", "decoder", *LATER_STAGES, "edit"],
+        choices=["tokenizer", "vae", "lm", *TRAINED_STAGES],
         help="stop after this stage (a later call with the same --root continues); with --ship, ship "
         "this stage's model (stage1-3, decoder and later)",
     )
@@ -262,7 +263,7 @@ def run_stages(
 
 def shipped_stage(world: WorldRecipes, until: str | None, edit: bool) -> str:
     """The stage whose model ``--ship`` copies: ``until`` where it names a trained stage, else the last stage run."""
-    if until in ("stage1", "stage2", "stage3", "decoder", *LATER_STAGES, "edit"):
+    if until in TRAINED_STAGES:
         return until
     return "edit" if edit and world.edit else world.later[-1][0] if world.later else "decoder"
 

@@ -44,6 +44,12 @@ def orders_for(task: str) -> tuple[str, ...]:
     return {"placed": ORDERS[:2], "plan": ORDERS}.get(task, ORDERS[:1])
 
 
+def check_order(task: str, order: str) -> None:
+    """Raise ValueError unless a record of ``task`` takes ``order`` (:func:`orders_for`)."""
+    if order not in orders_for(task):
+        raise ValueError(f"order {order!r} does not apply to {task} records; they take {orders_for(task)}")
+
+
 def shuffled(objects: Sequence[WorldObject], generator: torch.Generator) -> list[WorldObject]:
     """``objects`` in an order drawn from ``generator`` (the "any" order)."""
     return [objects[i] for i in torch.randperm(len(objects), generator=generator).tolist()]
@@ -117,8 +123,7 @@ def plan_turns(
     """A plan record's conversation: the request for ``prompt``'s layout and, as the answer, the placed description
     of the first scene from ``draw()`` (scenes drawn for the prompt) that has one, its objects listed in ``order``
     (:data:`ORDERS`; "any" draws the order from ``generator``)."""
-    if order not in ORDERS:
-        raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+    check_order("plan", order)
     scene, plan = first_placed(draw)
     if order != "reading":
         plan = placed_description(
