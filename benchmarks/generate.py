@@ -49,15 +49,16 @@ def _best_seconds(fn, device: str, repeats: int) -> float:
 
 def measure_peak(dtype: torch.dtype, device: str, n: int = 2048, repeats: int = 5) -> dict[str, float]:
     """Best achieved FLOP/s of an n x n x n matmul (the machine's practical matmul peak), by each route the model
-    can take: the plain matmul and, where harmon.accel.linear applies (CPU float32), oneDNN with a packed weight.
+    can take: the plain matmul and, where harmon.accel.linear applies (CPU float32, or bfloat16 on a CPU with bf16
+    matmul instructions), oneDNN with a packed weight.
     ``peak`` is the best of them, so a faster route cannot make the fraction of peak look better than it is."""
     from harmon.accel import linear as accel_linear
 
     a = torch.randn(n, n, dtype=dtype, device=device)
     b = torch.randn(n, n, dtype=dtype, device=device)
     out = {"plain": 2 * n**3 / _best_seconds(lambda: a @ b, device, repeats)}
-    if device == "cpu" and dtype == torch.float32 and accel_linear.available():
-        layer = torch.nn.Linear(n, n, bias=False)
+    if device == "cpu" and dtype in accel_linear.packable_dtypes() and accel_linear.available():
+        layer = torch.nn.Linear(n, n, bias=False, dtype=dtype)
         with torch.no_grad(), accel_linear.packed_linears(layer):
             out["packed"] = 2 * n**3 / _best_seconds(lambda: layer(a), device, repeats)
     out["peak"] = max(out.values())
@@ -432,7 +433,8 @@ def main() -> int:
     for res in results:
         if res["bench"] == "generate":
             roofline(res, peaks["peak"], bandwidth)
-    packed = accel_linear.ENABLED and accel_linear.available() and args.device == "cpu" and dtype == torch.float32
+    packed = accel_linear.ENABLED and accel_linear.available() and args.device == "cpu"
+    packed = packed and dtype in accel_linear.packable_dtypes()
     for res in results:
         res.update({"packed_linears": packed, "straightforward": args.straightforward, "matmul_peaks_flops": peaks})
         res.update({"quantize": args.quantize, "dtype_reason": reason, **cpu_info()})

@@ -1,6 +1,7 @@
 """Where generation time goes, operator by operator (torch.profiler), on random weights of a named architecture.
 
     OMP_NUM_THREADS=1 python benchmarks/profile_ops.py --config 0.5b --batch 8 --num-iter 4 --diffusion-steps 10
+    python benchmarks/profile_ops.py --config 0.5b --batch 1 --num-iter 8 --diffusion-steps 100 --dtype bf16
 
 One untimed warm-up call, then one profiled ``generate`` call; prints the CPU line, the wall time and the operators
 that took the most self time, with the share of the linear layers (packed ``mkldnn::_linear_pointwise`` and plain
@@ -30,6 +31,7 @@ def main() -> int:
     p.add_argument("--diffusion-steps", default="10")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--rows", type=int, default=15, help="operators to list")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -39,7 +41,7 @@ def main() -> int:
 
     from harmon.cpuinfo import cpu_line
 
-    pipe = build_pipeline(args.config, "cpu", torch.float32)
+    pipe = build_pipeline(args.config, "cpu", torch.bfloat16 if args.dtype == "bf16" else torch.float32)
     kw = dict(image_size=args.image_size, num_sampling_steps=args.diffusion_steps, output_type="latent")
     prompts = ["a red circle to the left of a blue square"] * args.batch
     pipe.generate(prompts[:1], num_iter=2, generator=torch.Generator().manual_seed(0), **kw)  # warm-up
@@ -56,8 +58,8 @@ def main() -> int:
     share["other"] = 1 - share["linear"] - share["attention"]
     print(cpu_line())
     print(
-        f"{args.config}, {args.image_size} px, batch {args.batch}, {args.num_iter} steps, {args.diffusion_steps} "
-        f"diffusion steps: {seconds:.1f} s"
+        f"{args.config}, {args.dtype}, {args.image_size} px, batch {args.batch}, {args.num_iter} steps, "
+        f"{args.diffusion_steps} diffusion steps: {seconds:.1f} s"
     )
     print("share of self time: " + ", ".join(f"{k} {v:.1%}" for k, v in share.items()))
     print(events.table(sort_by="self_cpu_time_total", row_limit=args.rows))

@@ -7,6 +7,7 @@ from torch import nn
 
 from harmon.accel import linear as accel_linear
 from harmon.accel.linear import packed_linears
+from harmon.cpuinfo import has_bf16_matmul
 
 needs_onednn = pytest.mark.skipif(not accel_linear.available(), reason="torch built without the oneDNN linear ops")
 
@@ -63,6 +64,29 @@ def test_gradients_and_other_dtypes_take_the_plain_path():
     assert all(getattr(m.__dict__.get("forward"), "packed", None) is None for m in net)
     with packed_linears(net, min_elements=0):  # float64 layers are not even wrapped
         assert all("forward" not in m.__dict__ for m in net)
+
+
+@needs_onednn
+@pytest.mark.parametrize("bf16_hardware", [True, False])
+def test_bf16_layers_are_packed_only_where_the_cpu_multiplies_bf16(monkeypatch, bf16_hardware):
+    """Faked CPU flags choose whether bf16 layers are wrapped; where they are (and the real CPU has the
+    instructions), the packed layers give the plain bf16 layers' numbers up to bf16 rounding."""
+    monkeypatch.setattr(accel_linear, "has_bf16_matmul", lambda: bf16_hardware)
+    g = torch.Generator().manual_seed(3)
+    net = _net(g).to(torch.bfloat16)
+    x = torch.randn(6, 24, generator=g).to(torch.bfloat16)
+    with torch.no_grad():
+        plain = net(x)
+        with packed_linears(net, min_elements=0):
+            wrapped = all(isinstance(m.__dict__.get("forward"), accel_linear.PackedForward) for m in (net[0], net[2]))
+            assert wrapped == bf16_hardware
+            if bf16_hardware and not has_bf16_matmul():
+                return  # the faked flags wrap the layers; running them needs the real instructions
+            packed = net(x)
+            with pytest.raises(RuntimeError, match="dtype"):  # another dtype than the weights': the plain error
+                net(x.float())
+    assert packed.dtype == torch.bfloat16
+    torch.testing.assert_close(packed.float(), plain.float(), rtol=2e-2, atol=2e-2 * plain.abs().max().item())
 
 
 def test_context_restores_layers_on_error_and_nests():

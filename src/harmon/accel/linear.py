@@ -1,4 +1,4 @@
-"""Packed-weight Linear layers for CPU float32 inference.
+"""Packed-weight Linear layers for CPU float32 (and, where the CPU multiplies it in hardware, bfloat16) inference.
 
 A plain ``nn.Linear`` on CPU hands its weight to a GEMM that re-packs it into the kernel's blocked layout on every
 call. With the few hundred rows of a generation step (or the few rows of a diffusion step) that re-packing and the
@@ -7,14 +7,18 @@ many times against it (``benchmarks/generate.py --no-pack`` runs the plain layer
 ``HarmonPipeline.generate`` and the fast diffusion-head sampler (:mod:`harmon.accel.head`) use it; ``describe`` does
 not (its prefill, one large batch of rows per layer, gains nothing from a weight packed once).
 
-``packed_linears(module)`` is a context: inside it every ``nn.Linear`` of ``module`` that is called with a CPU
-float32 input, and no gradient to record, runs through oneDNN with its weight reordered on its first call in the
+``packed_linears(module)`` is a context: inside it every ``nn.Linear`` of ``module`` that is called with a CPU input
+of its weight's dtype, and no gradient to record, runs through oneDNN with its weight reordered on its first call in the
 context; on leaving, the layers are plain again and the packed copies are freed. Results equal the plain layer's
 up to float rounding (a different summation order). Layers never called inside the context are never packed (a
 tied LM head costs nothing during image generation). Where torch lacks the ops, the context does nothing.
 
 Only layers with at least ``MIN_ELEMENTS`` weights (512 x 512) are packed: below that size oneDNN's fixed cost per
 call, and the reorder itself, outweigh the re-packing they save.
+
+bfloat16 layers are packed only on a CPU with bf16 matmul instructions (:func:`harmon.cpuinfo.has_bf16_matmul`):
+there the packed layer is 1.1-2.8x the plain bf16 one, most at the few rows of a diffusion step or a decoded token
+(``benchmarks/precision.py`` times both); elsewhere bf16 is emulated and left as it is.
 """
 
 from __future__ import annotations
@@ -26,7 +30,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ENABLED", "MIN_ELEMENTS", "PackedForward", "available", "packed_linears", "plain_linears"]
+from harmon.cpuinfo import has_bf16_matmul
+
+__all__ = [
+    "ENABLED",
+    "MIN_ELEMENTS",
+    "PackedForward",
+    "available",
+    "packable_dtypes",
+    "packed_linears",
+    "plain_linears",
+]
 
 # Global switch (tests and benchmarks compare both paths); the context is a no-op when False.
 ENABLED = True
@@ -44,6 +58,11 @@ def available() -> bool:
     )
 
 
+def packable_dtypes() -> tuple[torch.dtype, ...]:
+    """The weight dtypes packed on this CPU: float32, and bfloat16 where the CPU multiplies it in hardware."""
+    return (torch.float32, torch.bfloat16) if has_bf16_matmul() else (torch.float32,)
+
+
 class PackedForward:
     """Replacement ``forward`` of one Linear layer inside the context."""
 
@@ -57,8 +76,8 @@ class PackedForward:
         w = layer.weight
         if (
             x.device.type != "cpu"
-            or x.dtype != torch.float32
-            or w.dtype != torch.float32
+            or x.dtype != w.dtype
+            or w.dtype not in (torch.float32, torch.bfloat16)  # a layer cast after it was wrapped
             or w.device.type != "cpu"
             or (torch.is_grad_enabled() and (w.requires_grad or x.requires_grad))
             or x.dim() == 0
@@ -87,13 +106,14 @@ def packed_linears(module: nn.Module, min_elements: int | None = None) -> Iterat
         yield
         return
     least = MIN_ELEMENTS if min_elements is None else min_elements
+    dtypes = packable_dtypes()
     swapped: list[nn.Linear] = []
     for layer in module.modules():
         if (
             isinstance(layer, nn.Linear)
             and "forward" not in layer.__dict__
             and layer.weight.device.type == "cpu"
-            and layer.weight.dtype == torch.float32  # GPU / half-precision layers are left as they are
+            and layer.weight.dtype in dtypes  # GPU, fp16 and emulated-bf16 layers are left as they are
             and layer.weight.numel() >= least
         ):
             layer.forward = PackedForward(layer)
