@@ -50,6 +50,29 @@ def test_reca_config_feeds_images_only_and_keeps_understanding(tmp_path):
     assert cfg.seed == 3 and not any(m.startswith("vae") for m in cfg.train_modules)
 
 
+def test_t2i_arms_add_text_to_image_pairs_and_the_control_has_no_reconstruction(tmp_path):
+    with_pairs = reca_config("base", tmp_path, seed=0, steps=10, cond_image_size=64, lr=1e-4, batch=4, t2i=True)
+    control = reca_config("base", tmp_path, seed=0, steps=10, cond_image_size=None, lr=1e-4, batch=4, t2i=True)
+    for cfg in (with_pairs, control):
+        cfg.validate()
+    assert [s.task for s in with_pairs.data] == [Task.RECONSTRUCTION, Task.IMAGE_TO_TEXT, Task.TEXT_TO_IMAGE]
+    assert [s.task for s in control.data] == [Task.IMAGE_TO_TEXT, Task.TEXT_TO_IMAGE]
+    assert with_pairs.data[1:] == control.data and with_pairs.optim == control.optim
+
+
+def test_reca_beside_pairs_is_judged_against_the_pairs_alone():
+    runs = {}
+    for arm, values in (("base", [0.60, 0.61, 0.62]), ("t2i", [0.66, 0.67, 0.68]), ("reca_t2i", [0.67, 0.68, 0.66])):
+        for seed, overall in enumerate(values):
+            runs[f"{arm}/seed{seed}"] = {"overall": overall, "pope_f1": 0.95, "counting": 0.9}
+    study = {"runs": runs}
+    v = verdict(summarize(study))
+    assert v["reca_t2i"]["replicates"]  # +0.06 over the base ...
+    assert v["reca_beyond_t2i"]["gain"] == pytest.approx(0.0) and not v["reca_beyond_t2i"]["beyond"]  # ... all pairs
+    table = format_reca_table(study)
+    assert "t2i (no reconstruction): overall +0.060" in table and "does not add" in table
+
+
 def test_condition_gap_and_redraw_scores_run_on_the_shipped_model():
     import torch
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from harmon.cli.common import command_line, generation_settings, int_at_least, output_folder, seed_value
 
-RECA_ARMS = ("base", "reca", "reca_low")  # harmon.world.analyses.reca.ARMS; torch loads only inside commands
+# harmon.world.analyses.reca.ARMS; torch loads only inside commands
+RECA_ARMS = ("base", "reca", "reca_low", "reca_t2i", "t2i")
 
 
 def cmd_synergy(args: argparse.Namespace) -> int:

@@ -8,6 +8,11 @@ understanding kept. This study repeats the experiment on the shapes world, with 
     reca       RecA at the understanding size the model was trained with (``full_size``)
     reca_low   RecA with the condition at half that size: the paper found low-resolution features
                (224/256 px against 512 px) work better, as they invite less pixel copying
+    reca_t2i   RecA at full size with the world's text-to-image pairs added to every step (our assumption, not
+               the paper's recipe: RecA's data never exercises the text path, which may drift while the shared
+               weights move)
+    t2i        the control for reca_t2i: the same text-to-image pairs and questions, no reconstruction, so that
+               a gain of reca_t2i can be told apart from more text-to-image training
 
 Each RecA run starts from the base model with its own seed (data order, masks, noise) and the same recipe:
 reconstruction of world scenes (rendered images only) mixed 1 : 1 with the world's question answering, as the
@@ -37,22 +42,41 @@ from harmon.train.trainer import Trainer
 from harmon.world.analyses.synergy import mean_std
 from harmon.world.evaluate import understanding_scores
 from harmon.world.prompts import sample_eval_prompts
+from harmon.world.recipes import t2i_source
 from harmon.world.scene import WorldConfig
 from harmon.world.scoring import score_generation
 
 logger = logging.getLogger(__name__)
 
-ARMS = ("base", "reca", "reca_low")
+ARMS = ("base", "reca", "reca_low", "reca_t2i", "t2i")
+# the trained arms' RecA condition size, as a share of the understanding size (None: no reconstruction), and whether
+# text-to-image pairs join the step
+ARM_RECIPES = {"reca": (1.0, False), "reca_low": (0.5, False), "reca_t2i": (1.0, True), "t2i": (None, True)}
 # Gains the issue asks for before RecA counts as replicated, and the understanding it must keep (points of 1.0).
 MIN_GAIN, KEEP_UNDERSTANDING = 0.05, 0.01
 
 
 def reca_config(
-    base: str | Path, out_dir: str | Path, seed: int, steps: int, cond_image_size: int, lr: float, batch: int
+    base: str | Path,
+    out_dir: str | Path,
+    seed: int,
+    steps: int,
+    cond_image_size: int | None,
+    lr: float,
+    batch: int,
+    t2i: bool = False,
 ) -> TrainConfig:
     """One RecA run: reconstruction of shapes-world images (templates dropped for 10 % of samples, image kept, as
     RecA's public code does) + the same number of question-answering samples per step; everything trains but the
-    VAE (the released RecA trains the LLM and the MAR; the VAE is frozen in every Harmon stage)."""
+    VAE (the released RecA trains the LLM and the MAR; the VAE is frozen in every Harmon stage).
+
+    ``t2i``: the world's text-to-image pairs (the recipes' tag weights) join every step, ``batch`` of them;
+    ``cond_image_size`` None: no reconstruction (the control arm)."""
+    data = [SourceConfig("image2text_qa", "shapes", task=Task.IMAGE_TO_TEXT, batch_size=batch, max_text_length=256)]
+    if t2i:
+        data.append(t2i_source(batch))
+    if cond_image_size is None:
+        return _reca_train_config(base, out_dir, f"shapes_t2i_s{seed}", data, seed, steps, lr)
     recon = SourceConfig(
         "reconstruction",
         "shapes",
@@ -62,12 +86,18 @@ def reca_config(
         text_drop_prob=0.1,
         cond_image_size=cond_image_size,
     )
-    qa = SourceConfig("image2text_qa", "shapes", task=Task.IMAGE_TO_TEXT, batch_size=batch, max_text_length=256)
+    name = f"shapes_reca{'_t2i' if t2i else ''}_c{cond_image_size}_s{seed}"
+    return _reca_train_config(base, out_dir, name, [recon, *data], seed, steps, lr)
+
+
+def _reca_train_config(
+    base: str | Path, out_dir: str | Path, name: str, data: list[SourceConfig], seed: int, steps: int, lr: float
+) -> TrainConfig:
     return TrainConfig(
-        name=f"shapes_reca_c{cond_image_size}_s{seed}",
+        name=name,
         output_dir=str(out_dir),
         model=ModelInit(preset=None, pretrained=str(base)),
-        data=[recon, qa],
+        data=data,
         image_size=64,
         train_modules=("llm.", "mar.", "proj_in.", "proj_out."),
         max_steps=steps,
@@ -122,7 +152,7 @@ def run_reca_study(
     study: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
     base_pipe = HarmonPipeline.from_pretrained(base, device=device)
     full = full_size or base_pipe.config.generation.understanding_image_size
-    sizes = {"reca": full, "reca_low": full // 2}
+    sizes = {arm: None if share is None else int(full * share) for arm, (share, _) in ARM_RECIPES.items()}
     study.update(base=str(base), steps=steps, lr=lr, batch=batch, n_prompts=n_prompts, n_questions=n_questions)
     study.update(prompt_seed=prompt_seed, cond_sizes=sizes, settings=settings)
     if command is not None:
@@ -137,7 +167,8 @@ def run_reca_study(
             if arm == "base":
                 pipe = base_pipe
             else:
-                cfg = reca_config(base, out / arm / f"seed{seed}", seed, steps, sizes[arm], lr, batch)
+                t2i = ARM_RECIPES[arm][1]
+                cfg = reca_config(base, out / arm / f"seed{seed}", seed, steps, sizes[arm], lr, batch, t2i=t2i)
                 Trainer(cfg, device=device).run(resume="auto")
                 pipe = HarmonPipeline.from_pretrained(Path(cfg.output_dir) / "final", device=device)
             runs[key] = score_model(pipe, n_prompts, n_questions, prompt_seed, seed, **settings)
@@ -170,10 +201,13 @@ def verdict(summary: dict[str, Any]) -> dict[str, Any]:
     """Whether each RecA arm replicates the paper's finding against the base (see the module docstring)."""
     out: dict[str, Any] = {}
     base = summary.get("base")
-    for arm in ("reca", "reca_low"):
+    for arm in ("reca", "reca_low", "reca_t2i", "t2i"):
         if base is None or arm not in summary:
             continue
         gain, se = _gain(base, summary[arm], "overall")
+        if arm == "t2i":  # the control: its gain over the base, no RecA verdict
+            out[arm] = {"gain": gain, "se": se}
+            continue
         kept = {
             k: abs(summary[arm][k][0] - base[k][0]) <= KEEP_UNDERSTANDING for k in ("pope_f1", "counting") if k in base
         }
@@ -189,6 +223,9 @@ def verdict(summary: dict[str, Any]) -> dict[str, Any]:
     if "reca" in out and "reca_low" in out:
         gain, se = _gain(summary["reca"], summary["reca_low"], "overall")
         out["low_minus_full"] = {"gain": gain, "se": se, "low_better": gain > 2 * se}
+    if "reca_t2i" in out and "t2i" in out:
+        gain, se = _gain(summary["t2i"], summary["reca_t2i"], "overall")
+        out["reca_beyond_t2i"] = {"gain": gain, "se": se, "beyond": gain > 2 * se}
     return out
 
 
@@ -206,6 +243,16 @@ def format_reca_table(study: dict[str, Any]) -> str:
         if arm == "low_minus_full":
             better = "beat" if v["low_better"] else "do not beat"
             lines.append(f"\nLow-resolution features {better} full-resolution ones: {v['gain']:+.3f} ± {v['se']:.3f}.")
+            continue
+        if arm == "reca_beyond_t2i":
+            adds = "adds" if v["beyond"] else "does not add"
+            lines.append(
+                f"\nReconstruction beside text-to-image pairs {adds} beyond two standard errors to the pairs alone: "
+                f"{v['gain']:+.3f} ± {v['se']:.3f}."
+            )
+            continue
+        if arm == "t2i":
+            lines.append(f"\nt2i (no reconstruction): overall {v['gain']:+.3f} ± {v['se']:.3f} over the base.")
             continue
         says = "replicates" if v["replicates"] else "does not replicate"
         if not v["enough_seeds"]:
