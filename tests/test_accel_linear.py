@@ -68,8 +68,8 @@ def test_gradients_and_other_dtypes_take_the_plain_path():
 
 @needs_onednn
 @pytest.mark.parametrize("bf16_hardware", [True, False])
-def test_bf16_layers_are_packed_only_where_the_cpu_multiplies_bf16(monkeypatch, bf16_hardware):
-    """Faked CPU flags choose whether bf16 layers are wrapped; where they are (and the real CPU has the
+def test_bf16_layers_are_packed_only_where_asked_and_the_cpu_multiplies_bf16(monkeypatch, bf16_hardware):
+    """Faked CPU flags choose whether bf16 layers are wrapped when asked; where they are (and the real CPU has the
     instructions), the packed layers give the plain bf16 layers' numbers up to bf16 rounding."""
     monkeypatch.setattr(accel_linear, "has_bf16_matmul", lambda: bf16_hardware)
     g = torch.Generator().manual_seed(3)
@@ -77,7 +77,9 @@ def test_bf16_layers_are_packed_only_where_the_cpu_multiplies_bf16(monkeypatch, 
     x = torch.randn(6, 24, generator=g).to(torch.bfloat16)
     with torch.no_grad():
         plain = net(x)
-        with packed_linears(net, min_elements=0):
+        with packed_linears(net, min_elements=0):  # bf16 layers are packed only when asked
+            assert all("forward" not in m.__dict__ for m in net)
+        with packed_linears(net, min_elements=0, bf16=True):
             wrapped = all(isinstance(m.__dict__.get("forward"), accel_linear.PackedForward) for m in (net[0], net[2]))
             assert wrapped == bf16_hardware
             if bf16_hardware and not has_bf16_matmul():

@@ -380,6 +380,37 @@ def test_fast_sampler_matches_straightforward_path(cfg, chunk_elements, pack, mo
     assert all("forward" not in m.__dict__ for m in head.modules())  # the layers are plain again afterwards
 
 
+def test_fast_sampler_packs_a_bf16_head_only_on_bf16_hardware_and_draws_the_same(monkeypatch):
+    """In bf16 the fast sampler packs the head's layers where the CPU multiplies bf16 (harmon.accel.linear); the
+    tokens are those of the plain bf16 layers (bit for bit on oneDNN, within bf16 rounding in any case)."""
+    from harmon.accel import head as fast_head
+    from harmon.accel import linear as accel_linear
+    from harmon.cpuinfo import has_bf16_matmul
+    from harmon.diffloss import DiffLoss, DiffLossConfig
+
+    monkeypatch.setattr(accel_linear, "MIN_ELEMENTS", 0)
+    head = DiffLoss(DiffLossConfig(z_channels=24, width=32, depth=2))
+    g = torch.Generator().manual_seed(0)
+    head.net.initialize_weights(generator=g)
+    with torch.no_grad():
+        for p in head.parameters():
+            if not p.abs().sum():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.02)
+    head = head.to(torch.bfloat16)
+    z = torch.randn(8, 24, generator=g).to(torch.bfloat16)
+    packed_calls = []
+    original = accel_linear.PackedForward.__call__
+    monkeypatch.setattr(accel_linear.PackedForward, "__call__", lambda f, x: packed_calls.append(1) or original(f, x))
+    out = {}
+    for pack in (True, False):
+        packed_calls.clear()
+        monkeypatch.setattr(accel_linear, "ENABLED", pack)
+        out[pack] = fast_head.sample_fast(head, z, cfg=3.0, generator=torch.Generator().manual_seed(1), num_steps="5")
+        assert bool(packed_calls) == (pack and has_bf16_matmul() and accel_linear.available())
+    scale = out[False].float().abs().max().item()
+    torch.testing.assert_close(out[True].float(), out[False].float(), rtol=2e-2, atol=2e-2 * scale)
+
+
 # ---------------------------------------------------------------------------------------------------- v-prediction
 def test_v_prediction_exact_v_gives_zero_mse_and_true_posterior(generator):
     """With the exact v = sqrt(ᾱ)ε − sqrt(1−ᾱ)x0 the mse is 0 and p(x_{t−1}|x_t) is the true posterior."""

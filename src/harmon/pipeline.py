@@ -241,7 +241,7 @@ class HarmonPipeline:
                 canvas = tuple(t.repeat_interleave(repeat, dim=0) for t in canvas)
         groups = settings.groups
         strategies = accel.generation_strategies(self.model, guidance=groups > 1, compile=compile, groups=groups)
-        with accel.packed_linears(self.model):  # CPU fp32 / hardware bf16: weights packed once per call
+        with accel.packed_linears(self.model):  # CPU float32: weights packed once per call
             tokens = generate_tokens(
                 self.model,
                 prompt,

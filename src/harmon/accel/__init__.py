@@ -3,7 +3,8 @@
 - :mod:`harmon.accel.head`: the fast diffusion-head sampler (modulations precomputed for many steps, packed layers,
   optionally ``torch.compile``), a drop-in for ``DiffLoss.sample``.
 - :mod:`harmon.accel.dedupe`: the prompt run once per distinct prompt, the MAR encoder once per guided image.
-- :mod:`harmon.accel.linear`: oneDNN-packed Linear layers on CPU float32, and bfloat16 where the CPU has bf16 matmuls.
+- :mod:`harmon.accel.linear`: oneDNN-packed Linear layers on CPU float32 (and the diffusion head's in bfloat16 where
+  the CPU has bf16 matmuls).
 - :mod:`harmon.accel.quant`: weight-only int8 Linear layers and token embedding (``quantize_model``).
 - :mod:`harmon.accel.compile`: ``torch.compile`` with frozen weights, recompiled when the weights change.
 

@@ -7,8 +7,8 @@ K diffusion steps. Here:
 - the modulations, which depend on y = time_embed(t) + cond_embed(z) and never on x_t, are computed for many steps
   in one (S·N)-row matmul per layer (:class:`StepModulations`). They hold most of the head's weights (3W² of every
   5W² block), which a matmul of the N rows of one step would re-read from memory at every step;
-- on CPU (float32, or bfloat16 with bf16 matmul instructions) the layers run with weights packed once per call
-  (:mod:`harmon.accel.linear`);
+- on CPU (float32, and bfloat16 where the CPU has bf16 matmul instructions: at a step's few rows packing pays most)
+  the layers run with weights packed once per call (:mod:`harmon.accel.linear`);
 - optionally the MLP given its modulations runs through ``torch.compile`` (:mod:`harmon.accel.compile`).
 
 The numbers equal ``DiffLoss.sample``'s up to float rounding (tests compare them); the random draws are the same.
@@ -131,7 +131,7 @@ def sample_fast(
     # compiled: inductor packs the weights its own way, so the layers must be plain when it traces them. The
     # compiled MLP unpacks them itself on every call; unpacking here, once per call of sample, leaves it nothing to
     # undo (restoring an outer context's packed layers on every evaluation is not free).
-    with plain_linears(net) if compile else packed_linears(net):
+    with plain_linears(net) if compile else packed_linears(net, bf16=True):
         return head.sample_with(denoise, z, temperature, cfg, generator, num_steps, x0_clip)
 
 

@@ -1,4 +1,4 @@
-"""Packed-weight Linear layers for CPU float32 (and, where the CPU multiplies it in hardware, bfloat16) inference.
+"""Packed-weight Linear layers for CPU float32 (and, where asked and the CPU multiplies it, bfloat16) inference.
 
 A plain ``nn.Linear`` on CPU hands its weight to a GEMM that re-packs it into the kernel's blocked layout on every
 call. With the few hundred rows of a generation step (or the few rows of a diffusion step) that re-packing and the
@@ -16,9 +16,12 @@ tied LM head costs nothing during image generation). Where torch lacks the ops, 
 Only layers with at least ``MIN_ELEMENTS`` weights (512 x 512) are packed: below that size oneDNN's fixed cost per
 call, and the reorder itself, outweigh the re-packing they save.
 
-bfloat16 layers are packed only on a CPU with bf16 matmul instructions (:func:`harmon.cpuinfo.has_bf16_matmul`):
-there the packed layer is 1.1-2.8x the plain bf16 one, most at the few rows of a diffusion step or a decoded token
-(``benchmarks/precision.py`` times both); elsewhere bf16 is emulated and left as it is.
+bfloat16 layers are packed only when asked (``bf16=True``) and only on a CPU with bf16 matmul instructions
+(:func:`harmon.cpuinfo.has_bf16_matmul`; elsewhere bf16 is emulated and left as it is). There the packed layer gives
+the plain bf16 layer's output and is 1.3x faster at the few rows of a diffusion step, but only 7-11 % faster at the
+hundreds of rows of the LLM and the MAR stacks (``benchmarks/precision.py`` times both), where a packed copy of the
+weights for the whole call would cost half again bf16 generation's peak memory. So the fast diffusion-head sampler
+asks for it (:mod:`harmon.accel.head`, about 70 MB of weights on the 0.5B architecture) and the pipeline does not.
 """
 
 from __future__ import annotations
@@ -58,9 +61,10 @@ def available() -> bool:
     )
 
 
-def packable_dtypes() -> tuple[torch.dtype, ...]:
-    """The weight dtypes packed on this CPU: float32, and bfloat16 where the CPU multiplies it in hardware."""
-    return (torch.float32, torch.bfloat16) if has_bf16_matmul() else (torch.float32,)
+def packable_dtypes(bf16: bool = True) -> tuple[torch.dtype, ...]:
+    """The weight dtypes packed on this CPU: float32, and, with ``bf16``, bfloat16 where the CPU multiplies it in
+    hardware."""
+    return (torch.float32, torch.bfloat16) if bf16 and has_bf16_matmul() else (torch.float32,)
 
 
 class PackedForward:
@@ -96,17 +100,18 @@ class PackedForward:
 
 
 @contextlib.contextmanager
-def packed_linears(module: nn.Module, min_elements: int | None = None) -> Iterator[None]:
+def packed_linears(module: nn.Module, min_elements: int | None = None, bf16: bool = False) -> Iterator[None]:
     """Run the ``nn.Linear`` layers of ``module`` with packed weights inside the block (see the module docstring).
 
-    ``min_elements``: the smallest weight packed (default ``MIN_ELEMENTS``); smaller layers stay plain.
+    ``min_elements``: the smallest weight packed (default ``MIN_ELEMENTS``); smaller layers stay plain. ``bf16``:
+    also pack bfloat16 layers, where the CPU has bf16 matmul instructions.
     Nested use is allowed: layers already packed by an outer context are left to it.
     """
     if not ENABLED or not available():
         yield
         return
     least = MIN_ELEMENTS if min_elements is None else min_elements
-    dtypes = packable_dtypes()
+    dtypes = packable_dtypes(bf16)
     swapped: list[nn.Linear] = []
     for layer in module.modules():
         if (

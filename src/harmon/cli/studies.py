@@ -79,7 +79,7 @@ def _add_reca(asub: argparse._SubParsersAction) -> None:
     r.add_argument("--arms", nargs="+", choices=RECA_ARMS, default=list(RECA_ARMS))
     r.add_argument("--steps", type=int_at_least(1), default=300, help="optimizer steps per RecA run")
     r.add_argument("--lr", type=float, default=1e-4)
-    r.add_argument("--batch", type=int_at_least(1), default=16, help="reconstructions (and as many QA) per step")
+    r.add_argument("--batch", type=int_at_least(1), default=16, help="samples per source per step")
     r.add_argument("--prompts", type=int_at_least(1), default=240, help="fresh GenEval-style prompts per model")
     r.add_argument("--questions", type=int_at_least(0), default=280, help="fresh questions per model (0: none)")
     r.add_argument("--prompt-seed", type=seed_value, default=0)
