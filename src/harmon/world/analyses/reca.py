@@ -225,7 +225,7 @@ def verdict(summary: dict[str, Any]) -> dict[str, Any]:
         out["low_minus_full"] = {"gain": gain, "se": se, "low_better": gain > 2 * se}
     if "reca_t2i" in out and "t2i" in out:
         gain, se = _gain(summary["t2i"], summary["reca_t2i"], "overall")
-        out["reca_beyond_t2i"] = {"gain": gain, "se": se, "beyond": gain > 2 * se}
+        out["reca_beyond_t2i"] = {"gain": gain, "se": se, "beyond": gain > 2 * se, "costs": gain < -2 * se}
     return out
 
 
@@ -245,9 +245,9 @@ def format_reca_table(study: dict[str, Any]) -> str:
             lines.append(f"\nLow-resolution features {better} full-resolution ones: {v['gain']:+.3f} ± {v['se']:.3f}.")
             continue
         if arm == "reca_beyond_t2i":
-            adds = "adds" if v["beyond"] else "does not add"
+            says = "adds to" if v["beyond"] else "costs against" if v.get("costs") else "makes no difference to"
             lines.append(
-                f"\nReconstruction beside text-to-image pairs {adds} beyond two standard errors to the pairs alone: "
+                f"\nReconstruction beside text-to-image pairs {says} the pairs alone, beyond two standard errors: "
                 f"{v['gain']:+.3f} ± {v['se']:.3f}."
             )
             continue
