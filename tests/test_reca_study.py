@@ -68,13 +68,17 @@ def test_reca_beside_pairs_is_judged_against_the_pairs_alone():
     study = {"runs": runs}
     v = verdict(summarize(study))
     assert v["reca_t2i"]["replicates"]  # +0.06 over the base ...
-    assert v["reca_beyond_t2i"]["gain"] == pytest.approx(0.0) and not v["reca_beyond_t2i"]["beyond"]  # ... all pairs
+    assert v["reca_beyond_t2i"]["gain"] == pytest.approx(0.0) and not v["reca_beyond_t2i"]["better"]  # ... all pairs
     table = format_reca_table(study)
     assert "t2i (no reconstruction): overall +0.060" in table and "makes no difference to" in table
     runs = {k: {**r, "overall": r["overall"] - 0.04} if k.startswith("reca_t2i") else r for k, r in runs.items()}
     v = verdict(summarize({"runs": runs}))["reca_beyond_t2i"]
-    assert v["costs"] and not v["beyond"]
+    assert v["worse"] and not v["better"]
     assert "costs against the pairs alone" in format_reca_table({"runs": runs})
+    one_seed = {k: r for k, r in runs.items() if k.endswith("seed0")}  # no spread: nothing can be judged
+    v = verdict(summarize({"runs": one_seed}))["reca_beyond_t2i"]
+    assert v["se"] == 0.0 and not v["worse"] and not v["enough_seeds"]
+    assert "reca_beyond_t2i: -0.030 ± 0.000; cannot be judged" in format_reca_table({"runs": one_seed})
 
 
 def test_condition_gap_and_redraw_scores_run_on_the_shipped_model():

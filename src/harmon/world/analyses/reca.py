@@ -220,12 +220,14 @@ def verdict(summary: dict[str, Any]) -> dict[str, Any]:
             "enough_seeds": enough,
             "replicates": replicates,
         }
-    if "reca" in out and "reca_low" in out:
-        gain, se = _gain(summary["reca"], summary["reca_low"], "overall")
-        out["low_minus_full"] = {"gain": gain, "se": se, "low_better": gain > 2 * se}
-    if "reca_t2i" in out and "t2i" in out:
-        gain, se = _gain(summary["t2i"], summary["reca_t2i"], "overall")
-        out["reca_beyond_t2i"] = {"gain": gain, "se": se, "beyond": gain > 2 * se, "costs": gain < -2 * se}
+    # arm against arm: a difference counts only beyond two standard errors, with 3 runs or more on each side
+    # (one run has no spread, so a single seed would look certain)
+    for key, (a, b) in {"low_minus_full": ("reca", "reca_low"), "reca_beyond_t2i": ("t2i", "reca_t2i")}.items():
+        if a in summary and b in summary:
+            gain, se = _gain(summary[a], summary[b], "overall")
+            enough = summary[a]["n"] >= 3 and summary[b]["n"] >= 3
+            out[key] = {"gain": gain, "se": se, "enough_seeds": enough}
+            out[key].update(better=enough and gain > 2 * se, worse=enough and gain < -2 * se)
     return out
 
 
@@ -240,16 +242,8 @@ def format_reca_table(study: dict[str, Any]) -> str:
         cells = [f"{s[k][0]:.3f} ± {s[k][1]:.3f}" for k in keys]
         lines.append(f"| {arm} | {s['n']} | " + " | ".join(cells) + " |")
     for arm, v in (study.get("verdict") or verdict(summary)).items():
-        if arm == "low_minus_full":
-            better = "beat" if v["low_better"] else "do not beat"
-            lines.append(f"\nLow-resolution features {better} full-resolution ones: {v['gain']:+.3f} ± {v['se']:.3f}.")
-            continue
-        if arm == "reca_beyond_t2i":
-            says = "adds to" if v["beyond"] else "costs against" if v.get("costs") else "makes no difference to"
-            lines.append(
-                f"\nReconstruction beside text-to-image pairs {says} the pairs alone, beyond two standard errors: "
-                f"{v['gain']:+.3f} ± {v['se']:.3f}."
-            )
+        if arm in ("low_minus_full", "reca_beyond_t2i"):
+            lines.append("\n" + _pair_line(arm, v))
             continue
         if arm == "t2i":
             lines.append(f"\nt2i (no reconstruction): overall {v['gain']:+.3f} ± {v['se']:.3f} over the base.")
@@ -262,6 +256,17 @@ def format_reca_table(study: dict[str, Any]) -> str:
             f"understanding kept: {v['understanding_kept']}; RecA's finding {says} here."
         )
     return "\n".join(lines)
+
+
+def _pair_line(key: str, v: dict[str, Any]) -> str:
+    """One sentence for an arm-against-arm comparison of :func:`verdict`."""
+    figure = f"{v['gain']:+.3f} ± {v['se']:.3f}"
+    if not v.get("enough_seeds", True):
+        return f"{key}: {figure}; cannot be judged with fewer than 3 runs per arm."
+    if key == "low_minus_full":
+        return f"Low-resolution features {'beat' if v['better'] else 'do not beat'} full-resolution ones: {figure}."
+    says = "adds to" if v["better"] else "costs against" if v["worse"] else "makes no difference to"
+    return f"Reconstruction beside text-to-image pairs {says} the pairs alone, beyond two standard errors: {figure}."
 
 
 @torch.no_grad()
