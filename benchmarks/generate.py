@@ -293,25 +293,36 @@ def roofline(res: dict, peak: float, bandwidth: float | None = None) -> dict:
 
 
 def bench_understanding(pipe, args, device: str) -> dict:
+    """Prefill time and greedy decode tokens/s of the LLM, with plain layers (as ``describe`` runs them) and with
+    packed ones (:mod:`harmon.accel.linear`, bf16 included where the CPU has bf16 matmuls; the same tokens)."""
     from PIL import Image
+
+    from harmon.accel.linear import packed_linears
 
     image = Image.new("RGB", (args.image_size, args.image_size), (200, 30, 30))
     embeds = pipe.understanding_inputs(image, "Describe the image in detail.", image_size=args.image_size)
     llm = pipe.model.llm
-    with torch.no_grad():  # plain layers, as HarmonPipeline.describe runs them
-        llm(inputs_embeds=embeds, use_cache=True)  # warm-up
+
+    def run() -> tuple[float, float, list[int]]:
+        out = llm(inputs_embeds=embeds, use_cache=True, logits_to_keep=1)  # warm-up (and packing)
         t = time.perf_counter()
         out = llm(inputs_embeds=embeds, use_cache=True, logits_to_keep=1)
         prefill = time.perf_counter() - t
         cache = out.past_key_values if getattr(out, "cache", None) is None else out.cache
         ids = out.logits[:, -1].argmax(-1, keepdim=True)
-        n = args.decode_tokens
+        tokens = []
         t = time.perf_counter()
-        for _ in range(n):
+        for _ in range(args.decode_tokens):
             out = llm(input_ids=ids, cache=cache, use_cache=True)
             cache = out.past_key_values if getattr(out, "cache", None) is None else out.cache
             ids = out.logits[:, -1].argmax(-1, keepdim=True)
-        decode = time.perf_counter() - t
+            tokens.append(int(ids))
+        return prefill, args.decode_tokens / (time.perf_counter() - t), tokens
+
+    with torch.no_grad():
+        prefill, rate, tokens = run()
+        with packed_linears(llm, bf16=True):
+            packed_prefill, packed_rate, packed_tokens = run()
     return {
         "bench": "understanding",
         "config": args.config,
@@ -319,7 +330,10 @@ def bench_understanding(pipe, args, device: str) -> dict:
         "image_size": args.image_size,
         "prompt_tokens": embeds.shape[1],
         "prefill_s": prefill,
-        "decode_tokens_per_s": n / decode,
+        "decode_tokens_per_s": rate,
+        "packed_prefill_s": packed_prefill,
+        "packed_decode_tokens_per_s": packed_rate,
+        "packed_same_tokens": packed_tokens == tokens,
     }
 
 

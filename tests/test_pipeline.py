@@ -112,7 +112,8 @@ def test_deduplicated_sampling_equals_every_row_reference(pipe, monkeypatch, gui
 
 def test_packed_linears_give_the_plain_layers_images(pipe, monkeypatch):
     """generate runs its Linear layers with packed weights on CPU float32 (harmon.accel.linear): the same latents
-    up to float rounding as with plain layers; describe answers the same either way."""
+    up to float rounding as with plain layers. describe and describe_many decode with the LLM's layers packed and
+    answer the same either way."""
     from harmon.accel import linear as accel_linear
 
     if not accel_linear.available():
@@ -123,12 +124,23 @@ def test_packed_linears_give_the_plain_layers_images(pipe, monkeypatch):
     monkeypatch.setattr(accel_linear.PackedForward, "__call__", lambda self, x: calls.append(1) or real(self, x))
     settings = dict(output_type="latent", **{**FAST, "num_iter": 4})
     packed = pipe.generate("a red circle", generator=gen(0), **settings)
-    answer = pipe.describe(Image.new("RGB", (64, 64), (200, 30, 30)), "What colour?", max_new_tokens=6)
     assert calls  # the packed route really ran
+    image = Image.new("RGB", (64, 64), (200, 30, 30))
+    answers = []
+    for route in (
+        lambda: [pipe.describe(image, "What colour?", max_new_tokens=6)],
+        lambda: pipe.describe_many([image, image], ["What colour?", "Describe the image."], max_new_tokens=6),
+    ):
+        calls.clear()
+        answers.append(route())
+        assert calls  # the LLM's layers packed while decoding
+    packed_left = [m for m in pipe.model.modules() if isinstance(m.__dict__.get("forward"), accel_linear.PackedForward)]
+    assert not packed_left  # and plain again afterwards
     monkeypatch.setattr(accel_linear, "ENABLED", False)
     calls.clear()
     plain = pipe.generate("a red circle", generator=gen(0), **settings)
-    assert pipe.describe(Image.new("RGB", (64, 64), (200, 30, 30)), "What colour?", max_new_tokens=6) == answer
+    assert [pipe.describe(image, "What colour?", max_new_tokens=6)] == answers[0]
+    assert pipe.describe_many([image, image], ["What colour?", "Describe the image."], max_new_tokens=6) == answers[1]
     assert not calls
     torch.testing.assert_close(packed, plain, rtol=1e-4, atol=1e-4)
 

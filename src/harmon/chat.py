@@ -27,6 +27,7 @@ import torch
 from PIL import Image
 from transformers import DynamicCache
 
+from harmon.accel.linear import packed_linears
 from harmon.conditioning import pixel_features
 from harmon.decoding import check_decoding_settings, decode_greedy_batch, iter_decode
 from harmon.images import load_image, prepare_for_understanding
@@ -289,22 +290,24 @@ def _decode(
     inputs = embed(pipe, prompt.items[shared:])  # (1, N_new, H)
     ids = iter_decode(pipe.model, inputs, eos_token_id=pipe.eos_token_id, cache=kv, **decoding)
     intact = False  # whether the cache holds what ``fed`` says (not after a failure inside the model)
-    try:
-        for token in ids:
-            yield token
-            fed.append(token)
-        intact = True
-    except GeneratorExit:  # the caller stopped reading: the cache holds every token fed so far
-        intact = True
-        raise
-    finally:
-        ids.close()
-        if cache is not None and kv is not None:
-            done = kv.get_seq_length() - prompt.positions
-            if intact and done >= 0:
-                cache.keep(kv, prompt.items + fed[:done])
-            else:
-                cache.clear()
+    # one row per decoded token: packed weights pay most (harmon.accel.linear); packed while the answer streams
+    with packed_linears(pipe.model.llm, bf16=True):
+        try:
+            for token in ids:
+                yield token
+                fed.append(token)
+            intact = True
+        except GeneratorExit:  # the caller stopped reading: the cache holds every token fed so far
+            intact = True
+            raise
+        finally:
+            ids.close()
+            if cache is not None and kv is not None:
+                done = kv.get_seq_length() - prompt.positions
+                if intact and done >= 0:
+                    cache.keep(kv, prompt.items + fed[:done])
+                else:
+                    cache.clear()
 
 
 def _decoding_defaults(
@@ -379,9 +382,14 @@ def answer_batch(
         chunk = prompts[start : start + batch_size]
         features = slot_features(pipe, chunk)
         rows = [embed(pipe, p.items, features)[0] for p in chunk]
-        ids = decode_greedy_batch(
-            pipe.model, rows, max_new_tokens=max_new_tokens, eos_token_id=pipe.eos_token_id, repetition_penalty=penalty
-        )
+        with packed_linears(pipe.model.llm, bf16=True):
+            ids = decode_greedy_batch(
+                pipe.model,
+                rows,
+                max_new_tokens=max_new_tokens,
+                eos_token_id=pipe.eos_token_id,
+                repetition_penalty=penalty,
+            )
         eos = pipe.eos_token_id
         answers += [pipe.tokenizer.decode([t for t in a if t != eos], skip_special_tokens=True).strip() for a in ids]
     return answers

@@ -408,7 +408,6 @@ class HarmonPipeline:
         value, which the original applies to its greedy answers).
         """
         turn = self._question_turn(image_or_path, question)
-        # Plain layers: packing (harmon.accel.linear) pays for many small calls, not for one large prefill.
         return run_chat(
             self,
             [turn],

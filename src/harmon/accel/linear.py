@@ -4,8 +4,10 @@ A plain ``nn.Linear`` on CPU hands its weight to a GEMM that re-packs it into th
 call. With the few hundred rows of a generation step (or the few rows of a diffusion step) that re-packing and the
 small-M kernels are a large share of the time. oneDNN can reorder a weight once into its blocked layout and multiply
 many times against it (``benchmarks/generate.py --no-pack`` runs the plain layers for comparison).
-``HarmonPipeline.generate`` and the fast diffusion-head sampler (:mod:`harmon.accel.head`) use it; ``describe`` does
-not (its prefill, one large batch of rows per layer, gains nothing from a weight packed once).
+``HarmonPipeline.generate``, the fast diffusion-head sampler (:mod:`harmon.accel.head`) and the LLM's decoding in
+``chat`` / ``describe`` / ``describe_many`` use it; decoding runs one row per token, where packed weights gave
+1.3-1.7x the tokens/s of plain ones on the 0.5B and 1.5B architectures, fp32 and bf16 (``benchmarks/generate.py
+--understanding``), for a second copy of the LLM's weights while an answer is decoded.
 
 ``packed_linears(module)`` is a context: inside it every ``nn.Linear`` of ``module`` that is called with a CPU input
 of its weight's dtype, and no gradient to record, runs through oneDNN with its weight reordered on its first call in the
@@ -18,10 +20,11 @@ call, and the reorder itself, outweigh the re-packing they save.
 
 bfloat16 layers are packed only when asked (``bf16=True``) and only on a CPU with bf16 matmul instructions
 (:func:`harmon.cpuinfo.has_bf16_matmul`; elsewhere bf16 is emulated and left as it is). There the packed layer gives
-the plain bf16 layer's output and is 1.3x faster at the few rows of a diffusion step, but only 7-11 % faster at the
-hundreds of rows of the LLM and the MAR stacks (``benchmarks/precision.py`` times both), where a packed copy of the
-weights for the whole call would cost half again bf16 generation's peak memory. So the fast diffusion-head sampler
-asks for it (:mod:`harmon.accel.head`, about 70 MB of weights on the 0.5B architecture) and the pipeline does not.
+the plain bf16 layer's output and is 1.3x faster at the few rows of a diffusion step and 2.1x for one decoded token,
+but only 7-11 % faster at the hundreds of rows of image generation's LLM and MAR stacks (``benchmarks/precision.py``
+times both), where a packed copy of their weights would cost half again bf16 generation's peak memory for a few per
+cent of its time. So the fast diffusion-head sampler (about 70 MB of weights on the 0.5B architecture) and the
+LLM's decoding ask for it, and image generation's stacks do not.
 """
 
 from __future__ import annotations
