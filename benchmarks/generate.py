@@ -293,8 +293,9 @@ def roofline(res: dict, peak: float, bandwidth: float | None = None) -> dict:
 
 
 def bench_understanding(pipe, args, device: str) -> dict:
-    """Prefill time and greedy decode tokens/s of the LLM, with plain layers (as ``describe`` runs them) and with
-    packed ones (:mod:`harmon.accel.linear`, bf16 included where the CPU has bf16 matmuls; the same tokens)."""
+    """Prefill time and greedy decode tokens/s of the LLM, with plain layers and with packed ones, as ``describe``
+    decodes (:mod:`harmon.accel.linear`, bf16 included where the CPU has bf16 matmuls), and whether both routes
+    gave the same tokens."""
     from PIL import Image
 
     from harmon.accel.linear import packed_linears

@@ -7,14 +7,14 @@
 Each shape is one ``nn.Linear`` at the rows x in -> out of a component of the 0.5B architecture (the diffusion head's
 MLP at batch 1 with guidance, the MAR blocks, the LLM's MLP at a generation step's rows and at one decoded token).
 Routes: fp32 plain, fp32 with the packed weight generation uses (:mod:`harmon.accel.linear`), bf16 plain, bf16 packed
-(where the CPU has bf16 matmul instructions, as generation then runs it), and weight-only int8
+(where the CPU has bf16 matmul instructions: the diffusion head and the LLM's decoding run it), and weight-only int8
 (:mod:`harmon.accel.quant`) with bf16 and with fp32 activations. Rounds are interleaved, so a slow minute of a
 shared machine hits every route; each route's fastest round counts. The first line names the CPU.
 
 ``--latents``: the shipped shapes model's latents for one prompt and seed (its defaults: 8 masked-autoregressive
 steps, guidance 3, 100 diffusion steps) in bf16, int8 and both, each against fp32: max and mean absolute difference
 and the largest fp32 latent, for scale. With ``--config 0.5b`` (random weights, seeded, at 256 px and guidance 3 with
-the given steps): fp32 against bf16 with packed layers (what generation runs on a bf16 CPU) and with plain ones;
+the given steps): fp32 against bf16 as generation runs it (the head packed on a bf16 CPU) and with plain layers;
 its layers are large enough to be packed, the shipped model's are not.
 """
 
