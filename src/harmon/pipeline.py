@@ -241,7 +241,10 @@ class HarmonPipeline:
                 canvas = tuple(t.repeat_interleave(repeat, dim=0) for t in canvas)
         groups = settings.groups
         strategies = accel.generation_strategies(self.model, guidance=groups > 1, compile=compile, groups=groups)
-        with accel.packed_linears(self.model):  # CPU float32: weights packed once per call
+        # CPU float32: weights packed once per call; in bf16 the diffusion head's (harmon.accel.linear), once per
+        # call rather than once per masked-autoregressive step
+        head = self.model.mar.diffloss
+        with accel.packed_linears(self.model), accel.packed_linears(head, bf16=True):
             tokens = generate_tokens(
                 self.model,
                 prompt,
