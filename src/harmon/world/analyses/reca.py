@@ -191,27 +191,27 @@ def summarize(study: dict[str, Any]) -> dict[str, Any]:
     return summary
 
 
-def _gain(a: dict, b: dict, key: str) -> tuple[float, float]:
-    """Difference of means b - a of ``key`` and its standard error."""
+def _gain(a: dict, b: dict, key: str) -> tuple[float, float, bool]:
+    """Difference of means b - a of ``key``, its standard error, and whether both sides have the 3 runs or more a
+    verdict needs (one run has no spread, so a single seed would look certain)."""
     se = math.sqrt(a[key][1] ** 2 / a["n"] + b[key][1] ** 2 / b["n"])
-    return b[key][0] - a[key][0], se
+    return b[key][0] - a[key][0], se, a["n"] >= 3 and b["n"] >= 3
 
 
 def verdict(summary: dict[str, Any]) -> dict[str, Any]:
     """Whether each RecA arm replicates the paper's finding against the base (see the module docstring)."""
     out: dict[str, Any] = {}
     base = summary.get("base")
-    for arm in ("reca", "reca_low", "reca_t2i", "t2i"):
+    for arm in ARM_RECIPES:
         if base is None or arm not in summary:
             continue
-        gain, se = _gain(base, summary[arm], "overall")
+        gain, se, enough = _gain(base, summary[arm], "overall")
         if arm == "t2i":  # the control: its gain over the base, no RecA verdict
             out[arm] = {"gain": gain, "se": se}
             continue
         kept = {
             k: abs(summary[arm][k][0] - base[k][0]) <= KEEP_UNDERSTANDING for k in ("pope_f1", "counting") if k in base
         }
-        enough = summary[arm]["n"] >= 3 and base["n"] >= 3
         replicates = enough and gain >= MIN_GAIN and gain > 2 * se and all(kept.values())
         out[arm] = {
             "gain": gain,
@@ -220,20 +220,19 @@ def verdict(summary: dict[str, Any]) -> dict[str, Any]:
             "enough_seeds": enough,
             "replicates": replicates,
         }
-    # arm against arm: a difference counts only beyond two standard errors, with 3 runs or more on each side
-    # (one run has no spread, so a single seed would look certain)
+    # arm against arm: a difference counts only beyond two standard errors, with enough runs on each side
     for key, (a, b) in {"low_minus_full": ("reca", "reca_low"), "reca_beyond_t2i": ("t2i", "reca_t2i")}.items():
         if a in summary and b in summary:
-            gain, se = _gain(summary[a], summary[b], "overall")
-            enough = summary[a]["n"] >= 3 and summary[b]["n"] >= 3
+            gain, se, enough = _gain(summary[a], summary[b], "overall")
             out[key] = {"gain": gain, "se": se, "enough_seeds": enough}
             out[key].update(better=enough and gain > 2 * se, worse=enough and gain < -2 * se)
     return out
 
 
 def format_reca_table(study: dict[str, Any]) -> str:
-    """A markdown table of the summary, then one line of verdict per arm."""
-    summary = study.get("summary") or summarize(study)
+    """A markdown table of the summary, then one line of verdict per arm, both derived from the study's runs (a
+    study saved by an earlier version keeps its own summary and verdict, in an older form)."""
+    summary = summarize(study)
     if not summary:
         return "(no finished runs)"
     keys = [k for k in next(iter(summary.values())) if k != "n"]
@@ -241,7 +240,7 @@ def format_reca_table(study: dict[str, Any]) -> str:
     for arm, s in summary.items():
         cells = [f"{s[k][0]:.3f} ± {s[k][1]:.3f}" for k in keys]
         lines.append(f"| {arm} | {s['n']} | " + " | ".join(cells) + " |")
-    for arm, v in (study.get("verdict") or verdict(summary)).items():
+    for arm, v in verdict(summary).items():
         if arm in ("low_minus_full", "reca_beyond_t2i"):
             lines.append("\n" + _pair_line(arm, v))
             continue
@@ -261,7 +260,7 @@ def format_reca_table(study: dict[str, Any]) -> str:
 def _pair_line(key: str, v: dict[str, Any]) -> str:
     """One sentence for an arm-against-arm comparison of :func:`verdict`."""
     figure = f"{v['gain']:+.3f} ± {v['se']:.3f}"
-    if not v.get("enough_seeds", True):
+    if not v["enough_seeds"]:
         return f"{key}: {figure}; cannot be judged with fewer than 3 runs per arm."
     if key == "low_minus_full":
         return f"Low-resolution features {'beat' if v['better'] else 'do not beat'} full-resolution ones: {figure}."
