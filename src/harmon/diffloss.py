@@ -310,6 +310,8 @@ class DiffLoss(nn.Module):
         generator: torch.Generator | None = None,
         num_steps: str | None = None,
         x0_clip: float | None = None,
+        init: torch.Tensor | None = None,
+        strength: float = 1.0,
     ) -> torch.Tensor:
         """Sample one token per condition row: the network embeds the condition and the timestep at every step.
 
@@ -325,6 +327,9 @@ class DiffLoss(nn.Module):
             num_steps: respacing string overriding config.num_sampling_steps for this call.
             x0_clip: clamp the predicted clean token to [-x0_clip, x0_clip] at every step (None: no clipping, as
                 the official sampler).
+            init, strength: SDEdit (arXiv 2108.01073): with ``init`` (one (C,) token per sampled row) the chain
+                starts from it noised to the chain step ``strength`` of the way up (0 < strength <= 1; 1 with
+                ``init`` None is the plain sampler), so the sample keeps what the noise leaves of ``init``.
         Returns:
             (K, C) float32 tokens with cfg ≠ 1 (K = N / G), else (N, C).
         """
@@ -332,7 +337,7 @@ class DiffLoss(nn.Module):
         def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             return self.net(x, t.expand(x.shape[0]), z)  # (rows, 2C)
 
-        return self.sample_with(denoise, z, temperature, cfg, generator, num_steps, x0_clip)
+        return self.sample_with(denoise, z, temperature, cfg, generator, num_steps, x0_clip, init, strength)
 
     @torch.no_grad()
     def sample_with(
@@ -344,6 +349,8 @@ class DiffLoss(nn.Module):
         generator: torch.Generator | None = None,
         num_steps: str | None = None,
         x0_clip: float | None = None,
+        init: torch.Tensor | None = None,
+        strength: float = 1.0,
     ) -> torch.Tensor:
         """:meth:`sample` with the network evaluated by ``denoise(x, t)``: x (rows, C) float32 states, t (rows,)
         original timesteps -> (rows, 2C), where rows = N (cfg = 1) or GK ([x; …; x] under the G·K conditions of z).
@@ -371,4 +378,17 @@ class DiffLoss(nn.Module):
                 rows = torch.cat([x] * groups, dim=0)  # (GK, C): the conditional chain under every condition
                 return self.net.guide(denoise(rows, torch.cat([t] * groups, dim=0)), cfg)[:k]  # (K, 2C)
 
-        return diffusion.p_sample_loop(model_fn, noise, temperature=temperature, generator=generator, x0_clip=x0_clip)
+        start = None
+        if init is not None:
+            if not 0.0 < strength <= 1.0:
+                raise ValueError(f"strength must be in (0, 1], got {strength}")
+            if init.shape != noise.shape:
+                raise ValueError(
+                    f"init must hold one token per sampled row, {tuple(noise.shape)}, got {tuple(init.shape)}"
+                )
+            start = max(0, round(strength * diffusion.num_timesteps) - 1)
+            index = torch.full((noise.shape[0],), start, dtype=torch.long, device=noise.device)
+            noise = diffusion.q_sample(init.to(noise.device), index, noise)
+        return diffusion.p_sample_loop(
+            model_fn, noise, temperature=temperature, generator=generator, x0_clip=x0_clip, start=start
+        )

@@ -7,8 +7,7 @@ Equation numbers refer to
 
 Conventions (reference §7): schedule tables are computed in float64 on the CPU and used as float32 copies on the
 device of the data; the chain state (x_t, noise, means) is float32 whatever dtype the network runs in. Indices
-``t`` address the (possibly respaced) chain; the network always sees the *original* timestep
-``timestep_map[t]``.
+``t`` address the (possibly respaced) chain; the network always sees the *original* timestep ``timestep_map[t]``.
 """
 
 from __future__ import annotations
@@ -19,6 +18,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from harmon import rng
+from harmon.validate import check_number
 
 __all__ = [
     "GaussianDiffusion",
@@ -418,25 +418,27 @@ class GaussianDiffusion:
         temperature: float = 1.0,
         generator: torch.Generator | None = None,
         x0_clip: float | None = None,
+        start: int | None = None,
     ) -> torch.Tensor:
         """Ancestral sampling ([DDPM] Algorithm 2) from x_{K−1} = ``noise`` down to x_0.
 
         For j = K−1 … 0: (ε̂, v) = model_fn(x, timestep_map[j]); x ← mean + [j ≠ 0]·exp(½ log σ²)·n·temperature,
-        n ~ N(0, I) from ``generator``. Temperature scales only the per-step noise. No noise is drawn at j = 0
-        (its coefficient is zero).
+        n ~ N(0, I) from ``generator``. Temperature scales only the per-step noise. No noise is drawn at j = 0.
 
         Args:
             model_fn: (x (N, C, ...) float32, original timesteps (N,) int64) -> (N, 2C, ...) in any float dtype.
             noise: (N, C, ...) initial state; the chain runs in float32 on its device.
             generator: source of the per-step noise (on the device of ``noise``).
-        Returns:
-            x_0, (N, C, ...) float32.
+            start: the chain index ``noise`` stands at (default K − 1); SDEdit starts lower, from a noised token.
+        Returns x_0, (N, C, ...) float32.
         """
         x = noise.float()
         n = x.shape[0]
         device = x.device
         timestep_map = self._table("timestep_map", device)
-        for j in reversed(range(self.num_timesteps)):
+        last = self.num_timesteps - 1
+        first = last if start is None else check_number("start", start, low=0, high=last, integer=True)
+        for j in range(first, -1, -1):
             t = torch.full((n,), j, dtype=torch.long, device=device)  # chain index, (N,)
             model_output = model_fn(x, timestep_map[t])  # (N, 2C, ...)
             mean, log_var, _ = self.p_mean_variance(model_output, x, t, x0_clip=x0_clip)
