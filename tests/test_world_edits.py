@@ -149,7 +149,7 @@ def test_edit_records_build_a_training_batch():
 
 def test_eval_shapes_edit_runs_on_the_shipped_model(tmp_path, capsys):
     out = tmp_path / "edits.json"
-    flags = ["--edits", "1", "--num-iter", "2", "--diffusion-steps", "2", "--json", str(out)]
+    flags = ["--edits", "1", "--route", "direct", "--num-iter", "2", "--diffusion-steps", "2", "--json", str(out)]
     assert cli.main(["eval", "shapes-edit", *flags]) == 0
     printed = capsys.readouterr().out
     rows = [line for line in printed.splitlines() if line.startswith("| ")]
@@ -161,3 +161,6 @@ def test_eval_shapes_edit_runs_on_the_shipped_model(tmp_path, capsys):
         rates = [r[m] for r in [*types.values(), result["splits"][split]["overall"]] for m in ("edit_ok", "preserved")]
         assert all(0.0 <= r <= 1.0 for r in rates)
     assert cli.main(["eval", "shapes-edit", "--edits", "0"]) == 2
+    layout = ["eval", "shapes-edit", "--edits", "1", "--level", "grid", "--phrasing", "seen", "--diffusion-steps", "2"]
+    assert cli.main(layout) == 0  # the shipped model's own route (the default where a model records it)
+    assert cli.main([*layout, "--num-iter", "2"]) == 2  # a setting the layout route does not take, refused

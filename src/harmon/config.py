@@ -128,9 +128,17 @@ class GenerationDefaults:
     # reading order). A plan whose clauses ("a red circle in the top left", joined by commas and a last "and") each
     # end in one distinct place is drawn with its clauses in this order; None: drawn as written.
     plan_places: tuple[str, ...] | None = None
+    # A model trained to edit through its layout (harmon.layout_edit) records the question that reads an image's
+    # layout and the request that rewrites one (with "{layout}" and "{instruction}" fields), and the SDEdit
+    # strength of a redrawn cell seeded with a source token; its places are plan_places, one per token in raster
+    # order. None: edits run the direct route only.
+    layout_request: str | None = None
+    edit_layout_request: str | None = None
+    edit_strength: float = 0.8
 
     def __post_init__(self) -> None:
         check_fields(self, "generation")
+        self._check_layout_route()
         if self.plan_request is not None and not self.plan_request.strip():
             raise ValueError("generation.plan_request must be a non-empty request or None, got an empty string")
         if self.plan_places is not None and (self.plan_request is None or not self.plan_places):
@@ -144,6 +152,20 @@ class GenerationDefaults:
             if getattr(self, name) < 1:
                 raise ValueError(f"generation.{name} must be >= 1, got {getattr(self, name)}")
         check_number("generation.repetition_penalty", self.repetition_penalty, above=0)
+
+    def _check_layout_route(self) -> None:
+        if (self.layout_request is None) != (self.edit_layout_request is None):
+            raise ValueError("generation.layout_request and edit_layout_request are set together or not at all")
+        if self.edit_layout_request is not None:
+            if not self.layout_request.strip() or not self.plan_places:
+                raise ValueError("generation.layout_request must be non-empty, and the layout route needs plan_places")
+            if "{layout}" not in self.edit_layout_request or "{instruction}" not in self.edit_layout_request:
+                raise ValueError(
+                    "generation.edit_layout_request needs the fields {layout} and {instruction}, got "
+                    f"{self.edit_layout_request!r}"
+                )
+        if not 0.0 < self.edit_strength <= 1.0:
+            raise ValueError(f"generation.edit_strength must be in (0, 1], got {self.edit_strength}")
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from harmon.chat import render as render_chat
 from harmon.conditioning import ImageInput, conditioned_batch, edit_inputs, embed_with_images, generation_ids
 from harmon.config import HarmonConfig
 from harmon.images import tensor_to_pil
+from harmon.layout_edit import DIRECT_ONLY, as_image, edit_by_layout, layout_route
 from harmon.loading import as_dtype, load_official, load_pretrained, resolve_device, save_pretrained
 from harmon.model import Harmon
 from harmon.prompts import IM_END, generation_prompt, unconditional_prompt, understanding_prompt
@@ -284,26 +285,29 @@ class HarmonPipeline:
         token_refresh: int | None = None,
         token_ratio: float | None = None,
         preset: str | None = None,
+        plan: bool | None = None,
+        strength: float | None = None,
         compile: bool = False,
         output_type: str = "pil",
         callback: StepCallback | None = None,
     ) -> list[Image.Image] | torch.Tensor:
-        """Edit ``image`` as ``instruction`` says: generation after the prompt "<image>\nEdit the image:
-        {instruction}", whose slot holds the image's understanding features (padded to a gray square and resized to
-        ``understanding_image_size``, as ``describe`` sees it). Needs a model trained to edit (the ``edit`` recipe).
-
-        Guidance (InstructPix2Pix, arXiv 2211.09800, eq. 3): ``guidance_scale`` s_T (default the model's) pushes
-        from the image without the instruction ("<image>\nGenerate an image.") towards the instruction;
-        ``image_guidance_scale`` s_I pushes from the plain unconditional prompt towards the image. s_I = 1 (the
-        default) drops the unconditional branch: two prompt rows per image, not three; the image-only branch alone
-        anchors the result to the source. With ``config.edit_canvas`` (a model trained so) the instruction's and
-        the image-only branch draw on the source's canvas, the plain unconditional one does not: s_I then weighs
-        the source as a whole. Other settings as :meth:`generate`.
+        """Edit ``image`` as ``instruction`` says. ``plan`` True: the layout route (:mod:`harmon.layout_edit`: read
+        the layout, rewrite it, redraw the changed places from their source tokens at SDEdit ``strength``); None:
+        that route when the model records one (``config.generation.edit_layout_request``), else the direct route
+        (a model trained by the ``edit`` recipe): generation after "<image>\nEdit the image: {instruction}", the
+        slot holding the image's understanding features at ``understanding_image_size``, as ``describe`` sees it.
+        Guidance (InstructPix2Pix, arXiv 2211.09800, eq. 3): ``guidance_scale`` s_T from the image without the
+        instruction towards it; ``image_guidance_scale`` s_I from the plain unconditional prompt towards the image
+        (1, the default, drops that branch). Other settings as :meth:`generate`.
         """
+        image = as_image(image)
         check_text(instruction, "instruction")
         draw = {"generator": generator, "compile": compile, "output_type": output_type, "callback": callback}
         check_prompts(instruction, num_images_per_prompt, **draw)  # the other checks of generate
         settings, size = self.generation_settings(**{k: v for k, v in locals().items() if k in SETTING_KEYWORDS})
+        if layout_route(self, plan, strength, {k: v for k, v in locals().items() if k in DIRECT_ONLY}):
+            kw = {"strength": strength, "num_images": num_images_per_prompt, "generator": generator}
+            return edit_by_layout(self, image, instruction, settings, size, output_type=output_type, **kw)
         if image_guidance_scale is not None and check_number("image_guidance_scale", image_guidance_scale) != 1.0:
             settings = replace(settings, image_guidance_scale=image_guidance_scale)  # checked there
         prompt, mask, canvas = edit_inputs(self, image, instruction, settings.groups, size, understanding_image_size)

@@ -144,8 +144,11 @@ DECODING = [
 
 
 def edit(**kwargs):
-    """A call: the shared pipeline's ``edit`` of a red square with ``kwargs`` (one cheap step at most)."""
-    kwargs.setdefault("num_iter", 1)
+    """A call: the shared pipeline's ``edit`` of a red square with ``kwargs`` (one cheap step at most; the direct
+    route unless ``plan`` is given)."""
+    kwargs.setdefault("plan", False)
+    if kwargs["plan"] is False:
+        kwargs.setdefault("num_iter", 1)
     instruction = kwargs.pop("instruction", "make the square blue")
     image = kwargs.pop("image", RED)
     return lambda ctx: ctx.pipe.edit(image, instruction, **kwargs)
@@ -165,6 +168,10 @@ EDITING = [
     bad("api-edit-generator-an-int", edit(generator=1), "generator", TypeError),
     bad("api-edit-image-missing", lambda ctx: ctx.pipe.edit(ctx.ws / "nope.png", "make it blue"), "nope.png", OSError),
     bad("api-edit-image-a-number", edit(image=7), "image", TypeError),
+    bad("api-edit-layout-image-a-number", edit(image=7.5, plan=True), "image", TypeError),
+    bad("api-edit-layout-with-num-iter", edit(plan=True, num_iter=2), "takes none of ['num_iter']"),
+    bad("api-edit-layout-strength-2", edit(plan=True, strength=2.0), "strength must be in (0, 1]"),
+    bad("api-edit-direct-with-strength", edit(strength=0.5), "strength applies to the layout route"),
     bad("api-images-empty", generate(images=[], num_iter=1), "images is empty"),
     bad("api-images-a-path-not-a-list", generate(images="circle.png", num_iter=1), "images must be a list", TypeError),
     bad(

@@ -98,12 +98,15 @@ def cmd_shapes_edit(args: argparse.Namespace) -> int:
         pipe,
         image_guidance_scale=args.image_guidance_scale,
         understanding_image_size=args.understanding_image_size,
+        plan={"auto": None, "layout": True, "direct": False}[args.route],
+        strength=args.strength,
         **settings,
     )
     size = pipe.config.generation.image_size
     result = evaluate_edits(edit_fn, size, n=args.edits, seed=args.seed, splits=splits, level=args.level)
     print(format_edits(result))
-    write_json(args.json, result | {"settings": settings | {"image_guidance_scale": args.image_guidance_scale}})
+    extra = {"image_guidance_scale": args.image_guidance_scale, "route": args.route, "strength": args.strength}
+    write_json(args.json, result | {"settings": settings | extra})
     return 0
 
 
@@ -296,6 +299,13 @@ def _add_shapes_edit(esub: argparse._SubParsersAction) -> None:
         type=int_at_least(16),
         help="pixels the encoder sees of the source (default: the model's)",
     )
+    ee.add_argument(
+        "--route",
+        choices=("auto", "layout", "direct"),
+        default="auto",
+        help="as harmon edit's: layout (read, rewrite, redraw), direct, or auto (layout where the model records it)",
+    )
+    ee.add_argument("--strength", type=float, help="layout route: SDEdit strength (default: the model's)")
     add_generation_args(ee, image_size=False)
     ee.add_argument("--json", type=output_file, help="also write the full result here")
     add_model_args(ee)

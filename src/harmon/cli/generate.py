@@ -61,6 +61,8 @@ def cmd_edit(args: argparse.Namespace) -> int:
         num_images_per_prompt=args.num_images,
         generator=seeded(args.seed),
         compile=args.compile,
+        plan={"auto": None, "layout": True, "direct": False}[args.route],
+        strength=args.strength,
         **generation_settings(args),
     )
     paths = (
@@ -136,6 +138,20 @@ def add_edit(sub: argparse._SubParsersAction) -> None:
         "--understanding-image-size",
         type=int_at_least(16),
         help="pixels the encoder sees of the source (default: the model's)",
+    )
+    e.add_argument(
+        "--route",
+        choices=("auto", "layout", "direct"),
+        default="auto",
+        help="layout: the model reads the image's layout, rewrites it and redraws the changed places (models "
+        "trained so, like the shipped one); direct: generation conditioned on the image and the instruction; auto "
+        "(default): layout where the model records it",
+    )
+    e.add_argument(
+        "--strength",
+        type=float,
+        help="layout route: SDEdit strength of a redrawn place seeded from its source token, in (0, 1] (default: "
+        "the model's)",
     )
     add_generation_args(e)
     e.add_argument("--compile", action="store_true", help="run the diffusion head's MLP through torch.compile")

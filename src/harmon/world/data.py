@@ -14,6 +14,10 @@ Tasks:
                 (:func:`harmon.world.planning.placed_description`), and the scene drawn
     plan        text only: "Plan the layout: <prompt>" answered with the placed description of a scene that
                 satisfies the prompt (:mod:`harmon.world.planning`)
+    layout      an image and "Describe the layout.", answered with its placed description
+                (:mod:`harmon.world.layout_edits`)
+    layout_edit text only: a placed description and an edit's instruction, answered with the edited layout
+                (:mod:`harmon.world.layout_edits`)
 Held-out (colour, shape) pairs never appear.
 """
 
@@ -26,6 +30,7 @@ import numpy as np
 import torch
 
 from harmon.prompts import BRIEF_CAPTION_INSTRUCTIONS, DETAILED_CAPTION_INSTRUCTIONS, GENERATE_PREFIX
+from harmon.world.layout_edits import layout_edit_record, layout_record
 from harmon.world.planning import check_order, first_placed, placed_description, plan_turns, shuffled
 from harmon.world.prompts import caption_scene, describe_scene, sample_prompt, scene_for_prompt
 from harmon.world.questions import position_question, reasoned, sample_questions, where_questions
@@ -34,7 +39,7 @@ from harmon.world.sampling import categorical, choice, sample_scene
 from harmon.world.scene import WorldConfig
 from harmon.world.scoring import TAGS
 
-TASKS = ("text2image", "caption", "qa", "text", "where", "reasoned", "placed", "plan")
+TASKS = ("text2image", "caption", "qa", "text", "where", "reasoned", "placed", "plan", "layout", "layout_edit")
 REASONED_TRIES = 1000  # scenes drawn for one "reasoned" record (about 44 % of grid scenes qualify)
 DESCRIBE_FRACTION = 0.3  # text2image captions that describe a whole random scene instead of one category prompt
 
@@ -115,6 +120,10 @@ def shapes_record(
         return {"kind": "text2image", "image": render(scene, config), "caption": caption}
     if task == "plan":
         return _plan_record(g, config, tag_weights, order)
+    if task == "layout":
+        return layout_record(g, config)
+    if task == "layout_edit":
+        return layout_edit_record(g, config)
     raise ValueError(f"unknown shapes task {task!r}; known: {TASKS}")
 
 

@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 
 from harmon.eval.metrics import pct, table
+from harmon.layout_edit import LayoutError
 from harmon.world.detect2 import detect_objects_v2
 from harmon.world.edit_grammar import EDIT_TYPES
 from harmon.world.edit_scoring import score_edit
@@ -40,12 +41,18 @@ METRICS = ("edit_ok", "preserved", "correct")
 
 def pipeline_edit_fn(pipe, image_guidance_scale: float | None = None, **settings: Any) -> EditFn:
     """``edit_fn`` of a :class:`harmon.pipeline.HarmonPipeline`: one ``pipe.edit`` call per edit, with the
-    generation ``settings`` (guidance_scale, num_iter, ...)."""
+    generation ``settings`` (guidance_scale, num_iter, plan, ...). Where the layout route's model answers no layout
+    (:class:`harmon.layout_edit.LayoutError`) the edit returns the source unchanged, with a warning: a failed
+    edit, not a failed evaluation."""
 
     def edit_fn(edit: Edit, source: Image.Image, generator: torch.Generator) -> Image.Image:
-        out = pipe.edit(
-            source, edit.instruction, image_guidance_scale=image_guidance_scale, generator=generator, **settings
-        )
+        try:
+            out = pipe.edit(
+                source, edit.instruction, image_guidance_scale=image_guidance_scale, generator=generator, **settings
+            )
+        except LayoutError as e:
+            logger.warning("edit %r left undone: %s", edit.instruction, e)
+            return source
         return out[0]
 
     return edit_fn

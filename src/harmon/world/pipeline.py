@@ -15,6 +15,8 @@ Stages (each skipped when its output exists, so an interrupted run continues whe
     plan_varied   v1 only: the phrasing mix + placed drawings + layout plans of prompts in the templates and the
                   grammar's seen wordings (shapes_plan_varied; harmon.world.recipes_plan): the LLM writes a
                   prompt's layout for generate(plan=True)
+    edit_layout   v1 only: the plan_varied mix + layouts read from images and layouts rewritten by edit
+                  instructions (shapes_edit_layout): the model edits through its layout (pipe.edit's layout route)
     edit          IV, with --edit only: the decoder stage's model learns to edit images, keeping generation and
                   understanding (shapes_edit); the shipped model has no stage IV: the recipe does not yet reach the
                   edit bars
@@ -42,12 +44,15 @@ from pathlib import Path
 import torch
 
 from harmon.world import data, data2, recipes, recipes_plan, recipes_v2, stage0
+from harmon.world.layout_edits import EDIT_LAYOUT_REQUEST, LAYOUT_REQUEST
 from harmon.world.planning import PLAN_PREFIX
 from harmon.world.questions import PLACES
 
 logger = logging.getLogger(__name__)
 # the generation settings of a model taught to plan: its request, and the quadrants in the order its drawer reads
 PLANS = {"plan_request": PLAN_PREFIX, "plan_places": list(PLACES)}
+# and of a model taught to edit through its layout (harmon.layout_edit): the two requests of that route
+LAYOUT_ROUTE = {"layout_request": LAYOUT_REQUEST, "edit_layout_request": EDIT_LAYOUT_REQUEST}
 
 
 @dataclass(frozen=True)
@@ -83,10 +88,11 @@ WORLDS = {
             ("phrasing", "shapes_phrasing"),
             ("place", "shapes_place"),
             ("plan_varied", "shapes_plan_varied"),
+            ("edit_layout", "shapes_edit_layout"),
         ),
         # one token per step on its 2 x 2 grid, as the shipped model records them
         {"num_iter": 8, "num_sampling_steps": "100", "guidance_scale": 3.0},
-        {"plan_varied": PLANS},
+        {"plan_varied": PLANS, "edit_layout": {**PLANS, **LAYOUT_ROUTE}},
     ),
     "v2": WorldRecipes(
         recipes_v2.ROOT,

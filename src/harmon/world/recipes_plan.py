@@ -18,6 +18,10 @@ before it:
                 ``generate(..., plan=True)`` hands a plan to the drawer in (config ``plan_places``), so the writer
                 copies the prompt's order and the drawer reads the order it places best from
 
+    edit_layout from ``plan_varied``: its mix with layouts read from images ("Describe the layout.") and layouts
+                rewritten by edit instructions (text only), the two text steps of ``pipe.edit``'s layout route
+                (:mod:`harmon.world.layout_edits`, :mod:`harmon.layout_edit`)
+
 Listed in any order from the start, placed drawings are not learned in the place stage's length (docs/RESULTS.md).
 """
 
@@ -35,6 +39,10 @@ PLAN_ORDER_STEPS = 1500
 PLAN_VARIED_STEPS = 2500
 PLAN_VARIED_BATCH = 16
 PLAN_VARIED_SEED = 5  # records the place stage did not draw (it ran on seed 0's streams)
+EDIT_LAYOUT_STEPS = 2000
+EDIT_LAYOUT_SEED = 7  # records the earlier stages did not draw
+EDIT_LAYOUT_BATCHES = {"image2text_layout": 24, "text_layout_edit": 24}
+EDIT_LAYOUT_TEXT_LENGTH = 224  # the longest rewrite (a swap of two objects of a four-object layout): 179 tokens
 PLACE_BATCHES = {"text2image": 16, "text2image_placed": 32}  # the place stage's sources, samples per step
 ORDERS = {"text2image_placed": "any", "text_plan": "prompt"}  # plan_order's harmon.world.planning.ORDERS
 
@@ -100,9 +108,40 @@ def shapes_plan_varied() -> TrainConfig:
     )
 
 
+def shapes_edit_layout() -> TrainConfig:
+    """Stage ``edit_layout``: from ``plan_varied``, its mix with layouts read (image to text) and layouts rewritten
+    by edit instructions (text only), grid level."""
+    cfg = shapes_plan_varied()
+    qa = next(s for s in cfg.data if s.name == "image2text_qa")
+    plan = next(s for s in cfg.data if s.name == "text_plan")
+    read = dataclasses.replace(
+        qa,
+        name="image2text_layout",
+        batch_size=EDIT_LAYOUT_BATCHES["image2text_layout"],
+        format_options={"kind": "layout"},
+    )
+    rewrite = dataclasses.replace(
+        plan,
+        name="text_layout_edit",
+        batch_size=EDIT_LAYOUT_BATCHES["text_layout_edit"],
+        format_options={"kind": "layout_edit"},
+    )
+    return dataclasses.replace(
+        cfg,
+        name="shapes_edit_layout",
+        output_dir=f"{ROOT}/edit_layout",
+        model=ModelInit(preset=None, pretrained=f"{ROOT}/plan_varied/final"),
+        data=[*cfg.data, read, rewrite],
+        max_steps=EDIT_LAYOUT_STEPS,
+        seed=EDIT_LAYOUT_SEED,
+        max_text_length=EDIT_LAYOUT_TEXT_LENGTH,
+    )
+
+
 PLAN_RECIPES = {
     "shapes_place": shapes_place,
     "shapes_plan_mix": shapes_plan_mix,
     "shapes_plan_order": shapes_plan_order,
     "shapes_plan_varied": shapes_plan_varied,
+    "shapes_edit_layout": shapes_edit_layout,
 }

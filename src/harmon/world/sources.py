@@ -18,11 +18,11 @@ from harmon.world.edits import edit_type_probabilities
 from harmon.world.planning import orders_for
 from harmon.world.scene import WorldConfig
 
-IMAGE2TEXT_KINDS = ("qa", "caption", "where", "reasoned")
+IMAGE2TEXT_KINDS = ("qa", "caption", "where", "reasoned", "layout")
 TEXT2IMAGE_KINDS = ("placed",)  # text2image sources: placed descriptions instead of GenEval prompts
-TEXT_KINDS = ("plan",)  # text-only sources: layout plans instead of the world's sentences
+TEXT_KINDS = ("plan", "layout_edit")  # text-only sources: layout plans instead of the world's sentences
 KINDS = {Task.IMAGE_TO_TEXT: IMAGE2TEXT_KINDS, Task.TEXT_TO_IMAGE: TEXT2IMAGE_KINDS, Task.TEXT_ONLY: TEXT_KINDS}
-CANONICAL_KINDS = ("where", "reasoned", "placed")
+CANONICAL_KINDS = ("where", "reasoned", "placed", "layout", "layout_edit")
 GRID_KINDS = (*CANONICAL_KINDS, "plan")  # kinds whose texts name the grid's quadrants; plans also in varied phrasings
 
 
