@@ -15,8 +15,8 @@ Stages (each skipped when its output exists, so an interrupted run continues whe
     plan_varied   v1 only: the phrasing mix + placed drawings + layout plans of prompts in the templates and the
                   grammar's seen wordings (shapes_plan_varied; harmon.world.recipes_plan): the LLM writes a
                   prompt's layout for generate(plan=True)
-    edit_layout   v1 only: the plan_varied mix + layouts read from images and layouts rewritten by edit
-                  instructions (shapes_edit_layout): the model edits through its layout (pipe.edit's layout route)
+    edit_layout   v1 only: the plan_varied mix + layouts read from images and the changes edit instructions make
+                  to layouts (shapes_edit_layout): the model edits through its layout (pipe.edit's layout route)
     edit          IV, with --edit only: the decoder stage's model learns to edit images, keeping generation and
                   understanding (shapes_edit); the shipped model has no stage IV: the recipe does not yet reach the
                   edit bars

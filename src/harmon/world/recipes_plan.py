@@ -18,9 +18,9 @@ before it:
                 ``generate(..., plan=True)`` hands a plan to the drawer in (config ``plan_places``), so the writer
                 copies the prompt's order and the drawer reads the order it places best from
 
-    edit_layout from ``plan_varied``: its mix with layouts read from images ("Describe the layout.") and layouts
-                rewritten by edit instructions (text only), the two text steps of ``pipe.edit``'s layout route
-                (:mod:`harmon.world.layout_edits`, :mod:`harmon.layout_edit`)
+    edit_layout from ``plan_varied``: its mix with layouts read from images ("Describe the layout.") and the
+                changes edit instructions make to layouts (text only), the two text steps of ``pipe.edit``'s
+                layout route (:mod:`harmon.world.layout_edits`, :mod:`harmon.layout_edit`)
 
 Listed in any order from the start, placed drawings are not learned in the place stage's length (docs/RESULTS.md).
 """
@@ -109,8 +109,8 @@ def shapes_plan_varied() -> TrainConfig:
 
 
 def shapes_edit_layout() -> TrainConfig:
-    """Stage ``edit_layout``: from ``plan_varied``, its mix with layouts read (image to text) and layouts rewritten
-    by edit instructions (text only), grid level."""
+    """Stage ``edit_layout``: from ``plan_varied``, its mix with layouts read (image to text) and the changes edit
+    instructions make to layouts (text only), grid level."""
     cfg = shapes_plan_varied()
     qa = next(s for s in cfg.data if s.name == "image2text_qa")
     plan = next(s for s in cfg.data if s.name == "text_plan")

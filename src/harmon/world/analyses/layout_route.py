@@ -35,7 +35,7 @@ from harmon.world.render import render
 FIGURES = ("read", "rewrite", "truth_ok", "truth_kept", "route_ok", "route_kept")
 
 
-def _draw(pipe, image, before: str, said: str, seed: int):
+def _draw(pipe, image, before: str, said: str, seed: int, strength: float):
     """The route's redraw of ``image`` for a read layout and the rewrite's changes; None when an answer does not
     parse (the route would leave the image as it is)."""
     gen = pipe.config.generation
@@ -46,7 +46,7 @@ def _draw(pipe, image, before: str, said: str, seed: int):
     settings, _ = pipe.generation_settings()
     grid = pipe.model.grid_for(gen.image_size)
     source = read_tokens(pipe, image, gen.image_size)
-    tokens = redraw(pipe, source, plan, settings, grid, gen.edit_strength, torch.Generator().manual_seed(seed))
+    tokens = redraw(pipe, source, plan, settings, grid, strength, torch.Generator().manual_seed(seed))
     return tensor_to_pil(pipe.model.decode_tokens(tokens, grid))[0]
 
 
@@ -57,8 +57,10 @@ def _verdict(edit, image, world) -> tuple[bool, bool]:
     return v.edit_ok, v.preserved
 
 
-def route_study(pipe, n: int, seed: int, phrasing: str = "seen") -> dict:
-    """Per edit type, the share of ``n`` edits right at each step (:data:`FIGURES`)."""
+def route_study(pipe, n: int, seed: int, phrasing: str = "seen", strength: float | None = None) -> dict:
+    """Per edit type, the share of ``n`` edits right at each step (:data:`FIGURES`), redrawn at SDEdit
+    ``strength`` (None: the model's ``edit_strength``)."""
+    strength = pipe.config.generation.edit_strength if strength is None else strength
     world = level_world("grid", pipe.config.generation.image_size)
     g = torch.Generator().manual_seed(seed)
     out = {}
@@ -76,10 +78,10 @@ def route_study(pipe, n: int, seed: int, phrasing: str = "seen") -> dict:
             own_after = rewrite_layout(pipe, before, edit.instruction)
             counts["read"] += before == truth_before
             counts["rewrite"] += after == truth_after
-            ok, kept = _verdict(edit, _draw(pipe, image, truth_before, truth_after, k), world)
+            ok, kept = _verdict(edit, _draw(pipe, image, truth_before, truth_after, k, strength), world)
             counts["truth_ok"] += ok
             counts["truth_kept"] += kept
-            ok, kept = _verdict(edit, _draw(pipe, image, before, own_after, k), world)
+            ok, kept = _verdict(edit, _draw(pipe, image, before, own_after, k, strength), world)
             counts["route_ok"] += ok
             counts["route_kept"] += kept
             done += 1
@@ -110,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--edits", type=int, default=40, help="edits per type")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--phrasing", choices=["seen", "held_out"], default="seen")
+    p.add_argument("--strength", type=float, default=None, help="SDEdit strength (default: the model's)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", help="also write the result here")
     args = p.parse_args(argv)
@@ -118,7 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     pipe = load_for_analysis(args.model, args.threads)
     if pipe.config.generation.edit_layout_request is None:
         p.error("the model records no layout route (config.generation.edit_layout_request)")
-    result = route_study(pipe, args.edits, args.seed, args.phrasing)
+    if args.strength is not None and not 0 < args.strength <= 1:
+        p.error("--strength must be in (0, 1]")
+    result = route_study(pipe, args.edits, args.seed, args.phrasing, args.strength)
     report(format_route(result, args.phrasing), result, args.json)
     return 0
 
