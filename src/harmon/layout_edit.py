@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from harmon.chat import answer_batch
-from harmon.images import load_image, pil_to_tensor, tensor_to_pil, to_rgb
+from harmon.images import expand_to_square, load_image, pil_to_tensor, tensor_to_pil, to_rgb
 from harmon.prompts import generation_prompt, unconditional_prompt
 from harmon.tokenizer import USER_TEXT
 from harmon.validate import check_flag
@@ -251,10 +251,11 @@ def redraw(
 
 
 def source_tokens(pipe: HarmonPipeline, image: Image.Image, size: int) -> torch.Tensor:
-    """The VAE tokens (1, L, C) of ``image`` resized to ``size`` x ``size``."""
+    """The VAE tokens (1, L, C) of ``image`` padded to a gray square and resized to ``size`` x ``size``, as the
+    read step sees it, so that both steps put every object in the same place."""
     from PIL import Image as PILImage
 
-    square = to_rgb(image).resize((size, size), PILImage.Resampling.BICUBIC)
+    square = expand_to_square(to_rgb(image)).resize((size, size), PILImage.Resampling.BICUBIC)
     pixels = pil_to_tensor(square)[None].to(pipe.device)
     return pipe.model.encode_images(pixels)
 
