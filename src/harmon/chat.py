@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,7 @@ from harmon.accel.linear import packed_linears
 from harmon.conditioning import pixel_features
 from harmon.decoding import check_decoding_settings, decode_greedy_batch, iter_decode
 from harmon.images import load_image, prepare_for_understanding
-from harmon.prompts import IM_END, IM_START
+from harmon.prompts import IM_END, IM_START, PHRASE_SEPARATOR, join_phrases
 from harmon.tokenizer import USER_TEXT, encode_template
 from harmon.validate import check_flag, check_generator, check_number, check_text
 
@@ -424,7 +423,7 @@ def ordered_plan(plan: str, places: Sequence[str]) -> str:
     writer names objects in the prompt's order, the drawer reads a layout best in one fixed order. A plan is clauses
     joined by commas and a last " and ", each ending in "in the <place>"; one whose clauses do not each name one
     distinct place of ``places`` comes back as written."""
-    clauses = [c.strip() for c in re.split(r",\s*|\s+and\s+", plan.strip())]
+    clauses = [c.strip() for c in PHRASE_SEPARATOR.split(plan.strip())]
     at = []
     for clause in clauses:
         named = [k for k, place in enumerate(places) if clause.lower().endswith(f" in the {place.lower()}")]
@@ -434,4 +433,4 @@ def ordered_plan(plan: str, places: Sequence[str]) -> str:
     if len(set(at)) < len(at):
         return plan
     ordered = [c for _, c in sorted(zip(at, clauses))]
-    return ordered[0] if len(ordered) == 1 else ", ".join(ordered[:-1]) + " and " + ordered[-1]
+    return join_phrases(ordered)

@@ -23,7 +23,6 @@ decoder lets neighbouring cells change.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +32,7 @@ import torch
 
 from harmon.chat import answer_batch
 from harmon.images import expand_to_square, load_image, pil_to_tensor, tensor_to_pil, to_rgb
-from harmon.prompts import generation_prompt, unconditional_prompt
+from harmon.prompts import PHRASE_SEPARATOR, generation_prompt, join_phrases, unconditional_prompt
 from harmon.tokenizer import USER_TEXT
 from harmon.validate import check_flag
 
@@ -114,7 +113,7 @@ def parse_layout(text: str, places: Sequence[str]) -> dict[str, str] | None:
     if not text or text.lower() == NOTHING:
         return {}
     out: dict[str, str] = {}
-    for clause in re.split(r",\s*|\s+and\s+", text):
+    for clause in PHRASE_SEPARATOR.split(text):
         match = next((p for p in places if clause.lower().endswith(f" in the {p}")), None)
         if match is None or match in out:
             return None
@@ -201,10 +200,7 @@ def edit_from_answers(before: str, said: str, places: Sequence[str]) -> LayoutEd
 def layout_text(layout: dict[str, str], places: Sequence[str]) -> str:
     """A parsed layout written out with its clauses in the order of ``places`` ("nothing" when empty), as the
     drawer reads layouts."""
-    clauses = [f"{layout[p]} in the {p}" for p in places if p in layout]
-    if not clauses:
-        return NOTHING
-    return clauses[0] if len(clauses) == 1 else ", ".join(clauses[:-1]) + " and " + clauses[-1]
+    return join_phrases([f"{layout[p]} in the {p}" for p in places if p in layout]) or NOTHING
 
 
 @torch.no_grad()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
+
 IMAGE_PLACEHOLDER = -200  # id of an image-token slot in training sequences (the official convention)
 IGNORE_INDEX = -100  # label of tokens that are not supervised
 
@@ -101,6 +104,16 @@ RECONSTRUCTION_TEMPLATES = (
     "Render the same scene.",
     "Draw a copy of this picture.",
 )
+
+
+def join_phrases(phrases: Sequence[str]) -> str:
+    """Phrases listed as every generated text lists them: "a", "a and b", "a, b and c" ("" for none)."""
+    if len(phrases) <= 1:
+        return "".join(phrases)
+    return ", ".join(phrases[:-1]) + " and " + phrases[-1]
+
+
+PHRASE_SEPARATOR = re.compile(r",\s*|\s+and\s+")  # splits what join_phrases joined: PHRASE_SEPARATOR.split(text)
 
 
 def chat(text: str) -> str:

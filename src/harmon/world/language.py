@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from harmon.eval.metrics import RELATIONS, relation
+from harmon.prompts import join_phrases
 from harmon.world.free import clear_relations, relation_margin_px
 from harmon.world.grammar import (
     Phraser,
@@ -149,8 +150,7 @@ def phrase_description(scene: Scene, generator: torch.Generator, split: str = "s
         else count_phrase(ph, shape, groups[(color, shape)], color, k)
         for k, (color, shape) in keyed
     ]
-    listed = items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
-    return _framed(ph, listed)
+    return _framed(ph, join_phrases(items))
 
 
 # ---- questions ------------------------------------------------------------------------------------------------

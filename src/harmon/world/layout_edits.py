@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from harmon.prompts import join_phrases
 from harmon.world.edit_grammar import EDIT_TYPES
 from harmon.world.edits import Edit, sample_edit
 from harmon.world.planning import first_placed, placed_description
@@ -56,8 +57,7 @@ def _cells(scene) -> dict[str, tuple[str, str]] | None:
 
 def _layout(cells: dict[str, tuple[str, str]]) -> str:
     """The placed description of ``cells`` in reading order (as :func:`placed_description` writes it)."""
-    phrases = [f"{noun_phrase(cells[p][1], cells[p][0])} in the {p}" for p in PLACES if p in cells]
-    return phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
+    return join_phrases([f"{noun_phrase(cells[p][1], cells[p][0])} in the {p}" for p in PLACES if p in cells])
 
 
 def target_cells(edit: Edit) -> dict[str, tuple[str, str]] | None:
@@ -94,7 +94,7 @@ def layout_changes_answer(edit: Edit) -> str | None:
         for p in PLACES
         if before.get(p) != after.get(p)
     ]
-    return phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
+    return join_phrases(phrases)
 
 
 def edit_layout_request(layout: str, instruction: str) -> str:

@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
+from harmon.prompts import PHRASE_SEPARATOR, join_phrases
 from harmon.world.questions import PLACES, place_of
 from harmon.world.scene import Scene, WorldConfig, WorldObject, noun_phrase
 
@@ -32,10 +33,6 @@ PLACED_TRIES = 1000  # scenes drawn for one placed description (grid scenes near
 # or, for a plan, "prompt" (the order the prompt names them, so that the plan copies the prompt's phrases in turn).
 ORDERS = ("reading", "any", "prompt")
 Placed = tuple[str, str, str]  # (colour, shape, place)
-
-
-def _join(phrases: list[str]) -> str:
-    return phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
 
 
 def orders_for(task: str) -> tuple[str, ...]:
@@ -70,7 +67,7 @@ def placed_description(scene: Scene, objects: Sequence[WorldObject] | None = Non
         return None
     if objects is None:
         objects = [o for _, o in sorted(zip(places, scene.objects), key=lambda pair: PLACES.index(pair[0]))]
-    return _join([f"{noun_phrase(o.shape, o.color)} in the {place_of(o, scene.image_size)}" for o in objects])
+    return join_phrases([f"{noun_phrase(o.shape, o.color)} in the {place_of(o, scene.image_size)}" for o in objects])
 
 
 def prompt_order(prompt: Mapping, scene: Scene) -> list[WorldObject]:
@@ -141,7 +138,7 @@ def parse_placed(text: str, config: WorldConfig | None = None) -> list[Placed] |
     """The (colour, shape, place) triples of a placed description, or None when ``text`` is not one: every phrase
     must be "<article> <colour> <shape> in the <place>" with a world colour and shape, each place at most once."""
     config = config or WorldConfig()
-    phrases = re.split(r",\s*|\s+and\s+", text.strip().rstrip(".").strip().lower())
+    phrases = PHRASE_SEPARATOR.split(text.strip().rstrip(".").strip().lower())
     pattern = re.compile(r"(?:an?|the)\s+(\w+)\s+(\w+)\s+in\s+the\s+(top|bottom)\s+(left|right)")
     out: list[Placed] = []
     for phrase in phrases:

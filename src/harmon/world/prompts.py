@@ -36,6 +36,7 @@ from typing import Any
 import torch
 
 from harmon.eval.metrics import RELATIONS
+from harmon.prompts import join_phrases
 from harmon.world.sampling import choice, place_objects, randint
 from harmon.world.scene import NUMBER_WORDS, Scene, WorldConfig, WorldObject, noun_phrase, plural
 from harmon.world.scoring import TAGS, judge_prompt
@@ -284,10 +285,7 @@ def _left_to_right(objects: tuple[WorldObject, ...] | list[WorldObject]) -> list
 def describe_scene(scene: Scene) -> str:
     """Canonical full description: every object, left to right (ties top to bottom),
     e.g. "a red circle, a blue square and a green triangle"."""
-    phrases = [noun_phrase(o.shape, o.color) for o in _left_to_right(scene.objects)]
-    if len(phrases) <= 1:
-        return "".join(phrases)
-    return ", ".join(phrases[:-1]) + " and " + phrases[-1]
+    return join_phrases([noun_phrase(o.shape, o.color) for o in _left_to_right(scene.objects)])
 
 
 def true_captions(scene: Scene, config: WorldConfig | None = None) -> dict[str, list[PromptMeta]]:
