@@ -122,6 +122,15 @@ def tensor_to_pil(pixels: torch.Tensor) -> list[Image.Image]:
     return [Image.fromarray(a, mode="RGB") for a in arr]
 
 
+def tokens_as(model, tokens: torch.Tensor, grid: tuple[int, int], output_type: str) -> list[Image.Image] | torch.Tensor:
+    """Latent tokens (N, L, C) of ``model`` on ``grid`` as ``output_type`` asks: "latent", the scaled VAE latents
+    (N, C, h, w); "pt", pixels (N, 3, H, W) from its VAE decoder; "pil", those pixels as PIL images."""
+    if output_type == "latent":
+        return tokens.transpose(1, 2).reshape(tokens.shape[0], -1, *grid)
+    pixels = model.decode_tokens(tokens, grid)  # (N, 3, H, W)
+    return pixels if output_type == "pt" else tensor_to_pil(pixels)
+
+
 def prepare_for_understanding(image: Image.Image | str | Path, size: int) -> torch.Tensor:
     """Any image or path -> (1, 3, size, size) in [-1, 1]: RGB, padded to a gray square, resized (bicubic)."""
     if isinstance(image, (str, Path)):

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from harmon.chat import answer_batch
-from harmon.images import expand_to_square, load_image, pil_to_tensor, tensor_to_pil, to_rgb
+from harmon.images import load_image, prepare_for_understanding, tokens_as
 from harmon.prompts import PHRASE_SEPARATOR, generation_prompt, join_phrases, unconditional_prompt
 from harmon.tokenizer import USER_TEXT
 from harmon.validate import check_flag
@@ -234,7 +234,7 @@ def redraw(
         new = model.mar.diffloss.sample(
             z,
             temperature=settings.temperature,
-            cfg=settings.guidance_scale if guided else 1.0,
+            cfg=settings.guidance_scale,
             generator=generator,
             num_steps=settings.num_sampling_steps,
             x0_clip=settings.x0_clip,
@@ -247,13 +247,29 @@ def redraw(
 
 
 def source_tokens(pipe: HarmonPipeline, image: Image.Image, size: int) -> torch.Tensor:
-    """The VAE tokens (1, L, C) of ``image`` padded to a gray square and resized to ``size`` x ``size``, as the
-    read step sees it, so that both steps put every object in the same place."""
-    from PIL import Image as PILImage
+    """The VAE tokens (1, L, C) of ``image`` prepared as the read step sees it (padded to a gray square, resized to
+    ``size``), so that both steps put every object in the same place."""
+    return pipe.model.encode_images(prepare_for_understanding(image, size).to(pipe.device))
 
-    square = expand_to_square(to_rgb(image)).resize((size, size), PILImage.Resampling.BICUBIC)
-    pixels = pil_to_tensor(square)[None].to(pipe.device)
-    return pipe.model.encode_images(pixels)
+
+def draw_edit(
+    pipe: HarmonPipeline,
+    image: Image.Image,
+    plan: LayoutEdit,
+    settings: SamplingSettings,
+    size: int,
+    strength: float,
+    *,
+    num_images: int = 1,
+    generator: torch.Generator | None = None,
+    output_type: str = "pil",
+) -> list[Image.Image] | torch.Tensor:
+    """Step 3 for ``num_images`` draws of one image at ``size``: its tokens redrawn as ``plan`` says, returned as
+    ``output_type`` asks (:func:`harmon.images.tokens_as`)."""
+    grid = pipe.model.grid_for(size)
+    tokens = source_tokens(pipe, image, size)
+    drawn = torch.cat([redraw(pipe, tokens, plan, settings, grid, strength, generator) for _ in range(num_images)])
+    return tokens_as(pipe.model, drawn, grid, output_type)
 
 
 def edit_by_layout(
@@ -273,12 +289,7 @@ def edit_by_layout(
     strength = pipe.config.generation.edit_strength if strength is None else strength
     if not 0.0 < strength <= 1.0:
         raise ValueError(f"strength must be in (0, 1], got {strength}")
-    grid = pipe.model.grid_for(size)
-    plan = plan_edit(pipe, image, instruction, grid)
+    plan = plan_edit(pipe, image, instruction, pipe.model.grid_for(size))
     logger.info("layout read: %r; rewritten: %r; redrawn places: %s", plan.before, plan.after, list(plan.changed))
-    tokens = source_tokens(pipe, image, size)
-    drawn = torch.cat([redraw(pipe, tokens, plan, settings, grid, strength, generator) for _ in range(num_images)])
-    if output_type == "latent":
-        return drawn.transpose(1, 2).reshape(drawn.shape[0], -1, *grid)
-    pixels = pipe.model.decode_tokens(drawn, grid)
-    return pixels if output_type == "pt" else tensor_to_pil(pixels)
+    draw = {"num_images": num_images, "generator": generator, "output_type": output_type}
+    return draw_edit(pipe, image, plan, settings, size, strength, **draw)

@@ -19,7 +19,7 @@ from harmon.chat import embed as embed_chat
 from harmon.chat import render as render_chat
 from harmon.conditioning import ImageInput, conditioned_batch, edit_inputs, embed_with_images, generation_ids
 from harmon.config import HarmonConfig
-from harmon.images import tensor_to_pil
+from harmon.images import tokens_as
 from harmon.layout_edit import DIRECT_ONLY, as_image, edit_by_layout, layout_route
 from harmon.loading import as_dtype, load_official, load_pretrained, resolve_device, save_pretrained
 from harmon.model import Harmon
@@ -257,10 +257,7 @@ class HarmonPipeline:
                 canvas=canvas,
                 **strategies,
             )  # (N, L, C)
-        if output_type == "latent":
-            return tokens.transpose(1, 2).reshape(tokens.shape[0], -1, *grid)
-        pixels = self.model.decode_tokens(tokens, grid)  # (N, 3, H, W)
-        return pixels if output_type == "pt" else tensor_to_pil(pixels)
+        return tokens_as(self.model, tokens, grid, output_type)
 
     @torch.no_grad()
     def edit(

@@ -19,9 +19,7 @@ import argparse
 import torch
 
 from harmon.eval.metrics import pct, table
-from harmon.images import tensor_to_pil
-from harmon.layout_edit import LayoutError, edit_from_answers, read_layout, redraw, rewrite_layout
-from harmon.layout_edit import source_tokens as read_tokens
+from harmon.layout_edit import LayoutError, draw_edit, edit_from_answers, read_layout, rewrite_layout
 from harmon.world.analyses.runner import load_for_analysis, report
 from harmon.world.detect2 import detect_objects_v2
 from harmon.world.edit_grammar import EDIT_TYPES
@@ -43,11 +41,8 @@ def _draw(pipe, image, before: str, said: str, seed: int, strength: float):
         plan = edit_from_answers(before, said, gen.plan_places)
     except LayoutError:
         return None
-    settings, _ = pipe.generation_settings()
-    grid = pipe.model.grid_for(gen.image_size)
-    source = read_tokens(pipe, image, gen.image_size)
-    tokens = redraw(pipe, source, plan, settings, grid, strength, torch.Generator().manual_seed(seed))
-    return tensor_to_pil(pipe.model.decode_tokens(tokens, grid))[0]
+    settings, size = pipe.generation_settings()
+    return draw_edit(pipe, image, plan, settings, size, strength, generator=torch.Generator().manual_seed(seed))[0]
 
 
 def _verdict(edit, image, world) -> tuple[bool, bool]:
