@@ -121,7 +121,9 @@ def parse_layout(text: str, places: Sequence[str]) -> dict[str, str] | None:
     return out
 
 
-def layout_changes(before: dict[str, str], after: dict[str, str], places: Sequence[str]) -> LayoutEdit:
+def layout_changes(
+    before: dict[str, str], after: dict[str, str], places: Sequence[str]
+) -> tuple[tuple[int, ...], dict[int, int]]:
     """The places (token indices) whose clause differs, and the source token each redrawn place starts from (see
     the module docstring)."""
     changed = tuple(i for i, p in enumerate(places) if before.get(p) != after.get(p))
@@ -136,7 +138,7 @@ def layout_changes(before: dict[str, str], after: dict[str, str], places: Sequen
         left = [k for k in changed if before.get(places[k]) == now and places[k] not in after]
         if left:
             seeds[i] = left[0]
-    return LayoutEdit("", "", changed, seeds)
+    return changed, seeds
 
 
 def read_layout(pipe: HarmonPipeline, image: Image.Image) -> str:
@@ -193,8 +195,7 @@ def edit_from_answers(before: str, said: str, places: Sequence[str]) -> LayoutEd
     if NOTHING in read.values():
         raise LayoutError(f"the model's read layout states an empty place: {before!r}")
     after = {p: phrase for p, phrase in {**read, **changes}.items() if phrase != NOTHING}
-    plan = layout_changes(read, after, places)
-    return LayoutEdit(layout_text(read, places), layout_text(after, places), plan.changed, plan.seeds)
+    return LayoutEdit(layout_text(read, places), layout_text(after, places), *layout_changes(read, after, places))
 
 
 def layout_text(layout: dict[str, str], places: Sequence[str]) -> str:
