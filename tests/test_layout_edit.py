@@ -137,6 +137,47 @@ def test_the_route_redraws_only_the_changed_places(layout_pipe, monkeypatch):
     assert torch.equal(out, again)  # seeded: reproducible
 
 
+def test_checks_keep_the_draw_read_as_planned_that_changes_least(layout_pipe, monkeypatch):
+    pipe = layout_pipe
+    before = "a red circle in the top left and a blue square in the bottom right"
+    monkeypatch.setattr(layout_edit, "read_and_rewrite", lambda *_: (before, "a green circle in the top left"))
+    draws, reads = [], []
+    redraw = layout_edit.redraw
+
+    def recorded(*args):
+        draws.append(redraw(*args))
+        return draws[-1]
+
+    def read_back(answers):
+        def read(pipe, image):
+            reads.append(image)
+            return answers[len(reads) - 1]
+
+        return read
+
+    def edit(checks=None):
+        draws.clear(), reads.clear()
+        g = torch.Generator().manual_seed(0)
+        return pipe.edit(_source(pipe), "x", checks=checks, generator=g, output_type="latent").flatten(2).mT
+
+    monkeypatch.setattr(layout_edit, "redraw", recorded)
+    planned = "a green circle in the top left and a blue square in the bottom right"
+    wrong = "a red circle in the top left and a blue square in the bottom right"  # one place of four off
+    worse = "a red circle in the top left"  # two off
+    monkeypatch.setattr(layout_edit, "read_layout", read_back([worse, planned, wrong]))
+    assert torch.equal(edit(checks=3), draws[1]) and len(draws) == len(reads) == 3  # the one read as planned
+    monkeypatch.setattr(layout_edit, "read_layout", read_back([worse, wrong, "not a layout"]))
+    assert torch.equal(edit(checks=3), draws[1])  # none as planned: the closest
+    monkeypatch.setattr(layout_edit, "read_layout", read_back([planned, wrong, planned, planned]))
+    out = edit(checks=4)
+    source = layout_edit.source_tokens(pipe, _source(pipe), pipe.config.generation.image_size)
+    moved = [float((d[0, 0] - source[0, 0]).square().sum()) for d in draws]  # the seeded place: top left
+    nearest = min((0, 2, 3), key=moved.__getitem__)
+    assert torch.equal(out, draws[nearest])  # of those read as planned, the least change
+    edit()  # the model's edit_checks: 1, unread
+    assert len(draws) == 1 and not reads
+
+
 def test_bad_answers_and_settings_are_refused_by_name(layout_pipe, monkeypatch):
     pipe, image = layout_pipe, _source(layout_pipe)
     monkeypatch.setattr(layout_edit, "read_and_rewrite", lambda *_: ("a red circle in the middle", "x"))
@@ -144,10 +185,14 @@ def test_bad_answers_and_settings_are_refused_by_name(layout_pipe, monkeypatch):
         pipe.edit(image, "make it blue")
     with pytest.raises(ValueError, match="takes none of \\['num_iter'\\]"):
         pipe.edit(image, "make it blue", plan=True, num_iter=4)
-    with pytest.raises(ValueError, match="strength applies to the layout route"):
+    with pytest.raises(ValueError, match="strength applies only to the layout route"):
         pipe.edit(image, "make it blue", plan=False, strength=0.5)
     with pytest.raises(ValueError, match="strength must be in"):
         pipe.edit(image, "make it blue", strength=1.5)
+    with pytest.raises(ValueError, match="checks applies only to the layout route"):
+        pipe.edit(image, "make it blue", plan=False, checks=2)
+    with pytest.raises(ValueError, match=r"generation\.edit_checks must be an integer in \[1, 32\]"):
+        GenerationDefaults(edit_checks=0)
     plain = tiny_pipeline()
     with pytest.raises(ValueError, match="edit_layout_request is unset"):
         plain.edit(image, "make it blue", plan=True)

@@ -13,6 +13,8 @@ from harmon.mar import MARConfig, mar_base, mar_huge
 from harmon.vae import VAEConfig
 from harmon.validate import check_fields, check_number, read_json_object
 
+MAX_EDIT_CHECKS = 32  # draws per edited image the layout route may read back
+
 # The LLM entries that shape the network: a config without them cannot be built as the file meant.
 LLM_REQUIRED = (
     "vocab_size",
@@ -131,10 +133,13 @@ class GenerationDefaults:
     # A model trained to edit through its layout (harmon.layout_edit) records the question that reads an image's
     # layout and the request that rewrites one (with "{layout}" and "{instruction}" fields), and the SDEdit
     # strength of a redrawn cell seeded with a source token; its places are plan_places, one per token in raster
-    # order. None: edits run the direct route only.
+    # order. None: edits run the direct route only. ``edit_checks``: draws of the changed places per edited image,
+    # each read back by the model; the first that reads as the edited layout is kept, else the one that agrees with
+    # it at the most places (1: one draw, unread).
     layout_request: str | None = None
     edit_layout_request: str | None = None
     edit_strength: float = 0.8
+    edit_checks: int = 1
 
     def __post_init__(self) -> None:
         check_fields(self, "generation")
@@ -166,6 +171,7 @@ class GenerationDefaults:
                 )
         if not 0.0 < self.edit_strength <= 1.0:
             raise ValueError(f"generation.edit_strength must be in (0, 1], got {self.edit_strength}")
+        check_number("generation.edit_checks", self.edit_checks, low=1, high=MAX_EDIT_CHECKS, integer=True)
 
 
 @dataclass(frozen=True)

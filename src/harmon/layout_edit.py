@@ -31,10 +31,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from harmon.chat import answer_batch
+from harmon.config import MAX_EDIT_CHECKS
 from harmon.images import load_image, prepare_for_understanding, tokens_as
 from harmon.prompts import PHRASE_SEPARATOR, generation_prompt, join_phrases, unconditional_prompt
 from harmon.tokenizer import USER_TEXT
-from harmon.validate import check_flag
+from harmon.validate import check_flag, check_number
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -89,19 +90,21 @@ def as_image(image: Image.Image | str | Path) -> Image.Image:
     return image
 
 
-def layout_route(pipe: HarmonPipeline, plan: bool | None, strength: float | None, direct: dict[str, Any]) -> bool:
+def layout_route(pipe: HarmonPipeline, plan: bool | None, route_only: dict[str, Any], direct: dict[str, Any]) -> bool:
     """Whether ``pipe.edit`` takes the layout route: ``plan``, or when None, whether the model records one.
 
     Raises:
         ValueError: the layout route with a setting of the direct route in ``direct`` (name: value; None and False
-            count as not given), or ``strength`` without the layout route.
+            count as not given), or the direct route with a setting of ``route_only`` (strength, checks).
     """
     route = pipe.config.generation.edit_layout_request is not None if plan is None else check_flag("plan", plan)
     given = sorted(k for k, v in direct.items() if v is not None and v is not False)
     if route and given:
         raise ValueError(f"the layout route (plan=True) takes none of {given}; pass plan=False for them")
-    if not route and strength is not None:
-        raise ValueError("strength applies to the layout route (plan=True)")
+    own = sorted(k for k, v in route_only.items() if v is not None)
+    if not route and own:
+        verb = "applies" if len(own) == 1 else "apply"
+        raise ValueError(f"{' and '.join(own)} {verb} only to the layout route (plan=True)")
     return route
 
 
@@ -253,6 +256,35 @@ def source_tokens(pipe: HarmonPipeline, image: Image.Image, size: int) -> torch.
     return pipe.model.encode_images(prepare_for_understanding(image, size).to(pipe.device))
 
 
+def checked_redraw(
+    pipe: HarmonPipeline,
+    tokens: torch.Tensor,
+    plan: LayoutEdit,
+    settings: SamplingSettings,
+    grid: tuple[int, int],
+    strength: float,
+    generator: torch.Generator | None,
+    checks: int = 1,
+) -> torch.Tensor:
+    """Step 3 drawn ``checks`` times, each draw read back by the model (``layout_request``). Kept: the draw that
+    agrees with the edited layout at the most places and, among equals, changes least, its seeded places nearest
+    their seed tokens (the smallest edit that the model reads as asked)."""
+    places = pipe.config.generation.plan_places
+    wanted = parse_layout(plan.after, places)
+    best, best_key = None, None
+    for _ in range(checks):
+        drawn = redraw(pipe, tokens, plan, settings, grid, strength, generator)  # (1, L, C)
+        if checks == 1:
+            return drawn
+        read = parse_layout(read_layout(pipe, tokens_as(pipe.model, drawn, grid, "pil")[0]), places) or {}
+        agree = sum(read.get(p) == wanted.get(p) for p in places)
+        moved = sum(float((drawn[0, i] - tokens[0, s]).float().square().sum()) for i, s in plan.seeds.items())
+        logger.debug("layout route: a draw reads as %s (%d of %d places as planned)", read, agree, len(places))
+        if best_key is None or (-agree, moved) < best_key:
+            best, best_key = drawn, (-agree, moved)
+    return best
+
+
 def draw_edit(
     pipe: HarmonPipeline,
     image: Image.Image,
@@ -261,16 +293,18 @@ def draw_edit(
     size: int,
     strength: float,
     *,
+    checks: int = 1,
     num_images: int = 1,
     generator: torch.Generator | None = None,
     output_type: str = "pil",
 ) -> list[Image.Image] | torch.Tensor:
-    """Step 3 for ``num_images`` draws of one image at ``size``: its tokens redrawn as ``plan`` says, returned as
-    ``output_type`` asks (:func:`harmon.images.tokens_as`)."""
+    """Step 3 for ``num_images`` draws of one image at ``size``, each the best of ``checks`` read back
+    (:func:`checked_redraw`): its tokens redrawn as ``plan`` says, returned as ``output_type`` asks
+    (:func:`harmon.images.tokens_as`)."""
     grid = pipe.model.grid_for(size)
     tokens = source_tokens(pipe, image, size)
-    drawn = torch.cat([redraw(pipe, tokens, plan, settings, grid, strength, generator) for _ in range(num_images)])
-    return tokens_as(pipe.model, drawn, grid, output_type)
+    drawn = [checked_redraw(pipe, tokens, plan, settings, grid, strength, generator, checks) for _ in range(num_images)]
+    return tokens_as(pipe.model, torch.cat(drawn), grid, output_type)
 
 
 def edit_by_layout(
@@ -281,16 +315,22 @@ def edit_by_layout(
     size: int,
     *,
     strength: float | None = None,
+    checks: int | None = None,
     num_images: int = 1,
     generator: torch.Generator | None = None,
     output_type: str = "pil",
 ) -> list[Image.Image] | torch.Tensor:
-    """The route of ``pipe.edit(..., plan=True)``: ``num_images`` edits of one image (see the module docstring)."""
+    """The route of ``pipe.edit(..., plan=True)``: ``num_images`` edits of one image (see the module docstring);
+    ``strength`` and ``checks`` default to the model's ``edit_strength`` and ``edit_checks``."""
     image = as_image(image)
-    strength = pipe.config.generation.edit_strength if strength is None else strength
+    gen = pipe.config.generation
+    strength = gen.edit_strength if strength is None else strength
     if not 0.0 < strength <= 1.0:
         raise ValueError(f"strength must be in (0, 1], got {strength}")
+    checks = (
+        gen.edit_checks if checks is None else check_number("checks", checks, low=1, high=MAX_EDIT_CHECKS, integer=True)
+    )
     plan = plan_edit(pipe, image, instruction, pipe.model.grid_for(size))
     logger.info("layout read: %r; rewritten: %r; redrawn places: %s", plan.before, plan.after, list(plan.changed))
-    draw = {"num_images": num_images, "generator": generator, "output_type": output_type}
+    draw = {"checks": checks, "num_images": num_images, "generator": generator, "output_type": output_type}
     return draw_edit(pipe, image, plan, settings, size, strength, **draw)

@@ -284,17 +284,19 @@ class HarmonPipeline:
         preset: str | None = None,
         plan: bool | None = None,
         strength: float | None = None,
+        checks: int | None = None,
         compile: bool = False,
         output_type: str = "pil",
         callback: StepCallback | None = None,
     ) -> list[Image.Image] | torch.Tensor:
         """Edit ``image`` as ``instruction`` says. ``plan`` True: the layout route (:mod:`harmon.layout_edit`: read
-        the layout, rewrite it, redraw the changed places from their source tokens at SDEdit ``strength``); None:
-        that route when the model records one (``config.generation.edit_layout_request``), else the direct route
-        (a model trained by the ``edit`` recipe): generation after "<image>\nEdit the image: {instruction}", the
-        slot holding the image's understanding features at ``understanding_image_size``, as ``describe`` sees it.
-        Guidance (InstructPix2Pix, arXiv 2211.09800, eq. 3): ``guidance_scale`` s_T from the image without the
-        instruction towards it; ``image_guidance_scale`` s_I from the plain unconditional prompt towards the image
+        the layout, rewrite it, redraw the changed places from their source tokens at SDEdit ``strength``, each image
+        the best of ``checks`` draws read back); None: that route when the model records one
+        (``config.generation.edit_layout_request``), else the direct route (a model trained by the ``edit``
+        recipe): generation after "<image>\nEdit the image: {instruction}", the slot holding the image's
+        understanding features at ``understanding_image_size``, as ``describe`` sees it. Guidance (InstructPix2Pix,
+        arXiv 2211.09800, eq. 3): ``guidance_scale`` s_T from the image without the instruction towards it;
+        ``image_guidance_scale`` s_I from the plain unconditional prompt towards the image
         (1, the default, drops that branch). Other settings as :meth:`generate`.
         """
         image = as_image(image)
@@ -302,8 +304,9 @@ class HarmonPipeline:
         draw = {"generator": generator, "compile": compile, "output_type": output_type, "callback": callback}
         check_prompts(instruction, num_images_per_prompt, **draw)  # the other checks of generate
         settings, size = self.generation_settings(**{k: v for k, v in locals().items() if k in SETTING_KEYWORDS})
-        if layout_route(self, plan, strength, {k: v for k, v in locals().items() if k in DIRECT_ONLY}):
-            kw = {"strength": strength, "num_images": num_images_per_prompt, "generator": generator}
+        own = {"strength": strength, "checks": checks}
+        if layout_route(self, plan, own, {k: v for k, v in locals().items() if k in DIRECT_ONLY}):
+            kw = own | {"num_images": num_images_per_prompt, "generator": generator}
             return edit_by_layout(self, image, instruction, settings, size, output_type=output_type, **kw)
         if image_guidance_scale is not None and check_number("image_guidance_scale", image_guidance_scale) != 1.0:
             settings = replace(settings, image_guidance_scale=image_guidance_scale)  # checked there

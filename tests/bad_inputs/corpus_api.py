@@ -171,7 +171,10 @@ EDITING = [
     bad("api-edit-layout-image-a-number", edit(image=7.5, plan=True), "image", TypeError),
     bad("api-edit-layout-with-num-iter", edit(plan=True, num_iter=2), "takes none of ['num_iter']"),
     bad("api-edit-layout-strength-2", edit(plan=True, strength=2.0), "strength must be in (0, 1]"),
-    bad("api-edit-direct-with-strength", edit(strength=0.5), "strength applies to the layout route"),
+    bad("api-edit-direct-with-strength", edit(strength=0.5), "strength applies only to the layout route"),
+    bad("api-edit-direct-with-checks", edit(checks=3, strength=0.5), "checks and strength apply only to the layout"),
+    bad("api-edit-layout-checks-0", edit(plan=True, checks=0), "checks must be an integer in [1, 32]"),
+    bad("api-edit-layout-checks-a-float", edit(plan=True, checks=2.5), "checks must be an integer"),
     bad("api-images-empty", generate(images=[], num_iter=1), "images is empty"),
     bad("api-images-a-path-not-a-list", generate(images="circle.png", num_iter=1), "images must be a list", TypeError),
     bad(

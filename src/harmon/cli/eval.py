@@ -100,12 +100,14 @@ def cmd_shapes_edit(args: argparse.Namespace) -> int:
         understanding_image_size=args.understanding_image_size,
         plan={"auto": None, "layout": True, "direct": False}[args.route],
         strength=args.strength,
+        checks=args.checks,
         **settings,
     )
     size = pipe.config.generation.image_size
     result = evaluate_edits(edit_fn, size, n=args.edits, seed=args.seed, splits=splits, level=args.level)
     print(format_edits(result))
     extra = {"image_guidance_scale": args.image_guidance_scale, "route": args.route, "strength": args.strength}
+    extra["checks"] = args.checks
     write_json(args.json, result | {"settings": settings | extra})
     return 0
 
@@ -306,6 +308,9 @@ def _add_shapes_edit(esub: argparse._SubParsersAction) -> None:
         help="as harmon edit's: layout (read, rewrite, redraw), direct, or auto (layout where the model records it)",
     )
     ee.add_argument("--strength", type=float, help="layout route: SDEdit strength (default: the model's)")
+    ee.add_argument(
+        "--checks", type=int, help="layout route: draws per edit, each read back by the model (default: the model's)"
+    )
     add_generation_args(ee, image_size=False)
     ee.add_argument("--json", type=output_file, help="also write the full result here")
     add_model_args(ee)

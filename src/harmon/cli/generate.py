@@ -63,6 +63,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
         compile=args.compile,
         plan={"auto": None, "layout": True, "direct": False}[args.route],
         strength=args.strength,
+        checks=args.checks,
         **generation_settings(args),
     )
     paths = (
@@ -152,6 +153,12 @@ def add_edit(sub: argparse._SubParsersAction) -> None:
         type=float,
         help="layout route: SDEdit strength of a redrawn place seeded from its source token, in (0, 1] (default: "
         "the model's)",
+    )
+    e.add_argument(
+        "--checks",
+        type=int,
+        help="layout route: draws of the changed places per image, each read back by the model; the first that reads "
+        "as the edited layout is kept, else the closest (default: the model's)",
     )
     add_generation_args(e)
     e.add_argument("--compile", action="store_true", help="run the diffusion head's MLP through torch.compile")

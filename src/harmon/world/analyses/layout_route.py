@@ -18,6 +18,7 @@ import argparse
 
 import torch
 
+from harmon.config import MAX_EDIT_CHECKS
 from harmon.eval.metrics import pct, table
 from harmon.layout_edit import LayoutError, draw_edit, edit_from_answers, read_layout, rewrite_layout
 from harmon.world.analyses.runner import load_for_analysis, report
@@ -33,7 +34,7 @@ from harmon.world.render import render
 FIGURES = ("read", "rewrite", "truth_ok", "truth_kept", "route_ok", "route_kept")
 
 
-def _draw(pipe, image, before: str, said: str, seed: int, strength: float):
+def _draw(pipe, image, before: str, said: str, seed: int, strength: float, checks: int = 1):
     """The route's redraw of ``image`` for a read layout and the rewrite's changes; None when an answer does not
     parse (the route would leave the image as it is)."""
     gen = pipe.config.generation
@@ -42,7 +43,8 @@ def _draw(pipe, image, before: str, said: str, seed: int, strength: float):
     except LayoutError:
         return None
     settings, size = pipe.generation_settings()
-    return draw_edit(pipe, image, plan, settings, size, strength, generator=torch.Generator().manual_seed(seed))[0]
+    g = torch.Generator().manual_seed(seed)
+    return draw_edit(pipe, image, plan, settings, size, strength, checks=checks, generator=g)[0]
 
 
 def _verdict(edit, image, world) -> tuple[bool, bool]:
@@ -52,10 +54,14 @@ def _verdict(edit, image, world) -> tuple[bool, bool]:
     return v.edit_ok, v.preserved
 
 
-def route_study(pipe, n: int, seed: int, phrasing: str = "seen", strength: float | None = None) -> dict:
+def route_study(
+    pipe, n: int, seed: int, phrasing: str = "seen", strength: float | None = None, checks: int | None = None
+) -> dict:
     """Per edit type, the share of ``n`` edits right at each step (:data:`FIGURES`), redrawn at SDEdit
-    ``strength`` (None: the model's ``edit_strength``)."""
-    strength = pipe.config.generation.edit_strength if strength is None else strength
+    ``strength``, the best of ``checks`` draws (None: the model's ``edit_strength``, ``edit_checks``)."""
+    gen = pipe.config.generation
+    strength = gen.edit_strength if strength is None else strength
+    checks = gen.edit_checks if checks is None else checks
     world = level_world("grid", pipe.config.generation.image_size)
     g = torch.Generator().manual_seed(seed)
     out = {}
@@ -73,10 +79,10 @@ def route_study(pipe, n: int, seed: int, phrasing: str = "seen", strength: float
             own_after = rewrite_layout(pipe, before, edit.instruction)
             counts["read"] += before == truth_before
             counts["rewrite"] += after == truth_after
-            ok, kept = _verdict(edit, _draw(pipe, image, truth_before, truth_after, k, strength), world)
+            ok, kept = _verdict(edit, _draw(pipe, image, truth_before, truth_after, k, strength, checks), world)
             counts["truth_ok"] += ok
             counts["truth_kept"] += kept
-            ok, kept = _verdict(edit, _draw(pipe, image, before, own_after, k, strength), world)
+            ok, kept = _verdict(edit, _draw(pipe, image, before, own_after, k, strength, checks), world)
             counts["route_ok"] += ok
             counts["route_kept"] += kept
             done += 1
@@ -108,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--phrasing", choices=["seen", "held_out"], default="seen")
     p.add_argument("--strength", type=float, default=None, help="SDEdit strength (default: the model's)")
+    p.add_argument("--checks", type=int, default=None, help="draws per edit read back (default: the model's)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", help="also write the result here")
     args = p.parse_args(argv)
@@ -118,7 +125,9 @@ def main(argv: list[str] | None = None) -> int:
         p.error("the model records no layout route (config.generation.edit_layout_request)")
     if args.strength is not None and not 0 < args.strength <= 1:
         p.error("--strength must be in (0, 1]")
-    result = route_study(pipe, args.edits, args.seed, args.phrasing, args.strength)
+    if args.checks is not None and not 1 <= args.checks <= MAX_EDIT_CHECKS:
+        p.error(f"--checks must be in [1, {MAX_EDIT_CHECKS}]")
+    result = route_study(pipe, args.edits, args.seed, args.phrasing, args.strength, args.checks)
     report(format_route(result, args.phrasing), result, args.json)
     return 0
 
