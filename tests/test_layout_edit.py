@@ -13,14 +13,20 @@ from helpers import tiny_pipeline
 from harmon import layout_edit
 from harmon.config import GenerationDefaults
 from harmon.diffloss import DiffLoss, DiffLossConfig
-from harmon.layout_edit import LayoutError, edit_from_answers, layout_changes, parse_layout
+from harmon.layout_edit import NAMED_MARK, LayoutError, edit_from_answers, layout_changes, parse_layout
 from harmon.pipeline import HarmonPipeline
 from harmon.shipped import shipped_model_path
 from harmon.world.data import shapes_record
-from harmon.world.edit_grammar import is_held_out_edit_phrasing
+from harmon.world.edit_grammar import EDIT_TYPES, is_held_out_edit_phrasing
 from harmon.world.edits import sample_edit
 from harmon.world.free import level_world
-from harmon.world.layout_edits import EDIT_LAYOUT_REQUEST, HALVES, LAYOUT_REQUEST, layout_answer
+from harmon.world.layout_edits import (
+    EDIT_LAYOUT_REQUEST,
+    HALVES,
+    LAYOUT_REQUEST,
+    layout_answer,
+    layout_changes_answer,
+)
 from harmon.world.planning import placed_description
 from harmon.world.questions import PLACES
 
@@ -213,6 +219,29 @@ def test_layout_records_teach_seen_phrasings_with_parseable_answers():
         assert request == EDIT_LAYOUT_REQUEST.format(layout=layout, instruction=instruction)
         assert parse_layout(layout, PLACES) and parse_layout(answer, PLACES)  # the changes: at least one place
         assert not is_held_out_edit_phrasing(instruction)
+
+
+def test_named_rewrites_restate_the_named_objects_and_route_the_same_changes():
+    world, g = level_world("grid", 64), torch.Generator().manual_seed(1)
+    seen = set()
+    while len(seen) < 6:
+        edit = sample_edit(g, world, EDIT_TYPES[len(seen)], "seen")
+        before, plain = placed_description(edit.source), layout_changes_answer(edit)
+        if before is None or plain is None:
+            continue
+        named = layout_changes_answer(edit, named=True)
+        if edit.edit_type == "add":
+            assert named == plain  # names no object of the source
+        else:
+            clauses, changes = named.split(NAMED_MARK)
+            assert changes == plain
+            stated = parse_layout(clauses, PLACES)
+            assert len(stated) == len(edit.source_index)
+            assert stated.items() <= parse_layout(before, PLACES).items()  # copied from the layout
+        assert edit_from_answers(before, named, PLACES) == edit_from_answers(before, plain, PLACES)
+        seen.add(edit.edit_type)
+    record = shapes_record("layout_edit_named", 3)["conversation"]
+    assert record[1]["content"].count(NAMED_MARK) <= 1 and record[0]["content"].startswith("Layout: ")
 
 
 def test_an_object_sent_to_a_half_goes_to_its_first_free_quadrant():

@@ -47,6 +47,8 @@ logger = logging.getLogger(__name__)
 
 LAYOUT_MAX_NEW_TOKENS = 96  # a four-object layout is about 45 tokens
 NOTHING = "nothing"  # a place the rewrite empties
+# A rewrite may first restate the clauses of the objects the instruction names, then this mark, then the changes
+NAMED_MARK = " -> "
 # settings of ``pipe.edit`` that only its direct route takes
 DIRECT_ONLY = (
     "image_guidance_scale",
@@ -191,7 +193,7 @@ def edit_from_answers(before: str, said: str, places: Sequence[str]) -> LayoutEd
     Raises:
         LayoutError: an answer is not a layout of ``places``, or the read one states an empty place.
     """
-    read, changes = parse_layout(before, places), parse_layout(said, places)
+    read, changes = parse_layout(before, places), parse_layout(said.rsplit(NAMED_MARK, 1)[-1], places)
     for what, text, layout in (("read", before, read), ("rewritten", said, changes)):
         if layout is None:
             raise LayoutError(f"the model's {what} layout is not a layout of its places {places}: {text!r}")

@@ -17,7 +17,8 @@ Tasks:
     layout      an image and "Describe the layout.", answered with its placed description
                 (:mod:`harmon.world.layout_edits`)
     layout_edit text only: a placed description and an edit's instruction, answered with the edited layout
-                (:mod:`harmon.world.layout_edits`)
+                (:mod:`harmon.world.layout_edits`); layout_edit_named: the answer first restates the clauses of the
+                objects the instruction names
 Held-out (colour, shape) pairs never appear.
 """
 
@@ -39,7 +40,19 @@ from harmon.world.sampling import categorical, choice, sample_scene
 from harmon.world.scene import WorldConfig
 from harmon.world.scoring import TAGS
 
-TASKS = ("text2image", "caption", "qa", "text", "where", "reasoned", "placed", "plan", "layout", "layout_edit")
+TASKS = (
+    "text2image",
+    "caption",
+    "qa",
+    "text",
+    "where",
+    "reasoned",
+    "placed",
+    "plan",
+    "layout",
+    "layout_edit",
+    "layout_edit_named",
+)
 REASONED_TRIES = 1000  # scenes drawn for one "reasoned" record (about 44 % of grid scenes qualify)
 DESCRIBE_FRACTION = 0.3  # text2image captions that describe a whole random scene instead of one category prompt
 
@@ -122,8 +135,8 @@ def shapes_record(
         return _plan_record(g, config, tag_weights, order)
     if task == "layout":
         return layout_record(g, config)
-    if task == "layout_edit":
-        return layout_edit_record(g, config)
+    if task in ("layout_edit", "layout_edit_named"):
+        return layout_edit_record(g, config, named=task == "layout_edit_named")
     raise ValueError(f"unknown shapes task {task!r}; known: {TASKS}")
 
 

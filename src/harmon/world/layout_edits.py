@@ -14,6 +14,11 @@ canonical phrasings; instructions in the edit grammar's seen phrasings):
 
 The rewrite answers only the changes: written out whole, a layout's untouched clauses had to be copied, and the
 small LLM swapped colours and shapes between them far more often than it got the edit wrong.
+
+    layout_edit_named   as layout_edit, the answer first restating the clauses of the objects the instruction names
+                        (in the order it names them), then NAMED_MARK, then the changes: "an orange square in the
+                        top right -> nothing in the top right". Written first, the named object's canonical phrase
+                        lets the place be copied from the clause that follows the same phrase in the layout.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from typing import Any
 
 import torch
 
+from harmon.layout_edit import NAMED_MARK
 from harmon.prompts import join_phrases
 from harmon.world.edit_grammar import EDIT_TYPES
 from harmon.world.edits import Edit, sample_edit
@@ -82,10 +88,11 @@ def layout_answer(edit: Edit) -> str | None:
     return None if cells is None else _layout(cells)
 
 
-def layout_changes_answer(edit: Edit) -> str | None:
+def layout_changes_answer(edit: Edit, named: bool = False) -> str | None:
     """The rewrite's answer: each place whose content the edit changes, in reading order, with what it holds after
     ("a blue circle in the top left", "nothing in the top right and a red square in the bottom left"); None when a
-    scene of the edit has no placed description."""
+    scene of the edit has no placed description. ``named``: first the source clauses of the objects the instruction
+    names and NAMED_MARK (an add names none: the changes alone)."""
     before, after = _cells(edit.source), target_cells(edit)
     if before is None or after is None:
         return None
@@ -94,7 +101,12 @@ def layout_changes_answer(edit: Edit) -> str | None:
         for p in PLACES
         if before.get(p) != after.get(p)
     ]
-    return join_phrases(phrases)
+    changes = join_phrases(phrases)
+    if not named or not edit.source_index:
+        return changes
+    objects = [edit.source.objects[k] for k in edit.source_index]
+    clauses = [f"{noun_phrase(o.shape, o.color)} in the {place_of(o, edit.source.image_size)}" for o in objects]
+    return join_phrases(clauses) + NAMED_MARK + changes
 
 
 def edit_layout_request(layout: str, instruction: str) -> str:
@@ -112,11 +124,12 @@ def layout_record(g: torch.Generator, config: WorldConfig) -> dict[str, Any]:
     return {"kind": "image2text", "image": render(scene, config), "conversation": turns}
 
 
-def layout_edit_record(g: torch.Generator, config: WorldConfig) -> dict[str, Any]:
-    """A layout rewritten by an edit of a uniformly drawn type (seen phrasings, training pairs): text only."""
+def layout_edit_record(g: torch.Generator, config: WorldConfig, named: bool = False) -> dict[str, Any]:
+    """A layout rewritten by an edit of a uniformly drawn type (seen phrasings, training pairs): text only;
+    ``named``: the answer restates the named objects' clauses first (:func:`layout_changes_answer`)."""
     for _ in range(EDIT_TRIES):
         edit = sample_edit(g, config, choice(g, EDIT_TYPES), "seen")
-        source, answer = placed_description(edit.source), layout_changes_answer(edit)
+        source, answer = placed_description(edit.source), layout_changes_answer(edit, named)
         if source is not None and answer is not None:
             turns = [
                 {"role": "user", "content": edit_layout_request(source, edit.instruction)},

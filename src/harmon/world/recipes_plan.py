@@ -42,6 +42,11 @@ PLAN_VARIED_SEED = 5  # records the place stage did not draw (it ran on seed 0's
 EDIT_LAYOUT_STEPS = 2000
 EDIT_LAYOUT_SEED = 7  # records the earlier stages did not draw
 EDIT_LAYOUT_BATCHES = {"image2text_layout": 24, "text_layout_edit": 24}
+# Stage edit_text (and the study edit_named after it): the rewrite's records outnumber the mix's others
+EDIT_TEXT_BATCHES = {"image2text_layout": 48, "text_layout_edit": 160}
+EDIT_TEXT_STEPS = 1000
+EDIT_TEXT_SEED = 9
+EDIT_NAMED_SEED = 11
 EDIT_LAYOUT_TEXT_LENGTH = 224  # the longest rewrite (a swap of two objects of a four-object layout): 179 tokens
 PLACE_BATCHES = {"text2image": 16, "text2image_placed": 32}  # the place stage's sources, samples per step
 ORDERS = {"text2image_placed": "any", "text_plan": "prompt"}  # plan_order's harmon.world.planning.ORDERS
@@ -138,10 +143,48 @@ def shapes_edit_layout() -> TrainConfig:
     )
 
 
+def shapes_edit_text() -> TrainConfig:
+    """Stage ``edit_text``: from ``edit_layout``, its mix with 48 layouts read and 160 layout changes per step."""
+    cfg = shapes_edit_layout()
+    data = [
+        dataclasses.replace(s, batch_size=EDIT_TEXT_BATCHES[s.name]) if s.name in EDIT_TEXT_BATCHES else s
+        for s in cfg.data
+    ]
+    return dataclasses.replace(
+        cfg,
+        name="shapes_edit_text",
+        output_dir=f"{ROOT}/edit_text",
+        model=ModelInit(preset=None, pretrained=f"{ROOT}/edit_layout/final"),
+        data=data,
+        max_steps=EDIT_TEXT_STEPS,
+        seed=EDIT_TEXT_SEED,
+    )
+
+
+def shapes_edit_named() -> TrainConfig:
+    """A study, not a stage: from ``edit_text``, the same mix with each layout change answered after the clauses of
+    the objects its instruction names (``layout_edit_named``; docs/RESULTS.md, "Editing through the layout")."""
+    cfg = shapes_edit_text()
+    data = [
+        dataclasses.replace(s, format_options={"kind": "layout_edit_named"}) if s.name == "text_layout_edit" else s
+        for s in cfg.data
+    ]
+    return dataclasses.replace(
+        cfg,
+        name="shapes_edit_named",
+        output_dir=f"{ROOT}/edit_named",
+        model=ModelInit(preset=None, pretrained=f"{ROOT}/edit_text/final"),
+        data=data,
+        seed=EDIT_NAMED_SEED,
+    )
+
+
 PLAN_RECIPES = {
     "shapes_place": shapes_place,
     "shapes_plan_mix": shapes_plan_mix,
     "shapes_plan_order": shapes_plan_order,
     "shapes_plan_varied": shapes_plan_varied,
     "shapes_edit_layout": shapes_edit_layout,
+    "shapes_edit_text": shapes_edit_text,
+    "shapes_edit_named": shapes_edit_named,
 }

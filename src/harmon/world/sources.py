@@ -20,9 +20,13 @@ from harmon.world.scene import WorldConfig
 
 IMAGE2TEXT_KINDS = ("qa", "caption", "where", "reasoned", "layout")
 TEXT2IMAGE_KINDS = ("placed",)  # text2image sources: placed descriptions instead of GenEval prompts
-TEXT_KINDS = ("plan", "layout_edit")  # text-only sources: layout plans instead of the world's sentences
+TEXT_KINDS = (
+    "plan",
+    "layout_edit",
+    "layout_edit_named",
+)  # text-only sources: layout plans instead of the world's sentences
 KINDS = {Task.IMAGE_TO_TEXT: IMAGE2TEXT_KINDS, Task.TEXT_TO_IMAGE: TEXT2IMAGE_KINDS, Task.TEXT_ONLY: TEXT_KINDS}
-CANONICAL_KINDS = ("where", "reasoned", "placed", "layout", "layout_edit")
+CANONICAL_KINDS = ("where", "reasoned", "placed", "layout", "layout_edit", "layout_edit_named")
 GRID_KINDS = (*CANONICAL_KINDS, "plan")  # kinds whose texts name the grid's quadrants; plans also in varied phrasings
 
 
