@@ -180,8 +180,11 @@ def test_checks_keep_the_draw_read_as_planned_that_changes_least(layout_pipe, mo
     moved = [float((d[0, 0] - source[0, 0]).square().sum()) for d in draws]  # the seeded place: top left
     nearest = min((0, 2, 3), key=moved.__getitem__)
     assert torch.equal(out, draws[nearest])  # of those read as planned, the least change
-    edit()  # the model's edit_checks: 1, unread
+    edit(checks=1)  # one draw, unread
     assert len(draws) == 1 and not reads
+    monkeypatch.setattr(layout_edit, "read_layout", read_back([planned] * 8))
+    edit()  # the model's own edit_checks
+    assert len(draws) == len(reads) == pipe.config.generation.edit_checks
 
 
 def test_bad_answers_and_settings_are_refused_by_name(layout_pipe, monkeypatch):

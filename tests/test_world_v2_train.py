@@ -189,15 +189,15 @@ def test_relation_probe_runs_and_reports_its_four_measurements():
     assert scorer_check.recovery("free", 4, 0) == {"render": 1.0, "render2": 1.0}
 
 
-def test_pipeline_v1_ends_with_the_plan_and_layout_stages_and_ships_the_last(tmp_path, monkeypatch, trained_configs):
+def test_pipeline_v1_ends_with_the_plan_and_edit_stages_and_ships_the_last(tmp_path, monkeypatch, trained_configs):
     from harmon.world import pipeline
 
     seen = trained_configs
     v1, v2 = pipeline.WORLDS["v1"], pipeline.WORLDS["v2"]
     names = [n for n, _, _ in pipeline.stages(tmp_path, "cpu", ["phrasing:max_steps=4"], v1)]
-    later = ["phrasing", "place", "plan_varied", "edit_layout"]
+    later = ["phrasing", "place", "plan_varied", "edit_layout", "edit_text"]
     assert names == ["tokenizer", "vae", "lm", "stage1", "stage2", "stage3", "decoder", *later]
-    assert [n for n, _, _ in pipeline.stages(tmp_path, "cpu", [], v1, edit=True)][-2:] == ["edit_layout", "edit"]
+    assert [n for n, _, _ in pipeline.stages(tmp_path, "cpu", [], v1, edit=True)][-2:] == ["edit_text", "edit"]
     runs = {n: run for n, _, run in pipeline.stages(tmp_path, "cpu", ["phrasing:max_steps=4", "place:max_steps=3"], v1)}
     for stage in later:
         runs[stage]()
@@ -205,8 +205,9 @@ def test_pipeline_v1_ends_with_the_plan_and_layout_stages_and_ships_the_last(tmp
     assert seen[0].model.pretrained == str(tmp_path / "decoder" / "final")  # it continues the decoder stage's model
     assert seen[1].max_steps == 3 and seen[2].max_steps == 2500  # each stage takes its own overrides only
     assert seen[3].max_steps == 2000 and seen[3].max_text_length == 224
+    assert seen[4].max_steps == 1000 and seen[4].data[-1].batch_size == 160
     assert [c.model.pretrained for c in seen[1:]] == [str(tmp_path / s / "final") for s in later[:-1]]
-    assert pipeline.shipped_stage(v1, None, edit=False) == "edit_layout"
+    assert pipeline.shipped_stage(v1, None, edit=False) == "edit_text"
     assert pipeline.shipped_stage(v1, "plan_varied", edit=False) == "plan_varied"
     assert pipeline.shipped_stage(v1, "place", edit=False) == "place"
     assert pipeline.shipped_stage(v1, "phrasing", edit=False) == "phrasing"
@@ -224,6 +225,6 @@ def test_pipeline_v1_ends_with_the_plan_and_layout_stages_and_ships_the_last(tmp
     sampling = {"num_iter": 8, "num_sampling_steps": "100", "guidance_scale": 3.0}
     places = ["top left", "top right", "bottom left", "bottom right"]
     plans = {"plan_request": "Plan the layout: ", "plan_places": places}
-    route = {"layout_request": "Describe the layout.", "edit_layout_request": EDIT_LAYOUT_REQUEST}
-    assert shipped[0] == ({**sampling, **plans, **route}, "edit_layout")
+    route = {"layout_request": "Describe the layout.", "edit_layout_request": EDIT_LAYOUT_REQUEST, "edit_checks": 4}
+    assert shipped[0] == ({**sampling, **plans, **route}, "edit_text")
     assert shipped[1] == ({**sampling, "guidance_scale": 2}, "decoder")  # not taught to plan: no plan request

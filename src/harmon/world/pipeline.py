@@ -51,8 +51,9 @@ from harmon.world.questions import PLACES
 logger = logging.getLogger(__name__)
 # the generation settings of a model taught to plan: its request, and the quadrants in the order its drawer reads
 PLANS = {"plan_request": PLAN_PREFIX, "plan_places": list(PLACES)}
-# and of a model taught to edit through its layout (harmon.layout_edit): the two requests of that route
-LAYOUT_ROUTE = {"layout_request": LAYOUT_REQUEST, "edit_layout_request": EDIT_LAYOUT_REQUEST}
+# and of a model taught to edit through its layout (harmon.layout_edit): the two requests of that route and the
+# draws each edit reads back
+LAYOUT_ROUTE = {"layout_request": LAYOUT_REQUEST, "edit_layout_request": EDIT_LAYOUT_REQUEST, "edit_checks": 4}
 
 
 @dataclass(frozen=True)
@@ -89,10 +90,15 @@ WORLDS = {
             ("place", "shapes_place"),
             ("plan_varied", "shapes_plan_varied"),
             ("edit_layout", "shapes_edit_layout"),
+            ("edit_text", "shapes_edit_text"),
         ),
         # one token per step on its 2 x 2 grid, as the shipped model records them
         {"num_iter": 8, "num_sampling_steps": "100", "guidance_scale": 3.0},
-        {"plan_varied": PLANS, "edit_layout": {**PLANS, **LAYOUT_ROUTE}},
+        {
+            "plan_varied": PLANS,
+            "edit_layout": {**PLANS, **LAYOUT_ROUTE},
+            "edit_text": {**PLANS, **LAYOUT_ROUTE},
+        },
     ),
     "v2": WorldRecipes(
         recipes_v2.ROOT,
