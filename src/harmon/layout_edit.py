@@ -187,13 +187,19 @@ def plan_edit(pipe: HarmonPipeline, image: Image.Image, instruction: str, grid: 
     return edit_from_answers(*read_and_rewrite(pipe, image, instruction), places)
 
 
+def stated_changes(said: str) -> str:
+    """The changes a rewrite states: what follows NAMED_MARK where it first restates the named objects, else all of
+    it."""
+    return said.rsplit(NAMED_MARK, 1)[-1]
+
+
 def edit_from_answers(before: str, said: str, places: Sequence[str]) -> LayoutEdit:
     """The edit that a read layout ``before`` and the rewrite's changes ``said`` make (steps 1 and 2's answers).
 
     Raises:
         LayoutError: an answer is not a layout of ``places``, or the read one states an empty place.
     """
-    read, changes = parse_layout(before, places), parse_layout(said.rsplit(NAMED_MARK, 1)[-1], places)
+    read, changes = parse_layout(before, places), parse_layout(stated_changes(said), places)
     for what, text, layout in (("read", before, read), ("rewritten", said, changes)):
         if layout is None:
             raise LayoutError(f"the model's {what} layout is not a layout of its places {places}: {text!r}")

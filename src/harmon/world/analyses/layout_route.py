@@ -21,7 +21,14 @@ import torch
 
 from harmon.config import MAX_EDIT_CHECKS
 from harmon.eval.metrics import pct, table
-from harmon.layout_edit import NAMED_MARK, LayoutError, draw_edit, edit_from_answers, read_layout, rewrite_layout
+from harmon.layout_edit import (
+    LayoutError,
+    draw_edit,
+    edit_from_answers,
+    read_layout,
+    rewrite_layout,
+    stated_changes,
+)
 from harmon.world.analyses.runner import load_for_analysis, report
 from harmon.world.detect2 import detect_objects_v2
 from harmon.world.edit_grammar import EDIT_TYPES
@@ -79,7 +86,7 @@ def route_study(
             after = rewrite_layout(pipe, truth_before, edit.instruction)
             own_after = rewrite_layout(pipe, before, edit.instruction)
             counts["read"] += before == truth_before
-            counts["rewrite"] += after.rsplit(NAMED_MARK, 1)[-1] == truth_after  # the changes, past any restated
+            counts["rewrite"] += stated_changes(after) == truth_after
             ok, kept = _verdict(edit, _draw(pipe, image, truth_before, truth_after, k, strength, checks), world)
             counts["truth_ok"] += ok
             counts["truth_kept"] += kept
